@@ -1,0 +1,187 @@
+"""Does dropout help this CNN on CIFAR-10? `python flows/compare.py --help`.
+
+DAG: fetch_cifar10 → (train[dropout=p] ‖ train[baseline]) → evaluate each → render_report.
+The flow's parameters are the single source of truth for the CLI flags and the deployment schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import hashlib
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+# Prefect's embedded server needs ~20 s to start on a small machine; its default patience is less.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+
+from prefect import flow  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from tasks.config import TrainConfig, check_train_config  # noqa: E402
+from tasks.data import CIFAR10_URL, still_on_disk  # noqa: E402
+from tasks.devices import resolve_devices, threads_per_variant  # noqa: E402
+from tasks.report import history_rows  # noqa: E402
+from tasks.steps import evaluate_model, fetch_cifar10, render_report, train, train_key  # noqa: E402
+
+DATASETS = ("cifar10", "fake")
+MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
+
+
+def variant_configs(base: TrainConfig, dropout: float, device: str) -> list[TrainConfig]:
+    """The dropout model and the baseline (just the baseline when dropout is 0), each on its device."""
+    rates = [dropout, 0.0] if dropout > 0 else [0.0]
+    devices = resolve_devices(device, len(rates))
+    return [dataclasses.replace(base, dropout=p, device=d) for p, d in zip(rates, devices, strict=True)]
+
+
+def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
+    """Deterministic per experiment: the same inputs and code reuse (and overwrite) one folder;
+    different parameters never share one, even when started at the same time."""
+    digest = hashlib.sha256("".join(train_key(c, _FP(data_fingerprint)) for c in configs).encode()).hexdigest()
+    cfg = configs[0]
+    return f"{dataset}-p{configs[0].dropout:g}-s{cfg.seed}-e{cfg.epochs}-{digest[:10]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _FP:  # the one DataInfo field train_key reads
+    fingerprint: str
+
+
+def check_parameters(**params) -> list[TrainConfig]:
+    """Validate everything before any work; returns the variant configs. Raises ValueError (one line)."""
+    if params["dataset"] not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (got {params['dataset']!r})")
+    base = TrainConfig(
+        dropout=params["dropout"],
+        epochs=params["epochs"],
+        batch_size=params["batch_size"],
+        lr=params["lr"],
+        seed=params["seed"],
+        precision=params["precision"],
+        limit_train=params["limit_train"],
+        limit_test=params["limit_test"],
+    )
+    check_train_config(base)
+    configs = variant_configs(base, params["dropout"], params["device"])
+    for cfg in configs:
+        check_train_config(cfg)  # precision vs the resolved device
+    return configs
+
+
+@flow(name="compare", log_prints=True)
+def compare(
+    data_dir: str = "data",
+    out: str = "artifacts",
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 8,
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 32,
+    lr: Annotated[float, Field(gt=0, le=10)] = 1e-3,
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.25,
+    seed: Annotated[int, Field(ge=0)] = 0,
+    device: str = "auto",
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    limit_train: Annotated[int, Field(ge=0)] = 0,
+    limit_test: Annotated[int, Field(ge=0)] = 0,
+    dataset: Literal["cifar10", "fake"] = "cifar10",
+    refresh: bool = False,
+    cache_dir: str = ".dropout-lab",
+) -> str:
+    """Train the dropout model and the baseline concurrently, evaluate both, write the report."""
+    configs = check_parameters(**{k: v for k, v in locals().items()})
+    results_dir = Path(cache_dir).resolve() / "results"
+    opts = {"result_storage": results_dir, "refresh_cache": True if refresh else None}
+
+    url = os.environ.get(MIRROR_ENV, CIFAR10_URL)
+    data = fetch_cifar10.with_options(**opts)(data_dir, dataset, url)
+    if not still_on_disk(data):  # cached, but the files were deleted or replaced since
+        data = fetch_cifar10.with_options(**{**opts, "refresh_cache": True})(data_dir, dataset, url)
+
+    threads = threads_per_variant([c.device for c in configs])
+    train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads) for c in configs]
+    trained = [f.result() for f in train_futures]
+    # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
+    retrain = {
+        i: train.with_options(**{**opts, "refresh_cache": True}).submit(configs[i], data, cache_dir, threads)
+        for i, t in enumerate(trained)
+        if not Path(t.checkpoint).is_file()
+    }
+    for i, future in retrain.items():
+        trained[i] = future.result()
+    evals = [f.result() for f in [evaluate_model.with_options(**opts).submit(t, data) for t in trained]]
+
+    run_dir = Path(out).resolve() / run_folder_name(configs, dataset, data.fingerprint)
+    report = render_report.with_options(**opts)
+    folder, markdown = report(trained, evals, data, str(run_dir))
+    if not Path(folder, "summary.parquet").is_file():  # cached, but the folder was deleted since
+        folder, markdown = report.with_options(refresh_cache=True)(trained, evals, data, str(run_dir))
+
+    create_markdown_artifact(markdown, key="dropout-comparison", description="Dropout vs baseline: summary")
+    create_table_artifact(history_rows(trained, data), key="dropout-history", description="Per-epoch history")
+    return folder
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+HELP = {
+    "data_dir": "where CIFAR-10 lives or is downloaded to (reuses cifar-10-batches-py/ or the .tar.gz)",
+    "out": "parent folder of the per-run report folders",
+    "epochs": "training epochs",
+    "batch_size": "training batch size",
+    "lr": "Adam learning rate",
+    "dropout": "dropout rate of the dropout model (0 <= p < 1; 0 trains only the baseline)",
+    "seed": "seed for init, batch order and dropout masks",
+    "device": "auto | cpu | cuda | cuda:N (auto: one GPU per model if present, else CPU)",
+    "precision": "fp32 | bf16 | fp16 (bf16/fp16 autocast on CUDA only)",
+    "limit_train": "train on the first N training images (0 = all)",
+    "limit_test": "evaluate on the first N test images (0 = all)",
+    "dataset": "cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)",
+    "refresh": "ignore cached results and recompute every task",
+    "cache_dir": "project-local folder for cached task results and checkpoints",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python flows/compare.py",
+        description="Compare a CNN with and without dropout on CIFAR-10 (Prefect flow).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, param in inspect.signature(compare.fn).parameters.items():
+        flag = "--" + name.replace("_", "-")
+        if param.default is False:
+            parser.add_argument(flag, action="store_true", help=HELP[name])
+            continue
+        kind = type(param.default)
+        parser.add_argument(flag, type=kind, default=param.default, help=HELP[name], metavar=name.upper())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    params = vars(build_parser().parse_args(argv))
+    try:
+        check_parameters(**params)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Registered before Prefect starts its embedded server, so it runs after the server's own
+    # exit handler (atexit is last-in, first-out) and the report line really is the last line.
+    last_line: list[str] = []
+    atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
+    try:
+        folder = compare(**params)
+    except Exception as e:  # Prefect has logged the details; end on one clear line
+        last_line[:] = ["error:", f"{type(e).__name__}: {e}"]
+        return 1
+    last_line[:] = ["report:", folder]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""CIFAR-10 on disk: download, verify, safely unpickle, and decode once to uint8 tensors.
+
+The "python version" of CIFAR-10 is a set of pickles. Unpickling runs code named inside the file,
+so we never call `pickle.load` on it: `SafeUnpickler` only admits the few numpy/builtin
+constructors a genuine batch needs and rejects anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import download_url
+
+from tasks.model import CLASSES
+
+log = logging.getLogger(__name__)
+
+CIFAR10_URL = CIFAR10.url  # https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
+ARCHIVE_NAME = CIFAR10.filename  # cifar-10-python.tar.gz
+ARCHIVE_MD5 = CIFAR10.tgz_md5
+FOLDER_NAME = CIFAR10.base_folder  # cifar-10-batches-py
+TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
+TEST_FILE = CIFAR10.test_list[0][0]
+META_FILE = CIFAR10.meta["filename"]
+OFFICIAL_MD5 = dict(CIFAR10.train_list + CIFAR10.test_list + [[META_FILE, CIFAR10.meta["md5"]]])
+IMAGE_BYTES = 3 * 32 * 32
+
+
+class DataError(ValueError):
+    """The data on disk is unusable (wrong layout, truncated, malicious, ...). Not retried."""
+
+
+class DownloadError(OSError):
+    """Fetching the archive failed in a way a retry may fix (network error, truncated transfer)."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Where a ready-to-load dataset lives and how far we trust it. Small: passed between tasks."""
+
+    root: str  # folder holding data_batch_1..5, test_batch, batches.meta
+    dataset: str  # "cifar10" or "fake"
+    verified: bool  # every file matched the official md5
+    provenance: str  # one human line for report titles
+    fingerprint: str  # sha256 over the files' md5s: part of every downstream cache key
+    disk_state: str  # cheap stat summary (see `data_state_key`): tells whether the files changed since
+
+
+# --- safe unpickling ---------------------------------------------------------------------------
+
+# (module, name) pairs a genuine CIFAR-10 batch pickle references: numpy's array reconstruction
+# (its module moved in numpy 2) and `_codecs.encode`, which protocol 2 uses for bytes objects.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: not part of a CIFAR-10 batch file")
+
+
+def safe_unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = SafeUnpickler(f, encoding="latin1").load()
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    # Python 2 pickles may carry byte-string keys.
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file → images (N, 32, 32, 3) uint8 HWC and labels (N,) int64, fully validated."""
+    batch = safe_unpickle(path)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DataError(f"{path}: 'data' must be a 2-D uint8 array")
+    if data.shape[1] != IMAGE_BYTES:
+        raise DataError(f"{path}: images have {data.shape[1]} values, expected 3*32*32 = {IMAGE_BYTES}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but labels do not match in number")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be integers")
+    labels = labels.astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        bad = labels[(labels < 0) | (labels >= len(CLASSES))][0]
+        raise DataError(f"{path}: label {bad} out of range 0..{len(CLASSES) - 1}")
+    # Stored as (N, 3*32*32) channel-major; keep HWC so an NCHW view of it is channels_last.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def read_class_names(root: Path) -> list[str]:
+    meta = safe_unpickle(Path(root) / META_FILE)
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) != len(CLASSES):
+        raise DataError(f"{root / META_FILE}: expected {len(CLASSES)} label names")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def load_split(root: str | Path, train: bool, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a split once: images (N, 32, 32, 3) uint8, labels (N,) int64; first `limit` if > 0."""
+    files = TRAIN_FILES if train else [TEST_FILE]
+    images, labels, have = [], [], 0
+    for name in files:
+        x, y = read_batch(Path(root) / name)
+        images.append(x)
+        labels.append(y)
+        have += len(y)
+        if limit and have >= limit:
+            break  # no need to decode the remaining batch files
+    x, y = np.concatenate(images), np.concatenate(labels)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    if len(y) == 0:
+        raise DataError(f"{root}: the {'training' if train else 'test'} split is empty")
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+
+
+# --- checking, downloading and extracting --------------------------------------------------------
+
+
+def md5_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _missing_files(folder: Path) -> list[str]:
+    return [name for name in OFFICIAL_MD5 if not (folder / name).is_file()]
+
+
+def describe_folder(folder: Path, dataset: str = "cifar10") -> DataInfo:
+    """Checksum a complete batches folder and say how far it can be trusted (reads every file)."""
+    digests = {name: md5_file(folder / name) for name in sorted(OFFICIAL_MD5)}
+    fingerprint = hashlib.sha256(repr(sorted(digests.items())).encode()).hexdigest()
+    state = _stat_state(folder)
+    if dataset == "fake":
+        return DataInfo(str(folder), "fake", False, "synthetic data — accuracies meaningless", fingerprint, state)
+    mismatched = [n for n, d in digests.items() if d != OFFICIAL_MD5[n]]
+    if not mismatched:
+        return DataInfo(str(folder), dataset, True, "CIFAR-10 (official files, md5 verified)", fingerprint, state)
+    log.warning(
+        "CIFAR-10 copy at %s does not match the official checksums (%s); loading it anyway, "
+        "and the report marks it unverified",
+        folder,
+        ", ".join(mismatched),
+    )
+    provenance = "CIFAR-10 local copy — UNVERIFIED (md5 mismatch)"
+    return DataInfo(str(folder), dataset, False, provenance, fingerprint, state)
+
+
+def _is_within(base: Path, target: Path) -> bool:
+    return os.path.commonpath([base.resolve(), target.resolve()]) == str(base.resolve())
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar.gz refusing absolute paths, `..` members, links and device files."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar.getmembers():
+                if member.issym() or member.islnk():
+                    raise DataError(f"{archive}: refusing link member {member.name!r}")
+                if not (member.isfile() or member.isdir()):
+                    raise DataError(f"{archive}: refusing special member {member.name!r}")
+                if Path(member.name).is_absolute() or not _is_within(dest, dest / member.name):
+                    raise DataError(f"{archive}: refusing member outside the data folder: {member.name!r}")
+            # The 'data' filter re-checks all of the above inside tarfile itself.
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from None
+
+
+def _install_from_archive(archive: Path, data_dir: Path) -> Path:
+    """Extract into a temp folder next to the target, then rename: never a half-extracted folder."""
+    final = data_dir / FOLDER_NAME
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".extract-") as tmp:
+        safe_extract(archive, Path(tmp))
+        extracted = Path(tmp) / FOLDER_NAME
+        if not extracted.is_dir() or _missing_files(extracted):
+            raise DataError(
+                f"{archive}: not a CIFAR-10 python archive (expected {FOLDER_NAME}/ with {', '.join(OFFICIAL_MD5)})"
+            )
+        os.replace(extracted, final)
+    return final
+
+
+def download_archive(url: str, data_dir: Path) -> Path:
+    """Download to a temp name, verify the md5, then rename into place. Raises DownloadError."""
+    target = data_dir / ARCHIVE_NAME
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
+        try:
+            download_url(url, tmp, filename=ARCHIVE_NAME, md5=ARCHIVE_MD5)
+        except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError, OSError) as e:
+            raise DownloadError(
+                f"could not download CIFAR-10 from {url} ({type(e).__name__}: {e}). Offline? Put "
+                f"{ARCHIVE_NAME} at {target.resolve()} or the extracted {FOLDER_NAME}/ folder at "
+                f"{(data_dir / FOLDER_NAME).resolve()}"
+            ) from None
+        except RuntimeError as e:  # torchvision: "File not found or corrupted." (md5 mismatch)
+            raise DownloadError(f"download from {url} failed its md5 check ({e}); will retry") from None
+        os.replace(Path(tmp) / ARCHIVE_NAME, target)
+    return target
+
+
+def ensure_cifar10(data_dir: str | Path, url: str = CIFAR10_URL) -> DataInfo:
+    """Make `data_dir/cifar-10-batches-py` exist and describe it, touching the network only if needed.
+
+    Order: an existing extracted folder, else an existing archive, else download. A file lock makes
+    concurrent callers sharing `data_dir` download and extract once.
+    """
+    data_dir = Path(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(data_dir / ".cifar10.lock"))
+        lock.acquire(timeout=3600)
+    except OSError as e:
+        raise DataError(f"data folder {data_dir} is not writable ({e.strerror or e})") from None
+    try:
+        folder = data_dir / FOLDER_NAME
+        if folder.is_dir() and not _missing_files(folder):
+            return describe_folder(folder)
+        if folder.is_dir():
+            raise DataError(
+                f"{folder} is incomplete (missing {', '.join(_missing_files(folder))}); delete it to re-extract"
+            )
+        archive = data_dir / ARCHIVE_NAME
+        if not archive.is_file():
+            archive = download_archive(url, data_dir)
+        elif md5_file(archive) != ARCHIVE_MD5:
+            log.warning("%s does not match the official md5; using it as an unverified local copy", archive)
+        return describe_folder(_install_from_archive(archive, data_dir))
+    finally:
+        lock.release()
+
+
+def _stat_state(folder: Path) -> str:
+    if not folder.is_dir() or _missing_files(folder):
+        return "absent"
+    stats = [(n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns) for n in sorted(OFFICIAL_MD5)]
+    return f"{folder.resolve()}|{stats}"
+
+
+def still_on_disk(info: DataInfo) -> bool:
+    """True while the files `info` describes are still on disk, unchanged (a cheap stat, no md5)."""
+    return _stat_state(Path(info.root)) == info.disk_state
+
+
+# --- CIFAR-format fixtures and the synthetic dataset ---------------------------------------------
+
+FAKE_FOLDER = "fake-cifar10"
+
+
+def write_batch(path: Path, images_chw: np.ndarray, labels: np.ndarray) -> None:
+    """Write one batch exactly as the official files are laid out (pickle protocol 2)."""
+    batch = {
+        "batch_label": path.name,
+        "labels": [int(v) for v in labels],
+        "data": np.ascontiguousarray(images_chw.reshape(len(labels), -1), dtype=np.uint8),
+        "filenames": [f"{i:05d}.png" for i in range(len(labels))],
+    }
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def write_cifar_folder(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Generate a learnable CIFAR-format dataset: each class is a noisy coloured pattern.
+
+    Returns the `cifar-10-batches-py` folder. Used by the tests and by `--dataset fake`.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    # (10, 3, 32, 32): per class a colour and a stripe frequency/orientation.
+    protos = np.stack(
+        [
+            np.stack([np.sin((xx * np.cos(c) + yy * np.sin(c)) * (0.2 + 0.05 * c) + ch) for ch in range(3)]) * 25 + 128
+            for c in range(len(CLASSES))
+        ]
+    )
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, len(CLASSES), size=n)
+        noise = rng.normal(0, 110, size=(n, 3, 32, 32))
+        return np.clip(protos[labels] + noise, 0, 255).astype(np.uint8), labels
+
+    folder = Path(root) / FOLDER_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = make(n_train)
+    for i, (xs, ys) in enumerate(zip(np.array_split(train_x, 5), np.array_split(train_y, 5), strict=True), start=1):
+        write_batch(folder / f"data_batch_{i}", xs, ys)
+    write_batch(folder / TEST_FILE, *make(n_test))
+    with open(folder / META_FILE, "wb") as f:
+        pickle.dump({"num_cases_per_batch": n_train // 5, "label_names": list(CLASSES), "num_vis": 3072}, f, 2)
+    return folder
+
+
+def ensure_fake(data_dir: str | Path, n_train: int = 2000, n_test: int = 500) -> DataInfo:
+    """The offline `--dataset fake` path: generate once under data_dir/fake-cifar10/."""
+    root = Path(data_dir) / FAKE_FOLDER
+    folder = root / FOLDER_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        if not folder.is_dir() or _missing_files(folder):
+            with tempfile.TemporaryDirectory(dir=root, prefix=".gen-") as tmp:
+                made = write_cifar_folder(Path(tmp), n_train, n_test)
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(made, folder)
+        return describe_folder(folder, dataset="fake")
+
+
+def archive_folder(folder: Path, archive: Path) -> Path:
+    """Pack a batches folder as `cifar-10-python.tar.gz` (tests and local mirrors)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder, arcname=FOLDER_NAME)
+    archive.write_bytes(buf.getvalue())
+    return archive

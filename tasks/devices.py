@@ -1,0 +1,46 @@
+"""Which device each variant trains on, and how many CPU threads it may use."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_devices(device: str, n_variants: int) -> list[str]:
+    """Device per variant. `auto`: one GPU each, round-robin over the GPUs present, else CPU.
+
+    `cuda` also spreads round-robin; `cuda:N` pins all variants to GPU N. Raises ValueError with a
+    one-line message for a device that does not exist.
+    """
+    device = device.strip().lower()
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cpu":
+        return ["cpu"] * n_variants
+    if device == "auto":
+        return [f"cuda:{i % n_gpus}" for i in range(n_variants)] if n_gpus else ["cpu"] * n_variants
+    if device == "cuda" or device.startswith("cuda:"):
+        if n_gpus == 0:
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu or auto)")
+        if device == "cuda":
+            return [f"cuda:{i % n_gpus}" for i in range(n_variants)]
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= n_gpus:
+            raise ValueError(
+                f"device {device!r} does not exist: this machine has {n_gpus} GPU(s), cuda:0..cuda:{n_gpus - 1}"
+            )
+        return [f"cuda:{int(index)}"] * n_variants
+    raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def threads_per_variant(devices: list[str]) -> int:
+    """Split the cores between the variants training on CPU at once (no oversubscription)."""
+    on_cpu = sum(d == "cpu" for d in devices)
+    return max(1, available_cores() // max(on_cpu, 1))

@@ -1,0 +1,40 @@
+"""The tutorial's CNN, with dropout as an argument: p=0 is the baseline."""
+
+from __future__ import annotations
+
+from torch import nn
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class Net(nn.Module):
+    """conv(3→32)·conv(32→64)·conv(64→128), each k3 + ReLU + maxpool2, then 512→512→10.
+
+    Input (N, 3, 32, 32), normalised to [-1, 1]; output (N, 10) logits. Spatial size
+    32 → 30 → 15 → 13 → 6 → 4 → 2, so the flattened features are 128·2·2 = 512.
+    """
+
+    def __init__(self, dropout: float = 0.25, num_classes: int = len(CLASSES)) -> None:
+        super().__init__()
+
+        # p=0 uses Identity, so the baseline is literally the network without dropout layers.
+        def drop() -> nn.Module:
+            return nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(), drop(),
+            nn.Linear(128 * 2 * 2, 512), nn.ReLU(), drop(),
+            nn.Linear(512, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

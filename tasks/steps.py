@@ -1,0 +1,215 @@
+"""Prefect tasks: thin wrappers around the pure functions of this package (the only prefect import here).
+
+Caching: each task's key hashes its inputs *and the source of the modules that compute it*, so an
+edit to the training loop retrains, while an edit to the plots only re-renders. Keys go through
+`_key`, results persist under the flow's `cache_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import task_run as current_task_run
+from prefect.tasks import exponential_backoff
+
+from tasks.config import TrainConfig
+from tasks.data import CIFAR10_URL, DataInfo, DownloadError, ensure_cifar10, ensure_fake, load_split, read_class_names
+from tasks.evaluate import evaluate_checkpoint
+from tasks.launcher import TrainingFailed, run_worker
+from tasks.report import write_report
+from tasks.results import EvalResult, TrainResult
+
+HERE = Path(__file__).resolve().parent
+FETCH_CODE = ("data.py", "model.py")
+TRAIN_CODE = ("config.py", "model.py", "data.py", "evaluate.py", "checkpoint.py", "train.py", "worker.py")
+EVAL_CODE = ("model.py", "data.py", "evaluate.py", "checkpoint.py")
+REPORT_CODE = ("report.py", "results.py")
+
+
+@cache
+def code_hash(files: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for name in files:
+        h.update(name.encode() + b"\0" + (HERE / name).read_bytes())
+    return h.hexdigest()
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def slug(text: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _error_of(state) -> BaseException | None:
+    data = state.data if isinstance(state.data, BaseException) else None
+    if data is None:
+        try:
+            data = state.result(raise_on_failure=False)
+        except Exception as e:
+            data = e
+    return data if isinstance(data, BaseException) else None
+
+
+# --- fetch ---------------------------------------------------------------------------------------
+
+
+def fetch_cache_key(context, parameters) -> str:
+    # The flow re-fetches (refresh) when a cached DataInfo no longer matches the disk.
+    p = parameters
+    return _key("fetch", str(Path(p["data_dir"]).resolve()), p["dataset"], p["url"], code_hash(FETCH_CODE))
+
+
+def retry_on_network_error(task, task_run, state) -> bool:
+    return isinstance(_error_of(state), DownloadError)
+
+
+@task(
+    name="fetch_cifar10",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
+    retry_condition_fn=retry_on_network_error,
+    cache_key_fn=fetch_cache_key,
+    persist_result=True,
+)
+def fetch_cifar10(data_dir: str, dataset: str = "cifar10", url: str = CIFAR10_URL) -> DataInfo:
+    """Reuse a local copy or download (md5-checked) the CIFAR-10 python archive; `fake` generates one."""
+    return ensure_fake(data_dir) if dataset == "fake" else ensure_cifar10(data_dir, url)
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+def train_key(cfg: TrainConfig, data: DataInfo) -> str:
+    return _key("train", cfg.to_dict(), data.fingerprint, code_hash(TRAIN_CODE))
+
+
+def train_cache_key(context, parameters) -> str:
+    return train_key(parameters["cfg"], parameters["data"])
+
+
+def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
+    """Per-variant checkpoint folder, keyed like the task's cache: a rerun finds its own checkpoints."""
+    return Path(cache_dir) / "checkpoints" / f"{slug(cfg.label)}-{train_key(cfg, data)[:16]}"
+
+
+def retry_unless_hopeless(task, task_run, state) -> bool:
+    """Retry crashes and injected faults (the retry resumes from the checkpoint); not OOM or bad data,
+    which fail the same way again with the same settings."""
+    err = _error_of(state)
+    return not (isinstance(err, TrainingFailed) and err.kind in ("oom", "data"))
+
+
+def format_epoch(label: str, epochs: int, r: dict) -> str:
+    """The one fixed-format progress line per epoch."""
+    return (
+        f"{label:<14} epoch {r['epoch']:>2}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:6.2%}"
+        f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}  {r['epoch_seconds']:6.1f}s"
+    )
+
+
+@task(
+    name="train",
+    task_run_name="train[{cfg.label}]",
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=retry_unless_hopeless,
+    cache_key_fn=train_cache_key,
+    persist_result=True,
+)
+def train(cfg: TrainConfig, data: DataInfo, cache_dir: str, threads: int = 0) -> TrainResult:
+    """Train one variant in its own process; log and publish progress once per epoch."""
+    logger = get_run_logger()
+    job = {
+        "config": cfg.to_dict(),
+        "data_root": data.root,
+        "checkpoint_dir": str(checkpoint_dir(cache_dir, cfg, data)),
+        "threads": threads,
+        "attempt": current_task_run.run_count or 1,
+    }
+    progress = create_progress_artifact(0.0, key=f"train-progress-{slug(cfg.label)}", description=f"train[{cfg.label}]")
+    done, start, resumed_from = None, None, None
+    try:
+        for event in run_worker(job):
+            if event["event"] == "start":
+                start = event
+                logger.info("train[%s] on %s, %d threads, %d train / %d test images", cfg.label,
+                            event["device"], event["threads"], event["n_train"], event["n_test"])  # fmt: skip
+            elif event["event"] == "epoch":
+                if resumed_from is None:
+                    resumed_from = event["resumed_from"]
+                if event["resumed_from"] and event["epoch"] == event["resumed_from"] + 1:
+                    logger.info(
+                        "train[%s] resumed after epoch %d from its checkpoint", cfg.label, event["resumed_from"]
+                    )
+                logger.info(format_epoch(cfg.label, cfg.epochs, event))
+                update_progress_artifact(progress, 100.0 * event["epoch"] / cfg.epochs)
+            elif event["event"] == "done":
+                done = event
+    except TrainingFailed as e:
+        if e.kind == "oom":
+            raise TrainingFailed(
+                f"train[{cfg.label}] ran out of GPU memory on {cfg.device} at batch size {cfg.batch_size} "
+                f"(precision {cfg.precision}); lower --batch-size or use another device. {e}", "oom"
+            ) from None  # fmt: skip
+        raise
+    update_progress_artifact(progress, 100.0)
+    if done is None or start is None:
+        raise TrainingFailed(f"train[{cfg.label}]: worker ended without a result", "crash")
+    return TrainResult(
+        config=cfg,
+        checkpoint=done["checkpoint"],
+        weights_sha256=done["weights_sha256"],
+        history=done["history"],
+        n_params=done["n_params"],
+        started_at=done["started_at"],
+        finished_at=done["finished_at"],
+        train_seconds=done["wall_seconds"],
+        threads=threads,
+        n_train=start["n_train"],
+        n_test=start["n_test"],
+        resumed_from=cfg.epochs if resumed_from is None else resumed_from,
+    )
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+def eval_cache_key(context, parameters) -> str:
+    t: TrainResult = parameters["trained"]
+    return _key("evaluate", t.config.to_dict(), t.weights_sha256, parameters["data"].fingerprint, code_hash(EVAL_CODE))
+
+
+@task(
+    name="evaluate", task_run_name="evaluate[{trained.config.label}]", cache_key_fn=eval_cache_key, persist_result=True
+)
+def evaluate_model(trained: TrainResult, data: DataInfo) -> EvalResult:
+    """Final test loss/accuracy, per-class accuracy and confusion matrix of a trained checkpoint."""
+    r = evaluate_checkpoint(trained.checkpoint, trained.config, data.root)
+    return EvalResult(trained.config, r["loss"], r["acc"], r["per_class_acc"], r["confusion"])
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def report_cache_key(context, parameters) -> str:
+    p = parameters
+    return _key("report", p["run_dir"], [t.weights_sha256 for t in p["trained"]], [e.test_acc for e in p["evals"]],
+                [t.history for t in p["trained"]], p["data"].fingerprint, code_hash(REPORT_CODE))  # fmt: skip
+
+
+@task(name="render_report", cache_key_fn=report_cache_key, persist_result=True)
+def render_report(trained: list[TrainResult], evals: list[EvalResult], data: DataInfo, run_dir: str) -> tuple[str, str]:
+    """Parquet tables + PNGs into `run_dir`; returns (run_dir, markdown for the UI)."""
+    train_x, train_y = load_split(data.root, train=True, limit=25)
+    samples = (train_x.numpy(), train_y.numpy())
+    path, markdown = write_report(Path(run_dir), trained, evals, data, samples, read_class_names(data.root))
+    return str(path), markdown

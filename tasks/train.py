@@ -1,0 +1,171 @@
+"""The training loop: the tutorial's recipe on pre-decoded uint8 tensors, resumable per epoch.
+
+`fit` is a generator: it yields one record per finished epoch (the caller prints/logs it) and
+writes a checkpoint after each epoch, so a killed run resumes where it stopped. With the same seed
+on CPU, a resumed run is bit-identical to an uninterrupted one: the checkpoint carries the model,
+Adam's state, the global RNG (dropout masks) and the batch-order generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tasks.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    epoch_checkpoints,
+    load_checkpoint,
+    prune,
+    save_checkpoint,
+    set_aside,
+)
+from tasks.config import TrainConfig
+from tasks.evaluate import autocast, evaluate, to_input
+from tasks.model import Net
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the reliability tests: "EPOCH" or "EPOCH:ATTEMPT" raises in that epoch
+# (by default only on attempt 1, so the task's own retry can resume and finish).
+FAIL_AT_EPOCH_ENV = "DROPOUT_LAB_FAIL_AT_EPOCH"
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def build(cfg: TrainConfig) -> tuple[Net, torch.optim.Adam]:
+    """Seeded model + optimizer: every variant with the same seed starts from the same weights."""
+    torch.manual_seed(cfg.seed)
+    model = Net(cfg.dropout).to(torch.device(cfg.device), memory_format=torch.channels_last)
+    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int, list[dict]] | None:
+    """Load the newest good checkpoint into model/opt/RNGs and return (epoch, history).
+
+    Bad checkpoints are set aside; None when nothing usable was found (model/opt may then be
+    half-loaded, so the caller rebuilds them).
+    """
+    for epoch, path in epoch_checkpoints(folder):
+        try:
+            state = load_checkpoint(path)
+            if state.get("config") != cfg.to_dict():
+                raise CheckpointError("written for a different configuration")
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                order_gen.set_state(state["rng_order"])
+                torch.set_rng_state(state["rng_cpu"])
+                if state.get("rng_cuda") is not None and model_device(model).type == "cuda":
+                    torch.cuda.set_rng_state(state["rng_cuda"], model_device(model))
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                raise CheckpointError(f"does not fit this run ({str(e).splitlines()[0]})") from None
+        except CheckpointError as e:
+            set_aside(path, str(e))
+            continue
+        log.info("resuming %s from %s (epoch %d done)", cfg.label, path.name, epoch)
+        return epoch, list(state["history"])
+    return None
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _fault_epoch(attempt: int) -> int | None:
+    spec = os.environ.get(FAIL_AT_EPOCH_ENV, "")
+    if not spec:
+        return None
+    epoch, _, on_attempt = spec.partition(":")
+    return int(epoch) if attempt == int(on_attempt or 1) else None
+
+
+def fit(
+    cfg: TrainConfig,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    checkpoint_dir: str | Path,
+    attempt: int = 1,
+) -> Iterator[dict]:
+    """Train `cfg.epochs` epochs (resuming from `checkpoint_dir`); yield one record per new epoch.
+
+    Images are (N, 32, 32, 3) uint8 on any device; they are moved to cfg.device once.
+    A record: epoch, train_loss, train_acc, test_loss, test_acc, epoch_seconds, resumed_from.
+    """
+    device = torch.device(cfg.device)
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Dropout masks come from the global generator, seeded in `build` (one process per variant,
+    # so nothing else draws from it). Batch order has its own generator: it is the same for
+    # every dropout rate with this seed, which makes the comparison paired.
+    model, opt = build(cfg)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    restored = _restore(folder, cfg, model, opt, order_gen)
+    if restored is None:
+        model, opt = build(cfg)
+        order_gen = torch.Generator().manual_seed(cfg.seed)
+        restored = (0, [])
+    done, history = restored
+
+    train_x, train_y = train_images.to(device), train_labels.to(device)
+    test_x, test_y = test_images.to(device), test_labels.to(device)
+    n = len(train_y)
+    fault_epoch = _fault_epoch(attempt)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    for epoch in range(done + 1, cfg.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=order_gen).to(device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for i in range(0, n, cfg.batch_size):
+            if fault_epoch == epoch and i >= n // 2:
+                raise InjectedFault(f"injected fault in epoch {epoch} (attempt {attempt})")
+            idx = order[i : i + cfg.batch_size]
+            x, y = to_input(train_x[idx]), train_y[idx]
+            with autocast(device, cfg.precision):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            # Accumulate on the device: no host sync per step.
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+        test = evaluate(model, test_x, test_y, cfg.eval_batch_size, cfg.precision)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(loss_sum) / n,
+            "train_acc": float(correct) / n,
+            "test_loss": test["loss"],
+            "test_acc": test["acc"],
+            "epoch_seconds": time.perf_counter() - start,
+        }
+        history.append(record)
+        save_checkpoint(
+            checkpoint_path(folder, epoch),
+            {
+                "config": cfg.to_dict(),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "rng_order": order_gen.get_state(),
+                "history": history,
+            },
+        )
+        prune(folder)
+        yield {**record, "resumed_from": done}

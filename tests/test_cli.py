@@ -1,0 +1,75 @@
+"""The command line: validation before any work, help, and one real run as a user types it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.compare import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--batch-size", "0"], "batch size must be an integer >= 1"),
+        (["--dropout", "1.5"], "dropout must satisfy 0 <= p < 1"),
+        (["--lr", "-1"], "learning rate must be > 0"),
+        (["--device", "cuda:7"], "cuda"),
+        (["--device", "tpu"], "unknown device"),
+        (["--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
+        (["--dataset", "imagenet"], "dataset must be one of"),
+        (["--limit-train", "-5"], "--limit-train"),
+    ],
+)
+def test_bad_parameters_give_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # nothing was started
+
+
+def test_help_lists_every_flow_parameter(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--data-dir", "--out", "--epochs", "--batch-size", "--lr", "--dropout", "--seed", "--device",
+                 "--limit-train", "--limit-test", "--refresh", "--dataset", "--precision", "--cache-dir"):  # fmt: skip
+        assert flag in out
+
+
+def test_script_runs_end_to_end_and_ends_with_the_report_line(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    proc = subprocess.run(
+        [sys.executable, "flows/compare.py", "--dataset", "fake", "--epochs", "1", "--limit-train", "200",
+         "--limit-test", "100", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+         "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]  # stdout and the logs (stderr) together, as in a terminal
+    assert last.startswith("report: "), proc.stdout[-2000:]
+    assert (Path(last.removeprefix("report: ")) / "comparison.png").is_file()
+
+
+def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    code = (
+        "import sys, flows.compare as c, tasks.steps as s;"
+        "s.fetch_cifar10.retry_delay_seconds = [0, 0, 0];"
+        "sys.exit(c.main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--data-dir", str(tmp_path / "data"), "--epochs", "1"],
+        cwd=REPO, env={**env, "DROPOUT_LAB_CIFAR10_URL": "http://127.0.0.1:9/cifar-10-python.tar.gz"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: DownloadError: could not download CIFAR-10 from http://127.0.0.1:9/")
+    assert str((tmp_path / "data" / "cifar-10-python.tar.gz").resolve()) in last

@@ -1,0 +1,133 @@
+"""The download path against a loopback HTTP server: success, transient failures, offline."""
+
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from tasks import data
+from tasks.data import DownloadError, archive_folder, download_archive, ensure_cifar10
+
+
+class ArchiveServer:
+    """Serves one archive on 127.0.0.1; the first `failures` GETs send half the bytes and hang up."""
+
+    def __init__(self, payload: bytes, failures: int = 0, status: int = 200):
+        self.payload, self.failures, self.status, self.requests = payload, failures, status, 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.send_response(server.status)
+                self.send_header("Content-Length", str(len(server.payload)))
+                self.end_headers()
+
+            def do_GET(self):
+                if self.headers.get("Method") == "HEAD":  # torchvision's redirect probe: headers only
+                    return self.do_HEAD()
+                server.requests += 1
+                if server.status != 200:
+                    self.send_error(server.status)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.payload)))
+                self.end_headers()
+                if server.requests <= server.failures:  # drop the connection mid-file
+                    self.wfile.write(server.payload[: len(server.payload) // 2])
+                    self.wfile.flush()
+                    self.connection.close()
+                    return
+                self.wfile.write(server.payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cifar-10-python.tar.gz"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def archive_bytes(tiny_cifar, tmp_path, monkeypatch) -> bytes:
+    """The tiny dataset as an archive, and that archive's md5 standing in for the official one."""
+    payload = archive_folder(tiny_cifar / "cifar-10-batches-py", tmp_path / "a.tar.gz").read_bytes()
+    monkeypatch.setattr(data, "ARCHIVE_MD5", hashlib.md5(payload).hexdigest())
+    return payload
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(payload, **kw):
+        servers.append(ArchiveServer(payload, **kw))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_download_verifies_and_extracts(archive_bytes, serve, tmp_path):
+    server = serve(archive_bytes)
+    info = ensure_cifar10(tmp_path / "d", url=server.url)
+    assert (tmp_path / "d" / "cifar-10-python.tar.gz").read_bytes() == archive_bytes
+    assert Path(info.root).name == "cifar-10-batches-py" and server.requests == 1
+    # A second call finds the extracted copy and never touches the network.
+    ensure_cifar10(tmp_path / "d", url=server.url)
+    assert server.requests == 1
+
+
+def test_interrupted_download_leaves_no_file_that_looks_good(archive_bytes, serve, tmp_path):
+    server = serve(archive_bytes, failures=1)
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    with pytest.raises(DownloadError):
+        download_archive(server.url, data_dir)
+    assert list(data_dir.iterdir()) == []  # the half file stayed in a temp folder, now removed
+
+
+def test_corrupted_transfer_fails_md5_and_is_retryable(archive_bytes, serve, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "ARCHIVE_MD5", "0" * 32)
+    server = serve(archive_bytes)
+    with pytest.raises(DownloadError, match="md5"):
+        ensure_cifar10(tmp_path / "d", url=server.url)
+    assert not (tmp_path / "d" / "cifar-10-python.tar.gz").exists()
+
+
+def test_offline_error_names_url_and_where_to_put_the_file(tmp_path):
+    url = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # discard port: connection refused
+    with pytest.raises(DownloadError) as err:
+        ensure_cifar10(tmp_path / "d", url=url)
+    msg = str(err.value)
+    assert url in msg
+    assert str((tmp_path / "d" / "cifar-10-python.tar.gz").resolve()) in msg
+    assert str((tmp_path / "d" / "cifar-10-batches-py").resolve()) in msg
+
+
+def test_fetch_task_retries_through_a_transient_failure(prefect_harness, archive_bytes, serve, tmp_path):
+    from tasks.steps import fetch_cifar10
+
+    server = serve(archive_bytes, failures=2)
+    task = fetch_cifar10.with_options(retry_delay_seconds=0, cache_policy=None, persist_result=False)
+    info = task(str(tmp_path / "d"), "cifar10", server.url)
+    assert server.requests == 3
+    assert (Path(info.root) / "data_batch_5").is_file()
+
+
+def test_fetch_task_does_not_retry_bad_data(prefect_harness, tmp_path):
+    from tasks.steps import fetch_cifar10
+
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    (data_dir / "cifar-10-python.tar.gz").write_bytes(b"not a tar")
+    task = fetch_cifar10.with_options(retry_delay_seconds=0, cache_policy=None, persist_result=False)
+    state = task(str(data_dir), "cifar10", "http://127.0.0.1:9/x", return_state=True)
+    assert state.is_failed() and state.state_details.task_run_id
+    assert "cannot extract" in str(state.result(raise_on_failure=False))

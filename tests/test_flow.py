@@ -1,0 +1,138 @@
+"""The whole flow end to end on tiny data, under one embedded Prefect server."""
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+from flows.compare import compare
+from tasks.report import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_cifar, tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow")
+    shutil.copytree(tiny_cifar / "cifar-10-batches-py", root / "data" / "cifar-10-batches-py")
+    return root
+
+
+def run_flow(ws: Path, **overrides):
+    params = dict(data_dir=str(ws / "data"), out=str(ws / "artifacts"), cache_dir=str(ws / "cache"), epochs=EPOCHS)
+    state = compare(**{**params, **overrides}, return_state=True)
+    assert state.is_completed(), state
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    states: dict[str, set[str]] = {}  # task run name → its states (a re-run task appears twice)
+    for tr in task_runs:
+        states.setdefault(tr.name, set()).add(tr.state.name)
+    return Path(state.result()), states, artifacts
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, workspace):
+    return run_flow(workspace)
+
+
+def test_first_run_writes_a_complete_report(first_run):
+    folder, states, _ = first_run
+    assert {n for n in states if n.startswith(("train", "evaluate"))} == {
+        "train[dropout=0.25]", "train[baseline]", "evaluate[dropout=0.25]", "evaluate[baseline]",
+    }  # fmt: skip
+    assert all(s == {"Completed"} for s in states.values()), states
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "comparison.png", "history.parquet", "per_class.parquet", "samples.png", "summary.md", "summary.parquet",
+    ]  # fmt: skip
+    for name in ("comparison.png", "samples.png"):
+        with Image.open(folder / name) as img:
+            img.load()
+            assert img.size[0] > 400
+
+
+def test_parquet_schemas_and_contents(first_run):
+    folder, _, _ = first_run
+    history = pq.read_table(folder / "history.parquet")
+    summary = pq.read_table(folder / "summary.parquet")
+    per_class = pq.read_table(folder / "per_class.parquet")
+    assert history.schema.equals(HISTORY_SCHEMA) and summary.schema.equals(SUMMARY_SCHEMA)
+    assert per_class.schema.equals(PER_CLASS_SCHEMA)
+    assert history.num_rows == 2 * EPOCHS and per_class.num_rows == 2 * 10 and summary.num_rows == 2
+    h = history.to_pylist()
+    assert sorted({(r["model"], r["dropout"]) for r in h}) == [("baseline", 0.0), ("dropout=0.25", 0.25)]
+    assert sorted({r["epoch"] for r in h}) == [1, 2]
+    rows = {r["model"]: r for r in summary.to_pylist()}
+    for r in rows.values():
+        assert 0 <= r["final_test_acc"] <= 1 and r["n_params"] == 361_034 and r["n_train"] == 320
+        assert r["data_verified"] is False and r["dataset"] == "cifar10" and r["device"] == "cpu"
+        assert r["generalization_gap"] == pytest.approx(r["final_train_acc"] - r["final_test_acc"])
+        last = [x for x in h if x["model"] == r["model"] and x["epoch"] == EPOCHS][0]
+        # the evaluate task re-measures the final weights: must agree with the last epoch's test pass
+        assert r["final_test_acc"] == pytest.approx(last["test_acc"])
+        assert r["final_test_loss"] == pytest.approx(last["test_loss"], rel=1e-5)
+
+
+def test_the_two_trainings_overlap_in_time(first_run):
+    folder, _, _ = first_run
+    rows = pq.read_table(folder / "summary.parquet").to_pylist()
+    assert max(r["started_at"] for r in rows) < min(r["finished_at"] for r in rows)
+
+
+def test_markdown_and_table_artifacts(first_run):
+    _, _, artifacts = first_run
+    by_key = {a.key: a for a in artifacts if a.key}
+    md = by_key["dropout-comparison"]
+    assert md.type == "markdown" and "data:image/png;base64," in md.data and "| baseline |" in md.data
+    assert "unverified" in md.data
+    assert by_key["dropout-history"].type == "table"
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert len(progress) == 2 and all(float(a.data) == 100.0 for a in progress)
+
+
+def test_second_identical_run_is_fully_cached(first_run, workspace):
+    folder, states, _ = run_flow(workspace)
+    assert folder == first_run[0]
+    assert states and all(s == {"Cached"} for s in states.values()), states
+
+
+def test_changing_dropout_retrains_only_the_dropout_model(first_run, workspace):
+    folder, states, _ = run_flow(workspace, dropout=0.5)
+    assert states["train[baseline]"] == {"Cached"} and states["evaluate[baseline]"] == {"Cached"}
+    assert states["train[dropout=0.5]"] == {"Completed"}
+    assert folder != first_run[0]
+
+
+def test_refresh_recomputes_everything(first_run, workspace):
+    _, states, _ = run_flow(workspace, refresh=True)
+    assert all(s == {"Completed"} for s in states.values()), states
+
+
+def test_deleted_report_folder_is_rewritten(first_run, workspace):
+    shutil.rmtree(first_run[0])
+    folder, _, _ = run_flow(workspace)
+    assert (folder / "summary.parquet").is_file()
+
+
+def test_fake_dataset_is_labelled_synthetic_everywhere(prefect_harness, workspace):
+    folder, _, artifacts = run_flow(workspace, dataset="fake", epochs=1, limit_train=200, limit_test=100)
+    assert "synthetic data — accuracies meaningless" in (folder / "summary.md").read_text()
+    assert set(pq.read_table(folder / "summary.parquet").column("dataset").to_pylist()) == {"fake"}
+    md = next(a for a in artifacts if a.key == "dropout-comparison")
+    assert "synthetic data — accuracies meaningless" in md.data
+
+
+def test_deleted_checkpoints_are_noticed_and_retrained(first_run, workspace):
+    shutil.rmtree(workspace / "cache" / "checkpoints")
+    folder, states, _ = run_flow(workspace)
+    # the cached results point at missing checkpoints, so both variants are trained again
+    assert states["train[baseline]"] == {"Cached", "Completed"}
+    assert states["train[dropout=0.25]"] == {"Cached", "Completed"}
+    assert (folder / "summary.parquet").is_file()
