@@ -26,8 +26,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from pydantic import Field  # noqa: E402
 
 from tasks.config import TrainConfig, check_train_config  # noqa: E402
-from tasks.data import CIFAR10_URL, still_on_disk  # noqa: E402
+from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
 from tasks.devices import resolve_devices, threads_per_variant  # noqa: E402
+from tasks.preflight import check_folders  # noqa: E402
 from tasks.report import history_rows  # noqa: E402
 from tasks.steps import evaluate_model, fetch_cifar10, render_report, train, train_key  # noqa: E402
 
@@ -73,6 +74,9 @@ def check_parameters(**params) -> list[TrainConfig]:
     configs = variant_configs(base, params["dropout"], params["device"])
     for cfg in configs:
         check_train_config(cfg)  # precision vs the resolved device
+    data_dir = Path(params["data_dir"])
+    present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
+    check_folders(params["data_dir"], params["out"], params["cache_dir"], data_present=present)
     return configs
 
 
@@ -104,7 +108,7 @@ def compare(
         data = fetch_cifar10.with_options(**{**opts, "refresh_cache": True})(data_dir, dataset, url)
 
     threads = threads_per_variant([c.device for c in configs])
-    train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads) for c in configs]
+    train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads, refresh) for c in configs]
     trained = [f.result() for f in train_futures]
     # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
     retrain = {
@@ -163,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_api_reachable(timeout_s: float = 5.0) -> None:
+    """With PREFECT_API_URL set (e.g. a `prefect server start`), fail fast if nothing answers there,
+    instead of letting the client retry for minutes. Without it, runs use a temporary local server."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as e:
+        raise ConnectionError(
+            f"the Prefect API at {url} (PREFECT_API_URL) does not answer ({type(e).__name__}: {e}); start it "
+            "with `prefect server start`, or unset PREFECT_API_URL to run on a temporary local server"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     params = vars(build_parser().parse_args(argv))
     try:
@@ -170,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        check_api_reachable()
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     # Registered before Prefect starts its embedded server, so it runs after the server's own
     # exit handler (atexit is last-in, first-out) and the report line really is the last line.
     last_line: list[str] = []

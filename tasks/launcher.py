@@ -40,7 +40,7 @@ def run_worker(job: dict) -> Iterator[dict]:
         )
         error = None
         try:
-            proc.stdin.write(json.dumps(job))
+            proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}))
             proc.stdin.close()
             for line in proc.stdout:
                 if not line.startswith("{"):

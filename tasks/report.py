@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from tasks.data import DataInfo  # noqa: E402
 from tasks.model import CLASSES  # noqa: E402
@@ -56,6 +57,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("batch_size", pa.int64()),
         ("lr", pa.float64()),
         ("train_seconds", pa.float64()),
+        ("resumed_from_epoch", pa.int64()),
         ("started_at", UTC_TS),
         ("finished_at", UTC_TS),
         ("device", pa.string()),
@@ -124,6 +126,7 @@ def summary_rows(results: list[TrainResult], evals: list[EvalResult], data: Data
                 "batch_size": r.config.batch_size,
                 "lr": r.config.lr,
                 "train_seconds": r.train_seconds,
+                "resumed_from_epoch": r.resumed_from,
                 "started_at": datetime.fromisoformat(r.started_at),
                 "finished_at": datetime.fromisoformat(r.finished_at),
                 "device": r.config.device,
@@ -289,9 +292,15 @@ def write_report(
         markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir)
         (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
         os.chmod(tmp, 0o755)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        os.replace(tmp, run_dir)
+        # Swap under a lock: two identical runs finishing together must not interleave the swap.
+        with FileLock(str(run_dir.parent / f".{run_dir.name}.lock")):
+            if run_dir.exists():
+                old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+                os.replace(run_dir, old)
+                os.replace(tmp, run_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -125,14 +125,18 @@ def format_epoch(label: str, epochs: int, r: dict) -> str:
     cache_key_fn=train_cache_key,
     persist_result=True,
 )
-def train(cfg: TrainConfig, data: DataInfo, cache_dir: str, threads: int = 0) -> TrainResult:
-    """Train one variant in its own process; log and publish progress once per epoch."""
+def train(cfg: TrainConfig, data: DataInfo, cache_dir: str, threads: int = 0, fresh: bool = False) -> TrainResult:
+    """Train one variant in its own process; log and publish progress once per epoch.
+
+    Resumes from the variant's checkpoints unless `fresh` (a refresh), which starts over.
+    """
     logger = get_run_logger()
     job = {
         "config": cfg.to_dict(),
         "data_root": data.root,
         "checkpoint_dir": str(checkpoint_dir(cache_dir, cfg, data)),
         "threads": threads,
+        "fresh": fresh,
         "attempt": current_task_run.run_count or 1,
     }
     progress = create_progress_artifact(0.0, key=f"train-progress-{slug(cfg.label)}", description=f"train[{cfg.label}]")

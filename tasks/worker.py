@@ -10,8 +10,11 @@ or its own GPU. Protocol: one JSON object per stdout line —
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import os
+import signal
 import sys
 import time
 import traceback
@@ -25,10 +28,21 @@ def emit(event: str, **payload) -> None:
     print(json.dumps({"event": event, **payload}), flush=True)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: get SIGKILL when the launching process dies (kill -9 included), so no orphan keeps training."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the worker notices a dead parent at its next write instead
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(EXIT_CRASH)
+
+
 def run_job(job: dict) -> dict:
     import torch
+    from filelock import FileLock
 
-    from tasks.checkpoint import epoch_checkpoints
+    from tasks.checkpoint import epoch_checkpoints, load_checkpoint
     from tasks.config import TrainConfig
     from tasks.data import load_split
     from tasks.model import Net, count_parameters
@@ -39,20 +53,28 @@ def run_job(job: dict) -> dict:
         torch.set_num_threads(int(job["threads"]))
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; convs use TF32 by default
+    folder = Path(job["checkpoint_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     train_x, train_y = load_split(job["data_root"], train=True, limit=cfg.limit_train)
     test_x, test_y = load_split(job["data_root"], train=False, limit=cfg.limit_test)
     emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_test=len(test_y))
-    for record in fit(cfg, train_x, train_y, test_x, test_y, job["checkpoint_dir"], job.get("attempt", 1)):
-        emit("epoch", **record)
-    _, final = epoch_checkpoints(Path(job["checkpoint_dir"]))[0]
-    from tasks.checkpoint import load_checkpoint
-
-    state = load_checkpoint(final)
+    # Two runs training the very same variant (same cache key, same folder) take turns: the second
+    # then finds the finished checkpoints and has nothing left to train.
+    with FileLock(str(folder / ".lock")):
+        if job.get("fresh") and job.get("attempt", 1) == 1:  # --refresh: retrain from scratch
+            for _, path in epoch_checkpoints(folder):
+                path.unlink()
+        for record in fit(cfg, train_x, train_y, test_x, test_y, folder, job.get("attempt", 1)):
+            emit("epoch", **record)
+        _, final = epoch_checkpoints(folder)[0]
+        state = load_checkpoint(final)
+        weights_sha256 = hashlib.sha256(final.read_bytes()).hexdigest()
     return {
         "checkpoint": str(final),
-        "weights_sha256": hashlib.sha256(final.read_bytes()).hexdigest(),
+        "weights_sha256": weights_sha256,
         "history": state["history"],
         "n_params": count_parameters(Net(cfg.dropout)),
         "started_at": started.isoformat(),
@@ -61,28 +83,31 @@ def run_job(job: dict) -> dict:
     }
 
 
+def classify(error: BaseException) -> tuple[str, int]:
+    """(kind, exit code) of a training failure; the task retries only what a retry can fix."""
+    from tasks.data import DataError
+    from tasks.train import InjectedFault
+
+    if "out of memory" in str(error).lower():  # torch.OutOfMemoryError and allocator messages
+        return "oom", EXIT_OOM
+    if isinstance(error, DataError):
+        return "data", EXIT_DATA
+    if isinstance(error, InjectedFault):
+        return "fault", EXIT_FAULT
+    return "crash", EXIT_CRASH
+
+
 def main() -> int:
     job = json.load(sys.stdin)
+    die_with_parent(job["parent_pid"])
     try:
         emit("done", **run_job(job))
         return 0
     except Exception as e:  # report a classified error on the protocol, details on stderr
-        from tasks.data import DataError
-        from tasks.train import InjectedFault
-
         traceback.print_exc(file=sys.stderr)
-        text = f"{type(e).__name__}: {e}"
-        if "out of memory" in str(e).lower():
-            emit("error", kind="oom", message=text)
-            return EXIT_OOM
-        if isinstance(e, DataError):
-            emit("error", kind="data", message=text)
-            return EXIT_DATA
-        if isinstance(e, InjectedFault):
-            emit("error", kind="fault", message=text)
-            return EXIT_FAULT
-        emit("error", kind="crash", message=text)
-        return EXIT_CRASH
+        kind, code = classify(e)
+        emit("error", kind=kind, message=f"{type(e).__name__}: {e}")
+        return code
 
 
 if __name__ == "__main__":

@@ -111,8 +111,10 @@ def test_changing_dropout_retrains_only_the_dropout_model(first_run, workspace):
 
 
 def test_refresh_recomputes_everything(first_run, workspace):
-    _, states, _ = run_flow(workspace, refresh=True)
+    folder, states, _ = run_flow(workspace, refresh=True)
     assert all(s == {"Completed"} for s in states.values()), states
+    summary = pq.read_table(folder / "summary.parquet").to_pylist()
+    assert [r["resumed_from_epoch"] for r in summary] == [0, 0]  # retrained from scratch, not resumed
 
 
 def test_deleted_report_folder_is_rewritten(first_run, workspace):

@@ -1,0 +1,209 @@
+"""Fault injection: kill -9 and resume, task retries, concurrent runs, dead API, full or unwritable disks."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from flows.compare import compare, main
+from tasks.checkpoint import epoch_checkpoints, load_checkpoint
+from tasks.launcher import TrainingFailed
+from tasks.train import FAIL_AT_EPOCH_ENV
+from tasks.worker import classify
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def cli(args, env_extra=None, **kw):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "flows/compare.py", *args], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
+    )  # fmt: skip
+
+
+def args_for(ws: Path, *extra, cache="cache", out="out"):
+    return ["--dataset", "fake", "--data-dir", str(ws / "data"), "--out", str(ws / out),
+            "--cache-dir", str(ws / cache), *extra]  # fmt: skip
+
+
+def report_of(output: str) -> Path:
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("report: "), output[-3000:]
+    return Path(last.removeprefix("report: "))
+
+
+def metrics(folder: Path):
+    rows = pq.read_table(folder / "history.parquet").to_pylist()
+    return sorted((r["model"], *(r[m] for m in METRICS)) for r in rows)
+
+
+def final_weights(cache: Path) -> dict[str, dict]:
+    out = {}
+    for folder in (cache / "checkpoints").iterdir():
+        out[folder.name.split("-")[0]] = load_checkpoint(epoch_checkpoints(folder)[0][1])["model"]
+    return out
+
+
+def worker_children(pid: int) -> list[int]:
+    """PIDs of the training processes (`python -m tasks.worker`) started by `pid`."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"tasks.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_mid_training_then_rerun_resumes_with_identical_results(tmp_path):
+    args = args_for(tmp_path, "--epochs", "4")
+    proc = cli(args)
+    deadline = time.time() + 240
+    while not list((tmp_path / "cache").glob("checkpoints/*/epoch-0002.pt")):
+        assert proc.poll() is None and time.time() < deadline, "training never reached epoch 2"
+        time.sleep(0.1)
+    workers = worker_children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the flow process; its training processes must follow
+    proc.wait()
+    deadline = time.time() + 10
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert workers and not any(alive(w) for w in workers), "orphaned training processes kept running"
+    assert not list((tmp_path / "out").glob("*/summary.parquet"))  # no report from the killed run
+
+    rerun = cli(args)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out[-3000:]
+    assert "resumed after epoch" in out
+    resumed = report_of(out)
+    assert max(pq.read_table(resumed / "summary.parquet").column("resumed_from_epoch").to_pylist()) >= 2
+
+    reference = cli(args_for(tmp_path, "--epochs", "4", cache="cache-ref", out="out-ref"))
+    ref_out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_out[-3000:]
+    assert metrics(resumed) == metrics(report_of(ref_out))
+    killed_w, ref_w = final_weights(tmp_path / "cache"), final_weights(tmp_path / "cache-ref")
+    assert killed_w.keys() == ref_w.keys() == {"baseline", "dropout"}
+    for variant in killed_w:
+        for name, tensor in killed_w[variant].items():
+            assert torch.equal(tensor, ref_w[variant][name]), (variant, name)
+
+
+def test_injected_fault_is_survived_by_the_tasks_own_retry(prefect_harness, tiny_cifar, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_cifar / "cifar-10-batches-py", tmp_path / "data" / "cifar-10-batches-py")
+    common = dict(data_dir=str(tmp_path / "data"), epochs=3)
+    clean = Path(compare(**common, out=str(tmp_path / "o1"), cache_dir=str(tmp_path / "c1")))
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")  # every worker raises mid-epoch 2 on its first attempt
+    faulty = Path(compare(**common, out=str(tmp_path / "o2"), cache_dir=str(tmp_path / "c2")))
+    summary = pq.read_table(faulty / "summary.parquet").to_pylist()
+    assert [r["resumed_from_epoch"] for r in summary] == [1, 1]  # the retry resumed at epoch 2
+    assert metrics(faulty) == metrics(clean)
+
+
+def test_concurrent_runs_with_different_parameters_share_folders_safely(tmp_path):
+    first = cli(args_for(tmp_path, "--epochs", "2"))
+    second = cli(args_for(tmp_path, "--epochs", "2", "--dropout", "0.5"))
+    out1, _ = first.communicate(timeout=300)
+    out2, _ = second.communicate(timeout=300)
+    assert first.returncode == 0, out1[-3000:]
+    assert second.returncode == 0, out2[-3000:]
+    r1, r2 = report_of(out1), report_of(out2)
+    assert r1 != r2 and r1.parent == r2.parent
+    assert {r["model"] for r in pq.read_table(r1 / "summary.parquet").to_pylist()} == {"dropout=0.25", "baseline"}
+    assert {r["model"] for r in pq.read_table(r2 / "summary.parquet").to_pylist()} == {"dropout=0.5", "baseline"}
+    third = cli(args_for(tmp_path, "--epochs", "2"))
+    out3, _ = third.communicate(timeout=300)
+    assert third.returncode == 0 and report_of(out3) == r1
+    assert out3.count("Cached(type=COMPLETED)") >= 5, out3[-3000:]
+
+
+def test_dead_api_url_fails_fast_with_a_clear_message(tmp_path):
+    start = time.time()
+    proc = cli(args_for(tmp_path), {"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and time.time() - start < 30
+    assert "Prefect API at http://127.0.0.1:9/api" in out and "does not answer" in out
+
+
+def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    code = main(args_for(tmp_path, "--out", str(tmp_path / "blocker" / "out")))
+    assert code == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "data").joinpath("fake-cifar10").exists()
+
+
+def test_full_disk_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import shutil as real_shutil
+
+    from tasks import preflight
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=5 << 20))
+    assert (
+        main(["--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]) == 2
+    )
+    assert "MB free; this run needs about" in capsys.readouterr().err
+
+
+def test_failed_report_leaves_no_folder_that_looks_complete(tmp_path, monkeypatch):
+    from tasks import report
+    from tests.test_report import fake_results
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "plot_samples", broken)
+    with pytest.raises(OSError):
+        report.write_report(tmp_path / "run", *fake_results())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_is_not_retried_and_names_model_and_batch():
+    from prefect.states import Failed
+
+    from tasks.steps import retry_unless_hopeless
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert classify(oom)[0] == "oom"
+    assert classify(ValueError("x"))[0] == "crash"
+    assert retry_unless_hopeless(None, None, Failed(data=TrainingFailed("oom", "oom"))) is False
+    assert retry_unless_hopeless(None, None, Failed(data=TrainingFailed("boom", "crash"))) is True
+
+
+def test_concurrent_fetches_sharing_a_data_dir_download_once(tiny_cifar, tmp_path, monkeypatch):
+    import hashlib
+
+    from tasks import data
+    from tests.test_download import ArchiveServer
+
+    payload = data.archive_folder(tiny_cifar / "cifar-10-batches-py", tmp_path / "a.tar.gz").read_bytes()
+    monkeypatch.setattr(data, "ARCHIVE_MD5", hashlib.md5(payload).hexdigest())
+    server = ArchiveServer(payload)
+    try:
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(data.ensure_cifar10(tmp_path / "d", server.url)))
+                   for _ in range(3)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.close()
+    assert server.requests == 1 and len({r.fingerprint for r in results}) == 1 and len(results) == 3
