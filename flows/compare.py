@@ -67,6 +67,7 @@ def check_parameters(**params) -> list[TrainConfig]:
         lr=params["lr"],
         seed=params["seed"],
         precision=params["precision"],
+        compile=params["compile"],
         limit_train=params["limit_train"],
         limit_test=params["limit_test"],
     )
@@ -91,6 +92,7 @@ def compare(
     seed: Annotated[int, Field(ge=0)] = 0,
     device: str = "auto",
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    compile: bool = False,
     limit_train: Annotated[int, Field(ge=0)] = 0,
     limit_test: Annotated[int, Field(ge=0)] = 0,
     dataset: Literal["cifar10", "fake"] = "cifar10",
@@ -143,6 +145,7 @@ HELP = {
     "seed": "seed for init, batch order and dropout masks",
     "device": "auto | cpu | cuda | cuda:N (auto: one GPU per model if present, else CPU)",
     "precision": "fp32 | bf16 | fp16 (bf16/fp16 autocast on CUDA only)",
+    "compile": "torch.compile the model (pays off on CUDA; slower on CPU)",
     "limit_train": "train on the first N training images (0 = all)",
     "limit_test": "evaluate on the first N test images (0 = all)",
     "dataset": "cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)",
@@ -159,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, param in inspect.signature(compare.fn).parameters.items():
         flag = "--" + name.replace("_", "-")
-        if param.default is False:
-            parser.add_argument(flag, action="store_true", help=HELP[name])
+        if isinstance(param.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=HELP[name])
             continue
         kind = type(param.default)
         parser.add_argument(flag, type=kind, default=param.default, help=HELP[name], metavar=name.upper())

@@ -19,9 +19,10 @@ class TrainConfig:
     seed: int = 0  # weight init, batch order and dropout masks all derive from it
     device: str = "cpu"  # resolved device for this variant: "cpu", "cuda:0", ...
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (bf16/fp16 only on CUDA)
+    compile: bool = False  # torch.compile the model (fewer kernel launches on CUDA; slower on CPU)
     limit_train: int = 0  # train on the first N training images; 0 = all 50,000
     limit_test: int = 0  # evaluate on the first N test images; 0 = all 10,000
-    eval_batch_size: int = 1000  # evaluation chunk; changes speed only, not the maths
+    eval_batch_size: int = 256  # evaluation chunk: speed only (256 beats 1000 by 2-3x on CPU: cache)
 
     @property
     def label(self) -> str:

@@ -62,6 +62,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("finished_at", UTC_TS),
         ("device", pa.string()),
         ("precision", pa.string()),
+        ("compiled", pa.bool_()),
         ("threads", pa.int64()),
         ("n_params", pa.int64()),
         ("n_train", pa.int64()),
@@ -131,6 +132,7 @@ def summary_rows(results: list[TrainResult], evals: list[EvalResult], data: Data
                 "finished_at": datetime.fromisoformat(r.finished_at),
                 "device": r.config.device,
                 "precision": r.config.precision,
+                "compiled": r.config.compile,
                 "threads": r.threads,
                 "n_params": r.n_params,
                 "n_train": r.n_train,
@@ -219,7 +221,7 @@ def report_title(results: list[TrainResult], data: DataInfo) -> str:
     return (
         f"Dropout vs baseline — {data.provenance}\n"
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, seed {cfg.seed}, "
-        f"device {devices}, {cfg.precision}"
+        f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
     )
 
 

@@ -88,6 +88,44 @@ def _fault_epoch(attempt: int) -> int | None:
     return int(epoch) if attempt == int(on_attempt or 1) else None
 
 
+def train_steps(
+    model,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    precision: str = "fp32",
+    fail_at: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over `order` in mini-batches: the tutorial's step (Adam on mean cross-entropy).
+
+    images (N, 32, 32, 3) uint8 and labels (N,) on the model's device; order (M,) indices.
+    Returns (sum of per-sample losses, number correct) as device tensors: no host sync per step.
+    `fail_at` raises InjectedFault at that sample offset (fault-injection tests).
+    """
+    device = images.device
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for i in range(0, len(order), batch_size):
+        if fail_at is not None and i >= fail_at:
+            raise InjectedFault(f"injected fault at sample {i}")
+        idx = order[i : i + batch_size]
+        x, y = to_input(images[idx]), labels[idx]
+        with autocast(device, precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+    return loss_sum, correct
+
+
 def fit(
     cfg: TrainConfig,
     train_images: torch.Tensor,
@@ -116,6 +154,8 @@ def fit(
         order_gen = torch.Generator().manual_seed(cfg.seed)
         restored = (0, [])
     done, history = restored
+    # Compiled or not, `model` keeps the parameters: checkpoints store its state_dict.
+    forward = torch.compile(model) if cfg.compile else model
 
     train_x, train_y = train_images.to(device), train_labels.to(device)
     test_x, test_y = test_images.to(device), test_labels.to(device)
@@ -125,26 +165,11 @@ def fit(
 
     for epoch in range(done + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        model.train()
         order = torch.randperm(n, generator=order_gen).to(device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for i in range(0, n, cfg.batch_size):
-            if fault_epoch == epoch and i >= n // 2:
-                raise InjectedFault(f"injected fault in epoch {epoch} (attempt {attempt})")
-            idx = order[i : i + cfg.batch_size]
-            x, y = to_input(train_x[idx]), train_y[idx]
-            with autocast(device, cfg.precision):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            # Accumulate on the device: no host sync per step.
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-        test = evaluate(model, test_x, test_y, cfg.eval_batch_size, cfg.precision)
+        fail_at = n // 2 if fault_epoch == epoch else None
+        loss_sum, correct = train_steps(forward, opt, scaler, train_x, train_y, order, cfg.batch_size,
+                                        cfg.precision, fail_at)  # fmt: skip
+        test = evaluate(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)
         record = {
             "epoch": epoch,
             "train_loss": float(loss_sum) / n,
