@@ -2,9 +2,10 @@
 
 DAG: fetch_cifar10 → (train[dropout=p] ‖ train[baseline]) → evaluate each → render_report.
 The flow's parameters are the single source of truth for the CLI flags and the deployment schema.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: deployments pickle the flow by value, and its
+parameter annotations must be real objects to rebuild the validation schema in the runner.
+"""
 
 import argparse
 import atexit
@@ -29,6 +30,7 @@ from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
 from tasks.devices import resolve_devices, threads_per_variant  # noqa: E402
 from tasks.preflight import check_folders  # noqa: E402
+from tasks.progress import bars  # noqa: E402
 from tasks.report import history_rows  # noqa: E402
 from tasks.steps import evaluate_model, fetch_cifar10, render_report, train, train_key  # noqa: E402
 
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     last_line: list[str] = []
     atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
     try:
-        folder = compare(**params)
+        with bars.shown():  # one bar per model on a terminal; nothing when piped or logged
+            folder = compare(**params)
     except Exception as e:  # Prefect has logged the details; end on one clear line
         last_line[:] = ["error:", f"{type(e).__name__}: {e}"]
         return 1

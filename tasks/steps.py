@@ -22,6 +22,7 @@ from tasks.config import TrainConfig
 from tasks.data import CIFAR10_URL, DataInfo, DownloadError, ensure_cifar10, ensure_fake, load_split, read_class_names
 from tasks.evaluate import evaluate_checkpoint
 from tasks.launcher import TrainingFailed, run_worker
+from tasks.progress import bars
 from tasks.report import write_report
 from tasks.results import EvalResult, TrainResult
 
@@ -145,6 +146,7 @@ def train(cfg: TrainConfig, data: DataInfo, cache_dir: str, threads: int = 0, fr
         for event in run_worker(job):
             if event["event"] == "start":
                 start = event
+                bars.update(cfg.label, 0, cfg.epochs, "starting")
                 logger.info("train[%s] on %s, %d threads, %d train / %d test images", cfg.label,
                             event["device"], event["threads"], event["n_train"], event["n_test"])  # fmt: skip
             elif event["event"] == "epoch":
@@ -156,6 +158,7 @@ def train(cfg: TrainConfig, data: DataInfo, cache_dir: str, threads: int = 0, fr
                     )
                 logger.info(format_epoch(cfg.label, cfg.epochs, event))
                 update_progress_artifact(progress, 100.0 * event["epoch"] / cfg.epochs)
+                bars.update(cfg.label, event["epoch"], cfg.epochs, f"test acc {event['test_acc']:.2%}")
             elif event["event"] == "done":
                 done = event
     except TrainingFailed as e:

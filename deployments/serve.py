@@ -1,0 +1,68 @@
+"""Serve the `compare` flow as a scheduled deployment from this machine (the simplest path).
+
+    python deployments/serve.py [--cron "0 2 * * *"] [--timezone UTC] [--name nightly] [flow flags ...]
+
+Flow flags (`--epochs`, `--data-dir`, `--device`, ...) become the deployment's default parameters;
+`python flows/compare.py --help` lists them. The process stays up, runs each scheduled or manually
+triggered run (`prefect deployment run compare/nightly`), and leaves the schedule active when it
+stops (`pause_on_shutdown=False`). Needs a Prefect server: `prefect server start` and
+PREFECT_API_URL=http://127.0.0.1:4200/api (see README, "Run on a schedule").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prefect.schedules import Cron  # noqa: E402
+
+from flows.compare import build_parser, check_api_reachable, check_parameters, compare  # noqa: E402
+
+DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    deploy = argparse.ArgumentParser(add_help=False)
+    deploy.add_argument("--name", default="nightly", help="deployment name (runs are compare/NAME)")
+    deploy.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule of the runs")
+    deploy.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
+    parser = build_parser()
+    parser.prog = "python deployments/serve.py"
+    parser.description = "Serve the compare flow on a cron schedule; flow flags set its default parameters."
+    for action in deploy._actions:
+        parser._add_action(action)
+    args = parser.parse_args(argv)
+    options = argparse.Namespace(**{k: getattr(args, k) for k in ("name", "cron", "timezone")})
+    params = {k: v for k, v in vars(args).items() if k not in ("name", "cron", "timezone")}
+    return options, params
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, params = parse(argv)
+    try:
+        check_parameters(**params)
+        Cron(options.cron, timezone=options.timezone)  # validates the expression and zone
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_api_reachable()
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    compare.serve(
+        name=options.name,
+        schedules=[Cron(options.cron, timezone=options.timezone)],
+        parameters=params,
+        pause_on_shutdown=False,  # a restart of this process must not pause the schedule
+        tags=["dropout-lab"],
+        description="Dropout vs baseline on CIFAR-10 (dropout-lab)",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
