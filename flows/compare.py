@@ -28,7 +28,8 @@ from pydantic import Field  # noqa: E402
 
 from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
-from tasks.devices import resolve_devices, threads_per_variant  # noqa: E402
+from tasks.devices import resolve_devices, threads_per_variant, worker_slots  # noqa: E402
+from tasks.launcher import limit_concurrency  # noqa: E402
 from tasks.preflight import check_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
 from tasks.report import history_rows  # noqa: E402
@@ -38,19 +39,23 @@ DATASETS = ("cifar10", "fake")
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
 
 
-def variant_configs(base: TrainConfig, dropout: float, device: str) -> list[TrainConfig]:
-    """The dropout model and the baseline (just the baseline when dropout is 0), each on its device."""
-    rates = [dropout, 0.0] if dropout > 0 else [0.0]
-    devices = resolve_devices(device, len(rates))
-    return [dataclasses.replace(base, dropout=p, device=d) for p, d in zip(rates, devices, strict=True)]
+def variant_configs(base: TrainConfig, rates: list[float], seeds: list[int], device: str) -> list[TrainConfig]:
+    """One config per (dropout rate, seed); the baseline (rate 0) is always included.
+
+    Each gets its device (round-robin over GPUs with `auto`/`cuda`)."""
+    pairs = [(p, s) for p in sorted({*rates, 0.0}, key=lambda p: (p == 0, p)) for s in sorted(set(seeds))]
+    devices = resolve_devices(device, len(pairs))
+    return [dataclasses.replace(base, dropout=p, seed=s, device=d) for (p, s), d in zip(pairs, devices, strict=True)]
 
 
 def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
     """Deterministic per experiment: the same inputs and code reuse (and overwrite) one folder;
     different parameters never share one, even when started at the same time."""
     digest = hashlib.sha256("".join(train_key(c, _FP(data_fingerprint)) for c in configs).encode()).hexdigest()
-    cfg = configs[0]
-    return f"{dataset}-p{configs[0].dropout:g}-s{cfg.seed}-e{cfg.epochs}-{digest[:10]}"
+    rates = sorted({c.dropout for c in configs if c.dropout > 0}) or [0.0]
+    seeds = sorted({c.seed for c in configs})
+    seed_part = "+".join(map(str, seeds)) if len(seeds) <= 3 else f"{len(seeds)}seeds"
+    return f"{dataset}-p{'+'.join(f'{p:g}' for p in rates)}-s{seed_part}-e{configs[0].epochs}-{digest[:10]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +67,24 @@ def check_parameters(**params) -> list[TrainConfig]:
     """Validate everything before any work; returns the variant configs. Raises ValueError (one line)."""
     if params["dataset"] not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (got {params['dataset']!r})")
+    rates, seeds = list(params["dropout"]), list(params["seeds"])
+    if not rates or not seeds:
+        raise ValueError("--dropout and --seeds each need at least one value")
+    for p in rates:
+        check_train_config(TrainConfig(dropout=p))
+    for seed in seeds:
+        check_train_config(TrainConfig(seed=seed))
     base = TrainConfig(
-        dropout=params["dropout"],
         epochs=params["epochs"],
         batch_size=params["batch_size"],
         lr=params["lr"],
-        seed=params["seed"],
         precision=params["precision"],
         compile=params["compile"],
         limit_train=params["limit_train"],
         limit_test=params["limit_test"],
     )
     check_train_config(base)
-    configs = variant_configs(base, params["dropout"], params["device"])
+    configs = variant_configs(base, rates, seeds, params["device"])
     for cfg in configs:
         check_train_config(cfg)  # precision vs the resolved device
     data_dir = Path(params["data_dir"])
@@ -90,8 +100,8 @@ def compare(
     epochs: Annotated[int, Field(ge=1, le=1000)] = 8,
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 32,
     lr: Annotated[float, Field(gt=0, le=10)] = 1e-3,
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.25,
-    seed: Annotated[int, Field(ge=0)] = 0,
+    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [0.25],  # noqa: B006
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0],  # noqa: B006
     device: str = "auto",
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
     compile: bool = False,
@@ -101,7 +111,7 @@ def compare(
     refresh: bool = False,
     cache_dir: str = ".dropout-lab",
 ) -> str:
-    """Train the dropout model and the baseline concurrently, evaluate both, write the report."""
+    """Train every (dropout rate, seed) pair and the baseline concurrently, evaluate them, write the report."""
     configs = check_parameters(**{k: v for k, v in locals().items()})
     results_dir = Path(cache_dir).resolve() / "results"
     opts = {"result_storage": results_dir, "refresh_cache": True if refresh else None}
@@ -112,6 +122,7 @@ def compare(
         data = fetch_cifar10.with_options(**{**opts, "refresh_cache": True})(data_dir, dataset, url)
 
     threads = threads_per_variant([c.device for c in configs])
+    limit_concurrency(worker_slots([c.device for c in configs], threads))
     train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads, refresh) for c in configs]
     trained = [f.result() for f in train_futures]
     # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
@@ -143,8 +154,8 @@ HELP = {
     "epochs": "training epochs",
     "batch_size": "training batch size",
     "lr": "Adam learning rate",
-    "dropout": "dropout rate of the dropout model (0 <= p < 1; 0 trains only the baseline)",
-    "seed": "seed for init, batch order and dropout masks",
+    "dropout": "dropout rate(s) to compare with the baseline (0 <= p < 1; the baseline p=0 is always trained)",
+    "seeds": "seed(s) for init, batch order and dropout masks; several give confidence intervals",
     "device": "auto | cpu | cuda | cuda:N (auto: one GPU per model if present, else CPU)",
     "precision": "fp32 | bf16 | fp16 (bf16/fp16 autocast on CUDA only)",
     "compile": "torch.compile the model (pays off on CUDA; slower on CPU)",
@@ -167,8 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(param.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=HELP[name])
             continue
+        if isinstance(param.default, list):
+            parser.add_argument(flag, type=type(param.default[0]), nargs="+", default=param.default,
+                                help=HELP[name], metavar=name.upper().rstrip("S"))  # fmt: skip
+            continue
         kind = type(param.default)
         parser.add_argument(flag, type=kind, default=param.default, help=HELP[name], metavar=name.upper())
+    parser.add_argument("--seed", dest="seeds", type=int, nargs="+", help="same as --seeds")
     return parser
 
 

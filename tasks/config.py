@@ -29,6 +29,11 @@ class TrainConfig:
         """Readable variant name, used in task-run names, logs and reports."""
         return "baseline" if self.dropout == 0 else f"dropout={self.dropout:g}"
 
+    @property
+    def run_name(self) -> str:
+        """Model and seed: names one training run, e.g. "dropout=0.25, seed=0"."""
+        return f"{self.label}, seed={self.seed}"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -41,6 +41,13 @@ def resolve_devices(device: str, n_variants: int) -> list[str]:
 
 
 def threads_per_variant(devices: list[str]) -> int:
-    """Split the cores between the variants training on CPU at once (no oversubscription)."""
+    """Split the cores between the variants training on CPU at once (no oversubscription); with more
+    variants than cores, each gets one thread and `worker_slots` queues the rest."""
     on_cpu = sum(d == "cpu" for d in devices)
     return max(1, available_cores() // max(on_cpu, 1))
+
+
+def worker_slots(devices: list[str], threads: int) -> dict[str, int]:
+    """How many training processes may run at once per device: the CPU's cores split `threads` each,
+    one per GPU (a second one on the same GPU would only queue behind the first)."""
+    return {d: (max(1, available_cores() // threads) if d == "cpu" else 1) for d in set(devices)}

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +23,34 @@ class TrainingFailed(RuntimeError):
         self.kind = kind
 
 
+_slots: dict[str, threading.BoundedSemaphore] = {}
+
+
+def limit_concurrency(limits: dict[str, int]) -> None:
+    """At most `limits[device]` training processes at once on each device, in this process."""
+    for device, n in limits.items():
+        _slots[device] = threading.BoundedSemaphore(n)
+
+
+@contextmanager
+def _slot(device: str):
+    slot = _slots.get(device)
+    if slot is None:
+        yield
+        return
+    with slot:
+        yield
+
+
 def run_worker(job: dict) -> Iterator[dict]:
-    """Yield the worker's events ("start", "epoch", ..., "done"); raise TrainingFailed on failure."""
+    """Yield the worker's events ("start", "epoch", ..., "done"); raise TrainingFailed on failure.
+
+    Waits for a free slot on the job's device first (see `limit_concurrency`)."""
+    with _slot(job["config"]["device"]):
+        yield from _run_worker(job)
+
+
+def _run_worker(job: dict) -> Iterator[dict]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if job.get("threads"):

@@ -22,6 +22,7 @@ from filelock import FileLock  # noqa: E402
 from tasks.data import DataInfo  # noqa: E402
 from tasks.model import CLASSES  # noqa: E402
 from tasks.results import EvalResult, TrainResult  # noqa: E402
+from tasks.stats import mean_ci, statistics_rows, verdict  # noqa: E402
 
 COLORS = {"baseline": "#d62728"}  # baseline red; dropout variants from a blue ramp
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -70,6 +71,22 @@ SUMMARY_SCHEMA = pa.schema(
         ("dataset", pa.string()),
         ("data_verified", pa.bool_()),
         ("data_provenance", pa.string()),
+    ]
+)
+STATISTICS_SCHEMA = pa.schema(
+    [
+        ("dropout", pa.float64()),
+        ("model", pa.string()),
+        ("metric", pa.string()),
+        ("n_seeds", pa.int64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("ci95_low", pa.float64()),
+        ("ci95_high", pa.float64()),
+        ("diff_vs_baseline", pa.float64()),
+        ("diff_ci95_low", pa.float64()),
+        ("diff_ci95_high", pa.float64()),
+        ("welch_p_value", pa.float64()),
     ]
 )
 PER_CLASS_SCHEMA = pa.schema(
@@ -160,44 +177,91 @@ def per_class_rows(evals: list[EvalResult], data: DataInfo) -> list[dict]:
     ]
 
 
-def _color(label: str, dropout: float) -> str:
-    return COLORS.get(label) or plt.get_cmap("Blues")(0.45 + 0.5 * min(dropout / 0.5, 1.0))
+def _color(dropout: float) -> str:
+    if dropout == 0:
+        return COLORS["baseline"]
+    return plt.get_cmap("Blues")(0.45 + 0.5 * min(dropout / 0.5, 1.0))
+
+
+def _by_rate(items: list, rate_of) -> dict[float, list]:
+    groups: dict[float, list] = {}
+    for item in items:
+        groups.setdefault(rate_of(item), []).append(item)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0] == 0, kv[0])))  # baseline last
+
+
+def _band(ax, x, runs: np.ndarray, color, style: str, label: str) -> None:
+    """Mean over seeds (rows of `runs`), with a shaded 95% t-interval when there are 2+ seeds."""
+    mean = runs.mean(axis=0)
+    ax.plot(x, mean, style, color=color, ms=4, label=label)
+    if len(runs) > 1:
+        ests = [mean_ci(col) for col in runs.T]
+        ax.fill_between(x, [e.ci_low for e in ests], [e.ci_high for e in ests], color=color, alpha=0.18, lw=0)
 
 
 def plot_comparison(results: list[TrainResult], evals: list[EvalResult], title: str, path: Path) -> None:
-    """2×2: accuracy curves, loss curves, generalization gap per epoch, per-class test accuracy."""
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    ax_acc, ax_loss, ax_gap, ax_cls = axes.flat
-    for r in results:
-        label, color = r.config.label, _color(r.config.label, r.config.dropout)
-        ep = [h["epoch"] for h in r.history]
-        tr_acc = np.array([h["train_acc"] for h in r.history]) * 100
-        te_acc = np.array([h["test_acc"] for h in r.history]) * 100
-        ax_acc.plot(ep, tr_acc, "--", color=color, label=f"{label} train")
-        ax_acc.plot(ep, te_acc, "-o", color=color, ms=4, label=f"{label} test")
-        ax_loss.plot(ep, [h["train_loss"] for h in r.history], "--", color=color, label=f"{label} train")
-        ax_loss.plot(ep, [h["test_loss"] for h in r.history], "-o", color=color, ms=4, label=f"{label} test")
-        ax_gap.plot(ep, tr_acc - te_acc, "-o", color=color, ms=4, label=label)
+    """Curves (mean over seeds, 95% bands), gap per epoch, per-class accuracy, and outcome vs dropout rate."""
+    fig, axes = plt.subplots(2, 3, figsize=(20, 10.5))
+    ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc, ax_rate_gap = axes.flat
+    groups = _by_rate(results, lambda r: r.config.dropout)
+    for rate, runs in groups.items():
+        label, color = runs[0].config.label, _color(rate)
+        n = f" (n={len(runs)})" if len(runs) > 1 else ""
+        epochs = min(len(r.history) for r in runs)
+        x = np.arange(1, epochs + 1)
+
+        def metric(key: str, scale: float = 1.0, runs=runs, epochs=epochs) -> np.ndarray:
+            return np.array([[h[key] * scale for h in r.history[:epochs]] for r in runs])
+
+        _band(ax_acc, x, metric("train_acc", 100), color, "--", f"{label} train{n}")
+        _band(ax_acc, x, metric("test_acc", 100), color, "-o", f"{label} test{n}")
+        _band(ax_loss, x, metric("train_loss"), color, "--", f"{label} train")
+        _band(ax_loss, x, metric("test_loss"), color, "-o", f"{label} test")
+        _band(ax_gap, x, metric("train_acc", 100) - metric("test_acc", 100), color, "-o", label + n)
     ax_acc.set(title="Accuracy (train dashed, test solid)", xlabel="epoch", ylabel="accuracy (%)")
     ax_loss.set(title="Cross-entropy loss (train dashed, test solid)", xlabel="epoch", ylabel="mean loss")
     ax_gap.set(title="Generalization gap: train − test accuracy", xlabel="epoch", ylabel="points (%)")
     ax_gap.axhline(0, color="grey", lw=0.8)
-    width = 0.8 / max(len(evals), 1)
+
+    eval_groups = _by_rate(evals, lambda e: e.config.dropout)
+    width = 0.8 / max(len(eval_groups), 1)
     x = np.arange(len(CLASSES))
-    for i, e in enumerate(evals):
-        color = _color(e.config.label, e.config.dropout)
-        ax_cls.bar(x + (i - (len(evals) - 1) / 2) * width, np.array(e.per_class_acc) * 100, width,
-                   color=color, label=f"{e.config.label} ({e.test_acc:.1%})")  # fmt: skip
+    for i, (rate, group) in enumerate(eval_groups.items()):
+        per_class = np.array([e.per_class_acc for e in group]) * 100
+        acc = np.mean([e.test_acc for e in group])
+        ax_cls.bar(x + (i - (len(eval_groups) - 1) / 2) * width, per_class.mean(axis=0), width,
+                   color=_color(rate), label=f"{group[0].config.label} ({acc:.1%})")  # fmt: skip
     ax_cls.set_xticks(x, CLASSES, rotation=35, ha="right")
-    ax_cls.set(title="Per-class test accuracy (final model)", ylabel="accuracy (%)", ylim=(0, 100))
-    for ax in (ax_acc, ax_loss, ax_gap, ax_cls):
+    ax_cls.set(title="Per-class test accuracy (final models, mean over seeds)", ylabel="accuracy (%)", ylim=(0, 100))
+
+    # Outcome vs dropout rate: mean over seeds, error bars = 95% t-interval (none with one seed).
+    rates = sorted(eval_groups)
+    finals = {p: [e.test_acc * 100 for e in eval_groups[p]] for p in rates}
+    last_train = {p: {r.config.seed: r.history[-1]["train_acc"] * 100 for r in groups[p]} for p in rates}
+    gaps = {p: [last_train[p][e.config.seed] - e.test_acc * 100 for e in eval_groups[p]] for p in rates}
+    for ax, values, what in (
+        (ax_rate_acc, finals, "final test accuracy (%)"),
+        (ax_rate_gap, gaps, "final gap (points)"),
+    ):
+        ests = [mean_ci(values[p]) for p in rates]
+        err = [
+            [e.mean - e.ci_low if e.n > 1 else 0 for e in ests],
+            [e.ci_high - e.mean if e.n > 1 else 0 for e in ests],
+        ]
+        ax.errorbar(rates, [e.mean for e in ests], yerr=err, fmt="o-", color="#1f4e79", capsize=5)
+        for p in rates:
+            ax.scatter([p] * len(values[p]), values[p], color=_color(p), s=12, alpha=0.6, zorder=3)
+        ax.set(title=f"{what.split(' (')[0].capitalize()} vs dropout rate", xlabel="dropout rate p", ylabel=what)
+        ax.set_xticks(rates)
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
+    for ax in (ax_acc, ax_loss, ax_gap, ax_cls):
         ax.legend(fontsize=8)
     for ax in (ax_acc, ax_loss, ax_gap):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title, fontsize=13)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, dpi=90)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -218,9 +282,11 @@ def plot_samples(images: np.ndarray, labels: np.ndarray, class_names: list[str],
 def report_title(results: list[TrainResult], data: DataInfo) -> str:
     cfg = results[0].config
     devices = ", ".join(sorted({r.config.device for r in results}))
+    seeds = sorted({r.config.seed for r in results})
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds (mean, 95% bands)"
     return (
         f"Dropout vs baseline — {data.provenance}\n"
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, seed {cfg.seed}, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, {seed_text}, "
         f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
     )
 
@@ -230,32 +296,34 @@ def _pct(x: float) -> str:
 
 
 def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
-    """Markdown for the Prefect UI: verdict, summary table and the comparison figure inline."""
+    """Markdown for the Prefect UI: the verdict first, then per-rate statistics, runs and the figure."""
     lines = ["# Dropout vs baseline", ""]
     if data.dataset == "fake":
         lines += ["> **synthetic data — accuracies meaningless** (pipeline smoke run)", ""]
     elif not data.verified:
         lines += ["> **data unverified**: the local CIFAR-10 copy does not match the official md5s", ""]
+    lines += [f"**Verdict.** {line}" for line in verdict(summary)] + [""]
     lines += [f"Data: {data.provenance}. Report folder: `{run_dir}`", ""]
-    base = next((s for s in summary if s["dropout"] == 0), None)
-    for s in summary:
-        if base is not None and s is not base:
-            acc_diff = 100 * (s["final_test_acc"] - base["final_test_acc"])
-            gap, base_gap = 100 * s["generalization_gap"], 100 * base["generalization_gap"]
+    stats = [r for r in statistics_rows(summary) if r["metric"] in ("final_test_acc", "generalization_gap")]
+    if any(r["n_seeds"] > 1 for r in stats):
+        lines += ["| model | seeds | final test acc (95% CI) | gap, points (95% CI) |", "|---|---|---|---|"]
+        for rate in sorted({r["dropout"] for r in stats}):
+            acc, gap = (next(r for r in stats if r["dropout"] == rate and r["metric"] == m)
+                        for m in ("final_test_acc", "generalization_gap"))  # fmt: skip
             lines.append(
-                f"- **{s['model']}** vs baseline: test accuracy {acc_diff:+.2f} points, generalization gap "
-                f"{gap:.2f} vs {base_gap:.2f} points, test loss {s['final_test_loss']:.3f} vs "
-                f"{base['final_test_loss']:.3f} (one seed each)."
+                f"| {acc['model']} | {acc['n_seeds']} | {100 * acc['mean']:.2f}% "
+                f"({100 * acc['ci95_low']:.2f}–{100 * acc['ci95_high']:.2f}) | {100 * gap['mean']:.2f} "
+                f"({100 * gap['ci95_low']:.2f}–{100 * gap['ci95_high']:.2f}) |"
             )
+        lines.append("")
     lines += [
-        "",
-        "| model | final train acc | final test acc | best test acc (epoch) | gap (points) | test loss "
+        "| model | seed | final train acc | final test acc | best test acc (epoch) | gap (points) | test loss "
         "| train time | device |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
-            f"| {s['model']} | {_pct(s['final_train_acc'])} | {_pct(s['final_test_acc'])} | "
+            f"| {s['model']} | {s['seed']} | {_pct(s['final_train_acc'])} | {_pct(s['final_test_acc'])} | "
             f"{_pct(s['best_test_acc'])} ({s['best_epoch']}) | {100 * s['generalization_gap']:.2f} | "
             f"{s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | {s['device']} |"
         )
@@ -289,6 +357,7 @@ def write_report(
         write_table(history_rows(results, data), HISTORY_SCHEMA, tmp / "history.parquet")
         write_table(summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
         write_table(per_class_rows(evals, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
+        write_table(statistics_rows(summary), STATISTICS_SCHEMA, tmp / "statistics.parquet")
         plot_comparison(results, evals, report_title(results, data), tmp / "comparison.png")
         plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
         markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir)

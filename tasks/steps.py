@@ -99,7 +99,7 @@ def train_cache_key(context, parameters) -> str:
 
 def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
     """Per-variant checkpoint folder, keyed like the task's cache: a rerun finds its own checkpoints."""
-    return Path(cache_dir) / "checkpoints" / f"{slug(cfg.label)}-{train_key(cfg, data)[:16]}"
+    return Path(cache_dir) / "checkpoints" / f"{slug(cfg.run_name)}-{train_key(cfg, data)[:16]}"
 
 
 def retry_unless_hopeless(task, task_run, state) -> bool:
@@ -112,14 +112,14 @@ def retry_unless_hopeless(task, task_run, state) -> bool:
 def format_epoch(label: str, epochs: int, r: dict) -> str:
     """The one fixed-format progress line per epoch."""
     return (
-        f"{label:<14} epoch {r['epoch']:>2}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:6.2%}"
+        f"{label:<24} epoch {r['epoch']:>2}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:6.2%}"
         f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}  {r['epoch_seconds']:6.1f}s"
     )
 
 
 @task(
     name="train",
-    task_run_name="train[{cfg.label}]",
+    task_run_name="train[{cfg.run_name}]",
     retries=2,
     retry_delay_seconds=1,
     retry_condition_fn=retry_unless_hopeless,
@@ -140,37 +140,36 @@ def train(cfg: TrainConfig, data: DataInfo, cache_dir: str, threads: int = 0, fr
         "fresh": fresh,
         "attempt": current_task_run.run_count or 1,
     }
-    progress = create_progress_artifact(0.0, key=f"train-progress-{slug(cfg.label)}", description=f"train[{cfg.label}]")
+    name = cfg.run_name
+    progress = create_progress_artifact(0.0, key=f"train-progress-{slug(name)}", description=f"train[{name}]")
     done, start, resumed_from = None, None, None
     try:
         for event in run_worker(job):
             if event["event"] == "start":
                 start = event
-                bars.update(cfg.label, 0, cfg.epochs, "starting")
-                logger.info("train[%s] on %s, %d threads, %d train / %d test images", cfg.label,
+                bars.update(name, 0, cfg.epochs, "starting")
+                logger.info("train[%s] on %s, %d threads, %d train / %d test images", name,
                             event["device"], event["threads"], event["n_train"], event["n_test"])  # fmt: skip
             elif event["event"] == "epoch":
                 if resumed_from is None:
                     resumed_from = event["resumed_from"]
                 if event["resumed_from"] and event["epoch"] == event["resumed_from"] + 1:
-                    logger.info(
-                        "train[%s] resumed after epoch %d from its checkpoint", cfg.label, event["resumed_from"]
-                    )
-                logger.info(format_epoch(cfg.label, cfg.epochs, event))
+                    logger.info("train[%s] resumed after epoch %d from its checkpoint", name, event["resumed_from"])
+                logger.info(format_epoch(name, cfg.epochs, event))
                 update_progress_artifact(progress, 100.0 * event["epoch"] / cfg.epochs)
-                bars.update(cfg.label, event["epoch"], cfg.epochs, f"test acc {event['test_acc']:.2%}")
+                bars.update(name, event["epoch"], cfg.epochs, f"test acc {event['test_acc']:.2%}")
             elif event["event"] == "done":
                 done = event
     except TrainingFailed as e:
         if e.kind == "oom":
             raise TrainingFailed(
-                f"train[{cfg.label}] ran out of GPU memory on {cfg.device} at batch size {cfg.batch_size} "
+                f"train[{name}] ran out of GPU memory on {cfg.device} at batch size {cfg.batch_size} "
                 f"(precision {cfg.precision}); lower --batch-size or use another device. {e}", "oom"
             ) from None  # fmt: skip
         raise
     update_progress_artifact(progress, 100.0)
     if done is None or start is None:
-        raise TrainingFailed(f"train[{cfg.label}]: worker ended without a result", "crash")
+        raise TrainingFailed(f"train[{name}]: worker ended without a result", "crash")
     return TrainResult(
         config=cfg,
         checkpoint=done["checkpoint"],
@@ -196,7 +195,10 @@ def eval_cache_key(context, parameters) -> str:
 
 
 @task(
-    name="evaluate", task_run_name="evaluate[{trained.config.label}]", cache_key_fn=eval_cache_key, persist_result=True
+    name="evaluate",
+    task_run_name="evaluate[{trained.config.run_name}]",
+    cache_key_fn=eval_cache_key,
+    persist_result=True,
 )
 def evaluate_model(trained: TrainResult, data: DataInfo) -> EvalResult:
     """Final test loss/accuracy, per-class accuracy and confusion matrix of a trained checkpoint."""

@@ -148,7 +148,12 @@ def test_flow_run_completed_with_all_its_task_runs(server, flow_run):
     assert flow_run["state"]["type"] == "COMPLETED"
     tasks = server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
     names = {t["name"] for t in tasks}
-    for expected in ("train[dropout=0.25]", "train[baseline]", "evaluate[dropout=0.25]", "evaluate[baseline]"):
+    for expected in (
+        "train[dropout=0.25, seed=0]",
+        "train[baseline, seed=0]",
+        "evaluate[dropout=0.25, seed=0]",
+        "evaluate[baseline, seed=0]",
+    ):
         assert expected in names
     assert any(n.startswith("fetch_cifar10") for n in names) and any(n.startswith("render_report") for n in names)
     assert {t["state"]["type"] for t in tasks} == {"COMPLETED"}
@@ -163,7 +168,10 @@ def test_artifacts_markdown_with_image_table_and_progress(server, flow_run):
     assert "data:image/png;base64," in by_key["dropout-comparison"]["data"]
     assert by_key["dropout-history"]["type"] == "table"
     progress = [a for a in arts if a["type"] == "progress"]
-    assert sorted(a["key"] for a in progress) == ["train-progress-baseline", "train-progress-dropout-0-25"]
+    assert sorted(a["key"] for a in progress) == [
+        "train-progress-baseline-seed-0",
+        "train-progress-dropout-0-25-seed-0",
+    ]
     assert all(float(a["data"]) == 100.0 for a in progress)
 
 

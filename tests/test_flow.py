@@ -45,12 +45,13 @@ def first_run(prefect_harness, workspace):
 
 def test_first_run_writes_a_complete_report(first_run):
     folder, states, _ = first_run
-    assert {n for n in states if n.startswith(("train", "evaluate"))} == {
-        "train[dropout=0.25]", "train[baseline]", "evaluate[dropout=0.25]", "evaluate[baseline]",
-    }  # fmt: skip
+    runs = ("dropout=0.25, seed=0", "baseline, seed=0")
+    expected = {f"{step}[{run}]" for step in ("train", "evaluate") for run in runs}
+    assert {n for n in states if n.startswith(("train", "evaluate"))} == expected
     assert all(s == {"Completed"} for s in states.values()), states
     assert sorted(p.name for p in folder.iterdir()) == [
-        "comparison.png", "history.parquet", "per_class.parquet", "samples.png", "summary.md", "summary.parquet",
+        "comparison.png", "history.parquet", "per_class.parquet", "samples.png", "statistics.parquet", "summary.md",
+        "summary.parquet",
     ]  # fmt: skip
     for name in ("comparison.png", "samples.png"):
         with Image.open(folder / name) as img:
@@ -104,9 +105,9 @@ def test_second_identical_run_is_fully_cached(first_run, workspace):
 
 
 def test_changing_dropout_retrains_only_the_dropout_model(first_run, workspace):
-    folder, states, _ = run_flow(workspace, dropout=0.5)
-    assert states["train[baseline]"] == {"Cached"} and states["evaluate[baseline]"] == {"Cached"}
-    assert states["train[dropout=0.5]"] == {"Completed"}
+    folder, states, _ = run_flow(workspace, dropout=[0.5])
+    assert states["train[baseline, seed=0]"] == {"Cached"} and states["evaluate[baseline, seed=0]"] == {"Cached"}
+    assert states["train[dropout=0.5, seed=0]"] == {"Completed"}
     assert folder != first_run[0]
 
 
@@ -135,6 +136,38 @@ def test_deleted_checkpoints_are_noticed_and_retrained(first_run, workspace):
     shutil.rmtree(workspace / "cache" / "checkpoints")
     folder, states, _ = run_flow(workspace)
     # the cached results point at missing checkpoints, so both variants are trained again
-    assert states["train[baseline]"] == {"Cached", "Completed"}
-    assert states["train[dropout=0.25]"] == {"Cached", "Completed"}
+    assert states["train[baseline, seed=0]"] == {"Cached", "Completed"}
+    assert states["train[dropout=0.25, seed=0]"] == {"Cached", "Completed"}
     assert (folder / "summary.parquet").is_file()
+
+
+def test_sweep_over_rates_and_seeds_with_statistics(prefect_harness, workspace):
+    from tasks.devices import available_cores
+
+    folder, states, artifacts = run_flow(workspace, dropout=[0.1, 0.5], seeds=[0, 1], epochs=1)
+    trains = {n for n in states if n.startswith("train[")}
+    assert len(trains) == 6 and "train[dropout=0.1, seed=1]" in trains and "train[baseline, seed=1]" in trains
+    summary = pq.read_table(folder / "summary.parquet").to_pylist()
+    assert sorted((r["dropout"], r["seed"]) for r in summary) == [(p, s) for p in (0.0, 0.1, 0.5) for s in (0, 1)]
+    assert pq.read_table(folder / "history.parquet").num_rows == 6
+    assert pq.read_table(folder / "per_class.parquet").num_rows == 60
+    stats = pq.read_table(folder / "statistics.parquet").to_pylist()
+    assert len(stats) == 3 * 4 and all(r["n_seeds"] == 2 for r in stats)
+    gap = next(r for r in stats if r["dropout"] == 0.5 and r["metric"] == "generalization_gap")
+    base_gap = next(r for r in stats if r["dropout"] == 0.0 and r["metric"] == "generalization_gap")
+    assert gap["diff_vs_baseline"] == pytest.approx(gap["mean"] - base_gap["mean"])
+    assert 0 <= gap["welch_p_value"] <= 1 and gap["ci95_low"] <= gap["mean"] <= gap["ci95_high"]
+    md = next(a for a in artifacts if a.key == "dropout-comparison").data
+    assert "**Verdict.** dropout 0.1 " in md and "**Verdict.** dropout 0.5 " in md and "(2 vs 2 seeds" in md
+    # Never more training processes at once than the cores allow (the rest queue for a slot).
+    spans = [(r["started_at"], r["finished_at"]) for r in summary]
+    busiest = max(sum(s <= t < f for s, f in spans) for t, _ in spans)
+    assert busiest <= max(1, available_cores())
+
+
+def test_adding_a_seed_trains_only_the_new_pairs(prefect_harness, workspace):
+    run_flow(workspace, dropout=[0.1, 0.5], seeds=[0, 1], epochs=1)
+    _, states, _ = run_flow(workspace, dropout=[0.1, 0.5], seeds=[0, 1, 2], epochs=1)
+    trained = sorted(n for n, s in states.items() if n.startswith("train[") and s == {"Completed"})
+    assert trained == ["train[baseline, seed=2]", "train[dropout=0.1, seed=2]", "train[dropout=0.5, seed=2]"]
+    assert sum(1 for n, s in states.items() if n.startswith("train[") and s == {"Cached"}) == 6

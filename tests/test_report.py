@@ -41,7 +41,8 @@ def test_write_report_produces_every_file_with_its_schema(tmp_path):
         with Image.open(run_dir / png) as img:
             img.verify()
     assert "data:image/png;base64," in markdown and "unverified" in markdown
-    assert "**dropout=0.25** vs baseline" in markdown
+    assert "**Verdict.** dropout 0.25 vs baseline with one seed each" in markdown
+    assert "no confidence interval can be computed" in markdown
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]  # no temp folder left behind
 
 
@@ -55,7 +56,7 @@ def test_rewriting_a_report_replaces_it_whole(tmp_path):
 def test_baseline_only_report(tmp_path):
     run_dir, markdown = write_report(tmp_path / "run", *fake_results(rates=(0.0,)))
     assert pq.read_table(run_dir / "summary.parquet").num_rows == 1
-    assert "vs baseline: test accuracy" not in markdown  # no comparison line without a dropout model
+    assert "Only one model was trained" in markdown
 
 
 def test_markdown_labels_synthetic_data():
