@@ -9,6 +9,7 @@ parameter annotations must be real objects to rebuild the validation schema in t
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -121,9 +122,13 @@ def compare(
     if not still_on_disk(data):  # cached, but the files were deleted or replaced since
         data = fetch_cifar10.with_options(**{**opts, "refresh_cache": True})(data_dir, dataset, url)
 
+    gpu_workers = dask_gpu_workers()
+    if gpu_workers:  # a Dask cluster of GPU machines: each task gets a worker's GPU, whatever is local
+        configs = [dataclasses.replace(c, device="cuda:0") for c in configs]
     threads = threads_per_variant([c.device for c in configs])
     limit_concurrency(worker_slots([c.device for c in configs], threads))
-    train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads, refresh) for c in configs]
+    with gpu_resource(gpu_workers):
+        train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads, refresh) for c in configs]
     trained = [f.result() for f in train_futures]
     # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
     retrain = {
@@ -144,6 +149,56 @@ def compare(
     create_markdown_artifact(markdown, key="dropout-comparison", description="Dropout vs baseline: summary")
     create_table_artifact(history_rows(trained, data), key="dropout-history", description="Per-epoch history")
     return folder
+
+
+# --- scale-out ----------------------------------------------------------------------------------------
+
+
+def dask_gpu_workers() -> int:
+    """Number of Dask workers advertising a GPU resource (`dask worker --resources GPU=1`), when this
+    flow runs on the DaskTaskRunner; 0 otherwise."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or type(ctx.task_runner).__name__ != "DaskTaskRunner":
+        return 0
+    workers = ctx.task_runner.client.scheduler_info()["workers"].values()
+    return sum(1 for w in workers if w.get("resources", {}).get("GPU", 0) >= 1)
+
+
+def gpu_resource(enabled: bool):
+    """Tasks submitted inside ask Dask for one GPU each, so a GPU worker trains one variant at a time."""
+    if not enabled:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(resources={"GPU": 1})
+
+
+def share_temporary_server() -> None:
+    """Without PREFECT_API_URL, start Prefect's temporary server now and export its URL, so the Dask
+    worker processes (which inherit the environment) report their task runs to this run's server
+    instead of each starting a private one."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    os.environ["PREFECT_API_URL"] = server.api_url
+
+
+def task_runner_for(kind: str, address: str | None, n_workers: int):
+    """`thread` (default: threads in this process, each training in its own subprocess) or `dask`:
+    prefect-dask's DaskTaskRunner on an existing scheduler (`address`) or a local cluster."""
+    if kind == "thread":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "processes": True, "threads_per_worker": 1})
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -185,7 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
         kind = type(param.default)
         parser.add_argument(flag, type=kind, default=param.default, help=HELP[name], metavar=name.upper())
     parser.add_argument("--seed", dest="seeds", type=int, nargs="+", help="same as --seeds")
+    scale = parser.add_argument_group("scale-out (how tasks run, not what they compute)")
+    scale.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
+                       help="thread: in this process; dask: prefect-dask's DaskTaskRunner")  # fmt: skip
+    scale.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                       help="existing Dask scheduler (default with --task-runner dask: a local cluster)")  # fmt: skip
     return parser
+
+
+RUNNER_FLAGS = ("task_runner", "dask_address")
 
 
 def check_api_reachable(timeout_s: float = 5.0) -> None:
@@ -208,8 +271,12 @@ def check_api_reachable(timeout_s: float = 5.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     params = vars(build_parser().parse_args(argv))
+    runner_kind, dask_address = (params.pop(k) for k in RUNNER_FLAGS)
+    if dask_address and runner_kind != "dask":
+        print("error: --dask-address needs --task-runner dask", file=sys.stderr)
+        return 2
     try:
-        check_parameters(**params)
+        configs = check_parameters(**params)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -218,13 +285,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    # Registered before Prefect starts its embedded server, so it runs after the server's own
-    # exit handler (atexit is last-in, first-out) and the report line really is the last line.
+    # Registered before Prefect starts its temporary server, so it runs after the server's own exit
+    # handler (atexit is last-in, first-out) and the report line really is the last line.
     last_line: list[str] = []
     atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
+    devices = [c.device for c in configs]
+    n_local_workers = sum(worker_slots(devices, threads_per_variant(devices)).values())
+    runner = task_runner_for(runner_kind, dask_address, min(len(configs), n_local_workers))
+    if runner is not None:
+        share_temporary_server()
+    flow_fn = compare if runner is None else compare.with_options(task_runner=runner)
     try:
         with bars.shown():  # one bar per model on a terminal; nothing when piped or logged
-            folder = compare(**params)
+            folder = flow_fn(**params)
     except Exception as e:  # Prefect has logged the details; end on one clear line
         last_line[:] = ["error:", f"{type(e).__name__}: {e}"]
         return 1

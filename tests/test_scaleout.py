@@ -1,0 +1,43 @@
+"""The Dask task runner: a local cluster of 2 worker processes gives the thread runner's results."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def run_cli(tmp_path: Path, name: str, *extra: str) -> tuple[Path, str]:
+    args = ["--dataset", "fake", "--epochs", "2", "--limit-train", "400", "--limit-test", "200", "--seeds", "0", "1",
+            "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / name / "out"),
+            "--cache-dir", str(tmp_path / name / "cache"), *extra]  # fmt: skip
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / name / "prefect-home")}
+    proc = subprocess.run([sys.executable, "flows/compare.py", *args], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return Path(proc.stdout.strip().splitlines()[-1].removeprefix("report: ")), proc.stdout
+
+
+def history(folder: Path):
+    rows = pq.read_table(folder / "history.parquet").to_pylist()
+    return sorted((r["model"], r["seed"], *(r[m] for m in METRICS)) for r in rows)
+
+
+def test_dask_runner_matches_thread_runner(tmp_path):
+    dask_report, dask_log = run_cli(tmp_path, "dask", "--task-runner", "dask")
+    thread_report, _ = run_cli(tmp_path, "thread")
+    assert "distributed.scheduler" in dask_log  # it really ran on a Dask cluster ...
+    assert dask_log.count("Starting temporary server") == 1  # ... reporting to this run's one server
+    assert "train[dropout=0.25, seed=1]" in dask_log
+    assert history(dask_report) == history(thread_report) and len(history(dask_report)) == 4 * 2
+
+
+def test_dask_address_needs_the_dask_runner(capsys):
+    from flows.compare import main
+
+    assert main(["--dask-address", "tcp://127.0.0.1:8786"]) == 2
+    assert "needs --task-runner dask" in capsys.readouterr().err
