@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefect.schedules import Cron  # noqa: E402
 
-from flows.compare import build_parser, check_api_reachable, check_parameters, compare  # noqa: E402
+from flows.compare import CliError, build_parser, checked_configs, compare  # noqa: E402
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 
@@ -43,16 +43,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
 def main(argv: list[str] | None = None) -> int:
     options, params = parse(argv)
     try:
-        check_parameters(**params)
-        Cron(options.cron, timezone=options.timezone)  # validates the expression and zone
-    except ValueError as e:
+        try:
+            Cron(options.cron, timezone=options.timezone)  # validates the expression and the zone
+        except ValueError as e:
+            raise CliError(f"--cron/--timezone: {e}", 2) from None
+        checked_configs(params)
+    except CliError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        check_api_reachable()
-    except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     compare.serve(
         name=options.name,
         schedules=[Cron(options.cron, timezone=options.timezone)],

@@ -52,16 +52,11 @@ def variant_configs(base: TrainConfig, rates: list[float], seeds: list[int], dev
 def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
     """Deterministic per experiment: the same inputs and code reuse (and overwrite) one folder;
     different parameters never share one, even when started at the same time."""
-    digest = hashlib.sha256("".join(train_key(c, _FP(data_fingerprint)) for c in configs).encode()).hexdigest()
+    digest = hashlib.sha256("".join(train_key(c, data_fingerprint) for c in configs).encode()).hexdigest()
     rates = sorted({c.dropout for c in configs if c.dropout > 0}) or [0.0]
     seeds = sorted({c.seed for c in configs})
     seed_part = "+".join(map(str, seeds)) if len(seeds) <= 3 else f"{len(seeds)}seeds"
     return f"{dataset}-p{'+'.join(f'{p:g}' for p in rates)}-s{seed_part}-e{configs[0].epochs}-{digest[:10]}"
-
-
-@dataclasses.dataclass(frozen=True)
-class _FP:  # the one DataInfo field train_key reads
-    fingerprint: str
 
 
 def check_parameters(**params) -> list[TrainConfig]:
@@ -129,13 +124,13 @@ def compare(
     limit_concurrency(worker_slots([c.device for c in configs], threads))
     with gpu_resource(gpu_workers):
         train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads, refresh) for c in configs]
-    trained = [f.result() for f in train_futures]
-    # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
-    retrain = {
-        i: train.with_options(**{**opts, "refresh_cache": True}).submit(configs[i], data, cache_dir, threads)
-        for i, t in enumerate(trained)
-        if not Path(t.checkpoint).is_file()
-    }
+        trained = [f.result() for f in train_futures]
+        # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
+        retrain = {
+            i: train.with_options(**{**opts, "refresh_cache": True}).submit(configs[i], data, cache_dir, threads)
+            for i, t in enumerate(trained)
+            if not Path(t.checkpoint).is_file()
+        }
     for i, future in retrain.items():
         trained[i] = future.result()
     evals = [f.result() for f in [evaluate_model.with_options(**opts).submit(t, data) for t in trained]]
@@ -269,22 +264,37 @@ def check_api_reachable(timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    params = vars(build_parser().parse_args(argv))
-    runner_kind, dask_address = (params.pop(k) for k in RUNNER_FLAGS)
-    if dask_address and runner_kind != "dask":
-        print("error: --dask-address needs --task-runner dask", file=sys.stderr)
-        return 2
+class CliError(Exception):
+    """A one-line error for the command line, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def checked_configs(params: dict) -> list[TrainConfig]:
+    """The command lines' checks before any work: parameters (exit 2), then the Prefect API (exit 1)."""
     try:
         configs = check_parameters(**params)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CliError(str(e), 2) from None
     try:
         check_api_reachable()
     except ConnectionError as e:
+        raise CliError(str(e), 1) from None
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    params = vars(build_parser().parse_args(argv))
+    runner_kind, dask_address = (params.pop(k) for k in RUNNER_FLAGS)
+    try:
+        if dask_address and runner_kind != "dask":
+            raise CliError("--dask-address needs --task-runner dask", 2)
+        configs = checked_configs(params)
+    except CliError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     # Registered before Prefect starts its temporary server, so it runs after the server's own exit
     # handler (atexit is last-in, first-out) and the report line really is the last line.
     last_line: list[str] = []

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 FETCH_CODE = ("data.py", "model.py")
 TRAIN_CODE = ("config.py", "model.py", "data.py", "evaluate.py", "checkpoint.py", "train.py", "worker.py")
 EVAL_CODE = ("model.py", "data.py", "evaluate.py", "checkpoint.py")
-REPORT_CODE = ("report.py", "results.py")
+REPORT_CODE = ("report.py", "results.py", "stats.py")
 
 
 @cache
@@ -89,17 +89,17 @@ def fetch_cifar10(data_dir: str, dataset: str = "cifar10", url: str = CIFAR10_UR
 # --- train ---------------------------------------------------------------------------------------
 
 
-def train_key(cfg: TrainConfig, data: DataInfo) -> str:
-    return _key("train", cfg.to_dict(), data.fingerprint, code_hash(TRAIN_CODE))
+def train_key(cfg: TrainConfig, data_fingerprint: str) -> str:
+    return _key("train", cfg.to_dict(), data_fingerprint, code_hash(TRAIN_CODE))
 
 
 def train_cache_key(context, parameters) -> str:
-    return train_key(parameters["cfg"], parameters["data"])
+    return train_key(parameters["cfg"], parameters["data"].fingerprint)
 
 
 def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
     """Per-variant checkpoint folder, keyed like the task's cache: a rerun finds its own checkpoints."""
-    return Path(cache_dir) / "checkpoints" / f"{slug(cfg.run_name)}-{train_key(cfg, data)[:16]}"
+    return Path(cache_dir) / "checkpoints" / f"{slug(cfg.run_name)}-{train_key(cfg, data.fingerprint)[:16]}"
 
 
 def retry_unless_hopeless(task, task_run, state) -> bool:

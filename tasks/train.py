@@ -44,8 +44,11 @@ class InjectedFault(RuntimeError):
 def build(cfg: TrainConfig) -> tuple[Net, torch.optim.Adam]:
     """Seeded model + optimizer: every variant with the same seed starts from the same weights."""
     torch.manual_seed(cfg.seed)
-    model = Net(cfg.dropout).to(torch.device(cfg.device), memory_format=torch.channels_last)
-    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    device = torch.device(cfg.device)
+    model = Net(cfg.dropout).to(device, memory_format=torch.channels_last)
+    # Same Adam; on CUDA its fused kernel updates all parameters in one launch instead of dozens
+    # (at batch 32 a GPU step is launch-bound).
+    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
 
 
 def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int, list[dict]] | None:

@@ -73,3 +73,16 @@ def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: DownloadError: could not download CIFAR-10 from http://127.0.0.1:9/")
     assert str((tmp_path / "data" / "cifar-10-python.tar.gz").resolve()) in last
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--cron", "not a cron"], "--cron/--timezone"), (["--timezone", "Mars/Olympus"], "--cron/--timezone"),
+     (["--dropout", "1.5"], "dropout must satisfy")],
+)  # fmt: skip
+def test_serve_refuses_bad_schedule_or_parameters_before_registering(argv, message, capsys, tmp_path):
+    from deployments.serve import main as serve_main
+
+    assert serve_main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

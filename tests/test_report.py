@@ -11,12 +11,12 @@ from tasks.report import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA, markd
 from tasks.results import EvalResult, TrainResult
 
 
-def fake_results(rates=(0.25, 0.0), epochs=3, dataset="cifar10", verified=False):
+def fake_results(rates=(0.25, 0.0), epochs=3, dataset="cifar10", verified=False, seeds=(0,)):
     trained, evals = [], []
-    for p in rates:
-        cfg = TrainConfig(dropout=p, epochs=epochs)
+    for p, seed in [(p, s) for p in rates for s in seeds]:
+        cfg = TrainConfig(dropout=p, epochs=epochs, seed=seed)
         history = [
-            {"epoch": e, "train_loss": 2 - 0.3 * e, "train_acc": 0.4 + 0.1 * e * (1.5 if p == 0 else 1),
+            {"epoch": e, "train_loss": 2 - 0.3 * e, "train_acc": 0.4 + 0.1 * e * (1.5 if p == 0 else 1) + 0.01 * seed,
              "test_loss": 1.5 - 0.1 * e, "test_acc": 0.45 + 0.08 * e, "epoch_seconds": 10.0}
             for e in range(1, epochs + 1)
         ]  # fmt: skip
@@ -68,3 +68,16 @@ def test_markdown_labels_synthetic_data():
     info = replace(info, provenance="synthetic data — accuracies meaningless")
     md = markdown_summary(summary_rows(trained, evals, info), info, None, "/x")
     assert "synthetic data — accuracies meaningless" in md
+
+
+def test_multi_seed_report_has_statistics_and_a_verdict(tmp_path):
+    from tasks.report import STATISTICS_SCHEMA
+
+    run_dir, markdown = write_report(tmp_path / "run", *fake_results(rates=(0.1, 0.5, 0.0), seeds=(0, 1, 2)))
+    stats = pq.read_table(run_dir / "statistics.parquet")
+    assert stats.schema.equals(STATISTICS_SCHEMA) and stats.num_rows == 3 * 4
+    assert pq.read_table(run_dir / "summary.parquet").num_rows == 9
+    assert "**Verdict.** dropout 0.1 " in markdown and "(3 vs 3 seeds, Welch's t-test)" in markdown
+    assert "| model | seeds | final test acc (95% CI) |" in markdown
+    with Image.open(run_dir / "comparison.png") as img:
+        img.verify()
