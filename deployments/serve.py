@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefect.schedules import Cron  # noqa: E402
 
-from flows.compare import CliError, build_parser, checked_configs, compare  # noqa: E402
+from flows.compare import RUNNER_FLAGS, CliError, build_parser, checked_configs, compare  # noqa: E402
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 
@@ -36,7 +37,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
         parser._add_action(action)
     args = parser.parse_args(argv)
     options = argparse.Namespace(**{k: getattr(args, k) for k in ("name", "cron", "timezone")})
-    params = {k: v for k, v in vars(args).items() if k not in ("name", "cron", "timezone")}
+    # Deployment parameters are the flow's; how tasks run (--task-runner) is not one of them.
+    params = {k: v for k, v in vars(args).items() if k not in ("name", "cron", "timezone", *RUNNER_FLAGS)}
     return options, params
 
 
@@ -44,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     options, params = parse(argv)
     try:
         try:
-            Cron(options.cron, timezone=options.timezone)  # validates the expression and the zone
-        except ValueError as e:
+            ZoneInfo(options.timezone)
+            Cron(options.cron, timezone=options.timezone)  # validates the expression
+        except (ValueError, ZoneInfoNotFoundError) as e:
             raise CliError(f"--cron/--timezone: {e}", 2) from None
         checked_configs(params)
     except CliError as e:

@@ -86,3 +86,15 @@ def test_serve_refuses_bad_schedule_or_parameters_before_registering(argv, messa
     assert serve_main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_serve_turns_flow_flags_into_deployment_parameters():
+    import inspect
+
+    from deployments.serve import parse
+    from flows.compare import compare
+
+    options, params = parse(["--cron", "*/5 * * * *", "--epochs", "3", "--dropout", "0.1", "0.5"])
+    assert options.cron == "*/5 * * * *" and options.name == "nightly"
+    assert set(params) == set(inspect.signature(compare.fn).parameters)  # exactly the flow's parameters
+    assert params["epochs"] == 3 and params["dropout"] == [0.1, 0.5]
