@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 class TrainingFailed(RuntimeError):
@@ -38,8 +40,13 @@ def _slot(device: str):
     if slot is None:
         yield
         return
-    with slot:
+    if not slot.acquire(blocking=False):
+        log.info("all %s slots busy: waiting for a training run to finish", device)
+        slot.acquire()
+    try:
         yield
+    finally:
+        slot.release()
 
 
 def run_worker(job: dict) -> Iterator[dict]:

@@ -171,3 +171,13 @@ def test_adding_a_seed_trains_only_the_new_pairs(prefect_harness, workspace):
     trained = sorted(n for n, s in states.items() if n.startswith("train[") and s == {"Completed"})
     assert trained == ["train[baseline, seed=2]", "train[dropout=0.1, seed=2]", "train[dropout=0.5, seed=2]"]
     assert sum(1 for n, s in states.items() if n.startswith("train[") and s == {"Cached"}) == 6
+
+
+def test_deleted_data_is_noticed_and_fetched_again(prefect_harness, tmp_path):
+    params = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, data_dir=str(tmp_path / "data"),
+                  out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    compare(**params)
+    shutil.rmtree(tmp_path / "data")
+    folder = Path(compare(**params))  # the cached fetch result points at nothing: fetched (generated) again
+    assert (tmp_path / "data" / "fake-cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
+    assert (folder / "summary.parquet").is_file()
