@@ -29,7 +29,10 @@ def emit(event: str, **payload) -> None:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Linux: get SIGKILL when the launching process dies (kill -9 included), so no orphan keeps training."""
+    """Linux: get SIGKILL when the launching process dies (kill -9 included), so no orphan keeps training.
+
+    (Strictly, when the launching *thread* exits: `launcher.run_worker` blocks that thread on this
+    process's output until it ends, so the two coincide.)"""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
