@@ -199,7 +199,9 @@ def _band(ax, x, runs: np.ndarray, color, style: str, label: str) -> None:
         ax.fill_between(x, [e.ci_low for e in ests], [e.ci_high for e in ests], color=color, alpha=0.18, lw=0)
 
 
-def plot_comparison(results: list[TrainResult], evals: list[EvalResult], title: str, path: Path) -> None:
+def plot_comparison(
+    results: list[TrainResult], evals: list[EvalResult], summary: list[dict], title: str, path: Path
+) -> None:
     """Curves (mean over seeds, 95% bands), gap per epoch, per-class accuracy, and outcome vs dropout rate."""
     fig, axes = plt.subplots(2, 3, figsize=(20, 10.5))
     ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc, ax_rate_gap = axes.flat
@@ -234,11 +236,12 @@ def plot_comparison(results: list[TrainResult], evals: list[EvalResult], title: 
     ax_cls.set_xticks(x, CLASSES, rotation=35, ha="right")
     ax_cls.set(title="Per-class test accuracy (final models, mean over seeds)", ylabel="accuracy (%)", ylim=(0, 100))
 
-    # Outcome vs dropout rate: mean over seeds, error bars = 95% t-interval (none with one seed).
-    rates = sorted(eval_groups)
-    finals = {p: [e.test_acc * 100 for e in eval_groups[p]] for p in rates}
-    last_train = {p: {r.config.seed: r.history[-1]["train_acc"] * 100 for r in groups[p]} for p in rates}
-    gaps = {p: [last_train[p][e.config.seed] - e.test_acc * 100 for e in eval_groups[p]] for p in rates}
+    # Outcome vs dropout rate, from the summary rows: mean over seeds, error bars = 95% t-interval
+    # (none with one seed).
+    by_rate = _by_rate(summary, lambda row: row["dropout"])
+    rates = sorted(by_rate)
+    finals = {p: [row["final_test_acc"] * 100 for row in by_rate[p]] for p in rates}
+    gaps = {p: [row["generalization_gap"] * 100 for row in by_rate[p]] for p in rates}
     for ax, values, what in (
         (ax_rate_acc, finals, "final test accuracy (%)"),
         (ax_rate_gap, gaps, "final gap (points)"),
@@ -358,7 +361,7 @@ def write_report(
         write_table(summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
         write_table(per_class_rows(evals, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
         write_table(statistics_rows(summary), STATISTICS_SCHEMA, tmp / "statistics.parquet")
-        plot_comparison(results, evals, report_title(results, data), tmp / "comparison.png")
+        plot_comparison(results, evals, summary, report_title(results, data), tmp / "comparison.png")
         plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
         markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir)
         (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
