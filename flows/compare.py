@@ -66,10 +66,6 @@ def check_parameters(**params) -> list[TrainConfig]:
     rates, seeds = list(params["dropout"]), list(params["seeds"])
     if not rates or not seeds:
         raise ValueError("--dropout and --seeds each need at least one value")
-    for p in rates:
-        check_train_config(TrainConfig(dropout=p))
-    for seed in seeds:
-        check_train_config(TrainConfig(seed=seed))
     base = TrainConfig(
         epochs=params["epochs"],
         batch_size=params["batch_size"],
@@ -82,7 +78,7 @@ def check_parameters(**params) -> list[TrainConfig]:
     check_train_config(base)
     configs = variant_configs(base, rates, seeds, params["device"])
     for cfg in configs:
-        check_train_config(cfg)  # precision vs the resolved device
+        check_train_config(cfg)  # every rate and seed, and precision vs the resolved device
     data_dir = Path(params["data_dir"])
     present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
     check_folders(params["data_dir"], params["out"], params["cache_dir"], data_present=present)
