@@ -1,6 +1,7 @@
 """Side-by-side speed of the tutorial's training loop and dropout-lab's trainer, on the same data.
 
-    python benchmarks/bench_train.py --data-dir DIR [--steps 400] [--eval-images 2000] [--k-sweep 1,2,4,8]
+    python benchmarks/bench_train.py --data-dir DIR [--device cpu|cuda] [--steps 400] [--eval-images 2000]
+                                     [--variants 2] [--k-sweep 1,2,4,8]
 
 DIR holds `cifar-10-batches-py/` (official files or a stand-in). Without --data-dir a small generated
 dataset is used (a smoke run: the speeds are real, the accuracies meaningless). Measured, in one run:
@@ -10,8 +11,9 @@ dataset is used (a smoke run: the speeds are real, the accuracies meaningless). 
    over the prediction tensor; one model at a time (the tutorial trains the two one after the other).
 2. project, sequential — our loop (uint8 tensors decoded once, per-batch normalisation,
    channels_last, no host sync per step) in one process with all cores.
-3. project, concurrent — what `flows/compare.py` does on CPU: one process per variant, the cores
-   split between them, all training at once.
+3. project, as the flow trains the pair — on CPU one process per variant, the cores split between
+   them, all training at once; on CUDA both variants stacked in one process (tasks/stacked.py).
+4. with --k-sweep 1,2,4,8: K variants as K processes, and K variants stacked in one process.
 
 Prints img/s, ratios, eval img/s, the accuracy reached, peak memory, and the projected wall time of
 the full default comparison (2 models × 8 epochs × 50,000 images + a 10,000-image test pass per
@@ -43,6 +45,7 @@ from tasks.data import FOLDER_NAME, load_split, write_cifar_folder  # noqa: E402
 from tasks.devices import available_cores  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.model import Net  # noqa: E402
+from tasks.stacked import StackedNet, evaluate_stacked, streams_from_global, train_steps_stacked  # noqa: E402
 from tasks.train import build, train_steps  # noqa: E402
 
 BATCH = 32
@@ -122,33 +125,74 @@ def reference_loop(root: Path, steps: int, eval_images: int, device: str) -> dic
 
 
 def project_child(job: dict) -> dict:
-    """Runs inside a child process: the project's loop for `steps` steps, then `eval_images`."""
+    """Runs inside a child process: the project's loop for `steps` steps, then `eval_images`.
+
+    With job["stack"] = K, trains K variants stacked (tasks/stacked.py) instead of one model;
+    img/s then counts the images of all K variants."""
     torch.set_num_threads(job["threads"])
-    cfg = TrainConfig(dropout=job["dropout"], seed=job["seed"], device=job["device"])
+    k = job.get("stack", 0)
+    cfgs = [TrainConfig(dropout=0.25 if i % 2 == 0 else 0.0, seed=i // 2, device=job["device"]) for i in range(k)]
+    cfg = cfgs[0] if cfgs else TrainConfig(dropout=job["dropout"], seed=job["seed"], device=job["device"])
     train_x, train_y = load_split(job["root"], train=True)
     test_x, test_y = load_split(job["root"], train=False, limit=job["eval_images"])
     device = torch.device(cfg.device)
+    if device.type == "cuda":  # what the training worker sets
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-    model, opt = build(cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    gen = torch.Generator().manual_seed(cfg.seed)
     total = (job["steps"] + WARMUP_STEPS) * BATCH
-    order = torch.cat([torch.randperm(len(train_y), generator=gen) for _ in range(total // len(train_y) + 1)])
-    order = order[:total].to(device)
     warm = WARMUP_STEPS * BATCH
-    train_steps(model, opt, scaler, train_x, train_y, order[:warm], BATCH)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+    def order_for(seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.cat([torch.randperm(len(train_y), generator=gen) for _ in range(total // len(train_y) + 1)])
+        return order[:total].to(device)
+
+    if k:
+        nets, streams = [], []
+        for c in cfgs:  # as tasks.stacked.fit_stacked starts them
+            nets.append(build(c)[0])
+            cpu_gen, cuda_gen = streams_from_global(device)
+            streams.append(cuda_gen or cpu_gen)
+        model = StackedNet(nets, [c.dropout for c in cfgs]).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+        orders = torch.stack([order_for(c.seed) for c in cfgs])
+
+        def steps(part):
+            return train_steps_stacked(model, opt, scaler, train_x, train_y, orders[:, part], BATCH, streams)
+
+        def test():
+            return evaluate_stacked(model, test_x, test_y, cfg.eval_batch_size)[0]
+    else:
+        model, opt = build(cfg)
+        order = order_for(cfg.seed)
+
+        def steps(part):
+            return train_steps(model, opt, scaler, train_x, train_y, order[part], BATCH)
+
+        def test():
+            return evaluate(model, test_x, test_y, cfg.eval_batch_size)
+
+    steps(slice(0, warm))
     sync(device)
     t0 = time.perf_counter()
-    _, correct = train_steps(model, opt, scaler, train_x, train_y, order[warm:], BATCH)
+    _, correct = steps(slice(warm, total))
     sync(device)
     train_s = time.perf_counter() - t0
-    evaluate(model, test_x[:BATCH], test_y[:BATCH], cfg.eval_batch_size)  # warm-up
+    n_models = max(k, 1)
+    test()  # warm-up
     t0 = time.perf_counter()
-    test = evaluate(model, test_x, test_y, cfg.eval_batch_size)
+    result = test()
     eval_s = time.perf_counter() - t0
-    return {"train_img_s": (total - warm) / train_s, "eval_img_s": len(test_y) / eval_s,
-            "train_acc": float(correct) / (total - warm), "test_acc": test["acc"],
-            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    return {"train_img_s": n_models * (total - warm) / train_s, "eval_img_s": n_models * len(test_y) / eval_s,
+            "train_acc": float(correct.double().mean() if k else correct) / (total - warm),
+            "test_acc": result["acc"], "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": peak_gpu_mb(device)}  # fmt: skip
+
+
+def peak_gpu_mb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
 def sync(device: torch.device) -> None:
@@ -173,6 +217,17 @@ def run_concurrently(root: Path, k: int, threads: int, args) -> tuple[list[dict]
             raise SystemExit(f"benchmark child failed with exit code {p.returncode}")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results, time.perf_counter() - t0
+
+
+def run_stacked(root: Path, k: int, threads: int, args) -> tuple[dict, float]:
+    """k variants stacked in one child process (same variants as `run_concurrently`)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    job = {"root": str(root), "steps": args.steps, "eval_images": args.eval_images, "threads": threads,
+           "stack": k, "device": args.device}  # fmt: skip
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], env=env, stdout=subprocess.PIPE,
+                         text=True, check=True).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1]), time.perf_counter() - t0
 
 
 def projected_minutes(train_img_s: float, eval_img_s: float, models_in_sequence: int) -> float:
@@ -225,19 +280,26 @@ def main() -> int:
     (seq,), _ = run_concurrently(root, 1, cores, args)
     record("project, one process, all cores", seq)
     k = args.variants
-    pair, pair_wall = run_concurrently(root, k, max(1, cores // k), args)
-    for i, r in enumerate(pair):
-        record(f"project, concurrent variant {i + 1}/{k}", r, k, pair_wall)
+    if args.device.startswith("cuda"):  # what the flow does on one GPU (--stack auto): one stacked process
+        stacked, pair_wall = run_stacked(root, k, cores, args)
+        record(f"project, {k} variants stacked", stacked, k, pair_wall)
+        pair = [{**stacked, "train_img_s": stacked["train_img_s"] / k, "eval_img_s": stacked["eval_img_s"] / k}] * k
+        how = "stacked in one process"
+    else:  # on CPU (--stack auto): one process per variant, the cores split between them
+        pair, pair_wall = run_concurrently(root, k, max(1, cores // k), args)
+        for i, r in enumerate(pair):
+            record(f"project, concurrent variant {i + 1}/{k}", r, k, pair_wall)
+        how = "concurrent processes"
     pair_train = sum(r["train_img_s"] for r in pair)
     slowest = min(pair, key=lambda r: r["train_img_s"])
     gain = pair_train / seq["train_img_s"]
-    print(f"\nconcurrent {k} variants together: {pair_train:.0f} img/s "
-          f"(vs {seq['train_img_s']:.0f} one at a time with all cores: {gain:.2f}x)")  # fmt: skip
-    # The flow trains the two models at once: the slower of the pair sets the pace.
+    print(f"\n{k} variants as the flow trains them ({how}): {pair_train:.0f} img/s together "
+          f"(vs {seq['train_img_s']:.0f} one model at a time: {gain:.2f}x)")  # fmt: skip
+    # The flow trains the models at once: the slowest sets the pace.
     ours_min = projected_minutes(slowest["train_img_s"], slowest["eval_img_s"], models_in_sequence=1)
     seq_min = projected_minutes(seq["train_img_s"], seq["eval_img_s"], models_in_sequence=FULL["models"])
     print("projected full default comparison (training + per-epoch evaluation, start-up excluded):")
-    print(f"  project, concurrent pair        {ours_min:5.1f} min")
+    print(f"  project, as the flow runs it    {ours_min:5.1f} min")
     print(f"  project, models one after other {seq_min:5.1f} min")
     if ref:
         ref_min = projected_minutes(ref["train_img_s"], ref["eval_img_s"], models_in_sequence=FULL["models"])
@@ -250,15 +312,22 @@ def main() -> int:
               f"(each process alone {slowest['eval_img_s'] / ref['eval_img_s']:.2f}x)")  # fmt: skip
 
     if args.k_sweep:
-        print("\nK variants at once (each the same steps), cost relative to K=1:")
-        base_wall = None
-        for kk in [int(v) for v in args.k_sweep.split(",")]:
+        print("\nK variants, each the same steps; wall time relative to K=1 (K separate runs would be K x):")
+        sweep = [int(v) for v in args.k_sweep.split(",")]
+        base = None
+        for kk in sweep:
             res, wall = run_concurrently(root, kk, max(1, cores // kk), args)
-            base_wall = base_wall or wall
-            total = sum(r["train_img_s"] for r in res)
+            base = base or wall
             for r in res:
-                record(f"k-sweep K={kk}", r, kk, wall)
-            print(f"  K={kk}: wall {wall:6.1f} s = {wall / base_wall:4.2f}x K=1, {total:7.0f} img/s together")
+                record(f"k-sweep processes K={kk}", r, kk, wall)
+            total = sum(r["train_img_s"] for r in res)
+            print(f"  K={kk} as {kk} process(es): wall {wall:6.1f} s = {wall / base:4.2f}x K=1, "
+                  f"{total:7.0f} train img/s together")  # fmt: skip
+            if kk > 1:
+                r, wall = run_stacked(root, kk, cores, args)
+                record(f"k-sweep stacked K={kk}", r, kk, wall)
+                print(f"  K={kk} stacked, 1 process:  wall {wall:6.1f} s = {wall / base:4.2f}x K=1, "
+                      f"{r['train_img_s']:7.0f} train img/s together, {r['eval_img_s']:7.0f} eval img/s")  # fmt: skip
     print(f"\npeak RSS (this process or any child): {peak_rss_mb():.0f} MB")
 
     args.out.mkdir(parents=True, exist_ok=True)

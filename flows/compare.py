@@ -29,7 +29,7 @@ from pydantic import Field  # noqa: E402
 
 from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
-from tasks.devices import resolve_devices, threads_per_variant, worker_slots  # noqa: E402
+from tasks.devices import resolve_devices, stack_groups, threads_per_variant, worker_slots  # noqa: E402
 from tasks.launcher import limit_concurrency  # noqa: E402
 from tasks.preflight import check_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
@@ -77,6 +77,7 @@ def check_parameters(**params) -> list[TrainConfig]:
     )
     check_train_config(base)
     configs = variant_configs(base, rates, seeds, params["device"])
+    stack_groups(configs, params["stack"])  # raises for an unknown mode
     for cfg in configs:
         check_train_config(cfg)  # every rate and seed, and precision vs the resolved device
     data_dir = Path(params["data_dir"])
@@ -97,6 +98,7 @@ def compare(
     device: str = "auto",
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
     compile: bool = False,
+    stack: Literal["auto", "on", "off"] = "auto",
     limit_train: Annotated[int, Field(ge=0)] = 0,
     limit_test: Annotated[int, Field(ge=0)] = 0,
     dataset: Literal["cifar10", "fake"] = "cifar10",
@@ -113,22 +115,25 @@ def compare(
     if not still_on_disk(data):  # cached, but the files were deleted or replaced since
         data = fetch_cifar10.with_options(**{**opts, "refresh_cache": True})(data_dir, dataset, url)
 
+    groups = stack_groups(configs, stack)
     gpu_workers = dask_gpu_workers()
     if gpu_workers:  # a Dask cluster of GPU machines: each task gets a worker's GPU, whatever is local
-        configs = [dataclasses.replace(c, device="cuda:0") for c in configs]
-    threads = threads_per_variant([c.device for c in configs])
-    limit_concurrency(worker_slots([c.device for c in configs], threads))
+        groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
+    threads = threads_per_variant([g[0].device for g in groups])
+    limit_concurrency(worker_slots([g[0].device for g in groups], threads))
     with gpu_resource(gpu_workers):
-        train_futures = [train.with_options(**opts).submit(c, data, cache_dir, threads, refresh) for c in configs]
-        trained = [f.result() for f in train_futures]
+        futures = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh) for g in groups]
+        trained = [t for f in futures for t in f.result()]
         # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
         retrain = {
-            i: train.with_options(**{**opts, "refresh_cache": True}).submit(configs[i], data, cache_dir, threads)
+            i: train.with_options(**{**opts, "refresh_cache": True}).submit([t.config], data, cache_dir, threads)
             for i, t in enumerate(trained)
             if not Path(t.checkpoint).is_file()
         }
     for i, future in retrain.items():
-        trained[i] = future.result()
+        (trained[i],) = future.result()
+    position = {(c.dropout, c.seed): i for i, c in enumerate(configs)}  # stacks come first: restore the order
+    trained.sort(key=lambda t: position[(t.config.dropout, t.config.seed)])
     evals = [f.result() for f in [evaluate_model.with_options(**opts).submit(t, data) for t in trained]]
 
     run_dir = Path(out).resolve() / run_folder_name(configs, dataset, data.fingerprint)
@@ -205,6 +210,7 @@ HELP = {
     "device": "auto | cpu | cuda | cuda:N (auto: one GPU per model if present, else CPU)",
     "precision": "fp32 | bf16 | fp16 (bf16/fp16 autocast on CUDA only)",
     "compile": "torch.compile the model (pays off on CUDA; slower on CPU)",
+    "stack": "train variants sharing a device as one batched computation: auto (on CUDA) | on | off",
     "limit_train": "train on the first N training images (0 = all)",
     "limit_test": "evaluate on the first N test images (0 = all)",
     "dataset": "cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)",
@@ -295,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     # handler (atexit is last-in, first-out) and the report line really is the last line.
     last_line: list[str] = []
     atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
-    devices = [c.device for c in configs]
+    devices = [g[0].device for g in stack_groups(configs, params["stack"])]
     n_local_workers = sum(worker_slots(devices, threads_per_variant(devices)).values())
-    runner = task_runner_for(runner_kind, dask_address, min(len(configs), n_local_workers))
+    runner = task_runner_for(runner_kind, dask_address, min(len(devices), n_local_workers))
     if runner is not None:
         share_temporary_server()
     flow_fn = compare if runner is None else compare.with_options(task_runner=runner)

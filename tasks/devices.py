@@ -40,9 +40,32 @@ def resolve_devices(device: str, n_variants: int) -> list[str]:
     raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+STACK_MODES = ("auto", "on", "off")
+
+
+def stack_groups(configs: list, mode: str) -> list[list]:
+    """Which variants train together as one stacked computation (tasks/stacked.py), in input order.
+
+    `on`: all variants sharing a device; `auto`: those sharing a CUDA device (a GPU at batch 32 is
+    launch-bound, so K stacked models cost little more than one; on CPU separate processes are
+    faster, see README); `off`: every variant alone.
+    """
+    if mode not in STACK_MODES:
+        raise ValueError(f"stack must be one of {', '.join(STACK_MODES)} (got {mode!r})")
+    groups: dict[str, list] = {}
+    singles = []
+    for cfg in configs:
+        if mode == "on" or (mode == "auto" and cfg.device.startswith("cuda")):
+            groups.setdefault(cfg.device, []).append(cfg)
+        else:
+            singles.append([cfg])
+    return [*groups.values(), *singles]
+
+
 def threads_per_variant(devices: list[str]) -> int:
-    """Split the cores between the variants training on CPU at once (no oversubscription); with more
-    variants than cores, each gets one thread and `worker_slots` queues the rest."""
+    """Split the cores between the training processes on CPU at once (one per entry of `devices`: a
+    variant, or a stack of them), without oversubscription; with more processes than cores, each
+    gets one thread and `worker_slots` queues the rest."""
     on_cpu = sum(d == "cpu" for d in devices)
     return max(1, available_cores() // max(on_cpu, 1))
 

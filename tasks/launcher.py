@@ -53,7 +53,7 @@ def run_worker(job: dict) -> Iterator[dict]:
     """Yield the worker's events ("start", "epoch", ..., "done"); raise TrainingFailed on failure.
 
     Waits for a free slot on the job's device first (see `limit_concurrency`)."""
-    with _slot(job["config"]["device"]):
+    with _slot(job["configs"][0]["device"]):
         yield from _run_worker(job)
 
 
@@ -71,7 +71,6 @@ def _run_worker(job: dict) -> Iterator[dict]:
             stderr=stderr,
             text=True,
             env=env,
-            cwd=REPO_ROOT,
         )
         error = None
         try:

@@ -65,6 +65,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("precision", pa.string()),
         ("compiled", pa.bool_()),
         ("threads", pa.int64()),
+        ("stacked_variants", pa.int64()),
         ("n_params", pa.int64()),
         ("n_train", pa.int64()),
         ("n_test", pa.int64()),
@@ -151,6 +152,7 @@ def summary_rows(results: list[TrainResult], evals: list[EvalResult], data: Data
                 "precision": r.config.precision,
                 "compiled": r.config.compile,
                 "threads": r.threads,
+                "stacked_variants": r.stacked_with,
                 "n_params": r.n_params,
                 "n_train": r.n_train,
                 "n_test": r.n_test,
@@ -298,6 +300,11 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x * 100:.2f}%"
 
 
+def _stack_note(row: dict) -> str:
+    k = row["stacked_variants"]
+    return f" (stack of {k})" if k > 1 else ""
+
+
 def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
     """Markdown for the Prefect UI: the verdict first, then per-rate statistics, runs and the figure."""
     lines = ["# Dropout vs baseline", ""]
@@ -328,7 +335,7 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         lines.append(
             f"| {s['model']} | {s['seed']} | {_pct(s['final_train_acc'])} | {_pct(s['final_test_acc'])} | "
             f"{_pct(s['best_test_acc'])} ({s['best_epoch']}) | {100 * s['generalization_gap']:.2f} | "
-            f"{s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | {s['device']} |"
+            f"{s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | {s['device']}{_stack_note(s)} |"
         )
     if comparison_png is not None and comparison_png.is_file():
         encoded = base64.b64encode(comparison_png.read_bytes()).decode()

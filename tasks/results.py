@@ -21,6 +21,7 @@ class TrainResult:
     n_train: int  # images it trained on
     n_test: int  # images it was evaluated on each epoch
     resumed_from: int = 0  # epochs restored from a checkpoint instead of trained
+    stacked_with: int = 1  # variants trained in the same batched computation (tasks/stacked.py); 1 = alone
 
 
 @dataclass(frozen=True)

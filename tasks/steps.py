@@ -28,7 +28,7 @@ from tasks.results import EvalResult, TrainResult
 
 HERE = Path(__file__).resolve().parent
 FETCH_CODE = ("data.py", "model.py")
-TRAIN_CODE = ("config.py", "model.py", "data.py", "evaluate.py", "checkpoint.py", "train.py", "worker.py")
+TRAIN_CODE = ("config.py", "model.py", "data.py", "evaluate.py", "checkpoint.py", "train.py", "stacked.py", "worker.py")
 EVAL_CODE = ("model.py", "data.py", "evaluate.py", "checkpoint.py")
 REPORT_CODE = ("report.py", "results.py", "stats.py")
 
@@ -90,15 +90,17 @@ def fetch_cifar10(data_dir: str, dataset: str = "cifar10", url: str = CIFAR10_UR
 
 
 def train_key(cfg: TrainConfig, data_fingerprint: str) -> str:
+    """One variant's training identity: its config, the data, the training code."""
     return _key("train", cfg.to_dict(), data_fingerprint, code_hash(TRAIN_CODE))
 
 
 def train_cache_key(context, parameters) -> str:
-    return train_key(parameters["cfg"], parameters["data"].fingerprint)
+    return _key([train_key(c, parameters["data"].fingerprint) for c in parameters["cfgs"]])
 
 
 def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
-    """Per-variant checkpoint folder, keyed like the task's cache: a rerun finds its own checkpoints."""
+    """Per-variant checkpoint folder, keyed like its training: a rerun finds its own checkpoints,
+    whether it trained alone or in a stack."""
     return Path(cache_dir) / "checkpoints" / f"{slug(cfg.run_name)}-{train_key(cfg, data.fingerprint)[:16]}"
 
 
@@ -117,73 +119,98 @@ def format_epoch(label: str, epochs: int, r: dict) -> str:
     )
 
 
+def group_label(cfgs: list[TrainConfig]) -> str:
+    """`dropout=0.25, seed=0`; a stack: `dropout=0.25, seed=0 + baseline, seed=0`, or `stack of 6 on cuda:0`."""
+    if len(cfgs) <= 2:
+        return " + ".join(c.run_name for c in cfgs)
+    return f"stack of {len(cfgs)} on {cfgs[0].device}"
+
+
+def train_run_name() -> str:
+    return f"train[{group_label(current_task_run.parameters['cfgs'])}]"
+
+
 @task(
     name="train",
-    task_run_name="train[{cfg.run_name}]",
+    task_run_name=train_run_name,
     retries=2,
     retry_delay_seconds=1,
     retry_condition_fn=retry_unless_hopeless,
     cache_key_fn=train_cache_key,
     persist_result=True,
 )
-def train(cfg: TrainConfig, data: DataInfo, cache_dir: str, threads: int = 0, fresh: bool = False) -> TrainResult:
-    """Train one variant in its own process; log and publish progress once per epoch.
+def train(
+    cfgs: list[TrainConfig], data: DataInfo, cache_dir: str, threads: int = 0, fresh: bool = False
+) -> list[TrainResult]:
+    """Train one variant, or a stack of variants sharing a device, in its own process; log and
+    publish progress once per variant and epoch.
 
-    Resumes from the variant's checkpoints unless `fresh` (a refresh), which starts over.
+    Resumes from each variant's checkpoints unless `fresh` (a refresh), which starts over.
     """
     logger = get_run_logger()
     job = {
-        "config": cfg.to_dict(),
+        "configs": [c.to_dict() for c in cfgs],
         "data_root": data.root,
-        "checkpoint_dir": str(checkpoint_dir(cache_dir, cfg, data)),
+        "checkpoint_dirs": [str(checkpoint_dir(cache_dir, c, data)) for c in cfgs],
         "threads": threads,
         "fresh": fresh,
         "attempt": current_task_run.run_count or 1,
     }
-    name = cfg.run_name
-    progress = create_progress_artifact(0.0, key=f"train-progress-{slug(name)}", description=f"train[{name}]")
-    done, start, resumed_from = None, None, None
+    names = [c.run_name for c in cfgs]
+    progress = [create_progress_artifact(0.0, key=f"train-progress-{slug(name)}", description=f"train[{name}]")
+                for name in names]  # fmt: skip
+    done, start, resumed_from = None, None, [None] * len(cfgs)
     try:
         for event in run_worker(job):
             if event["event"] == "start":
                 start = event
-                bars.update(name, 0, cfg.epochs, "starting")
-                logger.info("train[%s] on %s, %d threads, %d train / %d test images", name,
-                            event["device"], event["threads"], event["n_train"], event["n_test"])  # fmt: skip
+                for name, cfg in zip(names, cfgs, strict=True):
+                    bars.update(name, 0, cfg.epochs, "starting")
+                stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
+                logger.info("train[%s] on %s, %d threads, %d train / %d test images%s", group_label(cfgs),
+                            event["device"], event["threads"], event["n_train"], event["n_test"], stacked)  # fmt: skip
             elif event["event"] == "epoch":
-                if resumed_from is None:
-                    resumed_from = event["resumed_from"]
+                i = event["variant"]
+                name, epochs = names[i], cfgs[i].epochs
+                if resumed_from[i] is None:
+                    resumed_from[i] = event["resumed_from"]
                 if event["resumed_from"] and event["epoch"] == event["resumed_from"] + 1:
                     logger.info("train[%s] resumed after epoch %d from its checkpoint", name, event["resumed_from"])
-                logger.info(format_epoch(name, cfg.epochs, event))
-                update_progress_artifact(progress, 100.0 * event["epoch"] / cfg.epochs)
-                bars.update(name, event["epoch"], cfg.epochs, f"test acc {event['test_acc']:.2%}")
+                logger.info(format_epoch(name, epochs, event))
+                update_progress_artifact(progress[i], 100.0 * event["epoch"] / epochs)
+                bars.update(name, event["epoch"], epochs, f"test acc {event['test_acc']:.2%}")
             elif event["event"] == "done":
                 done = event
     except TrainingFailed as e:
         if e.kind == "oom":
             raise TrainingFailed(
-                f"train[{name}] ran out of GPU memory on {cfg.device} at batch size {cfg.batch_size} "
-                f"(precision {cfg.precision}); lower --batch-size or use another device. {e}", "oom"
+                f"train[{group_label(cfgs)}] ran out of GPU memory on {cfgs[0].device} at batch size "
+                f"{cfgs[0].batch_size} (precision {cfgs[0].precision}, {len(cfgs)} variant(s) stacked); "
+                f"lower --batch-size, use --stack off or another device. {e}", "oom"
             ) from None  # fmt: skip
         raise
-    update_progress_artifact(progress, 100.0)
+    for artifact in progress:
+        update_progress_artifact(artifact, 100.0)
     if done is None or start is None:
-        raise TrainingFailed(f"train[{name}]: worker ended without a result", "crash")
-    return TrainResult(
-        config=cfg,
-        checkpoint=done["checkpoint"],
-        weights_sha256=done["weights_sha256"],
-        history=done["history"],
-        n_params=done["n_params"],
-        started_at=done["started_at"],
-        finished_at=done["finished_at"],
-        train_seconds=done["wall_seconds"],
-        threads=threads,
-        n_train=start["n_train"],
-        n_test=start["n_test"],
-        resumed_from=cfg.epochs if resumed_from is None else resumed_from,
-    )
+        raise TrainingFailed(f"train[{group_label(cfgs)}]: worker ended without a result", "crash")
+    return [
+        TrainResult(
+            config=cfg,
+            checkpoint=r["checkpoint"],
+            weights_sha256=r["weights_sha256"],
+            history=r["history"],
+            n_params=r["n_params"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            train_seconds=r["wall_seconds"],
+            threads=threads,
+            n_train=start["n_train"],
+            n_test=start["n_test"],
+            resumed_from=cfg.epochs if resumed is None else resumed,
+            stacked_with=len(cfgs),
+        )
+        for cfg, r, resumed in zip(cfgs, done["results"], resumed_from, strict=True)
+    ]
 
 
 # --- evaluate ------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _fault_epoch(attempt: int) -> int | None:
+def fault_epoch_for(attempt: int) -> int | None:
     spec = os.environ.get(FAIL_AT_EPOCH_ENV, "")
     if not spec:
         return None
@@ -129,6 +129,53 @@ def train_steps(
     return loss_sum, correct
 
 
+def start_run(cfg: TrainConfig, folder: Path) -> tuple[Net, torch.optim.Adam, torch.Generator, int, list[dict]]:
+    """(model, optimizer, batch-order generator, epochs done, history): fresh or from the newest good checkpoint.
+
+    Dropout masks come from the global generator, seeded in `build` (or restored from the
+    checkpoint): the caller trains right after, or copies its state into the variant's own stream.
+    Batch order has its own generator: the same for every dropout rate with this seed, which
+    makes the comparison paired.
+    """
+    model, opt = build(cfg)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    restored = _restore(folder, cfg, model, opt, order_gen)
+    if restored is None:
+        model, opt = build(cfg)
+        order_gen = torch.Generator().manual_seed(cfg.seed)
+        restored = (0, [])
+    return model, opt, order_gen, *restored
+
+
+def epoch_record(epoch: int, loss_sum: float, correct: int, n: int, test: dict, seconds: float) -> dict:
+    return {
+        "epoch": epoch,
+        "train_loss": float(loss_sum) / n,
+        "train_acc": float(correct) / n,
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "epoch_seconds": seconds,
+    }
+
+
+def save_epoch(folder: Path, cfg: TrainConfig, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen, history) -> None:
+    """The epoch's checkpoint (model, Adam, the variant's RNG streams, history), then prune old ones."""
+    save_checkpoint(
+        checkpoint_path(folder, epoch),
+        {
+            "config": cfg.to_dict(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng_cpu": rng_cpu,
+            "rng_cuda": rng_cuda,
+            "rng_order": order_gen.get_state(),
+            "history": history,
+        },
+    )
+    prune(folder)
+
+
 def fit(
     cfg: TrainConfig,
     train_images: torch.Tensor,
@@ -146,24 +193,15 @@ def fit(
     device = torch.device(cfg.device)
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    # Dropout masks come from the global generator, seeded in `build` (one process per variant,
-    # so nothing else draws from it). Batch order has its own generator: it is the same for
-    # every dropout rate with this seed, which makes the comparison paired.
-    model, opt = build(cfg)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    restored = _restore(folder, cfg, model, opt, order_gen)
-    if restored is None:
-        model, opt = build(cfg)
-        order_gen = torch.Generator().manual_seed(cfg.seed)
-        restored = (0, [])
-    done, history = restored
+    # One process per variant, so nothing else draws from the global generator (dropout masks).
+    model, opt, order_gen, done, history = start_run(cfg, folder)
     # Compiled or not, `model` keeps the parameters: checkpoints store its state_dict.
     forward = torch.compile(model) if cfg.compile else model
 
     train_x, train_y = train_images.to(device), train_labels.to(device)
     test_x, test_y = test_images.to(device), test_labels.to(device)
     n = len(train_y)
-    fault_epoch = _fault_epoch(attempt)
+    fault_epoch = fault_epoch_for(attempt)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     for epoch in range(done + 1, cfg.epochs + 1):
@@ -173,27 +211,8 @@ def fit(
         loss_sum, correct = train_steps(forward, opt, scaler, train_x, train_y, order, cfg.batch_size,
                                         cfg.precision, fail_at)  # fmt: skip
         test = evaluate(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)
-        record = {
-            "epoch": epoch,
-            "train_loss": float(loss_sum) / n,
-            "train_acc": float(correct) / n,
-            "test_loss": test["loss"],
-            "test_acc": test["acc"],
-            "epoch_seconds": time.perf_counter() - start,
-        }
+        record = epoch_record(epoch, loss_sum, correct, n, test, time.perf_counter() - start)
         history.append(record)
-        save_checkpoint(
-            checkpoint_path(folder, epoch),
-            {
-                "config": cfg.to_dict(),
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "rng_order": order_gen.get_state(),
-                "history": history,
-            },
-        )
-        prune(folder)
+        rng_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        save_epoch(folder, cfg, epoch, model, opt, torch.get_rng_state(), rng_cuda, order_gen, history)
         yield {**record, "resumed_from": done}

@@ -1,10 +1,12 @@
-"""Train one variant in its own process: `python -m tasks.worker < job.json`.
+"""Train one variant, or a stack of variants, in its own process: `python -m tasks.worker < job.json`.
 
 Why a process per variant: torch's global RNG (dropout masks) and thread pool are per process,
 so two variants in threads of one process would interleave random draws (not reproducible) and
-oversubscribe the cores. Each worker gets `threads` intra-op threads (cores / variants on CPU)
-or its own GPU. Protocol: one JSON object per stdout line —
-  {"event": "start", ...} · {"event": "epoch", ...} per epoch · {"event": "done", ...}
+oversubscribe the cores. A stack of variants shares one process safely: each draws from its own
+generators (tasks/stacked.py). Each worker gets `threads` intra-op threads (cores / processes on
+CPU) or its own GPU. Protocol: one JSON object per stdout line —
+  {"event": "start", ...} · {"event": "epoch", "variant": i, ...} per variant and epoch
+  · {"event": "done", "results": [one per variant]}
   · {"event": "error", "kind": "oom"|"data"|"fault"|"crash", "message": ...} before a non-zero exit.
 """
 
@@ -18,6 +20,7 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,7 +44,8 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_CRASH)
 
 
-def run_job(job: dict) -> dict:
+def run_job(job: dict) -> list[dict]:
+    """Train the job's variants (one: `fit`; several on one device: `fit_stacked`); one result each."""
     import torch
     from filelock import FileLock
 
@@ -49,41 +53,56 @@ def run_job(job: dict) -> dict:
     from tasks.config import TrainConfig
     from tasks.data import load_split
     from tasks.model import Net, count_parameters
+    from tasks.stacked import fit_stacked
     from tasks.train import fit
 
-    cfg = TrainConfig(**job["config"])
+    cfgs = [TrainConfig(**c) for c in job["configs"]]
+    folders = [Path(f) for f in job["checkpoint_dirs"]]
+    cfg, attempt = cfgs[0], job.get("attempt", 1)
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; convs use TF32 by default
-    folder = Path(job["checkpoint_dir"])
-    folder.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     train_x, train_y = load_split(job["data_root"], train=True, limit=cfg.limit_train)
     test_x, test_y = load_split(job["data_root"], train=False, limit=cfg.limit_test)
     emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_test=len(test_y))
     # Two runs training the very same variant (same cache key, same folder) take turns: the second
-    # then finds the finished checkpoints and has nothing left to train.
-    with FileLock(str(folder / ".lock")):
-        if job.get("fresh") and job.get("attempt", 1) == 1:  # --refresh: retrain from scratch
-            for _, path in epoch_checkpoints(folder):
-                path.unlink()
-        for record in fit(cfg, train_x, train_y, test_x, test_y, folder, job.get("attempt", 1)):
-            emit("epoch", **record)
-        _, final = epoch_checkpoints(folder)[0]
-        state = load_checkpoint(final)
-        weights_sha256 = hashlib.sha256(final.read_bytes()).hexdigest()
-    return {
-        "checkpoint": str(final),
-        "weights_sha256": weights_sha256,
-        "history": state["history"],
-        "n_params": count_parameters(Net(cfg.dropout)),
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "wall_seconds": time.perf_counter() - t0,
-    }
+    # then finds the finished checkpoints and has nothing left to train. Locks in sorted order, so
+    # two stacks sharing variants cannot deadlock.
+    with ExitStack() as locks:
+        for folder in sorted(folders):
+            locks.enter_context(FileLock(str(folder / ".lock")))
+        if job.get("fresh") and attempt == 1:  # --refresh: retrain from scratch
+            for folder in folders:
+                for _, path in epoch_checkpoints(folder):
+                    path.unlink()
+        if len(cfgs) == 1:
+            epochs = ((0, r) for r in fit(cfg, train_x, train_y, test_x, test_y, folders[0], attempt))
+        else:
+            epochs = fit_stacked(cfgs, train_x, train_y, test_x, test_y, folders, attempt)
+        for index, record in epochs:
+            emit("epoch", variant=index, **record)
+        finals = [epoch_checkpoints(folder)[0][1] for folder in folders]
+        states = [load_checkpoint(final) for final in finals]
+        hashes = [hashlib.sha256(final.read_bytes()).hexdigest() for final in finals]
+    finished = datetime.now(timezone.utc).isoformat()
+    return [
+        {
+            "checkpoint": str(final),
+            "weights_sha256": sha,
+            "history": state["history"],
+            "n_params": count_parameters(Net(c.dropout)),
+            "started_at": started.isoformat(),
+            "finished_at": finished,
+            "wall_seconds": time.perf_counter() - t0,
+        }
+        for c, final, state, sha in zip(cfgs, finals, states, hashes, strict=True)
+    ]
 
 
 def classify(error: BaseException) -> tuple[str, int]:
@@ -104,7 +123,7 @@ def main() -> int:
     job = json.load(sys.stdin)
     die_with_parent(job["parent_pid"])
     try:
-        emit("done", **run_job(job))
+        emit("done", results=run_job(job))
         return 0
     except Exception as e:  # report a classified error on the protocol, details on stderr
         traceback.print_exc(file=sys.stderr)

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
         (["--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
         (["--dataset", "imagenet"], "dataset must be one of"),
         (["--limit-train", "-5"], "--limit-train"),
+        (["--stack", "sometimes"], "stack must be one of auto, on, off"),
     ],
 )
 def test_bad_parameters_give_one_line_and_exit_2(argv, message, capsys, tmp_path):

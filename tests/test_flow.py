@@ -181,3 +181,26 @@ def test_deleted_data_is_noticed_and_fetched_again(prefect_harness, tmp_path):
     folder = Path(compare(**params))  # the cached fetch result points at nothing: fetched (generated) again
     assert (tmp_path / "data" / "fake-cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
     assert (folder / "summary.parquet").is_file()
+
+
+def test_stacked_run_matches_and_shares_checkpoints_with_separate_runs(first_run, workspace):
+    separate = {r["model"]: r for r in pq.read_table(first_run[0] / "summary.parquet").to_pylist()}
+    cache = str(workspace / "stack-cache")
+    folder, states, _ = run_flow(workspace, stack="on", cache_dir=cache)
+    assert folder == first_run[0]  # the same experiment, so the same report folder (rewritten)
+    assert {n for n in states if n.startswith("train[")} == {"train[dropout=0.25, seed=0 + baseline, seed=0]"}
+    stacked = {r["model"]: r for r in pq.read_table(folder / "summary.parquet").to_pylist()}
+    for model, row in stacked.items():
+        assert row["stacked_variants"] == 2 and separate[model]["stacked_variants"] == 1
+        assert row["final_train_loss"] == pytest.approx(separate[model]["final_train_loss"], abs=1e-3)
+    assert "cpu (stack of 2)" in (folder / "summary.md").read_text()
+    # Unstacked, the same variants find the stack's finished checkpoints: nothing is trained again.
+    checkpoints = {p: p.stat().st_mtime_ns for p in Path(cache, "checkpoints").glob("*/epoch-*.pt")}
+    assert len(checkpoints) == 2 * 2  # two variants, the last two epochs each
+    _, states, _ = run_flow(workspace, stack="off", cache_dir=cache)
+    assert {n for n in states if n.startswith("train[")} == {"train[dropout=0.25, seed=0]", "train[baseline, seed=0]"}
+    assert {n: s for n, s in states.items() if n.startswith("evaluate[")} == {
+        "evaluate[dropout=0.25, seed=0]": {"Cached"},
+        "evaluate[baseline, seed=0]": {"Cached"},
+    }  # same weights (sha256) as the stacked run's
+    assert {p: p.stat().st_mtime_ns for p in Path(cache, "checkpoints").glob("*/epoch-*.pt")} == checkpoints
