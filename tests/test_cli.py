@@ -45,17 +45,19 @@ def test_help_lists_every_flow_parameter(capsys):
 
 
 def test_script_runs_end_to_end_and_ends_with_the_report_line(tmp_path):
+    """Run from another folder with relative paths: they mean that folder, for the training processes too."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     proc = subprocess.run(
-        [sys.executable, "flows/compare.py", "--dataset", "fake", "--epochs", "1", "--limit-train", "200",
-         "--limit-test", "100", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-         "--cache-dir", str(tmp_path / "cache")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        [sys.executable, str(REPO / "flows" / "compare.py"), "--dataset", "fake", "--epochs", "1",
+         "--limit-train", "200", "--limit-test", "100", "--data-dir", "data", "--out", "out", "--cache-dir", "cache"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     last = proc.stdout.strip().splitlines()[-1]  # stdout and the logs (stderr) together, as in a terminal
     assert last.startswith("report: "), proc.stdout[-2000:]
-    assert (Path(last.removeprefix("report: ")) / "comparison.png").is_file()
+    folder = Path(last.removeprefix("report: "))
+    assert folder.parent == tmp_path / "out" and (folder / "comparison.png").is_file()
+    assert len(list((tmp_path / "cache" / "checkpoints").glob("*/epoch-0001.pt"))) == 2
 
 
 def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
