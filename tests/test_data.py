@@ -2,9 +2,13 @@
 
 import io
 import logging
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +173,21 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match="not writable"):
         ensure_cifar10(blocker / "data")
+
+
+def test_official_constants_agree_with_torchvision():
+    from torchvision.datasets import CIFAR10
+
+    assert (data.CIFAR10_URL, data.ARCHIVE_NAME, data.ARCHIVE_MD5, data.FOLDER_NAME) == (
+        CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5, CIFAR10.base_folder
+    )  # fmt: skip
+    assert data.TRAIN_FILES == [name for name, _ in CIFAR10.train_list] and data.TEST_FILE == CIFAR10.test_list[0][0]
+    official = dict(CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]])
+    assert data.OFFICIAL_MD5 == official and data.META_FILE == CIFAR10.meta["filename"]
+
+
+def test_training_code_does_not_import_torchvision():
+    """torchvision costs every training process ~160 MB; only a download needs it."""
+    code = "import sys, tasks.worker, tasks.data, tasks.train, tasks.stacked; sys.exit('torchvision' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
