@@ -1,0 +1,35 @@
+"""The benchmark scripts run (smoke: generated data, a few steps; the quoted numbers come from real runs)."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_train_smoke_run_writes_every_row(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_train.py", "--steps", "5", "--eval-images", "64", "--k-sweep", "1,2",
+         "--out", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "speed-up of the full comparison vs the tutorial loop" in proc.stdout
+    (table,) = tmp_path.glob("bench-*.csv")
+    loops = [row["loop"] for row in csv.DictReader(table.open())]
+    assert loops[:2] == ["reference (tutorial loop)", "project, one process, all cores"]
+    assert "k-sweep stacked K=2" in loops and loops.count("k-sweep processes K=2") == 2
+
+
+def test_peak_memory_counts_the_whole_process_tree():
+    child = "x = bytearray(300_000_000); import time; time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/peak_memory.py", "--interval", "0.1", "--", sys.executable, "-c", parent],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("peak memory"))
+    rss_gb = float(summary.split("RSS ")[1].split(" GB")[0])
+    assert rss_gb >= 0.3, summary  # the grandchild's 300 MB, seen through its parent
