@@ -1,7 +1,7 @@
 """Side-by-side speed of the tutorial's training loop and dropout-lab's trainer, on the same data.
 
     python benchmarks/bench_train.py --data-dir DIR [--device cpu|cuda] [--steps 400] [--eval-images 2000]
-                                     [--variants 2] [--k-sweep 1,2,4,8]
+                                     [--variants 2] [--k-sweep 1,2,4,8] [--settings fp32+compile,bf16]
 
 DIR holds `cifar-10-batches-py/` (official files or a stand-in). Without --data-dir a small generated
 dataset is used (a smoke run: the speeds are real, the accuracies meaningless). Measured, in one run:
@@ -132,7 +132,8 @@ def project_child(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     k = job.get("stack", 0)
     cfgs = [TrainConfig(dropout=0.25 if i % 2 == 0 else 0.0, seed=i // 2, device=job["device"]) for i in range(k)]
-    cfg = cfgs[0] if cfgs else TrainConfig(dropout=job["dropout"], seed=job["seed"], device=job["device"])
+    settings = {"precision": job.get("precision", "fp32"), "compile": job.get("compile", False)}
+    cfg = cfgs[0] if cfgs else TrainConfig(dropout=job["dropout"], seed=job["seed"], device=job["device"], **settings)
     train_x, train_y = load_split(job["root"], train=True)
     test_x, test_y = load_split(job["root"], train=False, limit=job["eval_images"])
     device = torch.device(cfg.device)
@@ -166,16 +167,19 @@ def project_child(job: dict) -> dict:
             return evaluate_stacked(model, test_x, test_y, cfg.eval_batch_size)[0]
     else:
         model, opt = build(cfg)
+        forward = torch.compile(model) if cfg.compile else model
         order = order_for(cfg.seed)
 
         def steps(part):
-            return train_steps(model, opt, scaler, train_x, train_y, order[part], BATCH)
+            return train_steps(forward, opt, scaler, train_x, train_y, order[part], BATCH, cfg.precision)
 
         def test():
-            return evaluate(model, test_x, test_y, cfg.eval_batch_size)
+            return evaluate(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)
 
-    steps(slice(0, warm))
+    t0 = time.perf_counter()
+    steps(slice(0, warm))  # includes torch.compile's compilation
     sync(device)
+    warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     _, correct = steps(slice(warm, total))
     sync(device)
@@ -188,7 +192,7 @@ def project_child(job: dict) -> dict:
     return {"train_img_s": n_models * (total - warm) / train_s, "eval_img_s": n_models * len(test_y) / eval_s,
             "train_acc": float(correct.double().mean() if k else correct) / (total - warm),
             "test_acc": result["acc"], "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": peak_gpu_mb(device)}  # fmt: skip
+            "peak_gpu_mb": peak_gpu_mb(device), "warmup_s": warmup_s}  # fmt: skip
 
 
 def peak_gpu_mb(device: torch.device) -> float:
@@ -200,14 +204,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_concurrently(root: Path, k: int, threads: int, args) -> tuple[list[dict], float]:
-    """k child processes at once (variant i: dropout 0.25 for even i, 0 for odd; seed i // 2)."""
+def run_concurrently(root: Path, k: int, threads: int, args, **settings) -> tuple[list[dict], float]:
+    """k child processes at once (variant i: dropout 0.25 for even i, 0 for odd; seed i // 2);
+    `settings`: precision / compile for each."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs = []
     t0 = time.perf_counter()
     for i in range(k):
         job = {"root": str(root), "steps": args.steps, "eval_images": args.eval_images, "threads": threads,
-               "dropout": 0.25 if i % 2 == 0 else 0.0, "seed": i // 2, "device": args.device}  # fmt: skip
+               "dropout": 0.25 if i % 2 == 0 else 0.0, "seed": i // 2, "device": args.device, **settings}  # fmt: skip
         procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps(job)], env=env,
                                       stdout=subprocess.PIPE, text=True))  # fmt: skip
     results = []
@@ -245,6 +250,8 @@ def main() -> int:
     ap.add_argument("--variants", type=int, default=2, help="variants trained at once in the concurrent run")
     ap.add_argument("--k-sweep", default="", help="also time K concurrent variants, e.g. 1,2,4,8")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--settings", default="", help="also time one model with each PRECISION[+compile], "
+                    "e.g. fp32+compile,bf16,bf16+compile (bf16/fp16: CUDA only)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "benchmarks")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -279,6 +286,11 @@ def main() -> int:
         record("reference (tutorial loop)", ref)
     (seq,), _ = run_concurrently(root, 1, cores, args)
     record("project, one process, all cores", seq)
+    for setting in filter(None, args.settings.split(",")):
+        precision, _, compiled = setting.partition("+")
+        (r,), _ = run_concurrently(root, 1, cores, args, precision=precision, compile=compiled == "compile")
+        record(f"project, one process, {setting}", r)
+        print(f"    ({setting}: {WARMUP_STEPS} warm-up steps took {r['warmup_s']:.1f} s, compilation included)")
     k = args.variants
     if args.device.startswith("cuda"):  # what the flow does on one GPU (--stack auto): one stacked process
         stacked, pair_wall = run_stacked(root, k, cores, args)

@@ -11,11 +11,11 @@ REPO = Path(__file__).resolve().parent.parent
 def test_bench_train_smoke_run_writes_every_row(tmp_path):
     proc = subprocess.run(
         [sys.executable, "benchmarks/bench_train.py", "--steps", "5", "--eval-images", "64", "--k-sweep", "1,2",
-         "--out", str(tmp_path)],
+         "--settings", "fp32", "--out", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "speed-up of the full comparison vs the tutorial loop" in proc.stdout
+    assert "speed-up of the full comparison vs the tutorial loop" in proc.stdout and "(fp32: 20 warm-up" in proc.stdout
     (table,) = tmp_path.glob("bench-*.csv")
     loops = [row["loop"] for row in csv.DictReader(table.open())]
     assert loops[:2] == ["reference (tutorial loop)", "project, one process, all cores"]
