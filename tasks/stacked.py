@@ -82,7 +82,9 @@ class StackedNet(nn.Module):
         the global generator (bernoulli(1-p) noise of the same shape, scaled by 1/(1-p))."""
         if not self.training or not any(self.rates):
             return h
-        noise = torch.ones_like(h)  # (K, B, F); rows of p=0 variants stay 1
+        # (K, B, F); rows of p=0 variants stay 1. float32 even under bf16/fp16 autocast, so the
+        # 1/(1-p) scale is not rounded (as in nn.Dropout, which scales in float).
+        noise = torch.ones(h.shape, dtype=torch.float32, device=h.device)
         for k, p in enumerate(self.rates):
             if p > 0:
                 noise[k].bernoulli_(1 - p, generator=gens[k]).div_(1 - p)
