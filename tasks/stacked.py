@@ -66,7 +66,7 @@ class StackedNet(nn.Module):
             # A shared input meets all K first-layer filters in one dense conv (K·Cout outputs);
             # otherwise group k convolves only variant k's channels.
             groups = 1 if (i == 0 and shared) else self.k
-            h = F.max_pool2d(F.relu(F.conv2d(h, w.flatten(0, 1), b.flatten(), groups=groups)), 2)
+            h = F.relu(F.max_pool2d(F.conv2d(h, w.flatten(0, 1), b.flatten(), groups=groups), 2))  # as Net
         # (B, K·128, 2, 2) → (K, B, 512): variant k's features flattened in Net's (C, H, W) order.
         h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)
         for j, layer in enumerate(LINEARS):

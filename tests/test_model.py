@@ -1,3 +1,5 @@
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,3 +69,31 @@ def test_per_class_accuracy():
 def test_variant_label():
     assert TrainConfig(dropout=0.0).label == "baseline"
     assert TrainConfig(dropout=0.25).label == "dropout=0.25"
+
+
+def test_pool_then_relu_trains_bit_identically_to_the_tutorial_order():
+    """Net computes conv → maxpool → ReLU (faster); the tutorial's conv → ReLU → maxpool is the same
+    function with the same gradients, so training gives the very same weights."""
+
+    def tutorial_order(net: Net) -> Net:
+        tutorial = copy.deepcopy(net)  # same weights
+        f = tutorial.features
+        assert [type(m) for m in f[:3]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]
+        tutorial.features = nn.Sequential(*(f[i] for i in (0, 2, 1, 3, 5, 4, 6, 8, 7)))
+        return tutorial
+
+    torch.manual_seed(0)
+    ours = Net(0.25)
+    theirs = tutorial_order(ours)
+    x = to_input(torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8))
+    y = torch.arange(64) % 10
+    for model in (ours, theirs):
+        torch.manual_seed(1)  # the same dropout masks
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for i in range(0, 64 * 5, 16):
+            batch = slice(i % 64, i % 64 + 16)
+            opt.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
