@@ -33,3 +33,15 @@ def test_peak_memory_counts_the_whole_process_tree():
     summary = next(line for line in proc.stdout.splitlines() if line.startswith("peak memory"))
     rss_gb = float(summary.split("RSS ")[1].split(" GB")[0])
     assert rss_gb >= 0.3, summary  # the grandchild's 300 MB, seen through its parent
+
+
+def test_time_training_runs_the_flows_training_stage(tiny_cifar):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/time_training.py", "--data-dir", str(tiny_cifar), "--epochs", "1",
+         "--stack", "on", "--dropout", "0.25", "0.5"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "3 variants in 1 training process(es)" in proc.stdout
+    assert sum(line.startswith("final  ") for line in proc.stdout.splitlines()) == 3
+    assert "training stage wall time:" in proc.stdout.splitlines()[-1]
