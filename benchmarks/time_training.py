@@ -13,7 +13,6 @@ variant and epoch, the final accuracies and the wall time.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import FOLDER_NAME  # noqa: E402
-from tasks.devices import resolve_devices, stack_groups, threads_per_variant, worker_slots  # noqa: E402
+from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
 from tasks.launcher import limit_concurrency, run_worker  # noqa: E402
 
 
@@ -47,14 +46,12 @@ def main() -> int:
         raise SystemExit(f"error: {root} not found")
     base = TrainConfig(epochs=args.epochs, precision=args.precision, compile=args.compile,
                        limit_train=args.limit_train, limit_test=args.limit_test)  # fmt: skip
-    pairs = [(p, s) for p in sorted({*args.dropout, 0.0}, key=lambda p: (p == 0, p)) for s in sorted(set(args.seeds))]
-    devices = resolve_devices(args.device, len(pairs))
-    configs = [dataclasses.replace(base, dropout=p, seed=s, device=d) for (p, s), d in zip(pairs, devices, strict=True)]
+    configs = variant_configs(base, args.dropout, args.seeds, args.device)
     for cfg in configs:
         check_train_config(cfg)
     groups = stack_groups(configs, args.stack)
-    threads = threads_per_variant([g[0].device for g in groups])
-    limit_concurrency(worker_slots([g[0].device for g in groups], threads))
+    threads, slots = process_plan(groups)
+    limit_concurrency(slots)
     layout = "; ".join(" + ".join(c.run_name for c in g) + f" on {g[0].device}" for g in groups)
     print(f"{len(configs)} variants in {len(groups)} training process(es): {layout}", flush=True)
 

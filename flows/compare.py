@@ -29,7 +29,7 @@ from pydantic import Field  # noqa: E402
 
 from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
-from tasks.devices import resolve_devices, stack_groups, threads_per_variant, worker_slots  # noqa: E402
+from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
 from tasks.launcher import limit_concurrency  # noqa: E402
 from tasks.preflight import check_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
@@ -38,15 +38,6 @@ from tasks.steps import evaluate_model, fetch_cifar10, render_report, train, tra
 
 DATASETS = ("cifar10", "fake")
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
-
-
-def variant_configs(base: TrainConfig, rates: list[float], seeds: list[int], device: str) -> list[TrainConfig]:
-    """One config per (dropout rate, seed); the baseline (rate 0) is always included.
-
-    Each gets its device (round-robin over GPUs with `auto`/`cuda`)."""
-    pairs = [(p, s) for p in sorted({*rates, 0.0}, key=lambda p: (p == 0, p)) for s in sorted(set(seeds))]
-    devices = resolve_devices(device, len(pairs))
-    return [dataclasses.replace(base, dropout=p, seed=s, device=d) for (p, s), d in zip(pairs, devices, strict=True)]
 
 
 def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
@@ -119,8 +110,8 @@ def compare(
     gpu_workers = dask_gpu_workers()
     if gpu_workers:  # a Dask cluster of GPU machines: each task gets a worker's GPU, whatever is local
         groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
-    threads = threads_per_variant([g[0].device for g in groups])
-    limit_concurrency(worker_slots([g[0].device for g in groups], threads))
+    threads, slots = process_plan(groups)
+    limit_concurrency(slots)
     with gpu_resource(gpu_workers):
         futures = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh) for g in groups]
         trained = [t for f in futures for t in f.result()]
@@ -301,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     # handler (atexit is last-in, first-out) and the report line really is the last line.
     last_line: list[str] = []
     atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
-    devices = [g[0].device for g in stack_groups(configs, params["stack"])]
-    n_local_workers = sum(worker_slots(devices, threads_per_variant(devices)).values())
-    runner = task_runner_for(runner_kind, dask_address, min(len(devices), n_local_workers))
+    groups = stack_groups(configs, params["stack"])
+    n_local_workers = sum(process_plan(groups)[1].values())
+    runner = task_runner_for(runner_kind, dask_address, min(len(groups), n_local_workers))
     if runner is not None:
         share_temporary_server()
     flow_fn = compare if runner is None else compare.with_options(task_runner=runner)

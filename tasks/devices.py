@@ -1,10 +1,13 @@
-"""Which device each variant trains on, and how many CPU threads it may use."""
+"""Which device each variant trains on, which variants share a process, and how many CPU threads it may use."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
+
+from tasks.config import TrainConfig
 
 
 def available_cores() -> int:
@@ -38,6 +41,15 @@ def resolve_devices(device: str, n_variants: int) -> list[str]:
             )
         return [f"cuda:{int(index)}"] * n_variants
     raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def variant_configs(base: TrainConfig, rates: list[float], seeds: list[int], device: str) -> list[TrainConfig]:
+    """One config per (dropout rate, seed); the baseline (rate 0) is always included.
+
+    Each gets its device (round-robin over GPUs with `auto`/`cuda`)."""
+    pairs = [(p, s) for p in sorted({*rates, 0.0}, key=lambda p: (p == 0, p)) for s in sorted(set(seeds))]
+    devices = resolve_devices(device, len(pairs))
+    return [dataclasses.replace(base, dropout=p, seed=s, device=d) for (p, s), d in zip(pairs, devices, strict=True)]
 
 
 STACK_MODES = ("auto", "on", "off")
@@ -74,3 +86,11 @@ def worker_slots(devices: list[str], threads: int) -> dict[str, int]:
     """How many training processes may run at once per device: the CPU's cores split `threads` each,
     one per GPU (a second one on the same GPU would only queue behind the first)."""
     return {d: (max(1, available_cores() // threads) if d == "cpu" else 1) for d in set(devices)}
+
+
+def process_plan(groups: list[list[TrainConfig]]) -> tuple[int, dict[str, int]]:
+    """(CPU threads per training process, processes allowed at once per device) for these groups,
+    one training process each (see `stack_groups`)."""
+    devices = [group[0].device for group in groups]
+    threads = threads_per_variant(devices)
+    return threads, worker_slots(devices, threads)
