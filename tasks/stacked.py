@@ -91,11 +91,8 @@ class StackedNet(nn.Module):
         return h * noise
 
 
-def stack_into(stacked: StackedNet, opt: torch.optim.Adam, runs: list[_Run]) -> None:
-    """Load the variants' weights and Adam state into the stacked model and its optimizer."""
-    with torch.no_grad():
-        for i, name in enumerate(stacked.names):
-            stacked.stacked[i].copy_(torch.stack([dict(r.model.named_parameters())[name] for r in runs]))
+def stack_adam_state(opt: torch.optim.Adam, runs: list[_Run]) -> None:
+    """Load the variants' Adam state into the stacked model's optimizer (StackedNet stacks the weights)."""
     states = [r.opt.state_dict()["state"] for r in runs]
     if not states[0]:
         return  # fresh variants: Adam has no state yet
@@ -277,7 +274,7 @@ def fit_stacked(
             active = now
             stacked = StackedNet([r.model for r in now], [r.cfg.dropout for r in now]).to(device)
             opt = torch.optim.Adam(stacked.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-            stack_into(stacked, opt, now)
+            stack_adam_state(opt, now)
             forward = torch.compile(stacked) if cfg.compile else stacked
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=r.order_gen) for r in now]).to(device)
