@@ -52,13 +52,12 @@ def evaluate(
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         confusion += torch.bincount(y * n_classes + logits.argmax(1), minlength=n_classes * n_classes)
-    confusion = confusion.view(n_classes, n_classes).cpu()
-    n = len(labels)
-    return {
-        "loss": float(loss_sum) / n,
-        "acc": float(confusion.trace()) / n,
-        "confusion": confusion.tolist(),
-    }
+    return eval_result(float(loss_sum), confusion.view(n_classes, n_classes).cpu(), len(labels))
+
+
+def eval_result(loss_sum: float, confusion: torch.Tensor, n: int) -> dict:
+    """Mean loss, accuracy and the confusion matrix as a list, from the sums over `n` images."""
+    return {"loss": loss_sum / n, "acc": float(confusion.trace()) / n, "confusion": confusion.tolist()}
 
 
 def per_class_accuracy(confusion: list[list[int]]) -> list[float]:

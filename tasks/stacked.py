@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasks.config import TrainConfig
-from tasks.evaluate import autocast, to_input
+from tasks.evaluate import autocast, eval_result, to_input
 from tasks.model import CLASSES, Net
 from tasks.train import InjectedFault, epoch_record, fault_epoch_for, save_epoch, start_run
 
@@ -232,11 +232,7 @@ def evaluate_stacked(
         cell = (variant * n_classes + y) * n_classes + logits.argmax(2)  # (K, b): [variant, true, predicted]
         confusion += torch.bincount(cell.flatten(), minlength=k * n_classes * n_classes)
     confusion = confusion.view(k, n_classes, n_classes).cpu()
-    n = len(labels)
-    return [
-        {"loss": float(loss_sum[i]) / n, "acc": float(confusion[i].trace()) / n, "confusion": confusion[i].tolist()}
-        for i in range(k)
-    ]
+    return [eval_result(float(loss_sum[i]), confusion[i], len(labels)) for i in range(k)]
 
 
 def check_stackable(cfgs: list[TrainConfig]) -> None:
