@@ -26,6 +26,7 @@ from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import FOLDER_NAME  # noqa: E402
 from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
 from tasks.launcher import limit_concurrency, run_worker  # noqa: E402
+from tasks.train import format_epoch  # noqa: E402
 
 
 def main() -> int:
@@ -68,9 +69,7 @@ def main() -> int:
                     name = group[event["variant"]].run_name
                     with lock:
                         finals[name] = event
-                        print(f"{name:<24} epoch {event['epoch']:>2}/{args.epochs}  train acc "
-                              f"{event['train_acc']:6.2%}  test acc {event['test_acc']:6.2%}  "
-                              f"{event['epoch_seconds']:6.1f}s", flush=True)  # fmt: skip
+                        print(format_epoch(name, args.epochs, event), flush=True)
         except Exception as e:  # reported below; the other groups finish
             failures.append(f"{' + '.join(c.run_name for c in group)}: {e}")
 
@@ -83,8 +82,9 @@ def main() -> int:
             w.join()
         wall = time.perf_counter() - start
     for name, r in finals.items():
-        print(f"final  {name:<24} train acc {r['train_acc']:6.2%}  test acc {r['test_acc']:6.2%}  "
-              f"test loss {r['test_loss']:.4f}")  # fmt: skip
+        gap = 100 * (r["train_eval_acc"] - r["test_acc"])
+        print(f"final  {name:<24} train acc (eval mode) {r['train_eval_acc']:6.2%}  test acc {r['test_acc']:6.2%}  "
+              f"gap {gap:.2f} points  test loss {r['test_loss']:.4f}")  # fmt: skip
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     print(f"training stage wall time: {wall:.1f} s ({len(configs)} variants, {args.epochs} epochs, "

@@ -1,6 +1,7 @@
 """Does dropout help this CNN on CIFAR-10? `python flows/compare.py --help`.
 
-DAG: fetch_cifar10 → (train[dropout=p] ‖ train[baseline]) → evaluate each → render_report.
+DAG: fetch_cifar10 → (train[dropout=p] ‖ train[baseline]) → render_report. Each training task
+evaluates its model after every epoch; the last evaluation is the final result.
 The flow's parameters are the single source of truth for the CLI flags and the deployment schema.
 
 No `from __future__ import annotations` here: deployments pickle the flow by value, and its
@@ -34,7 +35,7 @@ from tasks.launcher import limit_concurrency  # noqa: E402
 from tasks.preflight import check_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
 from tasks.report import history_rows  # noqa: E402
-from tasks.steps import evaluate_model, fetch_cifar10, render_report, train, train_key  # noqa: E402
+from tasks.steps import fetch_cifar10, render_report, train, train_key  # noqa: E402
 
 DATASETS = ("cifar10", "fake")
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
@@ -42,12 +43,17 @@ MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the 
 
 def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
     """Deterministic per experiment: the same inputs and code reuse (and overwrite) one folder;
-    different parameters never share one, even when started at the same time."""
+    different parameters never share one, even when started at the same time. A run on part of the
+    data says so (`-train2000-test500`): a smoke run's folder must not read like a CIFAR-10 result."""
     digest = hashlib.sha256("".join(train_key(c, data_fingerprint) for c in configs).encode()).hexdigest()
     rates = sorted({c.dropout for c in configs if c.dropout > 0}) or [0.0]
     seeds = sorted({c.seed for c in configs})
     seed_part = "+".join(map(str, seeds)) if len(seeds) <= 3 else f"{len(seeds)}seeds"
-    return f"{dataset}-p{'+'.join(f'{p:g}' for p in rates)}-s{seed_part}-e{configs[0].epochs}-{digest[:10]}"
+    cfg = configs[0]
+    size = "".join(
+        f"-{split}{limit}" for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)) if limit
+    )
+    return f"{dataset}{size}-p{'+'.join(f'{p:g}' for p in rates)}-s{seed_part}-e{cfg.epochs}-{digest[:10]}"
 
 
 def check_parameters(**params) -> list[TrainConfig]:
@@ -65,6 +71,7 @@ def check_parameters(**params) -> list[TrainConfig]:
         compile=params["compile"],
         limit_train=params["limit_train"],
         limit_test=params["limit_test"],
+        train_eval_images=params["train_eval_images"],
     )
     check_train_config(base)
     configs = variant_configs(base, rates, seeds, params["device"])
@@ -92,11 +99,13 @@ def compare(
     stack: Literal["auto", "on", "off"] = "auto",
     limit_train: Annotated[int, Field(ge=0)] = 0,
     limit_test: Annotated[int, Field(ge=0)] = 0,
+    train_eval_images: Annotated[int, Field(ge=0)] = TrainConfig.train_eval_images,
     dataset: Literal["cifar10", "fake"] = "cifar10",
     refresh: bool = False,
     cache_dir: str = ".dropout-lab",
 ) -> str:
-    """Train every (dropout rate, seed) pair and the baseline concurrently, evaluate them, write the report."""
+    """Train every (dropout rate, seed) pair and the baseline concurrently, evaluating each after every
+    epoch, and write the report."""
     configs = check_parameters(**{k: v for k, v in locals().items()})
     results_dir = Path(cache_dir).resolve() / "results"
     opts = {"result_storage": results_dir, "refresh_cache": True if refresh else None}
@@ -125,13 +134,12 @@ def compare(
         (trained[i],) = future.result()
     position = {(c.dropout, c.seed): i for i, c in enumerate(configs)}  # stacks come first: restore the order
     trained.sort(key=lambda t: position[(t.config.dropout, t.config.seed)])
-    evals = [f.result() for f in [evaluate_model.with_options(**opts).submit(t, data) for t in trained]]
 
     run_dir = Path(out).resolve() / run_folder_name(configs, dataset, data.fingerprint)
     report = render_report.with_options(**opts)
-    folder, markdown = report(trained, evals, data, str(run_dir))
+    folder, markdown = report(trained, data, str(run_dir))
     if not Path(folder, "summary.parquet").is_file():  # cached, but the folder was deleted since
-        folder, markdown = report.with_options(refresh_cache=True)(trained, evals, data, str(run_dir))
+        folder, markdown = report.with_options(refresh_cache=True)(trained, data, str(run_dir))
 
     create_markdown_artifact(markdown, key="dropout-comparison", description="Dropout vs baseline: summary")
     create_table_artifact(history_rows(trained, data), key="dropout-history", description="Per-epoch history")
@@ -204,6 +212,8 @@ HELP = {
     "stack": "train variants sharing a device as one batched computation: auto (on CUDA) | on | off",
     "limit_train": "train on the first N training images (0 = all)",
     "limit_test": "evaluate on the first N test images (0 = all)",
+    "train_eval_images": "training images re-evaluated in eval mode (dropout off) each epoch for the "
+    "generalization gap: a fixed class-balanced subset (0 = all)",
     "dataset": "cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)",
     "refresh": "ignore cached results and recompute every task",
     "cache_dir": "project-local folder for cached task results and checkpoints",

@@ -22,6 +22,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (fewer kernel launches on CUDA; slower on CPU)
     limit_train: int = 0  # train on the first N training images; 0 = all 50,000
     limit_test: int = 0  # evaluate on the first N test images; 0 = all 10,000
+    # Training images re-evaluated in eval mode (dropout off) after every epoch, for the honest
+    # generalization gap: a fixed, seeded, class-balanced subset of this size; 0 = all of them.
+    # 10,000 costs ~5 % of the run on CPU, all 50,000 ~25 % (benchmarks/bench_train.py prints both).
+    train_eval_images: int = 10_000
     eval_batch_size: int = 256  # evaluation chunk: speed only (256 beats 1000 by 2-3x on CPU: cache)
 
     @property
@@ -53,6 +57,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         problems.append(f"seed must be an integer >= 0 (got {cfg.seed!r})")
     if cfg.limit_train < 0 or cfg.limit_test < 0:
         problems.append("--limit-train/--limit-test must be >= 0 (0 means all images)")
+    if not isinstance(cfg.train_eval_images, int) or cfg.train_eval_images < 0:
+        problems.append(f"--train-eval-images must be an integer >= 0, 0 meaning all (got {cfg.train_eval_images!r})")
     if cfg.precision not in PRECISIONS:
         problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})")
     if cfg.precision != "fp32" and not cfg.device.startswith("cuda"):

@@ -60,6 +60,37 @@ def eval_result(loss_sum: float, confusion: torch.Tensor, n: int) -> dict:
     return {"loss": loss_sum / n, "acc": float(confusion.trace()) / n, "confusion": confusion.tolist()}
 
 
+def train_eval_indices(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor | None:
+    """Indices of a fixed, seeded, class-balanced subset of `size` training images (sorted), or None
+    for all of them (`size` 0 or at least the split's size).
+
+    Balanced: the subset takes every class's 1st (seeded random) image, then every class's 2nd, and
+    so on, so the classes differ by at most one image while each has images left. The seed is fixed,
+    not the run's: every variant and seed is measured on the very same images (a paired comparison).
+    """
+    n = len(labels)
+    if size == 0 or size >= n:
+        return None
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    shuffled = labels.cpu()[perm]
+    by_class = torch.argsort(shuffled, stable=True)  # grouped by class, each in shuffled order
+    counts = torch.bincount(shuffled)
+    first = torch.cumsum(counts, 0) - counts  # where each class starts in `by_class`
+    rank = torch.empty(n, dtype=torch.int64)  # position of each image within its class
+    rank[by_class] = torch.arange(n) - first[shuffled[by_class]]
+    picked = torch.argsort(rank * len(counts) + shuffled, stable=True)[:size]  # rank-major, class-minor
+    return perm[picked].sort().values
+
+
+def train_eval_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images (and labels) evaluated in eval mode after each epoch: `train_eval_indices`."""
+    idx = train_eval_indices(labels, size)
+    if idx is None:
+        return images, labels
+    idx = idx.to(images.device)
+    return images[idx], labels[idx]
+
+
 def per_class_accuracy(confusion: list[list[int]]) -> list[float]:
     """Row-normalised diagonal: the fraction of each true class predicted correctly (nan if absent)."""
     out = []
@@ -67,18 +98,3 @@ def per_class_accuracy(confusion: list[list[int]]) -> list[float]:
         total = sum(row)
         out.append(row[i] / total if total else float("nan"))
     return out
-
-
-def evaluate_checkpoint(checkpoint_file: str, cfg, data_root: str, device: str | None = None) -> dict:
-    """Load trained weights and evaluate them on the test split: loss, acc, confusion, per-class acc."""
-    from tasks.checkpoint import load_checkpoint
-    from tasks.data import load_split
-    from tasks.model import Net
-
-    dev = torch.device(device or cfg.device)
-    model = Net(cfg.dropout)
-    model.load_state_dict(load_checkpoint(checkpoint_file)["model"])
-    model = model.to(dev, memory_format=torch.channels_last)
-    images, labels = load_split(data_root, train=False, limit=cfg.limit_test)
-    result = evaluate(model, images.to(dev), labels.to(dev), cfg.eval_batch_size, cfg.precision)
-    return {**result, "per_class_acc": per_class_accuracy(result["confusion"])}

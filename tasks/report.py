@@ -20,127 +20,161 @@ import pyarrow.parquet as pq  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
 from tasks.data import DataInfo  # noqa: E402
+from tasks.evaluate import per_class_accuracy  # noqa: E402
 from tasks.model import CLASSES  # noqa: E402
-from tasks.results import EvalResult, TrainResult  # noqa: E402
+from tasks.results import TrainResult  # noqa: E402
 from tasks.stats import mean_ci, statistics_rows, verdict  # noqa: E402
 
 COLORS = {"baseline": "#d62728"}  # baseline red; dropout variants from a blue ramp
 UTC_TS = pa.timestamp("us", tz="UTC")
+FRACTION, NATS, SECONDS = "fraction", "nats per image (mean cross-entropy)", "seconds"
+
+
+def field(name: str, kind: pa.DataType, unit: str | None = None, doc: str | None = None) -> pa.Field:
+    """A column; its unit (and what it means, where the name cannot say) in the field metadata."""
+    meta = {k: v for k, v in (("unit", unit), ("description", doc)) if v}
+    return pa.field(name, kind, metadata=meta or None)
+
+
+GAP_DOC = "eval-mode train accuracy minus test accuracy, same weights (the generalization gap)"
+RUNNING_DOC = "the tutorial's running mean over the epoch in train mode (dropout on); not the gap's train side"
+TRAIN_EVAL_DOC = "the epoch's final weights in eval mode on n_train_eval training images (fixed class-balanced subset)"
+KEYS = [field("model", pa.string()), field("dropout", pa.float64(), "probability"), field("seed", pa.int64())]
 
 HISTORY_SCHEMA = pa.schema(
     [
-        ("model", pa.string()),
-        ("dropout", pa.float64()),
-        ("seed", pa.int64()),
-        ("epoch", pa.int64()),
-        ("train_loss", pa.float64()),
-        ("train_acc", pa.float64()),
-        ("test_loss", pa.float64()),
-        ("test_acc", pa.float64()),
-        ("generalization_gap", pa.float64()),
-        ("epoch_seconds", pa.float64()),
-        ("dataset", pa.string()),
+        *KEYS,
+        field("epoch", pa.int64()),
+        field("train_running_loss", pa.float64(), NATS, RUNNING_DOC),
+        field("train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
+        field("train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
+        field("train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
+        field("test_loss", pa.float64(), NATS),
+        field("test_acc", pa.float64(), FRACTION),
+        field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
+        field("epoch_seconds", pa.float64(), SECONDS),
+        field("n_train", pa.int64()),
+        field("n_train_eval", pa.int64()),
+        field("n_test", pa.int64()),
+        field("dataset", pa.string()),
     ]
 )
 SUMMARY_SCHEMA = pa.schema(
     [
-        ("model", pa.string()),
-        ("dropout", pa.float64()),
-        ("seed", pa.int64()),
-        ("final_train_acc", pa.float64()),
-        ("final_test_acc", pa.float64()),
-        ("best_test_acc", pa.float64()),
-        ("best_epoch", pa.int64()),
-        ("generalization_gap", pa.float64()),
-        ("final_train_loss", pa.float64()),
-        ("final_test_loss", pa.float64()),
-        ("epochs", pa.int64()),
-        ("batch_size", pa.int64()),
-        ("lr", pa.float64()),
-        ("train_seconds", pa.float64()),
-        ("resumed_from_epoch", pa.int64()),
-        ("started_at", UTC_TS),
-        ("finished_at", UTC_TS),
-        ("device", pa.string()),
-        ("precision", pa.string()),
-        ("compiled", pa.bool_()),
-        ("threads", pa.int64()),
-        ("stacked_variants", pa.int64()),
-        ("n_params", pa.int64()),
-        ("n_train", pa.int64()),
-        ("n_test", pa.int64()),
-        ("dataset", pa.string()),
-        ("data_verified", pa.bool_()),
-        ("data_provenance", pa.string()),
+        *KEYS,
+        field("final_train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
+        field("final_train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
+        field("final_test_acc", pa.float64(), FRACTION, "the last epoch's evaluation"),
+        field("best_test_acc", pa.float64(), FRACTION, "the best epoch's evaluation (>= final_test_acc)"),
+        field("best_epoch", pa.int64()),
+        field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
+        field("final_train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
+        field("final_train_running_loss", pa.float64(), NATS, RUNNING_DOC),
+        field("final_test_loss", pa.float64(), NATS),
+        field("epochs", pa.int64()),
+        field("batch_size", pa.int64()),
+        field("lr", pa.float64()),
+        field("train_seconds", pa.float64(), SECONDS),
+        field("resumed_from_epoch", pa.int64()),
+        field("started_at", UTC_TS),
+        field("finished_at", UTC_TS),
+        field("device", pa.string()),
+        field("precision", pa.string()),
+        field("compiled", pa.bool_()),
+        field("threads", pa.int64()),
+        field("stacked_variants", pa.int64()),
+        field("n_params", pa.int64()),
+        field("n_train", pa.int64()),
+        field("n_train_eval", pa.int64()),
+        field("n_test", pa.int64()),
+        field("dataset", pa.string()),
+        field("data_verified", pa.bool_()),
+        field("data_provenance", pa.string()),
     ]
 )
+P_DOC = "two-sided p-value"
 STATISTICS_SCHEMA = pa.schema(
     [
-        ("dropout", pa.float64()),
-        ("model", pa.string()),
-        ("metric", pa.string()),
-        ("n_seeds", pa.int64()),
-        ("mean", pa.float64()),
-        ("std", pa.float64()),
-        ("ci95_low", pa.float64()),
-        ("ci95_high", pa.float64()),
-        ("diff_vs_baseline", pa.float64()),
-        ("diff_ci95_low", pa.float64()),
-        ("diff_ci95_high", pa.float64()),
-        ("welch_p_value", pa.float64()),
+        field("dropout", pa.float64(), "probability"),
+        field("model", pa.string()),
+        field("metric", pa.string()),
+        field("unit", pa.string(), doc="unit of mean, std, the intervals and the differences in this row"),
+        field("n_seeds", pa.int64()),
+        field("mean", pa.float64()),
+        field("std", pa.float64(), doc="sample standard deviation over seeds (ddof=1)"),
+        field("ci95_low", pa.float64(), doc="95% Student-t interval of the mean"),
+        field("ci95_high", pa.float64()),
+        field("design", pa.string(), doc="paired (every seed has both arms) or unpaired; primary test follows"),
+        field("diff_vs_baseline", pa.float64(), doc="mean(rate) - mean(baseline)"),
+        field("paired_n", pa.int64()),
+        field("paired_diff_std", pa.float64(), doc="sd of the per-seed differences"),
+        field("paired_diff_ci95_low", pa.float64(), doc="95% t-interval of the mean per-seed difference"),
+        field("paired_diff_ci95_high", pa.float64()),
+        field("paired_t_p_value", pa.float64(), doc=P_DOC + ", paired t-test"),
+        field("sign_flip_p_value", pa.float64(), doc=P_DOC + ", sign-flip permutation test of the mean difference"),
+        field("sign_flip_exact", pa.bool_(), doc="all 2^n sign patterns enumerated (else Monte Carlo)"),
+        field("welch_diff_ci95_low", pa.float64(), doc="95% Welch interval (unpaired)"),
+        field("welch_diff_ci95_high", pa.float64()),
+        field("welch_p_value", pa.float64(), doc=P_DOC + ", Welch's unpaired t-test"),
+        field("holm_p_value", pa.float64(), doc="the design's primary p-value, Holm-adjusted over the rates"),
+        field("holm_family_size", pa.int64()),
+        field("min_detectable_diff_80", pa.float64(), doc="smallest true difference detected with 80% power"),
+        field("seeds_needed_80", pa.float64(), doc="seeds to detect the observed difference with 80% power"),
     ]
 )
 PER_CLASS_SCHEMA = pa.schema(
+    [*KEYS, field("class_name", pa.string()), field("accuracy", pa.float64(), FRACTION), field("dataset", pa.string())]
+)
+CONFUSION_SCHEMA = pa.schema(
     [
-        ("model", pa.string()),
-        ("dropout", pa.float64()),
-        ("seed", pa.int64()),
-        ("class_name", pa.string()),
-        ("accuracy", pa.float64()),
-        ("dataset", pa.string()),
+        *KEYS,
+        field("true_class", pa.string()),
+        field("predicted_class", pa.string()),
+        field("count", pa.int64(), "test images", "the final evaluation's confusion matrix"),
+        field("dataset", pa.string()),
     ]
 )
 
 
+def _keys(cfg) -> dict:
+    return {"model": cfg.label, "dropout": float(cfg.dropout), "seed": cfg.seed}
+
+
 def history_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+    return [
+        {
+            **_keys(r.config),
+            **{name: h[name] for name in HISTORY_SCHEMA.names if name in h},
+            "generalization_gap": h["train_eval_acc"] - h["test_acc"],
+            "n_train": r.n_train,
+            "n_train_eval": r.n_train_eval,
+            "n_test": r.n_test,
+            "dataset": data.dataset,
+        }
+        for r in results
+        for h in r.history
+    ]
+
+
+def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+    """One row per model. Final = the last epoch's evaluation (the very numbers training logged);
+    best = the best epoch's, so best >= final always."""
     rows = []
     for r in results:
-        for h in r.history:
-            rows.append(
-                {
-                    "model": r.config.label,
-                    "dropout": float(r.config.dropout),
-                    "seed": r.config.seed,
-                    "epoch": h["epoch"],
-                    "train_loss": h["train_loss"],
-                    "train_acc": h["train_acc"],
-                    "test_loss": h["test_loss"],
-                    "test_acc": h["test_acc"],
-                    "generalization_gap": h["train_acc"] - h["test_acc"],
-                    "epoch_seconds": h["epoch_seconds"],
-                    "dataset": data.dataset,
-                }
-            )
-    return rows
-
-
-def summary_rows(results: list[TrainResult], evals: list[EvalResult], data: DataInfo) -> list[dict]:
-    rows = []
-    for r, e in zip(results, evals, strict=True):
         last = r.history[-1]
         best = max(r.history, key=lambda h: h["test_acc"])  # first epoch reaching the best
         rows.append(
             {
-                "model": r.config.label,
-                "dropout": float(r.config.dropout),
-                "seed": r.config.seed,
-                "final_train_acc": last["train_acc"],
-                "final_test_acc": e.test_acc,
+                **_keys(r.config),
+                "final_train_eval_acc": last["train_eval_acc"],
+                "final_train_running_acc": last["train_running_acc"],
+                "final_test_acc": last["test_acc"],
                 "best_test_acc": best["test_acc"],
                 "best_epoch": best["epoch"],
-                "generalization_gap": last["train_acc"] - e.test_acc,
-                "final_train_loss": last["train_loss"],
-                "final_test_loss": e.test_loss,
+                "generalization_gap": last["train_eval_acc"] - last["test_acc"],
+                "final_train_eval_loss": last["train_eval_loss"],
+                "final_train_running_loss": last["train_running_loss"],
+                "final_test_loss": last["test_loss"],
                 "epochs": r.config.epochs,
                 "batch_size": r.config.batch_size,
                 "lr": r.config.lr,
@@ -155,6 +189,7 @@ def summary_rows(results: list[TrainResult], evals: list[EvalResult], data: Data
                 "stacked_variants": r.stacked_with,
                 "n_params": r.n_params,
                 "n_train": r.n_train,
+                "n_train_eval": r.n_train_eval,
                 "n_test": r.n_test,
                 "dataset": data.dataset,
                 "data_verified": data.verified,
@@ -164,19 +199,22 @@ def summary_rows(results: list[TrainResult], evals: list[EvalResult], data: Data
     return rows
 
 
-def per_class_rows(evals: list[EvalResult], data: DataInfo) -> list[dict]:
+def per_class_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
     return [
-        {
-            "model": e.config.label,
-            "dropout": float(e.config.dropout),
-            "seed": e.config.seed,
-            "class_name": name,
-            "accuracy": acc,
-            "dataset": data.dataset,
-        }
-        for e in evals
-        for name, acc in zip(CLASSES, e.per_class_acc, strict=True)
+        {**_keys(r.config), "class_name": name, "accuracy": acc, "dataset": data.dataset}
+        for r in results
+        for name, acc in zip(CLASSES, per_class_accuracy(r.history[-1]["test_confusion"]), strict=True)
     ]
+
+
+def confusion_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+    return [
+        {**_keys(r.config), "true_class": CLASSES[i], "predicted_class": CLASSES[j], "count": count,
+         "dataset": data.dataset}
+        for r in results
+        for i, row in enumerate(r.history[-1]["test_confusion"])
+        for j, count in enumerate(row)
+    ]  # fmt: skip
 
 
 def _color(dropout: float) -> str:
@@ -192,18 +230,62 @@ def _by_rate(items: list, rate_of) -> dict[float, list]:
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] == 0, kv[0])))  # baseline last
 
 
-def _band(ax, x, runs: np.ndarray, color, style: str, label: str) -> None:
-    """Mean over seeds (rows of `runs`), with a shaded 95% t-interval when there are 2+ seeds."""
+def _band(ax, x, runs: np.ndarray, color, style: str, label: str, clip=(0.0, 100.0), **line) -> None:
+    """Mean over seeds (rows of `runs`), with a shaded 95% t-interval when there are 2+ seeds,
+    clipped to the quantity's possible range (an accuracy band never dips below 0%)."""
     mean = runs.mean(axis=0)
-    ax.plot(x, mean, style, color=color, ms=4, label=label)
+    ax.plot(x, mean, style, color=color, ms=4, label=label, **line)
     if len(runs) > 1:
         ests = [mean_ci(col) for col in runs.T]
-        ax.fill_between(x, [e.ci_low for e in ests], [e.ci_high for e in ests], color=color, alpha=0.18, lw=0)
+        low, high = (np.clip([getattr(e, end) for e in ests], *clip) for end in ("ci_low", "ci_high"))
+        ax.fill_between(x, low, high, color=color, alpha=0.18, lw=0)
 
 
-def plot_comparison(
-    results: list[TrainResult], evals: list[EvalResult], summary: list[dict], title: str, path: Path
-) -> None:
+MIN_RATE_AXIS_SPAN = 10.0  # points: a rate panel never zooms in tighter than this (seed noise is ~1-2 points)
+
+
+def _rate_axis_limits(values: list[float], clip: tuple[float, float], include_zero: bool) -> tuple[float, float]:
+    """y-limits for a rate panel: the data with a margin, at least MIN_RATE_AXIS_SPAN tall (so a
+    1-point difference looks like one), zero included for differences, within `clip`."""
+    low, high = min(values), max(values)
+    if include_zero:
+        low, high = min(low, 0.0), max(high, 0.0)
+    margin = max((MIN_RATE_AXIS_SPAN - (high - low)) / 2, 0.1 * (high - low))
+    low, high = low - margin, high + margin
+    if low < clip[0]:
+        low, high = clip[0], max(high, clip[0] + MIN_RATE_AXIS_SPAN)
+    if high > clip[1]:
+        low, high = min(low, clip[1] - MIN_RATE_AXIS_SPAN), clip[1]
+    return low, high
+
+
+def plot_rate_panel(ax, summary: list[dict], metric: str, what: str, clip=(0.0, 100.0), include_zero=False) -> None:
+    """`metric` (in points) against the dropout rate: every seed as a dot, the mean with its 95%
+    t-interval; a line joins the rates only when there are at least 3 of them."""
+    by_rate = _by_rate(summary, lambda row: row["dropout"])
+    rates = sorted(by_rate)
+    values = {p: [row[metric] * 100 for row in by_rate[p]] for p in rates}
+    ests = [mean_ci(values[p]) for p in rates]
+    for p in rates:
+        ax.scatter([p] * len(values[p]), values[p], color=_color(p), s=14, alpha=0.7, zorder=3)
+    has_ci = [e.n > 1 for e in ests]
+    err = [[e.mean - e.ci_low if ok else 0 for e, ok in zip(ests, has_ci, strict=True)],
+           [e.ci_high - e.mean if ok else 0 for e, ok in zip(ests, has_ci, strict=True)]]  # fmt: skip
+    ax.errorbar(rates, [e.mean for e in ests], yerr=err, fmt="D", ms=5, color="#1f4e79", capsize=5,
+                ls="-" if len(rates) >= 3 else "none", label="mean, 95% CI over seeds")  # fmt: skip
+    shown = [v for p in rates for v in values[p]] + [e.ci_low for e in ests if e.n > 1] + \
+        [e.ci_high for e in ests if e.n > 1]  # fmt: skip
+    ax.set_ylim(*_rate_axis_limits(shown, clip, include_zero))
+    if include_zero:
+        ax.axhline(0, color="grey", lw=0.8)
+    if not any(has_ci):
+        ax.text(0.5, 0.03, "one seed per rate: no interval", transform=ax.transAxes, ha="center", fontsize=9)
+    ax.set(title=f"{what.split(' (')[0].capitalize()} vs dropout rate", xlabel="dropout rate p", ylabel=what)
+    ax.set_xticks(rates)
+    ax.set_xlim(min(rates) - 0.05, max(rates) + 0.05)
+
+
+def plot_comparison(results: list[TrainResult], summary: list[dict], title: str, path: Path) -> None:
     """Curves (mean over seeds, 95% bands), gap per epoch, per-class accuracy, and outcome vs dropout rate."""
     fig, axes = plt.subplots(2, 3, figsize=(20, 10.5))
     ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc, ax_rate_gap = axes.flat
@@ -217,50 +299,35 @@ def plot_comparison(
         def metric(key: str, scale: float = 1.0, runs=runs, epochs=epochs) -> np.ndarray:
             return np.array([[h[key] * scale for h in r.history[:epochs]] for r in runs])
 
-        _band(ax_acc, x, metric("train_acc", 100), color, "--", f"{label} train{n}")
+        _band(ax_acc, x, metric("train_eval_acc", 100), color, "--", f"{label} train{n}")
         _band(ax_acc, x, metric("test_acc", 100), color, "-o", f"{label} test{n}")
-        _band(ax_loss, x, metric("train_loss"), color, "--", f"{label} train")
-        _band(ax_loss, x, metric("test_loss"), color, "-o", f"{label} test")
-        _band(ax_gap, x, metric("train_acc", 100) - metric("test_acc", 100), color, "-o", label + n)
-    ax_acc.set(title="Accuracy (train dashed, test solid)", xlabel="epoch", ylabel="accuracy (%)")
-    ax_loss.set(title="Cross-entropy loss (train dashed, test solid)", xlabel="epoch", ylabel="mean loss")
-    ax_gap.set(title="Generalization gap: train − test accuracy", xlabel="epoch", ylabel="points (%)")
+        if rate > 0:  # with dropout on, the running number sits below the eval-mode one
+            _band(ax_acc, x, metric("train_running_acc", 100), color, ":", f"{label} running (dropout on)", lw=1)
+        _band(ax_loss, x, metric("train_eval_loss"), color, "--", f"{label} train", clip=(0, np.inf))
+        _band(ax_loss, x, metric("test_loss"), color, "-o", f"{label} test", clip=(0, np.inf))
+        gap = metric("train_eval_acc", 100) - metric("test_acc", 100)
+        _band(ax_gap, x, gap, color, "-o", label + n, clip=(-100, 100))
+    ax_acc.set(title="Accuracy: train (eval mode) dashed, test solid, running dotted", xlabel="epoch",
+               ylabel="accuracy (%)")  # fmt: skip
+    ax_loss.set(title="Cross-entropy: train (eval mode) dashed, test solid", xlabel="epoch", ylabel="mean loss")
+    ax_gap.set(title="Generalization gap: train (eval mode) − test accuracy", xlabel="epoch", ylabel="points")
     ax_gap.axhline(0, color="grey", lw=0.8)
 
-    eval_groups = _by_rate(evals, lambda e: e.config.dropout)
-    width = 0.8 / max(len(eval_groups), 1)
+    width = 0.8 / max(len(groups), 1)
     x = np.arange(len(CLASSES))
-    for i, (rate, group) in enumerate(eval_groups.items()):
-        per_class = np.array([e.per_class_acc for e in group]) * 100
-        acc = np.mean([e.test_acc for e in group])
-        ax_cls.bar(x + (i - (len(eval_groups) - 1) / 2) * width, per_class.mean(axis=0), width,
-                   color=_color(rate), label=f"{group[0].config.label} ({acc:.1%})")  # fmt: skip
+    for i, (rate, runs) in enumerate(groups.items()):
+        per_class = np.array([per_class_accuracy(r.history[-1]["test_confusion"]) for r in runs]) * 100
+        acc = np.mean([r.history[-1]["test_acc"] for r in runs])
+        ax_cls.bar(x + (i - (len(groups) - 1) / 2) * width, per_class.mean(axis=0), width,
+                   color=_color(rate), label=f"{runs[0].config.label} ({acc:.1%})")  # fmt: skip
     ax_cls.set_xticks(x, CLASSES, rotation=35, ha="right")
     ax_cls.set(title="Per-class test accuracy (final models, mean over seeds)", ylabel="accuracy (%)", ylim=(0, 100))
 
-    # Outcome vs dropout rate, from the summary rows: mean over seeds, error bars = 95% t-interval
-    # (none with one seed).
-    by_rate = _by_rate(summary, lambda row: row["dropout"])
-    rates = sorted(by_rate)
-    finals = {p: [row["final_test_acc"] * 100 for row in by_rate[p]] for p in rates}
-    gaps = {p: [row["generalization_gap"] * 100 for row in by_rate[p]] for p in rates}
-    for ax, values, what in (
-        (ax_rate_acc, finals, "final test accuracy (%)"),
-        (ax_rate_gap, gaps, "final gap (points)"),
-    ):
-        ests = [mean_ci(values[p]) for p in rates]
-        err = [
-            [e.mean - e.ci_low if e.n > 1 else 0 for e in ests],
-            [e.ci_high - e.mean if e.n > 1 else 0 for e in ests],
-        ]
-        ax.errorbar(rates, [e.mean for e in ests], yerr=err, fmt="o-", color="#1f4e79", capsize=5)
-        for p in rates:
-            ax.scatter([p] * len(values[p]), values[p], color=_color(p), s=12, alpha=0.6, zorder=3)
-        ax.set(title=f"{what.split(' (')[0].capitalize()} vs dropout rate", xlabel="dropout rate p", ylabel=what)
-        ax.set_xticks(rates)
+    plot_rate_panel(ax_rate_acc, summary, "final_test_acc", "final test accuracy (%)")
+    plot_rate_panel(ax_rate_gap, summary, "generalization_gap", "final gap (points)", (-100, 100), True)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    for ax in (ax_acc, ax_loss, ax_gap, ax_cls):
+    for ax in (ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc):
         ax.legend(fontsize=8)
     for ax in (ax_acc, ax_loss, ax_gap):
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -285,12 +352,14 @@ def plot_samples(images: np.ndarray, labels: np.ndarray, class_names: list[str],
 
 
 def report_title(results: list[TrainResult], data: DataInfo) -> str:
-    cfg = results[0].config
+    """Figure title: the data's provenance and the data actually used, the recipe, seeds, device."""
+    cfg, r = results[0].config, results[0]
     devices = ", ".join(sorted({r.config.device for r in results}))
     seeds = sorted({r.config.seed for r in results})
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds (mean, 95% bands)"
     return (
         f"Dropout vs baseline — {data.provenance}\n"
+        f"{r.n_train:,} train images ({r.n_train_eval:,} re-evaluated for the gap) / {r.n_test:,} test images, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, {seed_text}, "
         f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
     )
@@ -300,9 +369,44 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x * 100:.2f}%"
 
 
+def _p(x: float) -> str:
+    return "n/a" if math.isnan(x) else ("< 0.001" if x < 0.001 else f"{x:.3f}")
+
+
 def _stack_note(row: dict) -> str:
     k = row["stacked_variants"]
     return f" (stack of {k})" if k > 1 else ""
+
+
+def _statistics_tables(stats: list[dict]) -> list[str]:
+    """Per model: means with 95% intervals; per rate: the difference from the baseline and its tests."""
+    shown = ("final_test_acc", "generalization_gap")
+    rows = {(r["dropout"], r["metric"]): r for r in stats if r["metric"] in shown}
+    rates = sorted({rate for rate, _ in rows})
+    lines = ["| model | seeds | final test acc (95% CI) | gap, points (95% CI) |", "|---|---|---|---|"]
+    for rate in rates:
+        acc, gap = rows[rate, "final_test_acc"], rows[rate, "generalization_gap"]
+        lines.append(
+            f"| {acc['model']} | {acc['n_seeds']} | {100 * acc['mean']:.2f}% "
+            f"({100 * acc['ci95_low']:.2f}–{100 * acc['ci95_high']:.2f}) | {100 * gap['mean']:.2f} "
+            f"({100 * gap['ci95_low']:.2f}–{100 * gap['ci95_high']:.2f}) |"
+        )
+    lines += ["", "| vs baseline | metric | design | difference, points (95% CI) | paired t p | sign-flip p | "
+              "Welch p | Holm p | detectable at 80% power |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for rate in rates:
+        for metric in shown:
+            r = rows[rate, metric]
+            if r["design"] is None:
+                continue
+            low, high = (r["paired_diff_ci95_low"], r["paired_diff_ci95_high"]) if r["design"] == "paired" \
+                else (r["welch_diff_ci95_low"], r["welch_diff_ci95_high"])  # fmt: skip
+            lines.append(
+                f"| {r['model']} | {metric.replace('_', ' ')} | {r['design']} | {100 * r['diff_vs_baseline']:+.2f} "
+                f"({100 * low:+.2f} to {100 * high:+.2f}) | {_p(r['paired_t_p_value'])} | "
+                f"{_p(r['sign_flip_p_value'])} | {_p(r['welch_p_value'])} | {_p(r['holm_p_value'])} | "
+                f"{100 * r['min_detectable_diff_80']:.2f} |"
+            )
+    return [*lines, ""]
 
 
 def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
@@ -312,30 +416,30 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         lines += ["> **synthetic data — accuracies meaningless** (pipeline smoke run)", ""]
     elif not data.verified:
         lines += ["> **data unverified**: the local CIFAR-10 copy does not match the official md5s", ""]
-    lines += [f"**Verdict.** {line}" for line in verdict(summary)] + [""]
-    lines += [f"Data: {data.provenance}. Report folder: `{run_dir}`", ""]
-    stats = [r for r in statistics_rows(summary) if r["metric"] in ("final_test_acc", "generalization_gap")]
-    if any(r["n_seeds"] > 1 for r in stats):
-        lines += ["| model | seeds | final test acc (95% CI) | gap, points (95% CI) |", "|---|---|---|---|"]
-        for rate in sorted({r["dropout"] for r in stats}):
-            acc, gap = (next(r for r in stats if r["dropout"] == rate and r["metric"] == m)
-                        for m in ("final_test_acc", "generalization_gap"))  # fmt: skip
-            lines.append(
-                f"| {acc['model']} | {acc['n_seeds']} | {100 * acc['mean']:.2f}% "
-                f"({100 * acc['ci95_low']:.2f}–{100 * acc['ci95_high']:.2f}) | {100 * gap['mean']:.2f} "
-                f"({100 * gap['ci95_low']:.2f}–{100 * gap['ci95_high']:.2f}) |"
-            )
-        lines.append("")
+    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary)), ""]
+    first = summary[0]
     lines += [
-        "| model | seed | final train acc | final test acc | best test acc (epoch) | gap (points) | test loss "
-        "| train time | device |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Data: {data.provenance}; {first['n_train']:,} training images, {first['n_test']:,} test images, "
+        f"{first['epochs']} epochs. The generalization gap is train accuracy measured like test accuracy (eval "
+        f"mode, dropout off, the final weights) on {first['n_train_eval']:,} training images minus test accuracy; "
+        "'running' is the tutorial's mean over the epoch with dropout on. Report folder: "
+        f"`{run_dir}`",
+        "",
+    ]
+    stats = statistics_rows(summary)
+    if any(r["n_seeds"] > 1 for r in stats):
+        lines += _statistics_tables(stats)
+    lines += [
+        "| model | seed | train acc (eval mode) | train acc (running) | final test acc | best test acc (epoch) "
+        "| gap (points) | test loss | train time | device |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
-            f"| {s['model']} | {s['seed']} | {_pct(s['final_train_acc'])} | {_pct(s['final_test_acc'])} | "
-            f"{_pct(s['best_test_acc'])} ({s['best_epoch']}) | {100 * s['generalization_gap']:.2f} | "
-            f"{s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | {s['device']}{_stack_note(s)} |"
+            f"| {s['model']} | {s['seed']} | {_pct(s['final_train_eval_acc'])} | {_pct(s['final_train_running_acc'])} "
+            f"| {_pct(s['final_test_acc'])} | {_pct(s['best_test_acc'])} ({s['best_epoch']}) | "
+            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | "
+            f"{s['device']}{_stack_note(s)} |"
         )
     if comparison_png is not None and comparison_png.is_file():
         encoded = base64.b64encode(comparison_png.read_bytes()).decode()
@@ -350,7 +454,6 @@ def write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
 def write_report(
     run_dir: Path,
     results: list[TrainResult],
-    evals: list[EvalResult],
     data: DataInfo,
     samples: tuple[np.ndarray, np.ndarray],
     class_names: list[str],
@@ -363,12 +466,13 @@ def write_report(
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-"))
     try:
-        summary = summary_rows(results, evals, data)
+        summary = summary_rows(results, data)
         write_table(history_rows(results, data), HISTORY_SCHEMA, tmp / "history.parquet")
         write_table(summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
-        write_table(per_class_rows(evals, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
+        write_table(per_class_rows(results, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
+        write_table(confusion_rows(results, data), CONFUSION_SCHEMA, tmp / "confusion.parquet")
         write_table(statistics_rows(summary), STATISTICS_SCHEMA, tmp / "statistics.parquet")
-        plot_comparison(results, evals, summary, report_title(results, data), tmp / "comparison.png")
+        plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png")
         plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
         markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir)
         (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")

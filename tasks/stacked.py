@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasks.config import TrainConfig
-from tasks.evaluate import autocast, eval_result, to_input
+from tasks.evaluate import autocast, eval_result, to_input, train_eval_split
 from tasks.model import CLASSES, Net
 from tasks.train import InjectedFault, epoch_record, fault_epoch_for, save_epoch, start_run
 
@@ -32,7 +32,7 @@ CONVS = ("features.0", "features.3", "features.6")  # Net's conv layers (each + 
 LINEARS = ("classifier.2", "classifier.5")  # Net's linear layers; dropout precedes each
 # Fields every variant of one stack must share (they shape the single computation).
 SHARED_FIELDS = ("device", "epochs", "batch_size", "lr", "precision", "compile", "limit_train", "limit_test",
-                 "eval_batch_size")  # fmt: skip
+                 "train_eval_images", "eval_batch_size")  # fmt: skip
 
 
 class StackedNet(nn.Module):
@@ -259,6 +259,7 @@ def fit_stacked(
     runs = [_start(c, Path(f)) for c, f in zip(cfgs, checkpoint_dirs, strict=True)]
     train_x, train_y = train_images.to(device), train_labels.to(device)
     test_x, test_y = test_images.to(device), test_labels.to(device)
+    eval_x, eval_y = train_eval_split(train_x, train_y, cfg.train_eval_images)
     n = len(train_y)
     fault_epoch = fault_epoch_for(attempt)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -277,11 +278,12 @@ def fit_stacked(
         fail_at = n // 2 if fault_epoch == epoch else None
         loss_sum, correct = train_steps_stacked(forward, opt, scaler, train_x, train_y, orders, cfg.batch_size,
                                                 [r.dropout_gen for r in now], cfg.precision, fail_at)  # fmt: skip
+        train_evals = evaluate_stacked(forward, eval_x, eval_y, cfg.eval_batch_size, cfg.precision)
         tests = evaluate_stacked(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)
         seconds = time.perf_counter() - start
         unstack_into(stacked, opt, now)
         for k, run in enumerate(now):
-            record = epoch_record(epoch, loss_sum[k], correct[k], n, tests[k], seconds)
+            record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds)
             run.history.append(record)
             run.done = epoch
             rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None

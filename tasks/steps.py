@@ -20,17 +20,16 @@ from prefect.tasks import exponential_backoff
 
 from tasks.config import TrainConfig
 from tasks.data import CIFAR10_URL, DataInfo, DownloadError, ensure_cifar10, ensure_fake, load_split, read_class_names
-from tasks.evaluate import evaluate_checkpoint
 from tasks.launcher import TrainingFailed, run_worker
 from tasks.progress import bars
 from tasks.report import write_report
-from tasks.results import EvalResult, TrainResult
+from tasks.results import TrainResult
+from tasks.train import format_epoch
 
 HERE = Path(__file__).resolve().parent
 FETCH_CODE = ("data.py", "model.py")
 TRAIN_CODE = ("config.py", "model.py", "data.py", "evaluate.py", "checkpoint.py", "train.py", "stacked.py", "worker.py")
-EVAL_CODE = ("model.py", "data.py", "evaluate.py", "checkpoint.py")
-REPORT_CODE = ("report.py", "results.py", "stats.py")
+REPORT_CODE = ("report.py", "results.py", "stats.py", "model.py", "evaluate.py")
 
 
 @cache
@@ -111,14 +110,6 @@ def retry_unless_hopeless(task, task_run, state) -> bool:
     return not (isinstance(err, TrainingFailed) and err.kind in ("oom", "data"))
 
 
-def format_epoch(label: str, epochs: int, r: dict) -> str:
-    """The one fixed-format progress line per epoch."""
-    return (
-        f"{label:<24} epoch {r['epoch']:>2}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:6.2%}"
-        f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}  {r['epoch_seconds']:6.1f}s"
-    )
-
-
 def group_label(cfgs: list[TrainConfig]) -> str:
     """`dropout=0.25, seed=0`; a stack: `dropout=0.25, seed=0 + baseline, seed=0`, or `stack of 6 on cuda:0`."""
     if len(cfgs) <= 2:
@@ -167,8 +158,9 @@ def train(
                 for name, cfg in zip(names, cfgs, strict=True):
                     bars.update(name, 0, cfg.epochs, "starting")
                 stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
-                logger.info("train[%s] on %s, %d threads, %d train / %d test images%s", group_label(cfgs),
-                            event["device"], event["threads"], event["n_train"], event["n_test"], stacked)  # fmt: skip
+                logger.info("train[%s] on %s, %d threads, %d train (%d re-evaluated each epoch) / %d test images%s",
+                            group_label(cfgs), event["device"], event["threads"], event["n_train"],
+                            event["n_train_eval"], event["n_test"], stacked)  # fmt: skip
             elif event["event"] == "epoch":
                 i = event["variant"]
                 name, epochs = names[i], cfgs[i].epochs
@@ -205,6 +197,7 @@ def train(
             train_seconds=r["wall_seconds"],
             threads=threads,
             n_train=start["n_train"],
+            n_train_eval=start["n_train_eval"],
             n_test=start["n_test"],
             resumed_from=cfg.epochs if resumed is None else resumed,
             stacked_with=len(cfgs),
@@ -213,39 +206,19 @@ def train(
     ]
 
 
-# --- evaluate ------------------------------------------------------------------------------------
-
-
-def eval_cache_key(context, parameters) -> str:
-    t: TrainResult = parameters["trained"]
-    return _key("evaluate", t.config.to_dict(), t.weights_sha256, parameters["data"].fingerprint, code_hash(EVAL_CODE))
-
-
-@task(
-    name="evaluate",
-    task_run_name="evaluate[{trained.config.run_name}]",
-    cache_key_fn=eval_cache_key,
-    persist_result=True,
-)
-def evaluate_model(trained: TrainResult, data: DataInfo) -> EvalResult:
-    """Final test loss/accuracy, per-class accuracy and confusion matrix of a trained checkpoint."""
-    r = evaluate_checkpoint(trained.checkpoint, trained.config, data.root)
-    return EvalResult(trained.config, r["loss"], r["acc"], r["per_class_acc"], r["confusion"])
-
-
 # --- report --------------------------------------------------------------------------------------
 
 
 def report_cache_key(context, parameters) -> str:
     p = parameters
-    return _key("report", p["run_dir"], [t.weights_sha256 for t in p["trained"]], [e.test_acc for e in p["evals"]],
-                [t.history for t in p["trained"]], p["data"].fingerprint, code_hash(REPORT_CODE))  # fmt: skip
+    return _key("report", p["run_dir"], [t.weights_sha256 for t in p["trained"]], [t.history for t in p["trained"]],
+                p["data"].fingerprint, code_hash(REPORT_CODE))  # fmt: skip
 
 
 @task(name="render_report", cache_key_fn=report_cache_key, persist_result=True)
-def render_report(trained: list[TrainResult], evals: list[EvalResult], data: DataInfo, run_dir: str) -> tuple[str, str]:
+def render_report(trained: list[TrainResult], data: DataInfo, run_dir: str) -> tuple[str, str]:
     """Parquet tables + PNGs into `run_dir`; returns (run_dir, markdown for the UI)."""
     train_x, train_y = load_split(data.root, train=True, limit=25)
     samples = (train_x.numpy(), train_y.numpy())
-    path, markdown = write_report(Path(run_dir), trained, evals, data, samples, read_class_names(data.root))
+    path, markdown = write_report(Path(run_dir), trained, data, samples, read_class_names(data.root))
     return str(path), markdown

@@ -70,7 +70,9 @@ def run_job(job: dict) -> list[dict]:
     t0 = time.perf_counter()
     train_x, train_y = load_split(job["data_root"], train=True, limit=cfg.limit_train)
     test_x, test_y = load_split(job["data_root"], train=False, limit=cfg.limit_test)
-    emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_test=len(test_y))
+    n_train_eval = min(cfg.train_eval_images or len(train_y), len(train_y))  # as tasks.evaluate.train_eval_split
+    emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_train_eval=n_train_eval,
+         n_test=len(test_y))  # fmt: skip
     # Two runs training the very same variant (same cache key, same folder) take turns: the second
     # then finds the finished checkpoints and has nothing left to train. Locks in sorted order, so
     # two stacks sharing variants cannot deadlock.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.compare import build_parser, main
+from flows.compare import build_parser, main, run_folder_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
         (["--dataset", "imagenet"], "dataset must be one of"),
         (["--limit-train", "-5"], "--limit-train"),
         (["--stack", "sometimes"], "stack must be one of auto, on, off"),
+        (["--train-eval-images", "-1"], "--train-eval-images must be an integer >= 0"),
     ],
 )
 def test_bad_parameters_give_one_line_and_exit_2(argv, message, capsys, tmp_path):
@@ -101,3 +102,13 @@ def test_serve_turns_flow_flags_into_deployment_parameters():
     assert options.cron == "*/5 * * * *" and options.name == "nightly"
     assert set(params) == set(inspect.signature(compare.fn).parameters)  # exactly the flow's parameters
     assert params["epochs"] == 3 and params["dropout"] == [0.1, 0.5]
+
+
+def test_report_folder_names_say_when_only_part_of_the_data_was_used():
+    from tasks.config import TrainConfig
+
+    full = [TrainConfig(dropout=0.25), TrainConfig(dropout=0.0)]
+    small = [TrainConfig(dropout=0.25, limit_train=2000, limit_test=500), TrainConfig(dropout=0.0, limit_train=2000,
+             limit_test=500)]  # fmt: skip
+    assert run_folder_name(full, "cifar10", "f").startswith("cifar10-p0.25-s0-e8-")
+    assert run_folder_name(small, "cifar10", "f").startswith("cifar10-train2000-test500-p0.25-s0-e8-")

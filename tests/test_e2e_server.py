@@ -151,8 +151,6 @@ def test_flow_run_completed_with_all_its_task_runs(server, flow_run):
     for expected in (
         "train[dropout=0.25, seed=0]",
         "train[baseline, seed=0]",
-        "evaluate[dropout=0.25, seed=0]",
-        "evaluate[baseline, seed=0]",
     ):
         assert expected in names
     assert any(n.startswith("fetch_cifar10") for n in names) and any(n.startswith("render_report") for n in names)

@@ -19,7 +19,7 @@ from tasks.train import FAIL_AT_EPOCH_ENV
 from tasks.worker import classify
 
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+METRICS = ("epoch", "train_running_loss", "train_running_acc", "train_eval_acc", "test_loss", "test_acc")
 
 
 def cli(args, env_extra=None, **kw):

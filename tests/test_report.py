@@ -2,31 +2,42 @@
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from tasks.config import TrainConfig
 from tasks.data import DataInfo
 from tasks.model import CLASSES
-from tasks.report import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA, markdown_summary, write_report
-from tasks.results import EvalResult, TrainResult
+from tasks.report import (
+    CONFUSION_SCHEMA,
+    HISTORY_SCHEMA,
+    PER_CLASS_SCHEMA,
+    SUMMARY_SCHEMA,
+    markdown_summary,
+    write_report,
+)
+from tasks.results import TrainResult
 
 
-def fake_results(rates=(0.25, 0.0), epochs=3, dataset="cifar10", verified=False, seeds=(0,)):
-    trained, evals = [], []
+def fake_results(rates=(0.25, 0.0), epochs=3, dataset="cifar10", verified=False, seeds=(0,), n_train=1000):
+    trained = []
+    confusion = [[20 if i == j else 2 for j in range(10)] for i in range(10)]
     for p, seed in [(p, s) for p in rates for s in seeds]:
         cfg = TrainConfig(dropout=p, epochs=epochs, seed=seed)
         history = [
-            {"epoch": e, "train_loss": 2 - 0.3 * e, "train_acc": 0.4 + 0.1 * e * (1.5 if p == 0 else 1) + 0.01 * seed,
-             "test_loss": 1.5 - 0.1 * e, "test_acc": 0.45 + 0.08 * e, "epoch_seconds": 10.0}
+            {"epoch": e, "train_running_loss": 2 - 0.3 * e, "train_eval_loss": 1.9 - 0.3 * e,
+             "train_running_acc": 0.4 + 0.08 * e + 0.01 * seed,
+             "train_eval_acc": 0.45 + 0.1 * e * (1.5 if p == 0 else 1) + 0.01 * seed,
+             "test_loss": 1.5 - 0.1 * e, "test_acc": 0.45 + 0.08 * e, "test_confusion": confusion,
+             "epoch_seconds": 10.0}
             for e in range(1, epochs + 1)
         ]  # fmt: skip
-        trained.append(TrainResult(cfg, "/nowhere.pt", "0" * 64, history, 361_034, "2026-01-01T00:00:00+00:00",
-                                   "2026-01-01T00:01:00+00:00", 60.0, 1, 1000, 200))  # fmt: skip
-        confusion = [[20 if i == j else 2 for j in range(10)] for i in range(10)]
-        evals.append(EvalResult(cfg, history[-1]["test_loss"], history[-1]["test_acc"], [0.5] * 10, confusion))
+        times = ("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00")
+        trained.append(TrainResult(cfg, "/nowhere.pt", "0" * 64, history, 361_034, *times, 60.0, 1, n_train,
+                                   min(n_train, 10_000), 200))  # fmt: skip
     info = DataInfo("/data", dataset, verified, "CIFAR-10 local copy — UNVERIFIED (md5 mismatch)", "f" * 64, "x")
     images = np.random.default_rng(0).integers(0, 255, (25, 32, 32, 3), dtype=np.uint8)
-    return trained, evals, info, (images, np.arange(25) % 10), list(CLASSES)
+    return trained, info, (images, np.arange(25) % 10), list(CLASSES)
 
 
 def test_write_report_produces_every_file_with_its_schema(tmp_path):
@@ -34,15 +45,17 @@ def test_write_report_produces_every_file_with_its_schema(tmp_path):
     assert pq.read_schema(run_dir / "history.parquet").equals(HISTORY_SCHEMA)
     assert pq.read_schema(run_dir / "summary.parquet").equals(SUMMARY_SCHEMA)
     assert pq.read_schema(run_dir / "per_class.parquet").equals(PER_CLASS_SCHEMA)
+    assert pq.read_schema(run_dir / "confusion.parquet").equals(CONFUSION_SCHEMA)
     summary = {r["model"]: r for r in pq.read_table(run_dir / "summary.parquet").to_pylist()}
     assert summary["baseline"]["best_epoch"] == 3 and summary["baseline"]["final_test_acc"] == 0.45 + 0.24
+    assert summary["baseline"]["generalization_gap"] == pytest.approx(0.45 + 0.45 - (0.45 + 0.24))
     assert summary["dropout=0.25"]["started_at"].tzinfo is not None
     for png in ("comparison.png", "samples.png"):
         with Image.open(run_dir / png) as img:
             img.verify()
     assert "data:image/png;base64," in markdown and "unverified" in markdown
-    assert "**Verdict.** dropout 0.25 vs baseline with one seed each" in markdown
-    assert "no confidence interval can be computed" in markdown
+    assert "\n- dropout 0.25 vs baseline with one seed each" in markdown
+    assert "no interval or test is given" in markdown
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]  # no temp folder left behind
 
 
@@ -60,13 +73,13 @@ def test_baseline_only_report(tmp_path):
 
 
 def test_markdown_labels_synthetic_data():
-    trained, evals, info, *_ = fake_results(dataset="fake")
+    trained, info, *_ = fake_results(dataset="fake")
     from dataclasses import replace
 
     from tasks.report import summary_rows
 
     info = replace(info, provenance="synthetic data — accuracies meaningless")
-    md = markdown_summary(summary_rows(trained, evals, info), info, None, "/x")
+    md = markdown_summary(summary_rows(trained, info), info, None, "/x")
     assert "synthetic data — accuracies meaningless" in md
 
 
@@ -77,7 +90,70 @@ def test_multi_seed_report_has_statistics_and_a_verdict(tmp_path):
     stats = pq.read_table(run_dir / "statistics.parquet")
     assert stats.schema.equals(STATISTICS_SCHEMA) and stats.num_rows == 3 * 4
     assert pq.read_table(run_dir / "summary.parquet").num_rows == 9
-    assert "**Verdict.** dropout 0.1 " in markdown and "(3 vs 3 seeds, Welch's t-test)" in markdown
-    assert "| model | seeds | final test acc (95% CI) |" in markdown
+    assert "\n- dropout 0.1 vs baseline (3 paired seeds): " in markdown
+    assert (
+        "**Verdict**\n\n- Reduced run (an unverified local copy of CIFAR-10, its md5s not the official ones; 1,000 of "
+        "50,000 training images; 200 of 10,000 test images; 3 epochs instead of the recipe's 8)" in markdown
+    )
+    assert "| model | seeds | final test acc (95% CI) |" in markdown and "| vs baseline | metric | design |" in markdown
     with Image.open(run_dir / "comparison.png") as img:
         img.verify()
+
+
+def summary_for(rates, seeds, acc_of):
+    return [{"model": "baseline" if p == 0 else f"dropout={p:g}", "dropout": p, "seed": s,
+             "final_test_acc": acc_of(p, s), "generalization_gap": 0.1 - p / 5 + 0.001 * s}
+            for p in rates for s in seeds]  # fmt: skip
+
+
+def test_rate_panel_one_seed_two_rates_is_not_zoomed_in_and_not_joined():
+    import matplotlib.pyplot as plt
+
+    from tasks.report import MIN_RATE_AXIS_SPAN, plot_rate_panel
+
+    fig, ax = plt.subplots()
+    plot_rate_panel(ax, summary_for((0.0, 0.25), (0,), lambda p, s: 0.7018 + p * 0.04), "final_test_acc", "acc (%)")
+    low, high = ax.get_ylim()
+    assert high - low >= MIN_RATE_AXIS_SPAN and low <= 70.18 and high >= 71.18  # a 1-point gap looks like 1 point
+    (errorbar,) = ax.containers
+    assert errorbar.lines[0].get_linestyle() == "None"  # two rates: no line suggesting a trend
+    assert any("no interval" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+
+def test_rate_panel_three_rates_are_joined_and_show_every_seed():
+    import matplotlib.pyplot as plt
+
+    from tasks.report import plot_rate_panel
+
+    fig, ax = plt.subplots()
+    data = summary_for((0.0, 0.1, 0.5), (0, 1, 2), lambda p, s: 0.7 + 0.01 * s - p / 10)
+    plot_rate_panel(ax, data, "final_test_acc", "acc (%)")
+    (errorbar,) = ax.containers
+    assert errorbar.lines[0].get_linestyle() == "-"
+    dots = sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets") and c not in errorbar)
+    assert dots >= 9  # one dot per (rate, seed)
+    plt.close(fig)
+
+
+def test_accuracy_bands_are_clipped_to_possible_values():
+    import matplotlib.pyplot as plt
+
+    from tasks.report import _band
+
+    fig, ax = plt.subplots()
+    runs = np.array([[0.5, 99.5], [3.0, 95.0]])  # two seeds: a t-band of +-16 points around each mean
+    _band(ax, np.array([1, 2]), runs, "k", "-", "x")
+    (band,) = ax.collections
+    ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+    assert ys.min() >= 0.0 and ys.max() <= 100.0
+    plt.close(fig)
+
+
+def test_gap_axis_includes_zero():
+    from tasks.report import _rate_axis_limits
+
+    low, high = _rate_axis_limits([10.0, 12.0], (-100, 100), include_zero=True)
+    assert low < 0 < 10 < 12 < high
+    low, high = _rate_axis_limits([99.0, 99.5], (0, 100), include_zero=False)
+    assert high == 100 and high - low >= 10

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+METRICS = ("epoch", "train_running_loss", "train_running_acc", "train_eval_acc", "test_loss", "test_acc")
 
 
 def run_cli(tmp_path: Path, name: str, *extra: str) -> tuple[Path, str]:

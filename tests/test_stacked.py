@@ -91,13 +91,22 @@ def final_state(folder):
     return load_checkpoint(epoch_checkpoints(folder)[0][1])
 
 
-def assert_close_to_alone(stacked_dir, alone_dir, tol=1e-3):
+def assert_close_to_alone(stacked_dir, alone_dir, tol=1e-3, final_tol=1e-2):
+    """Weights after the first epoch within `tol`, after the last within `final_tol`; streams exact;
+    per-epoch losses close. Why two bounds: the two paths sum in different orders, and Adam turns
+    noise-level gradient differences into lr-sized steps, so the gap grows chaotically with steps
+    (on one 2-vCPU EPYC: 2.4e-4 after 10 steps, 5.3e-3 after 20, while the losses still agree to 1e-5;
+    a wrong dropout stream is off by 2e-3 after three steps, see above)."""
     a, b = final_state(stacked_dir), final_state(alone_dir)
-    assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) < tol
+    first_a, first_b = (load_checkpoint(epoch_checkpoints(f)[-1][1]) for f in (stacked_dir, alone_dir))
+    assert first_a["epoch"] == first_b["epoch"] == 1
+    assert max((first_a["model"][k] - first_b["model"][k]).abs().max().item() for k in a["model"]) < tol
+    assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) < final_tol
     for key in ("rng_cpu", "rng_order"):  # the variant's streams end exactly where they would alone
         assert torch.equal(a[key], b[key]), key
     for ra, rb in zip(a["history"], b["history"], strict=True):
-        assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-4)
+        assert ra["train_running_loss"] == pytest.approx(rb["train_running_loss"], abs=1e-4)
+        assert ra["train_eval_loss"] == pytest.approx(rb["train_eval_loss"], abs=1e-3)
         assert ra["test_loss"] == pytest.approx(rb["test_loss"], abs=1e-3)
 
 

@@ -49,8 +49,12 @@ def test_records_are_fractions_and_epochs_count_from_one(splits, tmp_path):
     records = run(CFG, splits, tmp_path / "a")
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for r in records:
-        assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["train_loss"] > 0
-    assert records[-1]["train_loss"] < records[0]["train_loss"]
+        for key in ("train_running_acc", "train_eval_acc", "test_acc"):
+            assert 0 <= r[key] <= 1, key
+        assert r["train_running_loss"] > 0 and r["train_eval_loss"] > 0
+        assert sum(map(sum, r["test_confusion"])) == len(splits[3])  # every test image counted once
+        assert sum(r["test_confusion"][i][i] for i in range(10)) / len(splits[3]) == r["test_acc"]
+    assert records[-1]["train_running_loss"] < records[0]["train_running_loss"]
 
 
 def test_fault_then_resume_equals_uninterrupted_run(splits, tmp_path, monkeypatch):
