@@ -131,7 +131,7 @@ def test_concurrent_runs_with_different_parameters_share_folders_safely(tmp_path
     third = cli(args_for(tmp_path, "--epochs", "2"))
     out3, _ = third.communicate(timeout=300)
     assert third.returncode == 0 and report_of(out3) == r1
-    assert out3.count("Cached(type=COMPLETED)") >= 5, out3[-3000:]
+    assert out3.count("Cached(type=COMPLETED)") >= 4, out3[-3000:]  # fetch, both trainings, the report
 
 
 def test_dead_api_url_fails_fast_with_a_clear_message(tmp_path):
