@@ -266,8 +266,9 @@ def plot_rate_panel(ax, summary: list[dict], metric: str, what: str, clip=(0.0, 
     rates = sorted(by_rate)
     values = {p: [row[metric] * 100 for row in by_rate[p]] for p in rates}
     ests = [mean_ci(values[p]) for p in rates]
+    nudge = 0.02 * max(max(rates) - min(rates), 0.25)  # seeds' dots just left of their mean and CI
     for p in rates:
-        ax.scatter([p] * len(values[p]), values[p], color=_color(p), s=14, alpha=0.7, zorder=3)
+        ax.scatter([p - nudge] * len(values[p]), values[p], color=_color(p), s=14, alpha=0.7, zorder=3)
     has_ci = [e.n > 1 for e in ests]
     err = [[e.mean - e.ci_low if ok else 0 for e, ok in zip(ests, has_ci, strict=True)],
            [e.ci_high - e.mean if ok else 0 for e, ok in zip(ests, has_ci, strict=True)]]  # fmt: skip

@@ -290,7 +290,7 @@ def _p_text(p: float) -> str:
 
 def _amount(metric: str, value: float, signed: bool = False) -> str:
     _, _, scale, unit = METRICS[metric]
-    digits = 1 if scale == 100.0 else 3
+    digits = 2 if scale == 100.0 else 3
     text = f"{value * scale:+.{digits}f}" if signed else f"{abs(value) * scale:.{digits}f}"
     return f"{text} {unit}".rstrip()
 
@@ -298,7 +298,7 @@ def _amount(metric: str, value: float, signed: bool = False) -> str:
 def _interval(metric: str, d: Difference) -> str:
     """'-1.2 to +0.4 points'."""
     _, _, scale, unit = METRICS[metric]
-    digits = 1 if scale == 100.0 else 3
+    digits = 2 if scale == 100.0 else 3
     return f"{d.ci_low * scale:+.{digits}f} to {d.ci_high * scale:+.{digits}f} {unit}".rstrip()
 
 
@@ -347,7 +347,8 @@ def power_line(c: Comparison, rate: float) -> str:
     text = (f"Power (dropout {rate:g}, {METRICS[c.metric][0]}): with {seeds}, a true difference of "
             f"{_amount(c.metric, c.min_detectable)} or more is detected 80% of the time (alpha 0.05)")  # fmt: skip
     if not (c.significant or math.isnan(c.seeds_needed) or math.isinf(c.seeds_needed)):
-        text += f"; the observed {_amount(c.metric, c.primary.diff, signed=True)} would need about {c.seeds_needed:.0f}"
+        observed = _amount(c.metric, c.primary.diff, signed=True)
+        text += f"; the observed {observed} would need about {c.seeds_needed:.0f} seeds"
     if c.paired is not None and 2 / 2**c.n > ALPHA:
         text += f" (the sign-flip check cannot go below p = {2 / 2**c.n:.3f} with {c.n} seeds)"
     return text + "."

@@ -159,13 +159,13 @@ def test_verdict_significant_and_inconclusive_wording():
     lines = verdict(sweep())
     line25 = next(x for x in lines if x.startswith("dropout 0.25 vs baseline"))
     assert "(5 paired seeds)" in line25
-    assert "narrowed the generalization gap by 9.4 points (95% CI" in line25  # 12.0 - 2.6 points
+    assert "narrowed the generalization gap by 9.40 points (95% CI" in line25  # 12.0 - 2.6 points
     assert "test accuracy inconclusive — the 95% interval" in line25 and "spans both a gain and a loss" in line25
     assert "Holm-adjusted over 2 rates" in line25
-    assert re.search(r"about \d+ seeds would settle a difference of 0\.2 points", line25)
+    assert re.search(r"about \d+ seeds would settle a difference of 0\.22 points", line25)
     assert "unchanged" not in " ".join(lines)
     line50 = next(x for x in lines if x.startswith("dropout 0.5 vs baseline"))
-    assert "lowered the test accuracy by 3.0 points" in line50 and "paired t-test p < 0.001" in line50
+    assert "lowered the test accuracy by 3.00 points" in line50 and "paired t-test p < 0.001" in line50
     power_line = next(x for x in lines if x.startswith("Power (dropout 0.25, test accuracy)"))
     assert "with 5 paired seeds, a true difference of" in power_line
     assert "the sign-flip check cannot go below p = 0.062 with 5 seeds" in power_line
