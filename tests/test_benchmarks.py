@@ -16,6 +16,7 @@ def test_bench_train_smoke_run_writes_every_row(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "speed-up of the full comparison vs the tutorial loop" in proc.stdout and "(fp32: 20 warm-up" in proc.stdout
+    assert "of which the eval-mode pass over 10,000 training images per epoch: +" in proc.stdout
     (table,) = tmp_path.glob("bench-*.csv")
     loops = [row["loop"] for row in csv.DictReader(table.open())]
     assert loops[:2] == ["reference (tutorial loop)", "project, one process, all cores"]
@@ -45,3 +46,17 @@ def test_time_training_runs_the_flows_training_stage(tiny_cifar):
     assert "3 variants in 1 training process(es)" in proc.stdout
     assert sum(line.startswith("final  ") for line in proc.stdout.splitlines()) == 3
     assert "training stage wall time:" in proc.stdout.splitlines()[-1]
+
+
+def test_ab_end_to_end_times_both_checkouts(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/ab_end_to_end.py", "--base", "HEAD", "--data-dir", str(tmp_path / "data"), "--",
+         "--dataset", "fake", "--epochs", "1", "--limit-train", "200", "--limit-test", "100"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("round 1: base") and lines[1].startswith("round 1: this")
+    assert "summary.parquet" in lines[0] and "ratio this/base" in lines[-1]
+    assert "ab-end-to-end" not in subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True,
+                                                 text=True).stdout  # the temporary worktree is gone  # fmt: skip
