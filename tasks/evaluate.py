@@ -60,6 +60,11 @@ def eval_result(loss_sum: float, confusion: torch.Tensor, n: int) -> dict:
     return {"loss": loss_sum / n, "acc": float(confusion.trace()) / n, "confusion": confusion.tolist()}
 
 
+def train_eval_count(n_train: int, size: int) -> int:
+    """How many training images the eval-mode pass covers: `size`, or all of them for 0 or more."""
+    return n_train if size == 0 or size >= n_train else size
+
+
 def train_eval_indices(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor | None:
     """Indices of a fixed, seeded, class-balanced subset of `size` training images (sorted), or None
     for all of them (`size` 0 or at least the split's size).
@@ -69,7 +74,7 @@ def train_eval_indices(labels: torch.Tensor, size: int, seed: int = 0) -> torch.
     not the run's: every variant and seed is measured on the very same images (a paired comparison).
     """
     n = len(labels)
-    if size == 0 or size >= n:
+    if train_eval_count(n, size) == n:
         return None
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     shuffled = labels.cpu()[perm]

@@ -52,6 +52,7 @@ def run_job(job: dict) -> list[dict]:
     from tasks.checkpoint import epoch_checkpoints, load_checkpoint
     from tasks.config import TrainConfig
     from tasks.data import load_split
+    from tasks.evaluate import train_eval_count
     from tasks.model import Net, count_parameters
     from tasks.stacked import fit_stacked
     from tasks.train import fit
@@ -70,7 +71,7 @@ def run_job(job: dict) -> list[dict]:
     t0 = time.perf_counter()
     train_x, train_y = load_split(job["data_root"], train=True, limit=cfg.limit_train)
     test_x, test_y = load_split(job["data_root"], train=False, limit=cfg.limit_test)
-    n_train_eval = min(cfg.train_eval_images or len(train_y), len(train_y))  # as tasks.evaluate.train_eval_split
+    n_train_eval = train_eval_count(len(train_y), cfg.train_eval_images)
     emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_train_eval=n_train_eval,
          n_test=len(test_y))  # fmt: skip
     # Two runs training the very same variant (same cache key, same folder) take turns: the second
