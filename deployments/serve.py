@@ -1,6 +1,7 @@
 """Serve the `compare` flow as a scheduled deployment from this machine (the simplest path).
 
-    python deployments/serve.py [--cron "0 2 * * *"] [--timezone UTC] [--name nightly] [flow flags ...]
+    python deployments/serve.py [--cron "0 2 * * *"] [--timezone UTC] [--name nightly]
+                                [--data-root DIR] [--out-root DIR] [--cache-root DIR] [flow flags ...]
 
 Flow flags (`--epochs`, `--data-dir`, `--device`, ...) become the deployment's default parameters;
 `python flows/compare.py --help` lists them. The process stays up, runs each scheduled or manually
@@ -12,6 +13,7 @@ PREFECT_API_URL=http://127.0.0.1:4200/api (see README, "Run on a schedule").
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,24 +23,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect.schedules import Cron  # noqa: E402
 
 from flows.compare import RUNNER_FLAGS, CliError, build_parser, checked_configs, compare  # noqa: E402
+from tasks.preflight import FLAGS, ROOT_ENV  # noqa: E402
+
+ROOT_FLAGS = {"data_dir": "data-root", "out": "out-root", "cache_dir": "cache-root"}
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 
 
+DEPLOY_FLAGS = ("name", "cron", "timezone", "data_root", "out_root", "cache_root")
+
+
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
-    deploy = argparse.ArgumentParser(add_help=False)
+    parser = build_parser()
+    parser.prog = "python deployments/serve.py"
+    parser.description = (
+        "Serve the compare flow on a cron schedule; flow flags set its default parameters. A run's "
+        "--data-dir/--out/--cache-dir name sub-folders of the roots fixed here: whoever triggers a run "
+        "cannot make this process read or write anywhere else."
+    )
+    deploy = parser.add_argument_group("deployment")
     deploy.add_argument("--name", default="nightly", help="deployment name (runs are compare/NAME)")
     deploy.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule of the runs")
     deploy.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
-    parser = build_parser()
-    parser.prog = "python deployments/serve.py"
-    parser.description = "Serve the compare flow on a cron schedule; flow flags set its default parameters."
-    for action in deploy._actions:
-        parser._add_action(action)
+    for name, env in ROOT_ENV.items():
+        deploy.add_argument(f"--{ROOT_FLAGS[name]}", metavar="DIR", default=os.environ.get(env, "."),
+                            help=f"every run's {FLAGS[name]} must lie inside (default: ${env} or .)")  # fmt: skip
     args = parser.parse_args(argv)
-    options = argparse.Namespace(**{k: getattr(args, k) for k in ("name", "cron", "timezone")})
+    options = argparse.Namespace(**{k: getattr(args, k) for k in DEPLOY_FLAGS})
     # Deployment parameters are the flow's; how tasks run (--task-runner) is not one of them.
-    params = {k: v for k, v in vars(args).items() if k not in ("name", "cron", "timezone", *RUNNER_FLAGS)}
+    params = {k: v for k, v in vars(args).items() if k not in (*DEPLOY_FLAGS, *RUNNER_FLAGS)}
     return options, params
 
 
@@ -50,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             Cron(options.cron, timezone=options.timezone)  # validates the expression
         except (ValueError, ZoneInfoNotFoundError) as e:
             raise CliError(f"--cron/--timezone: {e}", 2) from None
-        checked_configs(params)
+        # The runs this process starts inherit its environment: that is where the roots are fixed.
+        for name, env in ROOT_ENV.items():
+            os.environ[env] = str(Path(getattr(options, ROOT_FLAGS[name].replace("-", "_"))).resolve())
+        checked_configs(params, deployed=True)  # the defaults must lie inside the roots too
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -17,27 +17,54 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
 
 # Prefect's embedded server needs ~20 s to start on a small machine; its default patience is less.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The project's own log records (tasks.*: data warnings, lock waits, cache refusals) go where Prefect's
+# go: the terminal and, inside a run, the run's logs in the UI.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from pydantic import Field  # noqa: E402
+from prefect.runtime import deployment  # noqa: E402
+from pydantic import ValidationError, create_model  # noqa: E402
 
-from tasks.config import TrainConfig, check_train_config  # noqa: E402
+from flows.lifecycle import Stopped, start_temporary_server, stop_on_signals, stop_training_on_sigterm  # noqa: E402
+from tasks.cache import cache_options  # noqa: E402
+from tasks.config import (  # noqa: E402
+    BatchSize,
+    CacheDir,
+    Compile,
+    DataDir,
+    Dataset,
+    Device,
+    Epochs,
+    LearningRate,
+    LimitTest,
+    LimitTrain,
+    OutDir,
+    Precision,
+    Rates,
+    Refresh,
+    Seeds,
+    Stack,
+    TrainConfig,
+    TrainEvalImages,
+    check_train_config,
+    describe_error,
+    flag,
+)
 from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
 from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
 from tasks.launcher import limit_concurrency  # noqa: E402
-from tasks.preflight import check_folders  # noqa: E402
+from tasks.preflight import ROOT_ENV, check_folders, confine_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
+from tasks.redact import redact  # noqa: E402
 from tasks.report import history_rows  # noqa: E402
 from tasks.steps import fetch_cifar10, render_report, train, train_key  # noqa: E402
 
-DATASETS = ("cifar10", "fake")
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
 
 
@@ -56,59 +83,62 @@ def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: 
     return f"{dataset}{size}-p{'+'.join(f'{p:g}' for p in rates)}-s{seed_part}-e{cfg.epochs}-{digest[:10]}"
 
 
-def check_parameters(**params) -> list[TrainConfig]:
-    """Validate everything before any work; returns the variant configs. Raises ValueError (one line)."""
-    if params["dataset"] not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (got {params['dataset']!r})")
-    rates, seeds = list(params["dropout"]), list(params["seeds"])
-    if not rates or not seeds:
-        raise ValueError("--dropout and --seeds each need at least one value")
-    base = TrainConfig(
-        epochs=params["epochs"],
-        batch_size=params["batch_size"],
-        lr=params["lr"],
-        precision=params["precision"],
-        compile=params["compile"],
-        limit_train=params["limit_train"],
-        limit_test=params["limit_test"],
-        train_eval_images=params["train_eval_images"],
-    )
-    check_train_config(base)
-    configs = variant_configs(base, rates, seeds, params["device"])
+def parameter_errors(params: dict) -> None:
+    """Validate the flow's parameters against its signature, as Prefect does for a deployment run, so
+    the CLI and the UI refuse the same values. Raises ValueError '--flag: must be ...' (one line)."""
+    signature = inspect.signature(compare.fn).parameters
+    model = create_model("compare_parameters", **{n: (p.annotation, p.default) for n, p in signature.items()})
+    try:
+        model.model_validate(params)
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise ValueError(f"{flag(str(error['loc'][0]))}: {describe_error(error)}") from None
+
+
+def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainConfig], dict[str, str]]:
+    """Validate everything before any work, creating nothing until all checks pass: parameters, then
+    devices, then folders (confined to the worker's roots in a deployment run). Returns the variant
+    configs and the folders to use. Raises ValueError (one line)."""
+    parameter_errors(params)
+    base = TrainConfig(**{k: params[k] for k in ("epochs", "batch_size", "lr", "precision", "compile",
+                                                 "limit_train", "limit_test", "train_eval_images")})  # fmt: skip
+    configs = variant_configs(base, list(params["dropout"]), list(params["seeds"]), params["device"])
     stack_groups(configs, params["stack"])  # raises for an unknown mode
     for cfg in configs:
         check_train_config(cfg)  # every rate and seed, and precision vs the resolved device
-    data_dir = Path(params["data_dir"])
+    folders = confine_folders(params) if deployed else {k: params[k] for k in ROOT_ENV}
+    data_dir = Path(folders["data_dir"])
     present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
-    check_folders(params["data_dir"], params["out"], params["cache_dir"], data_present=present)
-    return configs
+    check_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
+    return configs, folders
 
 
 @flow(name="compare", log_prints=True)
 def compare(
-    data_dir: str = "data",
-    out: str = "artifacts",
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 8,
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 32,
-    lr: Annotated[float, Field(gt=0, le=10)] = 1e-3,
-    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [0.25],  # noqa: B006
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0],  # noqa: B006
-    device: str = "auto",
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-    compile: bool = False,
-    stack: Literal["auto", "on", "off"] = "auto",
-    limit_train: Annotated[int, Field(ge=0)] = 0,
-    limit_test: Annotated[int, Field(ge=0)] = 0,
-    train_eval_images: Annotated[int, Field(ge=0)] = TrainConfig.train_eval_images,
-    dataset: Literal["cifar10", "fake"] = "cifar10",
-    refresh: bool = False,
-    cache_dir: str = ".dropout-lab",
+    data_dir: DataDir = "data",
+    out: OutDir = "artifacts",
+    epochs: Epochs = TrainConfig.epochs,
+    batch_size: BatchSize = TrainConfig.batch_size,
+    lr: LearningRate = TrainConfig.lr,
+    dropout: Rates = [TrainConfig.dropout],  # noqa: B006
+    seeds: Seeds = [TrainConfig.seed],  # noqa: B006
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    compile: Compile = False,
+    stack: Stack = "auto",
+    limit_train: LimitTrain = 0,
+    limit_test: LimitTest = 0,
+    train_eval_images: TrainEvalImages = TrainConfig.train_eval_images,
+    dataset: Dataset = "cifar10",
+    refresh: Refresh = False,
+    cache_dir: CacheDir = ".dropout-lab",
 ) -> str:
     """Train every (dropout rate, seed) pair and the baseline concurrently, evaluating each after every
     epoch, and write the report."""
-    configs = check_parameters(**{k: v for k, v in locals().items()})
-    results_dir = Path(cache_dir).resolve() / "results"
-    opts = {"result_storage": results_dir, "refresh_cache": True if refresh else None}
+    stop_training_on_sigterm()
+    configs, folders = check_parameters(dict(locals()), deployed=deployment.id is not None)
+    data_dir, out, cache_dir = folders["data_dir"], folders["out"], folders["cache_dir"]
+    opts = {**cache_options(cache_dir), "refresh_cache": True if refresh else None}
 
     url = os.environ.get(MIRROR_ENV, CIFAR10_URL)
     data = fetch_cifar10.with_options(**opts)(data_dir, dataset, url)
@@ -170,20 +200,6 @@ def gpu_resource(enabled: bool):
     return dask.annotate(resources={"GPU": 1})
 
 
-def share_temporary_server() -> None:
-    """Without PREFECT_API_URL, start Prefect's temporary server now and export its URL, so the Dask
-    worker processes (which inherit the environment) report their task runs to this run's server
-    instead of each starting a private one."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return
-    server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-    os.environ["PREFECT_API_URL"] = server.api_url
-
-
 def task_runner_for(kind: str, address: str | None, n_workers: int):
     """`thread` (default: threads in this process, each training in its own subprocess) or `dask`:
     prefect-dask's DaskTaskRunner on an existing scheduler (`address`) or a local cluster."""
@@ -198,26 +214,11 @@ def task_runner_for(kind: str, address: str | None, n_workers: int):
 
 # --- command line ----------------------------------------------------------------------------------
 
-HELP = {
-    "data_dir": "where CIFAR-10 lives or is downloaded to (reuses cifar-10-batches-py/ or the .tar.gz)",
-    "out": "parent folder of the per-run report folders",
-    "epochs": "training epochs",
-    "batch_size": "training batch size",
-    "lr": "Adam learning rate",
-    "dropout": "dropout rate(s) to compare with the baseline (0 <= p < 1; the baseline p=0 is always trained)",
-    "seeds": "seed(s) for init, batch order and dropout masks; several give confidence intervals",
-    "device": "auto | cpu | cuda | cuda:N (auto: one GPU per model if present, else CPU)",
-    "precision": "fp32 | bf16 | fp16 (bf16/fp16 autocast on CUDA only)",
-    "compile": "torch.compile the model (pays off on CUDA; slower on CPU)",
-    "stack": "train variants sharing a device as one batched computation: auto (on CUDA) | on | off",
-    "limit_train": "train on the first N training images (0 = all)",
-    "limit_test": "evaluate on the first N test images (0 = all)",
-    "train_eval_images": "training images re-evaluated in eval mode (dropout off) each epoch for the "
-    "generalization gap: a fixed class-balanced subset (0 = all)",
-    "dataset": "cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)",
-    "refresh": "ignore cached results and recompute every task",
-    "cache_dir": "project-local folder for cached task results and checkpoints",
-}
+
+def help_text(annotation) -> str:
+    """The description declared with a parameter's type (tasks/config.py)."""
+    found = [m.description for m in getattr(annotation, "__metadata__", ()) if getattr(m, "description", None)]
+    return found[-1] if found else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,16 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for name, param in inspect.signature(compare.fn).parameters.items():
-        flag = "--" + name.replace("_", "-")
+        option, help_ = flag(name), help_text(param.annotation)
         if isinstance(param.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=HELP[name])
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=param.default, help=help_)
             continue
         if isinstance(param.default, list):
-            parser.add_argument(flag, type=type(param.default[0]), nargs="+", default=param.default,
-                                help=HELP[name], metavar=name.upper().rstrip("S"))  # fmt: skip
+            parser.add_argument(option, type=type(param.default[0]), nargs="+", default=param.default,
+                                help=help_, metavar=name.upper().rstrip("S"))  # fmt: skip
             continue
-        kind = type(param.default)
-        parser.add_argument(flag, type=kind, default=param.default, help=HELP[name], metavar=name.upper())
+        parser.add_argument(option, type=type(param.default), default=param.default, help=help_, metavar=name.upper())
     parser.add_argument("--seed", dest="seeds", type=int, nargs="+", help="same as --seeds")
     scale = parser.add_argument_group("scale-out (how tasks run, not what they compute)")
     scale.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
@@ -261,8 +261,9 @@ def check_api_reachable(timeout_s: float = 5.0) -> None:
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
     except httpx.HTTPError as e:
+        reason = redact(f"{type(e).__name__}: {e}")
         raise ConnectionError(
-            f"the Prefect API at {url} (PREFECT_API_URL) does not answer ({type(e).__name__}: {e}); start it "
+            f"the Prefect API at {redact(url)} (PREFECT_API_URL) does not answer ({reason}); start it "
             "with `prefect server start`, or unset PREFECT_API_URL to run on a temporary local server"
         ) from None
 
@@ -275,10 +276,10 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-def checked_configs(params: dict) -> list[TrainConfig]:
+def checked_configs(params: dict, deployed: bool = False) -> list[TrainConfig]:
     """The command lines' checks before any work: parameters (exit 2), then the Prefect API (exit 1)."""
     try:
-        configs = check_parameters(**params)
+        configs, _ = check_parameters(params, deployed=deployed)
     except ValueError as e:
         raise CliError(str(e), 2) from None
     try:
@@ -286,6 +287,12 @@ def checked_configs(params: dict) -> list[TrainConfig]:
     except ConnectionError as e:
         raise CliError(str(e), 1) from None
     return configs
+
+
+def one_line(error: BaseException) -> str:
+    """The CLI's last line for a failed run: the error's first line, credentials redacted."""
+    text = f"{type(error).__name__}: {error}" if not isinstance(error, Stopped) else str(error)
+    return redact((text.strip().splitlines() or [type(error).__name__])[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,23 +303,27 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError("--dask-address needs --task-runner dask", 2)
         configs = checked_configs(params)
     except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return e.exit_code
-    # Registered before Prefect starts its temporary server, so it runs after the server's own exit
-    # handler (atexit is last-in, first-out) and the report line really is the last line.
+    # Registered before the temporary server starts, so it runs after the server's own exit handler
+    # (atexit is last-in, first-out): the flow reports its end, the server stops, then this line.
     last_line: list[str] = []
     atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
     groups = stack_groups(configs, params["stack"])
     n_local_workers = sum(process_plan(groups)[1].values())
     runner = task_runner_for(runner_kind, dask_address, min(len(groups), n_local_workers))
-    if runner is not None:
-        share_temporary_server()
     flow_fn = compare if runner is None else compare.with_options(task_runner=runner)
     try:
-        with bars.shown():  # one bar per model on a terminal; nothing when piped or logged
-            folder = flow_fn(**params)
+        with stop_on_signals():
+            start_temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+            with bars.shown():  # one bar per model on a terminal; nothing when piped or logged
+                folder = flow_fn(**params)
+    except Stopped as e:
+        last_line[:] = ["error:", f"{e}: training processes ended, finished epochs kept in checkpoints; "
+                        "rerun the same command to resume"]  # fmt: skip
+        return 128 + e.signum
     except Exception as e:  # Prefect has logged the details; end on one clear line
-        last_line[:] = ["error:", f"{type(e).__name__}: {e}"]
+        last_line[:] = ["error:", one_line(e)]
         return 1
     last_line[:] = ["report:", folder]
     return 0

@@ -15,7 +15,9 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -24,13 +26,15 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from tasks.locks import held, remove_dead_leftovers
 from tasks.model import CLASSES
+from tasks.redact import redact
 
 log = logging.getLogger(__name__)
 
 # The official archive, as torchvision's CIFAR10 describes it (tests/test_data.py checks they agree).
 # Written out rather than read from torchvision: importing torchvision costs each training process
-# ~160 MB of memory, and only a download needs it.
+# ~160 MB of memory. (The download is ours too: torchvision's has no timeouts.)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -227,7 +231,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
 def _install_from_archive(archive: Path, data_dir: Path) -> Path:
     """Extract into a temp folder next to the target, then rename: never a half-extracted folder."""
     final = data_dir / FOLDER_NAME
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".extract-") as tmp:
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=f".extract-{os.getpid()}-") as tmp:
         safe_extract(archive, Path(tmp))
         extracted = Path(tmp) / FOLDER_NAME
         if not extracted.is_dir() or _missing_files(extracted):
@@ -238,22 +242,58 @@ def _install_from_archive(archive: Path, data_dir: Path) -> Path:
     return final
 
 
+# Network limits per download attempt: each connect or read may stall this long (a mirror that
+# accepts and never answers fails in NET_TIMEOUT_S, and the task retries), and the whole transfer
+# may take this long (a mirror trickling bytes cannot hold the data lock for hours).
+NET_TIMEOUT_S = 30.0
+DOWNLOAD_BUDGET_S = 30 * 60.0
+CHUNK = 1 << 20
+
+
+def fetch_url(url: str, dest: Path) -> str:
+    """Stream `url` into `dest`; returns its md5. Network failures raise DownloadError (retryable);
+    failures writing `dest` (disk full, read-only) raise OSError (not retried)."""
+    timeout_s, budget_s, start = NET_TIMEOUT_S, DOWNLOAD_BUDGET_S, time.monotonic()
+    md5 = hashlib.md5()
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "dropout-lab"}),
+                                          timeout=timeout_s)  # fmt: skip
+    except (urllib.error.URLError, HTTPException, OSError, ValueError) as e:
+        raise DownloadError(f"could not download CIFAR-10 from {redact(url)} ({_reason(e)})") from None
+    with response, open(dest, "wb") as f:
+        while True:
+            if time.monotonic() - start > budget_s:
+                raise DownloadError(f"download from {redact(url)} took over {budget_s:.0f} s; gave up this attempt")
+            try:
+                block = response.read(CHUNK)
+            except (HTTPException, OSError) as e:  # socket timeouts and resets
+                raise DownloadError(f"download from {redact(url)} broke off ({_reason(e)})") from None
+            if not block:
+                break
+            md5.update(block)
+            f.write(block)
+    return md5.hexdigest()
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError) or "timed out" in str(error):
+        return f"no answer within {NET_TIMEOUT_S:.0f} s"
+    return redact(f"{type(error).__name__}: {error}")
+
+
 def download_archive(url: str, data_dir: Path) -> Path:
     """Download to a temp name, verify the md5, then rename into place. Raises DownloadError."""
-    from torchvision.datasets.utils import download_url  # here: see the constants at the top
-
     target = data_dir / ARCHIVE_NAME
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=f".download-{os.getpid()}-") as tmp:
         try:
-            download_url(url, tmp, filename=ARCHIVE_NAME, md5=ARCHIVE_MD5)
-        except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError, OSError) as e:
+            digest = fetch_url(url, Path(tmp) / ARCHIVE_NAME)
+        except DownloadError as e:
             raise DownloadError(
-                f"could not download CIFAR-10 from {url} ({type(e).__name__}: {e}). Offline? Put "
-                f"{ARCHIVE_NAME} at {target.resolve()} or the extracted {FOLDER_NAME}/ folder at "
-                f"{(data_dir / FOLDER_NAME).resolve()}"
+                f"{e}. Offline? Put {ARCHIVE_NAME} at {target.resolve()} or the extracted {FOLDER_NAME}/ "
+                f"folder at {(data_dir / FOLDER_NAME).resolve()}"
             ) from None
-        except RuntimeError as e:  # torchvision: "File not found or corrupted." (md5 mismatch)
-            raise DownloadError(f"download from {url} failed its md5 check ({e}); will retry") from None
+        if digest != ARCHIVE_MD5:
+            raise DownloadError(f"download from {redact(url)} failed its md5 check (got {digest}); will retry")
         os.replace(Path(tmp) / ARCHIVE_NAME, target)
     return target
 
@@ -265,13 +305,16 @@ def ensure_cifar10(data_dir: str | Path, url: str = CIFAR10_URL) -> DataInfo:
     concurrent callers sharing `data_dir` download and extract once.
     """
     data_dir = Path(data_dir)
+    lock_path = data_dir / ".cifar10.lock"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(data_dir / ".cifar10.lock"))
-        lock.acquire(timeout=3600)
+        lock_path.touch(exist_ok=True)
     except OSError as e:
         raise DataError(f"data folder {data_dir} is not writable ({e.strerror or e})") from None
-    try:
+    with held(lock_path, "the data folder"):
+        # Holding the lock, no live run is downloading or extracting here: these are a crash's.
+        remove_dead_leftovers(data_dir, ".extract-*")
+        remove_dead_leftovers(data_dir, ".download-*")
         folder = data_dir / FOLDER_NAME
         if folder.is_dir() and not _missing_files(folder):
             return describe_folder(folder)
@@ -285,8 +328,6 @@ def ensure_cifar10(data_dir: str | Path, url: str = CIFAR10_URL) -> DataInfo:
         elif md5_file(archive) != ARCHIVE_MD5:
             log.warning("%s does not match the official md5; using it as an unverified local copy", archive)
         return describe_folder(_install_from_archive(archive, data_dir))
-    finally:
-        lock.release()
 
 
 def _stat_state(folder: Path) -> str:
@@ -356,7 +397,7 @@ def ensure_fake(data_dir: str | Path, n_train: int = 2000, n_test: int = 500) ->
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".lock")):
         if not folder.is_dir() or _missing_files(folder):
-            with tempfile.TemporaryDirectory(dir=root, prefix=".gen-") as tmp:
+            with tempfile.TemporaryDirectory(dir=root, prefix=f".gen-{os.getpid()}-") as tmp:
                 made = write_cifar_folder(Path(tmp), n_train, n_test)
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(made, folder)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import get_args
 
 import torch
 
-from tasks.config import TrainConfig
+from tasks.config import Stack, TrainConfig
 
 
 def available_cores() -> int:
@@ -52,7 +53,7 @@ def variant_configs(base: TrainConfig, rates: list[float], seeds: list[int], dev
     return [dataclasses.replace(base, dropout=p, seed=s, device=d) for (p, s), d in zip(pairs, devices, strict=True)]
 
 
-STACK_MODES = ("auto", "on", "off")
+STACK_MODES = get_args(get_args(Stack)[0])  # declared once, with the flow parameter
 
 
 def stack_groups(configs: list, mode: str) -> list[list]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,11 +19,32 @@ log = logging.getLogger(__name__)
 
 
 class TrainingFailed(RuntimeError):
-    """The worker process failed; `kind` is oom | data | fault | crash | killed."""
+    """The worker process failed; `kind` is oom | data | disk | fault | crash | killed | stopped.
 
-    def __init__(self, message: str, kind: str) -> None:
+    The message is one line; `details` holds the worker's last stderr lines (logged, not shown last)."""
+
+    def __init__(self, message: str, kind: str, details: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+        self.details = details
+
+
+# Live training processes, so a signal to the flow process can end them (`stop_all`).
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.RLock()  # re-entrant: stop_all may run in a signal handler
+_stopping = threading.Event()
+
+
+def stop_all() -> int:
+    """Stop every training process of this process (SIGTERM; each has saved its last finished epoch)
+    and refuse new ones. Returns how many were running. Safe to call from a signal handler."""
+    _stopping.set()
+    with _live_lock:
+        procs = [p for p in _live if p.poll() is None]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    return len(procs)
 
 
 _slots: dict[str, threading.BoundedSemaphore] = {}
@@ -58,6 +80,8 @@ def run_worker(job: dict) -> Iterator[dict]:
 
 
 def _run_worker(job: dict) -> Iterator[dict]:
+    if _stopping.is_set():
+        raise TrainingFailed("not started: the run is stopping", "stopped")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if job.get("threads"):
@@ -72,6 +96,8 @@ def _run_worker(job: dict) -> Iterator[dict]:
             text=True,
             env=env,
         )
+        with _live_lock:
+            _live.add(proc)
         error = None
         try:
             proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}))
@@ -88,9 +114,13 @@ def _run_worker(job: dict) -> Iterator[dict]:
             if proc.poll() is None and error is None:
                 proc.kill()  # the consumer stopped early (e.g. cancelled): do not leave it training
             code = proc.wait()
+            with _live_lock:
+                _live.discard(proc)
         if code != 0:
             stderr.seek(0)
             tail = "\n".join(stderr.read().strip().splitlines()[-15:])
+            if _stopping.is_set():
+                raise TrainingFailed("stopped by a signal; finished epochs are kept in checkpoints", "stopped")
             if error:
-                raise TrainingFailed(f"{error['message']}\n{tail}", error["kind"])
-            raise TrainingFailed(f"training process exited with code {code}\n{tail}", "killed")
+                raise TrainingFailed((error["message"].splitlines() or ["?"])[0], error["kind"], tail)
+            raise TrainingFailed(f"training process exited with code {code}", "killed", tail)

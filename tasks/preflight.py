@@ -1,7 +1,12 @@
-"""Checks that can fail a run before any training starts: writable folders and free disk space."""
+"""Checks that can fail a run before any training starts: where it may write, writable folders, free space.
+
+Everything here checks first and creates nothing until every check has passed, so a refused run
+leaves no empty folders behind.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,11 +16,61 @@ MB = 1 << 20
 # one report folder.
 NEEDS = {"data": 400 * MB, "cache": 100 * MB, "out": 20 * MB}
 
+# A deployment run (served or from a work pool) may only write inside folders that whoever starts
+# `serve.py` or the worker fixes; its parameters name sub-folders of them. Default: the process's
+# working directory.
+ROOT_ENV = {"data_dir": "DROPOUT_LAB_DATA_ROOT", "out": "DROPOUT_LAB_OUT_ROOT", "cache_dir": "DROPOUT_LAB_CACHE_ROOT"}
+FLAGS = {"data_dir": "--data-dir", "out": "--out", "cache_dir": "--cache-dir"}
+
+
+def deployment_root(name: str) -> Path:
+    return Path(os.environ.get(ROOT_ENV[name]) or os.getcwd()).resolve()
+
+
+def confine(name: str, value: str, root: Path) -> Path:
+    """`value` as a sub-folder of `root`; ValueError (one line) for an absolute path, `..`, or a
+    symlink that leads out. Returns the resolved folder."""
+    path = Path(value)
+    where = (f"{FLAGS[name]} {value!r}: a deployment run may only name a folder inside {root} (set by "
+             f"serve.py --{name.split('_')[0]}-root or ${ROOT_ENV[name]} where the worker starts)")  # fmt: skip
+    if path.is_absolute() or path.drive:
+        raise ValueError(f"{where}; absolute paths are refused")
+    if ".." in path.parts:
+        raise ValueError(f"{where}; '..' is refused")
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{where}; it leads to {resolved} through a symlink")
+    return resolved
+
+
+def confine_folders(params: dict) -> dict[str, str]:
+    """The three folders of a deployment run, confined to their roots (see ROOT_ENV)."""
+    return {name: str(confine(name, params[name], deployment_root(name))) for name in ROOT_ENV}
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def plan_folder(path: str | Path, what: str) -> None:
+    """Could `path` be a writable folder? Checks without creating anything; ValueError (one line)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} exists and is not a folder")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise ValueError(f"{what} {path}: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} is not writable ({base}: permission denied or read-only)")
+
 
 def check_writable(path: str | Path, what: str, need_bytes: int = 0) -> None:
     """Create `path` if needed and prove it writable with a real temp file; check free space.
 
-    Raises ValueError with a one-line message. (os.access is not enough: it says yes to root.)
+    Raises ValueError with a one-line message. (os.access alone is not enough: it says yes to root.)
     """
     path = Path(path)
     try:
@@ -30,6 +85,10 @@ def check_writable(path: str | Path, what: str, need_bytes: int = 0) -> None:
 
 
 def check_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -> None:
-    check_writable(data_dir, "--data-dir", 0 if data_present else NEEDS["data"])
-    check_writable(cache_dir, "--cache-dir", NEEDS["cache"])
-    check_writable(out, "--out", NEEDS["out"])
+    """All three planned first (nothing created if any is refused), then created and proven writable."""
+    folders = [(data_dir, "--data-dir", 0 if data_present else NEEDS["data"]),
+               (cache_dir, "--cache-dir", NEEDS["cache"]), (out, "--out", NEEDS["out"])]  # fmt: skip
+    for path, what, _ in folders:
+        plan_folder(path, what)
+    for path, what, need in folders:
+        check_writable(path, what, need)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime
@@ -21,6 +22,7 @@ from filelock import FileLock  # noqa: E402
 
 from tasks.data import DataInfo  # noqa: E402
 from tasks.evaluate import per_class_accuracy  # noqa: E402
+from tasks.locks import remove_dead_leftovers  # noqa: E402
 from tasks.model import CLASSES  # noqa: E402
 from tasks.results import TrainResult  # noqa: E402
 from tasks.stats import mean_ci, statistics_rows, verdict  # noqa: E402
@@ -410,6 +412,16 @@ def _statistics_tables(stats: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def code_span(text: str) -> str:
+    """`text` as a markdown code span nothing inside can end or escape: control characters shown
+    escaped (a newline cannot start a block), a backtick fence longer than any backtick run inside.
+    Markdown and HTML inside a code span are shown literally."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", shown)), default=0) + 1)
+    pad = " " if shown[:1] in ("`", " ") or shown[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{shown}{pad}{fence}"
+
+
 def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
     """Markdown for the Prefect UI: the verdict first, then per-rate statistics, runs and the figure."""
     lines = ["# Dropout vs baseline", ""]
@@ -424,7 +436,7 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         f"{first['epochs']} epochs. The generalization gap is train accuracy measured like test accuracy (eval "
         f"mode, dropout off, the final weights) on {first['n_train_eval']:,} training images minus test accuracy; "
         "'running' is the tutorial's mean over the epoch with dropout on. Report folder: "
-        f"`{run_dir}`",
+        f"{code_span(str(run_dir))}",
         "",
     ]
     stats = statistics_rows(summary)
@@ -465,7 +477,8 @@ def write_report(
     """
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-"))
+    # The pid in the temp name lets a later run tell a crashed writer's leftovers from a live one's.
+    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-{os.getpid()}-"))
     try:
         summary = summary_rows(results, data)
         write_table(history_rows(results, data), HISTORY_SCHEMA, tmp / "history.parquet")
@@ -473,13 +486,16 @@ def write_report(
         write_table(per_class_rows(results, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
         write_table(confusion_rows(results, data), CONFUSION_SCHEMA, tmp / "confusion.parquet")
         write_table(statistics_rows(summary), STATISTICS_SCHEMA, tmp / "statistics.parquet")
-        plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png")
-        plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
+        # Class names come from the data's batches.meta: plain text, never mathtext ('$...$').
+        with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+            plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png")
+            plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
         markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir)
         (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
         os.chmod(tmp, 0o755)
         # Swap under a lock: two identical runs finishing together must not interleave the swap.
         with FileLock(str(run_dir.parent / f".{run_dir.name}.lock")):
+            remove_dead_leftovers(run_dir.parent, f".{run_dir.name}.*-*")
             if run_dir.exists():
                 old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
                 os.replace(run_dir, old)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tasks.config import TrainConfig
@@ -23,3 +24,64 @@ class TrainResult:
     n_test: int  # test images it was evaluated on each epoch
     resumed_from: int = 0  # epochs restored from a checkpoint instead of trained
     stacked_with: int = 1  # variants trained in the same batched computation (tasks/stacked.py); 1 = alone
+
+
+# --- JSON for cached results ----------------------------------------------------------------------
+# What tasks return is stored in the cache folder and read back by later runs. Pickle would run any
+# code a planted file names; this encoding knows only plain JSON values and the dataclasses below,
+# rebuilt field by field, so a cached result can be wrong data but never code.
+
+
+class CachedError(RuntimeError):
+    """A failed task's error as read back from the cache: its type's name and message, as text."""
+
+
+def _known() -> dict[str, type]:
+    from tasks.data import DataInfo  # here: tasks.data imports torch, not needed to decode
+
+    return {cls.__name__: cls for cls in (TrainConfig, TrainResult, DataInfo)}
+
+
+def to_jsonable(obj):
+    """Tasks' return values → JSON values: dataclasses as {"__dataclass__": name, "fields": {...}},
+    tuples as {"__tuple__": [...]}."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if type(obj).__name__ not in _known():
+            raise TypeError(f"cannot cache a {type(obj).__name__}: not one of {', '.join(_known())}")
+        return {"__dataclass__": type(obj).__name__,
+                "fields": {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}  # fmt: skip
+    if isinstance(obj, tuple):
+        return {"__tuple__": [to_jsonable(v) for v in obj]}
+    if isinstance(obj, list):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise TypeError("cannot cache a dict with non-string keys")
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, BaseException):  # a failed task's error, kept for its state: name and message only
+        return {"__error__": type(obj).__name__, "message": str(obj)}
+    raise TypeError(f"cannot cache a {type(obj).__name__}")
+
+
+def from_jsonable(value):
+    """The inverse of `to_jsonable`, for the known dataclasses only; ValueError for anything else."""
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__error__" in value:
+        return CachedError(f"{value['__error__']}: {value.get('message')}")
+    if "__tuple__" in value:
+        return tuple(from_jsonable(v) for v in value["__tuple__"])
+    if "__dataclass__" in value:
+        cls = _known().get(value["__dataclass__"])
+        fields = value.get("fields")
+        if cls is None or not isinstance(fields, dict):
+            raise ValueError(f"refusing cached object {str(value['__dataclass__'])[:80]!r}: not a known result type")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(fields) - names:
+            raise ValueError(f"refusing cached {cls.__name__}: unknown fields {sorted(set(fields) - names)}")
+        return cls(**{k: from_jsonable(v) for k, v in fields.items()})
+    return {k: from_jsonable(v) for k, v in value.items()}

@@ -104,10 +104,10 @@ def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
 
 
 def retry_unless_hopeless(task, task_run, state) -> bool:
-    """Retry crashes and injected faults (the retry resumes from the checkpoint); not OOM or bad data,
-    which fail the same way again with the same settings."""
+    """Retry crashes and injected faults (the retry resumes from the checkpoint); not OOM, bad data or a
+    full/read-only disk, which fail the same way again, nor a run stopped by a signal."""
     err = _error_of(state)
-    return not (isinstance(err, TrainingFailed) and err.kind in ("oom", "data"))
+    return not (isinstance(err, TrainingFailed) and err.kind in ("oom", "data", "disk", "stopped"))
 
 
 def group_label(cfgs: list[TrainConfig]) -> str:
@@ -171,9 +171,13 @@ def train(
                 logger.info(format_epoch(name, epochs, event))
                 update_progress_artifact(progress[i], 100.0 * event["epoch"] / epochs)
                 bars.update(name, event["epoch"], epochs, f"test acc {event['test_acc']:.2%}")
+            elif event["event"] == "log":
+                logger.log(event["level"], "train[%s]: %s", group_label(cfgs), event["message"])
             elif event["event"] == "done":
                 done = event
     except TrainingFailed as e:
+        if e.details:
+            logger.error("train[%s] failed; the training process's last lines:\n%s", group_label(cfgs), e.details)
         if e.kind == "oom":
             raise TrainingFailed(
                 f"train[{group_label(cfgs)}] ran out of GPU memory on {cfgs[0].device} at batch size "

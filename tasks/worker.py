@@ -7,14 +7,17 @@ generators (tasks/stacked.py). Each worker gets `threads` intra-op threads (core
 CPU) or its own GPU. Protocol: one JSON object per stdout line —
   {"event": "start", ...} · {"event": "epoch", "variant": i, ...} per variant and epoch
   · {"event": "done", "results": [one per variant]}
-  · {"event": "error", "kind": "oom"|"data"|"fault"|"crash", "message": ...} before a non-zero exit.
+  · {"event": "log", "level": ..., "logger": ..., "message": ...} for the project's log records
+  · {"event": "error", "kind": "oom"|"data"|"disk"|"fault"|"crash", "message": ...} before a non-zero exit.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,11 +27,29 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
-EXIT_OOM, EXIT_DATA, EXIT_FAULT, EXIT_CRASH = 3, 4, 5, 1
+EXIT_OOM, EXIT_DATA, EXIT_FAULT, EXIT_DISK, EXIT_CRASH = 3, 4, 5, 6, 1
+# A retry cannot fix these: the disk is still full, the folder still read-only.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def emit(event: str, **payload) -> None:
     print(json.dumps({"event": event, **payload}), flush=True)
+
+
+class ForwardLogs(logging.Handler):
+    """The project's log records (a checkpoint set aside, a lock wait, ...) go to the launching task
+    as `log` events, which logs them in the flow run: they reach the Prefect UI, not just stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        emit("log", level=record.levelno, logger=record.name, message=record.getMessage())
+
+
+def forward_logs() -> None:
+    handler = ForwardLogs(logging.INFO)
+    project = logging.getLogger("tasks")
+    project.addHandler(handler)
+    project.setLevel(logging.INFO)
+    project.propagate = False  # not twice (stderr is only read when the process fails)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -47,12 +68,12 @@ def die_with_parent(parent_pid: int) -> None:
 def run_job(job: dict) -> list[dict]:
     """Train the job's variants (one: `fit`; several on one device: `fit_stacked`); one result each."""
     import torch
-    from filelock import FileLock
 
     from tasks.checkpoint import epoch_checkpoints, load_checkpoint
     from tasks.config import TrainConfig
     from tasks.data import load_split
     from tasks.evaluate import train_eval_count
+    from tasks.locks import held, remove_dead_leftovers
     from tasks.model import Net, count_parameters
     from tasks.stacked import fit_stacked
     from tasks.train import fit
@@ -79,7 +100,8 @@ def run_job(job: dict) -> list[dict]:
     # two stacks sharing variants cannot deadlock.
     with ExitStack() as locks:
         for folder in sorted(folders):
-            locks.enter_context(FileLock(str(folder / ".lock")))
+            locks.enter_context(held(folder / ".lock", f"the checkpoints of {folder.name}"))
+            remove_dead_leftovers(folder, ".*.tmp")  # torn checkpoint writes of a killed run
         if job.get("fresh") and attempt == 1:  # --refresh: retrain from scratch
             for folder in folders:
                 for _, path in epoch_checkpoints(folder):
@@ -115,6 +137,8 @@ def classify(error: BaseException) -> tuple[str, int]:
 
     if "out of memory" in str(error).lower():  # torch.OutOfMemoryError and allocator messages
         return "oom", EXIT_OOM
+    if (isinstance(error, OSError) and error.errno in DISK_ERRNOS) or "no space left" in str(error).lower():
+        return "disk", EXIT_DISK
     if isinstance(error, DataError):
         return "data", EXIT_DATA
     if isinstance(error, InjectedFault):
@@ -125,6 +149,10 @@ def classify(error: BaseException) -> tuple[str, int]:
 def main() -> int:
     job = json.load(sys.stdin)
     die_with_parent(job["parent_pid"])
+    # A terminal's Ctrl-C reaches the whole process group; the flow process decides and ends this
+    # one with SIGTERM (tasks.launcher.stop_all), after its last checkpoint was written atomically.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forward_logs()
     try:
         emit("done", results=run_job(job))
         return 0

@@ -59,10 +59,10 @@ class Server:
         self.procs: list[subprocess.Popen] = []
         self.http = httpx.Client(base_url=self.api, timeout=30)
 
-    def spawn(self, args: list[str], log: str) -> subprocess.Popen:
+    def spawn(self, args: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
         out = open(self.root / f"{log}.log", "w")
-        proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(args, cwd=REPO, env={**self.env, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.procs.append(proc)
         return proc
 
@@ -134,6 +134,12 @@ def workdir_args(srv: Server, name: str) -> list[str]:
     return ["--data-dir", str(base / "data"), "--out", str(base / "out"), "--cache-dir", str(base / "cache")]
 
 
+def root_args(srv: Server, name: str) -> list[str]:
+    """serve.py's roots: every deployment run's folders lie inside them."""
+    base = srv.root / name
+    return ["--data-root", str(base), "--out-root", str(base), "--cache-root", str(base)]
+
+
 @pytest.fixture(scope="module")
 def flow_run(server):
     """The flow run from `python flows/compare.py` against the real server."""
@@ -175,7 +181,7 @@ def test_artifacts_markdown_with_image_table_and_progress(server, flow_run):
 
 def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(server):
     serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", "*/30 * * * *", *TINY,
-                          *workdir_args(server, "served")], "serve")  # fmt: skip
+                          *root_args(server, "served")], "serve")  # fmt: skip
     deployment = server.wait_for("the served deployment", lambda: _deployment(server, "compare/nightly"))
     crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
     assert crons == ["*/30 * * * *"] and deployment["paused"] is False
@@ -186,9 +192,17 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
         assert "validation" in (rejected.stdout + rejected.stderr).lower()
     assert server.flow_run_states(deployment["id"]) == []  # nothing was created, nothing trained
 
+    # A caller may only name sub-folders of the roots serve.py was started with.
+    elsewhere = server.root / "elsewhere"
+    hostile = server.run([PREFECT, "deployment", "run", "compare/nightly", "-p", f"out={elsewhere}"], timeout=60)
+    assert hostile.returncode == 0, hostile.stderr
+    assert server.wait_for_runs(deployment["id"]) == ["FAILED"], server.log("serve")
+    assert "absolute paths are refused" in server.log("serve") and not elsewhere.exists()
+
     started = server.run([PREFECT, "deployment", "run", "compare/nightly"], timeout=60)
     assert started.returncode == 0, started.stderr
-    assert server.wait_for_runs(deployment["id"]) == ["COMPLETED"], server.log("serve")
+    assert sorted(server.wait_for_runs(deployment["id"])) == ["COMPLETED", "FAILED"], server.log("serve")
+    assert list((server.root / "served" / "artifacts").glob("fake-*/summary.parquet"))
     assert serve.poll() is None, server.log("serve")
     stop(serve)
     assert _deployment(server, "compare/nightly")["paused"] is False  # shutdown did not pause the schedule
@@ -202,13 +216,14 @@ def test_work_pool_deployment_runs_on_a_process_worker(server):
     deployment = _deployment(server, "compare/nightly-pool")
     assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["0 2 * * *"]
     params = [f"{k.lstrip('-').replace('-', '_')}={v}" for k, v in zip(TINY[::2], TINY[1::2], strict=True)]
-    params += [f"{k.lstrip('-').replace('-', '_')}={v}" for k, v in
-               zip(*[iter(workdir_args(server, "pool"))] * 2, strict=True)]  # fmt: skip
     args = [a for p in params for a in ("-p", p)]
     started = server.run([PREFECT, "deployment", "run", "compare/nightly-pool", *args], timeout=60)
     assert started.returncode == 0, started.stderr
-    worker = server.spawn([PREFECT, "worker", "start", "--pool", "dropout-lab"], "worker")
+    base = server.root / "pool"  # where whoever starts the worker lets runs read and write
+    roots = {"DROPOUT_LAB_DATA_ROOT": str(base), "DROPOUT_LAB_OUT_ROOT": str(base), "DROPOUT_LAB_CACHE_ROOT": str(base)}
+    worker = server.spawn([PREFECT, "worker", "start", "--pool", "dropout-lab"], "worker", env=roots)
     assert server.wait_for_runs(deployment["id"]) == ["COMPLETED"], server.log("worker")
+    assert list((base / "artifacts").glob("fake-*/summary.parquet"))
     stop(worker)
 
 

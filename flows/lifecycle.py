@@ -1,0 +1,106 @@
+"""The command line's process lifecycle: a temporary Prefect server that cannot outlive the run, and
+signals that stop a run in seconds.
+
+- Prefect's temporary server (no PREFECT_API_URL) is started here, from the main thread, in its own
+  session (a terminal's Ctrl-C reaches the run but not the server, which must still record how the
+  run ended) and with a parent-death signal (kill -9 of the run takes the server with it). Prefect
+  reuses it: `SubprocessASGIServer()` returns one shared instance.
+- SIGTERM and SIGINT end the training processes (their finished epochs are checkpointed), then
+  raise `Stopped` in the main thread: the flow run is reported as crashed, the server stops after
+  that (Prefect's exit handler), and the CLI's last line names the signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import types
+from collections.abc import Iterator
+
+from prefect.server.api import server as prefect_server
+
+from tasks.launcher import stop_all
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the forked child, before exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class GuardedServer(prefect_server.SubprocessASGIServer):
+    def _run_uvicorn_command(self) -> subprocess.Popen:
+        # Prefect builds the command line; only how the process starts changes. The stand-in module
+        # is seen by Prefect's server module alone, for this one call.
+        def popen(*args, **kwargs):
+            return subprocess.Popen(*args, **kwargs, start_new_session=True, preexec_fn=_die_with_parent)
+
+        stand_in = types.SimpleNamespace(**{**vars(subprocess), "Popen": popen})
+        real, prefect_server.subprocess = prefect_server.subprocess, stand_in
+        try:
+            return super()._run_uvicorn_command()
+        finally:
+            prefect_server.subprocess = real
+
+
+def start_temporary_server(timeout_s: int) -> str | None:
+    """Without PREFECT_API_URL: start the guarded temporary server and export its URL (Dask worker
+    processes inherit it). Returns the URL, or None when a server is configured."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    server = GuardedServer()
+    server.start(timeout=timeout_s)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server.api_url
+
+
+class Stopped(BaseException):
+    """The run was stopped by a signal. A BaseException, like KeyboardInterrupt: nothing retries it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _stop(signum: int, frame) -> None:
+    stop_all()
+    raise Stopped(signum)
+
+
+def stop_training_on_sigterm() -> None:
+    """Call first in the flow body. Prefect's SIGTERM handler (installed for the flow run) waits for
+    running tasks before reporting; ours runs first and ends the training processes, so it waits
+    seconds, not until training is done. Served and worker runs get this too (a cancel is a SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    prefect_handler = signal.getsignal(signal.SIGTERM)
+    if getattr(prefect_handler, "stops_training", False):
+        return
+
+    def handler(signum: int, frame) -> None:
+        stop_all()
+        if callable(prefect_handler):
+            prefect_handler(signum, frame)
+
+    handler.stops_training = True
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within: SIGTERM and SIGINT stop the training processes and raise `Stopped` (main thread only).
+    Prefect's own SIGTERM handling during a flow run reports the crash, then re-sends the signal to
+    this handler."""
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,424 @@
+"""Hardening: nothing runs code from the cache, deployment runs stay in their folders, the network
+times out, signals stop a run cleanly, output is escaped, credentials are redacted, bad parameters
+are refused before anything is created, and a crash's leftovers are cleaned up."""
+
+import base64
+import errno
+import http.server
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.compare import compare, main, one_line
+from tasks import data, locks
+from tasks.cache import SafeJSONSerializer, UnsafeCacheEntry, check_record
+from tasks.config import TrainConfig
+from tasks.launcher import TrainingFailed, run_worker
+from tasks.locks import held, remove_dead_leftovers
+from tasks.preflight import confine
+from tasks.redact import redact
+from tasks.report import code_span, markdown_summary, summary_rows, write_report
+from tasks.results import CachedError, TrainResult, from_jsonable
+from tasks.steps import retry_unless_hopeless
+from tasks.worker import classify
+from tests.test_reliability import alive, args_for, cli
+
+REPO = Path(__file__).resolve().parent.parent
+MARKER_CMD = "touch {}"
+
+
+# --- the cache cannot run code ------------------------------------------------------------------------
+
+
+class Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (MARKER_CMD.format(self.marker),))
+
+
+def plant(results: Path, marker: Path) -> int:
+    """Replace every cached result with a pickle that would create `marker` if it were loaded."""
+    files = [f for f in results.iterdir() if f.is_file()]
+    for f in files:
+        record = json.loads(f.read_text())
+        record["metadata"]["serializer"] = {"type": "pickle", "picklelib": "cloudpickle", "picklelib_version": None}
+        record["result"] = base64.b64encode(pickle.dumps(Evil(marker))).decode()
+        f.write_text(json.dumps(record))
+    return len(files)
+
+
+def task_states(state) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    return {r.name: r.state.name for r in runs}
+
+
+def test_a_planted_pickle_in_the_cache_runs_nothing_and_the_tasks_recompute(prefect_harness, tmp_path, caplog):
+    params = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, data_dir=str(tmp_path / "data"),
+                  out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    first = compare(**params, return_state=True)
+    assert first.is_completed()
+    again = compare(**params, return_state=True)
+    assert set(task_states(again).values()) == {"Cached"}  # our own JSON records are read back
+
+    marker = tmp_path / "PWNED"
+    assert plant(tmp_path / "cache" / "results", marker) >= 4
+    planted = compare(**params, return_state=True)
+    assert planted.is_completed() and not marker.exists()
+    assert "Cached" not in task_states(planted).values()  # every planted entry was recomputed...
+    assert "ignoring cached result" in caplog.text
+    for f in (tmp_path / "cache" / "results").iterdir():  # ...and replaced by a safe record
+        check_record(f.read_bytes(), f.name)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"metadata": {"serializer": {"type": "json", "object_decoder": "os.system"}}, "result": "{}"},
+        {"metadata": {"serializer": {"type": "dropout-lab-json", "picklelib": "x"}}, "result": "1"},
+        {"data": "gASV", "serializer": {"type": "pickle"}},  # Prefect's legacy layout
+        "not json at all",
+    ],
+)
+def test_records_not_written_by_our_serializer_are_refused_unread(record):
+    blob = (record if isinstance(record, str) else json.dumps(record)).encode()
+    with pytest.raises(UnsafeCacheEntry):
+        check_record(blob, "key")
+
+
+def test_safe_json_rebuilds_only_known_result_types():
+    result = TrainResult(TrainConfig(), "c.pt", "ab", [{"epoch": 1, "test_acc": 0.5}], 10, "t0", "t1", 1.0, 1, 5, 5, 5)
+    blob = SafeJSONSerializer().dumps((result, [1, 2.5, None], {"k": "v"}))
+    assert SafeJSONSerializer().loads(blob) == (result, [1, 2.5, None], {"k": "v"})
+    assert isinstance(SafeJSONSerializer().loads(SafeJSONSerializer().dumps(OSError("disk"))), CachedError)
+    for hostile in ({"__dataclass__": "os.system", "fields": {}}, {"__dataclass__": "TrainConfig", "fields": {"x": 1}}):
+        with pytest.raises(ValueError, match="refusing cached"):
+            from_jsonable(hostile)
+
+
+# --- deployment runs stay inside their roots ----------------------------------------------------------
+
+
+def test_deployment_folders_are_confined_to_their_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    (root / "out-link").symlink_to(tmp_path)
+    assert confine("out", "inside/reports", root) == root / "inside" / "reports"
+    assert confine("out", ".", root) == root
+    for value, why in (("/etc", "absolute"), ("../x", "'..'"), ("inside/../../x", "'..'"), ("out-link/x", "symlink")):
+        with pytest.raises(ValueError, match=why) as e:
+            confine("out", value, root)
+        assert "\n" not in str(e.value) and "--out" in str(e.value)
+
+
+def test_a_deployment_run_naming_an_outside_folder_fails_before_creating_anything(tmp_path, monkeypatch):
+    from flows.compare import check_parameters
+
+    for env in ("DROPOUT_LAB_DATA_ROOT", "DROPOUT_LAB_OUT_ROOT", "DROPOUT_LAB_CACHE_ROOT"):
+        monkeypatch.setenv(env, str(tmp_path / "root"))
+    params = {name: p.default for name, p in __import__("inspect").signature(compare.fn).parameters.items()}
+    with pytest.raises(ValueError, match="absolute paths are refused"):
+        check_parameters({**params, "dataset": "fake", "out": str(tmp_path / "anywhere")}, deployed=True)
+    assert not (tmp_path / "anywhere").exists() and not (tmp_path / "root").exists()
+    _, folders = check_parameters({**params, "dataset": "fake"}, deployed=True)
+    assert folders["out"] == str(tmp_path / "root" / "artifacts") and Path(folders["out"]).is_dir()
+
+
+# --- network timeouts and lock waits ---------------------------------------------------------------
+
+
+def test_a_mirror_that_never_answers_fails_fast_as_a_retryable_error(tmp_path, monkeypatch):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # accepts connections (the kernel does), never answers
+    monkeypatch.setattr(data, "NET_TIMEOUT_S", 1.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(data.DownloadError, match="no answer within 1 s"):
+            data.ensure_cifar10(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}/c.tar.gz")
+        assert time.monotonic() - start < 30  # not forever (it used to hang while holding the data lock)
+    finally:
+        listener.close()
+    assert not list(tmp_path.glob(".download-*"))
+
+
+def test_a_mirror_that_trickles_is_cut_off_by_the_overall_budget(tmp_path, monkeypatch):
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(50):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(data, "DOWNLOAD_BUDGET_S", 0.5)
+    try:
+        with pytest.raises(data.DownloadError, match="took over"):
+            data.ensure_cifar10(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/c.tar.gz")
+    finally:
+        server.shutdown()
+
+
+def test_a_run_waiting_on_a_lock_says_so_and_names_the_holder(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(locks, "WAIT_LOG_EVERY_S", 0.2)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); from tasks.locks import held\n"
+         "with held(sys.argv[2], 'x'):\n print('held', flush=True); time.sleep(1.5)", str(REPO),
+         str(tmp_path / ".cifar10.lock")], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with caplog.at_level("WARNING", logger="tasks.locks"), held(tmp_path / ".cifar10.lock", "the data folder"):
+        pass
+    holder.wait()
+    assert f"waiting for the data folder: {tmp_path / '.cifar10.lock'} is held by pid {holder.pid}" in caplog.text
+    with pytest.raises(TimeoutError, match="gave up"), held(tmp_path / ".cifar10.lock", "a"):
+        with held(tmp_path / ".cifar10.lock", "b", timeout_s=0.3):  # same process, another FileLock: waits
+            pass
+
+
+# --- signals -----------------------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found.append(int(child))
+                todo.append(int(child))
+    return found
+
+
+RUN = ("--epochs", "6", "--limit-train", "2000")
+
+
+def start_training(tmp_path: Path) -> tuple[subprocess.Popen, list[str]]:
+    """A CLI run in its own session (like a terminal's foreground job), once its first epoch is done."""
+    proc = cli(args_for(tmp_path, *RUN), start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while not list((tmp_path / "cache").glob("checkpoints/*/epoch-0001.pt")):
+        assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.1)
+    proc.reader = reader
+    return proc, lines
+
+
+def stopped_cleanly(proc: subprocess.Popen, lines: list[str], children: list[int], rc: int, name: str) -> None:
+    proc.wait(timeout=30)  # seconds, not the rest of the training
+    proc.reader.join(timeout=10)
+    out = "".join(lines)
+    assert proc.returncode == rc, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"error: stopped by {name}") and "rerun the same command to resume" in last, out[-2000:]
+    assert "ConnectError" not in out and "Traceback" not in out, out[-3000:]
+    deadline = time.time() + 10
+    while any(alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if alive(c)], "orphan processes left behind"
+
+
+@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_stop_the_run_within_seconds_and_keep_checkpoints(tmp_path, sig, rc):
+    proc, lines = start_training(tmp_path)
+    children = descendants(proc.pid)
+    assert len(children) >= 3  # the temporary server and two training processes
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C in a terminal: the whole foreground process group
+    else:
+        os.kill(proc.pid, sig)  # `kill PID`: the main process only
+    stopped_cleanly(proc, lines, children, rc, signal.Signals(sig).name)
+    assert list((tmp_path / "cache").glob("checkpoints/*/epoch-0001.pt"))  # finished epochs kept
+    assert "resumed after epoch" in cli_output(args_for(tmp_path, *RUN))  # the same command resumes
+
+
+def cli_output(args) -> str:
+    proc = cli(args)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_kill_9_of_the_main_process_leaves_no_temporary_server(tmp_path):
+    proc, lines = start_training(tmp_path)
+    children = descendants(proc.pid)
+    servers = [c for c in children if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert servers, "the temporary server is not a child of the run"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while any(alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if alive(c)], "orphans after kill -9"
+
+
+# --- escaping ----------------------------------------------------------------------------------------
+
+HOSTILE_PATH = "/tmp/x`y``\n# heading <img src=x onerror=alert(1)>"
+
+
+def test_paths_in_markdown_are_code_spans_nothing_can_break_out_of():
+    span = code_span(HOSTILE_PATH)
+    assert "\n" not in span and "<img src=x onerror=alert(1)>" in span
+    fence = span[: len(span) - len(span.lstrip("`"))]
+    assert len(fence) == 3 and span.endswith(fence) and fence not in span[len(fence) : -len(fence)]
+
+
+def test_a_report_with_a_hostile_folder_name_and_class_names_renders(tmp_path):
+    from tests.test_report import fake_results  # a small set of results, like a real run's
+
+    results, info, samples, _ = fake_results()
+    names = ["$\\foo{$", "a_b^c", "<b>x</b>", "`tick`", "$$", "\\", "%", "{", "ok", "}"]
+    run_dir = tmp_path / "out`\n<img onerror=alert(1)>"
+    folder, markdown = write_report(run_dir, results, info, samples, names)
+    assert (folder / "samples.png").is_file() and (folder / "comparison.png").is_file()
+    line = next(x for x in markdown.splitlines() if "Report folder" in x)
+    assert "``" in line and "\\n<img" in line  # the newline shown escaped, inside the code span
+    assert (folder / "summary.md").read_text().count("Report folder") == 1
+    assert markdown_summary(summary_rows(results, info), info, None, run_dir).count("\n# ") == 0
+
+
+# --- credentials -------------------------------------------------------------------------------------
+
+
+def test_credentials_in_urls_are_redacted():
+    assert (
+        redact("from https://alice:s3cret@mirror.example/c.tar.gz (x)")
+        == "from https://***@mirror.example/c.tar.gz (x)"
+    )
+    assert redact("http://token@h/x and http://u:p@w@h2/") == "http://***@h/x and http://***@h2/"
+    assert redact("no url, a@b.c") == "no url, a@b.c"
+
+
+def test_a_failing_mirror_with_credentials_never_shows_the_password(tmp_path):
+    with pytest.raises(data.DownloadError) as e:
+        data.ensure_cifar10(tmp_path, "http://alice:s3cret@127.0.0.1:9/c.tar.gz")
+    assert "s3cret" not in str(e.value) and "http://***@127.0.0.1:9/" in str(e.value)
+
+
+def test_a_dead_api_url_with_credentials_is_redacted_in_the_error_line(tmp_path):
+    proc = cli(args_for(tmp_path), {"PREFECT_API_URL": "http://bob:hunter2@127.0.0.1:9/api"})
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "hunter2" not in out and "http://***@127.0.0.1:9/api" in out
+
+
+# --- one validation, before anything is created --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "100000"], "--epochs: must be <= 1000"),
+        (["--lr", "inf"], "--lr: must be a finite number"),
+        (["--lr", "100"], "--lr: must be <= 10"),
+        (["--batch-size", "100000"], "--batch-size: must be <= 65536"),
+        (["--seeds", str(2**63)], "--seeds: must be <= 4294967295"),
+        (["--dropout", "nan"], "--dropout: must be a finite number"),
+    ],
+)
+def test_values_the_flow_would_refuse_are_refused_by_the_cli_first(argv, message, tmp_path, capsys):
+    code = main(
+        [*argv, "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())  # no folder, no server, no flow run
+
+
+def test_out_naming_a_file_is_refused_before_data_and_cache_folders_exist(tmp_path, capsys):
+    (tmp_path / "report.txt").write_text("")
+    code = main(
+        ["--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "report.txt")]
+    )
+    assert code == 2 and "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+# --- errors, warnings and leftovers ------------------------------------------------------------------
+
+
+def test_the_error_line_is_one_line_without_secrets():
+    err = TrainingFailed("CheckpointError: bad\nTraceback (most recent call last):\n  ...", "crash")
+    assert one_line(err) == "TrainingFailed: CheckpointError: bad"
+    assert one_line(ConnectionError("at http://u:pw@h/api")) == "ConnectionError: at http://***@h/api"
+
+
+def test_full_or_read_only_disks_are_not_retried():
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES):
+        assert classify(OSError(code, os.strerror(code)))[0] == "disk"
+
+    class State:
+        data = TrainingFailed("no space", "disk")
+
+    assert retry_unless_hopeless(None, None, State()) is False
+    State.data = TrainingFailed("crashed", "crash")
+    assert retry_unless_hopeless(None, None, State()) is True
+
+
+def test_worker_warnings_reach_the_task_and_the_stderr_tail_is_kept_apart(tiny_cifar, tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "epoch-0001.pt").write_bytes(b"not a checkpoint")
+    (folder / f".epoch-0001.pt.{dead_pid()}.tmp").write_bytes(b"torn")
+    cfg = TrainConfig(epochs=1, limit_train=64, limit_test=32, train_eval_images=32)
+    job = {"configs": [cfg.to_dict()], "data_root": str(tiny_cifar / "cifar-10-batches-py"),
+           "checkpoint_dirs": [str(folder)], "threads": 1}  # fmt: skip
+    events = list(run_worker(job))
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    assert any("set aside" in m for m in logs) and any("leftover" in m for m in logs), logs
+    assert not list(folder.glob(".*.tmp")) and (folder / "epoch-0001.pt.corrupt").is_file()
+
+    bad = {**job, "data_root": str(tmp_path / "missing")}
+    with pytest.raises(TrainingFailed) as e:
+        list(run_worker(bad))
+    assert "\n" not in str(e.value) and "File \"" in e.value.details  # the traceback, kept for the log
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_crash_s_leftovers_are_removed_by_the_next_run_that_owns_them(tmp_path):
+    dead, live = dead_pid(), os.getppid()
+    for name in (f".extract-{dead}-ab", f".download-{dead}-cd", f".run.tmp-{dead}-ef", f".run.old-{dead}"):
+        (tmp_path / name).mkdir()
+    (tmp_path / f".extract-{live}-gh").mkdir()  # a live writer's: kept
+    (tmp_path / ".extract-nopid").mkdir()  # no pid in the name: not ours to judge
+    removed = remove_dead_leftovers(tmp_path, ".*-*")
+    assert sorted(p.name for p in removed) == sorted(
+        [f".extract-{dead}-ab", f".download-{dead}-cd", f".run.tmp-{dead}-ef", f".run.old-{dead}"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".extract-{live}-gh", ".extract-nopid"])
+
+
+def test_fetching_cleans_a_crashed_extraction(cifar_copy):
+    leftover = cifar_copy / f".extract-{dead_pid()}-xyz"
+    (leftover / "cifar-10-batches-py").mkdir(parents=True)
+    data.ensure_cifar10(cifar_copy)
+    assert not leftover.exists()
