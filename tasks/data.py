@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 
 from tasks.locks import held, remove_dead_leftovers
 from tasks.model import CLASSES
@@ -395,7 +394,7 @@ def ensure_fake(data_dir: str | Path, n_train: int = 2000, n_test: int = 500) ->
     root = Path(data_dir) / FAKE_FOLDER
     folder = root / FOLDER_NAME
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".lock")):
+    with held(root / ".lock", "the synthetic data folder"):
         if not folder.is_dir() or _missing_files(folder):
             with tempfile.TemporaryDirectory(dir=root, prefix=f".gen-{os.getpid()}-") as tmp:
                 made = write_cifar_folder(Path(tmp), n_train, n_test)

@@ -15,17 +15,17 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--epochs", "0"], "epochs must be an integer >= 1"),
-        (["--batch-size", "0"], "batch size must be an integer >= 1"),
-        (["--dropout", "1.5"], "dropout must satisfy 0 <= p < 1"),
-        (["--lr", "-1"], "learning rate must be > 0"),
+        (["--epochs", "0"], "--epochs: must be >= 1 (got 0)"),
+        (["--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["--dropout", "1.5"], "--dropout: must be < 1"),
+        (["--lr", "-1"], "--lr: must be > 0"),
         (["--device", "cuda:7"], "cuda"),
         (["--device", "tpu"], "unknown device"),
         (["--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
-        (["--dataset", "imagenet"], "dataset must be one of"),
+        (["--dataset", "imagenet"], "--dataset: must be one of 'cifar10' or 'fake'"),
         (["--limit-train", "-5"], "--limit-train"),
-        (["--stack", "sometimes"], "stack must be one of auto, on, off"),
-        (["--train-eval-images", "-1"], "--train-eval-images must be an integer >= 0"),
+        (["--stack", "sometimes"], "--stack: must be one of 'auto', 'on' or 'off'"),
+        (["--train-eval-images", "-1"], "--train-eval-images: must be >= 0"),
     ],
 )
 def test_bad_parameters_give_one_line_and_exit_2(argv, message, capsys, tmp_path):

@@ -395,7 +395,7 @@ def test_worker_warnings_reach_the_task_and_the_stderr_tail_is_kept_apart(tiny_c
     bad = {**job, "data_root": str(tmp_path / "missing")}
     with pytest.raises(TrainingFailed) as e:
         list(run_worker(bad))
-    assert "\n" not in str(e.value) and "File \"" in e.value.details  # the traceback, kept for the log
+    assert "\n" not in str(e.value) and 'File "' in e.value.details  # the traceback, kept for the log
 
 
 def dead_pid() -> int:
@@ -422,3 +422,21 @@ def test_fetching_cleans_a_crashed_extraction(cifar_copy):
     (leftover / "cifar-10-batches-py").mkdir(parents=True)
     data.ensure_cifar10(cifar_copy)
     assert not leftover.exists()
+
+
+def test_a_checkpoint_with_a_valid_checksum_over_a_code_running_pickle_is_refused(tmp_path):
+    import hashlib
+    import io
+
+    import torch
+
+    from tasks.checkpoint import MAGIC, CheckpointError, load_checkpoint
+
+    marker = tmp_path / "PWNED"
+    buf = io.BytesIO()
+    torch.save({"model": Evil(marker)}, buf)
+    payload = buf.getvalue()
+    (tmp_path / "epoch-0001.pt").write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
+    with pytest.raises(CheckpointError, match="unreadable payload"):
+        load_checkpoint(tmp_path / "epoch-0001.pt")
+    assert not marker.exists()

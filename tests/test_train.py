@@ -121,10 +121,10 @@ def test_checkpoint_with_wrong_shapes_is_set_aside(splits, tmp_path, caplog):
     "field, value, message",
     [
         ("epochs", 0, "epochs"),
-        ("batch_size", 0, "batch size"),
+        ("batch_size", 0, "--batch-size"),
         ("dropout", 1.0, "dropout"),
         ("dropout", -0.1, "dropout"),
-        ("lr", 0.0, "learning rate"),
+        ("lr", 0.0, "--lr"),
         ("precision", "fp8", "precision"),
         ("precision", "bf16", "needs a CUDA device"),
     ],
