@@ -82,7 +82,7 @@ def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [(["--cron", "not a cron"], "--cron/--timezone"), (["--timezone", "Mars/Olympus"], "--cron/--timezone"),
-     (["--dropout", "1.5"], "dropout must satisfy")],
+     (["--dropout", "1.5"], "--dropout: must be < 1")],
 )  # fmt: skip
 def test_serve_refuses_bad_schedule_or_parameters_before_registering(argv, message, capsys, tmp_path):
     from deployments.serve import main as serve_main
