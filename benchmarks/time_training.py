@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import FOLDER_NAME  # noqa: E402
 from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
-from tasks.launcher import limit_concurrency, run_worker  # noqa: E402
+from tasks.launcher import run_worker  # noqa: E402
 from tasks.train import format_epoch  # noqa: E402
 
 
@@ -52,7 +52,8 @@ def main() -> int:
         check_train_config(cfg)
     groups = stack_groups(configs, args.stack)
     threads, slots = process_plan(groups)
-    limit_concurrency(slots)
+    # The flow takes these slots from Prefect's concurrency limits; this timing runs without Prefect.
+    device_slots = {device: threading.BoundedSemaphore(n) for device, n in slots.items()}
     layout = "; ".join(" + ".join(c.run_name for c in g) + f" on {g[0].device}" for g in groups)
     print(f"{len(configs)} variants in {len(groups)} training process(es): {layout}", flush=True)
 
@@ -64,12 +65,13 @@ def main() -> int:
         job = {"configs": [c.to_dict() for c in group], "data_root": str(root), "threads": threads,
                "checkpoint_dirs": [str(folder / f"variant{i}") for i in range(len(group))]}  # fmt: skip
         try:
-            for event in run_worker(job):
-                if event["event"] == "epoch":
-                    name = group[event["variant"]].run_name
-                    with lock:
-                        finals[name] = event
-                        print(format_epoch(name, args.epochs, event), flush=True)
+            with device_slots[group[0].device]:
+                for event in run_worker(job):
+                    if event["event"] == "epoch":
+                        name = group[event["variant"]].run_name
+                        with lock:
+                            finals[name] = event
+                            print(format_epoch(name, args.epochs, event), flush=True)
         except Exception as e:  # reported below; the other groups finish
             failures.append(f"{' + '.join(c.run_name for c in group)}: {e}")
 

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
 from flows.compare import RUNNER_FLAGS, CliError, build_parser, checked_configs, compare  # noqa: E402
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         schedules=[Cron(options.cron, timezone=options.timezone)],
         parameters=params,
         pause_on_shutdown=False,  # a restart of this process must not pause the schedule
+        # One run at a time; a run due while another is running is cancelled, not queued: after
+        # downtime, the late runs do not stampede (one starts, the rest end Cancelled, visibly).
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         tags=["dropout-lab"],
         description="Dropout vs baseline on CIFAR-10 (dropout-lab)",
     )

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
+import logging
 import os
 import sys
 from pathlib import Path
@@ -21,14 +22,10 @@ from pathlib import Path
 # Prefect's embedded server needs ~20 s to start on a small machine; its default patience is less.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The project's own log records (tasks.*: data warnings, lock waits, cache refusals) go where Prefect's
-# go: the terminal and, inside a run, the run's logs in the UI.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from prefect import flow  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.runtime import deployment  # noqa: E402
+from prefect.runtime import deployment, flow_run  # noqa: E402
 from pydantic import ValidationError, create_model  # noqa: E402
 
 from flows.lifecycle import Stopped, start_temporary_server, stop_on_signals, stop_training_on_sigterm  # noqa: E402
@@ -58,21 +55,42 @@ from tasks.config import (  # noqa: E402
 )
 from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
 from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
-from tasks.launcher import limit_concurrency  # noqa: E402
 from tasks.preflight import ROOT_ENV, check_folders, confine_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
 from tasks.redact import redact  # noqa: E402
 from tasks.report import history_rows  # noqa: E402
-from tasks.steps import fetch_cifar10, render_report, train, train_key  # noqa: E402
+from tasks.steps import fetch_cifar10, publish_report, render_report, tag_flow_run, train, train_key  # noqa: E402
 
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
 
 
-def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
-    """Deterministic per experiment: the same inputs and code reuse (and overwrite) one folder;
-    different parameters never share one, even when started at the same time. A run on part of the
-    data says so (`-train2000-test500`): a smoke run's folder must not read like a CIFAR-10 result."""
-    digest = hashlib.sha256("".join(train_key(c, data_fingerprint) for c in configs).encode()).hexdigest()
+def project_logs_to_prefect() -> None:
+    """The project's own log records (tasks.*: data warnings, lock waits, cache refusals) reach the run's
+    logs in the UI: Prefect's API handler is added to the `tasks` logger, as PREFECT_LOGGING_EXTRA_LOGGERS
+    would do if it were set before Prefect configured logging (served and worker runs import this
+    module afterwards)."""
+    project = logging.getLogger("tasks")
+    project.setLevel(logging.INFO)
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in project.handlers:
+            project.addHandler(handler)
+
+
+project_logs_to_prefect()
+
+
+def seed_list(seeds: list[int]) -> str:
+    """`0-4` for a consecutive range, else `0,2,5`."""
+    seeds = sorted(set(seeds))
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def experiment_name(configs: list[TrainConfig], dataset: str) -> str:
+    """What was compared, without code or data versions: `cifar10-p0.25-s0-e8`. Nightly runs of the same
+    experiment share it (their artifacts line up under one key). A run on part of the data says so
+    (`-train2000-test500`): a smoke run must not read like a CIFAR-10 result."""
     rates = sorted({c.dropout for c in configs if c.dropout > 0}) or [0.0]
     seeds = sorted({c.seed for c in configs})
     seed_part = "+".join(map(str, seeds)) if len(seeds) <= 3 else f"{len(seeds)}seeds"
@@ -80,7 +98,42 @@ def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: 
     size = "".join(
         f"-{split}{limit}" for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)) if limit
     )
-    return f"{dataset}{size}-p{'+'.join(f'{p:g}' for p in rates)}-s{seed_part}-e{cfg.epochs}-{digest[:10]}"
+    return f"{dataset}{size}-p{'+'.join(f'{p:g}' for p in rates)}-s{seed_part}-e{cfg.epochs}"
+
+
+def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
+    """Deterministic per experiment, data and code: the same inputs reuse (and overwrite) one folder;
+    different parameters never share one, even when started at the same time."""
+    digest = hashlib.sha256("".join(train_key(c, data_fingerprint) for c in configs).encode()).hexdigest()
+    return f"{experiment_name(configs, dataset)}-{digest[:10]}"
+
+
+def flow_run_label() -> str:
+    """Flow-run names say what runs: `p=0.25 seeds=0-4 e8`, `p=0.1,0.5 seeds=0 e2 fake train400`."""
+    p = flow_run.parameters
+    try:
+        extra = [p["dataset"]] if p["dataset"] != "cifar10" else []
+        extra += [f"{k.split('_')[1]}{p[k]}" for k in ("limit_train", "limit_test") if p[k]]
+        rates = ",".join(f"{float(r):g}" for r in p["dropout"])
+        return " ".join([f"p={rates}", f"seeds={seed_list(p['seeds'])}", f"e{p['epochs']}", *extra])
+    except (KeyError, TypeError, ValueError):  # parameters not validated yet: Prefect's default name
+        return "compare"
+
+
+def documented(fn):
+    """Append a Google-style `Args:` section built from each parameter's declared help (tasks/config.py):
+    Prefect reads it into the deployment form's field descriptions."""
+    lines = ["", "Args:"]
+    for name, param in inspect.signature(fn).parameters.items():
+        lines.append(f"    {name}: {help_text(param.annotation)}")
+    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
+    return fn
+
+
+def help_text(annotation) -> str:
+    """The description declared with a parameter's type (tasks/config.py)."""
+    found = [m.description for m in getattr(annotation, "__metadata__", ()) if getattr(m, "description", None)]
+    return found[-1] if found else ""
 
 
 def parameter_errors(params: dict) -> None:
@@ -113,7 +166,8 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     return configs, folders
 
 
-@flow(name="compare", log_prints=True)
+@flow(name="compare", flow_run_name=flow_run_label, log_prints=True)
+@documented
 def compare(
     data_dir: DataDir = "data",
     out: OutDir = "artifacts",
@@ -137,6 +191,7 @@ def compare(
     epoch, and write the report."""
     stop_training_on_sigterm()
     configs, folders = check_parameters(dict(locals()), deployed=deployment.id is not None)
+    tag_flow_run("dropout-lab", dataset, configs[0].device.split(":")[0])
     data_dir, out, cache_dir = folders["data_dir"], folders["out"], folders["cache_dir"]
     opts = {**cache_options(cache_dir), "refresh_cache": True if refresh else None}
 
@@ -150,13 +205,15 @@ def compare(
     if gpu_workers:  # a Dask cluster of GPU machines: each task gets a worker's GPU, whatever is local
         groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
     threads, slots = process_plan(groups)
-    limit_concurrency(slots)
     with gpu_resource(gpu_workers):
-        futures = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh) for g in groups]
+        futures = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh, slots[g[0].device])
+                   for g in groups]  # fmt: skip
         trained = [t for f in futures for t in f.result()]
         # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
         retrain = {
-            i: train.with_options(**{**opts, "refresh_cache": True}).submit([t.config], data, cache_dir, threads)
+            i: train.with_options(**{**opts, "refresh_cache": True}).submit(
+                [t.config], data, cache_dir, threads, slots=slots[t.config.device]
+            )
             for i, t in enumerate(trained)
             if not Path(t.checkpoint).is_file()
         }
@@ -167,12 +224,11 @@ def compare(
 
     run_dir = Path(out).resolve() / run_folder_name(configs, dataset, data.fingerprint)
     report = render_report.with_options(**opts)
-    folder, markdown = report(trained, data, str(run_dir))
-    if not Path(folder, "summary.parquet").is_file():  # cached, but the folder was deleted since
-        folder, markdown = report.with_options(refresh_cache=True)(trained, data, str(run_dir))
-
-    create_markdown_artifact(markdown, key="dropout-comparison", description="Dropout vs baseline: summary")
-    create_table_artifact(history_rows(trained, data), key="dropout-history", description="Per-epoch history")
+    state = report(trained, data, str(run_dir), return_state=True)
+    if not Path(state.result()[0], "summary.parquet").is_file():  # cached, but the folder was deleted since
+        state = report.with_options(refresh_cache=True)(trained, data, str(run_dir), return_state=True)
+    folder, markdown = state.result()
+    publish_report(markdown, history_rows(trained, data), experiment_name(configs, dataset), state.name == "Cached")
     return folder
 
 
@@ -213,12 +269,6 @@ def task_runner_for(kind: str, address: str | None, n_workers: int):
 
 
 # --- command line ----------------------------------------------------------------------------------
-
-
-def help_text(annotation) -> str:
-    """The description declared with a parameter's type (tasks/config.py)."""
-    found = [m.description for m in getattr(annotation, "__metadata__", ()) if getattr(m, "description", None)]
-    return found[-1] if found else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

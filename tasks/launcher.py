@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-log = logging.getLogger(__name__)
 
 
 class TrainingFailed(RuntimeError):
@@ -47,39 +44,10 @@ def stop_all() -> int:
     return len(procs)
 
 
-_slots: dict[str, threading.BoundedSemaphore] = {}
-
-
-def limit_concurrency(limits: dict[str, int]) -> None:
-    """At most `limits[device]` training processes at once on each device, in this process."""
-    for device, n in limits.items():
-        _slots[device] = threading.BoundedSemaphore(n)
-
-
-@contextmanager
-def _slot(device: str):
-    slot = _slots.get(device)
-    if slot is None:
-        yield
-        return
-    if not slot.acquire(blocking=False):
-        log.info("all %s slots busy: waiting for a training run to finish", device)
-        slot.acquire()
-    try:
-        yield
-    finally:
-        slot.release()
-
-
 def run_worker(job: dict) -> Iterator[dict]:
-    """Yield the worker's events ("start", "epoch", ..., "done"); raise TrainingFailed on failure.
+    """Yield the worker's events ("start", "epoch", "log", ..., "done"); raise TrainingFailed on failure.
 
-    Waits for a free slot on the job's device first (see `limit_concurrency`)."""
-    with _slot(job["configs"][0]["device"]):
-        yield from _run_worker(job)
-
-
-def _run_worker(job: dict) -> Iterator[dict]:
+    How many run at once per device is the caller's business (the flow: Prefect concurrency limits)."""
     if _stopping.is_set():
         raise TrainingFailed("not started: the run is stopping", "stopped")
     env = dict(os.environ)

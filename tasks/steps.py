@@ -7,14 +7,29 @@ edit to the training loop retrains, while an edit to the plots only re-renders. 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import socket
+import threading
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+import httpx
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 
@@ -117,6 +132,50 @@ def group_label(cfgs: list[TrainConfig]) -> str:
     return f"stack of {len(cfgs)} on {cfgs[0].device}"
 
 
+# --- device slots ----------------------------------------------------------------------------------
+# How many training processes may run at once on a device is a Prefect global concurrency limit per
+# machine and device, so every flow run, served deployment, worker and Dask task on that machine
+# shares it (a module-level semaphore would limit one process only).
+
+
+_creating = threading.Lock()
+
+
+def slot_name(device: str) -> str:
+    """`dropout-lab-HOST-cpu`, `dropout-lab-HOST-cuda-0`: devices belong to a machine."""
+    return f"dropout-lab-{slug(socket.gethostname())}-{slug(device)}"
+
+
+def ensure_slots(device: str, size: int) -> str:
+    """Create the device's limit with the plan's size on first use; an existing one (perhaps resized
+    in the UI) is kept as it is. Returns its name."""
+    name = slot_name(device)
+    with _creating, get_client(sync_client=True) as client:  # one thread at a time; other processes: below
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
+            except (ObjectAlreadyExists, httpx.HTTPStatusError):  # created meanwhile (SQLite answers 500)
+                client.read_global_concurrency_limit_by_name(name)  # raises if it really is missing
+    return name
+
+
+@contextlib.contextmanager
+def device_slot(device: str, size: int, logger) -> Iterator[None]:
+    """Hold one slot of the device's limit; say so when all are taken. A lost lease renewal (server
+    hiccup) does not kill a training that is hours in."""
+    name = ensure_slots(device, size)
+    hold = {"occupy": 1, "strict": True, "raise_on_lease_renewal_failure": False}
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, timeout_seconds=0.5, **hold))
+        except TimeoutError:
+            logger.info("all slots of %s are taken (other trainings on %s): waiting for one", name, device)
+            stack.enter_context(concurrency(name, **hold))
+        yield
+
+
 def train_run_name() -> str:
     return f"train[{group_label(current_task_run.parameters['cfgs'])}]"
 
@@ -131,10 +190,10 @@ def train_run_name() -> str:
     persist_result=True,
 )
 def train(
-    cfgs: list[TrainConfig], data: DataInfo, cache_dir: str, threads: int = 0, fresh: bool = False
+    cfgs: list[TrainConfig], data: DataInfo, cache_dir: str, threads: int = 0, fresh: bool = False, slots: int = 1
 ) -> list[TrainResult]:
-    """Train one variant, or a stack of variants sharing a device, in its own process; log and
-    publish progress once per variant and epoch.
+    """Train one variant, or a stack of variants sharing a device, in its own process, once one of
+    the device's `slots` is free; log and publish progress once per variant and epoch.
 
     Resumes from each variant's checkpoints unless `fresh` (a refresh), which starts over.
     """
@@ -152,29 +211,30 @@ def train(
                 for name in names]  # fmt: skip
     done, start, resumed_from = None, None, [None] * len(cfgs)
     try:
-        for event in run_worker(job):
-            if event["event"] == "start":
-                start = event
-                for name, cfg in zip(names, cfgs, strict=True):
-                    bars.update(name, 0, cfg.epochs, "starting")
-                stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
-                logger.info("train[%s] on %s, %d threads, %d train (%d re-evaluated each epoch) / %d test images%s",
-                            group_label(cfgs), event["device"], event["threads"], event["n_train"],
-                            event["n_train_eval"], event["n_test"], stacked)  # fmt: skip
-            elif event["event"] == "epoch":
-                i = event["variant"]
-                name, epochs = names[i], cfgs[i].epochs
-                if resumed_from[i] is None:
-                    resumed_from[i] = event["resumed_from"]
-                if event["resumed_from"] and event["epoch"] == event["resumed_from"] + 1:
-                    logger.info("train[%s] resumed after epoch %d from its checkpoint", name, event["resumed_from"])
-                logger.info(format_epoch(name, epochs, event))
-                update_progress_artifact(progress[i], 100.0 * event["epoch"] / epochs)
-                bars.update(name, event["epoch"], epochs, f"test acc {event['test_acc']:.2%}")
-            elif event["event"] == "log":
-                logger.log(event["level"], "train[%s]: %s", group_label(cfgs), event["message"])
-            elif event["event"] == "done":
-                done = event
+        with device_slot(cfgs[0].device, slots, logger):
+            for event in run_worker(job):
+                if event["event"] == "start":
+                    start = event
+                    for name, cfg in zip(names, cfgs, strict=True):
+                        bars.update(name, 0, cfg.epochs, "starting")
+                    stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
+                    logger.info("train[%s] on %s, %d threads, %d train (%d re-evaluated each epoch) / %d test images%s",
+                                group_label(cfgs), event["device"], event["threads"], event["n_train"],
+                                event["n_train_eval"], event["n_test"], stacked)  # fmt: skip
+                elif event["event"] == "epoch":
+                    i = event["variant"]
+                    name, epochs = names[i], cfgs[i].epochs
+                    if resumed_from[i] is None:
+                        resumed_from[i] = event["resumed_from"]
+                    if event["resumed_from"] and event["epoch"] == event["resumed_from"] + 1:
+                        logger.info("train[%s] resumed after epoch %d from its checkpoint", name, event["resumed_from"])
+                    logger.info(format_epoch(name, epochs, event))
+                    update_progress_artifact(progress[i], 100.0 * event["epoch"] / epochs)
+                    bars.update(name, event["epoch"], epochs, f"test acc {event['test_acc']:.2%}")
+                elif event["event"] == "log":
+                    logger.log(event["level"], "train[%s]: %s", group_label(cfgs), event["message"])
+                elif event["event"] == "done":
+                    done = event
     except TrainingFailed as e:
         if e.details:
             logger.error("train[%s] failed; the training process's last lines:\n%s", group_label(cfgs), e.details)
@@ -217,6 +277,28 @@ def report_cache_key(context, parameters) -> str:
     p = parameters
     return _key("report", p["run_dir"], [t.weights_sha256 for t in p["trained"]], [t.history for t in p["trained"]],
                 p["data"].fingerprint, code_hash(REPORT_CODE))  # fmt: skip
+
+
+def publish_report(markdown: str, history: list[dict], experiment: str, cached: bool) -> None:
+    """The report as artifacts keyed by experiment (`dropout-comparison-cifar10-p0-25-s0-e8`), so each
+    experiment's nightly runs line up under one key and different experiments never mix. A cached
+    report is already stored under its key: no second ~200 KB copy of the same figure."""
+    logger = get_run_logger()
+    key = slug(experiment)
+    if cached:
+        logger.info("report unchanged (cached): artifact dropout-comparison-%s already holds it", key)
+        return
+    create_markdown_artifact(
+        markdown, key=f"dropout-comparison-{key}", description=f"Dropout vs baseline: {experiment}"
+    )
+    create_table_artifact(history, key=f"dropout-history-{key}", description=f"Per-epoch history: {experiment}")
+
+
+def tag_flow_run(*tags: str) -> None:
+    """Add tags to the current flow run (CLI, served and worker runs alike): filterable in the UI."""
+    run = FlowRunContext.get().flow_run
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run.id, tags=sorted({*run.tags, *tags}))
 
 
 @task(name="render_report", cache_key_fn=report_cache_key, persist_result=True)

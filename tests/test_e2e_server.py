@@ -168,9 +168,10 @@ def test_flow_run_completed_with_all_its_task_runs(server, flow_run):
 def test_artifacts_markdown_with_image_table_and_progress(server, flow_run):
     arts = server.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
     by_key = {a["key"]: a for a in arts if a["key"]}
-    assert by_key["dropout-comparison"]["type"] == "markdown"
-    assert "data:image/png;base64," in by_key["dropout-comparison"]["data"]
-    assert by_key["dropout-history"]["type"] == "table"
+    key = "fake-train400-test200-p0-25-s0-e2"
+    assert by_key[f"dropout-comparison-{key}"]["type"] == "markdown"
+    assert "data:image/png;base64," in by_key[f"dropout-comparison-{key}"]["data"]
+    assert by_key[f"dropout-history-{key}"]["type"] == "table"
     progress = [a for a in arts if a["type"] == "progress"]
     assert sorted(a["key"] for a in progress) == [
         "train-progress-baseline-seed-0",
@@ -185,6 +186,9 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     deployment = server.wait_for("the served deployment", lambda: _deployment(server, "compare/nightly"))
     crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
     assert crons == ["*/30 * * * *"] and deployment["paused"] is False
+    fields = deployment["parameter_openapi_schema"]["properties"]
+    assert all(f.get("description") for f in fields.values())  # the run form explains every field
+    assert fields["epochs"]["description"] == "training epochs" and fields["epochs"]["maximum"] == 1000
 
     for bad in (["-p", "dropout=1.5"], ["-p", "epochs=0"]):
         rejected = server.run([PREFECT, "deployment", "run", "compare/nightly", *bad], timeout=60)
@@ -206,6 +210,32 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert serve.poll() is None, server.log("serve")
     stop(serve)
     assert _deployment(server, "compare/nightly")["paused"] is False  # shutdown did not pause the schedule
+
+
+def test_a_restart_after_downtime_starts_one_late_run_and_cancels_the_rest(server):
+    """Three runs missed while serve.py was down: on restart one runs, the others end Cancelled
+    (the deployment's concurrency limit 1, collision strategy CANCEL_NEW), not all at once."""
+    deployment = _deployment(server, "compare/nightly")
+    assert deployment["concurrency_limit"] == 1 or deployment.get("global_concurrency_limit", {}).get("limit") == 1
+    assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    now = time.time()
+    late = []
+    for minutes in (5, 4, 3):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60 * minutes))
+        body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
+        late.append(server.post(f"/deployments/{deployment['id']}/create_flow_run", body)["id"])
+    serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", "*/30 * * * *", *TINY,
+                          *root_args(server, "served")], "serve-again")  # fmt: skip
+
+    def settled():
+        runs = server.post("/flow_runs/filter", {"flow_runs": {"id": {"any_": late}}})
+        states = sorted(r["state"]["type"] for r in runs)
+        return states if all(s in FINAL for s in states) else None
+
+    assert server.wait_for("the late runs", settled) == ["CANCELLED", "CANCELLED", "COMPLETED"], server.log(
+        "serve-again"
+    )
+    stop(serve)
 
 
 def test_work_pool_deployment_runs_on_a_process_worker(server):
@@ -239,7 +269,9 @@ def test_ui_shows_the_flow_run(server, flow_run):
     SHOTS.mkdir(parents=True, exist_ok=True)
     ui = f"http://127.0.0.1:{server.port}"
     pages = {"flow-run.png": f"{ui}/runs/flow-run/{flow_run['id']}"}
-    arts = server.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["dropout-comparison"]}}})
+    arts = server.post(
+        "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}, "type": {"any_": ["markdown"]}}}
+    )
     pages["markdown-artifact.png"] = f"{ui}/artifacts/artifact/{arts[0]['id']}"
     for name, url in pages.items():
         shot = SHOTS / name

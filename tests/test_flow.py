@@ -99,18 +99,29 @@ def test_the_two_trainings_overlap_in_time(first_run):
 def test_markdown_and_table_artifacts(first_run):
     _, _, artifacts = first_run
     by_key = {a.key: a for a in artifacts if a.key}
-    md = by_key["dropout-comparison"]
+    md = by_key["dropout-comparison-cifar10-p0-25-s0-e2"]  # keyed by experiment, not by code/data version
     assert md.type == "markdown" and "data:image/png;base64," in md.data and "| baseline |" in md.data
     assert "unverified" in md.data
-    assert by_key["dropout-history"].type == "table"
+    assert by_key["dropout-history-cifar10-p0-25-s0-e2"].type == "table"
     progress = [a for a in artifacts if a.type == "progress"]
     assert len(progress) == 2 and all(float(a.data) == 100.0 for a in progress)
 
 
 def test_second_identical_run_is_fully_cached(first_run, workspace):
-    folder, states, _ = run_flow(workspace)
+    folder, states, artifacts = run_flow(workspace)
     assert folder == first_run[0]
     assert states and all(s == {"Cached"} for s in states.values()), states
+    assert not [a for a in artifacts if a.type in ("markdown", "table")]  # no second copy of the same report
+
+
+def test_flow_runs_are_named_from_their_parameters_and_tagged(first_run, workspace):
+    ws = workspace
+    folders = dict(data_dir=str(ws / "data"), out=str(ws / "artifacts"), cache_dir=str(ws / "cache"))
+    state = compare(**folders, epochs=EPOCHS, dropout=[0.25], seeds=[0], return_state=True)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name == "p=0.25 seeds=0 e2"
+    assert {"dropout-lab", "cifar10", "cpu"} <= set(run.tags)
 
 
 def test_changing_dropout_retrains_only_the_dropout_model(first_run, workspace):
@@ -137,7 +148,7 @@ def test_fake_dataset_is_labelled_synthetic_everywhere(prefect_harness, workspac
     folder, _, artifacts = run_flow(workspace, dataset="fake", epochs=1, limit_train=200, limit_test=100)
     assert "synthetic data — accuracies meaningless" in (folder / "summary.md").read_text()
     assert set(pq.read_table(folder / "summary.parquet").column("dataset").to_pylist()) == {"fake"}
-    md = next(a for a in artifacts if a.key == "dropout-comparison")
+    md = next(a for a in artifacts if a.key == "dropout-comparison-fake-train200-test100-p0-25-s0-e1")
     assert "synthetic data — accuracies meaningless" in md.data
 
 
@@ -168,7 +179,7 @@ def test_sweep_over_rates_and_seeds_with_statistics(prefect_harness, workspace):
     assert 0 <= gap["welch_p_value"] <= 1 and gap["ci95_low"] <= gap["mean"] <= gap["ci95_high"]
     assert gap["design"] == "paired" and gap["paired_n"] == 2 and gap["holm_family_size"] == 2
     assert 0 <= gap["paired_t_p_value"] <= 1 and gap["sign_flip_p_value"] >= 0.5  # 2 seeds: 2/4 at the least
-    md = next(a for a in artifacts if a.key == "dropout-comparison").data
+    md = next(a for a in artifacts if a.key == "dropout-comparison-cifar10-p0-1-0-5-s0-1-e1").data
     assert "\n- dropout 0.1 vs baseline (2 paired seeds)" in md and "\n- dropout 0.5 vs baseline (2 paired seeds)" in md
     assert "Reduced run (" in md  # tiny data: the verdict says it is not a CIFAR-10 answer
     # Never more training processes at once than the cores allow (the rest queue for a slot).

@@ -1,0 +1,98 @@
+"""Prefect's own mechanisms: device slots are global concurrency limits shared by every flow run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+
+from tasks.steps import ensure_slots, slot_name
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def set_limit(name: str, size: int | None) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            pass
+        if size is not None:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
+
+
+def test_slots_are_created_once_with_the_plan_s_size_and_then_kept(prefect_harness):
+    name = slot_name("cuda:3")
+    assert name.startswith("dropout-lab-") and name.endswith("-cuda-3")
+    set_limit(name, None)
+    try:
+        assert ensure_slots("cuda:3", 2) == name
+        ensure_slots("cuda:3", 5)  # a later plan does not resize what exists (perhaps set in the UI)
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(name).limit == 2
+    finally:
+        set_limit(name, None)
+
+
+def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_path):
+    """Two CLI runs (separate processes) against one server, the CPU limited to one training at once:
+    their four trainings never overlap. A per-process semaphore would let them run two by two."""
+    name = slot_name("cpu")
+    set_limit(name, 1)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    try:
+        runs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "flows/compare.py",
+                    "--dataset",
+                    "fake",
+                    "--epochs",
+                    "2",
+                    "--limit-train",
+                    "400",
+                    "--limit-test",
+                    "200",
+                    "--seeds",
+                    str(seed),
+                    "--data-dir",
+                    str(tmp_path / f"d{seed}"),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--cache-dir",
+                    str(tmp_path / f"c{seed}"),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            for seed in (1, 2)
+        ]
+        outputs = [run.communicate(timeout=600)[0] for run in runs]
+    finally:
+        set_limit(name, None)
+    for run, out in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, out[-3000:]
+    assert any("all slots of" in out for out in outputs)  # one run said it was waiting
+    spans = sorted(
+        (row["started_at"], row["finished_at"])
+        for folder in (tmp_path / "out").glob("fake-*")
+        for row in pq.read_table(folder / "summary.parquet").to_pylist()
+    )
+    assert len(spans) == 4
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end, spans
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_slot_names_are_per_machine_and_device(device):
+    assert slot_name(device) == slot_name(device) and slot_name("cpu") != slot_name("cuda:0")
