@@ -8,12 +8,15 @@ everything it started. Run alone: `pytest -m e2e`. Screenshots land in artifacts
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -236,6 +239,43 @@ def test_a_restart_after_downtime_starts_one_late_run_and_cancels_the_rest(serve
         "serve-again"
     )
     stop(serve)
+
+
+def test_failure_notification_automation_fires_for_a_failed_run(server):
+    """`python deployments/notify.py --webhook URL` (as the README says): the automation exists, and a
+    failed run of the deployment makes the server post the message to the webhook."""
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+        made = server.run([sys.executable, "deployments/notify.py", "--webhook", url], timeout=120)
+        assert made.returncode == 0, made.stdout + made.stderr
+        autos = server.post("/automations/filter", {})
+        assert [a["name"] for a in autos] == ["dropout-lab: compare/nightly failed"]
+        serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", "*/30 * * * *", *TINY,
+                              *root_args(server, "served")], "serve-notify")  # fmt: skip
+        failing = server.run([PREFECT, "deployment", "run", "compare/nightly", "-p", "out=/elsewhere"], timeout=60)
+        assert failing.returncode == 0, failing.stderr
+        server.wait_for("the webhook message", lambda: received, timeout=180)
+        text = received[0]["text"]
+        assert "compare/nightly" in text or "nightly" in text
+        assert "Failed" in text and "absolute paths are refused" in text, text
+        stop(serve)
+        off = server.run([sys.executable, "deployments/notify.py", "--off"], timeout=120)
+        assert off.returncode == 0 and server.post("/automations/filter", {}) == []
+    finally:
+        hook.shutdown()
 
 
 def test_work_pool_deployment_runs_on_a_process_worker(server):
