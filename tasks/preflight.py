@@ -17,14 +17,17 @@ MB = 1 << 20
 NEEDS = {"data": 400 * MB, "cache": 100 * MB, "out": 20 * MB}
 
 # A deployment run (served or from a work pool) may only write inside folders that whoever starts
-# `serve.py` or the worker fixes; its parameters name sub-folders of them. Default: the process's
-# working directory.
+# `serve.py` or the worker fixes; its parameters name sub-folders of them. Each falls back to
+# DROPOUT_LAB_ROOT, then to the process's working directory.
 ROOT_ENV = {"data_dir": "DROPOUT_LAB_DATA_ROOT", "out": "DROPOUT_LAB_OUT_ROOT", "cache_dir": "DROPOUT_LAB_CACHE_ROOT"}
 FLAGS = {"data_dir": "--data-dir", "out": "--out", "cache_dir": "--cache-dir"}
 
 
+ANY_ROOT_ENV = "DROPOUT_LAB_ROOT"
+
+
 def deployment_root(name: str) -> Path:
-    return Path(os.environ.get(ROOT_ENV[name]) or os.getcwd()).resolve()
+    return Path(os.environ.get(ROOT_ENV[name]) or os.environ.get(ANY_ROOT_ENV) or os.getcwd()).resolve()
 
 
 def confine(name: str, value: str, root: Path) -> Path:

@@ -62,9 +62,9 @@ class Server:
         self.procs: list[subprocess.Popen] = []
         self.http = httpx.Client(base_url=self.api, timeout=30)
 
-    def spawn(self, args: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
+    def spawn(self, args: list[str], log: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:
         out = open(self.root / f"{log}.log", "w")
-        proc = subprocess.Popen(args, cwd=REPO, env={**self.env, **(env or {})}, stdout=out,
+        proc = subprocess.Popen(args, cwd=cwd, env={**self.env, **(env or {})}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.procs.append(proc)
         return proc
@@ -72,8 +72,9 @@ class Server:
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text()[-4000:]
 
-    def run(self, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+    def run(self, args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=REPO, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
 
     def post(self, path: str, body: dict | None = None):
         r = self.http.post(path, json=body or {})
@@ -278,23 +279,41 @@ def test_failure_notification_automation_fires_for_a_failed_run(server):
         hook.shutdown()
 
 
-def test_work_pool_deployment_runs_on_a_process_worker(server):
+def test_work_pool_deployment_runs_on_workers_in_other_folders(server):
+    """The README's multi-machine steps on one machine: the deployment stores a git URL (pull step),
+    no path of the deploying checkout; two workers started in separate folders, each with its own
+    DROPOUT_LAB_ROOT, clone the code and run the deployment."""
+    repo = server.root / "repo.git"  # stands in for the project's git server
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(REPO), "push", "-q", str(repo), "HEAD:refs/heads/main"], check=True)
     created = server.run([PREFECT, "work-pool", "create", "dropout-lab", "--type", "process"], timeout=60)
     assert created.returncode == 0, created.stderr
-    deployed = server.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"])
+    deployed = server.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+                          env={"DROPOUT_LAB_REPO": f"file://{repo}"})  # fmt: skip
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     deployment = _deployment(server, "compare/nightly-pool")
     assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["0 2 * * *"]
-    params = [f"{k.lstrip('-').replace('-', '_')}={v}" for k, v in zip(TINY[::2], TINY[1::2], strict=True)]
-    args = [a for p in params for a in ("-p", p)]
-    started = server.run([PREFECT, "deployment", "run", "compare/nightly-pool", *args], timeout=60)
-    assert started.returncode == 0, started.stderr
-    base = server.root / "pool"  # where whoever starts the worker lets runs read and write
-    roots = {"DROPOUT_LAB_DATA_ROOT": str(base), "DROPOUT_LAB_OUT_ROOT": str(base), "DROPOUT_LAB_CACHE_ROOT": str(base)}
-    worker = server.spawn([PREFECT, "worker", "start", "--pool", "dropout-lab"], "worker", env=roots)
-    assert server.wait_for_runs(deployment["id"]) == ["COMPLETED"], server.log("worker")
-    assert list((base / "artifacts").glob("fake-*/summary.parquet"))
-    stop(worker)
+    assert [next(iter(step)) for step in deployment["pull_steps"]] == ["prefect.deployments.steps.git_clone"]
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == f"file://{repo}"
+    assert str(REPO) not in json.dumps(deployment)  # nothing of the deploying checkout's location
+
+    machines = [server.root / "machine-a", server.root / "machine-b"]
+    workers = []
+    for i, home in enumerate(machines):
+        home.mkdir()
+        workers.append(server.spawn([PREFECT, "worker", "start", "--pool", "dropout-lab"], f"worker-{i}",
+                                    env={"DROPOUT_LAB_ROOT": str(home)}, cwd=home))  # fmt: skip
+    for epochs in (1, 2):  # one after the other: the deployment runs one at a time
+        tiny = {**dict(zip(TINY[::2], TINY[1::2], strict=True)), "--epochs": str(epochs)}
+        args = [a for k, v in tiny.items() for a in ("-p", f"{k.lstrip('-').replace('-', '_')}={v}")]
+        started = server.run([PREFECT, "deployment", "run", "compare/nightly-pool", *args], timeout=60)
+        assert started.returncode == 0, started.stderr
+        states = server.wait_for_runs(deployment["id"])
+        assert set(states) == {"COMPLETED"}, server.log("worker-0") + server.log("worker-1")
+    reports = [p for home in machines for p in home.glob("artifacts/fake-*/summary.parquet")]
+    assert len(reports) == 2  # inside the workers' roots, whichever worker took each run
+    for worker in workers:
+        stop(worker)
 
 
 def _deployment(server: Server, name: str):
