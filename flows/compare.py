@@ -53,12 +53,12 @@ from tasks.config import (  # noqa: E402
     describe_error,
     flag,
 )
-from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME, still_on_disk  # noqa: E402
+from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME  # noqa: E402
 from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
 from tasks.preflight import ROOT_ENV, check_folders, confine_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
 from tasks.redact import redact  # noqa: E402
-from tasks.report import history_rows  # noqa: E402
+from tasks.report import history_rows, report_order  # noqa: E402
 from tasks.steps import fetch_cifar10, publish_report, render_report, tag_flow_run, train, train_key  # noqa: E402
 
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
@@ -195,44 +195,31 @@ def compare(
     data_dir, out, cache_dir = folders["data_dir"], folders["out"], folders["cache_dir"]
     opts = {**cache_options(cache_dir), "refresh_cache": True if refresh else None}
 
-    url = os.environ.get(MIRROR_ENV, CIFAR10_URL)
-    data = fetch_cifar10.with_options(**opts)(data_dir, dataset, url)
-    if not still_on_disk(data):  # cached, but the files were deleted or replaced since
-        data = fetch_cifar10.with_options(**{**opts, "refresh_cache": True})(data_dir, dataset, url)
-
-    groups = stack_groups(configs, stack)
-    gpu_workers = dask_gpu_workers()
-    if gpu_workers:  # a Dask cluster of GPU machines: each task gets a worker's GPU, whatever is local
-        groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
+    data = fetch_cifar10.with_options(**opts)(data_dir, dataset, os.environ.get(MIRROR_ENV, CIFAR10_URL))
+    groups, gpu_workers = training_groups(configs, stack)
     threads, slots = process_plan(groups)
     with gpu_resource(gpu_workers):
-        futures = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh, slots[g[0].device])
+        trained = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh, slots[g[0].device])
                    for g in groups]  # fmt: skip
-        trained = [t for f in futures for t in f.result()]
-        # A cached result whose checkpoint was deleted since: train those variants again (concurrently).
-        retrain = {
-            i: train.with_options(**{**opts, "refresh_cache": True}).submit(
-                [t.config], data, cache_dir, threads, slots=slots[t.config.device]
-            )
-            for i, t in enumerate(trained)
-            if not Path(t.checkpoint).is_file()
-        }
-    for i, future in retrain.items():
-        (trained[i],) = future.result()
-    position = {(c.dropout, c.seed): i for i, c in enumerate(configs)}  # stacks come first: restore the order
-    trained.sort(key=lambda t: position[(t.config.dropout, t.config.seed)])
-
+    results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
     run_dir = Path(out).resolve() / run_folder_name(configs, dataset, data.fingerprint)
-    report = render_report.with_options(**opts)
-    state = report(trained, data, str(run_dir), return_state=True)
-    if not Path(state.result()[0], "summary.parquet").is_file():  # cached, but the folder was deleted since
-        state = report.with_options(refresh_cache=True)(trained, data, str(run_dir), return_state=True)
-    folder, markdown = state.result()
-    publish_report(markdown, history_rows(trained, data), experiment_name(configs, dataset), state.name == "Cached")
+    report = render_report.with_options(**opts)(trained, data, str(run_dir), return_state=True)
+    folder, markdown = report.result()
+    publish_report(markdown, history_rows(results, data), experiment_name(configs, dataset), report.name == "Cached")
     return folder
 
 
 # --- scale-out ----------------------------------------------------------------------------------------
+
+
+def training_groups(configs: list[TrainConfig], stack: str) -> tuple[list[list[TrainConfig]], int]:
+    """Which variants train together (one training task each), and how many Dask GPU workers there
+    are: on a Dask cluster of GPU machines each task gets a worker's GPU, whatever is local."""
+    groups = stack_groups(configs, stack)
+    gpu_workers = dask_gpu_workers()
+    if gpu_workers:
+        groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
+    return groups, gpu_workers
 
 
 def dask_gpu_workers() -> int:

@@ -1,4 +1,5 @@
-"""Where Prefect keeps cached task results, and how: JSON only, refused unless we wrote it that way.
+"""Prefect caching for the tasks: what a cached result's key covers, where it is kept, and how (JSON
+only, refused unless we wrote it that way).
 
 Prefect reads a cached result with the serializer named *inside the file*: a planted record saying
 "pickle" (or a JSON serializer with a chosen decoder) would run code in the flow process. So:
@@ -9,12 +10,17 @@ Prefect reads a cached result with the serializer named *inside the file*: a pla
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from prefect.cache_policies import CachePolicy
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
@@ -24,6 +30,8 @@ from tasks.results import from_jsonable, to_jsonable
 log = logging.getLogger(__name__)
 
 SERIALIZER_TYPE = "dropout-lab-json"
+REPO = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = ("tasks", "flows")
 
 
 class SafeJSONSerializer(Serializer):
@@ -81,3 +89,73 @@ def cache_options(cache_dir: str | Path) -> dict:
     storage = CacheFolder(basepath=basepath)
     storage.save(f"results-{hashlib.sha256(basepath.encode()).hexdigest()[:16]}", overwrite=True)
     return {"result_storage": storage, "result_serializer": SafeJSONSerializer(), "persist_result": True}
+
+
+# --- cache keys ------------------------------------------------------------------------------------
+
+
+def project_imports(module: str) -> set[str]:
+    """`module` and every project module (tasks.*, flows.*) it imports, at any depth, imports inside
+    functions included: the code a task's result depends on, without a hand-kept list of files."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = REPO / f"{name.replace('.', '/')}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            todo += [n for n in found if n.split(".")[0] in PROJECT_PACKAGES]
+    return seen
+
+
+@cache
+def code_hash(module: str) -> str:
+    h = hashlib.sha256()
+    for name in sorted(project_imports(module)):
+        h.update(name.encode() + b"\0" + (REPO / f"{name.replace('.', '/')}.py").read_bytes())
+    return h.hexdigest()
+
+
+def stable_hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(kw_only=True)
+class ResultOf(CachePolicy):
+    """A task's cache key: what identifies its result (`identity`, from the task's inputs) and the
+    source of the project code that computes it (`code`: a module and every project module it
+    imports). With `still_there`, a stored result whose outputs are gone from disk (a deleted
+    checkpoint, report folder or dataset) is forgotten first, so the task itself runs again."""
+
+    identity: Callable[[dict], Any] | None = None
+    code: str = ""
+    still_there: Callable[[Any], bool] | None = None
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
+        key = stable_hash(self.identity(inputs), code_hash(self.code))
+        if self.still_there is not None:
+            forget_if_gone(task_ctx, key, self.still_there)
+        return key
+
+
+def forget_if_gone(task_ctx, key: str, still_there: Callable[[Any], bool]) -> None:
+    storage = getattr(getattr(task_ctx, "result_store", None), "result_storage", None)
+    if not isinstance(storage, CacheFolder):
+        return
+    path = Path(storage.basepath) / key
+    try:
+        record = json.loads(check_record(path.read_bytes(), key))
+        result = SafeJSONSerializer().loads(record["result"].encode())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # nothing (readable) cached: nothing to forget
+    if not still_there(result):
+        log.info("cached result %s: its outputs are gone from disk; computing it again", key[:12])
+        path.unlink(missing_ok=True)

@@ -460,6 +460,11 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
     return "\n".join(lines) + "\n"
 
 
+def report_order(results) -> list[TrainResult]:
+    """Models in the report's order: dropout rates ascending, the baseline last; seeds ascending."""
+    return sorted(results, key=lambda t: (t.config.dropout == 0, t.config.dropout, t.config.seed))
+
+
 def write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 

@@ -1,20 +1,18 @@
-"""Prefect tasks: thin wrappers around the pure functions of this package (the only prefect import here).
+"""Prefect tasks: thin wrappers around the pure functions of this package.
 
-Caching: each task's key hashes its inputs *and the source of the modules that compute it*, so an
-edit to the training loop retrains, while an edit to the plots only re-renders. Keys go through
-`_key`, results persist under the flow's `cache_dir`.
+Caching (tasks/cache.py `ResultOf`): each task's key covers what identifies its result *and the source
+of the project modules that compute it*, found from their imports, so an edit to the training loop
+retrains while an edit to the plots only re-renders. A cached result whose files are gone from disk
+is forgotten and computed again. Results persist as JSON under the flow's `cache_dir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import re
 import socket
 import threading
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
 import httpx
@@ -33,30 +31,25 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 
+from tasks.cache import ResultOf, code_hash, stable_hash
 from tasks.config import TrainConfig
-from tasks.data import CIFAR10_URL, DataInfo, DownloadError, ensure_cifar10, ensure_fake, load_split, read_class_names
+from tasks.data import (
+    CIFAR10_URL,
+    DataInfo,
+    DownloadError,
+    ensure_cifar10,
+    ensure_fake,
+    load_split,
+    read_class_names,
+    still_on_disk,
+)
 from tasks.launcher import TrainingFailed, run_worker
 from tasks.progress import bars
-from tasks.report import write_report
+from tasks.report import report_order, write_report
 from tasks.results import TrainResult
 from tasks.train import format_epoch
 
-HERE = Path(__file__).resolve().parent
-FETCH_CODE = ("data.py", "model.py")
-TRAIN_CODE = ("config.py", "model.py", "data.py", "evaluate.py", "checkpoint.py", "train.py", "stacked.py", "worker.py")
-REPORT_CODE = ("report.py", "results.py", "stats.py", "model.py", "evaluate.py")
-
-
-@cache
-def code_hash(files: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    for name in files:
-        h.update(name.encode() + b"\0" + (HERE / name).read_bytes())
-    return h.hexdigest()
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+TRAIN_CODE = "tasks.worker"  # the training process: everything it imports decides the weights
 
 
 def slug(text: str) -> str:
@@ -77,12 +70,6 @@ def _error_of(state) -> BaseException | None:
 # --- fetch ---------------------------------------------------------------------------------------
 
 
-def fetch_cache_key(context, parameters) -> str:
-    # The flow re-fetches (refresh) when a cached DataInfo no longer matches the disk.
-    p = parameters
-    return _key("fetch", str(Path(p["data_dir"]).resolve()), p["dataset"], p["url"], code_hash(FETCH_CODE))
-
-
 def retry_on_network_error(task, task_run, state) -> bool:
     return isinstance(_error_of(state), DownloadError)
 
@@ -92,7 +79,12 @@ def retry_on_network_error(task, task_run, state) -> bool:
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
     retry_condition_fn=retry_on_network_error,
-    cache_key_fn=fetch_cache_key,
+    # The data folder and source; forgotten when the files it describes were deleted or replaced.
+    cache_policy=ResultOf(
+        identity=lambda p: ("fetch", str(Path(p["data_dir"]).resolve()), p["dataset"], p["url"]),
+        code="tasks.data",
+        still_there=still_on_disk,
+    ),
     persist_result=True,
 )
 def fetch_cifar10(data_dir: str, dataset: str = "cifar10", url: str = CIFAR10_URL) -> DataInfo:
@@ -104,12 +96,8 @@ def fetch_cifar10(data_dir: str, dataset: str = "cifar10", url: str = CIFAR10_UR
 
 
 def train_key(cfg: TrainConfig, data_fingerprint: str) -> str:
-    """One variant's training identity: its config, the data, the training code."""
-    return _key("train", cfg.to_dict(), data_fingerprint, code_hash(TRAIN_CODE))
-
-
-def train_cache_key(context, parameters) -> str:
-    return _key([train_key(c, parameters["data"].fingerprint) for c in parameters["cfgs"]])
+    """One variant's training identity: its config, the data, the training process's code."""
+    return stable_hash("train", cfg.to_dict(), data_fingerprint, code_hash(TRAIN_CODE))
 
 
 def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
@@ -186,7 +174,12 @@ def train_run_name() -> str:
     retries=2,
     retry_delay_seconds=1,
     retry_condition_fn=retry_unless_hopeless,
-    cache_key_fn=train_cache_key,
+    # Threads, slots and `fresh` change how, not what, it trains. Forgotten when a checkpoint is gone.
+    cache_policy=ResultOf(
+        identity=lambda p: [train_key(c, p["data"].fingerprint) for c in p["cfgs"]],
+        code=TRAIN_CODE,
+        still_there=lambda results: all(Path(r.checkpoint).is_file() for r in results),
+    ),
     persist_result=True,
 )
 def train(
@@ -273,12 +266,6 @@ def train(
 # --- report --------------------------------------------------------------------------------------
 
 
-def report_cache_key(context, parameters) -> str:
-    p = parameters
-    return _key("report", p["run_dir"], [t.weights_sha256 for t in p["trained"]], [t.history for t in p["trained"]],
-                p["data"].fingerprint, code_hash(REPORT_CODE))  # fmt: skip
-
-
 def publish_report(markdown: str, history: list[dict], experiment: str, cached: bool) -> None:
     """The report as artifacts keyed by experiment (`dropout-comparison-cifar10-p0-25-s0-e8`), so each
     experiment's nightly runs line up under one key and different experiments never mix. A cached
@@ -301,9 +288,26 @@ def tag_flow_run(*tags: str) -> None:
         client.update_flow_run(run.id, tags=sorted({*run.tags, *tags}))
 
 
-@task(name="render_report", cache_key_fn=report_cache_key, persist_result=True)
-def render_report(trained: list[TrainResult], data: DataInfo, run_dir: str) -> tuple[str, str]:
-    """Parquet tables + PNGs into `run_dir`; returns (run_dir, markdown for the UI)."""
+def _report_identity(p: dict) -> tuple:
+    trained = [t for group in p["trained"] for t in group]
+    return ("report", p["run_dir"], [t.weights_sha256 for t in trained], [t.history for t in trained],
+            p["data"].fingerprint)  # fmt: skip
+
+
+@task(
+    name="render_report",
+    # Forgotten when the report folder was deleted since.
+    cache_policy=ResultOf(
+        identity=_report_identity,
+        code="tasks.report",
+        still_there=lambda result: Path(result[0], "summary.parquet").is_file(),
+    ),
+    persist_result=True,
+)
+def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str) -> tuple[str, str]:
+    """Parquet tables + PNGs into `run_dir` from each training task's results; returns (run_dir,
+    markdown for the UI). Models in the report's order: dropout rates ascending, the baseline last."""
+    trained = report_order(t for group in trained for t in group)
     train_x, train_y = load_split(data.root, train=True, limit=25)
     samples = (train_x.numpy(), train_y.numpy())
     path, markdown = write_report(Path(run_dir), trained, data, samples, read_class_names(data.root))

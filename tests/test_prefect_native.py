@@ -96,3 +96,22 @@ def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_
 @pytest.mark.parametrize("device", ["cpu", "cuda:0"])
 def test_slot_names_are_per_machine_and_device(device):
     assert slot_name(device) == slot_name(device) and slot_name("cpu") != slot_name("cuda:0")
+
+
+def test_a_task_s_code_is_found_from_imports_not_a_hand_kept_list(tmp_path, monkeypatch):
+    from tasks import cache
+
+    assert {"tasks.train", "tasks.stacked", "tasks.checkpoint", "tasks.model"} <= cache.project_imports("tasks.worker")
+    assert "tasks.report" not in cache.project_imports("tasks.worker")  # a plot edit does not retrain
+    assert "tasks.train" not in cache.project_imports("tasks.report")  # a training edit re-renders only via weights
+
+    # A split module: the new file is picked up (even when imported lazily inside a function).
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "a.py").write_text("import os\n\ndef f():\n    from tasks import b\n    return b.g()\n")
+    (tmp_path / "tasks" / "b.py").write_text("from tasks.c import h\n\ndef g():\n    return h()\n")
+    (tmp_path / "tasks" / "c.py").write_text("def h():\n    return 1\n")
+    monkeypatch.setattr(cache, "REPO", tmp_path)
+    assert cache.project_imports("tasks.a") == {"tasks.a", "tasks.b", "tasks.c"}
+    before = cache.code_hash.__wrapped__("tasks.a")
+    (tmp_path / "tasks" / "c.py").write_text("def h():\n    return 2\n")
+    assert cache.code_hash.__wrapped__("tasks.a") != before
