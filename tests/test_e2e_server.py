@@ -26,6 +26,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "artifacts" / "e2e"
+# A schedule that never comes due during a test (a due run would hold the deployment's one slot).
+RARE_CRON = "17 3 29 2 *"
 TINY = ["--dataset", "fake", "--epochs", "2", "--limit-train", "400", "--limit-test", "200"]
 
 
@@ -185,11 +187,11 @@ def test_artifacts_markdown_with_image_table_and_progress(server, flow_run):
 
 
 def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(server):
-    serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", "*/30 * * * *", *TINY,
+    serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", RARE_CRON, *TINY,
                           *root_args(server, "served")], "serve")  # fmt: skip
     deployment = server.wait_for("the served deployment", lambda: _deployment(server, "compare/nightly"))
     crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
-    assert crons == ["*/30 * * * *"] and deployment["paused"] is False
+    assert crons == [RARE_CRON] and deployment["paused"] is False
     fields = deployment["parameter_openapi_schema"]["properties"]
     assert all(f.get("description") for f in fields.values())  # the run form explains every field
     assert fields["epochs"]["description"] == "training epochs" and fields["epochs"]["maximum"] == 1000
@@ -228,7 +230,7 @@ def test_a_restart_after_downtime_starts_one_late_run_and_cancels_the_rest(serve
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60 * minutes))
         body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
         late.append(server.post(f"/deployments/{deployment['id']}/create_flow_run", body)["id"])
-    serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", "*/30 * * * *", *TINY,
+    serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", RARE_CRON, *TINY,
                           *root_args(server, "served")], "serve-again")  # fmt: skip
 
     def settled():
@@ -264,7 +266,7 @@ def test_failure_notification_automation_fires_for_a_failed_run(server):
         assert made.returncode == 0, made.stdout + made.stderr
         autos = server.post("/automations/filter", {})
         assert [a["name"] for a in autos] == ["dropout-lab: compare/nightly failed"]
-        serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", "*/30 * * * *", *TINY,
+        serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", RARE_CRON, *TINY,
                               *root_args(server, "served")], "serve-notify")  # fmt: skip
         failing = server.run([PREFECT, "deployment", "run", "compare/nightly", "-p", "out=/elsewhere"], timeout=60)
         assert failing.returncode == 0, failing.stderr
@@ -293,6 +295,7 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server):
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     deployment = _deployment(server, "compare/nightly-pool")
     assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["0 2 * * *"]
+    assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     assert [next(iter(step)) for step in deployment["pull_steps"]] == ["prefect.deployments.steps.git_clone"]
     assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == f"file://{repo}"
     assert str(REPO) not in json.dumps(deployment)  # nothing of the deploying checkout's location

@@ -1,6 +1,7 @@
 """The whole flow end to end on tiny data, under one embedded Prefect server."""
 
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -223,3 +224,19 @@ def test_stacked_run_matches_and_shares_checkpoints_with_separate_runs(first_run
     _, states, _ = run_flow(workspace, stack="off", cache_dir=cache)
     assert {n for n in states if n.startswith("train[")} == {"train[dropout=0.25, seed=0]", "train[baseline, seed=0]"}
     assert {p: p.stat().st_mtime_ns for p in Path(cache, "checkpoints").glob("*/epoch-*.pt")} == checkpoints
+
+
+def test_project_warnings_reach_the_flow_run_logs(first_run, workspace):
+    """The 'unverified data' warning comes from tasks.data, not from Prefect's loggers: it must still
+    be in the run's logs on the server (what the UI shows), not only on the terminal."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    state = compare(data_dir=str(workspace / "data"), out=str(workspace / "artifacts"),
+                    cache_dir=str(workspace / "cache-logs"), epochs=1, return_state=True)  # fmt: skip
+    mine = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    for _ in range(30):  # logs reach the server in batches
+        with get_client(sync_client=True) as client:
+            if any("does not match the official checksums" in log.message for log in client.read_logs(mine)):
+                return
+        time.sleep(0.5)
+    raise AssertionError("the tasks.data warning never reached the flow run's logs")
