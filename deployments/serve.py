@@ -65,9 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, ZoneInfoNotFoundError) as e:
             raise CliError(f"--cron/--timezone: {e}", 2) from None
         # The runs this process starts inherit its environment: that is where the roots are fixed.
-        for name, env in ROOT_ENV.items():
-            os.environ[env] = str(Path(getattr(options, ROOT_FLAGS[name].replace("-", "_"))).resolve())
-        checked_configs(params, deployed=True)  # the defaults must lie inside the roots too
+        roots = {env: str(Path(getattr(options, ROOT_FLAGS[name].replace("-", "_"))).resolve())
+                 for name, env in ROOT_ENV.items()}  # fmt: skip
+        previous = {env: os.environ.get(env) for env in roots}
+        os.environ.update(roots)
+        try:
+            checked_configs(params, deployed=True)  # the defaults must lie inside the roots too
+        except CliError:
+            for env, value in previous.items():  # refused: leave the caller's environment as it was
+                if value is None:
+                    os.environ.pop(env, None)
+                else:
+                    os.environ[env] = value
+            raise
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from prefect.server.api import server as prefect_server
 
 from tasks.launcher import stop_all
+from tasks.steps import TEMPORARY_SERVER_ENV
 
 PR_SET_PDEATHSIG = 1
 
@@ -58,6 +59,7 @@ def start_temporary_server(timeout_s: int) -> str | None:
     server = GuardedServer()
     server.start(timeout=timeout_s)
     os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ[TEMPORARY_SERVER_ENV] = "1"  # device slots: see tasks/steps.py
     return server.api_url
 
 

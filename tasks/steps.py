@@ -9,6 +9,7 @@ is forgotten and computed again. Results persist as JSON under the flow's `cache
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import threading
@@ -149,12 +150,27 @@ def ensure_slots(device: str, size: int) -> str:
     return name
 
 
+# Prefect's temporary server does not run the service that reclaims expired leases, so a run killed
+# with -9 would hold its slots there forever (in the SQLite file the next temporary server reuses).
+# Runs on a temporary server therefore limit themselves within their own process, all they share.
+TEMPORARY_SERVER_ENV = "DROPOUT_LAB_TEMPORARY_SERVER"
+_local_slots: dict[str, threading.BoundedSemaphore] = {}
+
+
 @contextlib.contextmanager
 def device_slot(device: str, size: int, logger) -> Iterator[None]:
-    """Hold one slot of the device's limit; say so when all are taken. A lost lease renewal (server
-    hiccup) does not kill a training that is hours in."""
+    """Hold one of the device's `size` slots while training; say so when all are taken."""
+    local = bool(os.environ.get(TEMPORARY_SERVER_ENV))
+    with (_local_slot if local else _prefect_slot)(device, size, logger):
+        yield
+
+
+@contextlib.contextmanager
+def _prefect_slot(device: str, size: int, logger) -> Iterator[None]:
+    # A lost lease renewal (server hiccup) does not kill a training hours in; a killed run's lease
+    # lapses after a minute (the shortest the server takes).
     name = ensure_slots(device, size)
-    hold = {"occupy": 1, "strict": True, "raise_on_lease_renewal_failure": False}
+    hold = {"occupy": 1, "strict": True, "raise_on_lease_renewal_failure": False, "lease_duration": 60}
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(concurrency(name, timeout_seconds=0.5, **hold))
@@ -162,6 +178,19 @@ def device_slot(device: str, size: int, logger) -> Iterator[None]:
             logger.info("all slots of %s are taken (other trainings on %s): waiting for one", name, device)
             stack.enter_context(concurrency(name, **hold))
         yield
+
+
+@contextlib.contextmanager
+def _local_slot(device: str, size: int, logger) -> Iterator[None]:
+    with _creating:
+        slot = _local_slots.setdefault(device, threading.BoundedSemaphore(size))
+    if not slot.acquire(blocking=False):
+        logger.info("all %d slots of %s are taken by this run's other trainings: waiting for one", size, device)
+        slot.acquire()
+    try:
+        yield
+    finally:
+        slot.release()
 
 
 def train_run_name() -> str:

@@ -90,6 +90,7 @@ def test_serve_refuses_bad_schedule_or_parameters_before_registering(argv, messa
     assert serve_main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert "DROPOUT_LAB_DATA_ROOT" not in os.environ  # a refused start leaves no roots behind
 
 
 def test_serve_turns_flow_flags_into_deployment_parameters():
