@@ -1,9 +1,11 @@
-"""End to end against a real `prefect server start` on loopback (marked e2e; ~2-3 minutes).
+"""End to end against a real `prefect server start` on loopback (marked e2e; ~3-4 minutes).
 
-Starts a server on a free port with its own PREFECT_HOME, runs the flow against it, checks runs and
-artifacts through the REST API, serves the scheduled deployment and runs it, deploys the work-pool
-path and has a process worker run it, screenshots the flow run page in headless Chromium, and stops
-everything it started. Run alone: `pytest -m e2e`. Screenshots land in artifacts/e2e/.
+Runs every command of the README's "Watching runs in the Prefect UI" and "Run on a schedule" sections
+as written (the bash blocks, and the inline `prefect ...` commands), from the repository root, with
+the substitutions listed in `AS_WRITTEN` below and nothing else; the last test fails if a command of
+those sections was not run. Between the commands it checks runs, task runs, artifacts, deployments and
+automations through the REST API and screenshots the UI in headless Chromium (artifacts/e2e/). Run
+alone: `pytest -m e2e`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,12 +26,73 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tasks.steps import slot_name
+
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "artifacts" / "e2e"
+SECTIONS = ("Watching runs in the Prefect UI", "Run on a schedule")
 # A schedule that never comes due during a test (a due run would hold the deployment's one slot).
 RARE_CRON = "17 3 29 2 *"
 TINY = ["--dataset", "fake", "--epochs", "2", "--limit-train", "400", "--limit-test", "200"]
+# Everything a test changes in a README command before running it (the rest runs as written):
+#   {port}      the README's :4200 → the test server's free port
+#   {root}      /tmp/dropout-lab → a folder of the test's temporary directory
+#   {hook}      the Slack webhook → a local HTTP server that records what it receives
+#   {repo}      the GitHub URL → a bare git repository on disk (file://)
+#   RARE_CRON   "0 2 * * *" → a date that never comes mid-test (a due run would take the one slot)
+#   <host>, N   the placeholders of `prefect gcl update`
+# and flow / serve.py commands get test flags appended (`TINY`: generated images, 2 epochs; where
+# reports go), so that a run takes seconds. `$HOME` is the worker "machine"'s folder.
+AS_WRITTEN = {
+    "127.0.0.1:4200": "127.0.0.1:{port}",
+    "/tmp/dropout-lab": "{root}",
+    "https://hooks.slack.com/services/T000/B000/XXXX": "{hook}",
+    "https://github.com/you/dropout-lab.git": "{repo}",
+    '"0 2 * * *"': f'"{RARE_CRON}"',
+    "dropout-lab-<host>-cpu --limit N": slot_name("cpu") + " --limit 3",
+}
+
+
+def readme_commands() -> list[str]:
+    """The commands of SECTIONS: each line of their bash blocks (continuations joined, comments
+    dropped) and each inline code span that starts with `prefect `."""
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for section in SECTIONS:
+        body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+        for block in re.findall(r"```bash\n(.*?)```", body, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = " ".join(re.sub(r"\s+#.*$", "", line).split())
+                if line and line not in commands:
+                    commands.append(line)
+        prose = re.sub(r"```.*?```", "", body, flags=re.S)
+        commands += [c for c in re.findall(r"`(prefect [^`]*)`", prose) if c not in commands]
+    return commands
+
+
+class Readme:
+    """Runs README commands as written (AS_WRITTEN's substitutions only) and records which ran."""
+
+    def __init__(self, srv: Server):
+        self.srv = srv
+        self.commands = readme_commands()
+        self.ran: set[str] = set()
+        self.values = {"port": srv.port, "root": srv.root / "served"}
+
+    def text(self, command: str, extra: list[str] = ()) -> str:
+        assert command in self.commands, f"not a command of the README's sections {SECTIONS}: {command}"
+        self.ran.add(command)
+        for readme, test in AS_WRITTEN.items():
+            if readme in command:
+                command = command.replace(readme, test.format(**self.values))
+        return " ".join([command, *extra])
+
+    def run(self, command: str, extra: list[str] = (), timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+        return self.srv.run(["bash", "-c", self.text(command, extra)], timeout=timeout, **kw)
+
+    def spawn(self, command: str, log: str, extra: list[str] = (), **kw) -> subprocess.Popen:
+        return self.srv.spawn(["bash", "-c", self.text(command, extra)], log, **kw)
 
 
 def free_port() -> int:
@@ -60,6 +124,8 @@ class Server:
             "PREFECT_SERVER_API_PORT": str(self.port),  # else the UI calls :4200
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+            # The README's inline `prefect ...` commands assume the venv is active.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
         self.procs: list[subprocess.Popen] = []
         self.http = httpx.Client(base_url=self.api, timeout=30)
@@ -76,7 +142,7 @@ class Server:
 
     def run(self, args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(args, cwd=REPO, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
+                              timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
 
     def post(self, path: str, body: dict | None = None):
         r = self.http.post(path, json=body or {})
@@ -119,13 +185,21 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("e2e"))
-    srv.spawn([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(srv.port)], "server")
+    srv.readme = Readme(srv)
+    # PREFECT_SERVER_API_PORT (in srv.env) moves it off :4200, as the README says for another port.
+    srv.readme.spawn(".venv/bin/prefect server start", "server")
+    assert srv.readme.text("export PREFECT_API_URL=http://127.0.0.1:4200/api") == f"export PREFECT_API_URL={srv.api}"
     try:
         srv.wait_for("the Prefect server", lambda: _healthy(srv), timeout=120)
         yield srv
     finally:
         for proc in reversed(srv.procs):
             stop(proc)
+
+
+@pytest.fixture(scope="module")
+def readme(server) -> Readme:
+    return server.readme
 
 
 def _healthy(srv: Server) -> bool:
@@ -146,10 +220,19 @@ def root_args(srv: Server, name: str) -> list[str]:
     return ["--data-root", str(base), "--out-root", str(base), "--cache-root", str(base)]
 
 
+SERVE = '.venv/bin/python deployments/serve.py --cron "0 2 * * *" --data-root /tmp/dropout-lab --device auto'
+
+
+def serve_as_written(readme: Readme, log: str) -> subprocess.Popen:
+    """The README's serve.py command; reports and cache under the same root as its data."""
+    root = str(readme.values["root"])
+    return readme.spawn(SERVE, log, extra=[*TINY, "--out-root", root, "--cache-root", root])
+
+
 @pytest.fixture(scope="module")
-def flow_run(server):
-    """The flow run from `python flows/compare.py` against the real server."""
-    done = server.run([sys.executable, "flows/compare.py", *TINY, *workdir_args(server, "cli")])
+def flow_run(server, readme):
+    """The flow run of the README's `.venv/bin/python flows/compare.py` against the real server."""
+    done = readme.run(".venv/bin/python flows/compare.py", extra=[*TINY, *workdir_args(server, "cli")])
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.strip().splitlines()[-1].startswith("report: ")
     runs = server.post("/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})
@@ -186,9 +269,18 @@ def test_artifacts_markdown_with_image_table_and_progress(server, flow_run):
     assert all(float(a["data"]) == 100.0 for a in progress)
 
 
-def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(server):
-    serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", RARE_CRON, *TINY,
-                          *root_args(server, "served")], "serve")  # fmt: skip
+def test_device_slots_are_a_global_limit_resized_as_the_readme_says(server, readme, flow_run):
+    """The CLI run against the server created the machine's CPU limit; the README's
+    `prefect gcl update` resizes it."""
+    name = slot_name("cpu")
+    assert server.get(f"/v2/concurrency_limits/{name}")["limit"] >= 1
+    done = readme.run("prefect gcl update dropout-lab-<host>-cpu --limit N", timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert server.get(f"/v2/concurrency_limits/{name}")["limit"] == 3
+
+
+def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(server, readme):
+    serve = serve_as_written(readme, "serve")
     deployment = server.wait_for("the served deployment", lambda: _deployment(server, "compare/nightly"))
     crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
     assert crons == [RARE_CRON] and deployment["paused"] is False
@@ -196,8 +288,8 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert all(f.get("description") for f in fields.values())  # the run form explains every field
     assert fields["epochs"]["description"] == "training epochs" and fields["epochs"]["maximum"] == 1000
 
-    for bad in (["-p", "dropout=1.5"], ["-p", "epochs=0"]):
-        rejected = server.run([PREFECT, "deployment", "run", "compare/nightly", *bad], timeout=60)
+    bad_rate = "prefect deployment run compare/nightly -p 'dropout=[1.5]'"
+    for rejected in (readme.run(bad_rate, timeout=60), server.run([PREFECT, *bad_rate.split()[1:4], "-p", "epochs=0"])):
         assert rejected.returncode != 0
         assert "validation" in (rejected.stdout + rejected.stderr).lower()
     assert server.flow_run_states(deployment["id"]) == []  # nothing was created, nothing trained
@@ -209,10 +301,17 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert server.wait_for_runs(deployment["id"]) == ["FAILED"], server.log("serve")
     assert "absolute paths are refused" in server.log("serve") and not elsewhere.exists()
 
-    started = server.run([PREFECT, "deployment", "run", "compare/nightly"], timeout=60)
-    assert started.returncode == 0, started.stderr
-    assert sorted(server.wait_for_runs(deployment["id"])) == ["COMPLETED", "FAILED"], server.log("serve")
-    assert list((server.root / "served" / "artifacts").glob("fake-*/summary.parquet"))
+    # One after the other: a run requested while another runs would be cancelled (CANCEL_NEW).
+    for command in (
+        ".venv/bin/prefect deployment run compare/nightly",
+        ".venv/bin/prefect deployment run compare/nightly -p 'dropout=[0.5]'",
+    ):
+        started = readme.run(command, timeout=60)
+        assert started.returncode == 0, started.stderr
+        server.wait_for_runs(deployment["id"])
+    assert sorted(server.flow_run_states(deployment["id"])) == ["COMPLETED", "COMPLETED", "FAILED"], server.log("serve")
+    reports = sorted(p.parent.name for p in readme.values["root"].glob("artifacts/fake-*/summary.parquet"))
+    assert len(reports) == 2 and any("p0.5" in r for r in reports), reports
     assert serve.poll() is None, server.log("serve")
     stop(serve)
     assert _deployment(server, "compare/nightly")["paused"] is False  # shutdown did not pause the schedule
@@ -230,8 +329,7 @@ def test_a_restart_after_downtime_starts_one_late_run_and_cancels_the_rest(serve
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60 * minutes))
         body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
         late.append(server.post(f"/deployments/{deployment['id']}/create_flow_run", body)["id"])
-    serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", RARE_CRON, *TINY,
-                          *root_args(server, "served")], "serve-again")  # fmt: skip
+    serve = serve_as_written(server.readme, "serve-again")
 
     def settled():
         runs = server.post("/flow_runs/filter", {"flow_runs": {"id": {"any_": late}}})
@@ -244,7 +342,7 @@ def test_a_restart_after_downtime_starts_one_late_run_and_cancels_the_rest(serve
     stop(serve)
 
 
-def test_failure_notification_automation_fires_for_a_failed_run(server):
+def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
     """`python deployments/notify.py --webhook URL` (as the README says): the automation exists, and a
     failed run of the deployment makes the server post the message to the webhook."""
     received: list[dict] = []
@@ -261,13 +359,15 @@ def test_failure_notification_automation_fires_for_a_failed_run(server):
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
-        made = server.run([sys.executable, "deployments/notify.py", "--webhook", url], timeout=120)
+        readme.values["hook"] = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+        made = readme.run(
+            ".venv/bin/python deployments/notify.py --webhook https://hooks.slack.com/services/T000/B000/XXXX",
+            timeout=120,
+        )
         assert made.returncode == 0, made.stdout + made.stderr
         autos = server.post("/automations/filter", {})
         assert [a["name"] for a in autos] == ["dropout-lab: compare/nightly failed"]
-        serve = server.spawn([sys.executable, "deployments/serve.py", "--cron", RARE_CRON, *TINY,
-                              *root_args(server, "served")], "serve-notify")  # fmt: skip
+        serve = serve_as_written(readme, "serve-notify")
         failing = server.run([PREFECT, "deployment", "run", "compare/nightly", "-p", "out=/elsewhere"], timeout=60)
         assert failing.returncode == 0, failing.stderr
         server.wait_for("the webhook message", lambda: received, timeout=180)
@@ -275,23 +375,26 @@ def test_failure_notification_automation_fires_for_a_failed_run(server):
         assert "compare/nightly" in text or "nightly" in text
         assert "Failed" in text and "absolute paths are refused" in text, text
         stop(serve)
-        off = server.run([sys.executable, "deployments/notify.py", "--off"], timeout=120)
+        off = readme.run(".venv/bin/python deployments/notify.py --off", timeout=120)
         assert off.returncode == 0 and server.post("/automations/filter", {}) == []
     finally:
         hook.shutdown()
 
 
-def test_work_pool_deployment_runs_on_workers_in_other_folders(server):
+def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme):
     """The README's multi-machine steps on one machine: the deployment stores a git URL (pull step),
-    no path of the deploying checkout; two workers started in separate folders, each with its own
-    DROPOUT_LAB_ROOT, clone the code and run the deployment."""
+    no path of the deploying checkout; two workers, each started as the README says from its own
+    checkout with its own $HOME, clone the code and run the deployment."""
     repo = server.root / "repo.git"  # stands in for the project's git server
     subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
     subprocess.run(["git", "-C", str(REPO), "push", "-q", str(repo), "HEAD:refs/heads/main"], check=True)
-    created = server.run([PREFECT, "work-pool", "create", "dropout-lab", "--type", "process"], timeout=60)
+    readme.values["repo"] = f"file://{repo}"
+    created = readme.run(".venv/bin/prefect work-pool create dropout-lab --type process", timeout=60)
     assert created.returncode == 0, created.stderr
-    deployed = server.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
-                          env={"DROPOUT_LAB_REPO": f"file://{repo}"})  # fmt: skip
+    deployed = readme.run(
+        "DROPOUT_LAB_REPO=https://github.com/you/dropout-lab.git "
+        ".venv/bin/prefect deploy --all --prefect-file deployments/prefect.yaml"
+    )
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     deployment = _deployment(server, "compare/nightly-pool")
     assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["0 2 * * *"]
@@ -300,12 +403,14 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server):
     assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == f"file://{repo}"
     assert str(REPO) not in json.dumps(deployment)  # nothing of the deploying checkout's location
 
+    worker = "DROPOUT_LAB_ROOT=$HOME/dropout-lab .venv/bin/prefect worker start --pool dropout-lab"
     machines = [server.root / "machine-a", server.root / "machine-b"]
     workers = []
     for i, home in enumerate(machines):
-        home.mkdir()
-        workers.append(server.spawn([PREFECT, "worker", "start", "--pool", "dropout-lab"], f"worker-{i}",
-                                    env={"DROPOUT_LAB_ROOT": str(home)}, cwd=home))  # fmt: skip
+        checkout = home / "src" / "dropout-lab"  # "a checkout with its venv" on that machine
+        subprocess.run(["git", "clone", "-q", str(repo), str(checkout)], check=True)
+        (checkout / ".venv").symlink_to(REPO / ".venv")
+        workers.append(readme.spawn(worker, f"worker-{i}", env={"HOME": str(home)}, cwd=checkout))
     for epochs in (1, 2):  # one after the other: the deployment runs one at a time
         tiny = {**dict(zip(TINY[::2], TINY[1::2], strict=True)), "--epochs": str(epochs)}
         args = [a for k, v in tiny.items() for a in ("-p", f"{k.lstrip('-').replace('-', '_')}={v}")]
@@ -313,10 +418,10 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server):
         assert started.returncode == 0, started.stderr
         states = server.wait_for_runs(deployment["id"])
         assert set(states) == {"COMPLETED"}, server.log("worker-0") + server.log("worker-1")
-    reports = [p for home in machines for p in home.glob("artifacts/fake-*/summary.parquet")]
+    reports = [p for home in machines for p in home.glob("dropout-lab/artifacts/fake-*/summary.parquet")]
     assert len(reports) == 2  # inside the workers' roots, whichever worker took each run
-    for worker in workers:
-        stop(worker)
+    for proc in workers:
+        stop(proc)
 
 
 def _deployment(server: Server, name: str):
@@ -346,3 +451,8 @@ def test_ui_shows_the_flow_run(server, flow_run):
             capture_output=True, timeout=120,
         )  # fmt: skip
         assert shot.is_file() and shot.stat().st_size > 20_000, f"no screenshot of {url}"
+
+
+def test_every_readme_command_of_those_sections_ran(readme):
+    """Last in the file: a command added to those README sections without a test fails here."""
+    assert [c for c in readme.commands if c not in readme.ran] == []
