@@ -59,7 +59,15 @@ from tasks.preflight import ROOT_ENV, check_folders, confine_folders  # noqa: E4
 from tasks.progress import bars  # noqa: E402
 from tasks.redact import redact  # noqa: E402
 from tasks.report import history_rows, report_order  # noqa: E402
-from tasks.steps import fetch_cifar10, publish_report, render_report, tag_flow_run, train, train_key  # noqa: E402
+from tasks.steps import (  # noqa: E402
+    fetch_cifar10,
+    publish_report,
+    record_history,
+    render_report,
+    tag_flow_run,
+    train,
+    train_key,
+)
 
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
 
@@ -205,7 +213,9 @@ def compare(
     run_dir = Path(out).resolve() / run_folder_name(configs, dataset, data.fingerprint)
     report = render_report.with_options(**opts)(trained, data, str(run_dir), return_state=True)
     folder, markdown = report.result()
-    publish_report(markdown, history_rows(results, data), experiment_name(configs, dataset), report.name == "Cached")
+    experiment = experiment_name(configs, dataset)
+    publish_report(markdown, history_rows(results, data), experiment, report.name == "Cached")
+    record_history(results, data, out, folder, experiment)
     return folder
 
 

@@ -14,6 +14,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,9 +30,11 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.runtime import flow_run as current_flow_run
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 
+from tasks import history
 from tasks.cache import ResultOf, code_hash, stable_hash
 from tasks.config import TrainConfig
 from tasks.data import (
@@ -44,11 +47,13 @@ from tasks.data import (
     read_class_names,
     still_on_disk,
 )
+from tasks.history import HISTORY_FILE, code_version
 from tasks.launcher import TrainingFailed, run_worker
 from tasks.progress import bars
 from tasks.report import report_order, write_report
 from tasks.results import TrainResult
 from tasks.train import format_epoch
+from tasks.trend import table_rows
 
 TRAIN_CODE = "tasks.worker"  # the training process: everything it imports decides the weights
 
@@ -341,3 +346,34 @@ def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str
     samples = (train_x.numpy(), train_y.numpy())
     path, markdown = write_report(Path(run_dir), trained, data, samples, read_class_names(data.root))
     return str(path), markdown
+
+
+# --- run history -----------------------------------------------------------------------------------
+
+RECENT_RUNS = 20  # runs in the UI's table of the latest runs
+
+
+def record_history(results: list[TrainResult], data: DataInfo, out: str, folder: str, experiment: str) -> int:
+    """Append this run's models to `<out>/history.sqlite` (a model trained by an earlier run, reused
+    from the cache, is not recorded again) and, when rows were added, show the latest runs there as
+    the table artifact `dropout-lab-runs`. Returns the number of models added. Not a task: a rerun
+    that reuses everything stays all Cached, and this takes milliseconds."""
+    logger = get_run_logger()
+    path = Path(out) / HISTORY_FILE
+    meta = {
+        "recorded_at": datetime.now(UTC),
+        "flow_run_id": str(current_flow_run.id or ""),
+        "flow_run_name": current_flow_run.name or "",
+        "code_version": code_version(),
+        "experiment": experiment,
+        "experiment_hash": Path(folder).name.rpartition("-")[2],
+        "report_folder": folder,
+    }
+    added = history.append(path, *history.model_rows(results, data, meta))
+    if not added:
+        logger.info("history: these models are already recorded in %s", path)
+        return 0
+    logger.info("history: %d models recorded in %s (python flows/history.py --out %s)", added, path, out)
+    recent = history.read(path, last=RECENT_RUNS)[::-1]
+    create_table_artifact(table_rows(recent), key="dropout-lab-runs", description=f"Latest runs recorded in {path}")
+    return added

@@ -11,6 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 from flows.compare import compare
+from tasks import history
 from tasks.report import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
 
 EPOCHS = 2
@@ -109,10 +110,31 @@ def test_markdown_and_table_artifacts(first_run):
 
 
 def test_second_identical_run_is_fully_cached(first_run, workspace):
+    recorded = len(history.read(workspace / "artifacts" / history.HISTORY_FILE))
     folder, states, artifacts = run_flow(workspace)
     assert folder == first_run[0]
     assert states and all(s == {"Cached"} for s in states.values()), states
     assert not [a for a in artifacts if a.type in ("markdown", "table")]  # no second copy of the same report
+    assert len(history.read(workspace / "artifacts" / history.HISTORY_FILE)) == recorded  # nothing new trained
+
+
+def test_a_completed_run_is_recorded_in_the_history(first_run, workspace):
+    folder, _, artifacts = first_run
+    path = workspace / "artifacts" / history.HISTORY_FILE
+    rows = [r for r in history.read(path) if r["report_folder"] == str(folder)]
+    assert [(r["model"], r["seed"]) for r in rows] == [("dropout=0.25", 0), ("baseline", 0)]
+    summary = pq.read_table(folder / "summary.parquet").to_pylist()
+    for row, expected in zip(rows, summary, strict=True):
+        assert row["final_test_acc"] == expected["final_test_acc"] and row["n_train"] == expected["n_train"]
+        assert row["experiment"] == "cifar10-p0.25-s0-e2" and folder.name.endswith(row["experiment_hash"])
+        assert row["flow_run_name"] == "p=0.25 seeds=0 e2" and len(row["flow_run_id"]) == 36
+        assert row["code_version"] and row["recorded_at"].tzinfo is not None
+    shas = {r["weights_sha256"] for r in rows}
+    assert len(shas) == 2 and all(len(s) == 64 for s in shas)
+    epochs = [r for r in history.read(path, "epochs") if r["report_folder"] == str(folder)]
+    assert len(epochs) == 2 * EPOCHS and {r["weights_sha256"] for r in epochs} == shas
+    runs_table = next(a for a in artifacts if a.key == "dropout-lab-runs")
+    assert runs_table.type == "table" and "dropout=0.25" in runs_table.data
 
 
 def test_flow_runs_are_named_from_their_parameters_and_tagged(first_run, workspace):

@@ -12,6 +12,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
+from tasks import history
 from tasks.steps import ensure_slots, slot_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,6 +90,8 @@ def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_
         for row in pq.read_table(folder / "summary.parquet").to_pylist()
     )
     assert len(spans) == 4
+    recorded = history.read(tmp_path / "out" / history.HISTORY_FILE)  # both runs land in one history
+    assert len(recorded) == 4 and len({r["flow_run_id"] for r in recorded}) == 2
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, spans
 

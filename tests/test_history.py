@@ -1,0 +1,213 @@
+"""The run history (tasks/history.py), its table and figure (tasks/trend.py) and `flows/history.py`."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from flows import history as cli
+from tasks import history
+from tasks.stats import mean_ci
+from tasks.trend import format_table, run_points, table_rows
+
+REPO = Path(__file__).resolve().parent.parent
+DAY0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+
+def model(run: int, rate: float, seed: int, acc: float, gap: float, dataset: str = "cifar10") -> dict:
+    """A history row of a model of run `run` (runs one day apart), as the flow records it."""
+    return {
+        "recorded_at": DAY0 + timedelta(days=run),
+        "flow_run_id": f"run-{run}",
+        "flow_run_name": f"p={rate:g} night {run}",
+        "code_version": "abc123def456",
+        "experiment": f"{dataset}-p{rate:g}-s0-e8",
+        "experiment_hash": f"hash{run}",
+        "report_folder": f"/out/{dataset}-{run}",
+        "weights_sha256": f"w-{run}-{rate}-{seed}",
+        "model": "baseline" if rate == 0 else f"dropout={rate:g}",
+        "dropout": rate,
+        "seed": seed,
+        "final_test_acc": acc,
+        "final_train_eval_acc": acc + gap,
+        "generalization_gap": gap,
+        "epochs": 8,
+        "n_train": 50000,
+        "n_test": 10000,
+        "dataset": dataset,
+        "data_verified": True,
+        "started_at": DAY0 + timedelta(days=run),
+        "finished_at": DAY0 + timedelta(days=run, minutes=5),
+    }
+
+
+def epoch(row: dict, n: int) -> dict:
+    return {**{k: row[k] for k in (*history.MODEL_KEY, "recorded_at", "flow_run_id", "dropout")}, "epoch": n,
+            "test_acc": row["final_test_acc"] * n / 2, "dataset": row["dataset"]}  # fmt: skip
+
+
+def nights(n_runs: int = 3, seeds=(0, 1, 2)) -> list[dict]:
+    return [
+        model(run, rate, seed, acc=0.70 + 0.01 * run + 0.002 * seed - 0.01 * (rate == 0), gap=0.02 + 0.1 * (rate == 0))
+        for run in range(n_runs)
+        for rate in (0.25, 0.0)
+        for seed in seeds
+    ]
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    path = tmp_path / "out" / history.HISTORY_FILE
+    rows = nights() + [model(9, 0.5, 0, 0.1, 0.0, dataset="fake")]
+    assert history.append(path, rows, [epoch(r, n) for r in rows for n in (1, 2)]) == len(rows)
+    return path
+
+
+def test_rows_read_back_with_their_types_in_run_order(store):
+    rows = history.read(store)
+    assert len(rows) == 19
+    first = rows[0]
+    assert first["recorded_at"] == DAY0 and first["data_verified"] is True and first["seed"] == 0
+    assert [r["flow_run_id"] for r in rows[:6]] == ["run-0"] * 6
+    assert [r["model"] for r in rows[:6]] == ["dropout=0.25"] * 3 + ["baseline"] * 3  # baseline last
+    assert history.as_table(rows).schema == history.RUNS_SCHEMA
+    assert len(history.read(store, "epochs")) == 38
+
+
+def test_a_model_already_recorded_is_not_added_again(store):
+    again = [model(0, 0.25, 0, 0.99, 0.0)]  # same experiment and weights, other numbers: a cached rerun
+    assert history.append(store, again, [epoch(again[0], 1)]) == 0
+    assert len(history.read(store)) == 19 and len(history.read(store, "epochs")) == 38
+    retrained = [{**again[0], "weights_sha256": "different"}]  # the same experiment trained anew
+    assert history.append(store, retrained, []) == 1
+
+
+def test_filters(store):
+    assert {r["dropout"] for r in history.read(store, rates=[0.0])} == {0.0}
+    assert {r["seed"] for r in history.read(store, seeds=[1, 2])} == {1, 2}
+    assert {r["dataset"] for r in history.read(store, dataset="fake")} == {"fake"}
+    since = history.read(store, since=DAY0 + timedelta(days=1))
+    assert {r["flow_run_id"] for r in since} == {"run-1", "run-2", "run-9"}
+    assert {r["flow_run_id"] for r in history.read(store, last=2)} == {"run-2", "run-9"}
+    assert {r["flow_run_id"] for r in history.read(store, rates=[0.25], seeds=[0], last=1)} == set()  # run-9: p=0.5
+
+
+def _append_many(path: str, worker: int, n: int) -> None:
+    for i in range(n):
+        row = model(100 * worker + i, 0.25, 0, 0.5, 0.1)
+        history.append(Path(path), [row], [epoch(row, e) for e in (1, 2, 3)])
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    """Four processes append 25 runs each at the same time: all 100 runs and 300 epochs are there."""
+    path = tmp_path / history.HISTORY_FILE
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(path), w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(history.read(path)) == 100 and len(history.read(path, "epochs")) == 300
+
+
+def test_an_older_history_gains_new_columns(tmp_path):
+    path = tmp_path / history.HISTORY_FILE
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE runs (recorded_at TEXT, flow_run_id TEXT, model TEXT, seed INTEGER, dropout REAL)")
+    db.execute("INSERT INTO runs VALUES ('2026-01-01T00:00:00+00:00', 'old', 'baseline', 0, 0.0)")
+    db.commit()
+    db.close()
+    rows = history.read(path)
+    assert rows[0]["flow_run_id"] == "old" and rows[0]["final_test_acc"] is None
+
+
+def test_table_has_one_line_per_model_with_accuracy_and_gap(store):
+    rows = history.read(store, last=1)
+    text = format_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["recorded", "(UTC)", "run"]
+    assert len(lines) == 2 and "10.00%" in lines[1] and "+0.00" in lines[1] and "fake" in lines[1]
+    assert table_rows(rows)[0]["test acc"] == "10.00%"
+
+
+def test_run_points_are_seed_means_with_t_intervals(store):
+    points = run_points(history.read(store, dataset="cifar10"), "final_test_acc")
+    assert list(points) == [0.25, 0.0]
+    when, mean, low, high, n = points[0.25][1]
+    expected = mean_ci([100 * (0.71 + 0.002 * s) for s in range(3)])
+    assert when == DAY0 + timedelta(days=1) and n == 3
+    assert (mean, low, high) == pytest.approx((expected.mean, expected.ci_low, expected.ci_high))
+
+
+def test_cli_prints_the_filtered_table_and_draws_the_figure(store, capsys, tmp_path):
+    figure = tmp_path / "trend.png"
+    parquet = tmp_path / "rows.parquet"
+    args = ["--out", str(store.parent), "--rate", "0", "--since", "2026-11-02", "--figure", str(figure)]
+    assert cli.main([*args, "--parquet", str(parquet)]) == 0
+    out = capsys.readouterr().out
+    assert "6 models from 2 runs" in out and f"figure: {figure}" in out
+    table = [line for line in out.splitlines() if line.startswith("2026-")]
+    assert len(table) == 6 and all(" baseline " in line for line in table)
+    with Image.open(figure) as img:
+        assert img.size[0] > 800
+    assert pq.read_table(parquet).num_rows == 6
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run history at") and "\n" not in err
+    bad = subprocess.run([sys.executable, "flows/history.py", "--since", "last tuesday"], cwd=REPO,
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "not a date, time or age like 7d" in bad.stderr.splitlines()[-1]
+
+
+def test_since_accepts_dates_times_and_ages():
+    assert cli.since_value("2026-11-01") == datetime(2026, 11, 1, tzinfo=UTC)
+    assert cli.since_value("2026-11-01T08:00+01:00").utcoffset() == timedelta(hours=1)
+    assert datetime.now(UTC) - cli.since_value("7d") == pytest.approx(timedelta(days=7), abs=timedelta(seconds=5))
+
+
+def test_report_folders_from_before_the_history_are_imported_once(tmp_path, capsys):
+    """A report folder as write_report leaves it (summary.parquet, history.parquet), no history yet."""
+    from tasks.report import HISTORY_SCHEMA, SUMMARY_SCHEMA
+
+    out = tmp_path / "artifacts"
+    folder = out / "cifar10-p0.25-s0-e2-0123456789"
+    folder.mkdir(parents=True)
+    summary = [{**{k: v for k, v in model(0, rate, 0, 0.6, 0.05).items() if k in SUMMARY_SCHEMA.names}}
+               for rate in (0.25, 0.0)]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA), folder / "summary.parquet")
+    per_epoch = [{"model": r["model"], "dropout": r["dropout"], "seed": 0, "epoch": e, "test_acc": 0.5,
+                  "dataset": "cifar10"} for r in summary for e in (1, 2)]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(per_epoch, schema=HISTORY_SCHEMA), folder / "history.parquet")
+
+    assert cli.main(["--out", str(out), "--import-reports", "--no-figure"]) == 0
+    assert "imported 2 model rows" in capsys.readouterr().out
+    rows = history.read(out / history.HISTORY_FILE)
+    assert [(r["experiment"], r["experiment_hash"], r["flow_run_id"]) for r in rows] == [
+        ("cifar10-p0.25-s0-e2", "0123456789", "")
+    ] * 2
+    assert rows[0]["recorded_at"] == DAY0 + timedelta(minutes=5)
+    assert len(history.read(out / history.HISTORY_FILE, "epochs")) == 4
+    assert cli.main(["--out", str(out), "--import-reports", "--no-figure"]) == 0
+    assert "imported 0 model rows" in capsys.readouterr().out
+
+
+def test_code_version_is_the_commit_or_a_source_hash(tmp_path):
+    assert history.code_version(REPO)[:12].isalnum()
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "a.py").write_text("x = 1\n")
+    first = history.code_version(tmp_path)
+    (tmp_path / "tasks" / "a.py").write_text("x = 2\n")
+    assert first.startswith("pkg-") and history.code_version(tmp_path) != first
