@@ -41,6 +41,7 @@ from tasks.config import (  # noqa: E402
     LearningRate,
     LimitTest,
     LimitTrain,
+    Mlflow,
     OutDir,
     Precision,
     Rates,
@@ -61,6 +62,7 @@ from tasks.redact import redact  # noqa: E402
 from tasks.report import history_rows, report_order  # noqa: E402
 from tasks.steps import (  # noqa: E402
     fetch_cifar10,
+    log_to_mlflow,
     publish_report,
     record_history,
     render_report,
@@ -68,6 +70,7 @@ from tasks.steps import (  # noqa: E402
     train,
     train_key,
 )
+from tasks.tracking import check_available  # noqa: E402
 
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
 
@@ -161,6 +164,8 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     devices, then folders (confined to the worker's roots in a deployment run). Returns the variant
     configs and the folders to use. Raises ValueError (one line)."""
     parameter_errors(params)
+    if params["mlflow"]:
+        check_available()
     base = TrainConfig(**{k: params[k] for k in ("epochs", "batch_size", "lr", "precision", "compile",
                                                  "limit_train", "limit_test", "train_eval_images")})  # fmt: skip
     configs = variant_configs(base, list(params["dropout"]), list(params["seeds"]), params["device"])
@@ -194,6 +199,7 @@ def compare(
     dataset: Dataset = "cifar10",
     refresh: Refresh = False,
     cache_dir: CacheDir = ".dropout-lab",
+    mlflow: Mlflow = False,
 ) -> str:
     """Train every (dropout rate, seed) pair and the baseline concurrently, evaluating each after every
     epoch, and write the report."""
@@ -215,7 +221,9 @@ def compare(
     folder, markdown = report.result()
     experiment = experiment_name(configs, dataset)
     publish_report(markdown, history_rows(results, data), experiment, report.name == "Cached")
-    record_history(results, data, out, folder, experiment)
+    recorded = record_history(results, data, out, folder, experiment)  # None: nothing new was trained
+    if mlflow and recorded:
+        log_to_mlflow(out, *recorded, folder)
     return folder
 
 

@@ -55,6 +55,10 @@ Dataset = Annotated[
     Field(description="cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)"),
 ]
 Refresh = Annotated[bool, Field(description="ignore cached results and recompute every task")]
+Mlflow = Annotated[
+    bool, Field(description="also log each trained model to MLflow (needs the mlflow extra): to "
+                "MLFLOW_TRACKING_URI if set, else to OUT/mlflow.db")
+]  # fmt: skip
 Folder = Annotated[str, Field(min_length=1, max_length=4096)]
 DataDir = Annotated[
     Folder, Field(description="where CIFAR-10 lives or is downloaded to (reuses cifar-10-batches-py/ or the "

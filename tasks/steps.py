@@ -25,6 +25,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -34,7 +35,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 
-from tasks import history
+from tasks import history, tracking
 from tasks.cache import ResultOf, code_hash, stable_hash
 from tasks.config import TrainConfig
 from tasks.data import (
@@ -50,6 +51,7 @@ from tasks.data import (
 from tasks.history import HISTORY_FILE, code_version
 from tasks.launcher import TrainingFailed, run_worker
 from tasks.progress import bars
+from tasks.redact import redact
 from tasks.report import report_order, write_report
 from tasks.results import TrainResult
 from tasks.train import format_epoch
@@ -353,11 +355,14 @@ def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str
 RECENT_RUNS = 20  # runs in the UI's table of the latest runs
 
 
-def record_history(results: list[TrainResult], data: DataInfo, out: str, folder: str, experiment: str) -> int:
+def record_history(
+    results: list[TrainResult], data: DataInfo, out: str, folder: str, experiment: str
+) -> tuple[list[dict], list[dict]] | None:
     """Append this run's models to `<out>/history.sqlite` (a model trained by an earlier run, reused
     from the cache, is not recorded again) and, when rows were added, show the latest runs there as
-    the table artifact `dropout-lab-runs`. Returns the number of models added. Not a task: a rerun
-    that reuses everything stays all Cached, and this takes milliseconds."""
+    the table artifact `dropout-lab-runs`. Returns the run's history rows (per model, per epoch) when
+    it recorded any, else None. Not a task: a rerun that reuses everything stays all Cached, and this
+    takes milliseconds."""
     logger = get_run_logger()
     path = Path(out) / HISTORY_FILE
     meta = {
@@ -369,11 +374,22 @@ def record_history(results: list[TrainResult], data: DataInfo, out: str, folder:
         "experiment_hash": Path(folder).name.rpartition("-")[2],
         "report_folder": folder,
     }
-    added = history.append(path, *history.model_rows(results, data, meta))
+    rows = history.model_rows(results, data, meta)
+    added = history.append(path, *rows)
     if not added:
         logger.info("history: these models are already recorded in %s", path)
-        return 0
+        return None
     logger.info("history: %d models recorded in %s (python flows/history.py --out %s)", added, path, out)
     recent = history.read(path, last=RECENT_RUNS)[::-1]
     create_table_artifact(table_rows(recent), key="dropout-lab-runs", description=f"Latest runs recorded in {path}")
-    return added
+    return rows
+
+
+@task(name="log_to_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+def log_to_mlflow(out: str, runs: list[dict], epochs: list[dict], folder: str) -> str:
+    """One parent MLflow run for this flow run, a child per model (tasks/tracking.py)."""
+    files = [Path(folder, name) for name in ("comparison.png", "samples.png", "summary.md")]
+    run_id = tracking.log_flow_run(out, runs, epochs, [f for f in files if f.is_file()])
+    get_run_logger().info("mlflow: run %s in %s, experiment %s", run_id, redact(tracking.tracking_uri(out)),
+                          tracking.EXPERIMENT)  # fmt: skip
+    return run_id

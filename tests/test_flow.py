@@ -262,3 +262,22 @@ def test_project_warnings_reach_the_flow_run_logs(first_run, workspace):
                 return
         time.sleep(0.5)
     raise AssertionError("the tasks.data warning never reached the flow run's logs")
+
+
+def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(prefect_harness, workspace, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds=[3], mlflow=True)
+    folder, states, _ = run_flow(workspace, **args)
+    assert any(n.startswith("log_to_mlflow") and s == {"Completed"} for n, s in states.items()), states
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'artifacts' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dropout-lab").experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 3
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"comparison.png", "summary.md"}
+    child = next(r for r in runs if r.info.run_name == "baseline seed 3")
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [1]
+    _, states, _ = run_flow(workspace, **args)
+    assert not any(n.startswith("log_to_mlflow") for n in states)
+    assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3

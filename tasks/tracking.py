@@ -1,0 +1,97 @@
+"""MLflow logging (optional: `pip install -e ".[mlflow]"`, `--mlflow`). No prefect here.
+
+Each flow run that trained something becomes one parent MLflow run (its parameters, the report's
+figures and summary as artifacts) with one child run per model variant (its parameters, every epoch's
+metrics by step, the final and best numbers). Everything goes to the MLflow experiment `dropout-lab`
+of `MLFLOW_TRACKING_URI` when the environment sets one (a tracking server), else of an embedded
+store under the report folder's parent: `<out>/mlflow.db` with artifacts in `<out>/mlartifacts`
+(no server, works offline; browse with `mlflow ui --backend-store-uri sqlite:///<out>/mlflow.db`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+EXPERIMENT = "dropout-lab"
+STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"
+EPOCH_METRICS = ("train_running_loss", "train_running_acc", "train_eval_loss", "train_eval_acc", "test_loss",
+                 "test_acc", "generalization_gap", "epoch_seconds")  # fmt: skip
+FINAL_METRICS = ("final_test_acc", "best_test_acc", "best_epoch", "generalization_gap", "final_test_loss",
+                 "final_train_eval_acc", "train_seconds")  # fmt: skip
+MODEL_PARAMS = ("model", "dropout", "seed", "epochs", "batch_size", "lr", "device", "precision", "compiled",
+                "stacked_variants", "n_params", "n_train", "n_train_eval", "n_test", "dataset", "data_verified",
+                "data_provenance", "resumed_from_epoch")  # fmt: skip
+RUN_TAGS = ("flow_run_id", "flow_run_name", "code_version", "experiment", "experiment_hash", "report_folder")
+
+
+def check_available() -> None:
+    """Raises ValueError (one line) when MLflow is asked for but not installed."""
+    if importlib.util.find_spec("mlflow") is None:
+        raise ValueError('--mlflow: MLflow is not installed here; pip install -e ".[mlflow]"')
+
+
+def tracking_uri(out: str | Path) -> str:
+    """MLFLOW_TRACKING_URI when set (MLflow's own setting), else the embedded store under `out`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(out) / STORE_FILE).resolve()}"
+
+
+def _experiment_id(client, out: Path) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    location = (out / ARTIFACTS_FOLDER).resolve().as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=location)
+    except MlflowException:  # another run created it meanwhile
+        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: list[Path]) -> str:
+    """Log one flow run's models (history rows of tasks/history.py: `runs` one per model, `epochs` one
+    per model and epoch) and its report files. Returns the parent run's id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri(out))
+    experiment_id = _experiment_id(client, out)
+    first = runs[0]
+    now = int(time.time() * 1000)
+    parent = client.create_run(
+        experiment_id,
+        run_name=first["flow_run_name"] or first["experiment"],
+        tags={k: str(first[k]) for k in RUN_TAGS},
+    )
+    rates = sorted({r["dropout"] for r in runs if r["dropout"] > 0})
+    shared = {k: first.get(k) for k in ("epochs", "batch_size", "lr", "device", "precision", "dataset", "n_train")}
+    client.log_batch(parent.info.run_id, params=[
+        Param("rates", ",".join(f"{p:g}" for p in rates)),
+        Param("seeds", ",".join(str(s) for s in sorted({r["seed"] for r in runs}))),
+        *(Param(k, str(v)) for k, v in shared.items() if v is not None),
+    ])  # fmt: skip
+    for path in files:
+        client.log_artifact(parent.info.run_id, str(path))
+    for row in runs:
+        child = client.create_run(
+            experiment_id,
+            run_name=row["model"] + f" seed {row['seed']}",
+            tags={"mlflow.parentRunId": parent.info.run_id, "weights_sha256": row["weights_sha256"],
+                  **{k: str(row[k]) for k in RUN_TAGS}},
+        )  # fmt: skip
+        mine = [e for e in epochs if (e["model"], e["seed"]) == (row["model"], row["seed"])]
+        metrics = [Metric(name, float(e[name]), now, int(e["epoch"])) for e in mine for name in EPOCH_METRICS
+                   if e.get(name) is not None]  # fmt: skip
+        metrics += [Metric(name, float(row[name]), now, 0) for name in FINAL_METRICS if row.get(name) is not None]
+        params = [Param(name, str(row[name])) for name in MODEL_PARAMS if row.get(name) is not None]
+        client.log_batch(child.info.run_id, params=params)
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(child.info.run_id, metrics=metrics[start : start + 1000])
+        client.set_terminated(child.info.run_id)
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
