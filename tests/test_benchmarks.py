@@ -60,3 +60,12 @@ def test_ab_end_to_end_times_both_checkouts(tmp_path):
     assert "summary.parquet" in lines[0] and "ratio this/base" in lines[-1]
     assert "ab-end-to-end" not in subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True,
                                                  text=True).stdout  # the temporary worktree is gone  # fmt: skip
+
+
+def test_history_store_benchmark_compares_both_stores_on_the_same_rows():
+    proc = subprocess.run([sys.executable, "benchmarks/history_store.py", "--runs", "8", "--writers", "2"], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["sqlite", "parquet", "ratio"]
+    assert all(line.endswith("rows 8/8 runs 64/64 epochs OK") for line in lines[:2]), lines
