@@ -158,7 +158,7 @@ def project_child(job: dict) -> dict:
             nets.append(build(c)[0])
             cpu_gen, cuda_gen = streams_from_global(device)
             streams.append(cuda_gen or cpu_gen)
-        model = StackedNet(nets, [c.dropout for c in cfgs]).to(device)
+        model = StackedNet(nets).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
         orders = torch.stack([order_for(c.seed) for c in cfgs])
 

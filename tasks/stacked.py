@@ -28,67 +28,124 @@ from tasks.evaluate import autocast, eval_result, to_input, train_eval_split
 from tasks.model import CLASSES, Net
 from tasks.train import InjectedFault, epoch_record, fault_epoch_for, save_epoch, start_run
 
-CONVS = ("features.0", "features.3", "features.6")  # Net's conv layers (each + ReLU + maxpool2)
-LINEARS = ("classifier.2", "classifier.5")  # Net's linear layers; dropout precedes each
 # Fields every variant of one stack must share (they shape the single computation).
 SHARED_FIELDS = ("device", "epochs", "batch_size", "lr", "precision", "compile", "limit_train", "limit_test",
                  "train_eval_images", "eval_batch_size")  # fmt: skip
+# Layers that act on (B, K·C, H, W) or (K, B, F) as they are: no weights, nothing per variant.
+AS_IS = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU)
 
 
 class StackedNet(nn.Module):
-    """K copies of `Net` as one module: parameter i is (K, *shape of Net's parameter i).
+    """K copies of `Net` as one module, built from Net itself: its layers, in the order its forward
+    runs them (a sequence of leaf modules, checked on construction), each turned into its batched
+    form. Changing `Net` changes this; a layer type it cannot batch is refused (ValueError), and a
+    Net whose forward is not its layers in order fails the construction check.
 
-    forward takes either one batch shared by all variants, x (B, 3, 32, 32), or one batch per
-    variant side by side in the channels, x (B, K·3, 32, 32) with variant k in channels 3k..3k+2;
-    it returns logits (K, B, 10).
+    Parameter i is (K, *shape of Net's parameter i). forward takes either one batch shared by all
+    variants, x (B, 3, 32, 32), or one batch per variant side by side in the channels,
+    x (B, K·3, 32, 32) with variant k in channels 3k..3k+2; it returns logits (K, B, 10).
     """
 
-    def __init__(self, nets: list[Net], rates: list[float]) -> None:
+    def __init__(self, nets: list[Net]) -> None:
         super().__init__()
-        self.rates = list(rates)
         self.names = [name for name, _ in nets[0].named_parameters()]  # Net's order: Adam state follows it
         singles = [dict(net.named_parameters()) for net in nets]
         self.stacked = nn.ParameterList(
             [nn.Parameter(torch.stack([s[name].detach() for s in singles]).clone()) for name in self.names]
         )
+        leaves = [[(n, m) for n, m in net.named_modules() if not list(m.children())] for net in nets]
+        self.plan = [_batched(name, [layers[i][1] for layers in leaves]) for i, (name, _) in enumerate(leaves[0])]
+        self.rates = [max((rates[k] for kind, _, _, rates in self.plan if kind == "dropout"), default=0.0)
+                      for k in range(len(nets))]  # fmt: skip
+        self._check_against(nets)
 
     @property
     def k(self) -> int:
-        return len(self.rates)
+        return self.stacked[0].shape[0]
 
     def param(self, name: str) -> torch.Tensor:
         return self.stacked[self.names.index(name)]
 
     def forward(self, x: torch.Tensor, shared: bool, dropout_gens: list[torch.Generator] | None = None):
-        h = x
-        for i, layer in enumerate(CONVS):
-            w, b = self.param(f"{layer}.weight"), self.param(f"{layer}.bias")  # (K, Cout, Cin, 3, 3), (K, Cout)
-            # A shared input meets all K first-layer filters in one dense conv (K·Cout outputs);
-            # otherwise group k convolves only variant k's channels.
-            groups = 1 if (i == 0 and shared) else self.k
-            h = F.relu(F.max_pool2d(F.conv2d(h, w.flatten(0, 1), b.flatten(), groups=groups), 2))  # as Net
-        # (B, K·128, 2, 2) → (K, B, 512): variant k's features flattened in Net's (C, H, W) order.
-        h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)
-        for j, layer in enumerate(LINEARS):
-            h = self._dropout(h, dropout_gens)
-            w, b = self.param(f"{layer}.weight"), self.param(f"{layer}.bias")  # (K, out, in), (K, out)
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if j == 0:
-                h = F.relu(h)
+        h, per_variant = x, not shared  # (B, C, H, W) shared by all, or (B, K·C, H, W)
+        for kind, name, module, rates in self.plan:
+            if kind == "conv":
+                w, b = self.param(f"{name}.weight"), self.param(f"{name}.bias")  # (K, Cout, Cin, kh, kw), (K, Cout)
+                # A shared input meets all K filters banks in one dense conv (K·Cout outputs);
+                # otherwise group k convolves only variant k's channels.
+                groups = self.k if per_variant else 1
+                h = F.conv2d(h, w.flatten(0, 1), b.flatten(), module.stride, module.padding, module.dilation, groups)
+                per_variant = True
+            elif kind == "flatten":
+                if not per_variant:
+                    h = h.repeat(1, self.k, *([1] * (h.dim() - 2)))
+                # (B, K·C, H, W) → (K, B, C·H·W): variant k's features flattened in Net's (C, H, W) order.
+                h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)
+                per_variant = True
+            elif kind == "linear":
+                w, b = self.param(f"{name}.weight"), self.param(f"{name}.bias")  # (K, out, in), (K, out)
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            elif kind == "dropout":
+                h = self._dropout(h, rates, dropout_gens)
+            elif kind == "as_is":
+                h = module(h)
         return h
 
-    def _dropout(self, h: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
+    def _dropout(self, h: torch.Tensor, rates: list[float], gens: list[torch.Generator] | None) -> torch.Tensor:
         """Each variant's rate and stream. On CPU this draws exactly what `nn.Dropout` draws from
         the global generator (bernoulli(1-p) noise of the same shape, scaled by 1/(1-p))."""
-        if not self.training or not any(self.rates):
+        if not self.training or not any(rates):
             return h
         # (K, B, F); rows of p=0 variants stay 1. float32 even under bf16/fp16 autocast, so the
         # 1/(1-p) scale is not rounded (as in nn.Dropout, which scales in float).
         noise = torch.ones(h.shape, dtype=torch.float32, device=h.device)
-        for k, p in enumerate(self.rates):
+        for k, p in enumerate(rates):
             if p > 0:
                 noise[k].bernoulli_(1 - p, generator=gens[k]).div_(1 - p)
         return h * noise
+
+    @torch.no_grad()
+    def _check_against(self, nets: list[Net]) -> None:
+        """The batched layers compute what each Net computes (eval mode, two fixed inputs; a local
+        generator, so no global random state is consumed)."""
+        device = self.stacked[0].device
+        x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+        modes = [net.training for net in nets]
+        was = self.training
+        self.eval()
+        try:
+            together = self(x, shared=True)
+            for k, net in enumerate(nets):
+                net.eval()
+                alone = net(x)
+                if together[k].shape != alone.shape or not torch.allclose(together[k], alone, rtol=1e-3, atol=1e-4):
+                    raise ValueError("StackedNet does not reproduce Net: Net.forward must run its layers in order")
+        finally:
+            self.train(was)
+            for net, mode in zip(nets, modes, strict=True):
+                net.train(mode)
+
+
+def _batched(name: str, modules: list[nn.Module]) -> tuple[str, str, nn.Module, list[float]]:
+    """(kind, layer name, module, per-variant dropout rates) for the layer at one position of every Net."""
+    first = modules[0]
+    if any(isinstance(m, nn.Dropout) for m in modules):
+        if not all(isinstance(m, nn.Dropout | nn.Identity) for m in modules):
+            raise ValueError(f"cannot stack {name}: dropout in some variants, {type(first).__name__} in others")
+        return "dropout", name, first, [m.p if isinstance(m, nn.Dropout) else 0.0 for m in modules]
+    if any(type(m) is not type(first) for m in modules):
+        raise ValueError(f"cannot stack {name}: the variants' layers differ")
+    if isinstance(first, nn.Conv2d) and first.groups == 1 and first.bias is not None:
+        return "conv", name, first, []
+    if isinstance(first, nn.Linear) and first.bias is not None:
+        return "linear", name, first, []
+    if isinstance(first, nn.Flatten) and first.start_dim == 1:
+        return "flatten", name, first, []
+    if isinstance(first, nn.Identity):
+        return "skip", name, first, []
+    if isinstance(first, AS_IS):
+        return "as_is", name, first, []
+    raise ValueError(f"cannot stack {name}: no batched form of {type(first).__name__} in tasks/stacked.py")
 
 
 def stack_adam_state(opt: torch.optim.Adam, runs: list[_Run]) -> None:
@@ -269,7 +326,7 @@ def fit_stacked(
         now = [r for r in runs if r.done < epoch]  # all of them have finished epoch - 1
         if now != active:  # first epoch, or a variant that was ahead joins: restack
             active = now
-            stacked = StackedNet([r.model for r in now], [r.cfg.dropout for r in now]).to(device)
+            stacked = StackedNet([r.model for r in now]).to(device)
             opt = torch.optim.Adam(stacked.parameters(), lr=cfg.lr, fused=device.type == "cuda")
             stack_adam_state(opt, now)
             forward = torch.compile(stacked) if cfg.compile else stacked

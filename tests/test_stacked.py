@@ -5,12 +5,14 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 from tasks.checkpoint import epoch_checkpoints, load_checkpoint
 from tasks.config import TrainConfig
 from tasks.data import load_split
 from tasks.devices import stack_groups
 from tasks.evaluate import evaluate
+from tasks.model import Net
 from tasks.stacked import (
     StackedNet,
     check_stackable,
@@ -62,7 +64,7 @@ def test_steps_match_separate_training(splits, pairs):
         initial.append(copy.deepcopy(net))
         train_steps(net, opt, scaler, x, y, order, 32)
         alone.append(net)
-    stacked = StackedNet(initial, [c.dropout for c in cfgs])
+    stacked = StackedNet(initial)
     opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
     losses, correct = train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
     for k, net in enumerate(alone):
@@ -70,7 +72,7 @@ def test_steps_match_separate_training(splits, pairs):
     assert losses.shape == (3,) and correct.shape == (3,)
 
     # The same check fails when one variant's dropout stream is not its own.
-    stacked = StackedNet(initial, [c.dropout for c in cfgs])
+    stacked = StackedNet(initial)
     opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
     streams = [torch.Generator().manual_seed(99)] + streams[1:]
     train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
@@ -80,7 +82,7 @@ def test_steps_match_separate_training(splits, pairs):
 def test_evaluate_stacked_matches_evaluate(splits):
     _, _, tx, ty = splits
     nets = [build(c)[0] for c in variants((0.25, 0), (0.0, 1))]
-    together = evaluate_stacked(StackedNet(nets, [0.25, 0.0]), tx, ty, batch_size=64)
+    together = evaluate_stacked(StackedNet(nets), tx, ty, batch_size=64)
     for net, result in zip(nets, together, strict=True):
         alone = evaluate(net, tx, ty, batch_size=64)
         assert result["confusion"] == alone["confusion"] and result["acc"] == alone["acc"]
@@ -181,7 +183,7 @@ def test_mixed_precision_runs_the_same_way(splits):
         initial.append(copy.deepcopy(net))
         train_steps(net, opt, scaler, x, y, order, 32, precision="bf16")
         alone.append(net)
-    stacked = StackedNet(initial, [c.dropout for c in cfgs])
+    stacked = StackedNet(initial)
     opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
     losses, _ = train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams, precision="bf16")
     assert torch.isfinite(losses).all()
@@ -191,3 +193,51 @@ def test_mixed_precision_runs_the_same_way(splits):
         assert (diffs > 1e-4).float().mean() < 0.05  # measured 0.4 %; a wrong dropout stream: 30 %
     results = evaluate_stacked(stacked, tx, ty, precision="bf16")
     assert all(0 <= r["acc"] <= 1 and r["loss"] > 0 for r in results)
+
+
+def changed_net(dropout: float, seed: int) -> Net:
+    """Net as someone might change it: a narrower hidden layer, one more dropout and ReLU."""
+    torch.manual_seed(seed)
+    net = Net(dropout)
+    drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+    net.classifier = nn.Sequential(
+        nn.Flatten(), drop, nn.Linear(512, 128), nn.ReLU(), copy.deepcopy(drop), nn.Linear(128, 64), nn.ReLU(),
+        copy.deepcopy(drop), nn.Linear(64, 10),
+    )  # fmt: skip
+    return net
+
+
+def test_the_stack_is_built_from_net_so_a_changed_net_stacks_the_same(splits):
+    """StackedNet has no layer names or forward of its own: a changed Net trains the same stacked
+    as alone (3 steps, the dropout streams included)."""
+    x, y = splits[0], splits[1]
+    rates, seeds = (0.25, 0.0), (0, 1)
+    orders = [torch.randperm(len(y), generator=torch.Generator().manual_seed(s))[:96] for s in seeds]
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    initial, alone, streams = [], [], []
+    for rate, seed, order in zip(rates, seeds, orders, strict=True):
+        net = changed_net(rate, seed)
+        streams.append(streams_from_global("cpu")[0])
+        initial.append(copy.deepcopy(net))
+        train_steps(net, torch.optim.Adam(net.parameters(), lr=BASE.lr), scaler, x, y, order, 32)
+        alone.append(net)
+    stacked = StackedNet(initial)
+    assert [kind for kind, *_ in stacked.plan].count("linear") == 3
+    opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
+    train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
+    for k, net in enumerate(alone):
+        assert max_param_diff(net, stacked, k) < STEP_TOL
+
+
+def test_a_layer_without_a_batched_form_or_a_forward_out_of_order_is_refused():
+    net = Net(0.25)
+    net.features.insert(1, nn.BatchNorm2d(32))
+    with pytest.raises(ValueError, match="cannot stack features.1: no batched form of BatchNorm2d"):
+        StackedNet([net, copy.deepcopy(net)])
+
+    class Reordered(Net):
+        def forward(self, x):
+            return self.classifier(self.features(x.flip(-1)))  # not just its layers in order
+
+    with pytest.raises(ValueError, match="does not reproduce Net"):
+        StackedNet([Reordered(0.25), Reordered(0.0)])
