@@ -65,6 +65,7 @@ def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: l
     now = int(time.time() * 1000)
     parent = client.create_run(
         experiment_id,
+        start_time=min(_ms(r, "started_at") for r in runs),
         run_name=first["flow_run_name"] or first["experiment"],
         tags={k: str(first[k]) for k in RUN_TAGS},
     )
@@ -80,6 +81,7 @@ def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: l
     for row in runs:
         child = client.create_run(
             experiment_id,
+            start_time=_ms(row, "started_at"),
             run_name=row["model"] + f" seed {row['seed']}",
             tags={"mlflow.parentRunId": parent.info.run_id, "weights_sha256": row["weights_sha256"],
                   **{k: str(row[k]) for k in RUN_TAGS}},
@@ -92,6 +94,11 @@ def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: l
         client.log_batch(child.info.run_id, params=params)
         for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(child.info.run_id, metrics=metrics[start : start + 1000])
-        client.set_terminated(child.info.run_id)
-    client.set_terminated(parent.info.run_id)
+        client.set_terminated(child.info.run_id, end_time=_ms(row, "finished_at"))
+    client.set_terminated(parent.info.run_id, end_time=max(_ms(r, "finished_at") for r in runs))
     return parent.info.run_id
+
+
+def _ms(row: dict, key: str) -> int:
+    """A row's training time stamp in MLflow's milliseconds: runs show how long training took."""
+    return int(row[key].timestamp() * 1000)

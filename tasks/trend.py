@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
+import matplotlib.dates as mdates
 import numpy as np
 
 from tasks.history import run_key
@@ -13,7 +15,7 @@ from tasks.stats import mean_ci
 # (header, width, cell) for each column of the table; percentages as points.
 COLUMNS = [
     ("recorded (UTC)", 16, lambda r: r["recorded_at"].strftime("%Y-%m-%d %H:%M")),
-    ("run", 34, lambda r: r["flow_run_name"] or "(imported)"),
+    ("run", 34, lambda r: r["flow_run_name"] or f"(imported) {r['experiment']}"),
     ("model", 13, lambda r: r["model"]),
     ("rate", 4, lambda r: f"{r['dropout']:g}"),
     ("seed", 4, lambda r: str(r["seed"])),
@@ -61,27 +63,47 @@ def run_points(rows: list[dict], metric: str) -> dict[float, list[tuple]]:
     return points
 
 
+COMPARABLE = ("dataset", "n_train", "n_test", "epochs")  # runs on one line must agree on these
+
+
 def plot_trend(rows: list[dict], path: Path, title: str = "Runs over time") -> None:
     """Final test accuracy and generalization gap per run over time, one line per rate, with each
-    run's 95% interval over its seeds as error bars (none with one seed)."""
+    run's 95% interval over its seeds as error bars (none with one seed). Runs on other data or
+    epochs are not comparable: each such group gets its own row of panels."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in COMPARABLE), []).append(row)
     with plt.rc_context({"text.parse_math": False, "text.usetex": False}):  # run names are plain text
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
-        for ax, metric, what in zip(axes, METRICS, ("final test accuracy (%)", "generalization gap (points)"),
-                                    strict=True):  # fmt: skip
-            for rate, pts in run_points(rows, metric).items():
-                when = [p[0] for p in pts]
-                mean, low, high = (np.array([p[i] for p in pts], dtype=float) for i in (1, 2, 3))
-                if metric == "final_test_acc":  # an accuracy's interval stays within 0-100%
-                    low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)
-                err = np.nan_to_num(np.vstack([mean - low, high - mean]))  # one seed: no bar
-                label = "baseline" if rate == 0 else f"dropout {rate:g}"
-                ax.errorbar(when, mean, yerr=err, fmt="o-", color=_color(rate), capsize=3, ms=4, label=label)
-            ax.set_ylabel(what)
-            ax.set_xlabel("recorded (UTC)")
-            ax.grid(alpha=0.3)
-            ax.tick_params(axis="x", labelrotation=30)
-        axes[0].legend(fontsize=8)
+        fig, axes = plt.subplots(len(groups), 2, figsize=(13, 1 + 4 * len(groups)), squeeze=False,
+                                 constrained_layout=True)  # fmt: skip
+        for (dataset, n_train, n_test, epochs), panels in zip(sorted(groups), axes, strict=True):
+            for ax, metric, what in zip(panels, METRICS, ("final test accuracy (%)", "generalization gap (points)"),
+                                        strict=True):  # fmt: skip
+                _plot_metric(ax, groups[(dataset, n_train, n_test, epochs)], metric)
+                ax.set_ylabel(what)
+                ax.set_title(f"{dataset}, {n_train} train / {n_test} test images, {epochs} epochs", fontsize=9)
+            panels[0].legend(fontsize=8)
         fig.suptitle(title)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
         plt.close(fig)
+
+
+def _plot_metric(ax, rows: list[dict], metric: str) -> None:
+    times = {r["recorded_at"] for r in rows}
+    if len(times) == 1:  # one moment: matplotlib would span years around it
+        (t,) = times
+        ax.set_xlim(t - timedelta(hours=1), t + timedelta(hours=1))
+    for rate, pts in run_points(rows, metric).items():
+        when = [p[0] for p in pts]
+        mean, low, high = (np.array([p[i] for p in pts], dtype=float) for i in (1, 2, 3))
+        if metric == "final_test_acc":  # an accuracy's interval stays within 0-100%
+            low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)
+        err = np.nan_to_num(np.vstack([mean - low, high - mean]))  # one seed: no bar
+        label = "baseline" if rate == 0 else f"dropout {rate:g}"
+        ax.errorbar(when, mean, yerr=err, fmt="o-", color=_color(rate), capsize=3, ms=4, label=label)
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel("recorded (UTC)")
+    ax.grid(alpha=0.3)

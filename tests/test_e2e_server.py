@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tasks import history
 from tasks.steps import slot_name
 
 pytestmark = pytest.mark.e2e
@@ -312,6 +313,8 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert sorted(server.flow_run_states(deployment["id"])) == ["COMPLETED", "COMPLETED", "FAILED"], server.log("serve")
     reports = sorted(p.parent.name for p in readme.values["root"].glob("artifacts/fake-*/summary.parquet"))
     assert len(reports) == 2 and any("p0.5" in r for r in reports), reports
+    recorded = history.read(readme.values["root"] / "artifacts" / history.HISTORY_FILE)  # served runs too
+    assert len({r["flow_run_id"] for r in recorded}) == 2 and {r["dropout"] for r in recorded} == {0.0, 0.25, 0.5}
     assert serve.poll() is None, server.log("serve")
     stop(serve)
     assert _deployment(server, "compare/nightly")["paused"] is False  # shutdown did not pause the schedule

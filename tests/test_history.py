@@ -17,7 +17,7 @@ from PIL import Image
 from flows import history as cli
 from tasks import history
 from tasks.stats import mean_ci
-from tasks.trend import format_table, run_points, table_rows
+from tasks.trend import format_table, plot_trend, run_points, table_rows
 
 REPO = Path(__file__).resolve().parent.parent
 DAY0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
@@ -215,3 +215,12 @@ def test_code_version_is_the_commit_or_a_source_hash(tmp_path):
     first = history.code_version(tmp_path)
     (tmp_path / "tasks" / "a.py").write_text("x = 2\n")
     assert first.startswith("pkg-") and history.code_version(tmp_path) != first
+
+
+def test_runs_on_other_data_or_epochs_get_their_own_row_of_panels(store, tmp_path):
+    rows = history.read(store)
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    plot_trend([r for r in rows if r["dataset"] == "cifar10"], one)
+    plot_trend(rows, two)  # cifar10 and fake: never one line
+    with Image.open(one) as a, Image.open(two) as b:
+        assert a.size[0] == b.size[0] and b.size[1] > 1.7 * a.size[1]

@@ -38,6 +38,7 @@ def test_a_flow_run_is_a_parent_run_with_a_child_per_model(tmp_path, monkeypatch
     assert experiment.artifact_location == (out / tracking.ARTIFACTS_FOLDER).resolve().as_uri()
     parent = client.get_run(parent_id)
     assert parent.info.run_name == "p=0.25 night 0" and parent.info.status == "FINISHED"
+    assert parent.info.end_time - parent.info.start_time == 5 * 60 * 1000  # the training's span, not logging's
     assert parent.data.params["rates"] == "0.25" and parent.data.params["seeds"] == "0,1"
     assert parent.data.tags["flow_run_id"] == "run-0" and parent.data.tags["experiment_hash"] == "hash0"
     assert [a.path for a in client.list_artifacts(parent_id)] == ["comparison.png"]
