@@ -47,7 +47,7 @@ from tasks.data import FOLDER_NAME, load_split, write_cifar_folder  # noqa: E402
 from tasks.devices import available_cores  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.model import Net  # noqa: E402
-from tasks.stacked import StackedNet, evaluate_stacked, streams_from_global, train_steps_stacked  # noqa: E402
+from tasks.stacked import Single, StackedNet, streams_from_global  # noqa: E402
 from tasks.train import build, train_steps  # noqa: E402
 
 BATCH = 32
@@ -154,7 +154,7 @@ def project_child(job: dict) -> dict:
 
     if k:
         nets, streams = [], []
-        for c in cfgs:  # as tasks.stacked.fit_stacked starts them
+        for c in cfgs:  # as tasks.train.fit starts them
             nets.append(build(c)[0])
             cpu_gen, cuda_gen = streams_from_global(device)
             streams.append(cuda_gen or cpu_gen)
@@ -163,20 +163,21 @@ def project_child(job: dict) -> dict:
         orders = torch.stack([order_for(c.seed) for c in cfgs])
 
         def steps(part):
-            return train_steps_stacked(model, opt, scaler, train_x, train_y, orders[:, part], BATCH, streams)
+            return train_steps(model, opt, scaler, train_x, train_y, orders[:, part], BATCH, streams)
 
         def test():
-            return evaluate_stacked(model, test_x, test_y, cfg.eval_batch_size)[0]
+            return evaluate(model, test_x, test_y, cfg.eval_batch_size)[0]
     else:
         model, opt = build(cfg)
-        forward = torch.compile(model) if cfg.compile else model
-        order = order_for(cfg.seed)
+        single = Single(model)
+        forward = torch.compile(single) if cfg.compile else single
+        order = order_for(cfg.seed)[None]
 
         def steps(part):
-            return train_steps(forward, opt, scaler, train_x, train_y, order[part], BATCH, cfg.precision)
+            return train_steps(forward, opt, scaler, train_x, train_y, order[:, part], BATCH, None, cfg.precision)
 
         def test():
-            return evaluate(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)
+            return evaluate(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)[0]
 
     t0 = time.perf_counter()
     steps(slice(0, warm))  # includes torch.compile's compilation

@@ -94,6 +94,11 @@ def cache_options(cache_dir: str | Path) -> dict:
 # --- cache keys ------------------------------------------------------------------------------------
 
 
+def _source(module: str) -> Path:
+    """The file of a project module (`tasks.train` → tasks/train.py)."""
+    return REPO / f"{module.replace('.', '/')}.py"
+
+
 def project_imports(module: str) -> set[str]:
     """`module` and every project module (tasks.*, flows.*) it imports, at any depth, imports inside
     functions included: the code a task's result depends on, without a hand-kept list of files."""
@@ -101,7 +106,7 @@ def project_imports(module: str) -> set[str]:
     todo = [module]
     while todo:
         name = todo.pop()
-        path = REPO / f"{name.replace('.', '/')}.py"
+        path = _source(name)
         if name in seen or not path.is_file():
             continue
         seen.add(name)
@@ -120,7 +125,7 @@ def project_imports(module: str) -> set[str]:
 def code_hash(module: str) -> str:
     h = hashlib.sha256()
     for name in sorted(project_imports(module)):
-        h.update(name.encode() + b"\0" + (REPO / f"{name.replace('.', '/')}.py").read_bytes())
+        h.update(name.encode() + b"\0" + _source(name).read_bytes())
     return h.hexdigest()
 
 

@@ -30,29 +30,28 @@ def autocast(device: torch.device, precision: str):
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int = 1000,
-    precision: str = "fp32",
-) -> dict:
-    """Mean cross-entropy, accuracy (fraction) and the (10, 10) confusion matrix [true, predicted].
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000, precision: str = "fp32"
+) -> list[dict]:
+    """Mean cross-entropy, accuracy (fraction) and the (10, 10) confusion matrix [true, predicted] of
+    each of the model's K variants (a StackedNet, or one Net as `tasks.stacked.Single`): one dict each.
 
     `images` (N, 32, 32, 3) uint8 and `labels` (N,) must already be on the model's device.
     """
     model.eval()
-    device = images.device
-    n_classes = len(CLASSES)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
+    device, k, n_classes = images.device, model.k, len(CLASSES)
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    confusion = torch.zeros(k * n_classes * n_classes, dtype=torch.int64, device=device)
+    variant = torch.arange(k, device=device).unsqueeze(1)  # (K, 1)
     for start in range(0, len(labels), batch_size):
         x, y = to_input(images[start : start + batch_size]), labels[start : start + batch_size]
         with autocast(device, precision):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        confusion += torch.bincount(y * n_classes + logits.argmax(1), minlength=n_classes * n_classes)
-    return eval_result(float(loss_sum), confusion.view(n_classes, n_classes).cpu(), len(labels))
+            logits = model(x, shared=True)
+        logits = logits.float()  # (K, b, 10)
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).sum(1)
+        cell = (variant * n_classes + y) * n_classes + logits.argmax(2)  # (K, b): [variant, true, predicted]
+        confusion += torch.bincount(cell.flatten(), minlength=k * n_classes * n_classes)
+    confusion = confusion.view(k, n_classes, n_classes).cpu()
+    return [eval_result(float(loss_sum[i]), confusion[i], len(labels)) for i in range(k)]
 
 
 def eval_result(loss_sum: float, confusion: torch.Tensor, n: int) -> dict:

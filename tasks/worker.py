@@ -66,7 +66,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def run_job(job: dict) -> list[dict]:
-    """Train the job's variants (one: `fit`; several on one device: `fit_stacked`); one result each."""
+    """Train the job's variants (one, or several stacked on one device) with `fit`; one result each."""
     import torch
 
     from tasks.checkpoint import epoch_checkpoints, load_checkpoint
@@ -75,7 +75,6 @@ def run_job(job: dict) -> list[dict]:
     from tasks.evaluate import train_eval_count
     from tasks.locks import held, remove_dead_leftovers
     from tasks.model import Net, count_parameters
-    from tasks.stacked import fit_stacked
     from tasks.train import fit
 
     cfgs = [TrainConfig(**c) for c in job["configs"]]
@@ -106,11 +105,7 @@ def run_job(job: dict) -> list[dict]:
             for folder in folders:
                 for _, path in epoch_checkpoints(folder):
                     path.unlink()
-        if len(cfgs) == 1:
-            epochs = ((0, r) for r in fit(cfg, train_x, train_y, test_x, test_y, folders[0], attempt))
-        else:
-            epochs = fit_stacked(cfgs, train_x, train_y, test_x, test_y, folders, attempt)
-        for index, record in epochs:
+        for index, record in fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt):
             emit("epoch", variant=index, **record)
         finals = [epoch_checkpoints(folder)[0][1] for folder in folders]
         states = [load_checkpoint(final) for final in finals]

@@ -10,6 +10,7 @@ from tasks.data import load_split, write_cifar_folder
 from tasks.evaluate import evaluate, train_eval_indices, train_eval_split
 from tasks.report import summary_rows
 from tasks.results import TrainResult
+from tasks.stacked import Single
 from tasks.train import build, fit, train_steps
 
 
@@ -55,9 +56,9 @@ def fixed_weight_accuracies(model, splits) -> tuple[float, float]:
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _, correct = train_steps(model, frozen, scaler, train_x, train_y, torch.arange(len(train_y)), 32)
+    _, correct = train_steps(Single(model), frozen, scaler, train_x, train_y, torch.arange(len(train_y))[None], 32)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # really fixed
-    return float(correct) / len(train_y), evaluate(model, train_x, train_y, batch_size=64)["acc"]
+    return float(correct) / len(train_y), evaluate(Single(model), train_x, train_y, batch_size=64)[0]["acc"]
 
 
 def trained(dropout: float, splits):
@@ -65,7 +66,7 @@ def trained(dropout: float, splits):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for epoch in range(4):
         order = torch.randperm(len(splits[1]), generator=torch.Generator().manual_seed(epoch))
-        train_steps(model, opt, scaler, splits[0], splits[1], order, 32)
+        train_steps(Single(model), opt, scaler, splits[0], splits[1], order[None], 32)
     return model
 
 
@@ -80,14 +81,14 @@ def test_dropout_lowers_the_running_number_on_fixed_weights(learnable):
 
 def test_fit_records_the_eval_mode_pass_on_the_configured_subset(splits, tmp_path):
     cfg = TrainConfig(dropout=0.5, epochs=2, seed=1, train_eval_images=100)
-    records = list(fit(cfg, *splits, tmp_path / "ckpt"))
+    records = [record for _, record in fit([cfg], *splits, [tmp_path / "ckpt"])]
     # the record's train_eval numbers are exactly `evaluate` of the epoch's final weights on the subset
     from tasks.checkpoint import epoch_checkpoints, load_checkpoint
     from tasks.model import Net
 
     net = Net(0.5)
     net.load_state_dict(load_checkpoint(epoch_checkpoints(tmp_path / "ckpt")[0][1])["model"])
-    expected = evaluate(net, *train_eval_split(splits[0], splits[1], 100), batch_size=cfg.eval_batch_size)
+    expected = evaluate(Single(net), *train_eval_split(splits[0], splits[1], 100), batch_size=cfg.eval_batch_size)[0]
     assert records[-1]["train_eval_acc"] == expected["acc"]
     assert records[-1]["train_eval_loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert records[-1]["train_eval_acc"] * 100 == round(records[-1]["train_eval_acc"] * 100)  # k / 100 images

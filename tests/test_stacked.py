@@ -13,15 +13,8 @@ from tasks.data import load_split
 from tasks.devices import stack_groups
 from tasks.evaluate import evaluate
 from tasks.model import Net
-from tasks.stacked import (
-    StackedNet,
-    check_stackable,
-    evaluate_stacked,
-    fit_stacked,
-    streams_from_global,
-    train_steps_stacked,
-)
-from tasks.train import FAIL_AT_EPOCH_ENV, InjectedFault, build, fit, train_steps
+from tasks.stacked import Single, StackedNet, streams_from_global
+from tasks.train import FAIL_AT_EPOCH_ENV, InjectedFault, build, check_stackable, fit, train_steps
 
 BASE = TrainConfig(epochs=2, batch_size=32)
 # Measured: a correct stack differs from separate training by <= 2e-5 after 3 Adam steps (summation
@@ -62,11 +55,11 @@ def test_steps_match_separate_training(splits, pairs):
         net, opt = build(cfg)
         streams.append(streams_from_global("cpu")[0])  # the stream `build` leaves
         initial.append(copy.deepcopy(net))
-        train_steps(net, opt, scaler, x, y, order, 32)
+        train_steps(Single(net), opt, scaler, x, y, order[None], 32)
         alone.append(net)
     stacked = StackedNet(initial)
     opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
-    losses, correct = train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
+    losses, correct = train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
     for k, net in enumerate(alone):
         assert max_param_diff(net, stacked, k) < STEP_TOL, cfgs[k].run_name
     assert losses.shape == (3,) and correct.shape == (3,)
@@ -75,16 +68,16 @@ def test_steps_match_separate_training(splits, pairs):
     stacked = StackedNet(initial)
     opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
     streams = [torch.Generator().manual_seed(99)] + streams[1:]
-    train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
+    train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
     assert max_param_diff(alone[0], stacked, 0) > 10 * STEP_TOL
 
 
-def test_evaluate_stacked_matches_evaluate(splits):
+def test_evaluating_the_stack_matches_evaluating_each_net(splits):
     _, _, tx, ty = splits
     nets = [build(c)[0] for c in variants((0.25, 0), (0.0, 1))]
-    together = evaluate_stacked(StackedNet(nets), tx, ty, batch_size=64)
+    together = evaluate(StackedNet(nets), tx, ty, batch_size=64)
     for net, result in zip(nets, together, strict=True):
-        alone = evaluate(net, tx, ty, batch_size=64)
+        (alone,) = evaluate(Single(net), tx, ty, batch_size=64)
         assert result["confusion"] == alone["confusion"] and result["acc"] == alone["acc"]
         assert result["loss"] == pytest.approx(alone["loss"], rel=1e-5)
 
@@ -112,25 +105,25 @@ def assert_close_to_alone(stacked_dir, alone_dir, tol=1e-3, final_tol=1e-2):
         assert ra["test_loss"] == pytest.approx(rb["test_loss"], abs=1e-3)
 
 
-def test_fit_stacked_matches_fit_and_writes_the_same_checkpoints(splits, tmp_path):
+def test_variants_trained_together_match_each_trained_alone_and_write_the_same_checkpoints(splits, tmp_path):
     cfgs = variants((0.25, 0), (0.0, 0), (0.5, 1))
-    events = list(fit_stacked(cfgs, *splits, [tmp_path / f"stacked{i}" for i in range(3)]))
+    events = list(fit(cfgs, *splits, [tmp_path / f"stacked{i}" for i in range(3)]))
     assert [(i, r["epoch"]) for i, r in events] == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)]
     for i, cfg in enumerate(cfgs):
-        list(fit(cfg, *splits, tmp_path / f"alone{i}"))
+        list(fit([cfg], *splits, [tmp_path / f"alone{i}"]))
         assert_close_to_alone(tmp_path / f"stacked{i}", tmp_path / f"alone{i}")
 
 
 def test_resume_after_fault_is_bit_identical(splits, tmp_path, monkeypatch):
     cfgs = variants((0.25, 0), (0.0, 1))
     clean = [tmp_path / f"clean{i}" for i in range(2)]
-    list(fit_stacked(cfgs, *splits, clean))
+    list(fit(cfgs, *splits, clean))
     folders = [tmp_path / f"faulty{i}" for i in range(2)]
     monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
     with pytest.raises(InjectedFault):
-        list(fit_stacked(cfgs, *splits, folders, attempt=1))
+        list(fit(cfgs, *splits, folders, attempt=1))
     assert [e for e, _ in epoch_checkpoints(folders[0])] == [1]
-    resumed = list(fit_stacked(cfgs, *splits, folders, attempt=2))
+    resumed = list(fit(cfgs, *splits, folders, attempt=2))
     assert [(i, r["epoch"], r["resumed_from"]) for i, r in resumed] == [(0, 2, 1), (1, 2, 1)]
     for a, b in zip(clean, folders, strict=True):
         sa, sb = final_state(a), final_state(b)
@@ -143,12 +136,12 @@ def test_variants_at_different_epochs_catch_up_then_stack(splits, tmp_path, monk
     folders = [tmp_path / "ahead", tmp_path / "behind"]
     monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")  # train `ahead` alone for one epoch, then fail
     with pytest.raises(InjectedFault):
-        list(fit(ahead, *splits, folders[0]))
+        list(fit([ahead], *splits, folders[:1]))
     monkeypatch.delenv(FAIL_AT_EPOCH_ENV)
-    events = list(fit_stacked([ahead, behind], *splits, folders))
+    events = list(fit([ahead, behind], *splits, folders))
     assert [(i, r["epoch"]) for i, r in events] == [(1, 1), (0, 2), (1, 2)]
     for i, cfg in enumerate([ahead, behind]):
-        list(fit(cfg, *splits, tmp_path / f"alone{i}"))
+        list(fit([cfg], *splits, [tmp_path / f"alone{i}"]))
         assert_close_to_alone(folders[i], tmp_path / f"alone{i}")
 
 
@@ -181,17 +174,17 @@ def test_mixed_precision_runs_the_same_way(splits):
         net, opt = build(cfg)
         streams.append(streams_from_global("cpu")[0])
         initial.append(copy.deepcopy(net))
-        train_steps(net, opt, scaler, x, y, order, 32, precision="bf16")
+        train_steps(Single(net), opt, scaler, x, y, order[None], 32, precision="bf16")
         alone.append(net)
     stacked = StackedNet(initial)
     opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
-    losses, _ = train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams, precision="bf16")
+    losses, _ = train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams, precision="bf16")
     assert torch.isfinite(losses).all()
     # One Adam step moves each weight by about lr (1e-3); bf16 rounding may flip a few tiny gradients.
     for k, net in enumerate(alone):
         diffs = torch.cat([(p - stacked.param(n)[k]).abs().flatten() for n, p in net.named_parameters()])
         assert (diffs > 1e-4).float().mean() < 0.05  # measured 0.4 %; a wrong dropout stream: 30 %
-    results = evaluate_stacked(stacked, tx, ty, precision="bf16")
+    results = evaluate(stacked, tx, ty, precision="bf16")
     assert all(0 <= r["acc"] <= 1 and r["loss"] > 0 for r in results)
 
 
@@ -219,12 +212,12 @@ def test_the_stack_is_built_from_net_so_a_changed_net_stacks_the_same(splits):
         net = changed_net(rate, seed)
         streams.append(streams_from_global("cpu")[0])
         initial.append(copy.deepcopy(net))
-        train_steps(net, torch.optim.Adam(net.parameters(), lr=BASE.lr), scaler, x, y, order, 32)
+        train_steps(Single(net), torch.optim.Adam(net.parameters(), lr=BASE.lr), scaler, x, y, order[None], 32)
         alone.append(net)
     stacked = StackedNet(initial)
     assert [kind for kind, *_ in stacked.plan].count("linear") == 3
     opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
-    train_steps_stacked(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
+    train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
     for k, net in enumerate(alone):
         assert max_param_diff(net, stacked, k) < STEP_TOL
 

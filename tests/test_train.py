@@ -20,7 +20,7 @@ def splits(tiny_cifar):
 
 
 def run(cfg, splits, folder, attempt=1):
-    return list(fit(cfg, *splits, folder, attempt=attempt))
+    return [record for _, record in fit([cfg], *splits, [folder], attempt=attempt)]
 
 
 def final_weights(folder):
@@ -62,7 +62,7 @@ def test_fault_then_resume_equals_uninterrupted_run(splits, tmp_path, monkeypatc
     monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
     folder, seen = tmp_path / "faulty", []
     with pytest.raises(InjectedFault):
-        for record in fit(CFG, *splits, folder, attempt=1):
+        for _, record in fit([CFG], *splits, [folder], attempt=1):
             seen.append(record)
     assert [r["epoch"] for r in seen] == [1]
     resumed = run(CFG, splits, folder, attempt=2)  # the retry: fault only fires on attempt 1
