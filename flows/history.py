@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from tasks.history import HISTORY_FILE, as_table, import_reports, read, run_key  # noqa: E402
+from tasks.history import HISTORY_FILE, HistoryError, as_table, import_reports, read, run_key  # noqa: E402
 from tasks.trend import format_table, plot_trend  # noqa: E402
 
 
@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return show(args)
+    except HistoryError as e:
+        return fail(str(e))
+
+
+def show(args: argparse.Namespace) -> int:
     out = Path(args.out)
     history = out / HISTORY_FILE
     if args.last is not None and args.last < 1:

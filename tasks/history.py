@@ -52,16 +52,23 @@ def _sql_type(kind: pa.DataType) -> str:
     return "REAL" if pa.types.is_floating(kind) else "TEXT"  # strings; timestamps as ISO-8601 text
 
 
+class HistoryError(RuntimeError):
+    """The history file cannot be read or written (one line, naming the file)."""
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating) the history, adding any column a newer version of the schema has."""
-    db = sqlite3.connect(path, timeout=120)  # concurrent writers wait for each other's transaction
-    for table, (schema, key) in TABLES.items():
-        columns = ", ".join(f'"{f.name}" {_sql_type(f.type)}' for f in schema)
-        db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}, UNIQUE ({', '.join(key)}))")
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for f in schema:
-            if f.name not in have:
-                db.execute(f'ALTER TABLE {table} ADD COLUMN "{f.name}" {_sql_type(f.type)}')
+    try:
+        db = sqlite3.connect(path, timeout=120)  # concurrent writers wait for each other's transaction
+        for table, (schema, key) in TABLES.items():
+            columns = ", ".join(f'"{f.name}" {_sql_type(f.type)}' for f in schema)
+            db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}, UNIQUE ({', '.join(key)}))")
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for f in schema:
+                if f.name not in have:
+                    db.execute(f'ALTER TABLE {table} ADD COLUMN "{f.name}" {_sql_type(f.type)}')
+    except sqlite3.Error as e:
+        raise HistoryError(f"{path}: not a usable run history ({e}); move it aside to start a new one") from None
     return db
 
 
@@ -91,6 +98,8 @@ def append(path: Path, runs: list[dict], epochs: list[dict]) -> int:
             added = db.total_changes - before
             _insert(db, "epochs", epochs)
         return added
+    except sqlite3.Error as e:  # read-only, disk full, locked past the timeout
+        raise HistoryError(f"{path}: could not record the run ({e})") from None
     finally:
         db.close()
 

@@ -176,6 +176,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert bad.returncode == 2 and "not a date, time or age like 7d" in bad.stderr.splitlines()[-1]
 
 
+def test_a_damaged_history_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / history.HISTORY_FILE).write_bytes(b"not a database" * 100)
+    assert cli.main(["--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not a usable run history" in err and "\n" not in err
+    with pytest.raises(history.HistoryError, match="move it aside"):
+        history.append(tmp_path / history.HISTORY_FILE, [model(0, 0.25, 0, 0.5, 0.1)], [])
+
+
 def test_since_accepts_dates_times_and_ages():
     assert cli.since_value("2026-11-01") == datetime(2026, 11, 1, tzinfo=UTC)
     assert cli.since_value("2026-11-01T08:00+01:00").utcoffset() == timedelta(hours=1)
