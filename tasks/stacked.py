@@ -101,6 +101,9 @@ class StackedNet(nn.Module):
         x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
         modes = [net.training for net in nets]
         was = self.training
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        # Full float32 on CUDA too: TF32 rounding would differ between the grouped and the plain paths.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.eval()
         try:
             together = self(x, shared=True)
@@ -110,6 +113,7 @@ class StackedNet(nn.Module):
                 if together[k].shape != alone.shape or not torch.allclose(together[k], alone, rtol=1e-3, atol=1e-4):
                     raise ValueError("StackedNet does not reproduce Net: Net.forward must run its layers in order")
         finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
             self.train(was)
             for net, mode in zip(nets, modes, strict=True):
                 net.train(mode)
