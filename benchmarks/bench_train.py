@@ -48,7 +48,7 @@ from tasks.devices import available_cores  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.model import Net  # noqa: E402
 from tasks.stacked import Single, StackedNet, streams_from_global  # noqa: E402
-from tasks.train import build, train_steps  # noqa: E402
+from tasks.train import adam, build, train_steps  # noqa: E402
 
 BATCH = 32
 WARMUP_STEPS = 20
@@ -159,7 +159,7 @@ def project_child(job: dict) -> dict:
             cpu_gen, cuda_gen = streams_from_global(device)
             streams.append(cuda_gen or cpu_gen)
         model = StackedNet(nets).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+        opt = adam(model.parameters(), cfg)
         orders = torch.stack([order_for(c.seed) for c in cfgs])
 
         def steps(part):

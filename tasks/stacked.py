@@ -44,8 +44,6 @@ class StackedNet(nn.Module):
         )
         leaves = [[(n, m) for n, m in net.named_modules() if not list(m.children())] for net in nets]
         self.plan = [_batched(name, [layers[i][1] for layers in leaves]) for i, (name, _) in enumerate(leaves[0])]
-        self.rates = [max((rates[k] for kind, _, _, rates in self.plan if kind == "dropout"), default=0.0)
-                      for k in range(len(nets))]  # fmt: skip
         self._check_against(nets)
 
     @property

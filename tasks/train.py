@@ -52,9 +52,13 @@ def build(cfg: TrainConfig) -> tuple[Net, torch.optim.Adam]:
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = Net(cfg.dropout).to(device, memory_format=torch.channels_last)
-    # Same Adam; on CUDA its fused kernel updates all parameters in one launch instead of dozens
-    # (at batch 32 a GPU step is launch-bound).
-    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    return model, adam(model.parameters(), cfg)
+
+
+def adam(params, cfg: TrainConfig) -> torch.optim.Adam:
+    """The one optimizer set-up, alone or stacked. On CUDA Adam's fused kernel updates all parameters
+    in one launch instead of dozens (at batch 32 a GPU step is launch-bound)."""
+    return torch.optim.Adam(params, lr=cfg.lr, fused=torch.device(cfg.device).type == "cuda")
 
 
 def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int, list[dict]] | None:
@@ -260,8 +264,7 @@ def _together(runs: list[_Run], cfg: TrainConfig, device: torch.device):
     if len(runs) == 1:
         return Single(runs[0].model), runs[0].opt
     stacked = StackedNet([r.model for r in runs]).to(device)
-    # Same Adam; on CUDA its fused kernel updates all parameters in one launch instead of dozens.
-    opt = torch.optim.Adam(stacked.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    opt = adam(stacked.parameters(), cfg)
     stack_adam_state(opt, [r.opt for r in runs])
     return stacked, opt
 
