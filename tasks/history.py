@@ -151,6 +151,13 @@ def read(
     return [{f.name: _from_sql(row.get(f.name), f.type) for f in schema} for row in rows]
 
 
+def split_report_folder(folder: str | Path) -> tuple[str, str]:
+    """(experiment, experiment hash) of a report folder named `<experiment>-<digest>` (flows/compare.py
+    `run_folder_name`)."""
+    experiment, _, digest = Path(folder).name.rpartition("-")
+    return experiment, digest
+
+
 def run_key(row: dict) -> str:
     """The run a row belongs to (same rule as RUN_ID)."""
     return row["flow_run_id"] or row["report_folder"]
@@ -198,7 +205,7 @@ def import_reports(out: Path, history: Path) -> int:
     added = 0
     for summary_file in sorted(out.glob("*/summary.parquet")):
         folder = summary_file.parent
-        experiment, _, digest = folder.name.rpartition("-")
+        experiment, digest = split_report_folder(folder)
         if digest in recorded:
             continue
         summary = pq.read_table(summary_file).to_pylist()

@@ -371,7 +371,7 @@ def record_history(
         "flow_run_name": current_flow_run.name or "",
         "code_version": code_version(),
         "experiment": experiment,
-        "experiment_hash": Path(folder).name.rpartition("-")[2],
+        "experiment_hash": history.split_report_folder(folder)[1],
         "report_folder": folder,
     }
     rows = history.model_rows(results, data, meta)

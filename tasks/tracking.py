@@ -35,7 +35,11 @@ def check_available() -> None:
 
 def tracking_uri(out: str | Path) -> str:
     """MLFLOW_TRACKING_URI when set (MLflow's own setting), else the embedded store under `out`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(out) / STORE_FILE).resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri(out)
+
+
+def _embedded_uri(out: str | Path) -> str:
+    return f"sqlite:///{(Path(out) / STORE_FILE).resolve()}"
 
 
 def _experiment_id(client, out: Path) -> str:
@@ -44,7 +48,7 @@ def _experiment_id(client, out: Path) -> str:
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is not None:
         return found.experiment_id
-    location = (out / ARTIFACTS_FOLDER).resolve().as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
+    location = (out / ARTIFACTS_FOLDER).resolve().as_uri() if tracking_uri(out) == _embedded_uri(out) else None
     try:
         return client.create_experiment(EXPERIMENT, artifact_location=location)
     except MlflowException:  # another run created it meanwhile
