@@ -1,32 +1,106 @@
 #!/usr/bin/env bash
-# The GPU measurements issue #3 asks for, in one go — for one call on a GPU machine that has torch
-# but not Prefect (the benchmarks below never import it). Prepare once, on this side:
-#     cp -r ../shared shared        # the stand-in's source and tool; git ignores shared/
-# then run `bash benchmarks/gpu_check.sh` there; the log and CSVs land in $OUT (or ./gpu-check).
-# Knobs for a quick smoke run elsewhere: PYTHON=.venv/bin/python DEVICE=cpu EPOCHS=1 STEPS=20
-# LIMIT_TRAIN=2000 SETTINGS=fp32 DATA=<folder holding cifar-10-batches-py/>.
+# Issue #11's GPU measurements in one device call (about 8 minutes on an H100/H200), the table last.
+#
+# Prepare once, on this side (the device has torch, pytest, pyarrow and matplotlib, not Prefect or
+# pydantic, and cannot download):
+#     cp -r ../shared shared                      # the stand-in's source and tool; git ignores shared/
+#     bash benchmarks/gpu_check.sh --wheels       # Prefect and its needs as wheels in .whl/ (41 MB)
+# then, in one call there (carry .whl):  bash benchmarks/gpu_check.sh
+# The log, the plan (gpu_plan.json: copy it to tasks/) and the table land in $OUT (or ./gpu-check).
+# What it runs, in order of importance (each step has its own time limit, so one hang costs only it):
+#   1. the CUDA-only tests (graphed vs eager, exact resume, capture fallback) and the plan tests
+#   2. the default comparison's training stage as the flow runs it, cold then warm, + accuracy bands
+#   3. the sweep: --dropout 0.1 0.25 0.5 --seeds 0 1 2 3 4 (20 trainings of 8 epochs)
+#   4. `python flows/compare.py` end to end (needs the wheels)
+#   5. the device plan: K = 2, 4, 8, 16 stacked / streams / processes (benchmarks/gpu_plan.py)
+#   6. the same training stage eager (--cuda-graphs off), for the graph's speed-up side by side
+# Smoke run elsewhere: DEVICE=cpu EPOCHS=1 LIMIT_TRAIN=2000 KS=2 EAGER_KS=2 PLAN_LIMIT=1000
+#     SWEEP_SEEDS=0 PYTHON=.venv/bin/python DATA=<folder holding cifar-10-batches-py/> bash benchmarks/gpu_check.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-device=${DEVICE:-cuda} epochs=${EPOCHS:-8} steps=${STEPS:-1500} limit=${LIMIT_TRAIN:-0}
-settings=${SETTINGS:-bf16,fp32+compile,bf16+compile}
+python=${PYTHON:-$(command -v python3 || command -v python)}
+
+if [ "${1:-}" = "--wheels" ]; then  # here, with a package index: this checkout's Prefect and all its needs
+    rm -rf .whl && mkdir -p .whl
+    "$python" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "prefect==$("$python" -c 'import prefect; print(prefect.__version__)')" || exit 1
+    du -sh .whl shared  # with the tree, under the device's 64 MiB per call
+    exit 0
+fi
+
+device=${DEVICE:-cuda} epochs=${EPOCHS:-8} limit=${LIMIT_TRAIN:-0} seeds=${SWEEP_SEEDS:-0 1 2 3 4}
 out=${OUT:-gpu-check} data=${DATA:-/tmp/dropout-lab-standin}
 mkdir -p "$out"
-python=${PYTHON:-$(command -v python3 || command -v python)}
+table="$out/table.md"
+: > "$table"
+row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" >> "$table"; }
+seconds() { grep -o 'training stage wall time: [0-9.]*' "$1" | grep -o '[0-9.]*$'; }
+within() { "$python" -c "import sys; print('yes' if float(sys.argv[1]) <= float(sys.argv[2]) else 'NO')" "$@"; }
+finish() {
+    echo; echo "== table (targets: issue #11)"; echo "| what | measured | target met |"; echo "|---|---|---|"; cat "$table"
+    echo; echo "== the device plan (benchmarks/gpu_plan.py; copy gpu_plan.json to tasks/)"; grep '^|' "$out/plan.log" 2>/dev/null
+}
+trap finish EXIT
+
 {
+    if [ -d .whl ]; then
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
     "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
-    [ -d "$data/cifar-10-batches-py" ] || "$python" shared/tools/make_cifar10_standin.py "$data" || exit 1
-    echo "== 1. trainer: tutorial loop vs ours, the pair as the flow trains it, K sweep, precision/compile"
-    "$python" benchmarks/bench_train.py --data-dir "$data" --device "$device" --steps "$steps" \
-        --eval-images 10000 --k-sweep 1,2,4,8 --settings "$settings" --out "$out"
-    echo "== 2. the default comparison's training stage (2 models x $epochs epochs + evaluation each epoch)"
+    [ -d "$data/cifar-10-batches-py" ] || "$python" shared/tools/make_cifar10_standin.py "$data" --no-archive || exit 1
     common=(--data-dir "$data" --device "$device" --epochs "$epochs" --limit-train "$limit")
-    "$python" benchmarks/time_training.py "${common[@]}" --stack auto   # cold: first CUDA/cuDNN start
-    "$python" benchmarks/time_training.py "${common[@]}" --stack auto   # warm
-    "$python" benchmarks/time_training.py "${common[@]}" --stack off
-    if [ "$device" != cpu ]; then
-        "$python" benchmarks/time_training.py "${common[@]}" --precision bf16
-        "$python" benchmarks/time_training.py "${common[@]}" --precision bf16 --compile   # cold compile
-        "$python" benchmarks/time_training.py "${common[@]}" --precision bf16 --compile   # warm compile cache
+
+    echo "== 1. CUDA-only tests and the plan tests"
+    timeout 120 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_plan.py 2>&1 | tee "$out/tests.log"
+    row "tests/test_graphs.py + test_plan.py" "$(tail -1 "$out/tests.log")" "$(grep -q failed "$out/tests.log" && echo NO || echo yes)"
+
+    echo "== 2. the default comparison's training stage (2 models x $epochs epochs + evaluation each epoch)"
+    timeout 100 "$python" benchmarks/time_training.py "${common[@]}" | tee "$out/stage-cold.log"
+    timeout 70 "$python" benchmarks/time_training.py "${common[@]}" | tee "$out/stage-warm.log"
+    for run in cold warm; do
+        s=$(seconds "$out/stage-$run.log")
+        row "training stage, default pair ($run start)" "${s:-failed} s ($(grep -o 'cuda graphs [a-z ]*used' "$out/stage-$run.log"))" "$([ -n "$s" ] && within "$s" 10)"
+    done
+    "$python" - "$out/stage-warm.log" <<'EOF' | tee -a "$out/bands.log"
+import re, sys
+rows = {m[1]: (float(m[2]), float(m[3]), float(m[4])) for m in re.finditer(
+    r"final  (\S+), seed=0 +train acc \(eval mode\) +([\d.]+)%  test acc +([\d.]+)%.*test loss ([\d.]+)", open(sys.argv[1]).read())}
+d, b = rows.get("dropout=0.25"), rows.get("baseline")
+if not d or not b:
+    print("| accuracy bands | no final numbers | NO |"); sys.exit()
+ok = 70 <= d[1] <= 75 and 70 <= b[1] <= 75 and b[0] - d[0] >= 5 and b[2] > d[2]
+print(f"| accuracy bands (test 70-75 %, baseline train >= dropout's + 5, baseline test loss higher) | dropout "
+      f"{d[0]:.2f}/{d[1]:.2f} % loss {d[2]:.3f}; baseline {b[0]:.2f}/{b[1]:.2f} % loss {b[2]:.3f} | {'yes' if ok else 'NO'} |")
+EOF
+    grep '^| accuracy' "$out/bands.log" >> "$table"
+
+    echo "== 3. the sweep: dropout 0.1 0.25 0.5 x seeds $seeds"
+    # shellcheck disable=SC2086
+    timeout 120 "$python" benchmarks/time_training.py "${common[@]}" --dropout 0.1 0.25 0.5 --seeds $seeds | tee "$out/sweep.log"
+    s=$(seconds "$out/sweep.log")
+    row "sweep, $(grep -o '^[0-9]* variants' "$out/sweep.log") x $epochs epochs, training" "${s:-failed} s" "$([ -n "$s" ] && within "$s" 60)"
+
+    echo "== 4. python flows/compare.py end to end"
+    if "$python" -c "import prefect" 2>/dev/null; then
+        flow_tmp=$(mktemp -d)
+        start=$(date +%s.%N)
+        timeout 100 "$python" flows/compare.py --data-dir "$data" --out "$flow_tmp/out" --cache-dir "$flow_tmp/cache" \
+            --device "$([ "$device" = cuda ] && echo auto || echo "$device")" --epochs "$epochs" --limit-train "$limit" 2>&1 | tee "$out/flow.log"
+        s=$("$python" -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$start")
+        row "python flows/compare.py, end to end" "$s s ($(grep -c 'Finished in state Completed' "$out/flow.log") tasks completed)" "$(grep -q '^report:' "$out/flow.log" && within "$s" 30)"
+    else
+        row "python flows/compare.py, end to end" "not run: Prefect is not installed (carry .whl)" "—"
     fi
+
+    echo "== 5. the device plan"
+    timeout 260 "$python" benchmarks/gpu_plan.py --budget "${PLAN_BUDGET:-200}" --data-dir "$data" --device "$([ "$device" = cuda ] && echo cuda:0 || echo "$device")" \
+        --ks "${KS:-2,4,8,16}" --eager-ks "${EAGER_KS:-2,4}" --limit-train "${PLAN_LIMIT:-25000}" --write "$out/gpu_plan.json" | tee "$out/plan.log"
+
+    echo "== 6. the default training stage eager, for the graphs' speed-up"
+    timeout 80 "$python" benchmarks/time_training.py "${common[@]}" --cuda-graphs off | tee "$out/stage-eager.log"
+    e=$(seconds "$out/stage-eager.log") g=$(seconds "$out/stage-warm.log")
+    row "training stage eager (--cuda-graphs off)" "${e:-failed} s; graphed/eager $([ -n "$e" ] && [ -n "$g" ] && "$python" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$g" "$e")" "—"
 } 2>&1 | tee "$out/gpu-check.log"

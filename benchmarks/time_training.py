@@ -1,13 +1,15 @@
 """Wall time of the comparison's training stage, run exactly as the flow runs it, without Prefect.
 
-    python benchmarks/time_training.py --data-dir DIR [--device auto] [--stack auto] [--precision fp32]
-        [--compile] [--dropout 0.25] [--seeds 0] [--epochs 8] [--limit-train N] [--limit-test N]
+    python benchmarks/time_training.py --data-dir DIR [--device auto] [--stack auto] [--cuda-graphs auto]
+        [--precision fp32] [--compile] [--dropout 0.25] [--seeds 0] [--epochs 8] [--limit-train N]
+        [--limit-test N]
 
-The same variants, devices, stacks, thread split and training processes (`tasks.launcher`) as
-`flows/compare.py`, each from scratch in a temporary checkpoint folder, the groups concurrently.
-For machines without Prefect (e.g. a GPU box with only torch): the flow adds Prefect's start-up
-(~20 s here for its temporary server), evaluation and the report on top. Prints one line per
-variant and epoch, the final accuracies and the wall time.
+The same variants, devices, plan (stacked, side by side on streams, or a process each), CUDA graphs,
+thread split and training processes (`tasks.launcher`) as `flows/compare.py`, each from scratch in a
+temporary checkpoint folder, the groups concurrently. For machines without Prefect (e.g. a GPU box
+with only torch): the flow adds Prefect's start-up (~20 s here for its temporary server) and the
+report on top. Prints one line per variant and epoch, the final accuracies and the wall time.
+`time_stage` is the same measurement as a function (benchmarks/gpu_plan.py).
 """
 
 from __future__ import annotations
@@ -24,16 +26,64 @@ sys.path.insert(0, str(REPO))
 
 from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import FOLDER_NAME  # noqa: E402
-from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
+from tasks.devices import STACK_MODES, group_layout, process_plan, stack_groups, variant_configs  # noqa: E402
+from tasks.graphs import GRAPH_MODES  # noqa: E402
 from tasks.launcher import run_worker  # noqa: E402
 from tasks.train import format_epoch  # noqa: E402
+
+
+def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: str, echo: bool = True) -> dict:
+    """Train `configs` as the flow would; {"wall": s, "finals": {name: last record}, "failures": [...],
+    "groups": n, "graphed": all trained with CUDA graphs}."""
+    groups = stack_groups(configs, stack, cuda_graphs)
+    threads, slots = process_plan(groups)
+    # The flow takes these slots from Prefect's concurrency limits; this timing runs without Prefect.
+    device_slots = {device: threading.BoundedSemaphore(n) for device, n in slots.items()}
+    if echo:
+        names = [f"{' + '.join(c.run_name for c in g)} on {g[0].device}" for g in groups]
+        how = [group_layout(g, stack, cuda_graphs) if len(g) > 1 else "alone" for g in groups]
+        layout = "; ".join(f"{name} ({h})" for name, h in zip(names, how, strict=True))
+        print(f"{len(configs)} variants in {len(groups)} training process(es): {layout}", flush=True)
+    finals: dict[str, dict] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def train(group: list[TrainConfig], folder: Path) -> None:
+        job = {"configs": [c.to_dict() for c in group], "data_root": str(root), "threads": threads,
+               "checkpoint_dirs": [str(folder / f"variant{i}") for i in range(len(group))],
+               "cuda_graphs": cuda_graphs, "layout": group_layout(group, stack, cuda_graphs)}  # fmt: skip
+        try:
+            with device_slots[group[0].device]:
+                for event in run_worker(job):
+                    if event["event"] == "epoch":
+                        name = group[event["variant"]].run_name
+                        with lock:
+                            finals[name] = event
+                            if echo:
+                                print(format_epoch(name, group[0].epochs, event), flush=True)
+                    elif event["event"] == "log" and echo:
+                        print(f"  [{group[0].run_name}] {event['message']}", flush=True)
+        except Exception as e:  # reported below; the other groups finish
+            failures.append(f"{' + '.join(c.run_name for c in group)}: {e}")
+
+    with tempfile.TemporaryDirectory(prefix="time-training-") as tmp:
+        start = time.perf_counter()
+        workers = [threading.Thread(target=train, args=(g, Path(tmp) / f"group{i}")) for i, g in enumerate(groups)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        wall = time.perf_counter() - start
+    graphed = bool(finals) and all(r.get("cuda_graphs") for r in finals.values())
+    return {"wall": wall, "finals": finals, "failures": failures, "groups": len(groups), "graphed": graphed}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, required=True, help=f"folder holding {FOLDER_NAME}/")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--stack", default="auto", choices=("auto", "on", "off"))
+    ap.add_argument("--stack", default="auto", choices=STACK_MODES)
+    ap.add_argument("--cuda-graphs", default="auto", choices=GRAPH_MODES)
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--dropout", type=float, nargs="+", default=[0.25])
@@ -50,48 +100,17 @@ def main() -> int:
     configs = variant_configs(base, args.dropout, args.seeds, args.device)
     for cfg in configs:
         check_train_config(cfg)
-    groups = stack_groups(configs, args.stack)
-    threads, slots = process_plan(groups)
-    # The flow takes these slots from Prefect's concurrency limits; this timing runs without Prefect.
-    device_slots = {device: threading.BoundedSemaphore(n) for device, n in slots.items()}
-    layout = "; ".join(" + ".join(c.run_name for c in g) + f" on {g[0].device}" for g in groups)
-    print(f"{len(configs)} variants in {len(groups)} training process(es): {layout}", flush=True)
-
-    finals: dict[str, dict] = {}
-    failures: list[str] = []
-    lock = threading.Lock()
-
-    def train(group: list[TrainConfig], folder: Path) -> None:
-        job = {"configs": [c.to_dict() for c in group], "data_root": str(root), "threads": threads,
-               "checkpoint_dirs": [str(folder / f"variant{i}") for i in range(len(group))]}  # fmt: skip
-        try:
-            with device_slots[group[0].device]:
-                for event in run_worker(job):
-                    if event["event"] == "epoch":
-                        name = group[event["variant"]].run_name
-                        with lock:
-                            finals[name] = event
-                            print(format_epoch(name, args.epochs, event), flush=True)
-        except Exception as e:  # reported below; the other groups finish
-            failures.append(f"{' + '.join(c.run_name for c in group)}: {e}")
-
-    with tempfile.TemporaryDirectory(prefix="time-training-") as tmp:
-        start = time.perf_counter()
-        workers = [threading.Thread(target=train, args=(g, Path(tmp) / f"group{i}")) for i, g in enumerate(groups)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        wall = time.perf_counter() - start
-    for name, r in finals.items():
+    result = time_stage(configs, root, args.stack, args.cuda_graphs)
+    for name, r in result["finals"].items():
         gap = 100 * (r["train_eval_acc"] - r["test_acc"])
         print(f"final  {name:<24} train acc (eval mode) {r['train_eval_acc']:6.2%}  test acc {r['test_acc']:6.2%}  "
               f"gap {gap:.2f} points  test loss {r['test_loss']:.4f}")  # fmt: skip
-    for failure in failures:
+    for failure in result["failures"]:
         print(f"error: {failure}", file=sys.stderr)
-    print(f"training stage wall time: {wall:.1f} s ({len(configs)} variants, {args.epochs} epochs, "
-          f"device {args.device}, stack {args.stack}, precision {args.precision}, compile {args.compile})")  # fmt: skip
-    return 1 if failures else 0
+    print(f"training stage wall time: {result['wall']:.1f} s ({len(configs)} variants, {args.epochs} epochs, "
+          f"device {args.device}, stack {args.stack}, cuda graphs {'used' if result['graphed'] else 'not used'}, "
+          f"precision {args.precision}, compile {args.compile})")  # fmt: skip
+    return 1 if result["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from tasks.config import (  # noqa: E402
     BatchSize,
     CacheDir,
     Compile,
+    CudaGraphs,
     DataDir,
     Dataset,
     Device,
@@ -55,7 +56,8 @@ from tasks.config import (  # noqa: E402
     flag,
 )
 from tasks.data import ARCHIVE_NAME, CIFAR10_URL, FOLDER_NAME  # noqa: E402
-from tasks.devices import process_plan, stack_groups, variant_configs  # noqa: E402
+from tasks.devices import group_layout, process_plan, stack_groups, variant_configs  # noqa: E402
+from tasks.launcher import discard_spares, prestart  # noqa: E402
 from tasks.preflight import ROOT_ENV, check_folders, confine_folders  # noqa: E402
 from tasks.progress import bars  # noqa: E402
 from tasks.redact import redact  # noqa: E402
@@ -169,7 +171,7 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     base = TrainConfig(**{k: params[k] for k in ("epochs", "batch_size", "lr", "precision", "compile",
                                                  "limit_train", "limit_test", "train_eval_images")})  # fmt: skip
     configs = variant_configs(base, list(params["dropout"]), list(params["seeds"]), params["device"])
-    stack_groups(configs, params["stack"])  # raises for an unknown mode
+    stack_groups(configs, params["stack"], params["cuda_graphs"])  # raises for an unknown mode
     for cfg in configs:
         check_train_config(cfg)  # every rate and seed, and precision vs the resolved device
     folders = confine_folders(params) if deployed else {k: params[k] for k in ROOT_ENV}
@@ -193,6 +195,7 @@ def compare(
     precision: Precision = "fp32",
     compile: Compile = False,
     stack: Stack = "auto",
+    cuda_graphs: CudaGraphs = "auto",
     limit_train: LimitTrain = 0,
     limit_test: LimitTest = 0,
     train_eval_images: TrainEvalImages = TrainConfig.train_eval_images,
@@ -210,10 +213,11 @@ def compare(
     opts = {**cache_options(cache_dir), "refresh_cache": True if refresh else None}
 
     data = fetch_cifar10.with_options(**opts)(data_dir, dataset, os.environ.get(MIRROR_ENV, CIFAR10_URL))
-    groups, gpu_workers = training_groups(configs, stack)
+    groups, gpu_workers = training_groups(configs, stack, cuda_graphs)
     threads, slots = process_plan(groups)
     with gpu_resource(gpu_workers):
-        trained = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh, slots[g[0].device])
+        trained = [train.with_options(**opts).submit(g, data, cache_dir, threads, refresh, slots[g[0].device],
+                                                     cuda_graphs, group_layout(g, stack, cuda_graphs))
                    for g in groups]  # fmt: skip
     results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
     run_dir = Path(out).resolve() / run_folder_name(configs, dataset, data.fingerprint)
@@ -230,10 +234,12 @@ def compare(
 # --- scale-out ----------------------------------------------------------------------------------------
 
 
-def training_groups(configs: list[TrainConfig], stack: str) -> tuple[list[list[TrainConfig]], int]:
+def training_groups(
+    configs: list[TrainConfig], stack: str, cuda_graphs: str = "auto"
+) -> tuple[list[list[TrainConfig]], int]:
     """Which variants train together (one training task each), and how many Dask GPU workers there
     are: on a Dask cluster of GPU machines each task gets a worker's GPU, whatever is local."""
-    groups = stack_groups(configs, stack)
+    groups = stack_groups(configs, stack, cuda_graphs)
     gpu_workers = dask_gpu_workers()
     if gpu_workers:
         groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
@@ -364,12 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     # (atexit is last-in, first-out): the flow reports its end, the server stops, then this line.
     last_line: list[str] = []
     atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
-    groups = stack_groups(configs, params["stack"])
-    n_local_workers = sum(process_plan(groups)[1].values())
-    runner = task_runner_for(runner_kind, dask_address, min(len(groups), n_local_workers))
+    groups = stack_groups(configs, params["stack"], params["cuda_graphs"])
+    threads, slots = process_plan(groups)
+    runner = task_runner_for(runner_kind, dask_address, min(len(groups), sum(slots.values())))
     flow_fn = compare if runner is None else compare.with_options(task_runner=runner)
     try:
         with stop_on_signals():
+            if runner is None:  # training runs in this process's threads: its processes can start now
+                prestart(first_processes(groups, threads, slots))
             start_temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
             with bars.shown():  # one bar per model on a terminal; nothing when piped or logged
                 folder = flow_fn(**params)
@@ -380,8 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # Prefect has logged the details; end on one clear line
         last_line[:] = ["error:", one_line(e)]
         return 1
+    finally:
+        discard_spares()
     last_line[:] = ["report:", folder]
     return 0
+
+
+def first_processes(groups: list[list[TrainConfig]], threads: int, slots: dict[str, int]) -> list[tuple[int, str]]:
+    """(threads, device) of the training processes that start first: one per group, as many per
+    device as it has slots."""
+    started: dict[str, int] = {}
+    for group in groups:
+        device = group[0].device
+        started[device] = started.get(device, 0) + 1
+    return [(threads, device) for device, n in started.items() for _ in range(min(n, slots[device]))]
 
 
 if __name__ == "__main__":

@@ -40,9 +40,15 @@ Precision = Annotated[
 ]
 Compile = Annotated[bool, Field(description="torch.compile the model (pays off on CUDA; slower on CPU)")]
 Stack = Annotated[
+    Literal["auto", "on", "streams", "off"],
+    Field(description="how variants sharing a device train: auto (the fastest measured plan) | on (one stacked "
+          "computation) | streams (one process, one CUDA graph each on its own stream) | off (one process each)"),
+]  # fmt: skip
+CudaGraphs = Annotated[
     Literal["auto", "on", "off"],
-    Field(description="train variants sharing a device as one batched computation: auto (on CUDA) | on | off"),
-]
+    Field(description="replay each training step and evaluation as a CUDA graph: auto (on CUDA) | on | off; a "
+          "capture that fails trains eagerly"),
+]  # fmt: skip
 LimitTrain = Annotated[int, Field(ge=0, le=50_000, description="train on the first N training images (0 = all)")]
 LimitTest = Annotated[int, Field(ge=0, le=10_000, description="evaluate on the first N test images (0 = all)")]
 TrainEvalImages = Annotated[

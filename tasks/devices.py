@@ -1,14 +1,18 @@
-"""Which device each variant trains on, which variants share a process, and how many CPU threads it may use."""
+"""Which device each variant trains on, which variants share a process and how (the measured GPU plan),
+and how many CPU threads each process may use."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import get_args
 
 import torch
 
 from tasks.config import Stack, TrainConfig
+from tasks.graphs import graphs_wanted
 
 
 def available_cores() -> int:
@@ -54,25 +58,56 @@ def variant_configs(base: TrainConfig, rates: list[float], seeds: list[int], dev
 
 
 STACK_MODES = get_args(get_args(Stack)[0])  # declared once, with the flow parameter
+# The plan `--stack auto` follows on a GPU, per number of variants sharing it, with and without CUDA
+# graphs: written by `benchmarks/gpu_plan.py --write` from its side-by-side measurement (README, *GPU*).
+PLAN_FILE = Path(__file__).with_name("gpu_plan.json")
+PLANS = ("stacked", "streams", "processes")
+# Training processes at once on one GPU: each holds a CUDA context and its own copy of the data.
+GPU_PROCESSES_MAX = 16
 
 
-def stack_groups(configs: list, mode: str) -> list[list]:
-    """Which variants train together as one stacked computation (tasks/stacked.py), in input order.
+def measured_plan(k: int, graphed: bool, table: dict | None = None) -> str:
+    """stacked | streams | processes: the fastest measured way to train `k` variants on one GPU (the
+    entry for the largest measured K not above k; the smallest measured K below that)."""
+    table = table if table is not None else json.loads(PLAN_FILE.read_text())
+    fastest = {int(n): plan for n, plan in table["graphs" if graphed else "eager"].items()}
+    measured = sorted(fastest)
+    return fastest[max([n for n in measured if n <= k], default=measured[0])]
 
-    `on`: all variants sharing a device; `auto`: those sharing a CUDA device (a GPU at batch 32 is
-    launch-bound, so K stacked models cost little more than one; on CPU separate processes are
-    faster, see README); `off`: every variant alone.
-    """
+
+def plan_for(mode: str, device: str, k: int, graphed: bool) -> str:
+    """How `k` variants sharing `device` train: `on` stacked, `streams` side by side in one process,
+    `off` a process each; `auto` the measured plan on a GPU, and a process each on CPU (there
+    separate processes beat a stacked computation, README *Training many variants at once*)."""
     if mode not in STACK_MODES:
         raise ValueError(f"stack must be one of {', '.join(STACK_MODES)} (got {mode!r})")
-    groups: dict[str, list] = {}
-    singles = []
+    if mode == "auto":
+        return measured_plan(k, graphed) if device.startswith("cuda") and k > 1 else "processes"
+    return {"on": "stacked", "streams": "streams", "off": "processes"}[mode]
+
+
+def stack_groups(configs: list, mode: str, cuda_graphs: str = "auto") -> list[list]:
+    """Which variants share one training process (a stack, or units side by side on streams), in
+    input order: all of a device's variants unless its plan is a process each (`plan_for`)."""
+    by_device: dict[str, list] = {}
     for cfg in configs:
-        if mode == "on" or (mode == "auto" and cfg.device.startswith("cuda")):
-            groups.setdefault(cfg.device, []).append(cfg)
-        else:
-            singles.append([cfg])
-    return [*groups.values(), *singles]
+        by_device.setdefault(cfg.device, []).append(cfg)
+    alone = {
+        d
+        for d, cfgs in by_device.items()
+        if plan_for(mode, d, len(cfgs), _graphed(cuda_graphs, cfgs[0])) == "processes"
+    }
+    return [cfgs for d, cfgs in by_device.items() if d not in alone] + [[c] for c in configs if c.device in alone]
+
+
+def group_layout(group: list, mode: str, cuda_graphs: str = "auto") -> str:
+    """stacked | streams: how the variants of one training process train together (tasks.train.fit)."""
+    plan = plan_for(mode, group[0].device, len(group), _graphed(cuda_graphs, group[0]))
+    return "streams" if plan == "streams" else "stacked"
+
+
+def _graphed(cuda_graphs: str, cfg) -> bool:
+    return graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)[0]
 
 
 def threads_per_variant(devices: list[str]) -> int:
@@ -84,9 +119,9 @@ def threads_per_variant(devices: list[str]) -> int:
 
 
 def worker_slots(devices: list[str], threads: int) -> dict[str, int]:
-    """How many training processes may run at once per device: the CPU's cores split `threads` each,
-    one per GPU (a second one on the same GPU would only queue behind the first)."""
-    return {d: (max(1, available_cores() // threads) if d == "cpu" else 1) for d in set(devices)}
+    """How many training processes may run at once per device: the CPU's cores split `threads` each;
+    on a GPU up to GPU_PROCESSES_MAX, which share it concurrently (README, *GPU*)."""
+    return {d: (max(1, available_cores() // threads) if d == "cpu" else GPU_PROCESSES_MAX) for d in set(devices)}
 
 
 def process_plan(groups: list[list[TrainConfig]]) -> tuple[int, dict[str, int]]:

@@ -20,15 +20,55 @@ def to_input(images_nhwc: torch.Tensor) -> torch.Tensor:
     return images_nhwc.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast on CUDA; a no-op context for fp32."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """bf16/fp16 autocast on CUDA; a no-op context for fp32. Inside a CUDA-graph capture the cast
+    cache must be off (`cache=False`): cached casts would be freed with the capture's tensors."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
-@torch.inference_mode()
+@torch.no_grad()
+def eval_sums(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    precision: str,
+    loss_sum: torch.Tensor,
+    confusion: torch.Tensor,
+    cache: bool = True,
+) -> None:
+    """Add each variant's summed cross-entropy to `loss_sum` (K,) float64 and its [true, predicted]
+    counts to `confusion` (K, 10, 10) int64, in place. No host sync and fixed shapes throughout, so a
+    whole evaluation pass can be captured as one CUDA graph (tasks/train.py)."""
+    device, k, n_classes = images.device, model.k, len(CLASSES)
+    flat = confusion.view(-1)
+    variant = torch.arange(k, device=device).unsqueeze(1)  # (K, 1)
+    for start in range(0, len(labels), batch_size):
+        x, y = to_input(images[start : start + batch_size]), labels[start : start + batch_size]
+        with autocast(device, precision, cache):
+            logits = model(x, shared=True)
+        logits = logits.float()  # (K, b, 10)
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).sum(1)
+        cell = (variant * n_classes + y) * n_classes + logits.argmax(2)  # (K, b): [variant, true, predicted]
+        # scatter_add_ rather than bincount: bincount's output size is data-dependent (a host sync).
+        flat.scatter_add_(0, cell.flatten(), torch.ones_like(cell.flatten()))
+
+
+def eval_buffers(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed (loss_sum (K,), confusion (K, 10, 10)) for `eval_sums`."""
+    n = len(CLASSES)
+    return torch.zeros(k, dtype=torch.float64, device=device), torch.zeros(k, n, n, dtype=torch.int64, device=device)
+
+
+def eval_results(loss_sum: torch.Tensor, confusion: torch.Tensor, n: int) -> list[dict]:
+    """`eval_sums`' totals over `n` images → one `eval_result` dict per variant."""
+    loss_sum, confusion = loss_sum.cpu(), confusion.cpu()
+    return [eval_result(float(loss_sum[i]), confusion[i], n) for i in range(len(loss_sum))]
+
+
 def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000, precision: str = "fp32"
 ) -> list[dict]:
@@ -38,20 +78,9 @@ def evaluate(
     `images` (N, 32, 32, 3) uint8 and `labels` (N,) must already be on the model's device.
     """
     model.eval()
-    device, k, n_classes = images.device, model.k, len(CLASSES)
-    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
-    confusion = torch.zeros(k * n_classes * n_classes, dtype=torch.int64, device=device)
-    variant = torch.arange(k, device=device).unsqueeze(1)  # (K, 1)
-    for start in range(0, len(labels), batch_size):
-        x, y = to_input(images[start : start + batch_size]), labels[start : start + batch_size]
-        with autocast(device, precision):
-            logits = model(x, shared=True)
-        logits = logits.float()  # (K, b, 10)
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).sum(1)
-        cell = (variant * n_classes + y) * n_classes + logits.argmax(2)  # (K, b): [variant, true, predicted]
-        confusion += torch.bincount(cell.flatten(), minlength=k * n_classes * n_classes)
-    confusion = confusion.view(k, n_classes, n_classes).cpu()
-    return [eval_result(float(loss_sum[i]), confusion[i], len(labels)) for i in range(k)]
+    loss_sum, confusion = eval_buffers(model.k, images.device)
+    eval_sums(model, images, labels, batch_size, precision, loss_sum, confusion)
+    return eval_results(loss_sum, confusion, len(labels))
 
 
 def eval_result(loss_sum: float, confusion: torch.Tensor, n: int) -> dict:

@@ -30,6 +30,8 @@ class TrainingFailed(RuntimeError):
 _live: set[subprocess.Popen] = set()
 _live_lock = threading.RLock()  # re-entrant: stop_all may run in a signal handler
 _stopping = threading.Event()
+# Processes started ahead of their jobs (`prestart`), by (threads, device).
+_spares: dict[tuple[int, str], list[subprocess.Popen]] = {}
 
 
 def stop_all() -> int:
@@ -44,51 +46,99 @@ def stop_all() -> int:
     return len(procs)
 
 
+def _spawn(threads: int, device: str) -> subprocess.Popen:
+    """A training process that imports torch and creates its CUDA context at once, then waits for its
+    job on stdin (`tasks.worker`)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if threads:
+        # Set before torch starts in the child, so OpenMP never spins up more threads than asked.
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    stderr = tempfile.TemporaryFile(mode="w+")  # read back only when it fails
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.worker", "--device", device, "--parent", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+    )
+    proc.stderr_log = stderr
+    with _live_lock:
+        _live.add(proc)
+    return proc
+
+
+def prestart(processes: list[tuple[int, str]]) -> None:
+    """Start training processes, (threads, device) each, before their jobs exist: the command line
+    does this while Prefect's temporary server starts, so torch's import and the CUDA context (seconds
+    each) are ready when the training tasks come. Unused ones end with `discard_spares`."""
+    for threads, device in processes:
+        proc = _spawn(threads, device)
+        with _live_lock:
+            _spares.setdefault((threads, device), []).append(proc)
+
+
+def discard_spares() -> None:
+    """End the started processes no job took (a cached run trains nothing)."""
+    with _live_lock:
+        procs = [p for spares in _spares.values() for p in spares]
+        _spares.clear()
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        proc.stderr_log.close()
+        with _live_lock:
+            _live.discard(proc)
+
+
+def _take(threads: int, device: str) -> subprocess.Popen:
+    with _live_lock:
+        spares = _spares.get((threads, device), [])
+        while spares:
+            proc = spares.pop()
+            if proc.poll() is None:
+                return proc
+            _live.discard(proc)  # died before its job (killed, out of memory): start another
+            proc.stderr_log.close()
+    return _spawn(threads, device)
+
+
 def run_worker(job: dict) -> Iterator[dict]:
     """Yield the worker's events ("start", "epoch", "log", ..., "done"); raise TrainingFailed on failure.
 
     How many run at once per device is the caller's business (the flow: Prefect concurrency limits)."""
     if _stopping.is_set():
         raise TrainingFailed("not started: the run is stopping", "stopped")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    if job.get("threads"):
-        # Set before torch starts in the child, so OpenMP never spins up more threads than asked.
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job["threads"])
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-        )
-        with _live_lock:
-            _live.add(proc)
-        error = None
+    proc = _take(job.get("threads") or 0, job["configs"][0]["device"])
+    error = None
+    try:
         try:
-            proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}))
+            proc.stdin.write(json.dumps(job))
             proc.stdin.close()
-            for line in proc.stdout:
-                if not line.startswith("{"):
-                    continue  # stray prints from libraries
-                event = json.loads(line)
-                if event["event"] == "error":
-                    error = event
-                else:
-                    yield event
-        finally:
-            if proc.poll() is None and error is None:
-                proc.kill()  # the consumer stopped early (e.g. cancelled): do not leave it training
-            code = proc.wait()
-            with _live_lock:
-                _live.discard(proc)
-        if code != 0:
-            stderr.seek(0)
-            tail = "\n".join(stderr.read().strip().splitlines()[-15:])
-            if _stopping.is_set():
-                raise TrainingFailed("stopped by a signal; finished epochs are kept in checkpoints", "stopped")
-            if error:
-                raise TrainingFailed((error["message"].splitlines() or ["?"])[0], error["kind"], tail)
-            raise TrainingFailed(f"training process exited with code {code}", "killed", tail)
+        except BrokenPipeError:
+            pass  # it died before its job came: its exit code and stderr say why, below
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue  # stray prints from libraries
+            event = json.loads(line)
+            if event["event"] == "error":
+                error = event
+            else:
+                yield event
+    finally:
+        if proc.poll() is None and error is None:
+            proc.kill()  # the consumer stopped early (e.g. cancelled): do not leave it training
+        code = proc.wait()
+        with _live_lock:
+            _live.discard(proc)
+    proc.stderr_log.seek(0)
+    tail = "\n".join(proc.stderr_log.read().strip().splitlines()[-15:])
+    proc.stderr_log.close()
+    if code != 0:
+        if _stopping.is_set():
+            raise TrainingFailed("stopped by a signal; finished epochs are kept in checkpoints", "stopped")
+        if error:
+            raise TrainingFailed((error["message"].splitlines() or ["?"])[0], error["kind"], tail)
+        raise TrainingFailed(f"training process exited with code {code}", "killed", tail)

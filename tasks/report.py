@@ -85,6 +85,8 @@ SUMMARY_SCHEMA = pa.schema(
         field("compiled", pa.bool_()),
         field("threads", pa.int64()),
         field("stacked_variants", pa.int64()),
+        field("trained_as", pa.string(), "alone | stacked | streams (side by side on CUDA streams, one process)"),
+        field("cuda_graphs", pa.bool_(), "training steps and evaluation replayed as CUDA graphs"),
         field("n_params", pa.int64()),
         field("n_train", pa.int64()),
         field("n_train_eval", pa.int64()),
@@ -189,6 +191,8 @@ def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
                 "compiled": r.config.compile,
                 "threads": r.threads,
                 "stacked_variants": r.stacked_with,
+                "trained_as": r.trained_as,
+                "cuda_graphs": r.cuda_graphs,
                 "n_params": r.n_params,
                 "n_train": r.n_train,
                 "n_train_eval": r.n_train_eval,
@@ -378,7 +382,9 @@ def _p(x: float) -> str:
 
 def _stack_note(row: dict) -> str:
     k = row["stacked_variants"]
-    return f" (stack of {k})" if k > 1 else ""
+    notes = [f"stack of {k}" if k > 1 else "", "side by side" if row.get("trained_as") == "streams" else "",
+             "CUDA graphs" if row.get("cuda_graphs") else ""]  # fmt: skip
+    return f" ({', '.join(filter(None, notes))})" if any(notes) else ""
 
 
 def _statistics_tables(stats: list[dict]) -> list[str]:

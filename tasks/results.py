@@ -24,6 +24,8 @@ class TrainResult:
     n_test: int  # test images it was evaluated on each epoch
     resumed_from: int = 0  # epochs restored from a checkpoint instead of trained
     stacked_with: int = 1  # variants trained in the same batched computation (tasks/stacked.py); 1 = alone
+    trained_as: str = "alone"  # alone | stacked | streams (side by side in one process, tasks/train.py)
+    cuda_graphs: bool = False  # its steps were replayed as CUDA graphs (tasks/graphs.py)
 
 
 # --- JSON for cached results ----------------------------------------------------------------------

@@ -54,7 +54,7 @@ from tasks.progress import bars
 from tasks.redact import redact
 from tasks.report import report_order, write_report
 from tasks.results import TrainResult
-from tasks.train import format_epoch
+from tasks.train import format_epoch, format_startup
 from tasks.trend import table_rows
 
 TRAIN_CODE = "tasks.worker"  # the training process: everything it imports decides the weights
@@ -210,7 +210,8 @@ def train_run_name() -> str:
     retries=2,
     retry_delay_seconds=1,
     retry_condition_fn=retry_unless_hopeless,
-    # Threads, slots and `fresh` change how, not what, it trains. Forgotten when a checkpoint is gone.
+    # Threads, slots, graphs, layout and `fresh` change how, not what, it trains. Forgotten when a
+    # checkpoint is gone.
     cache_policy=ResultOf(
         identity=lambda p: [train_key(c, p["data"].fingerprint) for c in p["cfgs"]],
         code=TRAIN_CODE,
@@ -219,10 +220,18 @@ def train_run_name() -> str:
     persist_result=True,
 )
 def train(
-    cfgs: list[TrainConfig], data: DataInfo, cache_dir: str, threads: int = 0, fresh: bool = False, slots: int = 1
+    cfgs: list[TrainConfig],
+    data: DataInfo,
+    cache_dir: str,
+    threads: int = 0,
+    fresh: bool = False,
+    slots: int = 1,
+    cuda_graphs: str = "auto",
+    layout: str = "stacked",
 ) -> list[TrainResult]:
-    """Train one variant, or a stack of variants sharing a device, in its own process, once one of
-    the device's `slots` is free; log and publish progress once per variant and epoch.
+    """Train one variant, or several sharing a device (`layout`: stacked, or side by side on CUDA
+    streams), in its own process, once one of the device's `slots` is free, with CUDA graphs per
+    `cuda_graphs`; log and publish progress once per variant and epoch.
 
     Resumes from each variant's checkpoints unless `fresh` (a refresh), which starts over.
     """
@@ -233,12 +242,14 @@ def train(
         "checkpoint_dirs": [str(checkpoint_dir(cache_dir, c, data)) for c in cfgs],
         "threads": threads,
         "fresh": fresh,
+        "cuda_graphs": cuda_graphs,
+        "layout": layout,
         "attempt": current_task_run.run_count or 1,
     }
     names = [c.run_name for c in cfgs]
     progress = [create_progress_artifact(0.0, key=f"train-progress-{slug(name)}", description=f"train[{name}]")
                 for name in names]  # fmt: skip
-    done, start, resumed_from = None, None, [None] * len(cfgs)
+    done, start, resumed_from, graphed = None, None, [None] * len(cfgs), [False] * len(cfgs)
     try:
         with device_slot(cfgs[0].device, slots, logger):
             for event in run_worker(job):
@@ -246,15 +257,18 @@ def train(
                     start = event
                     for name, cfg in zip(names, cfgs, strict=True):
                         bars.update(name, 0, cfg.epochs, "starting")
-                    stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
-                    logger.info("train[%s] on %s, %d threads, %d train (%d re-evaluated each epoch) / %d test images%s",
-                                group_label(cfgs), event["device"], event["threads"], event["n_train"],
-                                event["n_train_eval"], event["n_test"], stacked)  # fmt: skip
+                    together = {"stacked": "stacked with", "streams": "side by side with"}[layout]
+                    stacked = f", {together} {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
+                    logger.info("train[%s] on %s, %d threads, %d train (%d re-evaluated each epoch) / %d test images%s"
+                                "; started in %s", group_label(cfgs), event["device"], event["threads"],
+                                event["n_train"], event["n_train_eval"], event["n_test"], stacked,
+                                format_startup(event.get("startup", {})))  # fmt: skip
                 elif event["event"] == "epoch":
                     i = event["variant"]
                     name, epochs = names[i], cfgs[i].epochs
                     if resumed_from[i] is None:
                         resumed_from[i] = event["resumed_from"]
+                    graphed[i] = event.get("cuda_graphs", False)
                     if event["resumed_from"] and event["epoch"] == event["resumed_from"] + 1:
                         logger.info("train[%s] resumed after epoch %d from its checkpoint", name, event["resumed_from"])
                     logger.info(format_epoch(name, epochs, event))
@@ -293,9 +307,11 @@ def train(
             n_train_eval=start["n_train_eval"],
             n_test=start["n_test"],
             resumed_from=cfg.epochs if resumed is None else resumed,
-            stacked_with=len(cfgs),
+            stacked_with=len(cfgs) if layout == "stacked" else 1,
+            trained_as="alone" if len(cfgs) == 1 else layout,
+            cuda_graphs=was_graphed,
         )
-        for cfg, r, resumed in zip(cfgs, done["results"], resumed_from, strict=True)
+        for cfg, r, resumed, was_graphed in zip(cfgs, done["results"], resumed_from, graphed, strict=True)
     ]
 
 

@@ -1,5 +1,6 @@
 """The one trainer: the tutorial's recipe on pre-decoded uint8 tensors, resumable per epoch, for
-one variant or K variants trained together (tasks/stacked.py) with the same loop.
+one variant or K variants trained together (tasks/stacked.py) with the same loop, each step and
+evaluation pass replayed as a CUDA graph on CUDA (tasks/graphs.py) or run eagerly.
 
 `fit` is a generator: it yields (variant, record) per variant and finished epoch (the caller
 prints/logs it) and writes each variant's checkpoint after each epoch, so a killed run resumes where
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tasks import graphs
 from tasks.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -29,7 +31,7 @@ from tasks.checkpoint import (
     set_aside,
 )
 from tasks.config import TrainConfig
-from tasks.evaluate import autocast, evaluate, to_input, train_eval_split
+from tasks.evaluate import autocast, eval_buffers, eval_results, eval_sums, to_input, train_eval_split
 from tasks.model import Net
 from tasks.stacked import Single, StackedNet, stack_adam_state, stacked_input, streams_from_global, unstack_into
 
@@ -57,8 +59,10 @@ def build(cfg: TrainConfig) -> tuple[Net, torch.optim.Adam]:
 
 def adam(params, cfg: TrainConfig) -> torch.optim.Adam:
     """The one optimizer set-up, alone or stacked. On CUDA Adam's fused kernel updates all parameters
-    in one launch instead of dozens (at batch 32 a GPU step is launch-bound)."""
-    return torch.optim.Adam(params, lr=cfg.lr, fused=torch.device(cfg.device).type == "cuda")
+    in one launch instead of dozens (at batch 32 a GPU step is launch-bound), and keeps its step
+    count on the GPU (`capturable`), so the step can be replayed as a CUDA graph."""
+    cuda = torch.device(cfg.device).type == "cuda"
+    return torch.optim.Adam(params, lr=cfg.lr, fused=cuda, capturable=cuda)
 
 
 def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int, list[dict]] | None:
@@ -101,6 +105,39 @@ def fault_epoch_for(attempt: int) -> int | None:
     return int(epoch) if attempt == int(on_attempt or 1) else None
 
 
+def step(
+    model: StackedNet | Single,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    idx: torch.Tensor,
+    shared: bool,
+    dropout_gens: list[torch.Generator] | None,
+    precision: str,
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+    cache: bool = True,
+) -> None:
+    """The tutorial's step (Adam on mean cross-entropy) for the model's K variants at once: variant k
+    trains on images[idx[k]] (idx (K, b); `shared`: every row is the same). The loss is the sum of
+    the K variants' mean cross-entropies, so variant k's gradient is its own loss's gradient. Adds
+    each variant's summed loss and number correct to `loss_sum`/`correct` (K,) in place: no host
+    sync, so a CUDA graph can hold it (`cache=False` inside a capture)."""
+    device, k = images.device, len(idx)
+    x = to_input(images[idx[0]]) if shared else stacked_input(images[idx])
+    y = labels[idx]  # (K, b)
+    with autocast(device, precision, cache):
+        logits = model(x, shared, dropout_gens)  # (K, b, 10)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(losses.sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    loss_sum += losses.detach() * y.shape[1]
+    correct += (logits.detach().argmax(2) == y).sum(1)
+
+
 def train_steps(
     model: StackedNet | Single,
     opt: torch.optim.Optimizer,
@@ -111,37 +148,18 @@ def train_steps(
     batch_size: int,
     dropout_gens: list[torch.Generator] | None = None,
     precision: str = "fp32",
-    fail_at: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass in mini-batches, the tutorial's step (Adam on mean cross-entropy), for the model's K
-    variants: step i trains variant k on orders[k, i·B:(i+1)·B].
-
-    images (N, 32, 32, 3) uint8, labels (N,), orders (K, M) on the model's device. The loss is the
-    sum of the K variants' mean cross-entropies: variant k's gradient is its own loss's gradient.
-    Returns per-variant (sum of per-sample losses (K,), number correct (K,)) as device tensors: no
-    host sync per step. `fail_at` raises InjectedFault at that sample offset (fault-injection tests).
-    """
-    device = images.device
+    """One eager pass in mini-batches for the model's K variants: step i trains variant k on
+    orders[k, i·B:(i+1)·B]. images (N, 32, 32, 3) uint8, labels (N,), orders (K, M) on the model's
+    device. Returns per-variant (sum of per-sample losses (K,), number correct (K,)) as device tensors."""
     k = len(orders)
     shared = all(torch.equal(orders[0], o) for o in orders[1:])  # one variant, or one seed: same batches
     model.train()
-    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
-    correct = torch.zeros(k, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=images.device)
+    correct = torch.zeros(k, dtype=torch.int64, device=images.device)
     for i in range(0, orders.shape[1], batch_size):
-        if fail_at is not None and i >= fail_at:
-            raise InjectedFault(f"injected fault at sample {i}")
-        idx = orders[:, i : i + batch_size]  # (K, b)
-        x = to_input(images[idx[0]]) if shared else stacked_input(images[idx])
-        y = labels[idx]  # (K, b)
-        with autocast(device, precision):
-            logits = model(x, shared, dropout_gens)  # (K, b, 10)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(losses.sum()).backward()
-        scaler.step(opt)
-        scaler.update()
-        loss_sum += losses.detach() * y.shape[1]
-        correct += (logits.detach().argmax(2) == y).sum(1)
+        step(model, opt, scaler, images, labels, orders[:, i : i + batch_size], shared, dropout_gens, precision,
+             loss_sum, correct)  # fmt: skip
     return loss_sum, correct
 
 
@@ -193,6 +211,21 @@ def format_epoch(label: str, epochs: int, r: dict) -> str:
         f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}"
         f"  gap {100 * (r['train_eval_acc'] - r['test_acc']):5.2f}  {r['epoch_seconds']:6.1f}s"
     )
+
+
+def format_startup(startup: dict) -> str:
+    """What stood before the first step in the training process, e.g. `torch import 1.9 s (then 6.2 s
+    waiting for its job), data 1.5 s, CUDA context 0.4 s more`."""
+    parts = []
+    if "torch_import" in startup:
+        waited = startup.get("waited_for_job", 0)
+        parts.append(f"torch import {startup['torch_import']:.1f} s" + (f" (then {waited:.1f} s waiting for its job)"
+                                                                           if waited >= 0.05 else ""))  # fmt: skip
+    if "data" in startup:
+        parts.append(f"data {startup['data']:.1f} s")
+    if "cuda_wait" in startup:
+        parts.append(f"CUDA context {startup['cuda_wait']:.1f} s more")
+    return ", ".join(parts) or "?"
 
 
 def save_epoch(folder: Path, cfg: TrainConfig, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen, history) -> None:
@@ -258,15 +291,169 @@ def check_stackable(cfgs: list[TrainConfig]) -> None:
             raise ValueError(f"stacked variants must share {field} (got {sorted(map(str, values))})")
 
 
-def _together(runs: list[_Run], cfg: TrainConfig, device: torch.device):
-    """(model, optimizer) training `runs` together: one variant's own Net and Adam, or K variants
-    stacked (their weights and Adam state copied in; `unstack_into` copies them back)."""
-    if len(runs) == 1:
-        return Single(runs[0].model), runs[0].opt
-    stacked = StackedNet([r.model for r in runs]).to(device)
-    opt = adam(stacked.parameters(), cfg)
-    stack_adam_state(opt, [r.opt for r in runs])
-    return stacked, opt
+# Warm-up steps before a capture (torch.cuda.graph's documentation uses 3); undone by `Snapshot`.
+WARMUP_STEPS = 3
+LAYOUTS = ("stacked", "streams")  # K variants in one process: one batched computation, or one each
+
+
+class _Unit:
+    """Variants that take each step as one computation: one variant's own Net (`Single`) or a
+    StackedNet of several, its optimizer and dropout generators; with CUDA graphs, its step and its
+    two evaluation passes captured (replayed on the unit's own stream beside other units).
+
+    One step reads its batch indices from a static (K, M) copy of the epoch's batch order at a
+    position counter that lives on the device, so a replay needs no host-side input at all."""
+
+    def __init__(self, runs: list[_Run], cfg: TrainConfig, device: torch.device, graphed: bool, stream=None) -> None:
+        self.runs, self.cfg, self.device, self.stream = runs, cfg, device, stream
+        if len(runs) == 1 and stream is None:
+            # Alone in its process, a variant trains as its own Net, whose dropout draws from the
+            # global generator (set to the variant's stream around each epoch by `fit`).
+            self.model, self.opt = Single(runs[0].model), runs[0].opt
+            self.gens = None
+            self.snapshot_gens = [torch.cuda.default_generators[_index(device)] if device.type == "cuda"
+                                  else torch.default_generator]  # fmt: skip
+        else:
+            self.model = StackedNet([r.model for r in runs]).to(device)
+            self.opt = adam(self.model.parameters(), cfg)
+            stack_adam_state(self.opt, [r.opt for r in runs])
+            self.gens = self.snapshot_gens = [r.dropout_gen for r in runs]
+        # Compiled or not, `model` keeps the parameters that are checkpointed.
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.k = len(runs)
+        self.shared = len({r.cfg.seed for r in runs}) == 1  # one seed: one batch order for all
+        self.graphed = graphed
+        self.replay_step = self.static_orders = None
+        self.capture_seconds = 0.0
+        self.replay_eval: dict[str, object] = {}
+        self.loss_sum = torch.zeros(self.k, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(self.k, dtype=torch.int64, device=device)
+        self.pos = torch.zeros((), dtype=torch.int64, device=device)
+
+    def stacked(self) -> bool:
+        return isinstance(self.model, StackedNet)
+
+    def begin(self, orders: torch.Tensor, images, labels, scaler) -> None:
+        """Start an epoch on `orders` (K, M) (device); the first graphed epoch captures the step."""
+        self.orders, self.images, self.labels, self.scaler = orders, images, labels, scaler
+        self.model.train()
+        if self.graphed and self.static_orders is None and orders.shape[1] >= self.cfg.batch_size:
+            self.static_orders = orders.clone()
+            self.cols = torch.arange(self.cfg.batch_size, device=self.device)
+            self.replay_step = self._capture(self._graph_step, training=True)
+        if self.replay_step is not None:
+            self.static_orders.copy_(orders)
+        self.pos.zero_()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def _graph_step(self) -> None:
+        idx = self.static_orders.index_select(1, self.pos + self.cols)  # (K, B): this step's batch
+        step(self.forward, self.opt, self.scaler, self.images, self.labels, idx, self.shared, self.gens,
+             self.cfg.precision, self.loss_sum, self.correct, cache=False)  # fmt: skip
+        self.pos += self.cfg.batch_size
+
+    def _capture(self, fn, training: bool):
+        """Capture `fn` as a graph after warm-up calls (training steps: undone by `Snapshot`); on
+        failure log one line, leave everything as before and go on eagerly (returns None)."""
+        snapshot = graphs.Snapshot(self.model, self.opt, self.snapshot_gens) if training else None
+        started = time.perf_counter()
+        try:
+            with graphs.side_stream(self.device):
+                for _ in range(WARMUP_STEPS):
+                    fn()
+            if training:
+                snapshot.restore()
+                self.opt.zero_grad(set_to_none=True)  # backward allocates .grad inside the graph's pool
+            return graphs.capture(fn, self.gens or [])[0]
+        except Exception as e:  # a capture that fails costs speed, never the run
+            log.warning("CUDA graph capture failed, training eagerly: %s",
+                        (str(e).strip().splitlines() or [type(e).__name__])[0])  # fmt: skip
+            self.graphed = False
+            return None
+        finally:
+            if training:
+                snapshot.restore()
+                self.pos.zero_()
+            self.capture_seconds += time.perf_counter() - started
+
+    def step(self, i: int) -> None:
+        """Step i of the epoch (i·B < M): one replay, or the eager step."""
+        with graphs.on_stream(self.stream):
+            if self.replay_step is not None:
+                self.replay_step()
+            else:
+                b = self.cfg.batch_size
+                step(self.forward, self.opt, self.scaler, self.images, self.labels, self.orders[:, i * b : (i + 1) * b],
+                     self.shared, self.gens, self.cfg.precision, self.loss_sum, self.correct)  # fmt: skip
+
+    def last(self, start: int) -> None:
+        """The epoch's last, smaller batch (M not a multiple of B), eagerly: a graph has fixed shapes."""
+        with graphs.on_stream(self.stream):
+            step(self.forward, self.opt, self.scaler, self.images, self.labels, self.orders[:, start:],
+                 self.shared, self.gens, self.cfg.precision, self.loss_sum, self.correct)  # fmt: skip
+
+    def evaluate(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+        """Eval-mode loss, accuracy and confusion per variant on a fixed image set (one replay when graphed)."""
+        self.model.eval()
+        cfg = self.cfg
+        if self.graphed and name not in self.replay_eval:
+            sums = eval_buffers(self.k, self.device)
+
+            def pass_() -> None:
+                sums[0].zero_()
+                sums[1].zero_()
+                eval_sums(self.forward, images, labels, cfg.eval_batch_size, cfg.precision, *sums, cache=False)
+
+            replay = self._capture(pass_, training=False)
+            self.replay_eval[name] = (replay, sums) if replay is not None else None
+        graphed = self.replay_eval.get(name)
+        with graphs.on_stream(self.stream):
+            if graphed is not None:
+                graphed[0]()
+                sums = graphed[1]
+            else:
+                sums = eval_buffers(self.k, self.device)
+                eval_sums(self.forward, images, labels, cfg.eval_batch_size, cfg.precision, *sums)
+            return eval_results(*sums, len(labels))  # copied to the host on the unit's stream
+
+    def finish(self) -> None:
+        """Copy a stack's weights and Adam state back into each variant's own Net and Adam."""
+        if self.stacked():
+            unstack_into(self.model, self.opt, [r.model for r in self.runs], [r.opt for r in self.runs])
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _units(runs: list[_Run], cfg: TrainConfig, device: torch.device, layout: str, graphed: bool) -> list[_Unit]:
+    """The variants of this process as units: one alone, all `stacked` in one, or one each replayed
+    side by side on their own streams (`streams`)."""
+    if len(runs) == 1 or layout == "stacked":
+        return [_Unit(runs, cfg, device, graphed)]
+    return [_Unit([r], cfg, device, graphed, graphs.UnitStream(device)) for r in runs]
+
+
+def _train_epoch(units: list[_Unit], orders: list[torch.Tensor], images, labels, scaler, fail_at: int | None):
+    """One epoch of every unit, step by step in turn: graph replays on separate streams overlap."""
+    n, b = orders[0].shape[1], units[0].cfg.batch_size
+    current = torch.cuda.current_stream(images.device) if images.device.type == "cuda" else None
+    for unit, order in zip(units, orders, strict=True):
+        unit.begin(order, images, labels, scaler)
+        if unit.stream is not None:
+            unit.stream.after(current)  # the static buffers were refilled on the current stream
+    for i in range(n // b):
+        if fail_at is not None and i * b >= fail_at:
+            raise InjectedFault(f"injected fault at sample {i * b}")
+        for unit in units:
+            unit.step(i)
+    if n % b:
+        for unit in units:
+            unit.last(n - n % b)
+    for unit in units:
+        if unit.stream is not None:
+            unit.stream.before(current)
 
 
 def fit(
@@ -277,6 +464,8 @@ def fit(
     test_labels: torch.Tensor,
     checkpoint_dirs: list[str | Path],
     attempt: int = 1,
+    cuda_graphs: str = "auto",
+    layout: str = "stacked",
 ) -> Iterator[tuple[int, dict]]:
     """Train every variant `cfg.epochs` epochs, each resuming from and checkpointing into its own
     folder; yield (variant index, record) per variant and new epoch.
@@ -285,11 +474,18 @@ def fit(
     `epoch_record`'s fields and resumed_from. After every epoch the weights are evaluated in eval mode
     on the test set and on `cfg.train_eval_images` training images; the last epoch's evaluation is the
     run's final result. Variants at different epochs (one resumed further than the others) train on
-    their own until the others catch up.
+    their own until the others catch up. Several variants train as one StackedNet (`layout`
+    "stacked") or side by side, one unit each ("streams"); `cuda_graphs` (auto | on | off) replays
+    each unit's step and evaluation as CUDA graphs (tasks/graphs.py), falling back to eager steps.
     """
     check_stackable(cfgs)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
     cfg = cfgs[0]
     device = torch.device(cfg.device)
+    graphed, why_not = graphs.graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)
+    if why_not and cuda_graphs == "on":
+        log.info("--cuda-graphs on: %s; training eagerly", why_not)
     runs = [_start(c, Path(f)) for c, f in zip(cfgs, checkpoint_dirs, strict=True)]
     train_x, train_y = train_images.to(device), train_labels.to(device)
     test_x, test_y = test_images.to(device), test_labels.to(device)
@@ -297,35 +493,39 @@ def fit(
     n = len(train_y)
     fault_epoch = fault_epoch_for(attempt)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    active, model, opt, forward = [], None, None, None
+    active, units, told_capture = [], [], False
 
     for epoch in range(min(r.done for r in runs) + 1, cfg.epochs + 1):
         now = [r for r in runs if r.done < epoch]  # all of them have finished epoch - 1
         if now != active:  # first epoch, or a variant that was ahead joins
             active = now
-            model, opt = _together(now, cfg, device)
-            # Compiled or not, `model` keeps the parameters that are checkpointed.
-            forward = torch.compile(model) if cfg.compile else model
+            units = _units(now, cfg, device, layout, graphed)
         start = time.perf_counter()
-        orders = torch.stack([torch.randperm(n, generator=r.order_gen) for r in now]).to(device)
+        orders = [torch.stack([torch.randperm(n, generator=r.order_gen) for r in u.runs]).to(device) for u in units]
         fail_at = n // 2 if fault_epoch == epoch else None
-        if len(now) == 1:
-            now[0].to_global()
-        loss_sum, correct = train_steps(forward, opt, scaler, train_x, train_y, orders, cfg.batch_size,
-                                        [r.dropout_gen for r in now], cfg.precision, fail_at)  # fmt: skip
-        if len(now) == 1:
-            now[0].from_global()
-        train_evals = evaluate(forward, eval_x, eval_y, cfg.eval_batch_size, cfg.precision)
-        tests = evaluate(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)
+        own_net = units[0] if not units[0].stacked() else None  # dropout from the global generator
+        if own_net is not None:
+            own_net.runs[0].to_global()
+        _train_epoch(units, orders, train_x, train_y, scaler, fail_at)
+        if own_net is not None:
+            own_net.runs[0].from_global()
+        evals = [(u.evaluate("train_eval", eval_x, eval_y), u.evaluate("test", test_x, test_y)) for u in units]
         seconds = time.perf_counter() - start
-        if len(now) > 1:
-            unstack_into(model, opt, [r.model for r in now], [r.opt for r in now])
-        for k, run in enumerate(now):
-            record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds)
-            run.history.append(record)
-            run.done = epoch
-            rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None
-            save_epoch(run.folder, run.cfg, epoch, run.model, run.opt, run.cpu_gen.get_state(), rng_cuda,
-                       run.order_gen, run.history)  # fmt: skip
-        for run in now:
-            yield runs.index(run), {**run.history[-1], "resumed_from": run.resumed_from}
+        if not told_capture and any(u.replay_step is not None for u in units):
+            told_capture = True
+            log.info("CUDA graphs: %d unit(s) captured in %.1f s, warm-up included",
+                     sum(u.replay_step is not None for u in units), sum(u.capture_seconds for u in units))  # fmt: skip
+        for unit, (train_evals, tests) in zip(units, evals, strict=True):
+            unit.finish()
+            loss_sum, correct = unit.loss_sum.cpu(), unit.correct.cpu()
+            for k, run in enumerate(unit.runs):
+                record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds)
+                run.history.append(record)
+                run.done = epoch
+                rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None
+                save_epoch(run.folder, run.cfg, epoch, run.model, run.opt, run.cpu_gen.get_state(), rng_cuda,
+                           run.order_gen, run.history)  # fmt: skip
+        for unit in units:
+            for run in unit.runs:
+                yield runs.index(run), {**run.history[-1], "resumed_from": run.resumed_from,
+                                        "cuda_graphs": unit.replay_step is not None}  # fmt: skip

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -56,7 +57,8 @@ def die_with_parent(parent_pid: int) -> None:
     """Linux: get SIGKILL when the launching process dies (kill -9 included), so no orphan keeps training.
 
     (Strictly, when the launching *thread* exits: `launcher.run_worker` blocks that thread on this
-    process's output until it ends, so the two coincide.)"""
+    process's output until it ends, and `launcher.prestart` runs in the main thread, so the two
+    coincide.)"""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -65,8 +67,11 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_CRASH)
 
 
-def run_job(job: dict) -> list[dict]:
-    """Train the job's variants (one, or several stacked on one device) with `fit`; one result each."""
+def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict | None = None) -> list[dict]:
+    """Train the job's variants (one, or several on one device) with `fit`; one result each.
+
+    `cuda_ready`: the thread creating the CUDA context (`main`), joined before training; `startup`:
+    seconds spent before the job came, reported with the `start` event."""
     import torch
 
     from tasks.checkpoint import epoch_checkpoints, load_checkpoint
@@ -88,12 +93,18 @@ def run_job(job: dict) -> list[dict]:
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # the job's own clock (wall_seconds) starts when the job came
     train_x, train_y = load_split(job["data_root"], train=True, limit=cfg.limit_train)
     test_x, test_y = load_split(job["data_root"], train=False, limit=cfg.limit_test)
+    t_data = time.perf_counter()
+    if cuda_ready is not None:
+        cuda_ready.join()
     n_train_eval = train_eval_count(len(train_y), cfg.train_eval_images)
+    startup = {**(startup or {}), "data": t_data - t0}
+    if cfg.device.startswith("cuda"):
+        startup["cuda_wait"] = time.perf_counter() - t_data
     emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_train_eval=n_train_eval,
-         n_test=len(test_y))  # fmt: skip
+         n_test=len(test_y), pid=os.getpid(), startup={k: round(v, 3) for k, v in startup.items()})  # fmt: skip
     # Two runs training the very same variant (same cache key, same folder) take turns: the second
     # then finds the finished checkpoints and has nothing left to train. Locks in sorted order, so
     # two stacks sharing variants cannot deadlock.
@@ -105,7 +116,9 @@ def run_job(job: dict) -> list[dict]:
             for folder in folders:
                 for _, path in epoch_checkpoints(folder):
                     path.unlink()
-        for index, record in fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt):
+        steps = fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt, job.get("cuda_graphs", "auto"),
+                    job.get("layout", "stacked"))  # fmt: skip
+        for index, record in steps:
             emit("epoch", variant=index, **record)
         finals = [epoch_checkpoints(folder)[0][1] for folder in folders]
         states = [load_checkpoint(final) for final in finals]
@@ -125,6 +138,20 @@ def run_job(job: dict) -> list[dict]:
     ]
 
 
+def _start_cuda(device: str) -> threading.Thread:
+    """Initialise CUDA on `device` in a background thread (joined before training); nothing on CPU."""
+
+    def init() -> None:
+        import torch
+
+        if device.startswith("cuda"):
+            torch.empty(1, device=device)  # the context, the allocator and the device's kernels image
+
+    thread = threading.Thread(target=init, daemon=True)
+    thread.start()
+    return thread
+
+
 def classify(error: BaseException) -> tuple[str, int]:
     """(kind, exit code) of a training failure; the task retries only what a retry can fix."""
     from tasks.data import DataError
@@ -141,15 +168,25 @@ def classify(error: BaseException) -> tuple[str, int]:
     return "crash", EXIT_CRASH
 
 
-def main() -> int:
-    job = json.load(sys.stdin)
-    die_with_parent(job["parent_pid"])
+def main(argv: list[str]) -> int:
+    """`python -m tasks.worker --device D --parent PID`, the job (JSON) on stdin. Started before its
+    job may come (`tasks.launcher.prestart`), it imports torch and creates the device's CUDA context
+    in the meantime; when the job comes at once, the context overlaps decoding the data instead."""
+    args = dict(zip(argv[::2], argv[1::2], strict=True))
+    die_with_parent(int(args["--parent"]))
     # A terminal's Ctrl-C reaches the whole process group; the flow process decides and ends this
     # one with SIGTERM (tasks.launcher.stop_all), after its last checkpoint was written atomically.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     forward_logs()
     try:
-        emit("done", results=run_job(job))
+        t0 = time.perf_counter()
+        import torch  # noqa: F401  (here, before the job: the longest part of a start)
+
+        t_import = time.perf_counter()
+        cuda_ready = _start_cuda(args["--device"])
+        job = json.load(sys.stdin)
+        startup = {"torch_import": t_import - t0, "waited_for_job": time.perf_counter() - t_import}
+        emit("done", results=run_job(job, cuda_ready, startup))
         return 0
     except Exception as e:  # report a classified error on the protocol, details on stderr
         traceback.print_exc(file=sys.stderr)
@@ -159,4 +196,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,9 +1,12 @@
 """The benchmark scripts run (smoke: generated data, a few steps; the quoted numbers come from real runs)."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tasks.devices import PLANS, measured_plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,3 +72,24 @@ def test_history_store_benchmark_compares_both_stores_on_the_same_rows():
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["sqlite", "parquet", "ratio"]
     assert all(line.endswith("rows 8/8 runs 64/64 epochs OK") for line in lines[:2]), lines
+
+
+def test_gpu_plan_measures_every_plan_side_by_side_and_writes_the_fastest(tiny_cifar, tmp_path):
+    written = tmp_path / "gpu_plan.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_plan.py", "--data-dir", str(tiny_cifar), "--device", "cpu", "--ks", "2",
+         "--eager-ks", "2", "--epochs", "1", "--limit-train", "0", "--write", str(written)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 2 |")]
+    assert [r.split(" | ")[1] for r in rows] == ["on", "off"] and all(r.count(" s, ") >= 2 for r in rows), rows
+    plan = json.loads(written.read_text())
+    assert plan["graphs"]["2"] in PLANS and plan["eager"]["2"] in ("stacked", "processes")
+    assert len(plan["measured"]["rows"]) == 5 and plan["measured"]["command"].startswith("benchmarks/gpu_plan.py")
+    # The file it writes is the one the plan reads.
+    assert measured_plan(2, True, plan) == plan["graphs"]["2"]
+
+
+def test_gpu_check_script_parses():
+    assert subprocess.run(["bash", "-n", "benchmarks/gpu_check.sh"], cwd=REPO).returncode == 0

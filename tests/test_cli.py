@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
         (["--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
         (["--dataset", "imagenet"], "--dataset: must be one of 'cifar10' or 'fake'"),
         (["--limit-train", "-5"], "--limit-train"),
-        (["--stack", "sometimes"], "--stack: must be one of 'auto', 'on' or 'off'"),
+        (["--stack", "sometimes"], "--stack: must be one of 'auto', 'on', 'streams' or 'off'"),
+        (["--cuda-graphs", "always"], "--cuda-graphs: must be one of 'auto', 'on' or 'off'"),
         (["--train-eval-images", "-1"], "--train-eval-images: must be >= 0"),
     ],
 )
@@ -59,6 +60,8 @@ def test_script_runs_end_to_end_and_ends_with_the_report_line(tmp_path):
     folder = Path(last.removeprefix("report: "))
     assert folder.parent == tmp_path / "out" and (folder / "comparison.png").is_file()
     assert len(list((tmp_path / "cache" / "checkpoints").glob("*/epoch-0001.pt"))) == 2
+    # Both training processes were started while Prefect's server started, and waited for their jobs.
+    assert proc.stdout.count("waiting for its job)") == 2, proc.stdout[-3000:]
 
 
 def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):

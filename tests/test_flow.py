@@ -76,6 +76,7 @@ def test_parquet_schemas_and_contents(first_run):
     for r in rows.values():
         assert 0 <= r["final_test_acc"] <= 1 and r["n_params"] == 361_034 and r["n_train"] == 320
         assert r["data_verified"] is False and r["dataset"] == "cifar10" and r["device"] == "cpu"
+        assert (r["trained_as"], r["stacked_variants"], r["cuda_graphs"]) == ("alone", 1, False)
         # the gap's train side is the eval-mode pass over the training images, not the running number
         assert r["generalization_gap"] == r["final_train_eval_acc"] - r["final_test_acc"]
         assert r["n_train_eval"] == 320  # the tiny set has fewer images than the subset's size: all of them
@@ -246,6 +247,17 @@ def test_stacked_run_matches_and_shares_checkpoints_with_separate_runs(first_run
     _, states, _ = run_flow(workspace, stack="off", cache_dir=cache)
     assert {n for n in states if n.startswith("train[")} == {"train[dropout=0.25, seed=0]", "train[baseline, seed=0]"}
     assert {p: p.stat().st_mtime_ns for p in Path(cache, "checkpoints").glob("*/epoch-*.pt")} == checkpoints
+
+
+def test_streams_run_trains_side_by_side_in_one_task_and_says_so(first_run, workspace):
+    separate = {r["model"]: r for r in pq.read_table(first_run[0] / "summary.parquet").to_pylist()}
+    folder, states, _ = run_flow(workspace, stack="streams", cache_dir=str(workspace / "streams-cache"))
+    assert {n for n in states if n.startswith("train[")} == {"train[dropout=0.25, seed=0 + baseline, seed=0]"}
+    rows = {r["model"]: r for r in pq.read_table(folder / "summary.parquet").to_pylist()}
+    for model, row in rows.items():
+        assert (row["trained_as"], row["stacked_variants"], row["cuda_graphs"]) == ("streams", 1, False)
+        assert row["final_train_running_loss"] == pytest.approx(separate[model]["final_train_running_loss"], abs=1e-3)
+    assert "cpu (side by side)" in (folder / "summary.md").read_text()
 
 
 def test_project_warnings_reach_the_flow_run_logs(first_run, workspace):

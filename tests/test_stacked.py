@@ -10,7 +10,6 @@ from torch import nn
 from tasks.checkpoint import epoch_checkpoints, load_checkpoint
 from tasks.config import TrainConfig
 from tasks.data import load_split
-from tasks.devices import stack_groups
 from tasks.evaluate import evaluate
 from tasks.model import Net
 from tasks.stacked import Single, StackedNet, streams_from_global
@@ -148,18 +147,6 @@ def test_variants_at_different_epochs_catch_up_then_stack(splits, tmp_path, monk
 def test_stack_needs_shared_settings():
     with pytest.raises(ValueError, match="share lr"):
         check_stackable([BASE, dataclasses.replace(BASE, lr=0.01, dropout=0.0)])
-
-
-def test_stack_groups():
-    cpu = variants((0.25, 0), (0.0, 0))
-    gpu = [dataclasses.replace(c, device=d) for c, d in zip(variants((0.25, 0), (0.0, 0), (0.5, 0)),
-                                                             ("cuda:0", "cuda:1", "cuda:0"), strict=True)]  # fmt: skip
-    assert stack_groups(cpu, "auto") == [[cpu[0]], [cpu[1]]]  # CPU: processes are faster (README)
-    assert stack_groups(cpu, "on") == [cpu]
-    assert stack_groups(gpu, "auto") == [[gpu[0], gpu[2]], [gpu[1]]]  # one stack per GPU
-    assert stack_groups(gpu, "off") == [[c] for c in gpu]
-    with pytest.raises(ValueError, match="stack must be one of"):
-        stack_groups(cpu, "sometimes")
 
 
 def test_mixed_precision_runs_the_same_way(splits):

@@ -1,0 +1,118 @@
+"""CUDA graphs for the one trainer: whether a run can use them, capturing a step, and undoing the
+warm-up steps a capture needs.
+
+Why: at batch 32 an eager GPU step is bound by the CPU issuing ~100 kernels (~2.5 ms per model);
+replayed as a CUDA graph the same step is one launch and the GPU becomes the bound (README, *GPU*).
+A graph replays the very kernels of its capture on the very tensors it captured, so everything it
+reads (weights, Adam state, batch indices, the dropout generators' seed and offset) lives in static
+tensors that the trainer refills in place, and a checkpoint restored before the capture is what the
+graph trains on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import get_args
+
+import torch
+
+from tasks.config import CudaGraphs
+
+GRAPH_MODES = get_args(get_args(CudaGraphs)[0])  # declared once, with the flow parameter
+
+
+def graphs_wanted(mode: str, device: str, precision: str, compile: bool) -> tuple[bool, str | None]:
+    """(capture CUDA graphs?, why not, for a log line): `auto` is on for CUDA whenever a graph can
+    hold the step, `on` asks for them (and says why it cannot), `off` never."""
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"--cuda-graphs must be one of {', '.join(GRAPH_MODES)} (got {mode!r})")
+    if mode == "off":
+        return False, None
+    if not device.startswith("cuda"):
+        return False, None if mode == "auto" else f"CUDA graphs need a CUDA device, not {device}"
+    if compile:
+        # torch.compile brings its own graphs (mode="reduce-overhead"); two capture layers do not nest.
+        return False, "--compile trains through torch.compile, not the trainer's own CUDA graphs"
+    if precision == "fp16":
+        # GradScaler checks for inf/nan on the host every step: a graph cannot hold that sync.
+        return False, "fp16's loss scaling syncs with the host every step; bf16 or fp32 capture"
+    return True, None
+
+
+def capture(fn: Callable[[], None], generators: list[torch.Generator] = (), pool=None):
+    """Record one call of `fn` as a CUDA graph; returns (replay, graph). Kernels do not run while
+    capturing: `fn`'s effects happen at each replay. Dropout generators other than the default one
+    are registered, so each replay draws fresh masks from their current seed and offset."""
+    graph = torch.cuda.CUDAGraph()
+    for generator in generators:
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph, pool=pool):
+        fn()
+    return graph.replay, graph
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device) -> Iterator[None]:
+    """Warm-up before a capture runs on a side stream (as torch.cuda.graph's documentation asks), so
+    lazily created state (cuDNN's chosen algorithms, cuBLAS workspaces, Adam's state) exists first."""
+    if device.type != "cuda":
+        yield
+        return
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        yield
+    torch.cuda.current_stream(device).wait_stream(stream)
+
+
+class UnitStream:
+    """The stream of one of several units trained side by side in one process (`--stack streams`):
+    a CUDA stream of its own, so their graph replays overlap on the GPU; on CPU the units simply
+    take turns (the same maths, no overlap)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def after(self, other) -> None:
+        if self.cuda is not None:
+            self.cuda.wait_stream(other)
+
+    def before(self, other) -> None:
+        if self.cuda is not None:
+            other.wait_stream(self.cuda)
+
+
+def on_stream(stream: UnitStream | None):
+    """Run what follows on the unit's own CUDA stream (if it has one)."""
+    if stream is None or stream.cuda is None:
+        return contextlib.nullcontext()
+    return torch.cuda.stream(stream.cuda)
+
+
+class Snapshot:
+    """Weights, Adam state and generator states before warm-up steps, put back in place after them
+    (the graph keeps the tensors it captured: nothing may be replaced, only overwritten).
+
+    A fresh Adam has no state until its first step; put back, that state is zeros and step 0, which
+    is exactly how Adam initialises it lazily, so warming up leaves no trace in the trained model."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, generators: list[torch.Generator]):
+        self.model, self.opt, self.generators = model, opt, generators
+        self.params = [p.detach().clone() for p in model.parameters()]
+        self.state = {p: {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters() if p in opt.state}
+        self.rng = [g.get_state() for g in generators]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, saved in zip(self.model.parameters(), self.params, strict=True):
+            p.copy_(saved)
+            for key, value in self.opt.state.get(p, {}).items():
+                if not torch.is_tensor(value):
+                    continue
+                if p in self.state:
+                    value.copy_(self.state[p][key])
+                else:
+                    value.zero_()
+        for generator, state in zip(self.generators, self.rng, strict=True):
+            generator.set_state(state)

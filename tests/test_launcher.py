@@ -1,0 +1,52 @@
+"""Training processes started ahead of their jobs (tasks/launcher.py `prestart`)."""
+
+import pytest
+
+from tasks import launcher
+from tasks.config import TrainConfig
+from tasks.launcher import discard_spares, prestart, run_worker
+
+
+@pytest.fixture
+def job(tiny_cifar, tmp_path):
+    cfg = TrainConfig(epochs=1, limit_train=64, limit_test=32, train_eval_images=32)
+    return {"configs": [cfg.to_dict()], "data_root": str(tiny_cifar / "cifar-10-batches-py"),
+            "checkpoint_dirs": [str(tmp_path / "ckpt")], "threads": 1}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_spares_left():
+    yield
+    discard_spares()
+
+
+def started(events):
+    return next(e for e in events if e["event"] == "start")
+
+
+def test_a_process_started_ahead_takes_the_job_and_says_how_long_it_waited(job):
+    prestart([(1, "cpu")])
+    (spare,) = launcher._spares[(1, "cpu")]
+    events = list(run_worker(job))
+    assert started(events)["pid"] == spare.pid and events[-1]["event"] == "done"
+    assert set(started(events)["startup"]) == {"torch_import", "waited_for_job", "data"}  # CPU: no CUDA context
+    assert launcher._spares[(1, "cpu")] == [] and spare.returncode == 0 and spare not in launcher._live
+
+
+def test_a_job_for_other_threads_or_a_dead_spare_gets_a_new_process(job):
+    prestart([(2, "cpu"), (1, "cpu")])
+    other = launcher._spares[(2, "cpu")][0]
+    dead = launcher._spares[(1, "cpu")][0]
+    dead.kill()
+    dead.wait()
+    events = list(run_worker(job))
+    assert started(events)["pid"] not in (other.pid, dead.pid) and events[-1]["event"] == "done"
+    assert launcher._spares[(2, "cpu")] == [other] and other.poll() is None
+
+
+def test_unused_spares_are_ended(job):
+    prestart([(1, "cpu"), (1, "cpu")])
+    procs = list(launcher._spares[(1, "cpu")])
+    discard_spares()
+    assert all(p.returncode is not None for p in procs) and launcher._spares == {}
+    assert not set(procs) & launcher._live
