@@ -18,13 +18,15 @@
 #     SWEEP_SEEDS=0 PYTHON=.venv/bin/python DATA=<folder holding cifar-10-batches-py/> bash benchmarks/gpu_check.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-python=${PYTHON:-$(command -v python3 || command -v python)}
+# This checkout's virtual environment where there is one (here), else the machine's python3 (there).
+python=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 || command -v python)}
 
 if [ "${1:-}" = "--wheels" ]; then  # here, with a package index: this checkout's Prefect and all its needs
-    rm -rf .whl && mkdir -p .whl
-    "$python" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+    version=$("$python" -c 'import prefect; print(prefect.__version__)') || exit 1
+    rm -rf .whl.new && "$python" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl "prefect==$("$python" -c 'import prefect; print(prefect.__version__)')" || exit 1
+        -d .whl.new "prefect==$version" || exit 1
+    rm -rf .whl && mv .whl.new .whl
     du -sh .whl shared  # with the tree, under the device's 64 MiB per call
     exit 0
 fi
