@@ -122,10 +122,10 @@ def retry_unless_hopeless(task, task_run, state) -> bool:
 
 
 def group_label(cfgs: list[TrainConfig]) -> str:
-    """`dropout=0.25, seed=0`; a stack: `dropout=0.25, seed=0 + baseline, seed=0`, or `stack of 6 on cuda:0`."""
+    """`dropout=0.25, seed=0`; two together: `dropout=0.25, seed=0 + baseline, seed=0`; more: `6 variants on cuda:0`."""
     if len(cfgs) <= 2:
         return " + ".join(c.run_name for c in cfgs)
-    return f"stack of {len(cfgs)} on {cfgs[0].device}"
+    return f"{len(cfgs)} variants on {cfgs[0].device}"
 
 
 # --- device slots ----------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Train one variant, or a stack of variants, in its own process: `python -m tasks.worker < job.json`.
+"""Train one variant, or several on one device, in its own process: `python -m tasks.worker --device D
+--parent PID < job.json`.
 
 Why a process per variant: torch's global RNG (dropout masks) and thread pool are per process,
 so two variants in threads of one process would interleave random draws (not reproducible) and
-oversubscribe the cores. A stack of variants shares one process safely: each draws from its own
-generators (tasks/stacked.py). Each worker gets `threads` intra-op threads (cores / processes on
-CPU) or its own GPU. Protocol: one JSON object per stdout line —
+oversubscribe the cores. Several variants share one process safely (stacked or side by side): each
+draws from its own generators (tasks/stacked.py). Each worker gets `threads` intra-op threads (cores /
+processes on CPU) or a GPU, which several may share (the device plan, tasks/devices.py).
+Protocol: one JSON object per stdout line —
   {"event": "start", ...} · {"event": "epoch", "variant": i, ...} per variant and epoch
   · {"event": "done", "results": [one per variant]}
   · {"event": "log", "level": ..., "logger": ..., "message": ...} for the project's log records
