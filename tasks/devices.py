@@ -4,6 +4,7 @@ and how many CPU threads each process may use."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -69,10 +70,16 @@ GPU_PROCESSES_MAX = 16
 def measured_plan(k: int, graphed: bool, table: dict | None = None) -> str:
     """stacked | streams | processes: the fastest measured way to train `k` variants on one GPU (the
     entry for the largest measured K not above k; the smallest measured K below that)."""
-    table = table if table is not None else json.loads(PLAN_FILE.read_text())
+    table = table if table is not None else _read_plan(PLAN_FILE)
     fastest = {int(n): plan for n, plan in table["graphs" if graphed else "eager"].items()}
     measured = sorted(fastest)
     return fastest[max([n for n in measured if n <= k], default=measured[0])]
+
+
+@functools.cache
+def _read_plan(path: Path) -> dict:
+    """The plan file, read once per process (every group of every run consults it)."""
+    return json.loads(path.read_text())
 
 
 def plan_for(mode: str, device: str, k: int, graphed: bool) -> str:

@@ -31,7 +31,7 @@ from tasks.checkpoint import (
     set_aside,
 )
 from tasks.config import TrainConfig
-from tasks.evaluate import autocast, eval_buffers, eval_results, eval_sums, to_input, train_eval_split
+from tasks.evaluate import autocast, eval_buffers, eval_results, eval_sums, evaluate, to_input, train_eval_split
 from tasks.model import Net
 from tasks.stacked import Single, StackedNet, stack_adam_state, stacked_input, streams_from_global, unstack_into
 
@@ -347,10 +347,13 @@ class _Unit:
         self.loss_sum.zero_()
         self.correct.zero_()
 
+    def _step(self, idx: torch.Tensor, cache: bool = True) -> None:
+        step(self.forward, self.opt, self.scaler, self.images, self.labels, idx, self.shared, self.gens,
+             self.cfg.precision, self.loss_sum, self.correct, cache)  # fmt: skip
+
     def _graph_step(self) -> None:
         idx = self.static_orders.index_select(1, self.pos + self.cols)  # (K, B): this step's batch
-        step(self.forward, self.opt, self.scaler, self.images, self.labels, idx, self.shared, self.gens,
-             self.cfg.precision, self.loss_sum, self.correct, cache=False)  # fmt: skip
+        self._step(idx, cache=False)
         self.pos += self.cfg.batch_size
 
     def _capture(self, fn, training: bool):
@@ -363,8 +366,8 @@ class _Unit:
                 for _ in range(WARMUP_STEPS):
                     fn()
             if training:
-                snapshot.restore()
                 self.opt.zero_grad(set_to_none=True)  # backward allocates .grad inside the graph's pool
+            # Capturing runs no kernel: the state the warm-up changed is put back once, below.
             return graphs.capture(fn, self.gens or [])[0]
         except Exception as e:  # a capture that fails costs speed, never the run
             log.warning("CUDA graph capture failed, training eagerly: %s",
@@ -384,14 +387,12 @@ class _Unit:
                 self.replay_step()
             else:
                 b = self.cfg.batch_size
-                step(self.forward, self.opt, self.scaler, self.images, self.labels, self.orders[:, i * b : (i + 1) * b],
-                     self.shared, self.gens, self.cfg.precision, self.loss_sum, self.correct)  # fmt: skip
+                self._step(self.orders[:, i * b : (i + 1) * b])
 
     def last(self, start: int) -> None:
         """The epoch's last, smaller batch (M not a multiple of B), eagerly: a graph has fixed shapes."""
         with graphs.on_stream(self.stream):
-            step(self.forward, self.opt, self.scaler, self.images, self.labels, self.orders[:, start:],
-                 self.shared, self.gens, self.cfg.precision, self.loss_sum, self.correct)  # fmt: skip
+            self._step(self.orders[:, start:])
 
     def evaluate(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
         """Eval-mode loss, accuracy and confusion per variant on a fixed image set (one replay when graphed)."""
@@ -408,14 +409,12 @@ class _Unit:
             replay = self._capture(pass_, training=False)
             self.replay_eval[name] = (replay, sums) if replay is not None else None
         graphed = self.replay_eval.get(name)
-        with graphs.on_stream(self.stream):
-            if graphed is not None:
-                graphed[0]()
-                sums = graphed[1]
-            else:
-                sums = eval_buffers(self.k, self.device)
-                eval_sums(self.forward, images, labels, cfg.eval_batch_size, cfg.precision, *sums)
-            return eval_results(*sums, len(labels))  # copied to the host on the unit's stream
+        with graphs.on_stream(self.stream):  # results are copied to the host on the unit's stream
+            if graphed is None:
+                return evaluate(self.forward, images, labels, cfg.eval_batch_size, cfg.precision)
+            replay, sums = graphed
+            replay()
+            return eval_results(*sums, len(labels))
 
     def finish(self) -> None:
         """Copy a stack's weights and Adam state back into each variant's own Net and Adam."""
