@@ -4,7 +4,9 @@ signals that stop a run in seconds.
 - Prefect's temporary server (no PREFECT_API_URL) is started here, from the main thread, in its own
   session (a terminal's Ctrl-C reaches the run but not the server, which must still record how the
   run ended) and with a parent-death signal (kill -9 of the run takes the server with it). Prefect
-  reuses it: `SubprocessASGIServer()` returns one shared instance.
+  reuses it: `SubprocessASGIServer()` returns one shared instance. The command line spawns it first
+  of all (`begin_temporary_server`), so it boots while the run imports torch and checks its
+  parameters; this module therefore imports nothing heavy.
 - SIGTERM and SIGINT end the training processes (their finished epochs are checkpointed), then
   raise `Stopped` in the main thread: the flow run is reported as crashed, the server stops after
   that (Prefect's exit handler), and the CLI's last line names the signal.
@@ -12,6 +14,7 @@ signals that stop a run in seconds.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -24,7 +27,6 @@ from collections.abc import Iterator
 from prefect.server.api import server as prefect_server
 
 from tasks.launcher import stop_all
-from tasks.steps import TEMPORARY_SERVER_ENV
 
 PR_SET_PDEATHSIG = 1
 
@@ -35,7 +37,15 @@ def _die_with_parent() -> None:  # runs in the forked child, before exec
 
 
 class GuardedServer(prefect_server.SubprocessASGIServer):
+    early: subprocess.Popen | None = None  # spawned by `begin_temporary_server`, not yet claimed
+
     def _run_uvicorn_command(self) -> subprocess.Popen:
+        if self.early is not None:  # Prefect's start() takes the process that is already booting
+            process, self.early = self.early, None
+            return process
+        return self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
         # Prefect builds the command line; only how the process starts changes. The stand-in module
         # is seen by Prefect's server module alone, for this one call.
         def popen(*args, **kwargs):
@@ -49,14 +59,44 @@ class GuardedServer(prefect_server.SubprocessASGIServer):
             prefect_server.subprocess = real
 
 
-def start_temporary_server(timeout_s: int) -> str | None:
-    """Without PREFECT_API_URL: start the guarded temporary server and export its URL (Dask worker
-    processes inherit it). Returns the URL, or None when a server is configured."""
+def begin_temporary_server() -> None:
+    """The command line's first step: without PREFECT_API_URL, spawn the temporary server now (from
+    the main thread: the parent-death signal is tied to the spawning thread), so its start (~6 s on
+    2 cores) overlaps the run's imports and checks instead of following them. Silent: a run refused
+    for its parameters prints its one-line error, and the unclaimed server is ended at exit."""
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
-        return None
+        return
     server = GuardedServer()
+    server.port = server.find_available_port()
+    server.early = server._spawn()
+    atexit.register(_end_unclaimed, server)
+
+
+def _end_unclaimed(server: GuardedServer) -> None:
+    """A server that never served this run: a second for SIGTERM, then SIGKILL (mid-start uvicorn
+    would otherwise finish starting first, holding the run's output pipe open for seconds)."""
+    if server.early is not None:
+        server.early.terminate()
+        try:
+            server.early.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            server.early.kill()
+            server.early.wait()
+
+
+def start_temporary_server(timeout_s: int) -> str | None:
+    """Without PREFECT_API_URL: start the guarded temporary server (or wait for the one begun early)
+    and export its URL (Dask worker processes inherit it). Returns the URL, or None when a server is
+    configured."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.steps import TEMPORARY_SERVER_ENV
+
+    if PREFECT_API_URL.value():
+        return None
+    server = GuardedServer()  # the instance begun early, if any: Prefect keeps one per port argument
     server.start(timeout=timeout_s)
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ[TEMPORARY_SERVER_ENV] = "1"  # device slots: see tasks/steps.py

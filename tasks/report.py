@@ -345,15 +345,22 @@ def plot_comparison(results: list[TrainResult], summary: list[dict], title: str,
 
 
 def plot_samples(images: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
-    """5×5 grid of training images (N, 32, 32, 3) uint8 with their class names."""
-    fig, axes = plt.subplots(5, 5, figsize=(7, 7.6))
-    for ax, img, lab in zip(axes.flat, images[:25], labels[:25], strict=False):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(class_names[int(lab)], fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
+    """5×5 grid of training images (N, 32, 32, 3) uint8 with their class names: one mosaic in one
+    axes (25 axes with titles and a tight layout took ~1.2 s to draw on 2 cores, ~0.1 s this way)."""
+    images, labels = images[:25], labels[:25]
+    rows, side, gap, label = 5, images.shape[1], 3, 9  # pixels: image, gap between, label band above
+    cell_h, cell_w = label + side + gap, side + gap
+    mosaic = np.full((rows * cell_h, rows * cell_w, 3), 255, dtype=np.uint8)  # white, like the figure
+    height = 7 * mosaic.shape[0] / mosaic.shape[1]  # inches, for 7 wide; plus a band for the title
+    fig = plt.figure(figsize=(7, height + 0.4))
+    ax = fig.add_axes((0, 0, 1, height / (height + 0.4)))
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        top, left = (i // rows) * cell_h + label, (i % rows) * cell_w + gap // 2
+        mosaic[top : top + side, left : left + side] = img
+        ax.text(left + side / 2, top - 2, class_names[int(lab)], ha="center", va="bottom", fontsize=9)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

@@ -64,6 +64,50 @@ def test_script_runs_end_to_end_and_ends_with_the_report_line(tmp_path):
     assert proc.stdout.count("waiting for its job)") == 2, proc.stdout[-3000:]
 
 
+def servers_of(prefect_home: Path) -> list[int]:
+    """Live processes started with this PREFECT_HOME (a temporary server inherits it)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"PREFECT_HOME={prefect_home}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_refused_parameters_print_one_line_and_end_the_server_begun_early(tmp_path):
+    """The script spawns Prefect's temporary server before it imports torch and checks parameters;
+    a refused run prints its error line alone and ends that server at once (or a caller reading
+    the output would wait for the server's start to finish)."""
+    home = tmp_path / "prefect-home"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "flows" / "compare.py"), "--dropout", "1.5", "--data-dir", str(tmp_path / "d")],
+        env={**os.environ, "PREFECT_HOME": str(home)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --dropout: must be < 1.0 (got 1.5)\n"
+    assert not servers_of(home) and not (tmp_path / "d").exists()
+
+
+def test_the_server_begun_first_is_the_one_the_run_uses(tmp_path):
+    code = (
+        "import sys, flows.lifecycle as lifecycle\n"
+        "heavy = {'torch', 'scipy', 'matplotlib'} & set(sys.modules)  # begun before these are imported\n"
+        "lifecycle.begin_temporary_server()\n"
+        "early = lifecycle.GuardedServer().early\n"
+        "url = lifecycle.start_temporary_server(90)\n"
+        "print(sorted(heavy), early is not None and lifecycle.GuardedServer().server_process is early, url)\n"
+    )
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.stdout.startswith("[] True http://127.0.0.1:"), run.stdout + run.stderr[-2000:]
+    # With a server configured there is nothing to begin.
+    configured = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                                env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # fmt: skip
+    assert configured.stdout.strip() == "[] False None", configured.stdout + configured.stderr[-2000:]
+
+
 def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     code = (
