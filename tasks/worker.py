@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -198,4 +199,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    # The flow reads this process's output to its end: skip collecting torch's objects at exit.
+    gc.freeze()
+    sys.exit(status)
