@@ -46,17 +46,18 @@ def stop_all() -> int:
     return len(procs)
 
 
-def _spawn(threads: int, device: str) -> subprocess.Popen:
+def _spawn(threads: int, device: str, ahead: bool = False) -> subprocess.Popen:
     """A training process that imports torch and creates its CUDA context at once, then waits for its
-    job on stdin (`tasks.worker`)."""
+    job on stdin (`tasks.worker`); `ahead`: started before its job exists (it says so in its log)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if threads:
         # Set before torch starts in the child, so OpenMP never spins up more threads than asked.
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     stderr = tempfile.TemporaryFile(mode="w+")  # read back only when it fails
+    argv = ["--device", device, "--parent", str(os.getpid()), "--ahead", str(int(ahead))]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks.worker", "--device", device, "--parent", str(os.getpid())],
+        [sys.executable, "-m", "tasks.worker", *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -74,7 +75,7 @@ def prestart(processes: list[tuple[int, str]]) -> None:
     does this while Prefect's temporary server starts, so torch's import and the CUDA context (seconds
     each) are ready when the training tasks come. Unused ones end with `discard_spares`."""
     for threads, device in processes:
-        proc = _spawn(threads, device)
+        proc = _spawn(threads, device, ahead=True)
         with _live_lock:
             _spares.setdefault((threads, device), []).append(proc)
 

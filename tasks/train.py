@@ -214,13 +214,14 @@ def format_epoch(label: str, epochs: int, r: dict) -> str:
 
 
 def format_startup(startup: dict) -> str:
-    """What stood before the first step in the training process, e.g. `torch import 1.9 s (then 6.2 s
-    waiting for its job), data 1.5 s, CUDA context 0.4 s more`."""
+    """What stood before the first step in the training process, e.g. `torch import 1.9 s (ahead of
+    its job, then 6.2 s waiting for it), data 1.5 s, CUDA context 0.4 s more`."""
     parts = []
     if "torch_import" in startup:
         waited = startup.get("waited_for_job", 0)
-        parts.append(f"torch import {startup['torch_import']:.1f} s" + (f" (then {waited:.1f} s waiting for its job)"
-                                                                           if waited >= 0.05 else ""))  # fmt: skip
+        ahead = (" (ahead of its job" + (f", then {waited:.1f} s waiting for it)" if waited >= 0.05 else ")")
+                 if startup.get("ahead") else "")  # fmt: skip
+        parts.append(f"torch import {startup['torch_import']:.1f} s{ahead}")
     if "data" in startup:
         parts.append(f"data {startup['data']:.1f} s")
     if "cuda_wait" in startup:

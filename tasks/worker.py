@@ -188,7 +188,8 @@ def main(argv: list[str]) -> int:
         t_import = time.perf_counter()
         cuda_ready = _start_cuda(args["--device"])
         job = json.load(sys.stdin)
-        startup = {"torch_import": t_import - t0, "waited_for_job": time.perf_counter() - t_import}
+        startup = {"torch_import": t_import - t0, "waited_for_job": time.perf_counter() - t_import,
+                   "ahead": args.get("--ahead") == "1"}  # fmt: skip
         emit("done", results=run_job(job, cuda_ready, startup))
         return 0
     except Exception as e:  # report a classified error on the protocol, details on stderr

@@ -29,7 +29,8 @@ def test_a_process_started_ahead_takes_the_job_and_says_how_long_it_waited(job):
     (spare,) = launcher._spares[(1, "cpu")]
     events = list(run_worker(job))
     assert started(events)["pid"] == spare.pid and events[-1]["event"] == "done"
-    assert set(started(events)["startup"]) == {"torch_import", "waited_for_job", "data"}  # CPU: no CUDA context
+    startup = started(events)["startup"]
+    assert set(startup) == {"torch_import", "waited_for_job", "ahead", "data"} and startup["ahead"]  # CPU: no CUDA
     assert launcher._spares[(1, "cpu")] == [] and spare.returncode == 0 and spare not in launcher._live
 
 
@@ -41,6 +42,7 @@ def test_a_job_for_other_threads_or_a_dead_spare_gets_a_new_process(job):
     dead.wait()
     events = list(run_worker(job))
     assert started(events)["pid"] not in (other.pid, dead.pid) and events[-1]["event"] == "done"
+    assert not started(events)["startup"]["ahead"]  # started for this job
     assert launcher._spares[(2, "cpu")] == [other] and other.poll() is None
 
 
