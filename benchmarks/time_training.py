@@ -28,7 +28,7 @@ from tasks.config import TrainConfig, check_train_config  # noqa: E402
 from tasks.data import FOLDER_NAME  # noqa: E402
 from tasks.devices import STACK_MODES, group_layout, process_plan, stack_groups, variant_configs  # noqa: E402
 from tasks.graphs import GRAPH_MODES  # noqa: E402
-from tasks.launcher import run_worker  # noqa: E402
+from tasks.launcher import run_worker, worker_job  # noqa: E402
 from tasks.train import format_epoch  # noqa: E402
 
 
@@ -49,9 +49,8 @@ def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: 
     lock = threading.Lock()
 
     def train(group: list[TrainConfig], folder: Path) -> None:
-        job = {"configs": [c.to_dict() for c in group], "data_root": str(root), "threads": threads,
-               "checkpoint_dirs": [str(folder / f"variant{i}") for i in range(len(group))],
-               "cuda_graphs": cuda_graphs, "layout": group_layout(group, stack, cuda_graphs)}  # fmt: skip
+        folders = [folder / f"variant{i}" for i in range(len(group))]
+        job = worker_job(group, root, folders, threads, cuda_graphs, group_layout(group, stack, cuda_graphs))
         try:
             with device_slots[group[0].device]:
                 for event in run_worker(job):

@@ -106,6 +106,15 @@ def _take(threads: int, device: str) -> subprocess.Popen:
     return _spawn(threads, device)
 
 
+def worker_job(cfgs: list, data_root, checkpoint_dirs: list, threads: int, cuda_graphs: str, layout: str,
+               **more) -> dict:  # fmt: skip
+    """The job a training process reads on stdin (`tasks.worker.run_job`): its variants, the data, one
+    checkpoint folder per variant, CPU threads, CUDA graphs and layout; `more`: e.g. fresh, attempt."""
+    return {"configs": [c.to_dict() for c in cfgs], "data_root": str(data_root),
+            "checkpoint_dirs": [str(d) for d in checkpoint_dirs], "threads": threads, "cuda_graphs": cuda_graphs,
+            "layout": layout, **more}  # fmt: skip
+
+
 def run_worker(job: dict) -> Iterator[dict]:
     """Yield the worker's events ("start", "epoch", "log", ..., "done"); raise TrainingFailed on failure.
 

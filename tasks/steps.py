@@ -49,7 +49,7 @@ from tasks.data import (
     still_on_disk,
 )
 from tasks.history import HISTORY_FILE, code_version
-from tasks.launcher import TrainingFailed, run_worker
+from tasks.launcher import TrainingFailed, run_worker, worker_job
 from tasks.progress import bars
 from tasks.redact import redact
 from tasks.report import report_order, write_report
@@ -236,16 +236,9 @@ def train(
     Resumes from each variant's checkpoints unless `fresh` (a refresh), which starts over.
     """
     logger = get_run_logger()
-    job = {
-        "configs": [c.to_dict() for c in cfgs],
-        "data_root": data.root,
-        "checkpoint_dirs": [str(checkpoint_dir(cache_dir, c, data)) for c in cfgs],
-        "threads": threads,
-        "fresh": fresh,
-        "cuda_graphs": cuda_graphs,
-        "layout": layout,
-        "attempt": current_task_run.run_count or 1,
-    }
+    folders = [checkpoint_dir(cache_dir, c, data) for c in cfgs]
+    job = worker_job(cfgs, data.root, folders, threads, cuda_graphs, layout, fresh=fresh,
+                     attempt=current_task_run.run_count or 1)  # fmt: skip
     names = [c.run_name for c in cfgs]
     progress = [create_progress_artifact(0.0, key=f"train-progress-{slug(name)}", description=f"train[{name}]")
                 for name in names]  # fmt: skip

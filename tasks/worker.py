@@ -107,7 +107,8 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
     if cfg.device.startswith("cuda"):
         startup["cuda_wait"] = time.perf_counter() - t_data
     emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_train_eval=n_train_eval,
-         n_test=len(test_y), pid=os.getpid(), startup={k: round(v, 3) for k, v in startup.items()})  # fmt: skip
+         n_test=len(test_y), pid=os.getpid(),
+         startup={k: round(v, 3) if isinstance(v, float) else v for k, v in startup.items()})  # fmt: skip
     # Two runs training the very same variant (same cache key, same folder) take turns: the second
     # then finds the finished checkpoints and has nothing left to train. Locks in sorted order, so
     # two stacks sharing variants cannot deadlock.
