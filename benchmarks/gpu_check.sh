@@ -53,7 +53,7 @@ trap finish EXIT
             && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
     # Byte-compiled like a pip install (on all cores): uncompiled, every process of the flow compiles
-    # Prefect afresh where PYTHONDONTWRITEBYTECODE is set (+10 s end to end on 2 cores).
+    # Prefect afresh where PYTHONDONTWRITEBYTECODE is set (seconds per process).
     "$python" -m compileall -q -j 0 $site tasks flows benchmarks > /dev/null
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
     "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"

@@ -412,7 +412,7 @@ def first_processes(groups: list[list[TrainConfig]], threads: int, slots: dict[s
 
 if __name__ == "__main__":
     status = main()
-    # The interpreter's teardown collects every object torch, Prefect and matplotlib made (~2 s after
-    # the last line on 2 cores) only to exit; frozen, they are skipped. Exit handlers still all run.
+    # The interpreter's teardown collects every object torch, Prefect and matplotlib made, seconds
+    # after the last line, only to exit; frozen, they are skipped. Exit handlers still all run.
     gc.freeze()
     sys.exit(status)

@@ -61,8 +61,8 @@ class GuardedServer(prefect_server.SubprocessASGIServer):
 
 def begin_temporary_server() -> None:
     """The command line's first step: without PREFECT_API_URL, spawn the temporary server now (from
-    the main thread: the parent-death signal is tied to the spawning thread), so its start (~6 s on
-    2 cores) overlaps the run's imports and checks instead of following them. Silent: a run refused
+    the main thread: the parent-death signal is tied to the spawning thread), so its start (seconds)
+    overlaps the run's imports and checks instead of following them. Silent: a run refused
     for its parameters prints its one-line error, and the unclaimed server is ended at exit."""
     from prefect.settings import PREFECT_API_URL
 
