@@ -26,9 +26,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 if __name__ == "__main__":  # the command line: Prefect's server boots while torch & co. are imported
-    from flows.lifecycle import begin_temporary_server
+    from flows import early_server
 
-    begin_temporary_server()
+    early_server.begin(sys.argv[1:])
 
 from prefect import flow  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402

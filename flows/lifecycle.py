@@ -5,8 +5,8 @@ signals that stop a run in seconds.
   session (a terminal's Ctrl-C reaches the run but not the server, which must still record how the
   run ended) and with a parent-death signal (kill -9 of the run takes the server with it). Prefect
   reuses it: `SubprocessASGIServer()` returns one shared instance. The command line spawns it first
-  of all (`begin_temporary_server`), so it boots while the run imports torch and checks its
-  parameters; this module therefore imports nothing heavy.
+  of all (flows/early_server.py), so it boots while the run imports torch and checks its
+  parameters; `start_temporary_server` hands that process to Prefect's start().
 - SIGTERM and SIGINT end the training processes (their finished epochs are checkpointed), then
   raise `Stopped` in the main thread: the flow run is reported as crashed, the server stops after
   that (Prefect's exit handler), and the CLI's last line names the signal.
@@ -14,9 +14,7 @@ signals that stop a run in seconds.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -26,30 +24,25 @@ from collections.abc import Iterator
 
 from prefect.server.api import server as prefect_server
 
+from flows import early_server
 from tasks.launcher import stop_all
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the forked child, before exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class GuardedServer(prefect_server.SubprocessASGIServer):
-    early: subprocess.Popen | None = None  # spawned by `begin_temporary_server`, not yet claimed
+    """Prefect's temporary server, spawned the guarded way (`early_server.spawn`); its start() takes
+    the process the command line began early, if any."""
+
+    early: subprocess.Popen | None = None  # begun by `early_server.begin`, handed over here
 
     def _run_uvicorn_command(self) -> subprocess.Popen:
         if self.early is not None:  # Prefect's start() takes the process that is already booting
             process, self.early = self.early, None
             return process
-        return self._spawn()
 
-    def _spawn(self) -> subprocess.Popen:
         # Prefect builds the command line; only how the process starts changes. The stand-in module
         # is seen by Prefect's server module alone, for this one call.
         def popen(*args, **kwargs):
-            return subprocess.Popen(*args, **kwargs, start_new_session=True, preexec_fn=_die_with_parent)
+            return subprocess.Popen(*args, **kwargs, start_new_session=True, preexec_fn=early_server.die_with_parent)
 
         stand_in = types.SimpleNamespace(**{**vars(subprocess), "Popen": popen})
         real, prefect_server.subprocess = prefect_server.subprocess, stand_in
@@ -57,33 +50,6 @@ class GuardedServer(prefect_server.SubprocessASGIServer):
             return super()._run_uvicorn_command()
         finally:
             prefect_server.subprocess = real
-
-
-def begin_temporary_server() -> None:
-    """The command line's first step: without PREFECT_API_URL, spawn the temporary server now (from
-    the main thread: the parent-death signal is tied to the spawning thread), so its start (seconds)
-    overlaps the run's imports and checks instead of following them. Silent: a run refused
-    for its parameters prints its one-line error, and the unclaimed server is ended at exit."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return
-    server = GuardedServer()
-    server.port = server.find_available_port()
-    server.early = server._spawn()
-    atexit.register(_end_unclaimed, server)
-
-
-def _end_unclaimed(server: GuardedServer) -> None:
-    """A server that never served this run: a second for SIGTERM, then SIGKILL (mid-start uvicorn
-    would otherwise finish starting first, holding the run's output pipe open for seconds)."""
-    if server.early is not None:
-        server.early.terminate()
-        try:
-            server.early.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            server.early.kill()
-            server.early.wait()
 
 
 def start_temporary_server(timeout_s: int) -> str | None:
@@ -96,7 +62,9 @@ def start_temporary_server(timeout_s: int) -> str | None:
 
     if PREFECT_API_URL.value():
         return None
-    server = GuardedServer()  # the instance begun early, if any: Prefect keeps one per port argument
+    server = GuardedServer()  # Prefect keeps one instance per port argument: this run's
+    if not server.running and (early := early_server.claim()) is not None:
+        server.port, server.early = early
     server.start(timeout=timeout_s)
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ[TEMPORARY_SERVER_ENV] = "1"  # device slots: see tasks/steps.py

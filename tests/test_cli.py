@@ -90,12 +90,26 @@ def test_refused_parameters_print_one_line_and_end_the_server_begun_early(tmp_pa
     assert not servers_of(home) and not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h", "--he"])
+def test_help_begins_no_server(tmp_path, flag):
+    """Usage only: no server is spawned, so none starts creating Prefect's database (a server begun
+    early creates its database file while the command line is still importing torch)."""
+    home = tmp_path / "prefect-home"
+    script = [sys.executable, str(REPO / "flows" / "compare.py"), "--epochs", "1", flag]
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    proc = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python flows/compare.py") and proc.stderr == ""
+    assert not (home / "prefect.db").exists()
+
+
 def test_the_server_begun_first_is_the_one_the_run_uses(tmp_path):
     code = (
-        "import sys, flows.lifecycle as lifecycle\n"
-        "heavy = {'torch', 'scipy', 'matplotlib'} & set(sys.modules)  # begun before these are imported\n"
-        "lifecycle.begin_temporary_server()\n"
-        "early = lifecycle.GuardedServer().early\n"
+        "import sys\n"
+        "from flows import early_server\n"
+        "early_server.begin([])\n"
+        "heavy = {'torch', 'scipy', 'matplotlib', 'prefect.server.api.server'} & set(sys.modules)  # begun before\n"
+        "early = early_server._early and early_server._early[1]\n"
+        "import flows.lifecycle as lifecycle\n"
         "url = lifecycle.start_temporary_server(90)\n"
         "print(sorted(heavy), early is not None and lifecycle.GuardedServer().server_process is early, url)\n"
     )
@@ -106,6 +120,22 @@ def test_the_server_begun_first_is_the_one_the_run_uses(tmp_path):
     configured = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                                 env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # fmt: skip
     assert configured.stdout.strip() == "[] False None", configured.stdout + configured.stderr[-2000:]
+
+
+def test_the_server_begun_early_is_started_as_prefect_starts_it(monkeypatch):
+    """flows/early_server.py repeats SubprocessASGIServer's command line (to spawn before importing
+    Prefect's server module): the same program, arguments and environment, or this fails."""
+    from prefect.server.api import server as prefect_server
+
+    from flows import early_server
+
+    seen = {}
+    monkeypatch.setattr(prefect_server.subprocess, "Popen", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(prefect_server.SubprocessASGIServer, "_instances", {})
+    prefect_server.SubprocessASGIServer(8123)._run_uvicorn_command()
+    args, env = early_server.server_command(8123)
+    assert seen == {"args": args, "env": env}
+    assert early_server.free_port() in early_server.PORTS == prefect_server.SubprocessASGIServer._port_range
 
 
 def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
