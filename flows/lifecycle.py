@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import threading
-import types
 from collections.abc import Iterator
 
 from prefect.server.api import server as prefect_server
@@ -29,8 +28,9 @@ from tasks.launcher import stop_all
 
 
 class GuardedServer(prefect_server.SubprocessASGIServer):
-    """Prefect's temporary server, spawned the guarded way (`early_server.spawn`); its start() takes
-    the process the command line began early, if any."""
+    """Prefect's temporary server with Prefect's own command line (`early_server.server_command`,
+    pinned equal to it by tests/test_cli.py), spawned the guarded way (`early_server.spawn`); its
+    start() takes the process the command line began early, if any."""
 
     early: subprocess.Popen | None = None  # begun by `early_server.begin`, handed over here
 
@@ -38,18 +38,7 @@ class GuardedServer(prefect_server.SubprocessASGIServer):
         if self.early is not None:  # Prefect's start() takes the process that is already booting
             process, self.early = self.early, None
             return process
-
-        # Prefect builds the command line; only how the process starts changes. The stand-in module
-        # is seen by Prefect's server module alone, for this one call.
-        def popen(*args, **kwargs):
-            return subprocess.Popen(*args, **kwargs, start_new_session=True, preexec_fn=early_server.die_with_parent)
-
-        stand_in = types.SimpleNamespace(**{**vars(subprocess), "Popen": popen})
-        real, prefect_server.subprocess = prefect_server.subprocess, stand_in
-        try:
-            return super()._run_uvicorn_command()
-        finally:
-            prefect_server.subprocess = real
+        return early_server.spawn(*early_server.server_command(self.port))
 
 
 def start_temporary_server(timeout_s: int) -> str | None:
