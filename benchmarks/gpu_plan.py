@@ -57,6 +57,14 @@ def fastest(rows: list[dict], k: int, graphs: bool) -> str | None:
     return min(done, key=lambda r: r["wall"])["plan"]
 
 
+def measurement_order(ks: list[int], eager_ks: list[int]) -> list[tuple[int, str, str]]:
+    """(K, plan, graphs) in the order measured: smallest K first, graphed then eager, so a --budget
+    that runs out leaves complete small-K entries of both kinds (a plan needs both to be written)."""
+    todo = [(k, plan, "on") for k in ks for plan in STACK_FOR]
+    todo += [(k, plan, "off") for k in eager_ks for plan in ("stacked", "processes")]
+    return sorted(todo, key=lambda t: t[0])  # stable: graphed before eager within a K
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, required=True, help=f"folder holding {FOLDER_NAME}/")
@@ -78,8 +86,7 @@ def main() -> int:
         raise SystemExit("error: every K must be even and at least 2 (dropout 0.25 and the baseline per seed)")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
     print(f"{gpu}, torch {torch.__version__}: {args.epochs} epochs x {args.limit_train or 50_000} images per variant")
-    todo = [(k, plan, "on") for k in ks for plan in STACK_FOR]
-    todo += [(k, plan, "off") for k in eager_ks for plan in ("stacked", "processes")]
+    todo = measurement_order(ks, eager_ks)
     rows, start = [], time.perf_counter()
     for k, plan, graphs in todo:
         if args.budget and time.perf_counter() - start > args.budget:

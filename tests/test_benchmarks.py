@@ -92,5 +92,17 @@ def test_gpu_plan_measures_every_plan_side_by_side_and_writes_the_fastest(tiny_c
     assert measured_plan(2, True, plan) == plan["graphs"]["2"]
 
 
+def test_gpu_plan_measures_small_k_of_both_kinds_first():
+    """A --budget that runs out during the large K still leaves a plan to write (both kinds at K=2, 4)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_plan import measurement_order
+
+    order = [(k, graphs) for k, _, graphs in measurement_order([2, 4, 8, 16], [2, 4])]
+    assert (
+        order
+        == [(2, "on")] * 3 + [(2, "off")] * 2 + [(4, "on")] * 3 + [(4, "off")] * 2 + [(8, "on")] * 3 + [(16, "on")] * 3
+    )
+
+
 def test_gpu_check_script_parses():
     assert subprocess.run(["bash", "-n", "benchmarks/gpu_check.sh"], cwd=REPO).returncode == 0
