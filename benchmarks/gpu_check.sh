@@ -94,7 +94,8 @@ EOF
     if "$python" -c "import prefect" 2>/dev/null; then
         flow_tmp=$(mktemp -d)
         # A machine's first run also creates Prefect's database (its migrations, in the server's start):
-        # timed on its own, so the flow's row is what every later run costs and the two add up to the first.
+        # timed on its own, so the flow's row is what every later run costs; a first run costs at most the
+        # two together (the set-up overlaps the command line's imports).
         export PREFECT_HOME=$flow_tmp/prefect-home
         s=$(timeout 60 "$python" -c "import asyncio, time; from prefect.server.database import provide_database_interface as db
 t = time.perf_counter(); asyncio.run(db().create_db()); print(f'{time.perf_counter() - t:.1f}')")

@@ -5,8 +5,9 @@ to Prefect's `SubprocessASGIServer.start()`, which waits for it, logs, and stops
 
 Why not Prefect's own spawn: `SubprocessASGIServer` lives in `prefect.server.api.server`, whose import
 alone takes seconds (the server's whole app). So this module repeats its command line
-(`_run_uvicorn_command`), importing only `prefect.settings`; tests/test_cli.py checks that both are
-the same, so a Prefect upgrade that changes it fails a test instead of starting another server.
+(`_run_uvicorn_command`) and its port range (`find_available_port`), importing only
+`prefect.settings`; tests/test_cli.py checks that both are the same, so a Prefect upgrade that
+changes them fails a test instead of starting another server.
 """
 
 from __future__ import annotations

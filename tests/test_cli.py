@@ -135,7 +135,8 @@ def test_the_server_begun_early_is_started_as_prefect_starts_it(monkeypatch):
     prefect_server.SubprocessASGIServer(8123)._run_uvicorn_command()
     args, env = early_server.server_command(8123)
     assert seen == {"args": args, "env": env}
-    assert early_server.free_port() in early_server.PORTS == prefect_server.SubprocessASGIServer._port_range
+    assert early_server.PORTS == prefect_server.SubprocessASGIServer._port_range
+    assert early_server.free_port() in early_server.PORTS
 
 
 def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
