@@ -42,13 +42,13 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tasks.config import TrainConfig  # noqa: E402
-from tasks.data import FOLDER_NAME, load_split, write_cifar_folder  # noqa: E402
-from tasks.devices import available_cores  # noqa: E402
-from tasks.evaluate import evaluate  # noqa: E402
-from tasks.model import Net  # noqa: E402
-from tasks.stacked import Single, StackedNet, streams_from_global  # noqa: E402
-from tasks.train import adam, build, train_steps  # noqa: E402
+from dropout_lab.config import TrainConfig  # noqa: E402
+from dropout_lab.core.data import FOLDER_NAME, load_split, write_cifar_folder  # noqa: E402
+from dropout_lab.core.evaluate import evaluate  # noqa: E402
+from dropout_lab.core.model import Net  # noqa: E402
+from dropout_lab.core.stacked import Single, StackedNet, streams_from_global  # noqa: E402
+from dropout_lab.core.train import adam, build, train_steps  # noqa: E402
+from dropout_lab.runtime.devices import available_cores  # noqa: E402
 
 BATCH = 32
 WARMUP_STEPS = 20
@@ -154,7 +154,7 @@ def project_child(job: dict) -> dict:
 
     if k:
         nets, streams = [], []
-        for c in cfgs:  # as tasks.train.fit starts them
+        for c in cfgs:  # as dropout_lab.core.train.fit starts them
             nets.append(build(c)[0])
             cpu_gen, cuda_gen = streams_from_global(device)
             streams.append(cuda_gen or cpu_gen)
@@ -319,7 +319,7 @@ def main() -> int:
     print("projected full default comparison (training + per-epoch evaluation, start-up excluded):")
     print(f"  project, as the flow runs it    {ours_min:5.1f} min")
     print(f"  project, models one after other {seq_min:5.1f} min")
-    # The eval-mode pass over training images (tasks.evaluate.train_eval_split) for the honest gap.
+    # The eval-mode pass over training images (dropout_lab.core.evaluate.train_eval_split) for the honest gap.
     without = projected_minutes(slowest["train_img_s"], slowest["eval_img_s"], 1, train_eval=0)
     everything = projected_minutes(slowest["train_img_s"], slowest["eval_img_s"], 1, train_eval=FULL["train"])
     print(

@@ -6,13 +6,13 @@
 #     cp -r ../shared shared                      # the stand-in's source and tool; git ignores shared/
 #     bash benchmarks/gpu_check.sh --wheels       # Prefect and its needs as wheels in .whl/ (41 MB)
 # then, in one call there (carry .whl):  bash benchmarks/gpu_check.sh
-# The log, the plan (gpu_plan.json: copy it to tasks/) and the table land in $OUT (or ./gpu-check).
+# The log, the plan (gpu_plan.json: copy it to dropout_lab/runtime/) and the table land in $OUT (or ./gpu-check).
 # What it runs, in order of importance (each step has its own time limit, so one hang costs only it):
 #   1. the CUDA-only tests (graphed vs eager, exact resume, capture fallback) and the plan tests
 #   2. the default comparison's training stage as the flow runs it, cold then warm, + accuracy bands
 #   3. the sweep: --dropout 0.1 0.25 0.5 --seeds 0 1 2 3 4 (20 trainings of 8 epochs)
 #   4. `python flows/compare.py` end to end (needs the wheels), after Prefect's first-run database set-up
-#   5. the device plan: K = 2, 4, 8, 16 stacked / streams / processes (benchmarks/gpu_plan.py)
+#   5. the device plan: K = 2, 4, 8, 16 stacked / processes (benchmarks/gpu_plan.py)
 #   6. the same training stage eager (--cuda-graphs off), for the graph's speed-up side by side
 # Smoke run elsewhere: DEVICE=cpu EPOCHS=1 LIMIT_TRAIN=2000 KS=2 EAGER_KS=2 PLAN_LIMIT=1000
 #     SWEEP_SEEDS=0 PYTHON=.venv/bin/python DATA=<folder holding cifar-10-batches-py/> bash benchmarks/gpu_check.sh
@@ -41,7 +41,7 @@ seconds() { grep -o 'training stage wall time: [0-9.]*' "$1" | grep -o '[0-9.]*$
 within() { "$python" -c "import sys; print('yes' if float(sys.argv[1]) <= float(sys.argv[2]) else 'NO')" "$@"; }
 finish() {
     echo; echo "== table (targets: issue #11)"; echo "| what | measured | target met |"; echo "|---|---|---|"; cat "$table"
-    echo; echo "== the device plan (benchmarks/gpu_plan.py; copy gpu_plan.json to tasks/)"; grep '^|' "$out/plan.log" 2>/dev/null
+    echo; echo "== the device plan (benchmarks/gpu_plan.py; copy gpu_plan.json to dropout_lab/runtime/)"; grep '^|' "$out/plan.log" 2>/dev/null
 }
 trap finish EXIT
 
@@ -54,7 +54,7 @@ trap finish EXIT
     fi
     # Byte-compiled like a pip install (on all cores): uncompiled, every process of the flow compiles
     # Prefect afresh where PYTHONDONTWRITEBYTECODE is set (seconds per process).
-    "$python" -m compileall -q -j 0 $site tasks flows benchmarks > /dev/null
+    "$python" -m compileall -q -j 0 $site dropout_lab tasks flows benchmarks > /dev/null
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
     "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
     [ -d "$data/cifar-10-batches-py" ] || "$python" shared/tools/make_cifar10_standin.py "$data" --no-archive || exit 1

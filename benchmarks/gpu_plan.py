@@ -1,16 +1,15 @@
-"""Which plan trains K variants on one GPU fastest: stacked, side by side on streams, or a process each.
+"""Which plan trains K variants on one GPU fastest: stacked, or a process each.
 
     python benchmarks/gpu_plan.py --data-dir DIR [--ks 2,4,8,16] [--eager-ks 2,4] [--epochs 2]
-        [--limit-train 25000] [--write tasks/gpu_plan.json]
+        [--limit-train 25000] [--write dropout_lab/runtime/gpu_plan.json]
 
 For each K, K variants (dropout 0.25 and the baseline over K/2 seeds) train exactly as the flow
 trains them (`benchmarks/time_training.time_stage`: the real worker processes, start-up, capture and
-evaluation included), once per plan — `--stack on` (one stacked computation, one CUDA graph),
-`streams` (one process, a graph per variant, each replayed on its own CUDA stream) and `off` (K
-processes sharing the GPU) — with CUDA graphs, and for `--eager-ks` also without them (stacked vs
-processes). One run, side by side, so the ratios hold on the machine that printed them. Prints the
-table (wall seconds, images per second together, the fastest) and with --write saves the fastest
-per K as the plan `--stack auto` follows (tasks/gpu_plan.json). Never run it next to another job.
+evaluation included), once per plan — `--stack on` (one stacked computation, one CUDA graph) and
+`off` (K processes sharing the GPU) — with CUDA graphs, and for `--eager-ks` also without them. One
+run, side by side, so the ratios hold on the machine that printed them. Prints the table (wall
+seconds, images per second together, the fastest) and with --write saves the fastest per K as the
+plan `--stack auto` follows (dropout_lab/runtime/gpu_plan.json). Never run it next to another job.
 """
 
 from __future__ import annotations
@@ -29,15 +28,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import torch  # noqa: E402
 from time_training import time_stage  # noqa: E402
 
-from tasks.config import TrainConfig  # noqa: E402
-from tasks.data import FOLDER_NAME  # noqa: E402
-from tasks.devices import variant_configs  # noqa: E402
+from dropout_lab.config import TrainConfig, compared_variants  # noqa: E402
+from dropout_lab.core.data import FOLDER_NAME  # noqa: E402
+from dropout_lab.runtime.devices import variant_configs  # noqa: E402
 
-STACK_FOR = {"stacked": "on", "streams": "streams", "processes": "off"}
+STACK_FOR = {"stacked": "on", "processes": "off"}
 
 
 def measure(root: Path, k: int, plan: str, graphs: str, base: TrainConfig, device: str) -> dict:
-    configs = variant_configs(base, [0.25], list(range(k // 2)), device)
+    configs = variant_configs(base, compared_variants({"dropout": [0.25]}), list(range(k // 2)), device)
     result = time_stage(configs, root, STACK_FOR[plan], graphs, echo=False)
     images = k * base.epochs * (base.limit_train or 50_000)
     ok = not result["failures"] and len(result["finals"]) == k
@@ -52,7 +51,7 @@ def measure(root: Path, k: int, plan: str, graphs: str, base: TrainConfig, devic
 def fastest(rows: list[dict], k: int, graphs: bool) -> str | None:
     """The plan with the least wall time for this K, once every plan of it was measured."""
     done = [r for r in rows if r["k"] == k and r["graphs"] == graphs]
-    if len(done) < (len(STACK_FOR) if graphs else 2) or not all(r["ok"] for r in done):
+    if len(done) < len(STACK_FOR) or not all(r["ok"] for r in done):
         return None
     return min(done, key=lambda r: r["wall"])["plan"]
 
@@ -61,7 +60,7 @@ def measurement_order(ks: list[int], eager_ks: list[int]) -> list[tuple[int, str
     """(K, plan, graphs) in the order measured: smallest K first, graphed then eager, so a --budget
     that runs out leaves complete small-K entries of both kinds (a plan needs both to be written)."""
     todo = [(k, plan, "on") for k in ks for plan in STACK_FOR]
-    todo += [(k, plan, "off") for k in eager_ks for plan in ("stacked", "processes")]
+    todo += [(k, plan, "off") for k in eager_ks for plan in STACK_FOR]
     return sorted(todo, key=lambda t: t[0])  # stable: graphed before eager within a K
 
 
@@ -74,7 +73,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--limit-train", type=int, default=25_000)
     ap.add_argument("--budget", type=float, default=0, help="seconds: measure nothing new after this (0: no limit)")
-    ap.add_argument("--write", type=Path, help="save the fastest plan per K here (the format of tasks/gpu_plan.json)")
+    ap.add_argument("--write", type=Path, help="save the fastest plan per K here (the format of runtime/gpu_plan.json)")
     args = ap.parse_args()
     root = args.data_dir / FOLDER_NAME
     if not root.is_dir():
@@ -94,7 +93,7 @@ def main() -> int:
             continue
         rows.append(measure(root, k, plan, graphs, base, args.device))
 
-    print("\n| K | graphs | stacked | streams | processes | fastest |\n|---|---|---|---|---|---|")
+    print("\n| K | graphs | stacked | processes | fastest |\n|---|---|---|---|---|")
     for graphs, kset in ((True, ks), (False, eager_ks)):
         for k in kset:
             cells = {r["plan"]: r for r in rows if r["k"] == k and r["graphs"] == graphs}

@@ -27,7 +27,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from tasks import history  # noqa: E402
+from dropout_lab.analysis import history  # noqa: E402
 
 DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
 

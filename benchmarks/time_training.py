@@ -4,9 +4,9 @@
         [--precision fp32] [--compile] [--dropout 0.25] [--seeds 0] [--epochs 8] [--limit-train N]
         [--limit-test N]
 
-The same variants, devices, plan (stacked, side by side on streams, or a process each), CUDA graphs,
-thread split and training processes (`tasks.launcher`) as `flows/compare.py`, each from scratch in a
-temporary checkpoint folder, the groups concurrently. For machines without Prefect (e.g. a GPU box
+The same variants, devices, plan (stacked, or a process each), CUDA graphs, thread split and training
+processes (`dropout_lab.runtime.launcher`) as `flows/compare.py`, each from scratch in a temporary
+checkpoint folder, the groups concurrently. For machines without Prefect (e.g. a GPU box
 with only torch): the flow adds Prefect's start-up (~20 s here for its temporary server) and the
 report on top. Prints one line per variant and epoch, the final accuracies and the wall time.
 `time_stage` is the same measurement as a function (benchmarks/gpu_plan.py).
@@ -24,12 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.config import TrainConfig, check_train_config  # noqa: E402
-from tasks.data import FOLDER_NAME  # noqa: E402
-from tasks.devices import STACK_MODES, group_layout, process_plan, stack_groups, variant_configs  # noqa: E402
-from tasks.graphs import GRAPH_MODES  # noqa: E402
-from tasks.launcher import run_worker, worker_job  # noqa: E402
-from tasks.train import format_epoch  # noqa: E402
+from dropout_lab.config import TrainConfig, check_train_config, compared_variants  # noqa: E402
+from dropout_lab.core.data import FOLDER_NAME  # noqa: E402
+from dropout_lab.core.graphs import GRAPH_MODES  # noqa: E402
+from dropout_lab.core.train import format_epoch  # noqa: E402
+from dropout_lab.runtime.devices import STACK_MODES, process_plan, stack_groups, variant_configs  # noqa: E402
+from dropout_lab.runtime.launcher import run_worker, worker_job  # noqa: E402
 
 
 def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: str, echo: bool = True) -> dict:
@@ -41,7 +41,7 @@ def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: 
     device_slots = {device: threading.BoundedSemaphore(n) for device, n in slots.items()}
     if echo:
         names = [f"{' + '.join(c.run_name for c in g)} on {g[0].device}" for g in groups]
-        how = [group_layout(g, stack, cuda_graphs) if len(g) > 1 else "alone" for g in groups]
+        how = ["stacked" if len(g) > 1 else "alone" for g in groups]
         layout = "; ".join(f"{name} ({h})" for name, h in zip(names, how, strict=True))
         print(f"{len(configs)} variants in {len(groups)} training process(es): {layout}", flush=True)
     finals: dict[str, dict] = {}
@@ -50,7 +50,7 @@ def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: 
 
     def train(group: list[TrainConfig], folder: Path) -> None:
         folders = [folder / f"variant{i}" for i in range(len(group))]
-        job = worker_job(group, root, folders, threads, cuda_graphs, group_layout(group, stack, cuda_graphs))
+        job = worker_job(group, root, folders, threads, cuda_graphs)
         try:
             with device_slots[group[0].device]:
                 for event in run_worker(job):
@@ -96,7 +96,7 @@ def main() -> int:
         raise SystemExit(f"error: {root} not found")
     base = TrainConfig(epochs=args.epochs, precision=args.precision, compile=args.compile,
                        limit_train=args.limit_train, limit_test=args.limit_test)  # fmt: skip
-    configs = variant_configs(base, args.dropout, args.seeds, args.device)
+    configs = variant_configs(base, compared_variants({"dropout": args.dropout}), args.seeds, args.device)
     for cfg in configs:
         check_train_config(cfg)
     result = time_stage(configs, root, args.stack, args.cuda_graphs)

@@ -24,8 +24,8 @@ from prefect.events.actions import SendNotification  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
 
-from tasks.redact import redact  # noqa: E402
-from tasks.steps import slug  # noqa: E402
+from dropout_lab.naming import slug  # noqa: E402
+from dropout_lab.runtime.redact import redact  # noqa: E402
 
 SUBJECT = "dropout-lab: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
 BODY = (

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
-from flows.compare import RUNNER_FLAGS, CliError, build_parser, checked_configs, compare  # noqa: E402
-from tasks.preflight import FLAGS, ROOT_ENV  # noqa: E402
+from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_configs  # noqa: E402
+from dropout_lab.runtime.preflight import FLAGS, ROOT_ENV  # noqa: E402
+from flows.compare import compare  # noqa: E402
 
 ROOT_FLAGS = {"data_dir": "data-root", "out": "out-root", "cache_dir": "cache-root"}
 
@@ -35,8 +36,7 @@ DEPLOY_FLAGS = ("name", "cron", "timezone", "data_root", "out_root", "cache_root
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
-    parser = build_parser()
-    parser.prog = "python deployments/serve.py"
+    parser = build_parser("python deployments/serve.py")
     parser.description = (
         "Serve the compare flow on a cron schedule; flow flags set its default parameters. A run's "
         "--data-dir/--out/--cache-dir name sub-folders of the roots fixed here: whoever triggers a run "

@@ -3,20 +3,18 @@ only, refused unless we wrote it that way).
 
 Prefect reads a cached result with the serializer named *inside the file*: a planted record saying
 "pickle" (or a JSON serializer with a chosen decoder) would run code in the flow process. So:
-- `SafeJSONSerializer` writes results as plain JSON (tasks/results.py: known dataclasses only);
+- `SafeJSONSerializer` writes results as plain JSON (dropout_lab/results.py: known dataclasses only);
 - `CacheFolder` (the result storage) refuses, at read time, any record that is not exactly that
   serializer's output. Prefect then treats the entry as missing and the task recomputes, replacing it.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,13 +23,12 @@ from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from tasks.results import from_jsonable, to_jsonable
+from dropout_lab.keys import code_hash, stable_hash
+from dropout_lab.results import from_jsonable, to_jsonable
 
 log = logging.getLogger(__name__)
 
 SERIALIZER_TYPE = "dropout-lab-json"
-REPO = Path(__file__).resolve().parent.parent
-PROJECT_PACKAGES = ("tasks", "flows")
 
 
 class SafeJSONSerializer(Serializer):
@@ -94,45 +91,6 @@ def cache_options(cache_dir: str | Path) -> dict:
 # --- cache keys ------------------------------------------------------------------------------------
 
 
-def _source(module: str) -> Path:
-    """The file of a project module (`tasks.train` → tasks/train.py)."""
-    return REPO / f"{module.replace('.', '/')}.py"
-
-
-def project_imports(module: str) -> set[str]:
-    """`module` and every project module (tasks.*, flows.*) it imports, at any depth, imports inside
-    functions included: the code a task's result depends on, without a hand-kept list of files."""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        path = _source(name)
-        if name in seen or not path.is_file():
-            continue
-        seen.add(name)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                found = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-            else:
-                continue
-            todo += [n for n in found if n.split(".")[0] in PROJECT_PACKAGES]
-    return seen
-
-
-@cache
-def code_hash(module: str) -> str:
-    h = hashlib.sha256()
-    for name in sorted(project_imports(module)):
-        h.update(name.encode() + b"\0" + _source(name).read_bytes())
-    return h.hexdigest()
-
-
-def stable_hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 @dataclass(kw_only=True)
 class ResultOf(CachePolicy):
     """A task's cache key: what identifies its result (`identity`, from the task's inputs) and the
@@ -164,3 +122,14 @@ def forget_if_gone(task_ctx, key: str, still_there: Callable[[Any], bool]) -> No
     if not still_there(result):
         log.info("cached result %s: its outputs are gone from disk; computing it again", key[:12])
         path.unlink(missing_ok=True)
+
+
+def error_of(state) -> BaseException | None:
+    """The exception a failed task run's state holds (for retry conditions), or None."""
+    data = state.data if isinstance(state.data, BaseException) else None
+    if data is None:
+        try:
+            data = state.result(raise_on_failure=False)
+        except Exception as e:
+            data = e
+    return data if isinstance(data, BaseException) else None

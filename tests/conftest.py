@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pytest  # noqa: E402
 
-from tasks.data import write_cifar_folder  # noqa: E402
+from dropout_lab.core.data import write_cifar_folder  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.compare import build_parser, main, run_folder_name
+from dropout_lab.cli.compare import build_parser
+from dropout_lab.naming import run_folder_name
+from flows.compare import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
         (["--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
         (["--dataset", "imagenet"], "--dataset: must be one of 'cifar10' or 'fake'"),
         (["--limit-train", "-5"], "--limit-train"),
-        (["--stack", "sometimes"], "--stack: must be one of 'auto', 'on', 'streams' or 'off'"),
+        (["--stack", "sometimes"], "--stack: must be one of 'auto', 'on' or 'off'"),
         (["--cuda-graphs", "always"], "--cuda-graphs: must be one of 'auto', 'on' or 'off'"),
         (["--train-eval-images", "-1"], "--train-eval-images: must be >= 0"),
     ],
@@ -103,46 +105,36 @@ def test_help_begins_no_server(tmp_path, flag):
 
 
 def test_the_server_begun_first_is_the_one_the_run_uses(tmp_path):
+    """The temporary server is spawned before torch and Prefect's engine are imported, in its own
+    session (a terminal's Ctrl-C does not reach it), and Prefect's client then talks to it: Prefect
+    starts no server of its own."""
     code = (
-        "import sys\n"
-        "from flows import early_server\n"
-        "early_server.begin([])\n"
+        "import os, sys\n"
+        "from dropout_lab.runtime import temporary_server\n"
+        "temporary_server.begin()\n"
         "heavy = {'torch', 'scipy', 'matplotlib', 'prefect.server.api.server'} & set(sys.modules)  # begun before\n"
-        "early = early_server._early and early_server._early[1]\n"
-        "import flows.lifecycle as lifecycle\n"
-        "url = lifecycle.start_temporary_server(90)\n"
-        "print(sorted(heavy), early is not None and lifecycle.GuardedServer().server_process is early, url)\n"
+        "early = temporary_server._server and temporary_server._server[1]\n"
+        "from prefect.client.orchestration import get_client\n"
+        "with temporary_server.serving(90) as url, get_client(sync_client=True) as client:\n"
+        "    answered = client.api_healthcheck() is None and str(client.api_url).rstrip('/') == url\n"
+        "from prefect.server.api.server import SubprocessASGIServer\n"
+        "own = early is not None and temporary_server._server[1] is early and os.getsid(early.pid) != os.getsid(0)\n"
+        "print(sorted(heavy), own, answered, not SubprocessASGIServer._instances, url)\n"
     )
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert run.stdout.startswith("[] True http://127.0.0.1:"), run.stdout + run.stderr[-2000:]
+    assert run.stdout.startswith("[] True True True http://127.0.0.1:"), run.stdout + run.stderr[-2000:]
     # With a server configured there is nothing to begin.
-    configured = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+    begun = code.split("from prefect.client")[0] + "print(early)\n"
+    configured = subprocess.run([sys.executable, "-c", begun], cwd=REPO, capture_output=True, text=True, timeout=60,
                                 env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # fmt: skip
-    assert configured.stdout.strip() == "[] False None", configured.stdout + configured.stderr[-2000:]
-
-
-def test_the_server_begun_early_is_started_as_prefect_starts_it(monkeypatch):
-    """flows/early_server.py repeats SubprocessASGIServer's command line (to spawn before importing
-    Prefect's server module): the same program, arguments and environment, or this fails."""
-    from prefect.server.api import server as prefect_server
-
-    from flows import early_server
-
-    seen = {}
-    monkeypatch.setattr(prefect_server.subprocess, "Popen", lambda *args, **kwargs: seen.update(kwargs))
-    monkeypatch.setattr(prefect_server.SubprocessASGIServer, "_instances", {})
-    prefect_server.SubprocessASGIServer(8123)._run_uvicorn_command()
-    args, env = early_server.server_command(8123)
-    assert seen == {"args": args, "env": env}
-    assert early_server.PORTS == prefect_server.SubprocessASGIServer._port_range
-    assert early_server.free_port() in early_server.PORTS
+    assert configured.stdout.strip() == "None", configured.stdout + configured.stderr[-2000:]
 
 
 def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     code = (
-        "import sys, flows.compare as c, tasks.steps as s;"
+        "import sys, flows.compare as c, tasks.fetch as s;"
         "s.fetch_cifar10.retry_delay_seconds = [0, 0, 0];"
         "sys.exit(c.main(sys.argv[1:]))"
     )
@@ -184,7 +176,7 @@ def test_serve_turns_flow_flags_into_deployment_parameters():
 
 
 def test_report_folder_names_say_when_only_part_of_the_data_was_used():
-    from tasks.config import TrainConfig
+    from dropout_lab.config import TrainConfig
 
     full = [TrainConfig(dropout=0.25), TrainConfig(dropout=0.0)]
     small = [TrainConfig(dropout=0.25, limit_train=2000, limit_test=500), TrainConfig(dropout=0.0, limit_train=2000,

@@ -13,8 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import data
-from tasks.data import DataError, archive_folder, ensure_cifar10, load_split, read_batch, safe_extract, write_batch
+from dropout_lab.core import data
+from dropout_lab.core.data import (
+    DataError,
+    archive_folder,
+    ensure_cifar10,
+    load_split,
+    read_batch,
+    safe_extract,
+    write_batch,
+)
 
 
 def test_good_fixture_loads_as_uint8_hwc_with_labels(tiny_cifar):
@@ -188,6 +196,9 @@ def test_official_constants_agree_with_torchvision():
 
 def test_training_code_does_not_import_torchvision():
     """torchvision costs every training process ~160 MB; only a download needs it."""
-    code = "import sys, tasks.worker, tasks.data, tasks.train, tasks.stacked; sys.exit('torchvision' in sys.modules)"
+    code = (
+        "import sys, dropout_lab.runtime.worker, dropout_lab.core.data, dropout_lab.core.train, "
+        "dropout_lab.core.stacked; sys.exit('torchvision' in sys.modules)"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

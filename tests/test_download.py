@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import data
-from tasks.data import DownloadError, archive_folder, download_archive, ensure_cifar10
+from dropout_lab.core import data
+from dropout_lab.core.data import DownloadError, archive_folder, download_archive, ensure_cifar10
 
 
 class ArchiveServer:
@@ -112,7 +112,7 @@ def test_offline_error_names_url_and_where_to_put_the_file(tmp_path):
 
 
 def test_fetch_task_retries_through_a_transient_failure(prefect_harness, archive_bytes, serve, tmp_path):
-    from tasks.steps import fetch_cifar10
+    from tasks.fetch import fetch_cifar10
 
     server = serve(archive_bytes, failures=2)
     task = fetch_cifar10.with_options(retry_delay_seconds=0, cache_policy=None, persist_result=False)
@@ -122,7 +122,7 @@ def test_fetch_task_retries_through_a_transient_failure(prefect_harness, archive
 
 
 def test_fetch_task_does_not_retry_bad_data(prefect_harness, tmp_path):
-    from tasks.steps import fetch_cifar10
+    from tasks.fetch import fetch_cifar10
 
     data_dir = tmp_path / "d"
     data_dir.mkdir()

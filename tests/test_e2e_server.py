@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks import history
-from tasks.steps import slot_name
+from dropout_lab.analysis import history
+from tasks.slots import slot_name
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
+from dropout_lab.analysis import history
+from dropout_lab.analysis.tables import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
 from flows.compare import compare
-from tasks import history
-from tasks.report import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
 
 EPOCHS = 2
 
@@ -186,7 +186,7 @@ def test_deleted_checkpoints_are_noticed_and_retrained(first_run, workspace):
 
 
 def test_sweep_over_rates_and_seeds_with_statistics(prefect_harness, workspace):
-    from tasks.devices import available_cores
+    from dropout_lab.runtime.devices import available_cores
 
     folder, states, artifacts = run_flow(workspace, dropout=[0.1, 0.5], seeds=[0, 1], epochs=1)
     trains = {n for n in states if n.startswith("train[")}
@@ -249,19 +249,8 @@ def test_stacked_run_matches_and_shares_checkpoints_with_separate_runs(first_run
     assert {p: p.stat().st_mtime_ns for p in Path(cache, "checkpoints").glob("*/epoch-*.pt")} == checkpoints
 
 
-def test_streams_run_trains_side_by_side_in_one_task_and_says_so(first_run, workspace):
-    separate = {r["model"]: r for r in pq.read_table(first_run[0] / "summary.parquet").to_pylist()}
-    folder, states, _ = run_flow(workspace, stack="streams", cache_dir=str(workspace / "streams-cache"))
-    assert {n for n in states if n.startswith("train[")} == {"train[dropout=0.25, seed=0 + baseline, seed=0]"}
-    rows = {r["model"]: r for r in pq.read_table(folder / "summary.parquet").to_pylist()}
-    for model, row in rows.items():
-        assert (row["trained_as"], row["stacked_variants"], row["cuda_graphs"]) == ("streams", 1, False)
-        assert row["final_train_running_loss"] == pytest.approx(separate[model]["final_train_running_loss"], abs=1e-3)
-    assert "cpu (side by side)" in (folder / "summary.md").read_text()
-
-
 def test_project_warnings_reach_the_flow_run_logs(first_run, workspace):
-    """The 'unverified data' warning comes from tasks.data, not from Prefect's loggers: it must still
+    """The 'unverified data' warning comes from dropout_lab.core.data, not from Prefect's loggers: it must still
     be in the run's logs on the server (what the UI shows), not only on the terminal."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -273,7 +262,7 @@ def test_project_warnings_reach_the_flow_run_logs(first_run, workspace):
             if any("does not match the official checksums" in log.message for log in client.read_logs(mine)):
                 return
         time.sleep(0.5)
-    raise AssertionError("the tasks.data warning never reached the flow run's logs")
+    raise AssertionError("the dropout_lab.core.data warning never reached the flow run's logs")
 
 
 def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(prefect_harness, workspace, monkeypatch):

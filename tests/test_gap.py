@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from tasks.config import TrainConfig
-from tasks.data import load_split, write_cifar_folder
-from tasks.evaluate import evaluate, train_eval_indices, train_eval_split
-from tasks.report import summary_rows
-from tasks.results import TrainResult
-from tasks.stacked import Single
-from tasks.train import build, fit, train_steps
+from dropout_lab.analysis.tables import summary_rows
+from dropout_lab.config import TrainConfig
+from dropout_lab.core.data import load_split, write_cifar_folder
+from dropout_lab.core.evaluate import evaluate, train_eval_indices, train_eval_split
+from dropout_lab.core.stacked import Single
+from dropout_lab.core.train import build, fit, train_steps
+from dropout_lab.results import TrainResult
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_fit_records_the_eval_mode_pass_on_the_configured_subset(splits, tmp_pat
     cfg = TrainConfig(dropout=0.5, epochs=2, seed=1, train_eval_images=100)
     records = [record for _, record in fit([cfg], *splits, [tmp_path / "ckpt"])]
     # the record's train_eval numbers are exactly `evaluate` of the epoch's final weights on the subset
-    from tasks.checkpoint import epoch_checkpoints, load_checkpoint
-    from tasks.model import Net
+    from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
+    from dropout_lab.core.model import Net
 
     net = Net(0.5)
     net.load_state_dict(load_checkpoint(epoch_checkpoints(tmp_path / "ckpt")[0][1])["model"])
@@ -103,7 +103,7 @@ def test_summary_gap_uses_eval_mode_train_accuracy_and_final_is_the_last_epoch()
     ]  # fmt: skip
     result = TrainResult(TrainConfig(dropout=0.25, epochs=3), "/x.pt", "0" * 64, history, 1, "2026-01-01T00:00:00",
                          "2026-01-01T00:01:00", 60.0, 1, 1000, 1000, 200)  # fmt: skip
-    from tasks.data import DataInfo
+    from dropout_lab.core.data import DataInfo
 
     (row,) = summary_rows([result], DataInfo("/d", "cifar10", True, "CIFAR-10", "f", "x"))
     assert row["generalization_gap"] == pytest.approx(0.75 - 0.64)  # not running 0.57 - 0.64 < 0

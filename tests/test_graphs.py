@@ -1,8 +1,8 @@
-"""CUDA-graphed training (tasks/graphs.py, tasks/train.py `_Unit`).
+"""CUDA-graphed training (dropout_lab/core/graphs.py, dropout_lab/core/train.py `_Unit`).
 
-On CPU the graphed path runs with `tasks.graphs.capture` emulated (a "replay" calls the captured
+On CPU the graphed path runs with `dropout_lab.core.graphs.capture` emulated (a "replay" calls the captured
 function): everything around the capture — static index buffers, the on-device batch position,
-warm-up steps and their undoing, the eager last batch, stream layouts, fallback, checkpoints — is
+warm-up steps and their undoing, the eager last batch, stacks, fallback, checkpoints — is
 the code a GPU runs, and must train exactly what the eager path trains. The real capture is checked
 by the CUDA-only tests at the end (skipped without a GPU; `benchmarks/gpu_check.sh` runs them).
 """
@@ -12,20 +12,18 @@ import logging
 
 import pytest
 import torch
-from test_stacked import assert_close_to_alone
 
-from tasks import graphs
-from tasks.checkpoint import epoch_checkpoints, load_checkpoint
-from tasks.config import TrainConfig
-from tasks.data import load_split
-from tasks.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
+from dropout_lab.config import TrainConfig
+from dropout_lab.core import graphs
+from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
+from dropout_lab.core.data import load_split
+from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
 
 # 320 training images at batch 24: 13 full steps and a last batch of 8 (the eager remainder).
 BASE = TrainConfig(epochs=2, batch_size=24)
 LAYOUTS = {
-    "alone": ([(0.25, 0)], "stacked"),
-    "stacked": ([(0.25, 0), (0.0, 0), (0.5, 1)], "stacked"),
-    "streams": ([(0.25, 0), (0.0, 1)], "streams"),
+    "alone": [(0.25, 0)],
+    "stacked": [(0.25, 0), (0.0, 0), (0.5, 1)],
 }
 
 
@@ -53,9 +51,9 @@ def variants(pairs, **changes):
     return [dataclasses.replace(BASE, dropout=p, seed=s, **changes) for p, s in pairs]
 
 
-def train(cfgs, splits, folder, layout, cuda_graphs, attempt=1):
+def train(cfgs, splits, folder, cuda_graphs, attempt=1):
     folders = [folder / f"v{i}" for i in range(len(cfgs))]
-    events = list(fit(cfgs, *splits, folders, attempt, cuda_graphs=cuda_graphs, layout=layout))
+    events = list(fit(cfgs, *splits, folders, attempt, cuda_graphs=cuda_graphs))
     return events, [load_checkpoint(epoch_checkpoints(f)[0][1]) for f in folders]
 
 
@@ -75,28 +73,18 @@ def assert_same_training(a, b):
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=list(LAYOUTS))
 def test_the_graphed_path_trains_exactly_what_the_eager_path_trains(splits, tmp_path, emulated, layout):
-    pairs, mode = LAYOUTS[layout]
-    cfgs = variants(pairs)
-    eager_events, eager = train(cfgs, splits, tmp_path / "eager", mode, "off")
+    cfgs = variants(LAYOUTS[layout])
+    eager_events, eager = train(cfgs, splits, tmp_path / "eager", "off")
     assert emulated == []  # off: nothing captured
-    graphed_events, graphed = train(cfgs, splits, tmp_path / "graphed", mode, "on")
-    units = len(cfgs) if mode == "streams" else 1
-    assert len(emulated) == 3 * units  # per unit: its step, the train-eval and the test pass, once
+    graphed_events, graphed = train(cfgs, splits, tmp_path / "graphed", "on")
+    assert len(emulated) == 3  # its step, the train-eval and the test pass, once
     assert [(i, r["epoch"]) for i, r in graphed_events] == [(i, r["epoch"]) for i, r in eager_events]
     assert_same_training(eager, graphed)
 
 
-def test_streams_layout_trains_each_variant_as_it_trains_alone(splits, tmp_path):
-    cfgs = variants(LAYOUTS["streams"][0], batch_size=32)  # test_stacked's tolerances are for 2 x 10 steps
-    train(cfgs, splits, tmp_path / "streams", "streams", "off")
-    for i, cfg in enumerate(cfgs):
-        train([cfg], splits, tmp_path / f"alone{i}", "stacked", "off")
-        assert_close_to_alone(tmp_path / "streams" / f"v{i}", tmp_path / f"alone{i}" / "v0")
-
-
 def test_a_failed_capture_logs_one_line_and_trains_eagerly_to_the_same_result(splits, tmp_path, monkeypatch, caplog):
-    cfgs = variants(LAYOUTS["stacked"][0])
-    _, eager = train(cfgs, splits, tmp_path / "eager", "stacked", "off")
+    cfgs = variants(LAYOUTS["stacked"])
+    _, eager = train(cfgs, splits, tmp_path / "eager", "off")
 
     def capture(fn, generators=(), pool=None):
         fn()  # as if the capture had got partway: the warm-up and a step's side effects are undone
@@ -104,8 +92,8 @@ def test_a_failed_capture_logs_one_line_and_trains_eagerly_to_the_same_result(sp
 
     monkeypatch.setattr(graphs, "capture", capture)
     monkeypatch.setattr(graphs, "graphs_wanted", lambda mode, *_: (True, None))
-    with caplog.at_level(logging.WARNING, logger="tasks.train"):
-        _, fallback = train(cfgs, splits, tmp_path / "fallback", "stacked", "on")
+    with caplog.at_level(logging.WARNING, logger="dropout_lab.core.train"):
+        _, fallback = train(cfgs, splits, tmp_path / "fallback", "on")
     lines = [r.getMessage() for r in caplog.records if "capture failed" in r.getMessage()]
     assert lines == ["CUDA graph capture failed, training eagerly: CUDA error: operation not permitted when "
                      "stream is capturing"]  # fmt: skip
@@ -114,18 +102,18 @@ def test_a_failed_capture_logs_one_line_and_trains_eagerly_to_the_same_result(sp
 
 def test_a_resumed_graphed_run_equals_an_uninterrupted_one(splits, tmp_path, emulated, monkeypatch):
     cfgs = variants([(0.25, 0), (0.0, 1)], epochs=3)
-    _, clean = train(cfgs, splits, tmp_path / "clean", "stacked", "on")
+    _, clean = train(cfgs, splits, tmp_path / "clean", "on")
     monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
     with pytest.raises(InjectedFault):
-        train(cfgs, splits, tmp_path / "faulty", "stacked", "on")
-    events, resumed = train(cfgs, splits, tmp_path / "faulty", "stacked", "on", attempt=2)
+        train(cfgs, splits, tmp_path / "faulty", "on")
+    events, resumed = train(cfgs, splits, tmp_path / "faulty", "on", attempt=2)
     assert [(r["epoch"], r["resumed_from"]) for _, r in events] == [(2, 1), (2, 1), (3, 1), (3, 1)]
     assert_same_training(clean, resumed)
 
 
 def test_cuda_graphs_on_without_cuda_says_so_once_and_trains(splits, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="tasks.train"):
-        events, _ = train(variants([(0.25, 0)], epochs=1), splits, tmp_path, "stacked", "on")
+    with caplog.at_level(logging.INFO, logger="dropout_lab.core.train"):
+        events, _ = train(variants([(0.25, 0)], epochs=1), splits, tmp_path, "on")
     assert len(events) == 1
     assert [r.getMessage() for r in caplog.records if "cuda-graphs" in r.getMessage()] == [
         "--cuda-graphs on: CUDA graphs need a CUDA device, not cpu; training eagerly"
@@ -161,11 +149,9 @@ def test_when_graphs_are_used(mode, device, precision, compile, expected):
     assert graphs.graphs_wanted(mode, device, precision, compile) == expected
 
 
-def test_an_unknown_graph_mode_or_layout_is_refused(splits, tmp_path):
+def test_an_unknown_graph_mode_is_refused():
     with pytest.raises(ValueError, match="--cuda-graphs must be one of auto, on, off"):
         graphs.graphs_wanted("sometimes", "cpu", "fp32", False)
-    with pytest.raises(ValueError, match="layout must be one of stacked, streams"):
-        list(fit(variants([(0.25, 0)]), *splits, [tmp_path], layout="threads"))
 
 
 # --- on a CUDA GPU only -------------------------------------------------------------------------
@@ -188,11 +174,10 @@ def exact_cuda():
 @cuda
 @pytest.mark.parametrize("layout", LAYOUTS, ids=list(LAYOUTS))
 def test_cuda_graphed_and_eager_agree(splits, tmp_path, exact_cuda, layout, caplog):
-    pairs, mode = LAYOUTS[layout]
-    cfgs = variants(pairs, device="cuda:0", epochs=1)
-    _, eager = train(cfgs, splits, tmp_path / "eager", mode, "off")
-    with caplog.at_level(logging.WARNING, logger="tasks.train"):
-        _, graphed = train(cfgs, splits, tmp_path / "graphed", mode, "on")
+    cfgs = variants(LAYOUTS[layout], device="cuda:0", epochs=1)
+    _, eager = train(cfgs, splits, tmp_path / "eager", "off")
+    with caplog.at_level(logging.WARNING, logger="dropout_lab.core.train"):
+        _, graphed = train(cfgs, splits, tmp_path / "graphed", "on")
     assert "capture failed" not in caplog.text  # really graphed
     for a, b in zip(eager, graphed, strict=True):
         for k, w in a["model"].items():
@@ -204,11 +189,11 @@ def test_cuda_graphed_and_eager_agree(splits, tmp_path, exact_cuda, layout, capl
 @cuda
 def test_cuda_resumed_graphed_run_is_exact(splits, tmp_path, exact_cuda, monkeypatch):
     cfgs = variants([(0.25, 0), (0.0, 1)], device="cuda:0", epochs=3)
-    _, clean = train(cfgs, splits, tmp_path / "clean", "stacked", "on")
+    _, clean = train(cfgs, splits, tmp_path / "clean", "on")
     monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
     with pytest.raises(InjectedFault):
-        train(cfgs, splits, tmp_path / "faulty", "stacked", "on")
-    _, resumed = train(cfgs, splits, tmp_path / "faulty", "stacked", "on", attempt=2)
+        train(cfgs, splits, tmp_path / "faulty", "on")
+    _, resumed = train(cfgs, splits, tmp_path / "faulty", "on", attempt=2)
     for a, b in zip(clean, resumed, strict=True):
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
         assert torch.equal(a["rng_cuda"], b["rng_cuda"])
@@ -221,6 +206,6 @@ def test_cuda_capture_failure_falls_back_to_eager(splits, tmp_path, monkeypatch,
 
     monkeypatch.setattr(torch.cuda, "graph", refuse)
     cfgs = variants([(0.25, 0), (0.0, 0)], device="cuda:0", epochs=1)
-    with caplog.at_level(logging.WARNING, logger="tasks.train"):
-        events, _ = train(cfgs, splits, tmp_path, "stacked", "on")
+    with caplog.at_level(logging.WARNING, logger="dropout_lab.core.train"):
+        events, _ = train(cfgs, splits, tmp_path, "on")
     assert len(events) == 2 and "capture failed, training eagerly: capture refused by the test" in caplog.text

@@ -20,18 +20,21 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.compare import compare, main, one_line
-from tasks import data, locks
+from dropout_lab.analysis.report import code_span, markdown_summary, write_report
+from dropout_lab.analysis.tables import summary_rows
+from dropout_lab.cli.compare import one_line
+from dropout_lab.config import TrainConfig
+from dropout_lab.core import data
+from dropout_lab.results import CachedError, TrainResult, from_jsonable
+from dropout_lab.runtime import locks
+from dropout_lab.runtime.launcher import TrainingFailed, run_worker
+from dropout_lab.runtime.locks import held, remove_dead_leftovers
+from dropout_lab.runtime.preflight import confine
+from dropout_lab.runtime.redact import redact
+from dropout_lab.runtime.worker import classify
+from flows.compare import compare, main
 from tasks.cache import SafeJSONSerializer, UnsafeCacheEntry, check_record
-from tasks.config import TrainConfig
-from tasks.launcher import TrainingFailed, run_worker
-from tasks.locks import held, remove_dead_leftovers
-from tasks.preflight import confine
-from tasks.redact import redact
-from tasks.report import code_span, markdown_summary, summary_rows, write_report
-from tasks.results import CachedError, TrainResult, from_jsonable
-from tasks.steps import retry_unless_hopeless
-from tasks.worker import classify
+from tasks.train import retry_unless_hopeless
 from tests.test_reliability import alive, args_for, cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +130,7 @@ def test_deployment_folders_are_confined_to_their_root(tmp_path):
 
 
 def test_a_deployment_run_naming_an_outside_folder_fails_before_creating_anything(tmp_path, monkeypatch):
-    from flows.compare import check_parameters
+    from dropout_lab.runtime.preflight import check_parameters
 
     for env in ("DROPOUT_LAB_DATA_ROOT", "DROPOUT_LAB_OUT_ROOT", "DROPOUT_LAB_CACHE_ROOT"):
         monkeypatch.setenv(env, str(tmp_path / "root"))
@@ -184,12 +187,14 @@ def test_a_mirror_that_trickles_is_cut_off_by_the_overall_budget(tmp_path, monke
 def test_a_run_waiting_on_a_lock_says_so_and_names_the_holder(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(locks, "WAIT_LOG_EVERY_S", 0.2)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); from tasks.locks import held\n"
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+         "from dropout_lab.runtime.locks import held\n"
          "with held(sys.argv[2], 'x'):\n print('held', flush=True); time.sleep(1.5)", str(REPO),
          str(tmp_path / ".cifar10.lock")], stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout.readline().strip() == "held"
-    with caplog.at_level("WARNING", logger="tasks.locks"), held(tmp_path / ".cifar10.lock", "the data folder"):
+    lock = tmp_path / ".cifar10.lock"
+    with caplog.at_level("WARNING", logger="dropout_lab.runtime.locks"), held(lock, "the data folder"):
         pass
     holder.wait()
     assert f"waiting for the data folder: {tmp_path / '.cifar10.lock'} is held by pid {holder.pid}" in caplog.text
@@ -430,7 +435,7 @@ def test_a_checkpoint_with_a_valid_checksum_over_a_code_running_pickle_is_refuse
 
     import torch
 
-    from tasks.checkpoint import MAGIC, CheckpointError, load_checkpoint
+    from dropout_lab.core.checkpoint import MAGIC, CheckpointError, load_checkpoint
 
     marker = tmp_path / "PWNED"
     buf = io.BytesIO()

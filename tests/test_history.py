@@ -1,4 +1,4 @@
-"""The run history (tasks/history.py), its table and figure (tasks/trend.py) and `flows/history.py`."""
+"""The run history (analysis/history.py), its table and figure (analysis/trend.py) and `dropout-lab history`."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from flows import history as cli
-from tasks import history
-from tasks.stats import mean_ci
-from tasks.trend import format_table, plot_trend, run_points, table_rows
+from dropout_lab.analysis import history
+from dropout_lab.analysis.stats import mean_ci
+from dropout_lab.analysis.trend import format_table, plot_trend, run_points, table_rows
+from dropout_lab.cli import history as cli
+from dropout_lab.config import Variant
 
 REPO = Path(__file__).resolve().parent.parent
 DAY0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
@@ -146,8 +147,9 @@ def test_table_has_one_line_per_model_with_accuracy_and_gap(store):
 
 def test_run_points_are_seed_means_with_t_intervals(store):
     points = run_points(history.read(store, dataset="cifar10"), "final_test_acc")
-    assert list(points) == [0.25, 0.0]
-    when, mean, low, high, n = points[0.25][1]
+    dropout, baseline = Variant((("dropout", 0.25),)), Variant()
+    assert list(points) == [dropout, baseline]
+    when, mean, low, high, n = points[dropout][1]
     expected = mean_ci([100 * (0.71 + 0.002 * s) for s in range(3)])
     assert when == DAY0 + timedelta(days=1) and n == 3
     assert (mean, low, high) == pytest.approx((expected.mean, expected.ci_low, expected.ci_high))
@@ -171,7 +173,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no run history at") and "\n" not in err
-    bad = subprocess.run([sys.executable, "flows/history.py", "--since", "last tuesday"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "dropout_lab.cli", "history", "--since", "last tuesday"], cwd=REPO,
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "not a date, time or age like 7d" in bad.stderr.splitlines()[-1]
 
@@ -193,7 +195,7 @@ def test_since_accepts_dates_times_and_ages():
 
 def test_report_folders_from_before_the_history_are_imported_once(tmp_path, capsys):
     """A report folder as write_report leaves it (summary.parquet, history.parquet), no history yet."""
-    from tasks.report import HISTORY_SCHEMA, SUMMARY_SCHEMA
+    from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA
 
     out = tmp_path / "artifacts"
     folder = out / "cifar10-p0.25-s0-e2-0123456789"

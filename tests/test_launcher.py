@@ -2,9 +2,9 @@
 
 import pytest
 
-from tasks import launcher
-from tasks.config import TrainConfig
-from tasks.launcher import discard_spares, prestart, run_worker
+from dropout_lab.config import TrainConfig
+from dropout_lab.runtime import launcher
+from dropout_lab.runtime.launcher import discard_spares, prestart, run_worker
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.config import TrainConfig
-from tasks.evaluate import per_class_accuracy, to_input
-from tasks.model import Net, count_parameters
+from dropout_lab.config import TrainConfig
+from dropout_lab.core.evaluate import per_class_accuracy, to_input
+from dropout_lab.core.model import Net, count_parameters
 
 
 def test_shapes_and_parameter_count_match_the_tutorial():

@@ -1,24 +1,23 @@
-"""The device plan (tasks/devices.py): how variants sharing a device train, chosen from measurements."""
+"""The device plan (dropout_lab/runtime/devices.py): how variants sharing a device train, chosen from measurements."""
 
 import dataclasses
 import json
 
 import pytest
 
-from tasks import devices
-from tasks.config import TrainConfig
-from tasks.devices import (
+from dropout_lab.config import TrainConfig
+from dropout_lab.runtime import devices
+from dropout_lab.runtime.devices import (
     GPU_PROCESSES_MAX,
     PLAN_FILE,
     PLANS,
-    group_layout,
     measured_plan,
     plan_for,
     stack_groups,
     worker_slots,
 )
 
-TABLE = {"eager": {"2": "processes", "8": "stacked"}, "graphs": {"2": "streams", "4": "stacked", "16": "processes"}}
+TABLE = {"eager": {"2": "processes", "8": "stacked"}, "graphs": {"2": "processes", "4": "stacked", "16": "processes"}}
 
 
 @pytest.fixture
@@ -35,13 +34,13 @@ def cfgs(device_list, **changes):
 @pytest.mark.parametrize(
     ("k", "graphed", "expected"),
     [
-        (2, True, "streams"),
-        (3, True, "streams"),
+        (2, True, "processes"),
+        (3, True, "processes"),
         (4, True, "stacked"),
         (15, True, "stacked"),
         (16, True, "processes"),
         (64, True, "processes"),
-        (1, True, "streams"),
+        (1, True, "processes"),
         (2, False, "processes"),
         (7, False, "processes"),
         (8, False, "stacked"),
@@ -56,24 +55,21 @@ def test_auto_follows_the_measurements_on_a_gpu_and_runs_a_process_each_on_cpu(t
     assert plan_for("auto", "cuda:0", 2, graphed=False) == "processes"
     assert plan_for("auto", "cuda:0", 1, graphed=True) == "processes"  # one variant: nothing to share
     assert plan_for("auto", "cpu", 8, graphed=False) == "processes"
-    assert [plan_for(m, "cpu", 2, False) for m in ("on", "streams", "off")] == ["stacked", "streams", "processes"]
-    with pytest.raises(ValueError, match="stack must be one of auto, on, streams, off"):
+    assert [plan_for(m, "cpu", 2, False) for m in ("on", "off")] == ["stacked", "processes"]
+    with pytest.raises(ValueError, match="stack must be one of auto, on, off"):
         plan_for("sometimes", "cpu", 2, False)
 
 
-def test_groups_and_layouts_follow_the_plan(table):
+def test_groups_follow_the_plan(table):
     gpu = cfgs(["cuda:0", "cuda:1", "cuda:0", "cuda:0", "cuda:0"])
     on0 = [gpu[0], gpu[2], gpu[3], gpu[4]]
     # Graphed (fp32, auto): 4 on cuda:0 → one stack; 1 on cuda:1 → its own process.
     assert stack_groups(gpu, "auto") == [on0, [gpu[1]]]
-    assert group_layout(on0, "auto") == "stacked"
     # Eager (graphs off): 4 on cuda:0 → the eager entry for 2 (the largest measured K not above 4): processes.
     assert stack_groups(gpu, "auto", cuda_graphs="off") == [[c] for c in gpu]  # input order
     # fp16 cannot be graphed: the eager table decides.
     assert stack_groups(cfgs(["cuda:0"] * 8, precision="fp16"), "auto") == [cfgs(["cuda:0"] * 8, precision="fp16")]
-    two = [gpu[0], gpu[2]]
-    assert group_layout(two, "auto") == "streams" and group_layout(two, "on") == "stacked"
-    assert stack_groups(gpu, "streams") == [on0, [gpu[1]]] and group_layout(on0, "streams") == "streams"
+    assert stack_groups(gpu, "on") == [on0, [gpu[1]]]
     cpu = cfgs(["cpu", "cpu"])
     assert stack_groups(cpu, "auto") == [[cpu[0]], [cpu[1]]] and stack_groups(cpu, "on") == [cpu]
 

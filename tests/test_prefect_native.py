@@ -12,8 +12,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from tasks import history
-from tasks.steps import ensure_slots, slot_name
+from dropout_lab.analysis import history
+from tasks.slots import ensure_slots, slot_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,19 +102,22 @@ def test_slot_names_are_per_machine_and_device(device):
 
 
 def test_a_task_s_code_is_found_from_imports_not_a_hand_kept_list(tmp_path, monkeypatch):
-    from tasks import cache
+    from dropout_lab import keys
 
-    assert {"tasks.train", "tasks.stacked", "tasks.checkpoint", "tasks.model"} <= cache.project_imports("tasks.worker")
-    assert "tasks.report" not in cache.project_imports("tasks.worker")  # a plot edit does not retrain
-    assert "tasks.train" not in cache.project_imports("tasks.report")  # a training edit re-renders only via weights
+    worker = keys.project_imports("dropout_lab.runtime.worker")
+    assert {"dropout_lab.core.train", "dropout_lab.core.stacked", "dropout_lab.core.checkpoint",
+            "dropout_lab.core.model"} <= worker  # fmt: skip
+    assert "dropout_lab.analysis.report" not in worker  # a plot edit does not retrain
+    # a training edit re-renders only via weights
+    assert "dropout_lab.core.train" not in keys.project_imports("dropout_lab.analysis.report")
 
     # A split module: the new file is picked up (even when imported lazily inside a function).
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "a.py").write_text("import os\n\ndef f():\n    from tasks import b\n    return b.g()\n")
     (tmp_path / "tasks" / "b.py").write_text("from tasks.c import h\n\ndef g():\n    return h()\n")
     (tmp_path / "tasks" / "c.py").write_text("def h():\n    return 1\n")
-    monkeypatch.setattr(cache, "REPO", tmp_path)
-    assert cache.project_imports("tasks.a") == {"tasks.a", "tasks.b", "tasks.c"}
-    before = cache.code_hash.__wrapped__("tasks.a")
+    monkeypatch.setattr(keys, "REPO", tmp_path)
+    assert keys.project_imports("tasks.a") == {"tasks.a", "tasks.b", "tasks.c"}
+    before = keys._hash_sources("tasks.a")
     (tmp_path / "tasks" / "c.py").write_text("def h():\n    return 2\n")
-    assert cache.code_hash.__wrapped__("tasks.a") != before
+    assert keys._hash_sources("tasks.a") != before

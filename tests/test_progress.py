@@ -1,6 +1,6 @@
 import logging
 
-from tasks.progress import EpochBars
+from dropout_lab.runtime.progress import EpochBars
 
 
 class FakeRichHandler(logging.Handler):

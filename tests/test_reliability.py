@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
+from dropout_lab.core.train import FAIL_AT_EPOCH_ENV
+from dropout_lab.runtime.launcher import TrainingFailed
+from dropout_lab.runtime.worker import classify
 from flows.compare import compare, main
-from tasks.checkpoint import epoch_checkpoints, load_checkpoint
-from tasks.launcher import TrainingFailed
-from tasks.train import FAIL_AT_EPOCH_ENV
-from tasks.worker import classify
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("epoch", "train_running_loss", "train_running_acc", "train_eval_acc", "test_loss", "test_acc")
@@ -54,11 +54,11 @@ def final_weights(cache: Path) -> dict[str, dict]:
 
 
 def worker_children(pid: int) -> list[int]:
-    """PIDs of the training processes (`python -m tasks.worker`) started by `pid`."""
+    """PIDs of the training processes (`python -m dropout_lab.runtime.worker`) started by `pid`."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            if b"tasks.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"dropout_lab.runtime.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(int(child))
     return found
 
@@ -152,7 +152,7 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
 def test_full_disk_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     import shutil as real_shutil
 
-    from tasks import preflight
+    from dropout_lab.runtime import preflight
 
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=5 << 20))
@@ -163,7 +163,7 @@ def test_full_disk_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
 
 
 def test_failed_report_leaves_no_folder_that_looks_complete(tmp_path, monkeypatch):
-    from tasks import report
+    from dropout_lab.analysis import report
     from tests.test_report import fake_results
 
     def broken(*a, **k):
@@ -178,7 +178,7 @@ def test_failed_report_leaves_no_folder_that_looks_complete(tmp_path, monkeypatc
 def test_out_of_memory_is_not_retried_and_names_model_and_batch():
     from prefect.states import Failed
 
-    from tasks.steps import retry_unless_hopeless
+    from tasks.train import retry_unless_hopeless
 
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert classify(oom)[0] == "oom"
@@ -190,7 +190,7 @@ def test_out_of_memory_is_not_retried_and_names_model_and_batch():
 def test_concurrent_fetches_sharing_a_data_dir_download_once(tiny_cifar, tmp_path, monkeypatch):
     import hashlib
 
-    from tasks import data
+    from dropout_lab.core import data
     from tests.test_download import ArchiveServer
 
     payload = data.archive_folder(tiny_cifar / "cifar-10-batches-py", tmp_path / "a.tar.gz").read_bytes()

@@ -5,18 +5,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.config import TrainConfig
-from tasks.data import DataInfo
-from tasks.model import CLASSES
-from tasks.report import (
-    CONFUSION_SCHEMA,
-    HISTORY_SCHEMA,
-    PER_CLASS_SCHEMA,
-    SUMMARY_SCHEMA,
-    markdown_summary,
-    write_report,
-)
-from tasks.results import TrainResult
+from dropout_lab.analysis.report import markdown_summary, write_report
+from dropout_lab.analysis.tables import CONFUSION_SCHEMA, HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
+from dropout_lab.config import TrainConfig
+from dropout_lab.core.data import CLASSES, DataInfo
+from dropout_lab.results import TrainResult
 
 
 def fake_results(rates=(0.25, 0.0), epochs=3, dataset="cifar10", verified=False, seeds=(0,), n_train=1000):
@@ -76,7 +69,7 @@ def test_markdown_labels_synthetic_data():
     trained, info, *_ = fake_results(dataset="fake")
     from dataclasses import replace
 
-    from tasks.report import summary_rows
+    from dropout_lab.analysis.tables import summary_rows
 
     info = replace(info, provenance="synthetic data — accuracies meaningless")
     md = markdown_summary(summary_rows(trained, info), info, None, "/x")
@@ -84,7 +77,7 @@ def test_markdown_labels_synthetic_data():
 
 
 def test_multi_seed_report_has_statistics_and_a_verdict(tmp_path):
-    from tasks.report import STATISTICS_SCHEMA
+    from dropout_lab.analysis.tables import STATISTICS_SCHEMA
 
     run_dir, markdown = write_report(tmp_path / "run", *fake_results(rates=(0.1, 0.5, 0.0), seeds=(0, 1, 2)))
     stats = pq.read_table(run_dir / "statistics.parquet")
@@ -109,7 +102,7 @@ def summary_for(rates, seeds, acc_of):
 def test_rate_panel_one_seed_two_rates_is_not_zoomed_in_and_not_joined():
     import matplotlib.pyplot as plt
 
-    from tasks.report import MIN_RATE_AXIS_SPAN, plot_rate_panel
+    from dropout_lab.analysis.figures import MIN_RATE_AXIS_SPAN, plot_rate_panel
 
     fig, ax = plt.subplots()
     plot_rate_panel(ax, summary_for((0.0, 0.25), (0,), lambda p, s: 0.7018 + p * 0.04), "final_test_acc", "acc (%)")
@@ -124,7 +117,7 @@ def test_rate_panel_one_seed_two_rates_is_not_zoomed_in_and_not_joined():
 def test_rate_panel_three_rates_are_joined_and_show_every_seed():
     import matplotlib.pyplot as plt
 
-    from tasks.report import plot_rate_panel
+    from dropout_lab.analysis.figures import plot_rate_panel
 
     fig, ax = plt.subplots()
     data = summary_for((0.0, 0.1, 0.5), (0, 1, 2), lambda p, s: 0.7 + 0.01 * s - p / 10)
@@ -139,7 +132,7 @@ def test_rate_panel_three_rates_are_joined_and_show_every_seed():
 def test_accuracy_bands_are_clipped_to_possible_values():
     import matplotlib.pyplot as plt
 
-    from tasks.report import _band
+    from dropout_lab.analysis.figures import _band
 
     fig, ax = plt.subplots()
     runs = np.array([[0.5, 99.5], [3.0, 95.0]])  # two seeds: a t-band of +-16 points around each mean
@@ -151,7 +144,7 @@ def test_accuracy_bands_are_clipped_to_possible_values():
 
 
 def test_gap_axis_includes_zero():
-    from tasks.report import _rate_axis_limits
+    from dropout_lab.analysis.figures import _rate_axis_limits
 
     low, high = _rate_axis_limits([10.0, 12.0], (-100, 100), include_zero=True)
     assert low < 0 < 10 < 12 < high

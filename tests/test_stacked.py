@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.checkpoint import epoch_checkpoints, load_checkpoint
-from tasks.config import TrainConfig
-from tasks.data import load_split
-from tasks.evaluate import evaluate
-from tasks.model import Net
-from tasks.stacked import Single, StackedNet, streams_from_global
-from tasks.train import FAIL_AT_EPOCH_ENV, InjectedFault, build, check_stackable, fit, train_steps
+from dropout_lab.config import TrainConfig
+from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
+from dropout_lab.core.data import load_split
+from dropout_lab.core.evaluate import evaluate
+from dropout_lab.core.model import Net
+from dropout_lab.core.stacked import Single, StackedNet, streams_from_global
+from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, build, check_stackable, fit, train_steps
 
 BASE = TrainConfig(epochs=2, batch_size=32)
 # Measured: a correct stack differs from separate training by <= 2e-5 after 3 Adam steps (summation

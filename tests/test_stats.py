@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from tasks.stats import (
-    compare_rates,
+from dropout_lab.analysis.stats import (
+    compare_variants,
     data_scope,
     holm,
     mean_ci,
@@ -22,6 +22,7 @@ from tasks.stats import (
     verdict,
     welch,
 )
+from dropout_lab.config import Variant
 
 
 def test_mean_ci_uses_student_t():
@@ -151,7 +152,7 @@ def test_statistics_rows_pair_by_seed_and_holm_adjust_across_rates():
 def test_unpaired_seeds_fall_back_to_welch():
     data = rows(0.0, [0, 1, 2], [0.1, 0.12, 0.11], [0.70, 0.71, 0.72])
     data += rows(0.5, [3, 4, 5], [0.0, 0.01, 0.02], [0.69, 0.70, 0.71])
-    c = compare_rates(data, "final_test_acc")[0.5]
+    c = compare_variants(data, "final_test_acc")[Variant((("dropout", 0.5),))]
     assert c.design == "unpaired" and c.paired is None and c.primary == welch([0.69, 0.70, 0.71], [0.70, 0.71, 0.72])
 
 

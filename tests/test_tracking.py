@@ -10,7 +10,7 @@ mlflow = pytest.importorskip("mlflow")  # the dev extra installs it
 
 from test_history import epoch, model  # noqa: E402
 
-from tasks import tracking  # noqa: E402
+from dropout_lab.analysis import tracking  # noqa: E402
 
 
 def logged(out: Path, uri: str | None = None):

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from tasks.checkpoint import MAGIC, epoch_checkpoints, load_checkpoint
-from tasks.config import TrainConfig, check_train_config
-from tasks.data import load_split
-from tasks.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
+from dropout_lab.config import TrainConfig, check_train_config
+from dropout_lab.core.checkpoint import MAGIC, epoch_checkpoints, load_checkpoint
+from dropout_lab.core.data import load_split
+from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
 
 CFG = TrainConfig(dropout=0.25, epochs=3, batch_size=32, seed=3)
 
@@ -107,7 +107,7 @@ def test_checkpoint_for_another_config_is_set_aside_and_training_restarts(splits
 
 
 def test_checkpoint_with_wrong_shapes_is_set_aside(splits, tmp_path, caplog):
-    from tasks.checkpoint import save_checkpoint
+    from dropout_lab.core.checkpoint import save_checkpoint
 
     folder = tmp_path / "run"
     folder.mkdir()

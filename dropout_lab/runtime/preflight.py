@@ -1,15 +1,28 @@
-"""Checks that can fail a run before any training starts: where it may write, writable folders, free space.
+"""Checks that can fail a run before any training starts: its parameters, its devices, where it may
+write, writable folders, free space.
 
 Everything here checks first and creates nothing until every check has passed, so a refused run
-leaves no empty folders behind.
+leaves no empty folders behind. The command line runs these checks before it imports torch or
+Prefect's engine; the flow runs them again for a deployment run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from dropout_lab.config import (
+    PARAMETERS,
+    SETTINGS,
+    TrainConfig,
+    check_train_config,
+    compared_variants,
+    describe_error,
+    flag,
+)
 
 MB = 1 << 20
 # What a run may write: the CIFAR-10 archive plus its extracted copy; checkpoints and cached results;
@@ -95,3 +108,48 @@ def check_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -
         plan_folder(path, what)
     for path, what, need in folders:
         check_writable(path, what, need)
+
+
+# --- the whole run's checks ------------------------------------------------------------------------
+
+# Flow parameters that are not TrainConfig fields of every variant alike: a variant's own settings
+# and seed, and the device (resolved per variant).
+_PER_VARIANT = {"seed", "device", *(s.field for s in SETTINGS)}
+
+
+def parameter_errors(params: dict) -> None:
+    """Validate the flow's parameters against their declaration, as Prefect does for a deployment run,
+    so the CLI and the UI refuse the same values. Raises ValueError '--flag: must be ...' (one line)."""
+    from pydantic import ValidationError, create_model
+
+    declared = PARAMETERS.parameters
+    model = create_model("compare_parameters", **{n: (p.annotation, p.default) for n, p in declared.items()})
+    try:
+        model.model_validate(params)
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise ValueError(f"{flag(str(error['loc'][0]))}: {describe_error(error)}") from None
+
+
+def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainConfig], dict[str, str]]:
+    """Validate everything before any work, creating nothing until all checks pass: parameters, then
+    devices, then folders (confined to the worker's roots in a deployment run). Returns the variant
+    configs and the folders to use. Raises ValueError (one line)."""
+    from dropout_lab.analysis.tracking import check_available
+    from dropout_lab.core.data import ARCHIVE_NAME, FOLDER_NAME
+    from dropout_lab.runtime.devices import stack_groups, variant_configs
+
+    parameter_errors(params)
+    if params["mlflow"]:
+        check_available()
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} - _PER_VARIANT
+    base = TrainConfig(**{k: params[k] for k in shared if k in params})
+    configs = variant_configs(base, compared_variants(params), list(params["seeds"]), params["device"])
+    stack_groups(configs, params["stack"], params["cuda_graphs"])  # raises for an unknown mode
+    for cfg in configs:
+        check_train_config(cfg)  # every variant and seed, and precision vs the resolved device
+    folders = confine_folders(params) if deployed else {k: params[k] for k in ROOT_ENV}
+    data_dir = Path(folders["data_dir"])
+    present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
+    check_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
+    return configs, folders

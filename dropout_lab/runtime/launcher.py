@@ -1,4 +1,4 @@
-"""Run `tasks.worker` in a subprocess and stream its per-epoch events back to the caller."""
+"""Run `dropout_lab.runtime.worker` in a subprocess and stream its per-epoch events back to the caller."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TrainingFailed(RuntimeError):
@@ -48,7 +48,7 @@ def stop_all() -> int:
 
 def _spawn(threads: int, device: str, ahead: bool = False) -> subprocess.Popen:
     """A training process that imports torch and creates its CUDA context at once, then waits for its
-    job on stdin (`tasks.worker`); `ahead`: started before its job exists (it says so in its log)."""
+    job on stdin (`dropout_lab.runtime.worker`); `ahead`: started before its job exists (it says so in its log)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if threads:
@@ -57,7 +57,7 @@ def _spawn(threads: int, device: str, ahead: bool = False) -> subprocess.Popen:
     stderr = tempfile.TemporaryFile(mode="w+")  # read back only when it fails
     argv = ["--device", device, "--parent", str(os.getpid()), "--ahead", str(int(ahead))]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks.worker", *argv],
+        [sys.executable, "-m", "dropout_lab.runtime.worker", *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -78,6 +78,16 @@ def prestart(processes: list[tuple[int, str]]) -> None:
         proc = _spawn(threads, device, ahead=True)
         with _live_lock:
             _spares.setdefault((threads, device), []).append(proc)
+
+
+def first_processes(groups: list[list], threads: int, slots: dict[str, int]) -> list[tuple[int, str]]:
+    """(threads, device) of the training processes that start first, for `prestart`: one per group of
+    variants, as many per device as it has slots."""
+    started: dict[str, int] = {}
+    for group in groups:
+        device = group[0].device
+        started[device] = started.get(device, 0) + 1
+    return [(threads, device) for device, n in started.items() for _ in range(min(n, slots[device]))]
 
 
 def discard_spares() -> None:
@@ -106,13 +116,12 @@ def _take(threads: int, device: str) -> subprocess.Popen:
     return _spawn(threads, device)
 
 
-def worker_job(cfgs: list, data_root, checkpoint_dirs: list, threads: int, cuda_graphs: str, layout: str,
-               **more) -> dict:  # fmt: skip
-    """The job a training process reads on stdin (`tasks.worker.run_job`): its variants, the data, one
-    checkpoint folder per variant, CPU threads, CUDA graphs and layout; `more`: e.g. fresh, attempt."""
+def worker_job(cfgs: list, data_root, checkpoint_dirs: list, threads: int, cuda_graphs: str, **more) -> dict:
+    """The job a training process reads on stdin (`dropout_lab.runtime.worker.run_job`): its variants, the
+    data, one checkpoint folder per variant, CPU threads and CUDA graphs; `more`: e.g. fresh, attempt."""
     return {"configs": [c.to_dict() for c in cfgs], "data_root": str(data_root),
             "checkpoint_dirs": [str(d) for d in checkpoint_dirs], "threads": threads, "cuda_graphs": cuda_graphs,
-            "layout": layout, **more}  # fmt: skip
+            **more}  # fmt: skip
 
 
 def run_worker(job: dict) -> Iterator[dict]:

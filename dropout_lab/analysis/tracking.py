@@ -15,15 +15,17 @@ import os
 import time
 from pathlib import Path
 
+from dropout_lab.config import SETTINGS, Variant, variant_of
+
 EXPERIMENT = "dropout-lab"
 STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"
 EPOCH_METRICS = ("train_running_loss", "train_running_acc", "train_eval_loss", "train_eval_acc", "test_loss",
                  "test_acc", "generalization_gap", "epoch_seconds")  # fmt: skip
 FINAL_METRICS = ("final_test_acc", "best_test_acc", "best_epoch", "generalization_gap", "final_test_loss",
                  "final_train_eval_acc", "train_seconds")  # fmt: skip
-MODEL_PARAMS = ("model", "dropout", "seed", "epochs", "batch_size", "lr", "device", "precision", "compiled",
-                "stacked_variants", "n_params", "n_train", "n_train_eval", "n_test", "dataset", "data_verified",
-                "data_provenance", "resumed_from_epoch")  # fmt: skip
+MODEL_PARAMS = ("model", "baseline", *(s.field for s in SETTINGS), "seed", "epochs", "batch_size", "lr", "device",
+                "precision", "compiled", "stacked_variants", "n_params", "n_train", "n_train_eval", "n_test", "dataset",
+                "data_verified", "data_provenance", "resumed_from_epoch")  # fmt: skip
 RUN_TAGS = ("flow_run_id", "flow_run_name", "code_version", "experiment", "experiment_hash", "report_folder")
 
 
@@ -56,7 +58,7 @@ def _experiment_id(client, out: Path) -> str:
 
 
 def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: list[Path]) -> str:
-    """Log one flow run's models (history rows of tasks/history.py: `runs` one per model, `epochs` one
+    """Log one flow run's models (history rows of analysis/history.py: `runs` one per model, `epochs` one
     per model and epoch) and its report files. Returns the parent run's id."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
@@ -73,10 +75,13 @@ def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: l
         run_name=first["flow_run_name"] or first["experiment"],
         tags={k: str(first[k]) for k in RUN_TAGS},
     )
-    rates = sorted({r["dropout"] for r in runs if r["dropout"] > 0})
+    variants = sorted({variant_of(r) for r in runs}, key=Variant.order)
+    compared = {s.plural.replace(" ", "_"): sorted({value for v in variants for f, value in v.settings if f == s.field})
+                for s in SETTINGS}  # fmt: skip
     shared = {k: first.get(k) for k in ("epochs", "batch_size", "lr", "device", "precision", "dataset", "n_train")}
     client.log_batch(parent.info.run_id, params=[
-        Param("rates", ",".join(f"{p:g}" for p in rates)),
+        Param("variants", ",".join(v.name for v in variants)),
+        *(Param(key, ",".join(f"{p:g}" for p in values)) for key, values in compared.items() if values),
         Param("seeds", ",".join(str(s) for s in sorted({r["seed"] for r in runs}))),
         *(Param(k, str(v)) for k, v in shared.items() if v is not None),
     ])  # fmt: skip

@@ -5,7 +5,7 @@ SQLite rather than a Parquet dataset of small files (benchmarks/history_store.py
 write is one transaction that any number of concurrent runs can make without losing a row (SQLite's
 file lock; writers wait, they do not fail), the key below makes "already recorded" a constraint
 rather than a read-then-write race, and filtering is a query instead of opening every file. The
-columns are the report's Parquet schemas (tasks/report.py) plus the run's identity (RUN_FIELDS), so a
+columns are the report's Parquet schemas (analysis/report.py) plus the run's identity (RUN_FIELDS), so a
 metric added to the report appears here too (a missing column is added to an existing file).
 
 One row per *trained model*: a model is identified by its experiment (parameters, data and training
@@ -24,7 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.report import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field, history_rows, summary_rows
+from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field, history_rows, summary_rows
+from dropout_lab.config import SETTINGS
 
 HISTORY_FILE = "history.sqlite"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,11 @@ MODEL_KEY = ("experiment_hash", "model", "seed", "weights_sha256")
 TABLES = {"runs": (RUNS_SCHEMA, MODEL_KEY), "epochs": (EPOCHS_SCHEMA, (*MODEL_KEY, "epoch"))}
 # A row's run: its flow run, or for imported rows (no flow run id) their report folder.
 RUN_ID = "COALESCE(NULLIF(flow_run_id, ''), report_folder)"
+# Variants in report order: the baseline (every setting off; a setting's column missing from an older
+# row counts as off) last, then each setting's value.
+VARIANT_ORDER = ", ".join(
+    [" AND ".join(f"COALESCE({s.field}, {s.off}) = {s.off}" for s in SETTINGS), *(s.field for s in SETTINGS)]
+)
 
 
 def _sql_type(kind: pa.DataType) -> str:
@@ -143,7 +149,7 @@ def read(
     order = ", epoch" if table == "epochs" else ""
     db = connect(path)
     try:
-        cursor = db.execute(sql + f" ORDER BY recorded_at, {RUN_ID}, dropout = 0, dropout, seed{order}", args)
+        cursor = db.execute(sql + f" ORDER BY recorded_at, {RUN_ID}, {VARIANT_ORDER}, seed{order}", args)
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, values, strict=True)) for values in cursor]
     finally:
@@ -193,7 +199,7 @@ def code_version(root: Path = PROJECT) -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     digest = hashlib.sha256()
-    for source in sorted(p for part in ("tasks", "flows") for p in (root / part).glob("*.py")):
+    for source in sorted(p for part in ("dropout_lab", "tasks", "flows") for p in (root / part).rglob("*.py")):
         digest.update(source.name.encode() + source.read_bytes())
     return "pkg-" + digest.hexdigest()[:12]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tasks.config import TrainConfig
+from dropout_lab.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class TrainResult:
     config: TrainConfig
     checkpoint: str  # final epoch checkpoint file
     weights_sha256: str  # of that file: evaluation's cache key follows the actual weights
-    history: list  # one dict per epoch, tasks.train.epoch_record; the last one is the final evaluation
+    history: list  # one dict per epoch, dropout_lab.core.train.epoch_record; the last one is the final evaluation
     n_params: int
     started_at: str  # ISO-8601 UTC
     finished_at: str
@@ -23,9 +23,37 @@ class TrainResult:
     n_train_eval: int  # training images evaluated in eval mode each epoch (the gap's train side)
     n_test: int  # test images it was evaluated on each epoch
     resumed_from: int = 0  # epochs restored from a checkpoint instead of trained
-    stacked_with: int = 1  # variants trained in the same batched computation (tasks/stacked.py); 1 = alone
-    trained_as: str = "alone"  # alone | stacked | streams (side by side in one process, tasks/train.py)
-    cuda_graphs: bool = False  # its steps were replayed as CUDA graphs (tasks/graphs.py)
+    stacked_with: int = 1  # variants trained in the same batched computation (core/stacked.py); 1 = alone
+    trained_as: str = "alone"  # alone | stacked
+    cuda_graphs: bool = False  # its steps were replayed as CUDA graphs (core/graphs.py)
+
+
+def results_of(
+    cfgs: list[TrainConfig], start: dict, results: list[dict], threads: int, resumed_from: list, graphed: list[bool]
+) -> list[TrainResult]:
+    """One TrainResult per variant of a training process: its `start` event, its per-variant results,
+    the epoch each variant resumed from (None: nothing was left to train) and whether it was graphed."""
+    return [
+        TrainResult(
+            config=cfg,
+            checkpoint=r["checkpoint"],
+            weights_sha256=r["weights_sha256"],
+            history=r["history"],
+            n_params=r["n_params"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            train_seconds=r["wall_seconds"],
+            threads=threads,
+            n_train=start["n_train"],
+            n_train_eval=start["n_train_eval"],
+            n_test=start["n_test"],
+            resumed_from=cfg.epochs if resumed is None else resumed,
+            stacked_with=len(cfgs),
+            trained_as="alone" if len(cfgs) == 1 else "stacked",
+            cuda_graphs=was_graphed,
+        )
+        for cfg, r, resumed, was_graphed in zip(cfgs, results, resumed_from, graphed, strict=True)
+    ]
 
 
 # --- JSON for cached results ----------------------------------------------------------------------
@@ -39,7 +67,7 @@ class CachedError(RuntimeError):
 
 
 def _known() -> dict[str, type]:
-    from tasks.data import DataInfo  # here: tasks.data imports torch, not needed to decode
+    from dropout_lab.core.data import DataInfo  # here: dropout_lab.core.data imports torch, not needed to decode
 
     return {cls.__name__: cls for cls in (TrainConfig, TrainResult, DataInfo)}
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.model import CLASSES
+from dropout_lab.core.data import CLASSES
 
 
 def to_input(images_nhwc: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def eval_sums(
 ) -> None:
     """Add each variant's summed cross-entropy to `loss_sum` (K,) float64 and its [true, predicted]
     counts to `confusion` (K, 10, 10) int64, in place. No host sync and fixed shapes throughout, so a
-    whole evaluation pass can be captured as one CUDA graph (tasks/train.py)."""
+    whole evaluation pass can be captured as one CUDA graph (core/train.py)."""
     device, k, n_classes = images.device, model.k, len(CLASSES)
     flat = confusion.view(-1)
     variant = torch.arange(k, device=device).unsqueeze(1)  # (K, 1)
@@ -73,7 +73,7 @@ def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000, precision: str = "fp32"
 ) -> list[dict]:
     """Mean cross-entropy, accuracy (fraction) and the (10, 10) confusion matrix [true, predicted] of
-    each of the model's K variants (a StackedNet, or one Net as `tasks.stacked.Single`): one dict each.
+    each of the model's K variants (a StackedNet, or one Net as `dropout_lab.core.stacked.Single`): one dict each.
 
     `images` (N, 32, 32, 3) uint8 and `labels` (N,) must already be on the model's device.
     """

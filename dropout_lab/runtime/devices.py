@@ -3,17 +3,13 @@ and how many CPU threads each process may use."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
 from pathlib import Path
 from typing import get_args
 
-import torch
-
-from tasks.config import Stack, TrainConfig
-from tasks.graphs import graphs_wanted
+from dropout_lab.config import Stack, TrainConfig, Variant, configure, stack_key
 
 
 def available_cores() -> int:
@@ -23,6 +19,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def gpu_count() -> int:
+    """CUDA GPUs here. Without NVIDIA device files there are none, and torch (seconds to import) is
+    not needed to say so: the command line refuses a bad device at once on a CPU machine."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")) and not Path("/dev/dxg").exists():  # dxg: WSL2
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_devices(device: str, n_variants: int) -> list[str]:
     """Device per variant. `auto`: one GPU each, round-robin over the GPUs present, else CPU.
 
@@ -30,7 +36,7 @@ def resolve_devices(device: str, n_variants: int) -> list[str]:
     one-line message for a device that does not exist.
     """
     device = device.strip().lower()
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n_gpus = gpu_count() if device != "cpu" else 0
     if device == "cpu":
         return ["cpu"] * n_variants
     if device == "auto":
@@ -49,26 +55,26 @@ def resolve_devices(device: str, n_variants: int) -> list[str]:
     raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
-def variant_configs(base: TrainConfig, rates: list[float], seeds: list[int], device: str) -> list[TrainConfig]:
-    """One config per (dropout rate, seed); the baseline (rate 0) is always included.
+def variant_configs(base: TrainConfig, variants: list[Variant], seeds: list[int], device: str) -> list[TrainConfig]:
+    """One config per (variant, seed), in report order (compared_variants: the baseline last).
 
     Each gets its device (round-robin over GPUs with `auto`/`cuda`)."""
-    pairs = [(p, s) for p in sorted({*rates, 0.0}, key=lambda p: (p == 0, p)) for s in sorted(set(seeds))]
+    pairs = [(v, s) for v in variants for s in sorted(set(seeds))]
     devices = resolve_devices(device, len(pairs))
-    return [dataclasses.replace(base, dropout=p, seed=s, device=d) for (p, s), d in zip(pairs, devices, strict=True)]
+    return [configure(base, v, seed=s, device=d) for (v, s), d in zip(pairs, devices, strict=True)]
 
 
 STACK_MODES = get_args(get_args(Stack)[0])  # declared once, with the flow parameter
 # The plan `--stack auto` follows on a GPU, per number of variants sharing it, with and without CUDA
 # graphs: written by `benchmarks/gpu_plan.py --write` from its side-by-side measurement (README, *GPU*).
 PLAN_FILE = Path(__file__).with_name("gpu_plan.json")
-PLANS = ("stacked", "streams", "processes")
+PLANS = ("stacked", "processes")
 # Training processes at once on one GPU: each holds a CUDA context and its own copy of the data.
 GPU_PROCESSES_MAX = 16
 
 
 def measured_plan(k: int, graphed: bool, table: dict | None = None) -> str:
-    """stacked | streams | processes: the fastest measured way to train `k` variants on one GPU (the
+    """stacked | processes: the fastest measured way to train `k` variants on one GPU (the
     entry for the largest measured K not above k; the smallest measured K below that)."""
     table = table if table is not None else _read_plan(PLAN_FILE)
     fastest = {int(n): plan for n, plan in table["graphs" if graphed else "eager"].items()}
@@ -83,37 +89,35 @@ def _read_plan(path: Path) -> dict:
 
 
 def plan_for(mode: str, device: str, k: int, graphed: bool) -> str:
-    """How `k` variants sharing `device` train: `on` stacked, `streams` side by side in one process,
-    `off` a process each; `auto` the measured plan on a GPU, and a process each on CPU (there
-    separate processes beat a stacked computation, README *Training many variants at once*)."""
+    """How `k` variants sharing `device` train: `on` stacked, `off` a process each; `auto` the measured
+    plan on a GPU, and a process each on CPU (there separate processes beat a stacked computation,
+    benchmarks/RESULTS.md)."""
     if mode not in STACK_MODES:
         raise ValueError(f"stack must be one of {', '.join(STACK_MODES)} (got {mode!r})")
     if mode == "auto":
         return measured_plan(k, graphed) if device.startswith("cuda") and k > 1 else "processes"
-    return {"on": "stacked", "streams": "streams", "off": "processes"}[mode]
+    return {"on": "stacked", "off": "processes"}[mode]
 
 
-def stack_groups(configs: list, mode: str, cuda_graphs: str = "auto") -> list[list]:
-    """Which variants share one training process (a stack, or units side by side on streams), in
-    input order: all of a device's variants unless its plan is a process each (`plan_for`)."""
-    by_device: dict[str, list] = {}
+def stack_groups(configs: list[TrainConfig], mode: str, cuda_graphs: str = "auto") -> list[list[TrainConfig]]:
+    """Which variants share one training process, one stacked computation each, in input order: the
+    variants that may stack (same device and `stack_key`) unless their plan is a process each."""
+    together: dict[tuple, list[TrainConfig]] = {}
     for cfg in configs:
-        by_device.setdefault(cfg.device, []).append(cfg)
+        together.setdefault(stack_key(cfg), []).append(cfg)
     alone = {
-        d
-        for d, cfgs in by_device.items()
-        if plan_for(mode, d, len(cfgs), _graphed(cuda_graphs, cfgs[0])) == "processes"
+        key
+        for key, cfgs in together.items()
+        if plan_for(mode, cfgs[0].device, len(cfgs), _graphed(cuda_graphs, cfgs[0])) == "processes"
     }
-    return [cfgs for d, cfgs in by_device.items() if d not in alone] + [[c] for c in configs if c.device in alone]
+    return [cfgs for key, cfgs in together.items() if key not in alone] + [
+        [c] for c in configs if stack_key(c) in alone
+    ]
 
 
-def group_layout(group: list, mode: str, cuda_graphs: str = "auto") -> str:
-    """stacked | streams: how the variants of one training process train together (tasks.train.fit)."""
-    plan = plan_for(mode, group[0].device, len(group), _graphed(cuda_graphs, group[0]))
-    return "streams" if plan == "streams" else "stacked"
+def _graphed(cuda_graphs: str, cfg: TrainConfig) -> bool:
+    from dropout_lab.core.graphs import graphs_wanted  # imports torch: only for a run that passed its checks
 
-
-def _graphed(cuda_graphs: str, cfg) -> bool:
     return graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)[0]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from dropout_lab.core.data import CLASSES
 
 
 class Net(nn.Module):

@@ -3,7 +3,7 @@
 Why: at batch 32 one small CNN leaves a GPU idle between kernel launches; K stacked models launch
 about as many kernels as one, for K times the work. The K convolutions run as one grouped
 convolution, the K linear layers as one batched matmul. `Single` gives one Net the same calling
-convention, so the one trainer (tasks/train.py) trains one variant or K with the same loop.
+convention, so the one trainer (core/train.py) trains one variant or K with the same loop.
 
 Each variant keeps its own dropout rate, dropout RNG stream, batch order and Adam state, so it
 trains as it would alone: the same maths, equal up to floating-point summation order (on CPU the
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.evaluate import to_input
-from tasks.model import Net
+from dropout_lab.core.evaluate import to_input
+from dropout_lab.core.model import Net
 
 # Layers that act on (B, K·C, H, W) or (K, B, F) as they are: no weights, nothing per variant.
 AS_IS = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU)
@@ -151,7 +151,7 @@ def _batched(name: str, modules: list[nn.Module]) -> tuple[str, str, nn.Module, 
         return "skip", name, first, []
     if isinstance(first, AS_IS):
         return "as_is", name, first, []
-    raise ValueError(f"cannot stack {name}: no batched form of {type(first).__name__} in tasks/stacked.py")
+    raise ValueError(f"cannot stack {name}: no batched form of {type(first).__name__} in core/stacked.py")
 
 
 def stack_adam_state(opt: torch.optim.Adam, opts: list[torch.optim.Adam]) -> None:
@@ -176,12 +176,13 @@ def unstack_into(stacked: StackedNet, opt: torch.optim.Adam, nets: list[Net], op
             for name, p in net.named_parameters():
                 p.copy_(stacked.param(name)[k])
         # Clones: Adam.load_state_dict keeps the tensors it is given, and these are views into
-        # state the stacked optimizer keeps updating in place.
+        # state the stacked optimizer keeps updating in place. The variant keeps its own settings
+        # (param_groups: lr, weight decay, ...), never the stack's.
         own_opt.load_state_dict(
             {
                 "state": {i: {key: value.clone() if key == "step" else value[k].clone() for key, value in s.items()}
                           for i, s in state["state"].items()},
-                "param_groups": state["param_groups"],
+                "param_groups": own_opt.state_dict()["param_groups"],
             }
         )  # fmt: skip
 

@@ -1,11 +1,11 @@
-"""Train one variant, or several on one device, in its own process: `python -m tasks.worker --device D
+"""Train one variant, or several on one device, in its own process: `python -m dropout_lab.runtime.worker --device D
 --parent PID < job.json`.
 
 Why a process per variant: torch's global RNG (dropout masks) and thread pool are per process,
 so two variants in threads of one process would interleave random draws (not reproducible) and
 oversubscribe the cores. Several variants share one process safely (stacked or side by side): each
-draws from its own generators (tasks/stacked.py). Each worker gets `threads` intra-op threads (cores /
-processes on CPU) or a GPU, which several may share (the device plan, tasks/devices.py).
+draws from its own generators (core/stacked.py). Each worker gets `threads` intra-op threads (cores /
+processes on CPU) or a GPU, which several may share (the device plan, runtime/devices.py).
 Protocol: one JSON object per stdout line —
   {"event": "start", ...} · {"event": "epoch", "variant": i, ...} per variant and epoch
   · {"event": "done", "results": [one per variant]}
@@ -50,7 +50,7 @@ class ForwardLogs(logging.Handler):
 
 def forward_logs() -> None:
     handler = ForwardLogs(logging.INFO)
-    project = logging.getLogger("tasks")
+    project = logging.getLogger("dropout_lab")
     project.addHandler(handler)
     project.setLevel(logging.INFO)
     project.propagate = False  # not twice (stderr is only read when the process fails)
@@ -77,13 +77,13 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
     seconds spent before the job came, reported with the `start` event."""
     import torch
 
-    from tasks.checkpoint import epoch_checkpoints, load_checkpoint
-    from tasks.config import TrainConfig
-    from tasks.data import load_split
-    from tasks.evaluate import train_eval_count
-    from tasks.locks import held, remove_dead_leftovers
-    from tasks.model import Net, count_parameters
-    from tasks.train import fit
+    from dropout_lab.config import TrainConfig
+    from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
+    from dropout_lab.core.data import load_split
+    from dropout_lab.core.evaluate import train_eval_count
+    from dropout_lab.core.model import Net, count_parameters
+    from dropout_lab.core.train import fit
+    from dropout_lab.runtime.locks import held, remove_dead_leftovers
 
     cfgs = [TrainConfig(**c) for c in job["configs"]]
     folders = [Path(f) for f in job["checkpoint_dirs"]]
@@ -120,8 +120,7 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
             for folder in folders:
                 for _, path in epoch_checkpoints(folder):
                     path.unlink()
-        steps = fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt, job.get("cuda_graphs", "auto"),
-                    job.get("layout", "stacked"))  # fmt: skip
+        steps = fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt, job.get("cuda_graphs", "auto"))
         for index, record in steps:
             emit("epoch", variant=index, **record)
         finals = [epoch_checkpoints(folder)[0][1] for folder in folders]
@@ -158,8 +157,8 @@ def _start_cuda(device: str) -> threading.Thread:
 
 def classify(error: BaseException) -> tuple[str, int]:
     """(kind, exit code) of a training failure; the task retries only what a retry can fix."""
-    from tasks.data import DataError
-    from tasks.train import InjectedFault
+    from dropout_lab.core.data import DataError
+    from dropout_lab.core.train import InjectedFault
 
     if "out of memory" in str(error).lower():  # torch.OutOfMemoryError and allocator messages
         return "oom", EXIT_OOM
@@ -173,13 +172,13 @@ def classify(error: BaseException) -> tuple[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m tasks.worker --device D --parent PID`, the job (JSON) on stdin. Started before its
-    job may come (`tasks.launcher.prestart`), it imports torch and creates the device's CUDA context
+    """`python -m dropout_lab.runtime.worker --device D --parent PID`, the job (JSON) on stdin. Started before its
+    job may come (`dropout_lab.runtime.launcher.prestart`), it imports torch and creates the device's CUDA context
     in the meantime; when the job comes at once, the context overlaps decoding the data instead."""
     args = dict(zip(argv[::2], argv[1::2], strict=True))
     die_with_parent(int(args["--parent"]))
     # A terminal's Ctrl-C reaches the whole process group; the flow process decides and ends this
-    # one with SIGTERM (tasks.launcher.stop_all), after its last checkpoint was written atomically.
+    # one with SIGTERM (dropout_lab.runtime.launcher.stop_all), after its last checkpoint was written atomically.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     forward_logs()
     try:

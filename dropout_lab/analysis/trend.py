@@ -1,4 +1,4 @@
-"""Looking at the run history (tasks/history.py): a text table and a cross-run figure. No prefect here."""
+"""Looking at the run history (analysis/history.py): a text table and a cross-run figure. No prefect here."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from pathlib import Path
 import matplotlib.dates as mdates
 import numpy as np
 
-from tasks.history import run_key
-from tasks.report import _by_rate, _color, plt
-from tasks.stats import mean_ci
+from dropout_lab.analysis.figures import color, plt
+from dropout_lab.analysis.history import run_key
+from dropout_lab.analysis.stats import by_variant, mean_ci
+from dropout_lab.config import Variant
 
 # (header, width, cell) for each column of the table; percentages as points.
 COLUMNS = [
     ("recorded (UTC)", 16, lambda r: r["recorded_at"].strftime("%Y-%m-%d %H:%M")),
     ("run", 34, lambda r: r["flow_run_name"] or f"(imported) {r['experiment']}"),
-    ("model", 13, lambda r: r["model"]),
-    ("rate", 4, lambda r: f"{r['dropout']:g}"),
+    ("model", 16, lambda r: r["model"]),
     ("seed", 4, lambda r: str(r["seed"])),
     ("dataset", 7, lambda r: r["dataset"]),
     ("train", 5, lambda r: str(r["n_train"])),
@@ -47,19 +47,19 @@ def table_rows(rows: list[dict]) -> list[dict]:
     return [{header: get(r) for header, _, get in COLUMNS} for r in rows]
 
 
-def run_points(rows: list[dict], metric: str) -> dict[float, list[tuple]]:
-    """Per rate, one point per run: (recorded_at, mean over its seeds, 95% t-interval low, high, n),
+def run_points(rows: list[dict], metric: str) -> dict[Variant, list[tuple]]:
+    """Per variant, one point per run: (recorded_at, mean over its seeds, 95% t-interval low, high, n),
     in points; the interval is nan with one seed."""
-    points: dict[float, list[tuple]] = {}
-    for rate, items in _by_rate(rows, lambda r: r["dropout"]).items():
+    points: dict[Variant, list[tuple]] = {}
+    for variant, items in by_variant(rows).items():
         runs: dict[str, list[dict]] = {}
         for row in items:
             runs.setdefault(run_key(row), []).append(row)
         for members in runs.values():
             est = mean_ci([100 * m[metric] for m in members])
             when = min(m["recorded_at"] for m in members)
-            points.setdefault(rate, []).append((when, est.mean, est.ci_low, est.ci_high, est.n))
-        points[rate].sort()
+            points.setdefault(variant, []).append((when, est.mean, est.ci_low, est.ci_high, est.n))
+        points[variant].sort()
     return points
 
 
@@ -94,14 +94,16 @@ def _plot_metric(ax, rows: list[dict], metric: str) -> None:
     if len(times) == 1:  # one moment: matplotlib would span years around it
         (t,) = times
         ax.set_xlim(t - timedelta(hours=1), t + timedelta(hours=1))
-    for rate, pts in run_points(rows, metric).items():
+    points = run_points(rows, metric)
+    for variant, pts in points.items():
         when = [p[0] for p in pts]
         mean, low, high = (np.array([p[i] for p in pts], dtype=float) for i in (1, 2, 3))
         if metric == "final_test_acc":  # an accuracy's interval stays within 0-100%
             low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)
         err = np.nan_to_num(np.vstack([mean - low, high - mean]))  # one seed: no bar
-        label = "baseline" if rate == 0 else f"dropout {rate:g}"
-        ax.errorbar(when, mean, yerr=err, fmt="o-", color=_color(rate), capsize=3, ms=4, label=label)
+        ax.errorbar(
+            when, mean, yerr=err, fmt="o-", color=color(variant, list(points)), capsize=3, ms=4, label=variant.words
+        )
     locator = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))

@@ -1,14 +1,13 @@
-"""Seed-to-seed statistics of dropout vs the baseline, and the verdict in plain words.
+"""Seed-to-seed statistics of each variant vs the baseline, and the verdict in plain words.
 
-The design is paired: a dropout run and the baseline run with the same seed share initial weights
-and batch order, so their results move together (correlations of 0.85-1.00 across seeds were
-measured). When every seed has both arms, the primary analysis is on the per-seed differences:
-mean difference with a Student-t interval, the paired t-test, and an exact sign-flip (permutation)
-test as a distribution-free check. Welch's unpaired test stays as a secondary column (and is the
-primary one when the seeds do not pair up). With several rates, p-values are Holm-adjusted across
-the rates of the sweep, per metric. Power: from the observed spread of the differences, the
-smallest difference the run could detect (80% power, two-sided alpha 0.05), and how many seeds
-would detect the observed one.
+The design is paired: a variant's run and the baseline run with the same seed share initial weights
+and batch order, so their results move together. When every seed has both arms, the primary analysis
+is on the per-seed differences: mean difference with a Student-t interval, the paired t-test, and an
+exact sign-flip (permutation) test as a distribution-free check. Welch's unpaired test stays as a
+secondary column (and is the primary one when the seeds do not pair up). With several variants,
+p-values are Holm-adjusted across the variants of the sweep, per metric. Power: from the observed
+spread of the differences, the smallest difference the run could detect (80% power, two-sided alpha
+0.05), and how many seeds would detect the observed one.
 
 Values are fractions (accuracy, gap) or mean cross-entropy (loss); text shows points (x100).
 """
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 from scipy import stats as st
+
+from dropout_lab.config import BASELINE, Variant, family_noun, variant_of
 
 # summary column → (readable name, unit in the tables, scale to the unit shown in text, its name)
 METRICS = {
@@ -46,7 +47,7 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Difference:
-    diff: float  # mean(rate) - mean(baseline)
+    diff: float  # mean(variant) - mean(baseline)
     ci_low: float  # 95% interval; nan when it cannot be computed
     ci_high: float
     p_value: float  # two-sided; nan when it cannot be computed
@@ -55,7 +56,7 @@ class Difference:
 @dataclass(frozen=True)
 class Paired:
     n: int  # seeds with both arms
-    diffs: tuple  # per-seed differences rate - baseline, in seed order
+    diffs: tuple  # per-seed differences variant - baseline, in seed order
     sd: float  # sample sd of the differences; nan for n < 2
     t: Difference  # mean difference, its t-interval and the paired t-test p-value
     sign_flip_p: float  # two-sided sign-flip permutation p-value; nan for n < 2
@@ -186,7 +187,7 @@ def seeds_needed(effect: float, sd: float, paired_design: bool = True, most: int
 
 @dataclass(frozen=True)
 class Comparison:
-    """One rate vs the baseline on one metric: everything the tables and the verdict say."""
+    """One variant vs the baseline on one metric: everything the tables and the verdict say."""
 
     metric: str
     design: str  # "paired" (every seed has both arms) or "unpaired"
@@ -194,8 +195,9 @@ class Comparison:
     primary: Difference  # paired t (paired design) or Welch (unpaired)
     paired: Paired | None
     welch: Difference
-    primary_p_holm: float  # primary p-value, Holm-adjusted over the sweep's rates
-    family_size: int  # rates in that adjustment
+    primary_p_holm: float  # primary p-value, Holm-adjusted over the sweep's variants
+    family_size: int  # variants in that adjustment
+    family: str  # what they are: "rates" (dropout rates alone) or "variants"
     min_detectable: float  # at POWER with n seeds, from the observed spread
     seeds_needed: float  # to detect the observed difference with POWER
 
@@ -204,47 +206,55 @@ class Comparison:
         return self.primary_p_holm < ALPHA
 
 
-def compare_rates(summary: list[dict], metric: str) -> dict[float, Comparison]:
-    """Every dropout rate vs the baseline on `metric`, Holm-adjusted across the rates."""
-    base = {r["seed"]: r[metric] for r in summary if r["dropout"] == 0.0}
-    rates = sorted({r["dropout"] for r in summary if r["dropout"] != 0.0})
+def by_variant(rows: list[dict]) -> dict[Variant, list[dict]]:
+    """Rows grouped by their variant, in report order (the baseline last)."""
+    groups: dict[Variant, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(variant_of(row), []).append(row)
+    return dict(sorted(groups.items(), key=lambda kv: kv[0].order()))
+
+
+def compare_variants(summary: list[dict], metric: str) -> dict[Variant, Comparison]:
+    """Every variant vs the baseline on `metric`, Holm-adjusted across the variants."""
+    groups = by_variant(summary)
+    base = {r["seed"]: r[metric] for r in groups.get(BASELINE, [])}
+    variants = [v for v in groups if not v.is_baseline]
     partial = {}
-    for p in rates:
-        runs = {r["seed"]: r[metric] for r in summary if r["dropout"] == p}
+    for v in variants:
+        runs = {r["seed"]: r[metric] for r in groups[v]}
         w = welch(list(runs.values()), list(base.values()))
         if base and set(runs) == set(base):
             seeds = sorted(runs)
             pr = paired([runs[s] for s in seeds], [base[s] for s in seeds])
-            partial[p] = ("paired", pr.n, pr.t, pr, w, pr.sd)
+            partial[v] = ("paired", pr.n, pr.t, pr, w, pr.sd)
         else:  # the seeds do not pair up: Welch; power from the pooled spread
             sd = math.sqrt((np.var(list(runs.values()), ddof=1) + np.var(list(base.values()), ddof=1)) / 2) \
                 if min(len(runs), len(base)) >= 2 else math.nan  # fmt: skip
-            partial[p] = ("unpaired", min(len(runs), len(base)), w, None, w, sd)
-    adjusted = holm([partial[p][2].p_value for p in rates])
+            partial[v] = ("unpaired", min(len(runs), len(base)), w, None, w, sd)
+    adjusted = holm([partial[v][2].p_value for v in variants])
+    noun = family_noun(variants)
     out = {}
-    for p, p_holm in zip(rates, adjusted, strict=True):
-        design, n, primary, pr, w, sd = partial[p]
+    for v, p_holm in zip(variants, adjusted, strict=True):
+        design, n, primary, pr, w, sd = partial[v]
         is_paired = design == "paired"
-        out[p] = Comparison(metric, design, n, primary, pr, w, p_holm, len(rates), min_detectable(sd, n, is_paired),
-                            seeds_needed(primary.diff, sd, is_paired))  # fmt: skip
+        out[v] = Comparison(metric, design, n, primary, pr, w, p_holm, len(variants), noun,
+                            min_detectable(sd, n, is_paired), seeds_needed(primary.diff, sd, is_paired))  # fmt: skip
     return out
 
 
 def statistics_rows(summary: list[dict]) -> list[dict]:
-    """One row per (dropout rate, metric): the estimate over seeds, and the comparison with the baseline."""
-    rates = sorted({r["dropout"] for r in summary})
-    by_rate = {p: [r for r in summary if r["dropout"] == p] for p in rates}
-    comparisons = {metric: compare_rates(summary, metric) for metric in METRICS}
+    """One row per (variant, metric): the estimate over seeds, and the comparison with the baseline."""
+    groups = by_variant(summary)
+    comparisons = {metric: compare_variants(summary, metric) for metric in METRICS}
     rows = []
-    for p in rates:
+    for variant, members in groups.items():
         for metric, (_, unit, _, _) in METRICS.items():
-            est = mean_ci([r[metric] for r in by_rate[p]])
-            c = comparisons[metric].get(p)
+            est = mean_ci([r[metric] for r in members])
+            c = comparisons[metric].get(variant)
             pr = c.paired if c else None
             rows.append(
                 {
-                    "dropout": p,
-                    "model": by_rate[p][0]["model"],
+                    **variant.columns(),
                     "metric": metric,
                     "unit": unit,
                     "n_seeds": est.n,
@@ -276,7 +286,7 @@ def statistics_rows(summary: list[dict]) -> list[dict]:
 # --- the verdict ------------------------------------------------------------------------------------
 
 FULL_DATA = {"n_train": 50_000, "n_test": 10_000, "epochs": 8}
-WORDS = {  # metric → (verb for a lower value with dropout, for a higher one, "both ... and ..." of a change)
+WORDS = {  # metric → (verb for a lower value than the baseline's, a higher one, "both ... and ..." of a change)
     "final_test_acc": ("lowered", "raised", "a gain and a loss"),
     "best_test_acc": ("lowered", "raised", "a gain and a loss"),
     "generalization_gap": ("narrowed", "widened", "a narrower and a wider gap"),
@@ -306,7 +316,7 @@ def _evidence(c: Comparison) -> str:
     test = "paired t-test" if c.design == "paired" else "Welch's t-test, seeds not paired"
     text = f"{test} {_p_text(c.primary.p_value)}"
     if c.family_size > 1:
-        text += f", Holm-adjusted over {c.family_size} rates {_p_text(c.primary_p_holm)}"
+        text += f", Holm-adjusted over {c.family_size} {c.family} {_p_text(c.primary_p_holm)}"
     return text
 
 
@@ -334,17 +344,17 @@ def describe(c: Comparison) -> str:
         why = f"the 95% interval {_interval(c.metric, c.primary)} spans both {both}"
     else:  # the unadjusted interval excludes 0, but the Holm-adjusted p does not clear alpha
         why = (f"the 95% interval {_interval(c.metric, c.primary)} excludes zero only before correcting for "
-               f"the {c.family_size} rates compared")  # fmt: skip
+               f"the {c.family_size} {c.family} compared")  # fmt: skip
     return f"{name} inconclusive — {why} ({_evidence(c)}); {_settle(c)}"
 
 
-def power_line(c: Comparison, rate: float) -> str:
+def power_line(c: Comparison, variant: Variant) -> str:
     """The run's power on `c.metric`: the smallest difference it could detect, and the seeds the
     observed one would need."""
     seeds = f"{c.n} {c.design} seeds"
     if math.isnan(c.min_detectable):
-        return f"Power (dropout {rate:g}, {METRICS[c.metric][0]}): not estimable, the {seeds} show no spread."
-    text = (f"Power (dropout {rate:g}, {METRICS[c.metric][0]}): with {seeds}, a true difference of "
+        return f"Power ({variant.words}, {METRICS[c.metric][0]}): not estimable, the {seeds} show no spread."
+    text = (f"Power ({variant.words}, {METRICS[c.metric][0]}): with {seeds}, a true difference of "
             f"{_amount(c.metric, c.min_detectable)} or more is detected 80% of the time (alpha 0.05)")  # fmt: skip
     if not (c.significant or math.isnan(c.seeds_needed) or math.isinf(c.seeds_needed)):
         observed = _amount(c.metric, c.primary.diff, signed=True)
@@ -382,21 +392,21 @@ def verdict(summary: list[dict]) -> list[str]:
         lines.append(f"Reduced run ({scope}): a pipeline check, not an answer for CIFAR-10.")
     elif scope:
         lines.append(f"Data: {scope}.")
-    rates = sorted({r["dropout"] for r in summary if r["dropout"] != 0.0})
-    if not rates or not any(r["dropout"] == 0.0 for r in summary):
+    variants = list(by_variant(summary))
+    if len(variants) < 2 or BASELINE not in variants:
         return [*lines, "Only one model was trained: there is nothing to compare against."]
-    gaps, accs = compare_rates(summary, "generalization_gap"), compare_rates(summary, "final_test_acc")
-    for p in rates:
-        gap, acc = gaps[p], accs[p]
+    gaps, accs = compare_variants(summary, "generalization_gap"), compare_variants(summary, "final_test_acc")
+    for v in variants[:-1]:
+        gap, acc = gaps[v], accs[v]
         if gap.n < 2:
             lines.append(
-                f"dropout {p:g} vs baseline with one seed each: generalization gap "
+                f"{v.words} vs baseline with one seed each: generalization gap "
                 f"{_amount('generalization_gap', gap.primary.diff, signed=True)}, test accuracy "
                 f"{_amount('final_test_acc', acc.primary.diff, signed=True)} — a single run per model cannot "
-                "separate dropout's effect from seed noise, so no interval or test is given "
+                "separate the variant's effect from seed noise, so no interval or test is given "
                 "(use --seeds 0 1 2 3 4)."
             )
             continue
-        lines.append(f"dropout {p:g} vs baseline ({gap.n} {gap.design} seeds): {describe(gap)}; {describe(acc)}.")
-        lines.append(power_line(acc, p))
+        lines.append(f"{v.words} vs baseline ({gap.n} {gap.design} seeds): {describe(gap)}; {describe(acc)}.")
+        lines.append(power_line(acc, v))
     return lines

@@ -1,22 +1,19 @@
 """Every recorded run as a table, and a figure of the trend: `python flows/history.py --out artifacts`.
 
 Reads `<out>/history.sqlite`, which each completed `flows/compare.py` run (CLI, served or worker run)
-writing reports to `--out` appends to (tasks/history.py). Plain Python: no Prefect server needed.
+writing reports to `--out` appends to (analysis/history.py). Plain Python: no Prefect server needed.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from tasks.history import HISTORY_FILE, HistoryError, as_table, import_reports, read, run_key  # noqa: E402
-from tasks.trend import format_table, plot_trend  # noqa: E402
+from dropout_lab.analysis.history import HISTORY_FILE, HistoryError, as_table, import_reports, read, run_key
+from dropout_lab.analysis.trend import format_table, plot_trend
 
 
 def since_value(text: str) -> datetime:
@@ -34,7 +31,7 @@ def since_value(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python flows/history.py",
+        prog="dropout-lab history",
         description="The run history under --out: one row per model per run, and a figure of the trend.",
     )
     parser.add_argument("--out", default="artifacts", help="the flow's --out folder (default: %(default)s)")
@@ -92,11 +89,3 @@ def show(args: argparse.Namespace) -> int:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 1
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:  # `| head` stopped reading: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)

@@ -17,7 +17,7 @@ from typing import get_args
 
 import torch
 
-from tasks.config import CudaGraphs
+from dropout_lab.config import CudaGraphs
 
 GRAPH_MODES = get_args(get_args(CudaGraphs)[0])  # declared once, with the flow parameter
 
@@ -64,30 +64,6 @@ def side_stream(device: torch.device) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     torch.cuda.current_stream(device).wait_stream(stream)
-
-
-class UnitStream:
-    """The stream of one of several units trained side by side in one process (`--stack streams`):
-    a CUDA stream of its own, so their graph replays overlap on the GPU; on CPU the units simply
-    take turns (the same maths, no overlap)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def after(self, other) -> None:
-        if self.cuda is not None:
-            self.cuda.wait_stream(other)
-
-    def before(self, other) -> None:
-        if self.cuda is not None:
-            other.wait_stream(self.cuda)
-
-
-def on_stream(stream: UnitStream | None):
-    """Run what follows on the unit's own CUDA stream (if it has one)."""
-    if stream is None or stream.cuda is None:
-        return contextlib.nullcontext()
-    return torch.cuda.stream(stream.cuda)
 
 
 class Snapshot:

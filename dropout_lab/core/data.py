@@ -21,15 +21,19 @@ import urllib.request
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from tasks.locks import held, remove_dead_leftovers
-from tasks.model import CLASSES
-from tasks.redact import redact
+from dropout_lab.runtime.locks import held, remove_dead_leftovers
+from dropout_lab.runtime.redact import redact
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # The official archive, as torchvision's CIFAR10 describes it (tests/test_data.py checks they agree).
 # Written out rather than read from torchvision: importing torchvision costs each training process
@@ -148,6 +152,8 @@ def load_split(root: str | Path, train: bool, limit: int = 0) -> tuple[torch.Ten
     Memory: the batches are kept as stored and copied one by one into the (untouched, so not yet
     resident) output, each freed once copied: the peak stays near one copy of the split instead
     of two (~150 MB less for the 50,000 training images)."""
+    import torch  # here: the command line's checks import this module, and torch takes seconds
+
     files = TRAIN_FILES if train else [TEST_FILE]
     stored, labels, have = [], [], 0
     for name in files:

@@ -1,0 +1,183 @@
+"""The report's figures: the comparison (curves, gap, per-class accuracy, each variant vs the baseline)
+and a grid of sample images. Plain text only (no mathtext): class names and titles come from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dropout_lab.analysis.stats import by_variant, mean_ci  # noqa: E402
+from dropout_lab.config import SETTING, Variant, family_noun, variant_of  # noqa: E402
+from dropout_lab.core.data import CLASSES  # noqa: E402
+from dropout_lab.core.evaluate import per_class_accuracy  # noqa: E402
+from dropout_lab.results import TrainResult  # noqa: E402
+
+BASELINE_COLOR = "#d62728"  # the baseline red; each setting's variants from its own colormap ramp
+
+
+def color(variant: Variant, variants: list[Variant]):
+    """The baseline red; a variant of one setting a shade of that setting's colormap, darker for a
+    larger value among the run's variants of that setting (several settings at once: grey)."""
+    if variant.is_baseline:
+        return BASELINE_COLOR
+    if len(variant.settings) > 1:
+        return "#555555"
+    field, _ = variant.settings[0]
+    same = [v for v in variants if len(v.settings) == 1 and v.settings[0][0] == field]
+    return plt.get_cmap(SETTING[field].colormap)(0.45 + 0.5 * (same.index(variant) + 1) / len(same))
+
+
+def _band(ax, x, runs: np.ndarray, color, style: str, label: str, clip=(0.0, 100.0), **line) -> None:
+    """Mean over seeds (rows of `runs`), with a shaded 95% t-interval when there are 2+ seeds,
+    clipped to the quantity's possible range (an accuracy band never dips below 0%)."""
+    mean = runs.mean(axis=0)
+    ax.plot(x, mean, style, color=color, ms=4, label=label, **line)
+    if len(runs) > 1:
+        ests = [mean_ci(col) for col in runs.T]
+        low, high = (np.clip([getattr(e, end) for e in ests], *clip) for end in ("ci_low", "ci_high"))
+        ax.fill_between(x, low, high, color=color, alpha=0.18, lw=0)
+
+
+MIN_RATE_AXIS_SPAN = 10.0  # points: a variant panel never zooms in tighter than this (seed noise is ~1-2 points)
+
+
+def _rate_axis_limits(values: list[float], clip: tuple[float, float], include_zero: bool) -> tuple[float, float]:
+    """y-limits for a rate panel: the data with a margin, at least MIN_RATE_AXIS_SPAN tall (so a
+    1-point difference looks like one), zero included for differences, within `clip`."""
+    low, high = min(values), max(values)
+    if include_zero:
+        low, high = min(low, 0.0), max(high, 0.0)
+    margin = max((MIN_RATE_AXIS_SPAN - (high - low)) / 2, 0.1 * (high - low))
+    low, high = low - margin, high + margin
+    if low < clip[0]:
+        low, high = clip[0], max(high, clip[0] + MIN_RATE_AXIS_SPAN)
+    if high > clip[1]:
+        low, high = min(low, clip[1] - MIN_RATE_AXIS_SPAN), clip[1]
+    return low, high
+
+
+def panel_positions(variants: list[Variant]) -> tuple[dict[Variant, float], str, bool]:
+    """(x position per variant, x label, numeric axis?): variants of one setting at their values (the
+    baseline at the setting's off value), else side by side in report order."""
+    noun = family_noun([v for v in variants if not v.is_baseline] or variants)
+    fields = {field for v in variants for field, _ in v.settings}
+    if noun != "variants" and len(fields) == 1:
+        setting = SETTING[fields.pop()]
+        return {v: dict(v.settings).get(setting.field, setting.off) for v in variants}, setting.words, True
+    order = sorted(variants, key=lambda v: (not v.is_baseline, v.order()))  # the baseline first, on the left
+    return {v: float(i) for i, v in enumerate(order)}, "variant", False
+
+
+def plot_rate_panel(ax, summary: list[dict], metric: str, what: str, clip=(0.0, 100.0), include_zero=False) -> None:
+    """`metric` (in points) per variant: every seed as a dot, the mean with its 95% t-interval; variants
+    of one setting stand at their values, and a line joins them only when there are at least 3."""
+    groups = by_variant(summary)
+    variants = list(groups)
+    x_of, xlabel, numeric = panel_positions(variants)
+    order = sorted(variants, key=lambda v: x_of[v])
+    xs = [x_of[v] for v in order]
+    values = {v: [row[metric] * 100 for row in groups[v]] for v in order}
+    ests = [mean_ci(values[v]) for v in order]
+    nudge = 0.02 * max(max(xs) - min(xs), 0.25)  # seeds' dots just left of their mean and CI
+    for v in order:
+        ax.scatter([x_of[v] - nudge] * len(values[v]), values[v], color=color(v, variants), s=14, alpha=0.7, zorder=3)
+    has_ci = [e.n > 1 for e in ests]
+    err = [[e.mean - e.ci_low if ok else 0 for e, ok in zip(ests, has_ci, strict=True)],
+           [e.ci_high - e.mean if ok else 0 for e, ok in zip(ests, has_ci, strict=True)]]  # fmt: skip
+    ax.errorbar(xs, [e.mean for e in ests], yerr=err, fmt="D", ms=5, color="#1f4e79", capsize=5,
+                ls="-" if numeric and len(xs) >= 3 else "none", label="mean, 95% CI over seeds")  # fmt: skip
+    shown = [v for x in order for v in values[x]] + [e.ci_low for e in ests if e.n > 1] + \
+        [e.ci_high for e in ests if e.n > 1]  # fmt: skip
+    ax.set_ylim(*_rate_axis_limits(shown, clip, include_zero))
+    if include_zero:
+        ax.axhline(0, color="grey", lw=0.8)
+    if not any(has_ci):
+        ax.text(0.5, 0.03, "one seed per variant: no interval", transform=ax.transAxes, ha="center", fontsize=9)
+    ax.set(title=f"{what.split(' (')[0].capitalize()} per {xlabel}", xlabel=xlabel, ylabel=what)
+    if numeric:
+        ax.set_xticks(xs)
+        ax.set_xlim(min(xs) - 0.05 * max(max(xs), 1), max(xs) + 0.05 * max(max(xs), 1))
+    else:
+        ax.set_xticks(xs, [v.words for v in order], rotation=20, ha="right")
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+
+
+def plot_comparison(results: list[TrainResult], summary: list[dict], title: str, path: Path) -> None:
+    """Curves (mean over seeds, 95% bands), gap per epoch, per-class accuracy, and each variant's outcome."""
+    fig, axes = plt.subplots(2, 3, figsize=(20, 10.5))
+    ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc, ax_rate_gap = axes.flat
+    groups: dict[Variant, list[TrainResult]] = {}
+    for r in results:  # in report order already
+        groups.setdefault(variant_of(r.config), []).append(r)
+    variants = list(groups)
+    for variant, runs in groups.items():
+        label, shade = variant.name, color(variant, variants)
+        n = f" (n={len(runs)})" if len(runs) > 1 else ""
+        epochs = min(len(r.history) for r in runs)
+        x = np.arange(1, epochs + 1)
+
+        def metric(key: str, scale: float = 1.0, runs=runs, epochs=epochs) -> np.ndarray:
+            return np.array([[h[key] * scale for h in r.history[:epochs]] for r in runs])
+
+        _band(ax_acc, x, metric("train_eval_acc", 100), shade, "--", f"{label} train{n}")
+        _band(ax_acc, x, metric("test_acc", 100), shade, "-o", f"{label} test{n}")
+        if runs[0].config.dropout > 0:  # with dropout on, the running number sits below the eval-mode one
+            _band(ax_acc, x, metric("train_running_acc", 100), shade, ":", f"{label} running (dropout on)", lw=1)
+        _band(ax_loss, x, metric("train_eval_loss"), shade, "--", f"{label} train", clip=(0, np.inf))
+        _band(ax_loss, x, metric("test_loss"), shade, "-o", f"{label} test", clip=(0, np.inf))
+        gap = metric("train_eval_acc", 100) - metric("test_acc", 100)
+        _band(ax_gap, x, gap, shade, "-o", label + n, clip=(-100, 100))
+    ax_acc.set(title="Accuracy: train (eval mode) dashed, test solid, running dotted", xlabel="epoch",
+               ylabel="accuracy (%)")  # fmt: skip
+    ax_loss.set(title="Cross-entropy: train (eval mode) dashed, test solid", xlabel="epoch", ylabel="mean loss")
+    ax_gap.set(title="Generalization gap: train (eval mode) − test accuracy", xlabel="epoch", ylabel="points")
+    ax_gap.axhline(0, color="grey", lw=0.8)
+
+    width = 0.8 / max(len(groups), 1)
+    x = np.arange(len(CLASSES))
+    for i, (variant, runs) in enumerate(groups.items()):
+        per_class = np.array([per_class_accuracy(r.history[-1]["test_confusion"]) for r in runs]) * 100
+        acc = np.mean([r.history[-1]["test_acc"] for r in runs])
+        ax_cls.bar(x + (i - (len(groups) - 1) / 2) * width, per_class.mean(axis=0), width,
+                   color=color(variant, variants), label=f"{variant.name} ({acc:.1%})")  # fmt: skip
+    ax_cls.set_xticks(x, CLASSES, rotation=35, ha="right")
+    ax_cls.set(title="Per-class test accuracy (final models, mean over seeds)", ylabel="accuracy (%)", ylim=(0, 100))
+
+    plot_rate_panel(ax_rate_acc, summary, "final_test_acc", "final test accuracy (%)")
+    plot_rate_panel(ax_rate_gap, summary, "generalization_gap", "final gap (points)", (-100, 100), True)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    for ax in (ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc):
+        ax.legend(fontsize=8)
+    for ax in (ax_acc, ax_loss, ax_gap):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_samples(images: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
+    """5×5 grid of training images (N, 32, 32, 3) uint8 with their class names: one mosaic in one
+    axes (25 titled axes and a tight layout draw about ten times slower; README, *Cold start*)."""
+    images, labels = images[:25], labels[:25]
+    rows, side, gap, label = 5, images.shape[1], 3, 9  # pixels: image, gap between, label band above
+    cell_h, cell_w = label + side + gap, side + gap
+    mosaic = np.full((rows * cell_h, rows * cell_w, 3), 255, dtype=np.uint8)  # white, like the figure
+    height = 7 * mosaic.shape[0] / mosaic.shape[1]  # inches, for 7 wide; plus a band for the title
+    fig = plt.figure(figsize=(7, height + 0.4))
+    ax = fig.add_axes((0, 0, 1, height / (height + 0.4)))
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        top, left = (i // rows) * cell_h + label, (i % rows) * cell_w + gap // 2
+        mosaic[top : top + side, left : left + side] = img
+        ax.text(left + side / 2, top - 2, class_names[int(lab)], ha="center", va="bottom", fontsize=9)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,191 @@
+"""The comparison report: every table, figure and the markdown summary, written into one folder at once."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
+from dropout_lab.analysis.stats import statistics_rows, verdict
+from dropout_lab.analysis.tables import (
+    CONFUSION_SCHEMA,
+    HISTORY_SCHEMA,
+    PER_CLASS_SCHEMA,
+    STATISTICS_SCHEMA,
+    SUMMARY_SCHEMA,
+    confusion_rows,
+    history_rows,
+    per_class_rows,
+    summary_rows,
+    write_table,
+)
+from dropout_lab.config import variant_of
+from dropout_lab.core.data import DataInfo
+from dropout_lab.results import TrainResult
+from dropout_lab.runtime.locks import remove_dead_leftovers
+
+
+def report_title(results: list[TrainResult], data: DataInfo) -> str:
+    """Figure title: the data's provenance and the data actually used, the recipe, seeds, device."""
+    cfg, r = results[0].config, results[0]
+    devices = ", ".join(sorted({r.config.device for r in results}))
+    seeds = sorted({r.config.seed for r in results})
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds (mean, 95% bands)"
+    return (
+        f"Dropout vs baseline — {data.provenance}\n"
+        f"{r.n_train:,} train images ({r.n_train_eval:,} re-evaluated for the gap) / {r.n_test:,} test images, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, {seed_text}, "
+        f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
+    )
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x * 100:.2f}%"
+
+
+def _p(x: float) -> str:
+    return "n/a" if math.isnan(x) else ("< 0.001" if x < 0.001 else f"{x:.3f}")
+
+
+def _stack_note(row: dict) -> str:
+    k = row["stacked_variants"]
+    notes = [f"stack of {k}" if k > 1 else "", "CUDA graphs" if row.get("cuda_graphs") else ""]
+    return f" ({', '.join(filter(None, notes))})" if any(notes) else ""
+
+
+def _statistics_tables(stats: list[dict]) -> list[str]:
+    """Per model: means with 95% intervals; per variant: the difference from the baseline and its tests.
+    `stats` rows come in report order (statistics_rows)."""
+    shown = ("final_test_acc", "generalization_gap")
+    rows = {(r["model"], r["metric"]): r for r in stats if r["metric"] in shown}
+    models = list(dict.fromkeys(r["model"] for r in stats))
+    lines = ["| model | seeds | final test acc (95% CI) | gap, points (95% CI) |", "|---|---|---|---|"]
+    for model in models:
+        acc, gap = rows[model, "final_test_acc"], rows[model, "generalization_gap"]
+        lines.append(
+            f"| {acc['model']} | {acc['n_seeds']} | {100 * acc['mean']:.2f}% "
+            f"({100 * acc['ci95_low']:.2f}–{100 * acc['ci95_high']:.2f}) | {100 * gap['mean']:.2f} "
+            f"({100 * gap['ci95_low']:.2f}–{100 * gap['ci95_high']:.2f}) |"
+        )
+    lines += ["", "| vs baseline | metric | design | difference, points (95% CI) | paired t p | sign-flip p | "
+              "Welch p | Holm p | detectable at 80% power |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for model in models:
+        for metric in shown:
+            r = rows[model, metric]
+            if r["design"] is None:
+                continue
+            low, high = (r["paired_diff_ci95_low"], r["paired_diff_ci95_high"]) if r["design"] == "paired" \
+                else (r["welch_diff_ci95_low"], r["welch_diff_ci95_high"])  # fmt: skip
+            lines.append(
+                f"| {r['model']} | {metric.replace('_', ' ')} | {r['design']} | {100 * r['diff_vs_baseline']:+.2f} "
+                f"({100 * low:+.2f} to {100 * high:+.2f}) | {_p(r['paired_t_p_value'])} | "
+                f"{_p(r['sign_flip_p_value'])} | {_p(r['welch_p_value'])} | {_p(r['holm_p_value'])} | "
+                f"{100 * r['min_detectable_diff_80']:.2f} |"
+            )
+    return [*lines, ""]
+
+
+def code_span(text: str) -> str:
+    """`text` as a markdown code span nothing inside can end or escape: control characters shown
+    escaped (a newline cannot start a block), a backtick fence longer than any backtick run inside.
+    Markdown and HTML inside a code span are shown literally."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", shown)), default=0) + 1)
+    pad = " " if shown[:1] in ("`", " ") or shown[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{shown}{pad}{fence}"
+
+
+def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
+    """Markdown for the Prefect UI: the verdict first, then per-variant statistics, runs and the figure."""
+    lines = ["# Dropout vs baseline", ""]
+    if data.dataset == "fake":
+        lines += ["> **synthetic data — accuracies meaningless** (pipeline smoke run)", ""]
+    elif not data.verified:
+        lines += ["> **data unverified**: the local CIFAR-10 copy does not match the official md5s", ""]
+    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary)), ""]
+    first = summary[0]
+    lines += [
+        f"Data: {data.provenance}; {first['n_train']:,} training images, {first['n_test']:,} test images, "
+        f"{first['epochs']} epochs. The generalization gap is train accuracy measured like test accuracy (eval "
+        f"mode, dropout off, the final weights) on {first['n_train_eval']:,} training images minus test accuracy; "
+        "'running' is the tutorial's mean over the epoch with dropout on. Report folder: "
+        f"{code_span(str(run_dir))}",
+        "",
+    ]
+    stats = statistics_rows(summary)
+    if any(r["n_seeds"] > 1 for r in stats):
+        lines += _statistics_tables(stats)
+    lines += [
+        "| model | seed | train acc (eval mode) | train acc (running) | final test acc | best test acc (epoch) "
+        "| gap (points) | test loss | train time | device |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['model']} | {s['seed']} | {_pct(s['final_train_eval_acc'])} | {_pct(s['final_train_running_acc'])} "
+            f"| {_pct(s['final_test_acc'])} | {_pct(s['best_test_acc'])} ({s['best_epoch']}) | "
+            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | "
+            f"{s['device']}{_stack_note(s)} |"
+        )
+    if comparison_png is not None and comparison_png.is_file():
+        encoded = base64.b64encode(comparison_png.read_bytes()).decode()
+        lines += ["", f"![comparison](data:image/png;base64,{encoded})"]
+    return "\n".join(lines) + "\n"
+
+
+def report_order(results) -> list[TrainResult]:
+    """Models in the report's order: each setting's variants by value, the baseline last; seeds ascending."""
+    return sorted(results, key=lambda t: (variant_of(t.config).order(), t.config.seed))
+
+
+def write_report(
+    run_dir: Path,
+    results: list[TrainResult],
+    data: DataInfo,
+    samples: tuple[np.ndarray, np.ndarray],
+    class_names: list[str],
+) -> tuple[Path, str]:
+    """Write every report file into a temp folder, then rename it to `run_dir` (never half-written).
+
+    Returns (run_dir, markdown). An existing `run_dir` is replaced.
+    """
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The pid in the temp name lets a later run tell a crashed writer's leftovers from a live one's.
+    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-{os.getpid()}-"))
+    try:
+        summary = summary_rows(results, data)
+        write_table(history_rows(results, data), HISTORY_SCHEMA, tmp / "history.parquet")
+        write_table(summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
+        write_table(per_class_rows(results, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
+        write_table(confusion_rows(results, data), CONFUSION_SCHEMA, tmp / "confusion.parquet")
+        write_table(statistics_rows(summary), STATISTICS_SCHEMA, tmp / "statistics.parquet")
+        # Class names come from the data's batches.meta: plain text, never mathtext ('$...$').
+        with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+            plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png")
+            plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
+        markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir)
+        (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
+        os.chmod(tmp, 0o755)
+        # Swap under a lock: two identical runs finishing together must not interleave the swap.
+        with FileLock(str(run_dir.parent / f".{run_dir.name}.lock")):
+            remove_dead_leftovers(run_dir.parent, f".{run_dir.name}.*-*")
+            if run_dir.exists():
+                old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+                os.replace(run_dir, old)
+                os.replace(tmp, run_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir, markdown

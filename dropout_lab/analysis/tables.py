@@ -1,0 +1,217 @@
+"""The report's tables: Parquet schemas (each column's unit and meaning in its metadata) and their rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dropout_lab.config import SETTINGS, TrainConfig, variant_of
+from dropout_lab.core.data import CLASSES, DataInfo
+from dropout_lab.core.evaluate import per_class_accuracy
+from dropout_lab.results import TrainResult
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+FRACTION, NATS, SECONDS = "fraction", "nats per image (mean cross-entropy)", "seconds"
+
+
+def field(name: str, kind: pa.DataType, unit: str | None = None, doc: str | None = None) -> pa.Field:
+    """A column; its unit (and what it means, where the name cannot say) in the field metadata."""
+    meta = {k: v for k, v in (("unit", unit), ("description", doc)) if v}
+    return pa.field(name, kind, metadata=meta or None)
+
+
+GAP_DOC = "eval-mode train accuracy minus test accuracy, same weights (the generalization gap)"
+RUNNING_DOC = "the tutorial's running mean over the epoch in train mode (dropout on); not the gap's train side"
+TRAIN_EVAL_DOC = "the epoch's final weights in eval mode on n_train_eval training images (fixed class-balanced subset)"
+# Every table's keys: the variant (its name, whether it is the baseline, each compared setting's value)
+# and the seed.
+KEYS = [
+    field("model", pa.string(), doc="the variant: baseline, dropout=0.25, ..."),
+    field("baseline", pa.bool_(), doc="the variant every other one is compared with"),
+    *(field(s.field, pa.float64(), s.unit) for s in SETTINGS),
+    field("seed", pa.int64()),
+]
+
+HISTORY_SCHEMA = pa.schema(
+    [
+        *KEYS,
+        field("epoch", pa.int64()),
+        field("train_running_loss", pa.float64(), NATS, RUNNING_DOC),
+        field("train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
+        field("train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
+        field("train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
+        field("test_loss", pa.float64(), NATS),
+        field("test_acc", pa.float64(), FRACTION),
+        field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
+        field("epoch_seconds", pa.float64(), SECONDS),
+        field("n_train", pa.int64()),
+        field("n_train_eval", pa.int64()),
+        field("n_test", pa.int64()),
+        field("dataset", pa.string()),
+    ]
+)
+SUMMARY_SCHEMA = pa.schema(
+    [
+        *KEYS,
+        field("final_train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
+        field("final_train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
+        field("final_test_acc", pa.float64(), FRACTION, "the last epoch's evaluation"),
+        field("best_test_acc", pa.float64(), FRACTION, "the best epoch's evaluation (>= final_test_acc)"),
+        field("best_epoch", pa.int64()),
+        field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
+        field("final_train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
+        field("final_train_running_loss", pa.float64(), NATS, RUNNING_DOC),
+        field("final_test_loss", pa.float64(), NATS),
+        field("epochs", pa.int64()),
+        field("batch_size", pa.int64()),
+        field("lr", pa.float64()),
+        field("train_seconds", pa.float64(), SECONDS),
+        field("resumed_from_epoch", pa.int64()),
+        field("started_at", UTC_TS),
+        field("finished_at", UTC_TS),
+        field("device", pa.string()),
+        field("precision", pa.string()),
+        field("compiled", pa.bool_()),
+        field("threads", pa.int64()),
+        field("stacked_variants", pa.int64()),
+        field("trained_as", pa.string(), "alone | stacked | streams (side by side on CUDA streams, one process)"),
+        field("cuda_graphs", pa.bool_(), "training steps and evaluation replayed as CUDA graphs"),
+        field("n_params", pa.int64()),
+        field("n_train", pa.int64()),
+        field("n_train_eval", pa.int64()),
+        field("n_test", pa.int64()),
+        field("dataset", pa.string()),
+        field("data_verified", pa.bool_()),
+        field("data_provenance", pa.string()),
+    ]
+)
+P_DOC = "two-sided p-value"
+STATISTICS_SCHEMA = pa.schema(
+    [
+        *KEYS[:-1],
+        field("metric", pa.string()),
+        field("unit", pa.string(), doc="unit of mean, std, the intervals and the differences in this row"),
+        field("n_seeds", pa.int64()),
+        field("mean", pa.float64()),
+        field("std", pa.float64(), doc="sample standard deviation over seeds (ddof=1)"),
+        field("ci95_low", pa.float64(), doc="95% Student-t interval of the mean"),
+        field("ci95_high", pa.float64()),
+        field("design", pa.string(), doc="paired (every seed has both arms) or unpaired; primary test follows"),
+        field("diff_vs_baseline", pa.float64(), doc="mean(rate) - mean(baseline)"),
+        field("paired_n", pa.int64()),
+        field("paired_diff_std", pa.float64(), doc="sd of the per-seed differences"),
+        field("paired_diff_ci95_low", pa.float64(), doc="95% t-interval of the mean per-seed difference"),
+        field("paired_diff_ci95_high", pa.float64()),
+        field("paired_t_p_value", pa.float64(), doc=P_DOC + ", paired t-test"),
+        field("sign_flip_p_value", pa.float64(), doc=P_DOC + ", sign-flip permutation test of the mean difference"),
+        field("sign_flip_exact", pa.bool_(), doc="all 2^n sign patterns enumerated (else Monte Carlo)"),
+        field("welch_diff_ci95_low", pa.float64(), doc="95% Welch interval (unpaired)"),
+        field("welch_diff_ci95_high", pa.float64()),
+        field("welch_p_value", pa.float64(), doc=P_DOC + ", Welch's unpaired t-test"),
+        field("holm_p_value", pa.float64(), doc="the design's primary p-value, Holm-adjusted over the rates"),
+        field("holm_family_size", pa.int64()),
+        field("min_detectable_diff_80", pa.float64(), doc="smallest true difference detected with 80% power"),
+        field("seeds_needed_80", pa.float64(), doc="seeds to detect the observed difference with 80% power"),
+    ]
+)
+PER_CLASS_SCHEMA = pa.schema(
+    [*KEYS, field("class_name", pa.string()), field("accuracy", pa.float64(), FRACTION), field("dataset", pa.string())]
+)
+CONFUSION_SCHEMA = pa.schema(
+    [
+        *KEYS,
+        field("true_class", pa.string()),
+        field("predicted_class", pa.string()),
+        field("count", pa.int64(), "test images", "the final evaluation's confusion matrix"),
+        field("dataset", pa.string()),
+    ]
+)
+
+
+def _keys(cfg: TrainConfig) -> dict:
+    return {**variant_of(cfg).columns(), "seed": cfg.seed}
+
+
+def history_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+    return [
+        {
+            **_keys(r.config),
+            **{name: h[name] for name in HISTORY_SCHEMA.names if name in h},
+            "generalization_gap": h["train_eval_acc"] - h["test_acc"],
+            "n_train": r.n_train,
+            "n_train_eval": r.n_train_eval,
+            "n_test": r.n_test,
+            "dataset": data.dataset,
+        }
+        for r in results
+        for h in r.history
+    ]
+
+
+def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+    """One row per model. Final = the last epoch's evaluation (the very numbers training logged);
+    best = the best epoch's, so best >= final always."""
+    rows = []
+    for r in results:
+        last = r.history[-1]
+        best = max(r.history, key=lambda h: h["test_acc"])  # first epoch reaching the best
+        rows.append(
+            {
+                **_keys(r.config),
+                "final_train_eval_acc": last["train_eval_acc"],
+                "final_train_running_acc": last["train_running_acc"],
+                "final_test_acc": last["test_acc"],
+                "best_test_acc": best["test_acc"],
+                "best_epoch": best["epoch"],
+                "generalization_gap": last["train_eval_acc"] - last["test_acc"],
+                "final_train_eval_loss": last["train_eval_loss"],
+                "final_train_running_loss": last["train_running_loss"],
+                "final_test_loss": last["test_loss"],
+                "epochs": r.config.epochs,
+                "batch_size": r.config.batch_size,
+                "lr": r.config.lr,
+                "train_seconds": r.train_seconds,
+                "resumed_from_epoch": r.resumed_from,
+                "started_at": datetime.fromisoformat(r.started_at),
+                "finished_at": datetime.fromisoformat(r.finished_at),
+                "device": r.config.device,
+                "precision": r.config.precision,
+                "compiled": r.config.compile,
+                "threads": r.threads,
+                "stacked_variants": r.stacked_with,
+                "trained_as": r.trained_as,
+                "cuda_graphs": r.cuda_graphs,
+                "n_params": r.n_params,
+                "n_train": r.n_train,
+                "n_train_eval": r.n_train_eval,
+                "n_test": r.n_test,
+                "dataset": data.dataset,
+                "data_verified": data.verified,
+                "data_provenance": data.provenance,
+            }
+        )
+    return rows
+
+
+def per_class_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+    return [
+        {**_keys(r.config), "class_name": name, "accuracy": acc, "dataset": data.dataset}
+        for r in results
+        for name, acc in zip(CLASSES, per_class_accuracy(r.history[-1]["test_confusion"]), strict=True)
+    ]
+
+
+def confusion_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+    return [
+        {**_keys(r.config), "true_class": CLASSES[i], "predicted_class": CLASSES[j], "count": count,
+         "dataset": data.dataset}
+        for r in results
+        for i, row in enumerate(r.history[-1]["test_confusion"])
+        for j, count in enumerate(row)
+    ]  # fmt: skip
+
+
+def write_table(rows: list[dict], schema: pa.Schema, path) -> None:
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)

@@ -1,0 +1,123 @@
+"""The command line of `python flows/compare.py` (and `deployments/serve.py`): flags built from the flow's
+declared parameters, and the checks before any work. Imports neither torch nor Prefect's engine, so
+`--help` and a refused value answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Annotated, get_args, get_origin
+
+from dropout_lab.config import PARAMETERS, element_type, flag, help_text
+from dropout_lab.runtime.redact import redact
+
+RUNNER_FLAGS = ("task_runner", "dask_address")
+
+
+def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentParser:
+    """One flag per flow parameter (its type, default and help from the declaration), then how tasks run."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Compare a CNN with and without dropout on CIFAR-10 (Prefect flow).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, param in PARAMETERS.parameters.items():
+        option, help_, default = flag(name), help_text(param.annotation), param.default
+        if isinstance(default, bool):
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        elif isinstance(default, list):
+            element = element_type(param.annotation)  # e.g. Rate: Annotated[float, ...]
+            element = get_args(element)[0] if get_origin(element) is Annotated else element
+            parser.add_argument(option, type=element, nargs="+", default=default, help=help_,
+                                metavar=name.upper().rstrip("S"))  # fmt: skip
+        else:
+            parser.add_argument(option, type=type(default), default=default, help=help_, metavar=name.upper())
+    parser.add_argument("--seed", dest="seeds", type=int, nargs="+", help="same as --seeds")
+    scale = parser.add_argument_group("scale-out (how tasks run, not what they compute)")
+    scale.add_argument("--task-runner", choices=("thread", "dask"), default="thread",
+                       help="thread: in this process; dask: prefect-dask's DaskTaskRunner")  # fmt: skip
+    scale.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                       help="existing Dask scheduler (default with --task-runner dask: a local cluster)")  # fmt: skip
+    return parser
+
+
+class CliError(Exception):
+    """A one-line error for the command line, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def parse(argv: list[str] | None, prog: str = "python flows/compare.py") -> tuple[dict, str, str | None]:
+    """(flow parameters, task runner, Dask address) from the command line; CliError for a runner flag
+    that does not fit (argparse itself exits for --help and unparsable values)."""
+    params = vars(build_parser(prog).parse_args(argv))
+    runner_kind, dask_address = (params.pop(k) for k in RUNNER_FLAGS)
+    if dask_address and runner_kind != "dask":
+        raise CliError("--dask-address needs --task-runner dask", 2)
+    return params, runner_kind, dask_address
+
+
+def refuse_early(argv: list[str]) -> None:
+    """The script's first step: answer --help and refuse bad values (one line, exit 2) before torch or
+    Prefect's engine is imported; otherwise begin Prefect's temporary server, which then starts while
+    the run imports them (dropout_lab/runtime/temporary_server.py)."""
+    from dropout_lab.runtime import temporary_server
+    from dropout_lab.runtime.preflight import parameter_errors
+
+    try:
+        parameter_errors(parse(argv)[0])
+    except CliError as e:
+        sys.exit(fail(e))
+    except ValueError as e:
+        sys.exit(fail(CliError(str(e), 2)))
+    temporary_server.begin()
+
+
+def fail(error: CliError) -> int:
+    print(f"error: {redact(error)}", file=sys.stderr)
+    return error.exit_code
+
+
+def check_api_reachable(timeout_s: float = 5.0) -> None:
+    """With PREFECT_API_URL set (e.g. a `prefect server start`), fail fast if nothing answers there,
+    instead of letting the client retry for minutes. Without it, runs use a temporary local server."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as e:
+        reason = redact(f"{type(e).__name__}: {e}")
+        raise ConnectionError(
+            f"the Prefect API at {redact(url)} (PREFECT_API_URL) does not answer ({reason}); start it "
+            "with `prefect server start`, or unset PREFECT_API_URL to run on a temporary local server"
+        ) from None
+
+
+def checked_configs(params: dict, deployed: bool = False) -> list:
+    """The command lines' checks before any work: parameters (exit 2), then the Prefect API (exit 1)."""
+    from dropout_lab.runtime.preflight import check_parameters
+
+    try:
+        configs, _ = check_parameters(params, deployed=deployed)
+    except ValueError as e:
+        raise CliError(str(e), 2) from None
+    try:
+        check_api_reachable()
+    except ConnectionError as e:
+        raise CliError(str(e), 1) from None
+    return configs
+
+
+def one_line(error: BaseException) -> str:
+    """The CLI's last line for a failed run: the error's first line, credentials redacted."""
+    from dropout_lab.runtime.signals import Stopped
+
+    text = f"{type(error).__name__}: {error}" if not isinstance(error, Stopped) else str(error)
+    return redact((text.strip().splitlines() or [type(error).__name__])[0])

@@ -1,0 +1,326 @@
+"""Every run parameter declared once, the compared settings, and the configuration of one training.
+
+Each parameter's type, bounds and help live here as an `Annotated` pydantic type, and the flow's
+parameters are the signature of `compare_parameters`: the flow (flows/compare.py) takes that
+signature, so Prefect's deployment form and its validation, the CLI flags and their help, and
+`check_train_config` all derive from these declarations. Nothing here imports torch or Prefect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+# Seeds feed torch/numpy generators and int64 Parquet columns: 2^32 - 1 fits all of them.
+SEED_MAX = 2**32 - 1
+
+Epochs = Annotated[int, Field(ge=1, le=1000, description="training epochs")]
+BatchSize = Annotated[int, Field(ge=1, le=65536, description="training batch size")]
+LearningRate = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False, description="Adam learning rate")]
+Rate = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Rates = Annotated[
+    list[Rate],
+    Field(min_length=1, max_length=32, description="dropout rate(s) to compare with the baseline "
+          "(0 <= p < 1; the baseline p=0 is always trained)"),
+]  # fmt: skip
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Seeds = Annotated[
+    list[Seed],
+    Field(min_length=1, max_length=256, description="seed(s) for init, batch order and dropout masks; "
+          "several give confidence intervals"),
+]  # fmt: skip
+Device = Annotated[
+    str, Field(min_length=1, max_length=16, description="auto | cpu | cuda | cuda:N (auto: one GPU per model "
+               "if present, else CPU)"),
+]  # fmt: skip
+Precision = Annotated[
+    Literal["fp32", "bf16", "fp16"], Field(description="fp32 | bf16 | fp16 (bf16/fp16 autocast on CUDA only)")
+]
+Compile = Annotated[bool, Field(description="torch.compile the model (pays off on CUDA; slower on CPU)")]
+Stack = Annotated[
+    Literal["auto", "on", "off"],
+    Field(description="how variants sharing a device train: auto (the fastest measured plan) | on (one stacked "
+          "computation) | off (one process each)"),
+]  # fmt: skip
+CudaGraphs = Annotated[
+    Literal["auto", "on", "off"],
+    Field(description="replay each training step and evaluation as a CUDA graph: auto (on CUDA) | on | off; a "
+          "capture that fails trains eagerly"),
+]  # fmt: skip
+LimitTrain = Annotated[int, Field(ge=0, le=50_000, description="train on the first N training images (0 = all)")]
+LimitTest = Annotated[int, Field(ge=0, le=10_000, description="evaluate on the first N test images (0 = all)")]
+TrainEvalImages = Annotated[
+    int,
+    Field(ge=0, le=50_000, description="training images re-evaluated in eval mode (dropout off) each epoch for "
+          "the generalization gap: a fixed class-balanced subset (0 = all)"),
+]  # fmt: skip
+Dataset = Annotated[
+    Literal["cifar10", "fake"],
+    Field(description="cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)"),
+]
+Refresh = Annotated[bool, Field(description="ignore cached results and recompute every task")]
+Mlflow = Annotated[
+    bool, Field(description="also log each trained model to MLflow (needs the mlflow extra): to "
+                "MLFLOW_TRACKING_URI if set, else to OUT/mlflow.db")
+]  # fmt: skip
+Folder = Annotated[str, Field(min_length=1, max_length=4096)]
+DataDir = Annotated[
+    Folder, Field(description="where CIFAR-10 lives or is downloaded to (reuses cifar-10-batches-py/ or the "
+                  ".tar.gz); in a deployment run, a sub-folder of the worker's data root")
+]  # fmt: skip
+OutDir = Annotated[
+    Folder, Field(description="parent folder of the per-run report folders; in a deployment run, a sub-folder "
+                  "of the worker's output root")
+]  # fmt: skip
+CacheDir = Annotated[
+    Folder, Field(description="folder for cached task results and checkpoints; in a deployment run, a "
+                  "sub-folder of the worker's cache root")
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a trained model's numbers. Variants are `dataclasses.replace(cfg, ...)`."""
+
+    dropout: float = 0.25  # p of both dropout layers; 0.0: no dropout layers at all
+    epochs: int = 8  # passes over the training set, the tutorial's 8
+    batch_size: int = 32  # training mini-batch, the tutorial's 32
+    lr: float = 1e-3  # Adam learning rate (Adam's default, as in the tutorial)
+    seed: int = 0  # weight init, batch order and dropout masks all derive from it
+    device: str = "cpu"  # resolved device for this variant: "cpu", "cuda:0", ...
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (bf16/fp16 only on CUDA)
+    compile: bool = False  # torch.compile the model
+    limit_train: int = 0  # train on the first N training images; 0 = all 50,000
+    limit_test: int = 0  # evaluate on the first N test images; 0 = all 10,000
+    # Training images re-evaluated in eval mode (dropout off) after every epoch, for the honest
+    # generalization gap: a fixed, seeded, class-balanced subset of this size; 0 = all of them.
+    train_eval_images: int = 10_000
+    eval_batch_size: int = 256  # evaluation chunk: speed only
+
+    @property
+    def label(self) -> str:
+        """The variant's name, used in task-run names, logs and reports: `baseline`, `dropout=0.25`."""
+        return variant_of(self).name
+
+    @property
+    def run_name(self) -> str:
+        """Variant and seed: names one training run, e.g. "dropout=0.25, seed=0"."""
+        return f"{self.label}, seed={self.seed}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --- what a run compares ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A TrainConfig field whose values a run compares with the baseline, one variant per value; the
+    flow parameter of the same name lists the values. Adding one: its TrainConfig field, its entry in
+    SETTINGS, its flow parameter in `compare_parameters`, and the code that uses the field."""
+
+    field: str  # the TrainConfig field and the flow parameter listing its values
+    words: str  # in verdicts and legends: "dropout 0.25"
+    short: str  # in experiment and flow-run names: "p0.25"
+    plural: str  # a family of this setting's variants alone: "Holm-adjusted over 3 rates"
+    unit: str  # of its Parquet column
+    colormap: str  # matplotlib colormap of its variants in figures (the baseline is red)
+    # Variants that differ in this setting can train as one stacked computation (core/stacked.py
+    # batches per-variant dropout); a setting that is not stackable splits stacks.
+    stackable: bool
+    off: float = 0.0  # the baseline's value
+
+
+SETTINGS: tuple[Setting, ...] = (Setting("dropout", "dropout", "p", "rates", "probability", "Blues", stackable=True),)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compared model: the settings in which it differs from the baseline (none: the baseline).
+
+    Everything downstream (statistics, report, figures, history, MLflow, stacking) keys on variants,
+    never on a setting's value: a variant with weight decay and no dropout is not the baseline."""
+
+    settings: tuple[tuple[str, float], ...] = ()  # (field, value), in SETTINGS order
+
+    @property
+    def is_baseline(self) -> bool:
+        return not self.settings
+
+    @property
+    def name(self) -> str:
+        """`baseline`, `dropout=0.25`: the `model` column and the task-run names."""
+        return ", ".join(f"{field}={value:g}" for field, value in self.settings) or "baseline"
+
+    @property
+    def words(self) -> str:
+        """`baseline`, `dropout 0.25`: verdicts and legends."""
+        return " and ".join(f"{SETTING[field].words} {value:g}" for field, value in self.settings) or "baseline"
+
+    @property
+    def short(self) -> str:
+        """`p0.25`: experiment and flow-run names."""
+        return "-".join(f"{SETTING[field].short}{value:g}" for field, value in self.settings) or "baseline"
+
+    def columns(self) -> dict:
+        """The variant's columns in every table: its name, whether it is the baseline, each setting's value."""
+        values = dict(self.settings)
+        settings = {s.field: values.get(s.field, s.off) for s in SETTINGS}
+        return {"model": self.name, "baseline": self.is_baseline, **settings}
+
+    def order(self) -> tuple:
+        """Report order: each setting's variants by value, in SETTINGS order, the baseline last."""
+        return (self.is_baseline, [(FIELDS.index(field), value) for field, value in self.settings])
+
+
+SETTING = {s.field: s for s in SETTINGS}
+FIELDS = [s.field for s in SETTINGS]
+BASELINE = Variant()
+
+
+def variant_of(values: TrainConfig | Mapping) -> Variant:
+    """The variant of a config, or of a report/history row (a setting's column that a row lacks, as in a
+    history recorded before that setting existed, is at the baseline's value)."""
+    if isinstance(values, Mapping):
+        value = {s.field: float(values.get(s.field, s.off)) for s in SETTINGS}
+    else:
+        value = {s.field: float(getattr(values, s.field)) for s in SETTINGS}
+    return Variant(tuple((s.field, value[s.field]) for s in SETTINGS if value[s.field] != s.off))
+
+
+def compared_variants(params: Mapping) -> list[Variant]:
+    """The variants a run compares, from the flow parameters naming each setting's values (a value at
+    the setting's `off` is the baseline), in report order; the baseline is always among them."""
+    found = {Variant(((s.field, float(v)),)) for s in SETTINGS for v in params.get(s.field, ()) if v != s.off}
+    return sorted({*found, BASELINE}, key=Variant.order)
+
+
+def family_noun(variants: list[Variant]) -> str:
+    """'rates' when every compared variant varies the same one setting, else 'variants'."""
+    fields = {field for v in variants for field, _ in v.settings}
+    single = len(fields) == 1 and all(len(v.settings) == 1 for v in variants)
+    return SETTING[fields.pop()].plural if single else "variants"
+
+
+def stack_shared(cfg: TrainConfig) -> dict[str, Any]:
+    """What variants trained as one stacked computation must share: every field but the seed and the
+    stackable settings (a new field is shared unless declared otherwise)."""
+    per_variant = {"seed", *(s.field for s in SETTINGS if s.stackable)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in per_variant}
+
+
+def stack_key(cfg: TrainConfig) -> tuple:
+    """Variants with the same key may train as one stacked computation (`stack_shared`)."""
+    return tuple(stack_shared(cfg).values())
+
+
+def configure(base: TrainConfig, variant: Variant, **changes: Any) -> TrainConfig:
+    """`base` as `variant`: every compared setting at the baseline's value but the variant's own."""
+    return dataclasses.replace(base, **{**{s.field: s.off for s in SETTINGS}, **dict(variant.settings), **changes})
+
+
+# --- the flow's parameters -------------------------------------------------------------------------
+
+
+def compare_parameters(
+    *,
+    data_dir: DataDir = "data",
+    out: OutDir = "artifacts",
+    epochs: Epochs = TrainConfig.epochs,
+    batch_size: BatchSize = TrainConfig.batch_size,
+    lr: LearningRate = TrainConfig.lr,
+    dropout: Rates = [TrainConfig.dropout],  # noqa: B006
+    seeds: Seeds = [TrainConfig.seed],  # noqa: B006
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    compile: Compile = False,
+    stack: Stack = "auto",
+    cuda_graphs: CudaGraphs = "auto",
+    limit_train: LimitTrain = 0,
+    limit_test: LimitTest = 0,
+    train_eval_images: TrainEvalImages = TrainConfig.train_eval_images,
+    dataset: Dataset = "cifar10",
+    refresh: Refresh = False,
+    cache_dir: CacheDir = ".dropout-lab",
+    mlflow: Mlflow = False,
+) -> None:
+    """The parameters of the `compare` flow, declared once: their order, types, bounds, help and defaults."""
+
+
+# The declaration as Prefect and pydantic need it: annotations as objects, not this module's strings.
+PARAMETERS = inspect.signature(compare_parameters, eval_str=True)
+
+
+def help_text(annotation: Any) -> str:
+    """The description declared with a parameter's type."""
+    found = [m.description for m in getattr(annotation, "__metadata__", ()) if getattr(m, "description", None)]
+    return found[-1] if found else ""
+
+
+def element_type(annotation: Any) -> Any:
+    """`Rates` → `Rate`: the declared type of one value of a list parameter (the annotation itself otherwise)."""
+    inner = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+    return get_args(inner)[0] if get_origin(inner) is list else annotation
+
+
+def _field_types() -> dict[str, Any]:
+    """TrainConfig field → its declared type: the flow parameter of the same name (a list parameter's
+    element for a compared setting), `Seed` for the seed. The device is resolved, not declared."""
+    params = {n: p.annotation for n, p in PARAMETERS.parameters.items()}
+    types: dict[str, Any] = {"seed": Seed, "eval_batch_size": Annotated[int, Field(ge=1, le=65536)]}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in params and f.name != "device":
+            types[f.name] = element_type(params[f.name])
+    return {f.name: types[f.name] for f in dataclasses.fields(TrainConfig) if f.name in types}
+
+
+FIELD_TYPES: dict[str, Any] = _field_types()
+_ADAPTERS = {name: TypeAdapter(kind) for name, kind in FIELD_TYPES.items()}
+
+
+def describe_error(error: dict) -> str:
+    """One pydantic error → a short phrase: 'must be <= 1000 (got 100000)'."""
+    ctx, kind, got = error.get("ctx") or {}, error["type"], error.get("input")
+    phrases = {
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
+        "greater_than": lambda: f"must be > {ctx.get('gt')}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
+        "less_than": lambda: f"must be < {ctx.get('lt')}",
+        "finite_number": lambda: "must be a finite number",
+        "literal_error": lambda: f"must be one of {ctx.get('expected')}",
+        "too_short": lambda: "needs at least one value",
+        "too_long": lambda: f"takes at most {ctx.get('max_length')} values",
+        "string_too_short": lambda: "must not be empty",
+        "string_too_long": lambda: f"must be at most {ctx.get('max_length')} characters",
+    }
+    phrase = phrases.get(kind, lambda: error["msg"][0].lower() + error["msg"][1:])()
+    return f"{phrase} (got {got!r})" if not isinstance(got, (dict, list)) else phrase
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a parameter or TrainConfig field (a config's seed comes from --seeds)."""
+    return {"seed": "--seeds"}.get(name, "--" + name.replace("_", "-"))
+
+
+def check_value(name: str, value: Any) -> Any:
+    """Validate one TrainConfig field against its declaration (strict: 3.0 is not an epoch count).
+
+    Raises ValueError '--name: must be ...' (one line)."""
+    try:
+        return _ADAPTERS[name].validate_python(value, strict=True)
+    except ValidationError as e:
+        raise ValueError(f"{flag(name)}: {describe_error(e.errors()[0])}") from None
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ValueError with a one-line, user-facing message for the first bad field."""
+    for name in FIELD_TYPES:
+        check_value(name, getattr(cfg, name))
+    if cfg.precision != "fp32" and not cfg.device.startswith("cuda"):
+        raise ValueError(f"--precision {cfg.precision} needs a CUDA device; use fp32 on {cfg.device}")

@@ -1,0 +1,518 @@
+"""The one trainer: the tutorial's recipe on pre-decoded uint8 tensors, resumable per epoch, for
+one variant or K variants trained together (core/stacked.py) with the same loop, each step and
+evaluation pass replayed as a CUDA graph on CUDA (core/graphs.py) or run eagerly.
+
+`fit` is a generator: it yields (variant, record) per variant and finished epoch (the caller
+prints/logs it) and writes each variant's checkpoint after each epoch, so a killed run resumes where
+it stopped. With the same seed on CPU, a resumed run is bit-identical to an uninterrupted one: the
+checkpoint carries the model, Adam's state, the variant's dropout RNG and its batch-order generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dropout_lab.config import TrainConfig, stack_shared
+from dropout_lab.core import graphs
+from dropout_lab.core.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    epoch_checkpoints,
+    load_checkpoint,
+    prune,
+    save_checkpoint,
+    set_aside,
+)
+from dropout_lab.core.evaluate import (
+    autocast,
+    eval_buffers,
+    eval_results,
+    eval_sums,
+    evaluate,
+    to_input,
+    train_eval_split,
+)
+from dropout_lab.core.model import Net
+from dropout_lab.core.stacked import (
+    Single,
+    StackedNet,
+    stack_adam_state,
+    stacked_input,
+    streams_from_global,
+    unstack_into,
+)
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the reliability tests: "EPOCH" or "EPOCH:ATTEMPT" raises in that epoch
+# (by default only on attempt 1, so the task's own retry can resume and finish).
+FAIL_AT_EPOCH_ENV = "DROPOUT_LAB_FAIL_AT_EPOCH"
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def build(cfg: TrainConfig) -> tuple[Net, torch.optim.Adam]:
+    """Seeded model + optimizer: every variant with the same seed starts from the same weights."""
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model = Net(cfg.dropout).to(device, memory_format=torch.channels_last)
+    return model, adam(model.parameters(), cfg)
+
+
+def adam(params, cfg: TrainConfig) -> torch.optim.Adam:
+    """The one optimizer set-up, alone or stacked. On CUDA Adam's fused kernel updates all parameters
+    in one launch instead of dozens (at batch 32 a GPU step is launch-bound), and keeps its step
+    count on the GPU (`capturable`), so the step can be replayed as a CUDA graph."""
+    cuda = torch.device(cfg.device).type == "cuda"
+    return torch.optim.Adam(params, lr=cfg.lr, fused=cuda, capturable=cuda)
+
+
+def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int, list[dict]] | None:
+    """Load the newest good checkpoint into model/opt/RNGs and return (epoch, history).
+
+    Bad checkpoints are set aside; None when nothing usable was found (model/opt may then be
+    half-loaded, so the caller rebuilds them).
+    """
+    for epoch, path in epoch_checkpoints(folder):
+        try:
+            state = load_checkpoint(path)
+            if state.get("config") != cfg.to_dict():
+                raise CheckpointError("written for a different configuration")
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                order_gen.set_state(state["rng_order"])
+                torch.set_rng_state(state["rng_cpu"])
+                if state.get("rng_cuda") is not None and model_device(model).type == "cuda":
+                    torch.cuda.set_rng_state(state["rng_cuda"], model_device(model))
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                raise CheckpointError(f"does not fit this run ({str(e).splitlines()[0]})") from None
+        except CheckpointError as e:
+            set_aside(path, str(e))
+            continue
+        log.info("resuming %s from %s (epoch %d done)", cfg.label, path.name, epoch)
+        return epoch, list(state["history"])
+    return None
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def fault_epoch_for(attempt: int) -> int | None:
+    spec = os.environ.get(FAIL_AT_EPOCH_ENV, "")
+    if not spec:
+        return None
+    epoch, _, on_attempt = spec.partition(":")
+    return int(epoch) if attempt == int(on_attempt or 1) else None
+
+
+def step(
+    model: StackedNet | Single,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    idx: torch.Tensor,
+    shared: bool,
+    dropout_gens: list[torch.Generator] | None,
+    precision: str,
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+    cache: bool = True,
+) -> None:
+    """The tutorial's step (Adam on mean cross-entropy) for the model's K variants at once: variant k
+    trains on images[idx[k]] (idx (K, b); `shared`: every row is the same). The loss is the sum of
+    the K variants' mean cross-entropies, so variant k's gradient is its own loss's gradient. Adds
+    each variant's summed loss and number correct to `loss_sum`/`correct` (K,) in place: no host
+    sync, so a CUDA graph can hold it (`cache=False` inside a capture)."""
+    device, k = images.device, len(idx)
+    x = to_input(images[idx[0]]) if shared else stacked_input(images[idx])
+    y = labels[idx]  # (K, b)
+    with autocast(device, precision, cache):
+        logits = model(x, shared, dropout_gens)  # (K, b, 10)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(losses.sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    loss_sum += losses.detach() * y.shape[1]
+    correct += (logits.detach().argmax(2) == y).sum(1)
+
+
+def train_steps(
+    model: StackedNet | Single,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    orders: torch.Tensor,
+    batch_size: int,
+    dropout_gens: list[torch.Generator] | None = None,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One eager pass in mini-batches for the model's K variants: step i trains variant k on
+    orders[k, i·B:(i+1)·B]. images (N, 32, 32, 3) uint8, labels (N,), orders (K, M) on the model's
+    device. Returns per-variant (sum of per-sample losses (K,), number correct (K,)) as device tensors."""
+    k = len(orders)
+    shared = all(torch.equal(orders[0], o) for o in orders[1:])  # one variant, or one seed: same batches
+    model.train()
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=images.device)
+    correct = torch.zeros(k, dtype=torch.int64, device=images.device)
+    for i in range(0, orders.shape[1], batch_size):
+        step(model, opt, scaler, images, labels, orders[:, i : i + batch_size], shared, dropout_gens, precision,
+             loss_sum, correct)  # fmt: skip
+    return loss_sum, correct
+
+
+def start_run(cfg: TrainConfig, folder: Path) -> tuple[Net, torch.optim.Adam, torch.Generator, int, list[dict]]:
+    """(model, optimizer, batch-order generator, epochs done, history): fresh or from the newest good checkpoint.
+
+    Dropout masks come from the global generator, seeded in `build` (or restored from the
+    checkpoint): the caller trains right after, or copies its state into the variant's own stream.
+    Batch order has its own generator: the same for every dropout rate with this seed, which
+    makes the comparison paired.
+    """
+    model, opt = build(cfg)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    restored = _restore(folder, cfg, model, opt, order_gen)
+    if restored is None:
+        model, opt = build(cfg)
+        order_gen = torch.Generator().manual_seed(cfg.seed)
+        restored = (0, [])
+    return model, opt, order_gen, *restored
+
+
+def epoch_record(
+    epoch: int, loss_sum: float, correct: int, n: int, train_eval: dict, test: dict, seconds: float
+) -> dict:
+    """One epoch's history entry. Accuracies are fractions, losses mean cross-entropy per image."""
+    return {
+        "epoch": epoch,
+        # The tutorial's numbers: means over the epoch in train mode, i.e. with dropout on (for the
+        # dropout models only) and weights still moving. Kept, but they are not the gap's train side.
+        "train_running_loss": float(loss_sum) / n,
+        "train_running_acc": float(correct) / n,
+        # The epoch's final weights in eval mode on (a fixed subset of) the training set: measured
+        # like the test set, so train minus test accuracy is the generalization gap for every model.
+        "train_eval_loss": train_eval["loss"],
+        "train_eval_acc": train_eval["acc"],
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "test_confusion": test["confusion"],  # [true][predicted] counts
+        "epoch_seconds": seconds,
+    }
+
+
+def format_epoch(label: str, epochs: int, r: dict) -> str:
+    """The one fixed-format progress line per epoch: the running (train-mode) numbers, then the
+    eval-mode train and test numbers, and their difference, the generalization gap."""
+    return (
+        f"{label:<24} epoch {r['epoch']:>2}/{epochs}  running loss {r['train_running_loss']:.4f} "
+        f"acc {r['train_running_acc']:6.2%}  train loss {r['train_eval_loss']:.4f} acc {r['train_eval_acc']:6.2%}"
+        f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}"
+        f"  gap {100 * (r['train_eval_acc'] - r['test_acc']):5.2f}  {r['epoch_seconds']:6.1f}s"
+    )
+
+
+def format_startup(startup: dict) -> str:
+    """What stood before the first step in the training process, e.g. `torch import 1.9 s (ahead of
+    its job, then 6.2 s waiting for it), data 1.5 s, CUDA context 0.4 s more`."""
+    parts = []
+    if "torch_import" in startup:
+        waited = startup.get("waited_for_job", 0)
+        ahead = (" (ahead of its job" + (f", then {waited:.1f} s waiting for it)" if waited >= 0.05 else ")")
+                 if startup.get("ahead") else "")  # fmt: skip
+        parts.append(f"torch import {startup['torch_import']:.1f} s{ahead}")
+    if "data" in startup:
+        parts.append(f"data {startup['data']:.1f} s")
+    if "cuda_wait" in startup:
+        parts.append(f"CUDA context {startup['cuda_wait']:.1f} s more")
+    return ", ".join(parts) or "?"
+
+
+def save_epoch(folder: Path, cfg: TrainConfig, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen, history) -> None:
+    """The epoch's checkpoint (model, Adam, the variant's RNG streams, history), then prune old ones."""
+    save_checkpoint(
+        checkpoint_path(folder, epoch),
+        {
+            "config": cfg.to_dict(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng_cpu": rng_cpu,
+            "rng_cuda": rng_cuda,
+            "rng_order": order_gen.get_state(),
+            "history": history,
+        },
+    )
+    prune(folder)
+
+
+@dataclass(eq=False)  # identity: runs are compared as objects
+class _Run:
+    """One variant between epochs: its own model, optimizer, RNG streams and history."""
+
+    cfg: TrainConfig
+    folder: Path
+    model: Net
+    opt: torch.optim.Adam
+    order_gen: torch.Generator  # batch order
+    cpu_gen: torch.Generator  # dropout masks on CPU (on CUDA: the CPU stream, unused after init)
+    cuda_gen: torch.Generator | None  # dropout masks on CUDA
+    done: int  # epochs finished
+    resumed_from: int
+    history: list[dict]
+
+    @property
+    def dropout_gen(self) -> torch.Generator:
+        return self.cuda_gen if self.cuda_gen is not None else self.cpu_gen
+
+    def to_global(self) -> None:
+        """Alone, the variant's Net draws its dropout masks from the global generators: set them to its streams."""
+        torch.set_rng_state(self.cpu_gen.get_state())
+        if self.cuda_gen is not None:
+            torch.cuda.set_rng_state(self.cuda_gen.get_state(), self.cuda_gen.device)
+
+    def from_global(self) -> None:
+        self.cpu_gen.set_state(torch.get_rng_state())
+        if self.cuda_gen is not None:
+            self.cuda_gen.set_state(torch.cuda.get_rng_state(self.cuda_gen.device))
+
+
+def _start(cfg: TrainConfig, folder: Path) -> _Run:
+    folder.mkdir(parents=True, exist_ok=True)
+    model, opt, order_gen, done, history = start_run(cfg, folder)
+    cpu_gen, cuda_gen = streams_from_global(cfg.device)  # the stream `start_run` leaves
+    return _Run(cfg, folder, model, opt, order_gen, cpu_gen, cuda_gen, done, done, history)
+
+
+def check_stackable(cfgs: list[TrainConfig]) -> None:
+    """Variants trained as one computation share every field but their own (config.stack_shared)."""
+    shared = [stack_shared(c) for c in cfgs]
+    differ = [name for name in shared[0] if len({s[name] for s in shared}) > 1]
+    if differ:
+        raise ValueError(f"stacked variants must share {', '.join(differ)} (they differ)")
+
+
+# Warm-up steps before a capture (torch.cuda.graph's documentation uses 3); undone by `Snapshot`.
+WARMUP_STEPS = 3
+
+
+class _Unit:
+    """Variants that take each step as one computation: one variant's own Net (`Single`) or a
+    StackedNet of several, its optimizer and dropout generators; with CUDA graphs, its step and its
+    two evaluation passes captured.
+
+    One step reads its batch indices from a static (K, M) copy of the epoch's batch order at a
+    position counter that lives on the device, so a replay needs no host-side input at all."""
+
+    def __init__(self, runs: list[_Run], cfg: TrainConfig, device: torch.device, graphed: bool) -> None:
+        self.runs, self.cfg, self.device = runs, cfg, device
+        if len(runs) == 1:
+            # Alone in its process, a variant trains as its own Net, whose dropout draws from the
+            # global generator (set to the variant's stream around each epoch by `fit`).
+            self.model, self.opt = Single(runs[0].model), runs[0].opt
+            self.gens = None
+            self.snapshot_gens = [torch.cuda.default_generators[_index(device)] if device.type == "cuda"
+                                  else torch.default_generator]  # fmt: skip
+        else:
+            self.model = StackedNet([r.model for r in runs]).to(device)
+            self.opt = adam(self.model.parameters(), cfg)
+            stack_adam_state(self.opt, [r.opt for r in runs])
+            self.gens = self.snapshot_gens = [r.dropout_gen for r in runs]
+        # Compiled or not, `model` keeps the parameters that are checkpointed.
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.k = len(runs)
+        self.shared = len({r.cfg.seed for r in runs}) == 1  # one seed: one batch order for all
+        self.graphed = graphed
+        self.replay_step = self.static_orders = None
+        self.capture_seconds = 0.0
+        self.replay_eval: dict[str, object] = {}
+        self.loss_sum = torch.zeros(self.k, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(self.k, dtype=torch.int64, device=device)
+        self.pos = torch.zeros((), dtype=torch.int64, device=device)
+
+    def stacked(self) -> bool:
+        return isinstance(self.model, StackedNet)
+
+    def begin(self, orders: torch.Tensor, images, labels, scaler) -> None:
+        """Start an epoch on `orders` (K, M) (device); the first graphed epoch captures the step."""
+        self.orders, self.images, self.labels, self.scaler = orders, images, labels, scaler
+        self.model.train()
+        if self.graphed and self.static_orders is None and orders.shape[1] >= self.cfg.batch_size:
+            self.static_orders = orders.clone()
+            self.cols = torch.arange(self.cfg.batch_size, device=self.device)
+            self.replay_step = self._capture(self._graph_step, training=True)
+        if self.replay_step is not None:
+            self.static_orders.copy_(orders)
+        self.pos.zero_()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def _step(self, idx: torch.Tensor, cache: bool = True) -> None:
+        step(self.forward, self.opt, self.scaler, self.images, self.labels, idx, self.shared, self.gens,
+             self.cfg.precision, self.loss_sum, self.correct, cache)  # fmt: skip
+
+    def _graph_step(self) -> None:
+        idx = self.static_orders.index_select(1, self.pos + self.cols)  # (K, B): this step's batch
+        self._step(idx, cache=False)
+        self.pos += self.cfg.batch_size
+
+    def _capture(self, fn, training: bool):
+        """Capture `fn` as a graph after warm-up calls (training steps: undone by `Snapshot`); on
+        failure log one line, leave everything as before and go on eagerly (returns None)."""
+        snapshot = graphs.Snapshot(self.model, self.opt, self.snapshot_gens) if training else None
+        started = time.perf_counter()
+        try:
+            with graphs.side_stream(self.device):
+                for _ in range(WARMUP_STEPS):
+                    fn()
+            if training:
+                self.opt.zero_grad(set_to_none=True)  # backward allocates .grad inside the graph's pool
+            # Capturing runs no kernel: the state the warm-up changed is put back once, below.
+            return graphs.capture(fn, self.gens or [])[0]
+        except Exception as e:  # a capture that fails costs speed, never the run
+            log.warning("CUDA graph capture failed, training eagerly: %s",
+                        (str(e).strip().splitlines() or [type(e).__name__])[0])  # fmt: skip
+            self.graphed = False
+            return None
+        finally:
+            if training:
+                snapshot.restore()
+                self.pos.zero_()
+            self.capture_seconds += time.perf_counter() - started
+
+    def step(self, i: int) -> None:
+        """Step i of the epoch (i·B < M): one replay, or the eager step."""
+        if self.replay_step is not None:
+            self.replay_step()
+        else:
+            b = self.cfg.batch_size
+            self._step(self.orders[:, i * b : (i + 1) * b])
+
+    def last(self, start: int) -> None:
+        """The epoch's last, smaller batch (M not a multiple of B), eagerly: a graph has fixed shapes."""
+        self._step(self.orders[:, start:])
+
+    def evaluate(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+        """Eval-mode loss, accuracy and confusion per variant on a fixed image set (one replay when graphed)."""
+        self.model.eval()
+        cfg = self.cfg
+        if self.graphed and name not in self.replay_eval:
+            sums = eval_buffers(self.k, self.device)
+
+            def pass_() -> None:
+                sums[0].zero_()
+                sums[1].zero_()
+                eval_sums(self.forward, images, labels, cfg.eval_batch_size, cfg.precision, *sums, cache=False)
+
+            replay = self._capture(pass_, training=False)
+            self.replay_eval[name] = (replay, sums) if replay is not None else None
+        graphed = self.replay_eval.get(name)
+        if graphed is None:
+            return evaluate(self.forward, images, labels, cfg.eval_batch_size, cfg.precision)
+        replay, sums = graphed
+        replay()
+        return eval_results(*sums, len(labels))
+
+    def finish(self) -> None:
+        """Copy a stack's weights and Adam state back into each variant's own Net and Adam."""
+        if self.stacked():
+            unstack_into(self.model, self.opt, [r.model for r in self.runs], [r.opt for r in self.runs])
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _train_epoch(unit: _Unit, orders: torch.Tensor, images, labels, scaler, fail_at: int | None) -> None:
+    """One epoch of the unit's variants on `orders` (K, M): step by step, then the last, smaller batch."""
+    n, b = orders.shape[1], unit.cfg.batch_size
+    unit.begin(orders, images, labels, scaler)
+    for i in range(n // b):
+        if fail_at is not None and i * b >= fail_at:
+            raise InjectedFault(f"injected fault at sample {i * b}")
+        unit.step(i)
+    if n % b:
+        unit.last(n - n % b)
+
+
+def fit(
+    cfgs: list[TrainConfig],
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    checkpoint_dirs: list[str | Path],
+    attempt: int = 1,
+    cuda_graphs: str = "auto",
+) -> Iterator[tuple[int, dict]]:
+    """Train every variant `cfg.epochs` epochs, each resuming from and checkpointing into its own
+    folder; yield (variant index, record) per variant and new epoch.
+
+    Images are (N, 32, 32, 3) uint8 on any device; they are moved to the device once. A record:
+    `epoch_record`'s fields and resumed_from. After every epoch the weights are evaluated in eval mode
+    on the test set and on `cfg.train_eval_images` training images; the last epoch's evaluation is the
+    run's final result. Variants at different epochs (one resumed further than the others) train on
+    their own until the others catch up. Several variants train as one StackedNet; `cuda_graphs`
+    (auto | on | off) replays each step and evaluation as CUDA graphs (core/graphs.py), falling back to
+    eager steps.
+    """
+    check_stackable(cfgs)
+    cfg = cfgs[0]
+    device = torch.device(cfg.device)
+    graphed, why_not = graphs.graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)
+    if why_not and cuda_graphs == "on":
+        log.info("--cuda-graphs on: %s; training eagerly", why_not)
+    runs = [_start(c, Path(f)) for c, f in zip(cfgs, checkpoint_dirs, strict=True)]
+    train_x, train_y = train_images.to(device), train_labels.to(device)
+    test_x, test_y = test_images.to(device), test_labels.to(device)
+    eval_x, eval_y = train_eval_split(train_x, train_y, cfg.train_eval_images)
+    n = len(train_y)
+    fault_epoch = fault_epoch_for(attempt)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    active: list[_Run] = []
+    unit, told_capture = None, False
+
+    for epoch in range(min(r.done for r in runs) + 1, cfg.epochs + 1):
+        now = [r for r in runs if r.done < epoch]  # all of them have finished epoch - 1
+        if now != active:  # first epoch, or a variant that was ahead joins
+            active = now
+            unit = _Unit(now, cfg, device, graphed)
+        start = time.perf_counter()
+        orders = torch.stack([torch.randperm(n, generator=r.order_gen) for r in unit.runs]).to(device)
+        fail_at = n // 2 if fault_epoch == epoch else None
+        alone = unit.runs[0] if not unit.stacked() else None  # its Net's dropout draws from the global generator
+        if alone is not None:
+            alone.to_global()
+        _train_epoch(unit, orders, train_x, train_y, scaler, fail_at)
+        if alone is not None:
+            alone.from_global()
+        train_evals, tests = unit.evaluate("train_eval", eval_x, eval_y), unit.evaluate("test", test_x, test_y)
+        seconds = time.perf_counter() - start
+        if not told_capture and unit.replay_step is not None:
+            told_capture = True
+            log.info("CUDA graphs: captured in %.1f s, warm-up included", unit.capture_seconds)
+        unit.finish()
+        loss_sum, correct = unit.loss_sum.cpu(), unit.correct.cpu()
+        for k, run in enumerate(unit.runs):
+            record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds)
+            run.history.append(record)
+            run.done = epoch
+            rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None
+            save_epoch(run.folder, run.cfg, epoch, run.model, run.opt, run.cpu_gen.get_state(), rng_cuda,
+                       run.order_gen, run.history)  # fmt: skip
+        for run in unit.runs:
+            yield runs.index(run), {**run.history[-1], "resumed_from": run.resumed_from,
+                                    "cuda_graphs": unit.replay_step is not None}  # fmt: skip

@@ -1,0 +1,75 @@
+"""Names that say what a run compares: experiments, report folders, flow runs, task runs, artifact keys."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+
+from dropout_lab.config import SETTINGS, TrainConfig, compared_variants, variant_of
+from dropout_lab.keys import train_key
+
+
+def slug(text: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def seed_list(seeds: list[int]) -> str:
+    """`0-4` for a consecutive range, else `0,2,5`."""
+    seeds = sorted(set(seeds))
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def _compared(values_of) -> list[str]:
+    """`p0.25`, `p0.1+0.5`, `p0.25-wd0.0005`: each compared setting with its values (`p0`: none)."""
+    parts = [f"{s.short}{'+'.join(f'{v:g}' for v in values)}" for s in SETTINGS if (values := values_of(s))]
+    return parts or [f"{SETTINGS[0].short}0"]
+
+
+def experiment_name(configs: list[TrainConfig], dataset: str) -> str:
+    """What was compared, without code or data versions: `cifar10-p0.25-s0-e8`. Nightly runs of the same
+    experiment share it (their artifacts line up under one key). A run on part of the data says so
+    (`-train2000-test500`): a smoke run must not read like a CIFAR-10 result."""
+    variants = {variant_of(c) for c in configs}
+    seeds = sorted({c.seed for c in configs})
+    seed_part = "+".join(map(str, seeds)) if len(seeds) <= 3 else f"{len(seeds)}seeds"
+    cfg = configs[0]
+    size = "".join(
+        f"-{split}{limit}" for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)) if limit
+    )
+
+    def values_of(setting) -> list[float]:
+        return sorted({value for v in variants for field, value in v.settings if field == setting.field})
+
+    return f"{dataset}{size}-{'-'.join(_compared(values_of))}-s{seed_part}-e{cfg.epochs}"
+
+
+def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
+    """Deterministic per experiment, data and code: the same inputs reuse (and overwrite) one folder;
+    different parameters never share one, even when started at the same time."""
+    digest = hashlib.sha256("".join(train_key(c, data_fingerprint) for c in configs).encode()).hexdigest()
+    return f"{experiment_name(configs, dataset)}-{digest[:10]}"
+
+
+def flow_run_label(params: Mapping) -> str:
+    """Flow-run names say what runs: `p=0.25 seeds=0-4 e8`, `p=0.1,0.5 seeds=0 e2 fake train400`.
+    KeyError/TypeError/ValueError for parameters that are not valid yet."""
+    variants = compared_variants(params)
+    parts = []
+    for s in SETTINGS:
+        values = [value for v in variants for field, value in v.settings if field == s.field]
+        if values or s is SETTINGS[0]:
+            parts.append(f"{s.short}={','.join(f'{v:g}' for v in values) or '0'}")
+    extra = [params["dataset"]] if params["dataset"] != "cifar10" else []
+    extra += [f"{k.split('_')[1]}{params[k]}" for k in ("limit_train", "limit_test") if params[k]]
+    return " ".join([*parts, f"seeds={seed_list(params['seeds'])}", f"e{params['epochs']}", *extra])
+
+
+def group_label(cfgs: list[TrainConfig]) -> str:
+    """`dropout=0.25, seed=0`; two together: `dropout=0.25, seed=0 + baseline, seed=0`; more: `6 variants on cuda:0`."""
+    if len(cfgs) <= 2:
+        return " + ".join(c.run_name for c in cfgs)
+    return f"{len(cfgs)} variants on {cfgs[0].device}"

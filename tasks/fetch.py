@@ -1,0 +1,33 @@
+"""The `fetch_cifar10` task: the data every training reads, downloaded once and cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from dropout_lab.core.data import CIFAR10_URL, DataInfo, DownloadError, ensure_cifar10, ensure_fake, still_on_disk
+from tasks.cache import ResultOf, error_of
+
+
+def retry_on_network_error(task, task_run, state) -> bool:
+    return isinstance(error_of(state), DownloadError)
+
+
+@task(
+    name="fetch_cifar10",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
+    retry_condition_fn=retry_on_network_error,
+    # The data folder and source; forgotten when the files it describes were deleted or replaced.
+    cache_policy=ResultOf(
+        identity=lambda p: ("fetch", str(Path(p["data_dir"]).resolve()), p["dataset"], p["url"]),
+        code="dropout_lab.core.data",
+        still_there=still_on_disk,
+    ),
+    persist_result=True,
+)
+def fetch_cifar10(data_dir: str, dataset: str = "cifar10", url: str = CIFAR10_URL) -> DataInfo:
+    """Reuse a local copy or download (md5-checked) the CIFAR-10 python archive; `fake` generates one."""
+    return ensure_fake(data_dir) if dataset == "fake" else ensure_cifar10(data_dir, url)

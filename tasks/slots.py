@@ -1,0 +1,84 @@
+"""Device slots: how many training processes may run at once on a device, as a Prefect global
+concurrency limit per machine and device, so every flow run, served deployment, worker and Dask task
+on that machine shares it (a module-level semaphore would limit one process only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from dropout_lab.naming import slug
+from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV
+
+_creating = threading.Lock()
+
+
+def slot_name(device: str) -> str:
+    """`dropout-lab-HOST-cpu`, `dropout-lab-HOST-cuda-0`: devices belong to a machine."""
+    return f"dropout-lab-{slug(socket.gethostname())}-{slug(device)}"
+
+
+def ensure_slots(device: str, size: int) -> str:
+    """Create the device's limit with the plan's size on first use; an existing one (perhaps resized
+    in the UI) is kept as it is. Returns its name."""
+    name = slot_name(device)
+    with _creating, get_client(sync_client=True) as client:  # one thread at a time; other processes: below
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
+            except (ObjectAlreadyExists, httpx.HTTPStatusError):  # created meanwhile (SQLite answers 500)
+                client.read_global_concurrency_limit_by_name(name)  # raises if it really is missing
+    return name
+
+
+# Prefect's temporary server does not run the service that reclaims expired leases, so a run killed
+# with -9 would hold its slots there forever (in the SQLite file the next temporary server reuses).
+# Runs on a temporary server therefore limit themselves within their own process, all they share.
+_local_slots: dict[str, threading.BoundedSemaphore] = {}
+
+
+@contextlib.contextmanager
+def device_slot(device: str, size: int, logger) -> Iterator[None]:
+    """Hold one of the device's `size` slots while training; say so when all are taken."""
+    local = bool(os.environ.get(TEMPORARY_SERVER_ENV))
+    with (_local_slot if local else _prefect_slot)(device, size, logger):
+        yield
+
+
+@contextlib.contextmanager
+def _prefect_slot(device: str, size: int, logger) -> Iterator[None]:
+    # A lost lease renewal (server hiccup) does not kill a training hours in; a killed run's lease
+    # lapses after a minute (the shortest the server takes).
+    name = ensure_slots(device, size)
+    hold = {"occupy": 1, "strict": True, "raise_on_lease_renewal_failure": False, "lease_duration": 60}
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, timeout_seconds=0.5, **hold))
+        except TimeoutError:
+            logger.info("all slots of %s are taken (other trainings on %s): waiting for one", name, device)
+            stack.enter_context(concurrency(name, **hold))
+        yield
+
+
+@contextlib.contextmanager
+def _local_slot(device: str, size: int, logger) -> Iterator[None]:
+    with _creating:
+        slot = _local_slots.setdefault(device, threading.BoundedSemaphore(size))
+    if not slot.acquire(blocking=False):
+        logger.info("all %d slots of %s are taken by this run's other trainings: waiting for one", size, device)
+        slot.acquire()
+    try:
+        yield
+    finally:
+        slot.release()
