@@ -137,7 +137,9 @@ class Setting:
     off: float = 0.0  # the baseline's value
 
 
-SETTINGS: tuple[Setting, ...] = (Setting("dropout", "dropout", "p", "rates", "probability", "Blues", stackable=True),)
+SETTINGS: tuple[Setting, ...] = (
+    Setting("dropout", "dropout", "p", "rates", "probability", "Blues", stackable=True),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
