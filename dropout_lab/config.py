@@ -28,6 +28,12 @@ Rates = Annotated[
     Field(min_length=1, max_length=32, description="dropout rate(s) to compare with the baseline "
           "(0 <= p < 1; the baseline p=0 is always trained)"),
 ]  # fmt: skip
+WeightDecay = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+WeightDecays = Annotated[
+    list[WeightDecay],
+    Field(max_length=32, description="weight decay(s) to compare with the baseline: Adam's L2 penalty as torch "
+          "applies it (0 <= w <= 1; none by default)"),
+]  # fmt: skip
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Seeds = Annotated[
     list[Seed],
@@ -91,6 +97,7 @@ class TrainConfig:
     epochs: int = 8  # passes over the training set, the tutorial's 8
     batch_size: int = 32  # training mini-batch, the tutorial's 32
     lr: float = 1e-3  # Adam learning rate (Adam's default, as in the tutorial)
+    weight_decay: float = 0.0  # Adam's L2 penalty (torch.optim.Adam's weight_decay); 0.0: none
     seed: int = 0  # weight init, batch order and dropout masks all derive from it
     device: str = "cpu"  # resolved device for this variant: "cpu", "cuda:0", ...
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (bf16/fp16 only on CUDA)
@@ -139,6 +146,7 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("dropout", "dropout", "p", "rates", "probability", "Blues", stackable=True),
+    Setting("weight_decay", "weight decay", "wd", "weight decays", "L2 coefficient", "Greens", stackable=False),
 )  # fmt: skip
 
 
@@ -238,6 +246,7 @@ def compare_parameters(
     batch_size: BatchSize = TrainConfig.batch_size,
     lr: LearningRate = TrainConfig.lr,
     dropout: Rates = [TrainConfig.dropout],  # noqa: B006
+    weight_decay: WeightDecays = [],  # noqa: B006
     seeds: Seeds = [TrainConfig.seed],  # noqa: B006
     device: Device = "auto",
     precision: Precision = "fp32",

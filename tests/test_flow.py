@@ -282,3 +282,17 @@ def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(pr
     _, states, _ = run_flow(workspace, **args)
     assert not any(n.startswith("log_to_mlflow") for n in states)
     assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3
+
+
+def test_weight_decay_is_compared_as_a_variant_of_its_own(prefect_harness, workspace):
+    folder, states, artifacts = run_flow(
+        workspace, dataset="fake", epochs=1, limit_train=200, limit_test=100, weight_decay=[5e-4]
+    )
+    trains = {n for n in states if n.startswith("train[")}
+    assert trains == {"train[dropout=0.25, seed=0]", "train[weight_decay=0.0005, seed=0]", "train[baseline, seed=0]"}
+    summary = {r["model"]: r for r in pq.read_table(folder / "summary.parquet").to_pylist()}
+    assert (summary["weight_decay=0.0005"]["baseline"], summary["weight_decay=0.0005"]["dropout"]) == (False, 0.0)
+    assert summary["baseline"]["baseline"] and summary["baseline"]["weight_decay"] == 0.0
+    assert folder.name.startswith("fake-train200-test100-p0.25-wd0.0005-s0-e1-")
+    md = (folder / "summary.md").read_text()
+    assert "\n- weight decay 0.0005 vs baseline with one seed each" in md

@@ -74,7 +74,7 @@ def adam(params, cfg: TrainConfig) -> torch.optim.Adam:
     in one launch instead of dozens (at batch 32 a GPU step is launch-bound), and keeps its step
     count on the GPU (`capturable`), so the step can be replayed as a CUDA graph."""
     cuda = torch.device(cfg.device).type == "cuda"
-    return torch.optim.Adam(params, lr=cfg.lr, fused=cuda, capturable=cuda)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda, capturable=cuda)
 
 
 def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int, list[dict]] | None:
