@@ -195,10 +195,10 @@ BASELINE = Variant()
 
 
 def variant_of(values: TrainConfig | Mapping) -> Variant:
-    """The variant of a config, or of a report/history row (a setting's column that a row lacks, as in a
-    history recorded before that setting existed, is at the baseline's value)."""
+    """The variant of a config, or of a report/history row (a setting's column that a row lacks or holds
+    empty, as in a history recorded before that setting existed, is at the baseline's value)."""
     if isinstance(values, Mapping):
-        value = {s.field: float(values.get(s.field, s.off)) for s in SETTINGS}
+        value = {s.field: float(s.off if values.get(s.field) is None else values[s.field]) for s in SETTINGS}
     else:
         value = {s.field: float(getattr(values, s.field)) for s in SETTINGS}
     return Variant(tuple((s.field, value[s.field]) for s in SETTINGS if value[s.field] != s.off))

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-# Prefect's embedded server needs ~20 s to start on a small machine; its default patience is less.
+# Prefect's server can take tens of seconds to start on a small machine; its default patience is less.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout

@@ -45,7 +45,7 @@ def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str
 def publish_report(markdown: str, history: list[dict], experiment: str, cached: bool) -> None:
     """The report as artifacts keyed by experiment (`dropout-comparison-cifar10-p0-25-s0-e8`), so each
     experiment's nightly runs line up under one key and different experiments never mix. A cached
-    report is already stored under its key: no second ~200 KB copy of the same figure."""
+    report is already stored under its key: no second copy of the same figure."""
     logger = get_run_logger()
     key = slug(experiment)
     if cached:

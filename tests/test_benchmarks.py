@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dropout_lab.runtime.devices import PLANS, measured_plan
 
+pytestmark = pytest.mark.benchmark
 REPO = Path(__file__).resolve().parent.parent
 
 

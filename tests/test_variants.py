@@ -40,6 +40,7 @@ def test_a_weight_decay_variant_is_its_own_variant_and_not_the_baseline():
     assert not WD.is_baseline and variant_of(WD.columns()) == WD and variant_of(BASELINE.columns()) == BASELINE
     # A history row written before weight decay existed has no such column: it is at the baseline's value.
     assert variant_of({"dropout": 0.0}) == BASELINE and variant_of({"dropout": 0.25}) == P25
+    assert variant_of({"dropout": 0.25, "weight_decay": None}) == P25  # the column added to an older history
     assert compared_variants({"dropout": [0.25, 0.0], "weight_decay": [0.0005, 0.0]}) == [P25, WD, BASELINE]
     cfg = configure(TrainConfig(), WD, seed=3)
     assert (cfg.dropout, cfg.weight_decay, cfg.seed, cfg.label) == (0.0, 0.0005, 3, "weight_decay=0.0005")

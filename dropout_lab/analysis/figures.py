@@ -164,7 +164,7 @@ def plot_comparison(results: list[TrainResult], summary: list[dict], title: str,
 
 def plot_samples(images: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
     """5×5 grid of training images (N, 32, 32, 3) uint8 with their class names: one mosaic in one
-    axes (25 titled axes and a tight layout draw about ten times slower; README, *Cold start*)."""
+    axes (25 titled axes and a tight layout draw about ten times slower)."""
     images, labels = images[:25], labels[:25]
     rows, side, gap, label = 5, images.shape[1], 3, 9  # pixels: image, gap between, label band above
     cell_h, cell_w = label + side + gap, side + gap

@@ -37,7 +37,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 # The official archive, as torchvision's CIFAR10 describes it (tests/test_data.py checks they agree).
 # Written out rather than read from torchvision: importing torchvision costs each training process
-# ~160 MB of memory. (The download is ours too: torchvision's has no timeouts.)
+# memory it never uses (benchmarks/RESULTS.md). (The download is ours too: torchvision's has no timeouts.)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -151,7 +151,7 @@ def load_split(root: str | Path, train: bool, limit: int = 0) -> tuple[torch.Ten
 
     Memory: the batches are kept as stored and copied one by one into the (untouched, so not yet
     resident) output, each freed once copied: the peak stays near one copy of the split instead
-    of two (~150 MB less for the 50,000 training images)."""
+    of two."""
     import torch  # here: the command line's checks import this module, and torch takes seconds
 
     files = TRAIN_FILES if train else [TEST_FILE]

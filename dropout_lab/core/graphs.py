@@ -1,8 +1,8 @@
 """CUDA graphs for the one trainer: whether a run can use them, capturing a step, and undoing the
 warm-up steps a capture needs.
 
-Why: at batch 32 an eager GPU step is bound by the CPU issuing ~100 kernels (~2.5 ms per model);
-replayed as a CUDA graph the same step is one launch and the GPU becomes the bound (README, *GPU*).
+Why: at batch 32 an eager GPU step is bound by the CPU issuing a hundred kernel launches; replayed as
+a CUDA graph the same step is one launch and the GPU becomes the bound (benchmarks/RESULTS.md, *GPU*).
 A graph replays the very kernels of its capture on the very tensors it captured, so everything it
 reads (weights, Adam state, batch indices, the dropout generators' seed and offset) lives in static
 tensors that the trainer refills in place, and a checkpoint restored before the capture is what the

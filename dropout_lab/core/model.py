@@ -23,8 +23,8 @@ class Net(nn.Module):
 
         # The tutorial's conv → ReLU → maxpool, computed as conv → maxpool → ReLU: the same function
         # and the same gradients (both are monotonic and pick the same element; bit-identical
-        # training, see tests/test_model.py), with ReLU and its backward on a 4x smaller tensor:
-        # ~8 % faster training and ~40 % faster evaluation on CPU.
+        # training, see tests/test_model.py), with ReLU and its backward on a 4x smaller tensor
+        # (benchmarks/RESULTS.md has what that saves).
         self.features = nn.Sequential(
             nn.Conv2d(3, 32, 3), nn.MaxPool2d(2), nn.ReLU(),
             nn.Conv2d(32, 64, 3), nn.MaxPool2d(2), nn.ReLU(),

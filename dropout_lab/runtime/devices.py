@@ -66,7 +66,7 @@ def variant_configs(base: TrainConfig, variants: list[Variant], seeds: list[int]
 
 STACK_MODES = get_args(get_args(Stack)[0])  # declared once, with the flow parameter
 # The plan `--stack auto` follows on a GPU, per number of variants sharing it, with and without CUDA
-# graphs: written by `benchmarks/gpu_plan.py --write` from its side-by-side measurement (README, *GPU*).
+# graphs: written by `benchmarks/gpu_plan.py --write` from its side-by-side measurement (benchmarks/RESULTS.md, *GPU*).
 PLAN_FILE = Path(__file__).with_name("gpu_plan.json")
 PLANS = ("stacked", "processes")
 # Training processes at once on one GPU: each holds a CUDA context and its own copy of the data.
@@ -131,7 +131,7 @@ def threads_per_variant(devices: list[str]) -> int:
 
 def worker_slots(devices: list[str], threads: int) -> dict[str, int]:
     """How many training processes may run at once per device: the CPU's cores split `threads` each;
-    on a GPU up to GPU_PROCESSES_MAX, which share it concurrently (README, *GPU*)."""
+    on a GPU up to GPU_PROCESSES_MAX, which share it concurrently (docs/design.md)."""
     return {d: (max(1, available_cores() // threads) if d == "cpu" else GPU_PROCESSES_MAX) for d in set(devices)}
 
 
