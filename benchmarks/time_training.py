@@ -24,12 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dropout_lab.config import TrainConfig, check_train_config, compared_variants  # noqa: E402
+from dropout_lab.config import GRAPH_MODES, TrainConfig, check_train_config, compared_variants  # noqa: E402
 from dropout_lab.core.data import FOLDER_NAME  # noqa: E402
-from dropout_lab.core.graphs import GRAPH_MODES  # noqa: E402
-from dropout_lab.core.train import format_epoch  # noqa: E402
 from dropout_lab.runtime.devices import STACK_MODES, process_plan, stack_groups, variant_configs  # noqa: E402
 from dropout_lab.runtime.launcher import run_worker, worker_job  # noqa: E402
+from dropout_lab.runtime.progress import format_epoch  # noqa: E402
 
 
 def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: str, echo: bool = True) -> dict:

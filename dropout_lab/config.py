@@ -58,6 +58,27 @@ CudaGraphs = Annotated[
     Field(description="replay each training step and evaluation as a CUDA graph: auto (on CUDA) | on | off; a "
           "capture that fails trains eagerly"),
 ]  # fmt: skip
+GRAPH_MODES = get_args(get_args(CudaGraphs)[0])  # as declared
+
+
+def graphs_wanted(mode: str, device: str, precision: str, compile: bool) -> tuple[bool, str | None]:
+    """(capture CUDA graphs?, why not, for a log line): `auto` is on for CUDA whenever a graph can
+    hold the step, `on` asks for them (and says why it cannot), `off` never."""
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"--cuda-graphs must be one of {', '.join(GRAPH_MODES)} (got {mode!r})")
+    if mode == "off":
+        return False, None
+    if not device.startswith("cuda"):
+        return False, None if mode == "auto" else f"CUDA graphs need a CUDA device, not {device}"
+    if compile:
+        # torch.compile brings its own graphs (mode="reduce-overhead"); two capture layers do not nest.
+        return False, "--compile trains through torch.compile, not the trainer's own CUDA graphs"
+    if precision == "fp16":
+        # GradScaler checks for inf/nan on the host every step: a graph cannot hold that sync.
+        return False, "fp16's loss scaling syncs with the host every step; bf16 or fp32 capture"
+    return True, None
+
+
 LimitTrain = Annotated[int, Field(ge=0, le=50_000, description="train on the first N training images (0 = all)")]
 LimitTest = Annotated[int, Field(ge=0, le=10_000, description="evaluate on the first N test images (0 = all)")]
 TrainEvalImages = Annotated[

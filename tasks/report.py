@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
 from dropout_lab.analysis.report import report_order, write_report
-from dropout_lab.core.data import DataInfo, load_split, read_class_names
+from dropout_lab.core.data import DataInfo, read_class_names, sample_images
 from dropout_lab.naming import slug
 from dropout_lab.results import TrainResult
 from tasks.cache import ResultOf
@@ -36,9 +36,7 @@ def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str
     """Parquet tables + PNGs into `run_dir` from each training task's results; returns (run_dir,
     markdown for the UI). Models in the report's order: each setting's variants ascending, the baseline last."""
     trained = report_order(t for group in trained for t in group)
-    train_x, train_y = load_split(data.root, train=True, limit=25)
-    samples = (train_x.numpy(), train_y.numpy())
-    path, markdown = write_report(Path(run_dir), trained, data, samples, read_class_names(data.root))
+    path, markdown = write_report(Path(run_dir), trained, data, sample_images(data.root), read_class_names(data.root))
     return str(path), markdown
 
 

@@ -11,12 +11,11 @@ from prefect.runtime import task_run as current_task_run
 
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.data import DataInfo
-from dropout_lab.core.train import format_epoch, format_startup
 from dropout_lab.keys import TRAIN_CODE, train_key
 from dropout_lab.naming import group_label, slug
 from dropout_lab.results import TrainResult, results_of
 from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
-from dropout_lab.runtime.progress import bars
+from dropout_lab.runtime.progress import bars, format_epoch, format_startup
 from tasks.cache import ResultOf, error_of
 from tasks.slots import device_slot
 

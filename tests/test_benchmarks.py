@@ -109,3 +109,12 @@ def test_gpu_plan_measures_small_k_of_both_kinds_first():
 
 def test_gpu_check_script_parses():
     assert subprocess.run(["bash", "-n", "benchmarks/gpu_check.sh"], cwd=REPO).returncode == 0
+
+
+def test_cli_latency_times_help_and_refusals_side_by_side():
+    proc = subprocess.run([sys.executable, "benchmarks/cli_latency.py", "--rounds", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["--help", "--epochs two", "--dropout 1.5", "--lr inf"]
+    assert "(0)" in rows[0] and all("(2)" in r for r in rows[1:])  # help exits 0, every refusal 2

@@ -50,7 +50,7 @@ def test_help_lists_every_flow_parameter(capsys):
 
 def test_script_runs_end_to_end_and_ends_with_the_report_line(tmp_path):
     """Run from another folder with relative paths: they mean that folder, for the training processes too."""
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = dict(os.environ)  # the tests' PREFECT_HOME: its database is created once, by the first such run
     proc = subprocess.run(
         [sys.executable, str(REPO / "flows" / "compare.py"), "--dataset", "fake", "--epochs", "1",
          "--limit-train", "200", "--limit-test", "100", "--data-dir", "data", "--out", "out", "--cache-dir", "cache"],
@@ -121,7 +121,7 @@ def test_the_server_begun_first_is_the_one_the_run_uses(tmp_path):
         "own = early is not None and temporary_server._server[1] is early and os.getsid(early.pid) != os.getsid(0)\n"
         "print(sorted(heavy), own, answered, not SubprocessASGIServer._instances, url)\n"
     )
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = dict(os.environ)
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert run.stdout.startswith("[] True True True http://127.0.0.1:"), run.stdout + run.stderr[-2000:]
     # With a server configured there is nothing to begin.
@@ -132,7 +132,7 @@ def test_the_server_begun_first_is_the_one_the_run_uses(tmp_path):
 
 
 def test_offline_without_a_copy_fails_with_one_clear_line(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = dict(os.environ)
     code = (
         "import sys, flows.compare as c, tasks.fetch as s;"
         "s.fetch_cifar10.retry_delay_seconds = [0, 0, 0];"

@@ -15,12 +15,6 @@ from dropout_lab.results import TrainResult
 
 
 @pytest.fixture(scope="module")
-def splits(tiny_cifar):
-    root = tiny_cifar / "cifar-10-batches-py"
-    return (*load_split(root, train=True), *load_split(root, train=False))
-
-
-@pytest.fixture(scope="module")
 def learnable(tmp_path_factory):
     """Enough images of the generated patterns for the model to learn them in a few epochs."""
     root = write_cifar_folder(tmp_path_factory.mktemp("learnable"), n_train=800, n_test=10, seed=1)

@@ -13,10 +13,10 @@ import logging
 import pytest
 import torch
 
-from dropout_lab.config import TrainConfig
+from dropout_lab.config import TrainConfig, graphs_wanted
 from dropout_lab.core import graphs
+from dropout_lab.core import train as train_module
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
-from dropout_lab.core.data import load_split
 from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
 
 # 320 training images at batch 24: 13 full steps and a last batch of 8 (the eager remainder).
@@ -25,12 +25,6 @@ LAYOUTS = {
     "alone": [(0.25, 0)],
     "stacked": [(0.25, 0), (0.0, 0), (0.5, 1)],
 }
-
-
-@pytest.fixture(scope="module")
-def splits(tiny_cifar):
-    root = tiny_cifar / "cifar-10-batches-py"
-    return (*load_split(root, train=True), *load_split(root, train=False))
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def emulated(monkeypatch):
         return fn, None
 
     monkeypatch.setattr(graphs, "capture", capture)
-    monkeypatch.setattr(graphs, "graphs_wanted", lambda mode, *_: (mode != "off", None))
+    monkeypatch.setattr(train_module, "graphs_wanted", lambda mode, *_: (mode != "off", None))
     return captured
 
 
@@ -91,7 +85,7 @@ def test_a_failed_capture_logs_one_line_and_trains_eagerly_to_the_same_result(sp
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
 
     monkeypatch.setattr(graphs, "capture", capture)
-    monkeypatch.setattr(graphs, "graphs_wanted", lambda mode, *_: (True, None))
+    monkeypatch.setattr(train_module, "graphs_wanted", lambda mode, *_: (True, None))
     with caplog.at_level(logging.WARNING, logger="dropout_lab.core.train"):
         _, fallback = train(cfgs, splits, tmp_path / "fallback", "on")
     lines = [r.getMessage() for r in caplog.records if "capture failed" in r.getMessage()]
@@ -146,12 +140,12 @@ def test_cuda_graphs_on_without_cuda_says_so_once_and_trains(splits, tmp_path, c
     ],
 )
 def test_when_graphs_are_used(mode, device, precision, compile, expected):
-    assert graphs.graphs_wanted(mode, device, precision, compile) == expected
+    assert graphs_wanted(mode, device, precision, compile) == expected
 
 
 def test_an_unknown_graph_mode_is_refused():
     with pytest.raises(ValueError, match="--cuda-graphs must be one of auto, on, off"):
-        graphs.graphs_wanted("sometimes", "cpu", "fp32", False)
+        graphs_wanted("sometimes", "cpu", "fp32", False)
 
 
 # --- on a CUDA GPU only -------------------------------------------------------------------------

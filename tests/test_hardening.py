@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from dropout_lab.runtime.worker import classify
 from flows.compare import compare, main
 from tasks.cache import SafeJSONSerializer, UnsafeCacheEntry, check_record
 from tasks.train import retry_unless_hopeless
-from tests.test_reliability import alive, args_for, cli
+from tests.test_reliability import args_for, cli
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER_CMD = "touch {}"
@@ -201,84 +200,6 @@ def test_a_run_waiting_on_a_lock_says_so_and_names_the_holder(tmp_path, caplog, 
     with pytest.raises(TimeoutError, match="gave up"), held(tmp_path / ".cifar10.lock", "a"):
         with held(tmp_path / ".cifar10.lock", "b", timeout_s=0.3):  # same process, another FileLock: waits
             pass
-
-
-# --- signals -----------------------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                found.append(int(child))
-                todo.append(int(child))
-    return found
-
-
-RUN = ("--epochs", "6", "--limit-train", "2000")
-
-
-def start_training(tmp_path: Path) -> tuple[subprocess.Popen, list[str]]:
-    """A CLI run in its own session (like a terminal's foreground job), once its first epoch is done."""
-    proc = cli(args_for(tmp_path, *RUN), start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    deadline = time.time() + 240
-    while not list((tmp_path / "cache").glob("checkpoints/*/epoch-0001.pt")):
-        assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
-        time.sleep(0.1)
-    proc.reader = reader
-    return proc, lines
-
-
-def stopped_cleanly(proc: subprocess.Popen, lines: list[str], children: list[int], rc: int, name: str) -> None:
-    proc.wait(timeout=30)  # seconds, not the rest of the training
-    proc.reader.join(timeout=10)
-    out = "".join(lines)
-    assert proc.returncode == rc, out[-3000:]
-    last = out.strip().splitlines()[-1]
-    assert last.startswith(f"error: stopped by {name}") and "rerun the same command to resume" in last, out[-2000:]
-    assert "ConnectError" not in out and "Traceback" not in out, out[-3000:]
-    deadline = time.time() + 10
-    while any(alive(c) for c in children) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [c for c in children if alive(c)], "orphan processes left behind"
-
-
-@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_and_ctrl_c_stop_the_run_within_seconds_and_keep_checkpoints(tmp_path, sig, rc):
-    proc, lines = start_training(tmp_path)
-    children = descendants(proc.pid)
-    assert len(children) >= 3  # the temporary server and two training processes
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)  # Ctrl-C in a terminal: the whole foreground process group
-    else:
-        os.kill(proc.pid, sig)  # `kill PID`: the main process only
-    stopped_cleanly(proc, lines, children, rc, signal.Signals(sig).name)
-    assert list((tmp_path / "cache").glob("checkpoints/*/epoch-0001.pt"))  # finished epochs kept
-    assert "resumed after epoch" in cli_output(args_for(tmp_path, *RUN))  # the same command resumes
-
-
-def cli_output(args) -> str:
-    proc = cli(args)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-def test_kill_9_of_the_main_process_leaves_no_temporary_server(tmp_path):
-    proc, lines = start_training(tmp_path)
-    children = descendants(proc.pid)
-    servers = [c for c in children if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    assert servers, "the temporary server is not a child of the run"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 10
-    while any(alive(c) for c in children) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [c for c in children if alive(c)], "orphans after kill -9"
 
 
 # --- escaping ----------------------------------------------------------------------------------------

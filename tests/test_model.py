@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dropout_lab.analysis.tables import per_class_accuracy
 from dropout_lab.config import TrainConfig
-from dropout_lab.core.evaluate import per_class_accuracy, to_input
+from dropout_lab.core.evaluate import to_input
 from dropout_lab.core.model import Net, count_parameters
 
 

@@ -41,6 +41,7 @@ def test_slots_are_created_once_with_the_plan_s_size_and_then_kept(prefect_harne
         set_limit(name, None)
 
 
+@pytest.mark.e2e  # two command-line runs at once against one server
 def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_path):
     """Two CLI runs (separate processes) against one server, the CPU limited to one training at once:
     their four trainings never overlap. A per-process semaphore would let them run two by two."""

@@ -1,7 +1,7 @@
-"""Fault injection: kill -9 and resume, task retries, concurrent runs, dead API, full or unwritable disks."""
+"""Fault injection: task retries, concurrent runs, dead API, full or unwritable disks (interruptions and
+resuming: test_interruptions.py)."""
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -53,55 +53,11 @@ def final_weights(cache: Path) -> dict[str, dict]:
     return out
 
 
-def worker_children(pid: int) -> list[int]:
-    """PIDs of the training processes (`python -m dropout_lab.runtime.worker`) started by `pid`."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"dropout_lab.runtime.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(int(child))
-    return found
-
-
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
-
-
-def test_kill_9_mid_training_then_rerun_resumes_with_identical_results(tmp_path):
-    args = args_for(tmp_path, "--epochs", "4")
-    proc = cli(args)
-    deadline = time.time() + 240
-    while not list((tmp_path / "cache").glob("checkpoints/*/epoch-0002.pt")):
-        assert proc.poll() is None and time.time() < deadline, "training never reached epoch 2"
-        time.sleep(0.1)
-    workers = worker_children(proc.pid)
-    os.kill(proc.pid, signal.SIGKILL)  # the flow process; its training processes must follow
-    proc.wait()
-    deadline = time.time() + 10
-    while any(alive(w) for w in workers) and time.time() < deadline:
-        time.sleep(0.1)
-    assert workers and not any(alive(w) for w in workers), "orphaned training processes kept running"
-    assert not list((tmp_path / "out").glob("*/summary.parquet"))  # no report from the killed run
-
-    rerun = cli(args)
-    out, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, out[-3000:]
-    assert "resumed after epoch" in out
-    resumed = report_of(out)
-    assert max(pq.read_table(resumed / "summary.parquet").column("resumed_from_epoch").to_pylist()) >= 2
-
-    reference = cli(args_for(tmp_path, "--epochs", "4", cache="cache-ref", out="out-ref"))
-    ref_out, _ = reference.communicate(timeout=300)
-    assert reference.returncode == 0, ref_out[-3000:]
-    assert metrics(resumed) == metrics(report_of(ref_out))
-    killed_w, ref_w = final_weights(tmp_path / "cache"), final_weights(tmp_path / "cache-ref")
-    assert killed_w.keys() == ref_w.keys() == {"baseline", "dropout"}
-    for variant in killed_w:
-        for name, tensor in killed_w[variant].items():
-            assert torch.equal(tensor, ref_w[variant][name]), (variant, name)
 
 
 def test_injected_fault_is_survived_by_the_tasks_own_retry(prefect_harness, tiny_cifar, tmp_path, monkeypatch):
@@ -117,6 +73,7 @@ def test_injected_fault_is_survived_by_the_tasks_own_retry(prefect_harness, tiny
     assert metrics(faulty) == metrics(clean)
 
 
+@pytest.mark.e2e  # three command-line runs, two at once
 def test_concurrent_runs_with_different_parameters_share_folders_safely(tmp_path):
     first = cli(args_for(tmp_path, "--epochs", "2"))
     second = cli(args_for(tmp_path, "--epochs", "2", "--dropout", "0.5"))

@@ -1,11 +1,11 @@
 """The Dask task runner: a local cluster of 2 worker processes gives the thread runner's results."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("epoch", "train_running_loss", "train_running_acc", "train_eval_acc", "test_loss", "test_acc")
@@ -15,8 +15,7 @@ def run_cli(tmp_path: Path, name: str, *extra: str) -> tuple[Path, str]:
     args = ["--dataset", "fake", "--epochs", "2", "--limit-train", "400", "--limit-test", "200", "--seeds", "0", "1",
             "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / name / "out"),
             "--cache-dir", str(tmp_path / name / "cache"), *extra]  # fmt: skip
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / name / "prefect-home")}
-    proc = subprocess.run([sys.executable, "flows/compare.py", *args], cwd=REPO, env=env, text=True,
+    proc = subprocess.run([sys.executable, "flows/compare.py", *args], cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:]
     return Path(proc.stdout.strip().splitlines()[-1].removeprefix("report: ")), proc.stdout
@@ -27,9 +26,15 @@ def history(folder: Path):
     return sorted((r["model"], r["seed"], *(r[m] for m in METRICS)) for r in rows)
 
 
-def test_dask_runner_matches_thread_runner(tmp_path):
+@pytest.mark.e2e  # a real Dask cluster of worker processes
+def test_dask_runner_matches_thread_runner(prefect_harness, tmp_path):
+    from flows.compare import compare
+
     dask_report, dask_log = run_cli(tmp_path, "dask", "--task-runner", "dask")
-    thread_report, _ = run_cli(tmp_path, "thread")
+    # The same parameters on the thread runner (in this process, on the tests' Prefect server).
+    thread_report = Path(compare(dataset="fake", epochs=2, limit_train=400, limit_test=200, seeds=[0, 1],
+                                 data_dir=str(tmp_path / "data"), out=str(tmp_path / "thread" / "out"),
+                                 cache_dir=str(tmp_path / "thread" / "cache")))  # fmt: skip
     assert "distributed.scheduler" in dask_log  # it really ran on a Dask cluster ...
     assert dask_log.count("Starting temporary server") == 1  # ... reporting to this run's one server
     assert "train[dropout=0.25, seed=1]" in dask_log

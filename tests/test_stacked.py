@@ -9,7 +9,6 @@ from torch import nn
 
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
-from dropout_lab.core.data import load_split
 from dropout_lab.core.evaluate import evaluate
 from dropout_lab.core.model import Net
 from dropout_lab.core.stacked import Single, StackedNet, streams_from_global
@@ -19,12 +18,6 @@ BASE = TrainConfig(epochs=2, batch_size=32)
 # Measured: a correct stack differs from separate training by <= 2e-5 after 3 Adam steps (summation
 # order in the grouped convolutions); one variant with the wrong dropout stream differs by 2e-3.
 STEP_TOL = 2e-4
-
-
-@pytest.fixture(scope="module")
-def splits(tiny_cifar):
-    root = tiny_cifar / "cifar-10-batches-py"
-    return (*load_split(root, train=True), *load_split(root, train=False))
 
 
 def variants(*pairs):

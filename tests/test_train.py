@@ -7,16 +7,9 @@ import torch
 
 from dropout_lab.config import TrainConfig, check_train_config
 from dropout_lab.core.checkpoint import MAGIC, epoch_checkpoints, load_checkpoint
-from dropout_lab.core.data import load_split
 from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
 
 CFG = TrainConfig(dropout=0.25, epochs=3, batch_size=32, seed=3)
-
-
-@pytest.fixture(scope="module")
-def splits(tiny_cifar):
-    root = tiny_cifar / "cifar-10-batches-py"
-    return (*load_split(root, train=True), *load_split(root, train=False))
 
 
 def run(cfg, splits, folder, attempt=1):

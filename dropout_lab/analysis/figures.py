@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dropout_lab.analysis.stats import by_variant, mean_ci  # noqa: E402
+from dropout_lab.analysis.tables import per_class_accuracy  # noqa: E402
 from dropout_lab.config import SETTING, Variant, family_noun, variant_of  # noqa: E402
 from dropout_lab.core.data import CLASSES  # noqa: E402
-from dropout_lab.core.evaluate import per_class_accuracy  # noqa: E402
 from dropout_lab.results import TrainResult  # noqa: E402
 
 BASELINE_COLOR = "#d62728"  # the baseline red; each setting's variants from its own colormap ramp

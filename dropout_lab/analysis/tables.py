@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 
 from dropout_lab.config import SETTINGS, TrainConfig, variant_of
 from dropout_lab.core.data import CLASSES, DataInfo
-from dropout_lab.core.evaluate import per_class_accuracy
 from dropout_lab.results import TrainResult
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -193,6 +192,15 @@ def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
             }
         )
     return rows
+
+
+def per_class_accuracy(confusion: list[list[int]]) -> list[float]:
+    """Row-normalised diagonal: the fraction of each true class predicted correctly (nan if absent)."""
+    out = []
+    for i, row in enumerate(confusion):
+        total = sum(row)
+        out.append(row[i] / total if total else float("nan"))
+    return out
 
 
 def per_class_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:

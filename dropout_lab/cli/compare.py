@@ -61,18 +61,16 @@ def parse(argv: list[str] | None, prog: str = "python flows/compare.py") -> tupl
 
 
 def refuse_early(argv: list[str]) -> None:
-    """The script's first step: answer --help and refuse bad values (one line, exit 2) before torch or
+    """The script's first step: answer --help, and refuse a run that cannot work (bad values, devices or
+    folders: exit 2; a configured Prefect API that does not answer: exit 1; one line), before torch or
     Prefect's engine is imported; otherwise begin Prefect's temporary server, which then starts while
     the run imports them (dropout_lab/runtime/temporary_server.py)."""
     from dropout_lab.runtime import temporary_server
-    from dropout_lab.runtime.preflight import parameter_errors
 
     try:
-        parameter_errors(parse(argv)[0])
+        checked_configs(parse(argv)[0])
     except CliError as e:
         sys.exit(fail(e))
-    except ValueError as e:
-        sys.exit(fail(CliError(str(e), 2)))
     temporary_server.begin()
 
 

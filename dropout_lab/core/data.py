@@ -178,6 +178,12 @@ def load_split(root: str | Path, train: bool, limit: int = 0) -> tuple[torch.Ten
 # --- checking, downloading and extracting --------------------------------------------------------
 
 
+def sample_images(root: str | Path, n: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` training images (n, 32, 32, 3) uint8 and their labels, for the report's grid."""
+    images, labels = read_batch(Path(root) / TRAIN_FILES[0])
+    return images[:n], labels[:n]
+
+
 def md5_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:

@@ -122,12 +122,3 @@ def train_eval_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> t
         return images, labels
     idx = idx.to(images.device)
     return images[idx], labels[idx]
-
-
-def per_class_accuracy(confusion: list[list[int]]) -> list[float]:
-    """Row-normalised diagonal: the fraction of each true class predicted correctly (nan if absent)."""
-    out = []
-    for i, row in enumerate(confusion):
-        total = sum(row)
-        out.append(row[i] / total if total else float("nan"))
-    return out

@@ -1,5 +1,5 @@
-"""CUDA graphs for the one trainer: whether a run can use them, capturing a step, and undoing the
-warm-up steps a capture needs.
+"""CUDA graphs for the one trainer: capturing a step, and undoing the warm-up steps a capture needs
+(whether a run uses them: config.graphs_wanted).
 
 Why: at batch 32 an eager GPU step is bound by the CPU issuing a hundred kernel launches; replayed as
 a CUDA graph the same step is one launch and the GPU becomes the bound (benchmarks/RESULTS.md, *GPU*).
@@ -13,31 +13,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import get_args
 
 import torch
-
-from dropout_lab.config import CudaGraphs
-
-GRAPH_MODES = get_args(get_args(CudaGraphs)[0])  # declared once, with the flow parameter
-
-
-def graphs_wanted(mode: str, device: str, precision: str, compile: bool) -> tuple[bool, str | None]:
-    """(capture CUDA graphs?, why not, for a log line): `auto` is on for CUDA whenever a graph can
-    hold the step, `on` asks for them (and says why it cannot), `off` never."""
-    if mode not in GRAPH_MODES:
-        raise ValueError(f"--cuda-graphs must be one of {', '.join(GRAPH_MODES)} (got {mode!r})")
-    if mode == "off":
-        return False, None
-    if not device.startswith("cuda"):
-        return False, None if mode == "auto" else f"CUDA graphs need a CUDA device, not {device}"
-    if compile:
-        # torch.compile brings its own graphs (mode="reduce-overhead"); two capture layers do not nest.
-        return False, "--compile trains through torch.compile, not the trainer's own CUDA graphs"
-    if precision == "fp16":
-        # GradScaler checks for inf/nan on the host every step: a graph cannot hold that sync.
-        return False, "fp16's loss scaling syncs with the host every step; bf16 or fp32 capture"
-    return True, None
 
 
 def capture(fn: Callable[[], None], generators: list[torch.Generator] = (), pool=None):

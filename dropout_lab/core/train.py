@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dropout_lab.config import TrainConfig, stack_shared
+from dropout_lab.config import TrainConfig, graphs_wanted, stack_shared
 from dropout_lab.core import graphs
 from dropout_lab.core.checkpoint import (
     CheckpointError,
@@ -212,33 +212,6 @@ def epoch_record(
         "test_confusion": test["confusion"],  # [true][predicted] counts
         "epoch_seconds": seconds,
     }
-
-
-def format_epoch(label: str, epochs: int, r: dict) -> str:
-    """The one fixed-format progress line per epoch: the running (train-mode) numbers, then the
-    eval-mode train and test numbers, and their difference, the generalization gap."""
-    return (
-        f"{label:<24} epoch {r['epoch']:>2}/{epochs}  running loss {r['train_running_loss']:.4f} "
-        f"acc {r['train_running_acc']:6.2%}  train loss {r['train_eval_loss']:.4f} acc {r['train_eval_acc']:6.2%}"
-        f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}"
-        f"  gap {100 * (r['train_eval_acc'] - r['test_acc']):5.2f}  {r['epoch_seconds']:6.1f}s"
-    )
-
-
-def format_startup(startup: dict) -> str:
-    """What stood before the first step in the training process, e.g. `torch import 1.9 s (ahead of
-    its job, then 6.2 s waiting for it), data 1.5 s, CUDA context 0.4 s more`."""
-    parts = []
-    if "torch_import" in startup:
-        waited = startup.get("waited_for_job", 0)
-        ahead = (" (ahead of its job" + (f", then {waited:.1f} s waiting for it)" if waited >= 0.05 else ")")
-                 if startup.get("ahead") else "")  # fmt: skip
-        parts.append(f"torch import {startup['torch_import']:.1f} s{ahead}")
-    if "data" in startup:
-        parts.append(f"data {startup['data']:.1f} s")
-    if "cuda_wait" in startup:
-        parts.append(f"CUDA context {startup['cuda_wait']:.1f} s more")
-    return ", ".join(parts) or "?"
 
 
 def save_epoch(folder: Path, cfg: TrainConfig, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen, history) -> None:
@@ -472,7 +445,7 @@ def fit(
     check_stackable(cfgs)
     cfg = cfgs[0]
     device = torch.device(cfg.device)
-    graphed, why_not = graphs.graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)
+    graphed, why_not = graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)
     if why_not and cuda_graphs == "on":
         log.info("--cuda-graphs on: %s; training eagerly", why_not)
     runs = [_start(c, Path(f)) for c, f in zip(cfgs, checkpoint_dirs, strict=True)]

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import get_args
 
-from dropout_lab.config import Stack, TrainConfig, Variant, configure, stack_key
+from dropout_lab.config import Stack, TrainConfig, Variant, configure, graphs_wanted, stack_key
 
 
 def available_cores() -> int:
@@ -116,8 +116,6 @@ def stack_groups(configs: list[TrainConfig], mode: str, cuda_graphs: str = "auto
 
 
 def _graphed(cuda_graphs: str, cfg: TrainConfig) -> bool:
-    from dropout_lab.core.graphs import graphs_wanted  # imports torch: only for a run that passed its checks
-
     return graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)[0]
 
 
