@@ -14,6 +14,7 @@ import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -23,7 +24,9 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.events.actions import SendNotification  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
+from prefect.settings import PREFECT_API_URL  # noqa: E402
 
+from dropout_lab.cli.compare import check_api_reachable  # noqa: E402
 from dropout_lab.naming import slug  # noqa: E402
 from dropout_lab.runtime.redact import redact  # noqa: E402
 
@@ -69,13 +72,31 @@ def switch_off(deployment: str) -> bool:
         return False
 
 
+def webhook_url(text: str) -> str:
+    """An http(s) URL with a host (argparse type): anything else is refused before anything is created."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not an http(s) webhook URL: {redact(text)!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python deployments/notify.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--deployment", default="compare/nightly", help="FLOW/DEPLOYMENT to watch")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--webhook", metavar="URL", help="where to post a message when a run fails or crashes")
+    what.add_argument("--webhook", metavar="URL", type=webhook_url,
+                      help="where to post a message when a run fails or crashes (http or https)")
     what.add_argument("--off", action="store_true", help="delete the automation")
     args = parser.parse_args(argv)
+    if not PREFECT_API_URL.value():
+        print("error: PREFECT_API_URL is not set: an automation lives on a running Prefect server "
+              "(prefect server start)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        check_api_reachable()  # a Prefect API that does not answer: one line within seconds, not minutes
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         if args.off:
             print("removed" if switch_off(args.deployment) else "there was none", names(args.deployment)[0])

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dropout_lab.config import SETTINGS, TrainConfig, compared_variants, variant_of
 from dropout_lab.keys import train_key
 
+MAX_EXPERIMENT = 120  # characters: a report folder's name adds 11 and must stay under 255 bytes
+
 
 def slug(text: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
@@ -44,7 +46,10 @@ def experiment_name(configs: list[TrainConfig], dataset: str) -> str:
     def values_of(setting) -> list[float]:
         return sorted({value for v in variants for field, value in v.settings if field == setting.field})
 
-    return f"{dataset}{size}-{'-'.join(_compared(values_of))}-s{seed_part}-e{cfg.epochs}"
+    name = f"{dataset}{size}-{'-'.join(_compared(values_of))}-s{seed_part}-e{cfg.epochs}"
+    if len(name) > MAX_EXPERIMENT:  # many values: a folder name must stay short; the digest keeps it unique
+        name = f"{name[: MAX_EXPERIMENT - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:

@@ -32,15 +32,16 @@ from prefect import flow  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402
 
 from dropout_lab.analysis.report import history_rows, report_order  # noqa: E402
-from dropout_lab.cli.compare import CliError, checked_configs, fail, one_line, parse  # noqa: E402
+from dropout_lab.cli.compare import CliError, check_dask, checked_configs, fail, one_line, parse  # noqa: E402
 from dropout_lab.config import PARAMETERS, TrainConfig, help_text  # noqa: E402
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
-from dropout_lab.runtime import temporary_server  # noqa: E402
+from dropout_lab.runtime import console, temporary_server  # noqa: E402
 from dropout_lab.runtime.devices import process_plan, stack_groups  # noqa: E402
 from dropout_lab.runtime.launcher import discard_spares, first_processes, prestart  # noqa: E402
 from dropout_lab.runtime.preflight import check_parameters  # noqa: E402
 from dropout_lab.runtime.progress import bars  # noqa: E402
+from dropout_lab.runtime.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime.signals import Stopped, stop_on_signals, stop_training_on_sigterm  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
@@ -65,6 +66,7 @@ def project_logs_to_prefect() -> None:
 
 
 project_logs_to_prefect()
+redact_logs()  # every log record of this process, whoever made it, loses URL credentials before output
 
 
 def run_name() -> str:
@@ -106,7 +108,7 @@ def compare(**params) -> str:
     results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
     run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint)
     report = render_report.with_options(**opts)(trained, data, str(run_dir), return_state=True)
-    folder, markdown = report.result()
+    folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"])
     publish_report(markdown, history_rows(results, data), experiment, report.name == "Cached")
     recorded = record_history(results, data, out, folder, experiment)  # None: nothing new was trained
@@ -168,17 +170,20 @@ def task_runner_for(kind: str, address: str | None, n_workers: int):
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        params, runner_kind, dask_address = parse(argv)
+        params, how = parse(argv)
         configs = checked_configs(params)
+        if how["dask_address"]:
+            check_dask(how["dask_address"])
     except CliError as e:
         return fail(e)
+    console.quiet(how["verbose"])
     # Registered before the temporary server starts, so it runs after the server's exit handler
     # (atexit is last-in, first-out): the flow reports its end, the server stops, then this line.
     last_line: list[str] = []
     atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
     groups = stack_groups(configs, params["stack"], params["cuda_graphs"])
     threads, slots = process_plan(groups)
-    runner = task_runner_for(runner_kind, dask_address, min(len(groups), sum(slots.values())))
+    runner = task_runner_for(how["task_runner"], how["dask_address"], min(len(groups), sum(slots.values())))
     flow_fn = compare if runner is None else compare.with_options(task_runner=runner)
     try:
         with stop_on_signals():

@@ -95,21 +95,22 @@ def cache_options(cache_dir: str | Path) -> dict:
 class ResultOf(CachePolicy):
     """A task's cache key: what identifies its result (`identity`, from the task's inputs) and the
     source of the project code that computes it (`code`: a module and every project module it
-    imports). With `still_there`, a stored result whose outputs are gone from disk (a deleted
-    checkpoint, report folder or dataset) is forgotten first, so the task itself runs again."""
+    imports). A stored result is a claim, not a fact: `trust(result, inputs)` says why it cannot be
+    used (its files gone, changed or somewhere else; None when it checks out), and such a result is
+    forgotten with one logged line before Prefect reads it, so the task itself runs again."""
 
     identity: Callable[[dict], Any] | None = None
     code: str = ""
-    still_there: Callable[[Any], bool] | None = None
+    trust: Callable[[Any, dict], str | None] | None = None
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
         key = stable_hash(self.identity(inputs), code_hash(self.code))
-        if self.still_there is not None:
-            forget_if_gone(task_ctx, key, self.still_there)
+        if self.trust is not None:
+            forget_unless_trusted(task_ctx, key, lambda result: self.trust(result, inputs))
         return key
 
 
-def forget_if_gone(task_ctx, key: str, still_there: Callable[[Any], bool]) -> None:
+def forget_unless_trusted(task_ctx, key: str, problem: Callable[[Any], str | None]) -> None:
     storage = getattr(getattr(task_ctx, "result_store", None), "result_storage", None)
     if not isinstance(storage, CacheFolder):
         return
@@ -119,8 +120,12 @@ def forget_if_gone(task_ctx, key: str, still_there: Callable[[Any], bool]) -> No
         result = SafeJSONSerializer().loads(record["result"].encode())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # nothing (readable) cached: nothing to forget
-    if not still_there(result):
-        log.info("cached result %s: its outputs are gone from disk; computing it again", key[:12])
+    try:
+        reason = problem(result)
+    except Exception as e:  # a result of the wrong shape is no result
+        reason = f"unreadable as this task's result ({type(e).__name__}: {e})"
+    if reason:
+        log.warning("ignoring cached result %s: %s; computing it again", key[:12], reason)
         path.unlink(missing_ok=True)
 
 

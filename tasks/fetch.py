@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from dropout_lab.core.data import CIFAR10_URL, DataInfo, DownloadError, ensure_cifar10, ensure_fake, still_on_disk
+from dropout_lab.core.data import CIFAR10_URL, DataInfo, DownloadError, data_problem, ensure_cifar10, ensure_fake
 from tasks.cache import ResultOf, error_of
 
 
@@ -20,11 +20,11 @@ def retry_on_network_error(task, task_run, state) -> bool:
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
     retry_condition_fn=retry_on_network_error,
-    # The data folder and source; forgotten when the files it describes were deleted or replaced.
+    # The data folder and source; forgotten unless it describes this folder's files, unchanged.
     cache_policy=ResultOf(
         identity=lambda p: ("fetch", str(Path(p["data_dir"]).resolve()), p["dataset"], p["url"]),
         code="dropout_lab.core.data",
-        still_there=still_on_disk,
+        trust=lambda info, p: data_problem(info, p["data_dir"], p["dataset"]),
     ),
     persist_result=True,
 )

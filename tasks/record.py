@@ -54,7 +54,11 @@ def record_history(
 def log_to_mlflow(out: str, runs: list[dict], epochs: list[dict], folder: str) -> str:
     """One parent MLflow run for this flow run, a child per model (dropout_lab/analysis/tracking.py)."""
     files = [Path(folder, name) for name in ("comparison.png", "samples.png", "summary.md")]
-    run_id = tracking.log_flow_run(out, runs, epochs, [f for f in files if f.is_file()])
+    try:
+        run_id = tracking.log_flow_run(out, runs, epochs, [f for f in files if f.is_file()])
+    except Exception as e:  # MLflow's messages carry the tracking URI, credentials and all
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RuntimeError(redact(f"MLflow: {type(e).__name__}: {first}")) from None
     get_run_logger().info("mlflow: run %s in %s, experiment %s", run_id, redact(tracking.tracking_uri(out)),
                           tracking.EXPERIMENT)  # fmt: skip
     return run_id

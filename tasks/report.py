@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
-from dropout_lab.analysis.report import report_order, write_report
+from dropout_lab.analysis.report import report_files, report_order, report_problem, write_report
 from dropout_lab.core.data import DataInfo, read_class_names, sample_images
 from dropout_lab.naming import slug
 from dropout_lab.results import TrainResult
@@ -24,20 +24,21 @@ def _report_identity(p: dict) -> tuple:
 
 @task(
     name="render_report",
-    # Forgotten when the report folder was deleted since.
+    # Forgotten unless its folder is this run's, holding the very files it wrote.
     cache_policy=ResultOf(
         identity=_report_identity,
         code="dropout_lab.analysis.report",
-        still_there=lambda result: Path(result[0], "summary.parquet").is_file(),
+        trust=lambda result, p: report_problem(result[0], p["run_dir"], result[2]),
     ),
     persist_result=True,
 )
-def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str) -> tuple[str, str]:
+def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str) -> tuple[str, str, dict]:
     """Parquet tables + PNGs into `run_dir` from each training task's results; returns (run_dir,
-    markdown for the UI). Models in the report's order: each setting's variants ascending, the baseline last."""
+    markdown for the UI, the SHA-256 of each file). Models in the report's order: each setting's
+    variants ascending, the baseline last."""
     trained = report_order(t for group in trained for t in group)
     path, markdown = write_report(Path(run_dir), trained, data, sample_images(data.root), read_class_names(data.root))
-    return str(path), markdown
+    return str(path), markdown, report_files(path)
 
 
 def publish_report(markdown: str, history: list[dict], experiment: str, cached: bool) -> None:

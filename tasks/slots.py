@@ -59,15 +59,15 @@ def device_slot(device: str, size: int, logger) -> Iterator[None]:
 @contextlib.contextmanager
 def _prefect_slot(device: str, size: int, logger) -> Iterator[None]:
     # A lost lease renewal (server hiccup) does not kill a training hours in; a killed run's lease
-    # lapses after a minute (the shortest the server takes).
+    # lapses after a minute (the shortest the server takes). The wait is announced from the limit's own
+    # count, once, before waiting: a timed first attempt would make Prefect log an ERROR for a normal wait.
     name = ensure_slots(device, size)
-    hold = {"occupy": 1, "strict": True, "raise_on_lease_renewal_failure": False, "lease_duration": 60}
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, timeout_seconds=0.5, **hold))
-        except TimeoutError:
-            logger.info("all slots of %s are taken (other trainings on %s): waiting for one", name, device)
-            stack.enter_context(concurrency(name, **hold))
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    if limit.active_slots >= limit.limit:
+        logger.info("waiting for a slot of %s: all %d are held by trainings on %s (resize it in the UI or with "
+                    "`prefect gcl update %s --limit N`)", name, limit.limit, device, name)  # fmt: skip
+    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False, lease_duration=60):
         yield
 
 

@@ -14,6 +14,7 @@ from dropout_lab.core.data import DataInfo
 from dropout_lab.keys import TRAIN_CODE, train_key
 from dropout_lab.naming import group_label, slug
 from dropout_lab.results import TrainResult, results_of
+from dropout_lab.runtime.console import DETAILS
 from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
 from dropout_lab.runtime.progress import bars, format_epoch, format_startup
 from tasks.cache import ResultOf, error_of
@@ -24,6 +25,24 @@ def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
     """Per-variant checkpoint folder, keyed like its training: a rerun finds its own checkpoints,
     whether it trained alone or in a stack."""
     return Path(cache_dir) / "checkpoints" / f"{slug(cfg.run_name)}-{train_key(cfg, data.fingerprint)[:16]}"
+
+
+def training_problem(results: list[TrainResult], p: dict) -> str | None:
+    """Why cached training results cannot stand for these variants (None: they can): each must be its
+    own variant's, and its checkpoint file, hash and metrics must be what its checkpoint folder holds."""
+    from dropout_lab.core.checkpoint import claim_problem  # torch: only when a cached result is checked
+
+    cfgs = p["cfgs"]
+    if len(results) != len(cfgs):
+        return f"{len(results)} results for {len(cfgs)} variants"
+    for r, cfg in zip(results, cfgs, strict=True):
+        if r.config != cfg:
+            return f"a result for {r.config.run_name}, not {cfg.run_name}"
+        problem = claim_problem(r.checkpoint, r.weights_sha256, checkpoint_dir(p["cache_dir"], cfg, p["data"]),
+                                cfg.to_dict(), r.history)  # fmt: skip
+        if problem:
+            return f"{cfg.run_name}: {problem}"
+    return None
 
 
 def retry_unless_hopeless(task, task_run, state) -> bool:
@@ -43,11 +62,12 @@ def train_run_name() -> str:
     retries=2,
     retry_delay_seconds=1,
     retry_condition_fn=retry_unless_hopeless,
-    # Threads, slots, graphs and `fresh` change how, not what, it trains. Forgotten when a checkpoint is gone.
+    # Threads, slots, graphs and `fresh` change how, not what, it trains. Forgotten unless every
+    # checkpoint it names is there, in its own folder, as recorded.
     cache_policy=ResultOf(
         identity=lambda p: [train_key(c, p["data"].fingerprint) for c in p["cfgs"]],
         code=TRAIN_CODE,
-        still_there=lambda results: all(Path(r.checkpoint).is_file() for r in results),
+        trust=training_problem,
     ),
     persist_result=True,
 )
@@ -100,7 +120,9 @@ def train(
                     logger.log(event["level"], "train[%s]: %s", label, event["message"])
     except TrainingFailed as e:
         if e.details:
-            logger.error("train[%s] failed; the training process's last lines:\n%s", label, e.details)
+            logger.error(
+                "train[%s] failed; the training process's last lines:\n%s", label, e.details, extra={DETAILS: True}
+            )  # the run's log in the UI; the terminal (no --verbose) skips it
         if e.kind == "oom":
             raise TrainingFailed(
                 f"train[{label}] ran out of GPU memory on {cfgs[0].device} at batch size {cfgs[0].batch_size} "

@@ -14,8 +14,9 @@ from dropout_lab.core.data import DownloadError, archive_folder, download_archiv
 class ArchiveServer:
     """Serves one archive on 127.0.0.1; the first `failures` GETs send half the bytes and hang up."""
 
-    def __init__(self, payload: bytes, failures: int = 0, status: int = 200):
+    def __init__(self, payload: bytes, failures: int = 0, status: int = 200, auth: str | None = None):
         self.payload, self.failures, self.status, self.requests = payload, failures, status, 0
+        self.auth = auth  # the Authorization header it requires, if any
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,6 +32,9 @@ class ArchiveServer:
                 if self.headers.get("Method") == "HEAD":  # torchvision's redirect probe: headers only
                     return self.do_HEAD()
                 server.requests += 1
+                if server.auth and self.headers.get("Authorization") != server.auth:
+                    self.send_error(401)
+                    return
                 if server.status != 200:
                     self.send_error(server.status)
                     return
@@ -131,3 +135,12 @@ def test_fetch_task_does_not_retry_bad_data(prefect_harness, tmp_path):
     state = task(str(data_dir), "cifar10", "http://127.0.0.1:9/x", return_state=True)
     assert state.is_failed() and state.state_details.task_run_id
     assert "cannot extract" in str(state.result(raise_on_failure=False))
+
+
+def test_a_mirror_url_with_credentials_authenticates_and_never_shows_them(archive_bytes, serve, tmp_path):
+    server = serve(archive_bytes, auth="Basic YWxpY2U6czNjcmV0")  # alice:s3cret
+    with pytest.raises(DownloadError) as refused:  # the wrong password: refused, the URL shown redacted
+        ensure_cifar10(tmp_path / "d", url=server.url.replace("http://", "http://alice:wrong@"))
+    assert "wrong" not in str(refused.value) and "http://***@127.0.0.1" in str(refused.value)
+    info = ensure_cifar10(tmp_path / "d", url=server.url.replace("http://", "http://alice:s3cret@"))
+    assert Path(info.root).name == "cifar-10-batches-py"

@@ -125,15 +125,28 @@ def test_concurrent_writers_lose_no_row(tmp_path):
     assert len(history.read(path)) == 100 and len(history.read(path, "epochs")) == 300
 
 
-def test_an_older_history_gains_new_columns(tmp_path):
-    path = tmp_path / history.HISTORY_FILE
+def older_history(path: Path) -> None:
+    """A history as the first version wrote it: both tables with their unique keys, fewer columns, no marker."""
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE runs (recorded_at TEXT, flow_run_id TEXT, model TEXT, seed INTEGER, dropout REAL)")
-    db.execute("INSERT INTO runs VALUES ('2026-01-01T00:00:00+00:00', 'old', 'baseline', 0, 0.0)")
+    key = "experiment_hash TEXT, model TEXT, seed INTEGER, weights_sha256 TEXT"
+    db.execute(f"CREATE TABLE runs (recorded_at TEXT, flow_run_id TEXT, report_folder TEXT, dropout REAL, {key}, "
+               "UNIQUE (experiment_hash, model, seed, weights_sha256))")  # fmt: skip
+    db.execute(f"CREATE TABLE epochs (recorded_at TEXT, {key}, epoch INTEGER, "
+               "UNIQUE (experiment_hash, model, seed, weights_sha256, epoch))")  # fmt: skip
+    db.execute("INSERT INTO runs VALUES ('2026-01-01T00:00:00+00:00', 'old', '/r', 0.0, 'h', 'baseline', 0, 'w')")
     db.commit()
     db.close()
+
+
+def test_an_older_history_gains_new_columns(tmp_path):
+    path = tmp_path / history.HISTORY_FILE
+    older_history(path)
+    before = path.read_bytes()
     rows = history.read(path)
     assert rows[0]["flow_run_id"] == "old" and rows[0]["final_test_acc"] is None
+    assert path.read_bytes() == before  # reading changes nothing
+    assert history.append(path, [model(9, 0.25, 0, 0.7, 0.1)], []) == 1  # a run records: the columns are added
+    assert [r["flow_run_id"] for r in history.read(path)] == ["old", "run-9"]
 
 
 def test_table_has_one_line_per_model_with_accuracy_and_gap(store):
@@ -235,3 +248,38 @@ def test_runs_on_other_data_or_epochs_get_their_own_row_of_panels(store, tmp_pat
     plot_trend(rows, two)  # cifar10 and fake: never one line
     with Image.open(one) as a, Image.open(two) as b:
         assert a.size[0] == b.size[0] and b.size[1] > 1.7 * a.size[1]
+
+
+def foreign_sqlite(path: Path, runs_columns: str) -> bytes:
+    db = sqlite3.connect(path)
+    db.execute(f"CREATE TABLE runs ({runs_columns})")
+    db.execute("INSERT INTO runs (note) VALUES ('theirs')")
+    db.commit()
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "columns",
+    ["id INTEGER, note TEXT",  # another program's table called runs
+     "experiment_hash TEXT, model TEXT, seed INTEGER, weights_sha256 TEXT, note TEXT"],  # ours in name, no unique key
+    ids=["foreign", "no-key"],
+)  # fmt: skip
+def test_a_history_that_is_not_ours_is_refused_and_never_altered(tmp_path, capsys, columns):
+    path = tmp_path / history.HISTORY_FILE
+    before = foreign_sqlite(path, columns)
+    with pytest.raises(history.HistoryError, match="not a dropout-lab run history .*nothing was changed"):
+        history.read(path)
+    with pytest.raises(history.HistoryError, match="not a dropout-lab run history"):
+        history.append(path, [model(1, 0.25, 0, 0.7, 0.1)], [])  # would insert duplicates: no unique key there
+    assert cli.main(["--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a dropout-lab run history" in err and err.count("\n") == 1
+    assert path.read_bytes() == before  # no table, column or row added
+
+
+def test_a_history_recognised_as_ours_is_marked_once(tmp_path):
+    path = tmp_path / history.HISTORY_FILE
+    history.append(path, [model(1, 0.25, 0, 0.7, 0.1)], [])
+    tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"runs", "epochs", history.MARKER}

@@ -30,7 +30,7 @@ def history(folder: Path):
 def test_dask_runner_matches_thread_runner(prefect_harness, tmp_path):
     from flows.compare import compare
 
-    dask_report, dask_log = run_cli(tmp_path, "dask", "--task-runner", "dask")
+    dask_report, dask_log = run_cli(tmp_path, "dask", "--task-runner", "dask", "--verbose")  # Dask's own log too
     # The same parameters on the thread runner (in this process, on the tests' Prefect server).
     thread_report = Path(compare(dataset="fake", epochs=2, limit_train=400, limit_test=200, seeds=[0, 1],
                                  data_dir=str(tmp_path / "data"), out=str(tmp_path / "thread" / "out"),

@@ -1,34 +1,40 @@
 """The run history: every trained model of every completed flow run, one row each (plus one row per
-epoch), accumulated in one SQLite file, `<out>/history.sqlite`.
+epoch), in one store that every machine can share: `--history URL` (SQLAlchemy's URL form), by default
+the SQLite file `<out>/history.sqlite`; `postgresql://user@host/db` for a team's server.
 
-SQLite rather than a Parquet dataset of small files (benchmarks/history_store.py measures both): a
-write is one transaction that any number of concurrent runs can make without losing a row (SQLite's
-file lock; writers wait, they do not fail), the key below makes "already recorded" a constraint
-rather than a read-then-write race, and filtering is a query instead of opening every file. The
-columns are the report's Parquet schemas (analysis/report.py) plus the run's identity (RUN_FIELDS), so a
-metric added to the report appears here too (a missing column is added to an existing file).
+A database rather than a Parquet dataset of small files (benchmarks/history_store.py measures both): a
+write is one transaction that any number of concurrent runs can make without losing a row (writers
+wait, they do not fail), the key below makes "already recorded" a constraint rather than a
+read-then-write race, and filtering is a query instead of opening every file. The columns are the
+report's Parquet schemas (analysis/tables.py) plus the run's identity (RUN_FIELDS), so a metric added
+to the report appears here too (a column an older history lacks is added when a run records to it).
 
 One row per *trained model*: a model is identified by its experiment (parameters, data and training
 code: the report folder's digest) and its final weights' SHA-256, and a rerun that reuses it from the
 cache adds nothing. The first run that trained it is the one recorded.
+
+A store is ours only if it says so (a marker table; a history written before the marker existed is
+recognised by its tables and their unique keys): anything else — another program's SQLite file,
+a `runs` table of its own — is refused with one line and never altered. Reading never writes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
 from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field, history_rows, summary_rows
 from dropout_lab.config import SETTINGS
+from dropout_lab.runtime.redact import redact
 
 HISTORY_FILE = "history.sqlite"
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 RUN_FIELDS = [
     field("recorded_at", UTC_TS, doc="when the flow run recorded this model"),
     field("flow_run_id", pa.string(), doc="Prefect flow run that trained it (empty: imported from a report folder)"),
@@ -43,39 +49,122 @@ RUNS_SCHEMA = pa.schema([*RUN_FIELDS, *SUMMARY_SCHEMA])
 EPOCHS_SCHEMA = pa.schema([*RUN_FIELDS, *HISTORY_SCHEMA])
 MODEL_KEY = ("experiment_hash", "model", "seed", "weights_sha256")
 TABLES = {"runs": (RUNS_SCHEMA, MODEL_KEY), "epochs": (EPOCHS_SCHEMA, (*MODEL_KEY, "epoch"))}
-# A row's run: its flow run, or for imported rows (no flow run id) their report folder.
-RUN_ID = "COALESCE(NULLIF(flow_run_id, ''), report_folder)"
-# Variants in report order: the baseline (every setting off; a setting's column missing from an older
-# row counts as off) last, then each setting's value.
-VARIANT_ORDER = ", ".join(
-    [" AND ".join(f"COALESCE({s.field}, {s.off}) = {s.off}" for s in SETTINGS), *(s.field for s in SETTINGS)]
-)
-
-
-def _sql_type(kind: pa.DataType) -> str:
-    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
-        return "INTEGER"
-    return "REAL" if pa.types.is_floating(kind) else "TEXT"  # strings; timestamps as ISO-8601 text
+MARKER, SCHEMA_VERSION = "dropout_lab_history", "1"
 
 
 class HistoryError(RuntimeError):
-    """The history file cannot be read or written (one line, naming the file)."""
+    """The history cannot be read or written (one line, naming the store)."""
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating) the history, adding any column a newer version of the schema has."""
-    try:
-        db = sqlite3.connect(path, timeout=120)  # concurrent writers wait for each other's transaction
-        for table, (schema, key) in TABLES.items():
-            columns = ", ".join(f'"{f.name}" {_sql_type(f.type)}' for f in schema)
-            db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}, UNIQUE ({', '.join(key)}))")
-            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+def _sql_type(kind: pa.DataType) -> sa.types.TypeEngine:
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        return sa.BigInteger()
+    return sa.Float() if pa.types.is_floating(kind) else sa.Text()  # strings; timestamps as ISO-8601 text
+
+
+def _tables() -> tuple[sa.MetaData, dict[str, sa.Table]]:
+    meta = sa.MetaData()
+    tables = {
+        name: sa.Table(
+            name,
+            meta,
+            *(sa.Column(f.name, _sql_type(f.type)) for f in schema),
+            sa.UniqueConstraint(*key, name=f"{name}_model_key"),
+        )  # fmt: skip
+        for name, (schema, key) in TABLES.items()
+    }
+    sa.Table(MARKER, meta, sa.Column("key", sa.Text(), primary_key=True), sa.Column("value", sa.Text()))
+    return meta, tables
+
+
+METADATA, SQL_TABLES = _tables()
+
+
+def store_url(target: str | Path) -> str:
+    """The SQLAlchemy URL of a history: a URL as given, a path as a SQLite file."""
+    text = str(target)
+    return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
+
+
+def shown(target: str | Path) -> str:
+    """A store's name for messages: its path, or its URL with any password redacted."""
+    return redact(str(target))
+
+
+_engines: dict[tuple[str, bool], sa.Engine] = {}
+
+
+def _engine(target: str | Path, read_only: bool) -> sa.Engine:
+    url = sa.make_url(store_url(target))
+    key = (str(url), read_only)
+    if key not in _engines:
+        if url.get_backend_name() == "sqlite":
+            # Read-only opens the file as such: nothing can be created or changed.
+            uri = f"file:{url.database}?mode=ro" if read_only else f"file:{url.database}"
+            engine = sa.create_engine("sqlite://", creator=lambda uri=uri: _sqlite(uri), poolclass=sa.NullPool)
+            if not read_only:  # a writer takes the write lock first, so concurrent writers queue, never deadlock
+                sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            _engines[key] = engine
+        else:
+            args = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
+            _engines[key] = sa.create_engine(url, connect_args=args, poolclass=sa.NullPool)
+    return _engines[key]
+
+
+def _sqlite(uri: str):
+    import sqlite3
+
+    # Transactions are begun explicitly (the "begin" event); writers wait up to 2 minutes for the lock.
+    return sqlite3.connect(uri, uri=True, timeout=120, isolation_level=None)
+
+
+def _problem(inspector: sa.Inspector) -> str | None:
+    """Why an existing store is not a dropout-lab history (None: it is one)."""
+    names = set(inspector.get_table_names())
+    if MARKER in names:
+        return None
+    if not names:
+        return "empty"
+    for table, (_, key) in TABLES.items():  # a history written before the marker existed
+        if table not in names:
+            return f"it has no {table!r} table of ours"
+        columns = {c["name"] for c in inspector.get_columns(table)}
+        uniques = [set(u["column_names"]) for u in inspector.get_unique_constraints(table)]
+        uniques += [set(i["column_names"]) for i in inspector.get_indexes(table) if i.get("unique")]
+        if not set(key) <= columns or set(key) not in uniques:
+            return f"its {table!r} table is not ours (no unique {', '.join(key)})"
+    return None
+
+
+def _refuse(target: str | Path, why: str) -> HistoryError:
+    return HistoryError(f"{shown(target)}: not a dropout-lab run history ({why}); nothing was changed — point "
+                        "--history elsewhere or move it aside")  # fmt: skip
+
+
+def _is_sqlite_file(target: str | Path) -> Path | None:
+    url = sa.make_url(store_url(target))
+    return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
+
+
+def _prepare_for_writing(conn: sa.Connection, target: str | Path) -> None:
+    """Create a new store, or check an existing one is ours and give it the columns it lacks."""
+    inspector = sa.inspect(conn)
+    why = _problem(inspector)
+    if why == "empty":
+        METADATA.create_all(conn)
+    elif why:
+        raise _refuse(target, why)
+    else:
+        for table, (schema, _) in TABLES.items():
+            have = {c["name"] for c in inspector.get_columns(table)}
             for f in schema:
                 if f.name not in have:
-                    db.execute(f'ALTER TABLE {table} ADD COLUMN "{f.name}" {_sql_type(f.type)}')
-    except sqlite3.Error as e:
-        raise HistoryError(f"{path}: not a usable run history ({e}); move it aside to start a new one") from None
-    return db
+                    kind = _sql_type(f.type).compile(dialect=conn.dialect)
+                    conn.execute(sa.text(f'ALTER TABLE {table} ADD COLUMN "{f.name}" {kind}'))
+        METADATA.tables[MARKER].create(conn, checkfirst=True)
+    marker = METADATA.tables[MARKER]
+    if conn.execute(sa.select(marker.c.value).where(marker.c.key == "schema")).scalar() is None:
+        conn.execute(marker.insert().values(key="schema", value=SCHEMA_VERSION))
 
 
 def _to_sql(value):
@@ -92,69 +181,106 @@ def _from_sql(value, kind: pa.DataType):
     return bool(value) if pa.types.is_boolean(kind) else value
 
 
-def append(path: Path, runs: list[dict], epochs: list[dict]) -> int:
+def append(target: str | Path, runs: list[dict], epochs: list[dict]) -> int:
     """Add the rows in one transaction; rows of models already recorded are skipped. Returns the
-    number of model rows added."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = connect(path)
+    number of model rows added. A SQLite file's folder is created; a store that is not ours is refused."""
+    path = _is_sqlite_file(target)
+    if path is not None:
+        if path.is_dir():
+            raise _refuse(target, "a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with db:
-            before = db.total_changes
-            _insert(db, "runs", runs)
-            added = db.total_changes - before
-            _insert(db, "epochs", epochs)
+        with _engine(target, read_only=False).begin() as conn:
+            _prepare_for_writing(conn, target)
+            added = _insert(conn, "runs", runs)
+            _insert(conn, "epochs", epochs)
         return added
-    except sqlite3.Error as e:  # read-only, disk full, locked past the timeout
-        raise HistoryError(f"{path}: could not record the run ({e})") from None
-    finally:
-        db.close()
+    except sa.exc.OperationalError as e:  # unreachable, read-only, disk full, locked past the timeout
+        raise HistoryError(f"{shown(target)}: could not record the run ({_reason(e)})") from None
+    except sa.exc.SQLAlchemyError as e:  # not a database at all
+        raise HistoryError(f"{shown(target)}: not a usable run history ({_reason(e)}); move it aside") from None
 
 
-def _insert(db: sqlite3.Connection, table: str, rows: list[dict]) -> None:
+def _reason(error: BaseException) -> str:
+    """The first line of a database error, credentials redacted."""
+    return redact(str(getattr(error, "orig", None) or error).strip().splitlines()[0])
+
+
+def _insert(conn: sa.Connection, table: str, rows: list[dict]) -> int:
+    if not rows:
+        return 0
     names = TABLES[table][0].names
-    quoted = ", ".join(f'"{n}"' for n in names)
-    db.executemany(
-        f"INSERT OR IGNORE INTO {table} ({quoted}) VALUES ({', '.join('?' * len(names))})",
-        [[_to_sql(row.get(n)) for n in names] for row in rows],
-    )
+    sql_table = SQL_TABLES[table]
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(sql_table).on_conflict_do_nothing()
+    added = 0
+    for row in rows:  # one statement per row: its rowcount says whether it was new
+        added += conn.execute(statement, {n: _to_sql(row.get(n)) for n in names}).rowcount
+    return added
+
+
+def _run_id(table: sa.Table):
+    """A row's run: its flow run, or for imported rows (no flow run id) their report folder."""
+    return sa.func.coalesce(sa.func.nullif(table.c.flow_run_id, ""), table.c.report_folder)
 
 
 def read(
-    path: Path,
+    target: str | Path,
     table: str = "runs",
     rates: list[float] | None = None,
     seeds: list[int] | None = None,
     dataset: str | None = None,
     since: datetime | None = None,
     last: int | None = None,
+    experiments: list[str] | None = None,
 ) -> list[dict]:
-    """Rows of `runs` or `epochs`, oldest first, filtered: rates (0 = the baseline), seeds, dataset,
-    recorded at or after `since`; `last` keeps the rows of the last N flow runs."""
+    """Rows of `runs` or `epochs`, oldest first, filtered: dropout rates (0 includes the baseline),
+    seeds, dataset, recorded at or after `since`, experiments (name or hash); `last` keeps the rows of
+    the last N flow runs. Read-only: a store that is not ours is refused and left as it is."""
+    path = _is_sqlite_file(target)
+    if path is not None and not path.is_file():
+        raise HistoryError(f"{shown(target)}: {'a folder, not a run history' if path.is_dir() else 'no run history'}")
     schema = TABLES[table][0]
-    where, args = [], []
-    for column, values in (("dropout", rates), ("seed", seeds)):
-        if values:
-            where.append(f"{column} IN ({', '.join('?' * len(values))})")
-            args += list(values)
-    if dataset:
-        where.append("dataset = ?")
-        args.append(dataset)
-    if since:
-        where.append("recorded_at >= ?")
-        args.append(_to_sql(since if since.tzinfo else since.replace(tzinfo=UTC)))
-    if last:
-        where.append(f"{RUN_ID} IN (SELECT DISTINCT {RUN_ID} FROM runs ORDER BY recorded_at DESC LIMIT ?)")
-        args.append(last)
-    sql = f"SELECT * FROM {table}" + (f" WHERE {' AND '.join(where)}" if where else "")
-    order = ", epoch" if table == "epochs" else ""
-    db = connect(path)
     try:
-        cursor = db.execute(sql + f" ORDER BY recorded_at, {RUN_ID}, {VARIANT_ORDER}, seed{order}", args)
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, values, strict=True)) for values in cursor]
-    finally:
-        db.close()
+        with _engine(target, read_only=True).connect() as conn:
+            inspector = sa.inspect(conn)
+            why = _problem(inspector)
+            if why:
+                raise _refuse(target, why)
+            have = {c["name"] for c in inspector.get_columns(table)}  # an older history lacks newer columns
+            columns = [sa.Column(f.name, _sql_type(f.type)) for f in schema if f.name in have]
+            query = _query(sa.Table(table, sa.MetaData(), *columns), have, rates, seeds, dataset, since, last,
+                           experiments)  # fmt: skip
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+    except sa.exc.SQLAlchemyError as e:
+        raise HistoryError(f"{shown(target)}: not a usable run history ({_reason(e)})") from None
     return [{f.name: _from_sql(row.get(f.name), f.type) for f in schema} for row in rows]
+
+
+def _query(t: sa.Table, have: set[str], rates, seeds, dataset, since, last, experiments) -> sa.Select:
+    """The filtered rows of `t`, in run order, then report order (the baseline last), then seed (and epoch)."""
+    query = sa.select(t)
+    for column, values in (("dropout", rates), ("seed", seeds)):
+        if values and column in have:
+            query = query.where(t.c[column].in_(list(values)))
+    if dataset:
+        query = query.where(t.c.dataset == dataset)
+    if since:
+        query = query.where(t.c.recorded_at >= _to_sql(since if since.tzinfo else since.replace(tzinfo=UTC)))
+    if experiments:
+        query = query.where(sa.or_(t.c.experiment.in_(experiments), t.c.experiment_hash.in_(experiments)))
+    if last:
+        runs = sa.Table("runs", sa.MetaData(), *(sa.Column(n) for n in ("flow_run_id", "report_folder", "recorded_at")))
+        newest = sa.select(_run_id(runs)).group_by(_run_id(runs)).order_by(sa.func.max(runs.c.recorded_at).desc())
+        query = query.where(_run_id(t).in_(newest.limit(last).scalar_subquery()))
+    settings = [s for s in SETTINGS if s.field in have]  # a setting's column an older history lacks: off
+    baseline = sa.and_(*(sa.func.coalesce(t.c[s.field], s.off) == s.off for s in settings))
+    order = [t.c.recorded_at, _run_id(t), baseline, *(t.c[s.field] for s in settings), t.c.seed]
+    return query.order_by(*order, *([t.c.epoch] if "epoch" in have else []))
 
 
 def split_report_folder(folder: str | Path) -> tuple[str, str]:
@@ -204,10 +330,22 @@ def code_version(root: Path = PROJECT) -> str:
     return "pkg-" + digest.hexdigest()[:12]
 
 
-def import_reports(out: Path, history: Path) -> int:
+def exists(target: str | Path) -> bool:
+    """Whether the store holds a history yet (it may still not be ours: `read` says so)."""
+    path = _is_sqlite_file(target)
+    if path is not None:
+        return path.exists()
+    try:
+        with _engine(target, read_only=True).connect() as conn:
+            return bool(set(sa.inspect(conn).get_table_names()) & {MARKER, "runs"})
+    except sa.exc.SQLAlchemyError as e:
+        raise HistoryError(f"{shown(target)}: cannot be reached ({_reason(e)})") from None
+
+
+def import_reports(out: Path, history: str | Path) -> int:
     """Record report folders written before the history existed (`<out>/*/summary.parquet`), once:
     a folder whose digest is already in the history is skipped. Returns the model rows added."""
-    recorded = {r["experiment_hash"] for r in read(history)} if history.exists() else set()
+    recorded = {r["experiment_hash"] for r in read(history)} if exists(history) else set()
     added = 0
     for summary_file in sorted(out.glob("*/summary.parquet")):
         folder = summary_file.parent

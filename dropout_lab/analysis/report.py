@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import os
 import re
@@ -144,6 +145,23 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
 def report_order(results) -> list[TrainResult]:
     """Models in the report's order: each setting's variants by value, the baseline last; seeds ascending."""
     return sorted(results, key=lambda t: (variant_of(t.config).order(), t.config.seed))
+
+
+def report_files(folder: str | Path) -> dict[str, str]:
+    """SHA-256 of every file in a report folder, by name: what a cached report is checked against."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+def report_problem(folder: str, run_dir: str | Path, files: dict[str, str]) -> str | None:
+    """Why a recorded report is not the one this run would write (None: it is): its folder must be
+    `run_dir`, holding exactly the recorded files, unchanged."""
+    if Path(folder).resolve() != Path(run_dir).resolve():
+        return f"its folder {folder} is not this run's {run_dir}"
+    if not Path(folder).is_dir():
+        return "its folder is gone"
+    if report_files(folder) != files:
+        return "its files are not the ones written"
+    return None
 
 
 def write_report(

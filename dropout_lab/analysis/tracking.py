@@ -14,8 +14,10 @@ import importlib.util
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dropout_lab.config import SETTINGS, Variant, variant_of
+from dropout_lab.runtime.redact import redact, split_credentials
 
 EXPERIMENT = "dropout-lab"
 STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"
@@ -33,6 +35,67 @@ def check_available() -> None:
     """Raises ValueError (one line) when MLflow is asked for but not installed."""
     if importlib.util.find_spec("mlflow") is None:
         raise ValueError('--mlflow: MLflow is not installed here; pip install -e ".[mlflow]"')
+
+
+STORE_TIMEOUT_S = 5.0
+MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}  # present in every MLflow database store
+
+
+def check_store(out: str | Path) -> None:
+    """Raises ValueError (one line, credentials redacted) when the tracking store cannot take this run,
+    before any training: a server that does not answer within seconds (or is not MLflow), a database
+    that is a folder or another program's file, a scheme MLflow does not know. Creates nothing."""
+    uri = tracking_uri(out)
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    where = f"--mlflow: the tracking store {redact(uri)}"
+    if scheme in ("http", "https"):
+        _check_server(uri, where)
+    elif scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+        _check_database(uri, scheme, where)
+    elif scheme in ("", "file"):
+        path = Path(urlsplit(uri).path if scheme else uri)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{where} is a file, not a folder")
+    elif scheme != "databricks":
+        raise ValueError(f"{where}: unknown scheme {scheme!r} (http, https, sqlite, postgresql, mysql, file)")
+
+
+def _check_server(uri: str, where: str) -> None:
+    import httpx
+
+    plain, auth = split_credentials(uri)
+    try:
+        answer = httpx.get(plain.rstrip("/") + "/health", timeout=STORE_TIMEOUT_S,
+                           headers={"Authorization": auth} if auth else None)  # fmt: skip
+    except httpx.HTTPError as e:
+        raise ValueError(f"{where} does not answer within {STORE_TIMEOUT_S:.0f} s ({type(e).__name__})") from None
+    if answer.status_code != 200:
+        raise ValueError(f"{where} answers {answer.status_code} at /health: not an MLflow tracking server")
+
+
+def _check_database(uri: str, scheme: str, where: str) -> None:
+    import sqlalchemy as sa
+
+    url = sa.make_url(uri)
+    if scheme == "sqlite":
+        path = Path(url.database or "")
+        if path.is_dir():
+            raise ValueError(f"{where} is a folder, not a database file")
+        if not path.exists():
+            return  # MLflow creates it
+        engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    else:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": int(STORE_TIMEOUT_S)})
+    try:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+    except sa.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise ValueError(f"{where} cannot be opened ({redact(reason)})") from None
+    finally:
+        engine.dispose()
+    if tables and not MLFLOW_TABLES <= tables:
+        raise ValueError(f"{where} is another program's database (no MLflow tables): nothing was written to it")
 
 
 def tracking_uri(out: str | Path) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, get_args, get_origin
 from dropout_lab.config import PARAMETERS, element_type, flag, help_text
 from dropout_lab.runtime.redact import redact
 
-RUNNER_FLAGS = ("task_runner", "dask_address")
+RUNNER_FLAGS = ("task_runner", "dask_address", "verbose")  # how a run runs and shows, not what it computes
 
 
 def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentParser:
@@ -39,6 +39,8 @@ def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentPars
                        help="thread: in this process; dask: prefect-dask's DaskTaskRunner")  # fmt: skip
     scale.add_argument("--dask-address", metavar="tcp://HOST:8786",
                        help="existing Dask scheduler (default with --task-runner dask: a local cluster)")  # fmt: skip
+    parser.add_argument("--verbose", action="store_true",
+                        help="tracebacks and Dask's log on the terminal too (the run log always has them)")  # fmt: skip
     return parser
 
 
@@ -50,14 +52,14 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-def parse(argv: list[str] | None, prog: str = "python flows/compare.py") -> tuple[dict, str, str | None]:
-    """(flow parameters, task runner, Dask address) from the command line; CliError for a runner flag
-    that does not fit (argparse itself exits for --help and unparsable values)."""
+def parse(argv: list[str] | None, prog: str = "python flows/compare.py") -> tuple[dict, dict]:
+    """(flow parameters, how to run: task_runner, dask_address, verbose) from the command line; CliError
+    for a runner flag that does not fit (argparse itself exits for --help and unparsable values)."""
     params = vars(build_parser(prog).parse_args(argv))
-    runner_kind, dask_address = (params.pop(k) for k in RUNNER_FLAGS)
-    if dask_address and runner_kind != "dask":
+    how = {k: params.pop(k) for k in RUNNER_FLAGS}
+    if how["dask_address"] and how["task_runner"] != "dask":
         raise CliError("--dask-address needs --task-runner dask", 2)
-    return params, runner_kind, dask_address
+    return params, how
 
 
 def refuse_early(argv: list[str]) -> None:
@@ -68,10 +70,43 @@ def refuse_early(argv: list[str]) -> None:
     from dropout_lab.runtime import temporary_server
 
     try:
-        checked_configs(parse(argv)[0])
+        params, how = parse(argv)
+        checked_configs(params)
+        if how["dask_address"]:
+            check_dask(how["dask_address"])
     except CliError as e:
         sys.exit(fail(e))
     temporary_server.begin()
+
+
+DASK_TIMEOUT_S = 10
+
+
+def check_dask(address: str) -> None:
+    """The Dask scheduler at `address` answers its handshake within seconds; CliError (exit 2) if not.
+    Dask's own connect timeout does not cover a peer that accepts and never answers, so the attempt
+    runs in a daemon thread with a deadline of our own."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        from distributed import Client
+
+        try:
+            Client(address, timeout=f"{DASK_TIMEOUT_S}s").close()
+            outcome.append(None)
+        except Exception as e:  # reported below as one line
+            outcome.append(e)
+
+    thread = threading.Thread(target=attempt, daemon=True, name="dask-check")
+    thread.start()
+    thread.join(DASK_TIMEOUT_S + 2)
+    error = outcome[0] if outcome else TimeoutError("no handshake")
+    if error is not None:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CliError(f"--dask-address {redact(address)}: no Dask scheduler answers there within "
+                       f"{DASK_TIMEOUT_S} s ({redact(first)[:200]})", 2)  # fmt: skip
 
 
 def fail(error: CliError) -> int:

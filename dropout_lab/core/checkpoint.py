@@ -65,6 +65,28 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def claim_problem(checkpoint: str, sha256: str, folder: Path, config: dict, history: list) -> str | None:
+    """Why a recorded training result (its final checkpoint's path and SHA-256, its config and
+    per-epoch metrics) is not what `folder` holds (None: it is): the checkpoint must lie in `folder`,
+    hash to `sha256`, load, and carry that very config and history."""
+    path = Path(checkpoint)
+    if path.resolve().parent != Path(folder).resolve():
+        return f"its checkpoint {checkpoint} is not in {folder}"
+    if not path.is_file():
+        return f"its checkpoint {path.name} is gone"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        return f"{path.name} does not have the recorded SHA-256"
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        return str(e)
+    if state.get("config") != config:
+        return f"{path.name} was written for another configuration"
+    if state.get("history") != history:
+        return f"its metrics are not the ones {path.name} holds"
+    return None
+
+
 def epoch_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     """(epoch, path) of every epoch checkpoint in `folder`, newest first."""
     if not Path(folder).is_dir():

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dropout_lab.runtime.locks import held, remove_dead_leftovers
-from dropout_lab.runtime.redact import redact
+from dropout_lab.runtime.redact import redact, split_credentials
 
 if TYPE_CHECKING:
     import torch
@@ -266,9 +266,10 @@ def fetch_url(url: str, dest: Path) -> str:
     failures writing `dest` (disk full, read-only) raise OSError (not retried)."""
     timeout_s, budget_s, start = NET_TIMEOUT_S, DOWNLOAD_BUDGET_S, time.monotonic()
     md5 = hashlib.md5()
+    plain, auth = split_credentials(url)  # user:password@ in the URL: sent as HTTP basic auth
+    headers = {"User-Agent": "dropout-lab", **({"Authorization": auth} if auth else {})}
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "dropout-lab"}),
-                                          timeout=timeout_s)  # fmt: skip
+        response = urllib.request.urlopen(urllib.request.Request(plain, headers=headers), timeout=timeout_s)
     except (urllib.error.URLError, HTTPException, OSError, ValueError) as e:
         raise DownloadError(f"could not download CIFAR-10 from {redact(url)} ({_reason(e)})") from None
     with response, open(dest, "wb") as f:
@@ -351,6 +352,19 @@ def _stat_state(folder: Path) -> str:
 def still_on_disk(info: DataInfo) -> bool:
     """True while the files `info` describes are still on disk, unchanged (a cheap stat, no md5)."""
     return _stat_state(Path(info.root)) == info.disk_state
+
+
+def data_problem(info: DataInfo, data_dir: str | Path, dataset: str) -> str | None:
+    """Why a DataInfo read back from the cache cannot stand for `dataset` in `data_dir` (None: it can):
+    it must name this folder's dataset and its files must be there, unchanged since."""
+    expected = (Path(data_dir) / (FAKE_FOLDER if dataset == "fake" else "") / FOLDER_NAME).resolve()
+    if not isinstance(info, DataInfo) or info.dataset != dataset:
+        return f"it does not describe the {dataset} data"
+    if Path(info.root).resolve() != expected:
+        return f"its data folder {info.root} is not {expected}"
+    if not still_on_disk(info):
+        return "its files are gone or changed since"
+    return None
 
 
 # --- CIFAR-format fixtures and the synthetic dataset ---------------------------------------------

@@ -84,8 +84,24 @@ def measured_plan(k: int, graphed: bool, table: dict | None = None) -> str:
 
 @functools.cache
 def _read_plan(path: Path) -> dict:
-    """The plan file, read once per process (every group of every run consults it)."""
-    return json.loads(path.read_text())
+    """The plan file, read once per process (every group of every run consults it) and checked: ValueError
+    (one line naming the file and the field) for anything but {"eager": {K: plan}, "graphs": {K: plan}, ...}
+    with K a whole number of at least 2 and plan one of PLANS."""
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable plan ({type(e).__name__}: {e})") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: must be a JSON object with 'eager' and 'graphs' (got {type(table).__name__})")
+    for kind in ("eager", "graphs"):
+        entries = table.get(kind)
+        if not isinstance(entries, dict) or not entries:
+            raise ValueError(f"{path}: '{kind}' must map numbers of variants to a plan (got {entries!r:.60})")
+        for k, plan in entries.items():
+            if not (isinstance(k, str) and k.isdigit() and int(k) >= 2) or plan not in PLANS:
+                raise ValueError(f"{path}: '{kind}' entry {k!r}: {plan!r:.40} must be one of {', '.join(PLANS)} "
+                                 "for a whole number of variants >= 2")  # fmt: skip
+    return table
 
 
 def plan_for(mode: str, device: str, k: int, graphed: bool) -> str:

@@ -53,6 +53,7 @@ def confine(name: str, value: str, root: Path) -> Path:
         raise ValueError(f"{where}; absolute paths are refused")
     if ".." in path.parts:
         raise ValueError(f"{where}; '..' is refused")
+    plan_name_lengths(root / path, FLAGS[name])
     resolved = (root / path).resolve()
     if not resolved.is_relative_to(root):
         raise ValueError(f"{where}; it leads to {resolved} through a symlink")
@@ -64,50 +65,96 @@ def confine_folders(params: dict) -> dict[str, str]:
     return {name: str(confine(name, params[name], deployment_root(name))) for name in ROOT_ENV}
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up does not exist
+        return False
+
+
 def _existing_ancestor(path: Path) -> Path:
     path = path.absolute()
-    while not path.exists() and path != path.parent:
+    while not _exists(path) and path != path.parent:
         path = path.parent
     return path
+
+
+def _name_max(base: Path) -> int:
+    try:
+        return os.pathconf(base, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def plan_name_lengths(path: str | Path, what: str) -> None:
+    """Every name in `path` short enough for its file system; ValueError (one line) otherwise."""
+    longest = max((os.fsencode(part) for part in Path(path).absolute().parts), key=len)
+    limit = _name_max(_existing_ancestor(Path(path)))
+    if len(longest) > limit:
+        raise ValueError(f"{what}: a folder name of {len(longest)} bytes is longer than this file system allows "
+                         f"({limit} bytes)")  # fmt: skip
 
 
 def plan_folder(path: str | Path, what: str) -> None:
     """Could `path` be a writable folder? Checks without creating anything; ValueError (one line)."""
     path = Path(path)
+    plan_name_lengths(path, what)
+    base = _existing_ancestor(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} exists and is not a folder")
-    base = _existing_ancestor(path)
     if not base.is_dir():
         raise ValueError(f"{what} {path}: {base} is not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path} is not writable ({base}: permission denied or read-only)")
 
 
-def check_writable(path: str | Path, what: str, need_bytes: int = 0) -> None:
-    """Create `path` if needed and prove it writable with a real temp file; check free space.
+def check_space(path: str | Path, what: str, need_bytes: int) -> None:
+    """Enough free space where `path` is or will be (measured on its nearest existing folder)."""
+    free = shutil.disk_usage(_existing_ancestor(Path(path))).free
+    if free < need_bytes:
+        raise ValueError(f"{what} {path} has {free // MB} MB free; this run needs about {need_bytes // MB} MB")
 
-    Raises ValueError with a one-line message. (os.access alone is not enough: it says yes to root.)
-    """
+
+def make_writable(path: str | Path, what: str) -> list[Path]:
+    """Create `path` if needed and prove it writable with a real temp file (os.access says yes to root).
+    Returns the folders it created; on failure removes them and raises ValueError (one line)."""
     path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]  # outermost first
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as e:
+        remove_created(missing)
         raise ValueError(f"{what} {path} is not writable ({e.strerror or e})") from None
-    free = shutil.disk_usage(path).free
-    if free < need_bytes:
-        raise ValueError(f"{what} {path} has {free // MB} MB free; this run needs about {need_bytes // MB} MB")
+    return missing
+
+
+def remove_created(folders: list[Path]) -> None:
+    """Remove folders a refused run created (innermost first), if they are still empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def check_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -> None:
-    """All three planned first (nothing created if any is refused), then created and proven writable."""
+    """All three planned and their free space checked first, then created and proven writable; a
+    refusal at any step leaves no folder behind."""
     folders = [(data_dir, "--data-dir", 0 if data_present else NEEDS["data"]),
                (cache_dir, "--cache-dir", NEEDS["cache"]), (out, "--out", NEEDS["out"])]  # fmt: skip
     for path, what, _ in folders:
         plan_folder(path, what)
     for path, what, need in folders:
-        check_writable(path, what, need)
+        check_space(path, what, need)
+    created: list[Path] = []
+    try:
+        for path, what, _ in folders:
+            created += make_writable(path, what)
+    except ValueError:
+        remove_created(created)
+        raise
 
 
 # --- the whole run's checks ------------------------------------------------------------------------
@@ -135,7 +182,7 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     """Validate everything before any work, creating nothing until all checks pass: parameters, then
     devices, then folders (confined to the worker's roots in a deployment run). Returns the variant
     configs and the folders to use. Raises ValueError (one line)."""
-    from dropout_lab.analysis.tracking import check_available
+    from dropout_lab.analysis.tracking import check_available, check_store
     from dropout_lab.core.data import ARCHIVE_NAME, FOLDER_NAME
     from dropout_lab.runtime.devices import stack_groups, variant_configs
 
@@ -149,6 +196,8 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     for cfg in configs:
         check_train_config(cfg)  # every variant and seed, and precision vs the resolved device
     folders = confine_folders(params) if deployed else {k: params[k] for k in ROOT_ENV}
+    if params["mlflow"]:
+        check_store(folders["out"])  # the server answers, the database is MLflow's (or not there yet)
     data_dir = Path(folders["data_dir"])
     present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
     check_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)

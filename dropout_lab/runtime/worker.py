@@ -31,6 +31,8 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dropout_lab.runtime.redact import redact, redact_logs
+
 EXIT_OOM, EXIT_DATA, EXIT_FAULT, EXIT_DISK, EXIT_CRASH = 3, 4, 5, 6, 1
 # A retry cannot fix these: the disk is still full, the folder still read-only.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -180,6 +182,7 @@ def main(argv: list[str]) -> int:
     # A terminal's Ctrl-C reaches the whole process group; the flow process decides and ends this
     # one with SIGTERM (dropout_lab.runtime.launcher.stop_all), after its last checkpoint was written atomically.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    redact_logs()
     forward_logs()
     try:
         t0 = time.perf_counter()
@@ -195,7 +198,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # report a classified error on the protocol, details on stderr
         traceback.print_exc(file=sys.stderr)
         kind, code = classify(e)
-        emit("error", kind=kind, message=f"{type(e).__name__}: {e}")
+        emit("error", kind=kind, message=redact(f"{type(e).__name__}: {e}"))
         return code
 
 

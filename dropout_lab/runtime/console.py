@@ -1,0 +1,50 @@
+"""What the command line's terminal shows: log lines without tracebacks (they go to Prefect's run log,
+which the UI shows; `--verbose` shows them here too), and other libraries' chatter at WARNING."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+CHATTY = ("distributed", "bokeh", "tornado")  # a Dask cluster's INFO lines: dozens per run
+DETAILS = "details"  # a record with `extra={DETAILS: True}` belongs in the run's log, not on the terminal
+
+
+class WithoutTracebacks(logging.Formatter):
+    """Formats a record as `inner` does, leaving out its traceback (the record keeps it for other handlers)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _no_details(record: logging.LogRecord) -> bool:
+    return not getattr(record, DETAILS, False)
+
+
+def _terminal_handlers() -> list[logging.Handler]:
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    found = {id(h): h for lg in loggers for h in getattr(lg, "handlers", [])}
+    return [h for h in found.values() if getattr(h, "stream", None) in (sys.stderr, sys.stdout)]
+
+
+def quiet(verbose: bool = False) -> None:
+    """Unless `verbose`: no tracebacks or detail records on the terminal, other libraries at WARNING."""
+    if verbose:
+        return
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's worker processes read it at start
+    for handler in _terminal_handlers():
+        if not isinstance(handler.formatter, WithoutTracebacks):
+            handler.setFormatter(WithoutTracebacks(handler.formatter))
+            handler.addFilter(_no_details)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)

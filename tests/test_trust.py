@@ -1,0 +1,323 @@
+"""Trust nothing a file says, fail fast on every remote, never a traceback: the reliability audit's cases.
+
+Cached results are claims checked before use (training, report, data); remotes (MLflow, Dask, the
+Prefect API for notifications, a mirror) answer within seconds or the run is refused with one line;
+credentials never reach output; refusals leave no folder; the GPU plan file is validated."""
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dropout_lab.analysis import history
+from dropout_lab.analysis.report import report_files, report_problem
+from dropout_lab.config import TrainConfig
+from dropout_lab.core.checkpoint import claim_problem, save_checkpoint
+from dropout_lab.core.data import data_problem, ensure_fake
+from dropout_lab.runtime import devices
+from dropout_lab.runtime.console import WithoutTracebacks
+from dropout_lab.runtime.preflight import check_folders, confine
+from dropout_lab.runtime.redact import redact_logs, split_credentials
+from flows.compare import compare, main
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "alice:s3cret"
+
+
+def one_line_exit(capsys, code: int, argv: list[str], started: float | None = None, within: float = 15) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "s3cret" not in err
+    if started is not None:
+        assert time.monotonic() - started < within
+    return err
+
+
+@pytest.fixture
+def silent_peer():
+    """A TCP server that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+# --- cached results are claims -----------------------------------------------------------------------
+
+
+def checkpoint(folder: Path, cfg: TrainConfig, history: list) -> tuple[Path, str]:
+    path = folder / "epoch-0001.pt"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"config": cfg.to_dict(), "epoch": 1, "history": history, "model": {}})
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_training_result_is_trusted_only_as_its_own_checkpoint_says(tmp_path):
+    cfg, history = TrainConfig(), [{"epoch": 1, "test_acc": 0.5}]
+    folder = tmp_path / "checkpoints" / "dropout-0-25"
+    path, sha = checkpoint(folder, cfg, history)
+    assert claim_problem(str(path), sha, folder, cfg.to_dict(), history) is None
+    # The audit's forgeries: a checkpoint elsewhere, a wrong hash, better metrics than the checkpoint's.
+    assert "is not in" in claim_problem("/etc/passwd", sha, folder, cfg.to_dict(), history)
+    other, _ = checkpoint(tmp_path / "elsewhere", cfg, history)
+    assert "is not in" in claim_problem(str(other), sha, folder, cfg.to_dict(), history)
+    assert "SHA-256" in claim_problem(str(path), "0" * 64, folder, cfg.to_dict(), history)
+    assert "metrics" in claim_problem(str(path), sha, folder, cfg.to_dict(), [{"epoch": 1, "test_acc": 0.99}])
+    assert "another configuration" in claim_problem(str(path), sha, folder, TrainConfig(lr=0.1).to_dict(), history)
+    path.unlink()
+    assert "gone" in claim_problem(str(path), sha, folder, cfg.to_dict(), history)
+
+
+def test_a_report_and_the_data_are_trusted_only_where_this_run_puts_them(tmp_path):
+    run_dir, other = tmp_path / "out" / "run-a", tmp_path / "elsewhere" / "run-b"
+    for folder in (run_dir, other):
+        folder.mkdir(parents=True)
+        (folder / "summary.md").write_text("report")
+    files = report_files(run_dir)
+    assert report_problem(str(run_dir), run_dir, files) is None
+    assert "is not this run's" in report_problem(str(other), run_dir, report_files(other))
+    (run_dir / "summary.md").write_text("99.00 %")
+    assert "not the ones written" in report_problem(str(run_dir), run_dir, files)
+    info = ensure_fake(tmp_path / "data", n_train=20, n_test=10)
+    assert data_problem(info, tmp_path / "data", "fake") is None
+    assert "is not" in data_problem(info, tmp_path / "other-data", "fake")
+    assert "does not describe" in data_problem(info, tmp_path / "data", "cifar10")
+
+
+def tamper(results: Path, field_of: str, change) -> int:
+    """Change every cached record whose result holds `field_of`; returns how many were changed."""
+    changed = 0
+    for f in results.iterdir():
+        record = json.loads(f.read_text())
+        result = json.loads(record["result"])
+        if field_of in json.dumps(result):
+            record["result"] = json.dumps(change(result))
+            f.write_text(json.dumps(record))
+            changed += 1
+    return changed
+
+
+def test_forged_cached_results_are_ignored_and_computed_again(prefect_harness, tmp_path, caplog):
+    import shutil
+
+    params = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, data_dir=str(tmp_path / "data"),
+                  cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "out"))  # fmt: skip
+    first = Path(compare(**params))
+    elsewhere = shutil.copytree(first, tmp_path / "elsewhere" / first.name)  # another run's folder, outside --out
+    results = tmp_path / "cache" / "results"
+
+    def forge_training(result):  # the audit's case: /etc/passwd, zeros and 99 %, on every trained model
+        for group_result in result:
+            fields = group_result["fields"]
+            fields["checkpoint"], fields["weights_sha256"] = "/etc/passwd", "0" * 64
+            fields["history"][-1]["test_acc"] = 0.99
+        return result
+
+    def forge_report(result):
+        result["__tuple__"][0] = str(elsewhere)
+        return result
+
+    assert tamper(results, "weights_sha256", forge_training) == 2
+    assert tamper(results, "summary.md", forge_report) == 1
+    folder = Path(compare(**params))
+    assert folder == first  # the report this run writes, not the forged folder
+    summary = pq.read_table(folder / "summary.parquet").to_pylist()
+    assert all(r["final_test_acc"] != 0.99 for r in summary)
+    recorded = history.read(tmp_path / "out" / history.HISTORY_FILE)
+    assert recorded and all(r["weights_sha256"] != "0" * 64 and r["final_test_acc"] != 0.99 for r in recorded)
+    ignored = [r.getMessage() for r in caplog.records if "ignoring cached result" in r.getMessage()]
+    assert any("/etc/passwd is not in" in m for m in ignored) and any("is not this run's" in m for m in ignored)
+
+
+# --- secrets never leave -------------------------------------------------------------------------------
+
+
+def test_every_log_record_loses_url_credentials_before_any_handler(caplog):
+    redact_logs()
+    log = logging.getLogger("dropout_lab.test")
+    with caplog.at_level(logging.INFO, logger="dropout_lab.test"):
+        log.info("tracking at %s", f"http://{SECRET}@127.0.0.1:5000")
+        try:
+            raise RuntimeError(f"POST https://{SECRET}@host/api failed")
+        except RuntimeError:
+            log.exception("MLflow said")
+    text = caplog.text + "".join(r.exc_text or "" for r in caplog.records)
+    assert "s3cret" not in text and "http://***@127.0.0.1:5000" in text and "https://***@host/api" in text
+
+
+def test_credentials_in_a_url_are_sent_as_basic_auth():
+    plain, auth = split_credentials("https://alice:s%40cret@mirror.example:8443/cifar.tar.gz")
+    assert plain == "https://mirror.example:8443/cifar.tar.gz" and auth == "Basic YWxpY2U6c0BjcmV0"
+    assert split_credentials("https://mirror.example/x") == ("https://mirror.example/x", None)
+
+
+def test_the_console_hides_tracebacks_other_handlers_keep_them():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Task run failed", None, sys.exc_info())
+    shown = WithoutTracebacks(logging.Formatter("%(message)s")).format(record)
+    assert shown == "Task run failed" and "Traceback" in logging.Formatter().format(record)
+
+
+# --- every remote has a deadline --------------------------------------------------------------------------
+
+
+def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_path, monkeypatch, silent_peer):
+    pytest.importorskip("mlflow")
+    base = ["--mlflow", "--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]
+    cases = {
+        f"http://{SECRET}@127.0.0.1:9": "does not answer",  # nothing listens
+        f"http://{SECRET}@127.0.0.1:{silent_peer}": "does not answer",  # accepts, never answers
+        "bogus://store": "unknown scheme",
+    }
+    for uri, message in cases.items():
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        started = time.monotonic()
+        assert message in one_line_exit(capsys, 2, [*base, "--out", str(tmp_path / "o")], started, within=12)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "folder-store" / "mlflow.db").mkdir(parents=True)  # the embedded store is a folder
+    assert "is a folder" in one_line_exit(capsys, 2, [*base, "--out", str(tmp_path / "folder-store")])
+    foreign = tmp_path / "foreign-store" / "mlflow.db"
+    foreign.parent.mkdir()
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.commit()
+    db.close()
+    before = foreign.read_bytes()
+    assert "another program's database" in one_line_exit(capsys, 2, [*base, "--out", str(foreign.parent)])
+    assert foreign.read_bytes() == before
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_dask_scheduler_that_does_not_answer_is_refused_within_seconds(capsys, tmp_path, silent_peer):
+    base = ["--dataset", "fake", "--task-runner", "dask", "--data-dir", str(tmp_path / "d")]
+    for port in (9, silent_peer):  # refused, and accepted but never answered
+        started = time.monotonic()
+        err = one_line_exit(capsys, 2, [*base, "--dask-address", f"tcp://127.0.0.1:{port}"], started, within=20)
+        assert "no Dask scheduler answers there" in err
+
+
+def test_notify_refuses_bad_webhooks_and_a_silent_api_with_one_line(tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    for webhook in ("not a url", "file:///etc/passwd"):
+        proc = subprocess.run([sys.executable, "deployments/notify.py", "--webhook", webhook], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 2 and "not an http(s) webhook URL" in proc.stderr.splitlines()[-1]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "deployments/notify.py", "--webhook", "https://hooks.example/x"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1 and time.monotonic() - started < 20
+    assert proc.stderr.startswith("error: the Prefect API at") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# --- names and refusals ---------------------------------------------------------------------------------
+
+
+def test_a_folder_name_too_long_is_refused_before_anything_is_created(capsys, tmp_path):
+    long_out = tmp_path / ("b" * 300)
+    argv = ["--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]
+    assert "longer than this file system allows" in one_line_exit(capsys, 2, [*argv, "--out", str(long_out)])
+    assert sorted(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="longer than this file system allows"):
+        confine("out", "x" * 300, tmp_path)  # a deployment run's out='x'*300
+
+
+def test_a_refusal_leaves_no_folder_behind(capsys, tmp_path, monkeypatch):
+    argv = ["--dataset", "fake", "--data-dir", str(tmp_path / "D"), "--cache-dir", str(tmp_path / "C")]
+    one_line_exit(capsys, 2, [*argv, "--out", "/proc/x"])  # /proc takes no folder: refused after the plan
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    import shutil as real_shutil
+
+    from dropout_lab.runtime import preflight
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=20 << 20))  # a full tmpfs
+    with pytest.raises(ValueError, match="MB free"):
+        check_folders(str(tmp_path / "D"), str(tmp_path / "O"), str(tmp_path / "C"), data_present=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "content, field",
+    [("{}", "'eager'"), ("[1, 2, 3]", "JSON object"), ('{"eager": null, "graphs": {"2": "stacked"}}', "'eager'"),
+     ('{"eager": {"2": "processes"}, "graphs": "stacked"}', "'graphs'"),
+     ('{"eager": {"2": "fastest"}, "graphs": {"2": "stacked"}}', "'eager' entry '2'"),
+     ('{"eager": {"two": "stacked"}, "graphs": {"2": "stacked"}}', "'eager' entry 'two'"), ("not json", "readable")],
+)  # fmt: skip
+def test_a_malformed_plan_file_is_one_line_naming_the_file_and_the_field(tmp_path, content, field):
+    path = tmp_path / "gpu_plan.json"
+    path.write_text(content)
+    devices._read_plan.cache_clear()
+    try:
+        with pytest.raises(ValueError) as refused:
+            devices.measured_plan(2, True, devices._read_plan(path))
+    finally:
+        devices._read_plan.cache_clear()
+    message = str(refused.value)
+    assert message.startswith(str(path)) and field in message and "\n" not in message
+
+
+def test_cache_keys_are_computed_one_module_at_a_time(monkeypatch):
+    from dropout_lab import keys
+
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_hash(module: str) -> str:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return module
+
+    monkeypatch.setattr(keys, "_hashes", {})
+    monkeypatch.setattr(keys, "_hash_sources", slow_hash)
+    threads = [threading.Thread(target=keys.code_hash, args=(f"m{i % 4}",)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and sorted(keys._hashes) == ["m0", "m1", "m2", "m3"]
+
+
+def test_torch_is_not_needed_to_refuse_a_run():
+    code = ("import sys; sys.argv = ['compare.py', '--epochs', '0']\n"
+            "from dropout_lab.cli.compare import refuse_early\n"
+            "try:\n    refuse_early(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print(e.code, 'torch' in sys.modules, 'prefect.flows' in sys.modules)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
+    assert torch  # the suite itself has torch
