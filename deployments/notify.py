@@ -1,5 +1,5 @@
-"""Switch on failure notifications for a deployment: a Prefect automation that posts to a webhook
-whenever one of its runs ends Failed or Crashed.
+"""Switch on failure notifications for a deployment: Prefect automations that post to a webhook when one
+of its runs ends Failed, or Crashed without being cancelled (a cancelled run passes through Crashed).
 
     python deployments/notify.py --webhook URL [--deployment compare/nightly]
 
@@ -24,50 +24,85 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.events.actions import SendNotification  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
-from prefect.settings import PREFECT_API_URL  # noqa: E402
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL  # noqa: E402
 
 from dropout_lab.cli.compare import check_api_reachable  # noqa: E402
 from dropout_lab.naming import slug  # noqa: E402
 from dropout_lab.runtime.redact import redact  # noqa: E402
 
 SUBJECT = "dropout-lab: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
+# The link is built here, from the API's address: the server renders `ui_url` as None unless its own
+# PREFECT_UI_URL is set.
 BODY = (
     "Flow run '{{ flow_run.name }}' of deployment '{{ deployment.name }}' ended {{ flow_run.state.name }}: "
-    "{{ flow_run.state.message }}\n{{ flow_run|ui_url }}"
+    "{{ flow_run.state.message }}\nParameters: {{ flow_run.parameters }}\n{ui}/runs/flow-run/{{ flow_run.id }}"
 )
+# A cancelled run passes through Crashed (its process is ended by a signal) on its way to Cancelled: a
+# crash is only reported when no Cancelled follows within this many seconds.
+CANCELLED_WITHIN_S = 30
 
 
-def names(deployment: str) -> tuple[str, str]:
-    """(automation name, notification block name) for a deployment."""
-    return f"dropout-lab: {deployment} failed", f"dropout-lab-failures-{slug(deployment)}"
+def names(deployment: str) -> tuple[str, str, str]:
+    """(the Failed automation's name, the Crashed one's, the notification block's) for a deployment."""
+    return (f"dropout-lab: {deployment} failed", f"dropout-lab: {deployment} crashed",
+            f"dropout-lab-failures-{slug(deployment)}")  # fmt: skip
 
 
-def switch_on(deployment: str, webhook: str) -> Automation:
-    """Create or replace the notification block and the automation; returns the automation."""
+def ui_base() -> str:
+    return (PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")).rstrip("/")
+
+
+def switch_on(deployment: str, webhook: str) -> list[Automation]:
+    """Create or replace the notification block and the two automations: a run that ends Failed, and a
+    run that ends Crashed and is not Cancelled right after (a cancellation is no failure)."""
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
-    automation_name, block_name = names(deployment)
+    failed_name, crashed_name, block_name = names(deployment)
     block = CustomWebhookNotificationBlock(name=block_name, url=webhook, json_data={"text": "{{subject}}\n{{body}}"})
     block_id = block.save(block_name, overwrite=True)
     switch_off(deployment)
-    return Automation(
-        name=automation_name,
-        description=f"Post to a webhook when a run of {deployment} fails or crashes (deployments/notify.py)",
+    related = {"prefect.resource.id": f"prefect.deployment.{deployment_id}"}
+    action = SendNotification(block_document_id=block_id, subject=SUBJECT, body=BODY.replace("{ui}", ui_base()))
+    failed = Automation(
+        name=failed_name,
+        description=f"Post to a webhook when a run of {deployment} fails (deployments/notify.py)",
         trigger=EventTrigger(
-            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-            match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
+            expect={"prefect.flow-run.Failed"},
+            match_related=related,
             posture=Posture.Reactive,
             threshold=1,
             within=timedelta(0),
-        ),
-        actions=[SendNotification(block_document_id=block_id, subject=SUBJECT, body=BODY)],
+        ),  # fmt: skip
+        actions=[action],
     ).create()
+    crashed = Automation(
+        name=crashed_name,
+        description=f"Post to a webhook when a run of {deployment} crashes, not when it is cancelled "
+        "(deployments/notify.py)",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Crashed"},
+            expect={"prefect.flow-run.Cancelled"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=related,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=CANCELLED_WITHIN_S),
+        ),  # fmt: skip
+        actions=[action],
+    ).create()
+    return [failed, crashed]
 
 
 def switch_off(deployment: str) -> bool:
-    """Delete the deployment's failure automation; True if there was one."""
+    """Delete the deployment's failure automations; True if there was one."""
+    return any([delete_named(name) for name in names(deployment)[:2]])  # a list: both are deleted
+
+
+def delete_named(name: str) -> bool:
+    """Delete the automation of that name; True if there was one."""
     try:
-        return Automation.read(name=names(deployment)[0]).delete()
+        return Automation.read(name=name).delete()
     except (ObjectNotFound, ValueError):
         return False
 
@@ -84,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python deployments/notify.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--deployment", default="compare/nightly", help="FLOW/DEPLOYMENT to watch")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--webhook", metavar="URL", type=webhook_url,
-                      help="where to post a message when a run fails or crashes (http or https)")
+    what.add_argument(
+        "--webhook",
+        metavar="URL",
+        type=webhook_url,
+        help="where to post a message when a run fails or crashes (http or https)",
+    )
     what.add_argument("--off", action="store_true", help="delete the automation")
     args = parser.parse_args(argv)
     if not PREFECT_API_URL.value():
@@ -99,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.off:
-            print("removed" if switch_off(args.deployment) else "there was none", names(args.deployment)[0])
+            print(
+                "removed" if switch_off(args.deployment) else "there were none", *names(args.deployment)[:2], sep="; "
+            )
             return 0
-        automation = switch_on(args.deployment, args.webhook)
+        automations = switch_on(args.deployment, args.webhook)
     except ObjectNotFound:
         print(f"error: no deployment {args.deployment!r} on this Prefect server", file=sys.stderr)
         return 2
-    print(f"automation '{automation.name}' ({automation.id}) posts to {redact(args.webhook)} on failure")
+    made = ", ".join(f"'{a.name}' ({a.id})" for a in automations)
+    print(f"automations {made} post to {redact(args.webhook)} when a run fails or crashes")
     return 0
 
 

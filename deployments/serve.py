@@ -5,9 +5,11 @@
 
 Flow flags (`--epochs`, `--data-dir`, `--device`, ...) become the deployment's default parameters;
 `python flows/compare.py --help` lists them. The process stays up, runs each scheduled or manually
-triggered run (`prefect deployment run compare/nightly`), and leaves the schedule active when it
-stops (`pause_on_shutdown=False`). Needs a Prefect server: `prefect server start` and
-PREFECT_API_URL=http://127.0.0.1:4200/api (see README, "Run on a schedule").
+triggered run (`prefect deployment run compare/nightly`) one at a time, and leaves the schedule
+active when it stops (`pause_on_shutdown=False`). A run asked for while another runs waits for it
+(AwaitingConcurrencySlot); late scheduled runs collapse to the newest (dropout_lab/runtime/late_runs.py);
+a run left Pending by a stopped process is marked Crashed (deployments/reclaim.py). Needs a Prefect
+server: `prefect server start` and PREFECT_API_URL=http://127.0.0.1:4200/api (see README, "Run on a schedule").
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
+from deployments import reclaim  # noqa: E402
+from dropout_lab.analysis.history import HISTORY_ENV  # noqa: E402
 from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_configs  # noqa: E402
 from dropout_lab.runtime.preflight import FLAGS, ROOT_ENV  # noqa: E402
 from flows.compare import compare  # noqa: E402
@@ -32,7 +36,7 @@ ROOT_FLAGS = {"data_dir": "data-root", "out": "out-root", "cache_dir": "cache-ro
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 
 
-DEPLOY_FLAGS = ("name", "cron", "timezone", "data_root", "out_root", "cache_root")
+DEPLOY_FLAGS = ("name", "cron", "timezone", "data_root", "out_root", "cache_root", "reclaim_after")
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
@@ -46,11 +50,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     deploy.add_argument("--name", default="nightly", help="deployment name (runs are compare/NAME)")
     deploy.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule of the runs")
     deploy.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
+    deploy.add_argument("--reclaim-after", metavar="SECONDS", type=reclaim.seconds, default=reclaim.DEFAULT_AFTER_S,
+                        help="a run Pending this long (its process stopped) is marked Crashed "
+                        f"(default {reclaim.DEFAULT_AFTER_S})")  # fmt: skip
     for name, env in ROOT_ENV.items():
         deploy.add_argument(f"--{ROOT_FLAGS[name]}", metavar="DIR", default=os.environ.get(env, "."),
                             help=f"every run's {FLAGS[name]} must lie inside (default: ${env} or .)")  # fmt: skip
     args = parser.parse_args(argv)
-    options = argparse.Namespace(**{k: getattr(args, k) for k in DEPLOY_FLAGS})
+    options = argparse.Namespace(**{k: getattr(args, k) for k in DEPLOY_FLAGS}, history=args.history)
     # Deployment parameters are the flow's; how tasks run (--task-runner) is not one of them.
     params = {k: v for k, v in vars(args).items() if k not in (*DEPLOY_FLAGS, *RUNNER_FLAGS)}
     return options, params
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         # The runs this process starts inherit its environment: that is where the roots are fixed.
         roots = {env: str(Path(getattr(options, ROOT_FLAGS[name].replace("-", "_"))).resolve())
                  for name, env in ROOT_ENV.items()}  # fmt: skip
+        if options.history:  # every served run records there, whatever its parameters say
+            roots[HISTORY_ENV] = options.history
         previous = {env: os.environ.get(env) for env in roots}
         os.environ.update(roots)
         try:
@@ -81,14 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    reclaim.switch_on(options.reclaim_after)
     compare.serve(
         name=options.name,
         schedules=[Cron(options.cron, timezone=options.timezone)],
         parameters=params,
         pause_on_shutdown=False,  # a restart of this process must not pause the schedule
-        # One run at a time; a run due while another is running is cancelled, not queued: after
-        # downtime, the late runs do not stampede (one starts, the rest end Cancelled, visibly).
-        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        # One run at a time on this machine; a run asked for meanwhile waits for the slot (ENQUEUE), it
+        # is never dropped. Late scheduled runs are collapsed by the flow itself (late_runs.py).
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         tags=["dropout-lab"],
         description="Dropout vs baseline on CIFAR-10 (dropout-lab)",
     )

@@ -30,14 +30,17 @@ if __name__ == "__main__":  # --help and bad values answer before torch and Pref
 
 from prefect import flow  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402
+from prefect.states import Cancelled  # noqa: E402
 
-from dropout_lab.analysis.report import history_rows, report_order  # noqa: E402
+from dropout_lab.analysis.report import report_order  # noqa: E402
+from dropout_lab.analysis.tables import HISTORY_SCHEMA, display_rows, history_rows  # noqa: E402
 from dropout_lab.cli.compare import CliError, check_dask, checked_configs, fail, one_line, parse  # noqa: E402
 from dropout_lab.config import PARAMETERS, TrainConfig, help_text  # noqa: E402
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
 from dropout_lab.runtime import console, temporary_server  # noqa: E402
 from dropout_lab.runtime.devices import process_plan, stack_groups  # noqa: E402
+from dropout_lab.runtime.late_runs import superseding_run  # noqa: E402
 from dropout_lab.runtime.launcher import discard_spares, first_processes, prestart  # noqa: E402
 from dropout_lab.runtime.preflight import check_parameters  # noqa: E402
 from dropout_lab.runtime.progress import bars  # noqa: E402
@@ -45,7 +48,7 @@ from dropout_lab.runtime.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime.signals import Stopped, stop_on_signals, stop_training_on_sigterm  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
-from tasks.record import log_to_mlflow, record_history  # noqa: E402
+from tasks.record import finish_mlflow, record_history, start_mlflow  # noqa: E402
 from tasks.report import publish_report, render_report, tag_flow_run  # noqa: E402
 from tasks.train import train  # noqa: E402
 
@@ -93,27 +96,32 @@ def compare(**params) -> str:
     """Train every compared variant and the baseline for every seed concurrently, evaluating each after
     every epoch, and write the report."""
     stop_training_on_sigterm()
+    if deployment.id and (newer := superseding_run(flow_run.id)):  # after downtime, only the newest runs
+        when = newer.expected_start_time.strftime("%Y-%m-%d %H:%M %Z")
+        return Cancelled(message=f"superseded: the run scheduled for {when} ({newer.name}) is also due")
     configs, folders = check_parameters(params, deployed=deployment.id is not None)
     tag_flow_run("dropout-lab", params["dataset"], configs[0].device.split(":")[0])
     data_dir, out, cache_dir = folders["data_dir"], folders["out"], folders["cache_dir"]
     opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
 
     data = fetch_cifar10.with_options(**opts)(data_dir, params["dataset"], os.environ.get(MIRROR_ENV, CIFAR10_URL))
+    run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint)
+    parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
     groups, gpu_workers = training_groups(configs, params["stack"], params["cuda_graphs"])
     threads, slots = process_plan(groups)
     with gpu_resource(gpu_workers):
         trained = [train.with_options(**opts).submit(g, data, cache_dir, threads, params["refresh"],
-                                                     slots[g[0].device], params["cuda_graphs"])
+                                                     slots[g[0].device], params["cuda_graphs"], parent, out)
                    for g in groups]  # fmt: skip
     results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
-    run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint)
     report = render_report.with_options(**opts)(trained, data, str(run_dir), return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"])
-    publish_report(markdown, history_rows(results, data), experiment, report.name == "Cached")
-    recorded = record_history(results, data, out, folder, experiment)  # None: nothing new was trained
-    if params["mlflow"] and recorded:
-        log_to_mlflow(out, *recorded, folder)
+    publish_report(markdown, display_rows(history_rows(results, data), HISTORY_SCHEMA), experiment,
+                   report.name == "Cached")  # fmt: skip
+    record_history(results, data, out, folder, experiment)
+    if parent:
+        finish_mlflow(out, parent, results, data, folder)
     return folder
 
 

@@ -11,8 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 
 from dropout_lab.analysis import history, tracking
-from dropout_lab.analysis.history import HISTORY_FILE, code_version
+from dropout_lab.analysis.history import code_version, history_target
+from dropout_lab.analysis.stats import statistics_rows
+from dropout_lab.analysis.tables import history_rows, summary_rows
 from dropout_lab.analysis.trend import table_rows
+from dropout_lab.config import TrainConfig, Variant, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.results import TrainResult
 from dropout_lab.runtime.redact import redact
@@ -23,13 +26,13 @@ RECENT_RUNS = 20  # runs in the UI's table of the latest runs
 def record_history(
     results: list[TrainResult], data: DataInfo, out: str, folder: str, experiment: str
 ) -> tuple[list[dict], list[dict]] | None:
-    """Append this run's models to `<out>/history.sqlite` (a model trained by an earlier run, reused
-    from the cache, is not recorded again) and, when rows were added, show the latest runs there as
-    the table artifact `dropout-lab-runs`. Returns the run's history rows (per model, per epoch) when
-    it recorded any, else None. Not a task: a rerun that reuses everything stays all Cached, and this
-    takes milliseconds."""
+    """Append this run's models to the run history (DROPOUT_LAB_HISTORY, else `<out>/history.sqlite`; a
+    model trained by an earlier run, reused from the cache, is not recorded again) and, when rows were
+    added, show the latest runs there as the table artifact `dropout-lab-runs`. Returns the run's history
+    rows (per model, per epoch) when it recorded any, else None. Not a task: a rerun that reuses
+    everything stays all Cached, and this takes milliseconds."""
     logger = get_run_logger()
-    path = Path(out) / HISTORY_FILE
+    path = history_target(out)
     meta = {
         "recorded_at": datetime.now(UTC),
         "flow_run_id": str(current_flow_run.id or ""),
@@ -44,21 +47,55 @@ def record_history(
     if not added:
         logger.info("history: these models are already recorded in %s", path)
         return None
-    logger.info("history: %d models recorded in %s (dropout-lab history --out %s)", added, path, out)
+    shown = history.shown(path)
+    logger.info("history: %d models recorded in %s (dropout-lab history --history %s)", added, shown, shown)
     recent = history.read(path, last=RECENT_RUNS)[::-1]
-    create_table_artifact(table_rows(recent), key="dropout-lab-runs", description=f"Latest runs recorded in {path}")
+    create_table_artifact(table_rows(recent), key="dropout-lab-runs", description=f"Latest runs recorded in {shown}")
     return rows
 
 
-@task(name="log_to_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
-def log_to_mlflow(out: str, runs: list[dict], epochs: list[dict], folder: str) -> str:
-    """One parent MLflow run for this flow run, a child per model (dropout_lab/analysis/tracking.py)."""
-    files = [Path(folder, name) for name in ("comparison.png", "samples.png", "summary.md")]
+def mlflow_error(e: Exception) -> RuntimeError:
+    """MLflow's messages carry the tracking URI, credentials and all: one redacted line."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return RuntimeError(redact(f"MLflow: {type(e).__name__}: {first}"))
+
+
+@task(name="start_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+def start_mlflow(out: str, run_dir: str, configs: list[TrainConfig], dataset: str) -> str | None:
+    """The flow run's parent MLflow run, before any training, so each model's child run logs its epochs
+    as they happen; None when this experiment (parameters, data, code) is already logged: once is enough."""
+    logger = get_run_logger()
+    experiment, digest = history.split_report_folder(run_dir)
     try:
-        run_id = tracking.log_flow_run(out, runs, epochs, [f for f in files if f.is_file()])
-    except Exception as e:  # MLflow's messages carry the tracking URI, credentials and all
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise RuntimeError(redact(f"MLflow: {type(e).__name__}: {first}")) from None
-    get_run_logger().info("mlflow: run %s in %s, experiment %s", run_id, redact(tracking.tracking_uri(out)),
-                          tracking.EXPERIMENT)  # fmt: skip
-    return run_id
+        already = tracking.logged_parent(out, digest)
+        if already:
+            logger.info("mlflow: experiment %s is already logged (run %s): not again", experiment, already)
+            return None
+        tags = {"flow_run_id": str(current_flow_run.id or ""), "flow_run_name": current_flow_run.name or "",
+                "code_version": code_version(), "experiment": experiment, "experiment_hash": digest,
+                "report_folder": run_dir}  # fmt: skip
+        rows = [{**variant_of(c).columns(), "seed": c.seed, **c.to_dict(), "dataset": dataset} for c in configs]
+        variants = sorted({variant_of(c) for c in configs}, key=Variant.order)
+        parent = tracking.start_parent(
+            out, current_flow_run.name or experiment, tags, tracking.run_params(rows, variants)
+        )
+    except Exception as e:
+        raise mlflow_error(e) from None
+    logger.info("mlflow: run %s in %s, experiment %s", parent, redact(tracking.tracking_uri(out)), tracking.EXPERIMENT)
+    return parent
+
+
+@task(name="finish_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+def finish_mlflow(out: str, parent: str, results: list[TrainResult], data: DataInfo, folder: str) -> str:
+    """Models trained by an earlier run (cached here) get their child runs from their recorded epochs; the
+    parent gets the comparison's headline metrics and the report's files, and ends."""
+    summary = summary_rows(results, data)
+    runs = [{**row, "weights_sha256": r.weights_sha256} for row, r in zip(summary, results, strict=True)]
+    try:
+        tracking.log_children_after(out, parent, runs, history_rows(results, data), [r.checkpoint for r in results])
+        files = [Path(folder, name) for name in ("comparison.png", "samples.png", "summary.md")]
+        tracking.finish_parent(out, parent, tracking.headline_metrics(statistics_rows(summary)),
+                               [f for f in files if f.is_file()])  # fmt: skip
+    except Exception as e:
+        raise mlflow_error(e) from None
+    return parent

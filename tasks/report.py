@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
@@ -47,13 +47,23 @@ def publish_report(markdown: str, history: list[dict], experiment: str, cached: 
     report is already stored under its key: no second copy of the same figure."""
     logger = get_run_logger()
     key = slug(experiment)
-    if cached:
+    if cached:  # this run's page links to the report the keyed artifact already holds (~100 bytes, not ~200 KB)
         logger.info("report unchanged (cached): artifact dropout-comparison-%s already holds it", key)
+        create_link_artifact(f"{ui_base()}/artifacts/key/dropout-comparison-{key}",
+                             link_text=f"dropout-comparison-{key} (unchanged: every result of this run was cached)",
+                             description=f"Dropout vs baseline: {experiment}")  # fmt: skip
         return
     create_markdown_artifact(
         markdown, key=f"dropout-comparison-{key}", description=f"Dropout vs baseline: {experiment}"
     )
     create_table_artifact(history, key=f"dropout-history-{key}", description=f"Per-epoch history: {experiment}")
+
+
+def ui_base() -> str:
+    """The Prefect UI's address: PREFECT_UI_URL, else the API's address without `/api`."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    return (PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")).rstrip("/")
 
 
 def tag_flow_run(*tags: str) -> None:

@@ -9,7 +9,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import task_run as current_task_run
 
-from dropout_lab.config import TrainConfig
+from dropout_lab.analysis import tracking
+from dropout_lab.analysis.tables import summary_rows
+from dropout_lab.config import TrainConfig, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.keys import TRAIN_CODE, train_key
 from dropout_lab.naming import group_label, slug
@@ -18,6 +20,7 @@ from dropout_lab.runtime.console import DETAILS
 from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
 from dropout_lab.runtime.progress import bars, format_epoch, format_startup
 from tasks.cache import ResultOf, error_of
+from tasks.record import mlflow_error
 from tasks.slots import device_slot
 
 
@@ -52,6 +55,43 @@ def retry_unless_hopeless(task, task_run, state) -> bool:
     return not (isinstance(err, TrainingFailed) and err.kind in ("oom", "data", "disk", "stopped"))
 
 
+class LiveMlflow:
+    """Each model's child MLflow run, created when its training starts and given every epoch's metrics as
+    the epoch ends, so a crash leaves the epochs done. A tracking store that fails mid-run costs one
+    warning and no more logging; the training goes on."""
+
+    def __init__(self, out: str | None, parent: str | None, cfgs: list[TrainConfig], logger) -> None:
+        self.out, self.parent, self.cfgs, self.logger = out, parent, cfgs, logger
+        self.children: dict[int, str] = {}
+
+    def _call(self, fn, *args, **kwargs):
+        if self.parent is None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self.logger.warning("%s; this training logs no more to MLflow", mlflow_error(e))
+            self.parent = None
+            return None
+
+    def start(self, dataset: str) -> None:
+        for i, cfg in enumerate(self.cfgs):
+            row = {**variant_of(cfg).columns(), **cfg.to_dict(), "compiled": cfg.compile, "dataset": dataset}
+            self.children[i] = self._call(tracking.start_child, self.out, self.parent, row)
+
+    def epoch(self, i: int, record: dict) -> None:
+        if self.children.get(i):
+            self._call(tracking.log_epoch, self.out, self.children[i], record)
+
+    def end(self, results: list[TrainResult] | None, data: DataInfo, status: str = "FINISHED") -> None:
+        rows = summary_rows(results, data) if results else [None] * len(self.cfgs)
+        for i, child in self.children.items():
+            if child:
+                row = {**rows[i], "weights_sha256": results[i].weights_sha256} if results else None
+                self._call(tracking.finish_child, self.out, child, row, results[i].checkpoint if results else None,
+                           status=status)  # fmt: skip
+
+
 def train_run_name() -> str:
     return f"train[{group_label(current_task_run.parameters['cfgs'])}]"
 
@@ -79,11 +119,15 @@ def train(
     fresh: bool = False,
     slots: int = 1,
     cuda_graphs: str = "auto",
+    mlflow_parent: str | None = None,
+    out: str | None = None,
 ) -> list[TrainResult]:
     """Train one variant, or several stacked on one device, in its own process once one of the
     device's `slots` is free, with CUDA graphs per `cuda_graphs`. Resumes from each variant's
-    checkpoints unless `fresh` (a refresh), which starts over."""
+    checkpoints unless `fresh` (a refresh), which starts over. With `mlflow_parent`, each model's
+    child run (in the store `out` names) follows the training live."""
     logger = get_run_logger()
+    live = LiveMlflow(out, mlflow_parent, cfgs, logger)
     label = group_label(cfgs)
     folders = [checkpoint_dir(cache_dir, c, data) for c in cfgs]
     job = worker_job(cfgs, data.root, folders, threads, cuda_graphs, fresh=fresh,
@@ -99,6 +143,7 @@ def train(
                 kind = event["event"]
                 events[kind] = event
                 if kind == "start":
+                    live.start(data.dataset)
                     for name, cfg in zip(names, cfgs, strict=True):
                         bars.update(name, 0, cfg.epochs, "starting")
                     stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
@@ -114,11 +159,19 @@ def train(
                     if event["resumed_from"] and epoch == event["resumed_from"] + 1:
                         logger.info("train[%s] resumed after epoch %d from its checkpoint", names[i], epoch - 1)
                     logger.info(format_epoch(names[i], cfgs[i].epochs, event))
+                    live.epoch(i, event)
                     update_progress_artifact(progress[i], 100.0 * epoch / cfgs[i].epochs)
                     bars.update(names[i], epoch, cfgs[i].epochs, f"test acc {event['test_acc']:.2%}")
+                elif kind == "progress":  # every tenth of an epoch
+                    i, done = event["variant"], event["epoch"] - 1 + event["progress"]
+                    update_progress_artifact(progress[i], 100.0 * done / cfgs[i].epochs)
+                    bars.update(names[i], done, cfgs[i].epochs, f"epoch {event['epoch']}: {event['progress']:.0%}")
                 elif kind == "log":
                     logger.log(event["level"], "train[%s]: %s", label, event["message"])
-    except TrainingFailed as e:
+    except BaseException as e:
+        live.end(None, data, "KILLED" if getattr(e, "kind", "") == "stopped" else "FAILED")
+        if not isinstance(e, TrainingFailed):
+            raise
         if e.details:
             logger.error(
                 "train[%s] failed; the training process's last lines:\n%s", label, e.details, extra={DETAILS: True}
@@ -134,4 +187,6 @@ def train(
         update_progress_artifact(artifact, 100.0)
     if "done" not in events or "start" not in events:
         raise TrainingFailed(f"train[{label}]: worker ended without a result", "crash")
-    return results_of(cfgs, events["start"], events["done"]["results"], threads, resumed_from, graphed)
+    results = results_of(cfgs, events["start"], events["done"]["results"], threads, resumed_from, graphed)
+    live.end(results, data)
+    return results

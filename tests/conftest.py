@@ -57,3 +57,53 @@ def splits(tiny_cifar):
     """The tiny dataset decoded: (train images, train labels, test images, test labels). Read-only."""
     root = tiny_cifar / "cifar-10-batches-py"
     return (*load_split(root, train=True), *load_split(root, train=False))
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on a free loopback port for the session: the SQLAlchemy URL of its
+    database `history`. Skipped, with the reason, where PostgreSQL or its Python driver is not
+    installed (.ci/run installs both)."""
+    import socket
+    import subprocess
+    import time
+
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[dev]')")
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="dropout-lab-postgres-"))  # not under pytest's root-only folders
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: the system's postgres user runs it
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = root / "data"
+    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "lab"], check=True,
+                   capture_output=True)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*as_user, bin_dir / "postgres", "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", root]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(150):
+            try:
+                with psycopg.connect(f"host=127.0.0.1 port={port} user=lab dbname=postgres", autocommit=True) as db:
+                    db.execute("CREATE DATABASE history")
+                break
+            except psycopg.OperationalError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("PostgreSQL did not start within 30 s")
+        yield f"postgresql://lab@127.0.0.1:{port}/history"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)

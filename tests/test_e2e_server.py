@@ -173,10 +173,19 @@ class Server:
 
         return self.wait_for("the deployment's run", final, timeout)
 
+    def manual_runs(self, deployment_id: str) -> list[str]:
+        """Ids of the deployment's manually requested runs (the schedule's runs left out)."""
+        runs = self.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+        return [r["id"] for r in runs if not r["auto_scheduled"]]
+
     def flow_run_states(self, deployment_id: str) -> list[str]:
-        """States of the deployment's manually requested runs (the schedule's upcoming runs left out)."""
+        """State types of the deployment's manually requested runs."""
         runs = self.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
         return [r["state"]["type"] for r in runs if not r["auto_scheduled"]]
+
+    def state_names(self, flow_run_id: str) -> list[str]:
+        """Every state the run went through, oldest first."""
+        return [s["name"] for s in self.get(f"/flow_run_states/?flow_run_id={flow_run_id}")]
 
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -224,10 +233,15 @@ def root_args(srv: Server, name: str) -> list[str]:
 SERVE = '.venv/bin/python deployments/serve.py --cron "0 2 * * *" --data-root /tmp/dropout-lab --device auto'
 
 
+# How long a run may sit in Pending before the reclaim automation marks it Crashed (README: 120 s).
+RECLAIM_S = 45
+
+
 def serve_as_written(readme: Readme, log: str) -> subprocess.Popen:
     """The README's serve.py command; reports and cache under the same root as its data."""
     root = str(readme.values["root"])
-    return readme.spawn(SERVE, log, extra=[*TINY, "--out-root", root, "--cache-root", root])
+    return readme.spawn(SERVE, log, extra=[*TINY, "--out-root", root, "--cache-root", root,
+                                           "--reclaim-after", str(RECLAIM_S)])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -302,15 +316,17 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert server.wait_for_runs(deployment["id"]) == ["FAILED"], server.log("serve")
     assert "absolute paths are refused" in server.log("serve") and not elsewhere.exists()
 
-    # One after the other: a run requested while another runs would be cancelled (CANCEL_NEW).
+    # Asked for together: the second waits for the deployment's one slot (ENQUEUE), then runs; none is dropped.
     for command in (
         ".venv/bin/prefect deployment run compare/nightly",
         ".venv/bin/prefect deployment run compare/nightly -p 'dropout=[0.5]'",
     ):
         started = readme.run(command, timeout=60)
         assert started.returncode == 0, started.stderr
-        server.wait_for_runs(deployment["id"])
+    server.wait_for_runs(deployment["id"], timeout=420)
     assert sorted(server.flow_run_states(deployment["id"])) == ["COMPLETED", "COMPLETED", "FAILED"], server.log("serve")
+    waited = [r for r in server.manual_runs(deployment["id"]) if "AwaitingConcurrencySlot" in server.state_names(r)]
+    assert len(waited) == 1, server.log("serve")  # one ran at once, the other queued behind it
     reports = sorted(p.parent.name for p in readme.values["root"].glob("artifacts/fake-*/summary.parquet"))
     assert len(reports) == 2 and any("p0.5" in r for r in reports), reports
     recorded = history.read(readme.values["root"] / "artifacts" / history.HISTORY_FILE)  # served runs too
@@ -320,28 +336,40 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert _deployment(server, "compare/nightly")["paused"] is False  # shutdown did not pause the schedule
 
 
-def test_a_restart_after_downtime_starts_one_late_run_and_cancels_the_rest(server):
-    """Three runs missed while serve.py was down: on restart one runs, the others end Cancelled
-    (the deployment's concurrency limit 1, collision strategy CANCEL_NEW), not all at once."""
+def test_a_restart_reclaims_a_stuck_run_collapses_late_runs_and_runs_what_was_asked_for(server):
+    """While serve.py was down: its process had claimed a run and died (the run left Submitting, holding
+    the deployment's one slot), three scheduled runs came due, and a user asked for a run. On restart
+    the stuck run is marked Crashed by the reclaim automation (the slot is freed), the late scheduled
+    runs collapse to the newest (the older two end Cancelled, naming it), and the asked-for run runs."""
     deployment = _deployment(server, "compare/nightly")
-    assert deployment["concurrency_limit"] == 1 or deployment.get("global_concurrency_limit", {}).get("limit") == 1
-    assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
-    now = time.time()
-    late = []
-    for minutes in (5, 4, 3):
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60 * minutes))
-        body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
-        late.append(server.post(f"/deployments/{deployment['id']}/create_flow_run", body)["id"])
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    autos = {a["name"]: a for a in server.post("/automations/filter", {})}
+    assert autos["dropout-lab: reclaim runs stuck before start"]["trigger"]["within"] == RECLAIM_S
+
+    stuck = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
+    for state in ({"type": "PENDING"}, {"type": "PENDING", "name": "Submitting"}):  # what a dead runner leaves
+        assert server.post(f"/flow_runs/{stuck}/set_state", {"state": state})["status"] == "ACCEPT"
+    # The schedule's runs of the last three leap days (RARE_CRON is 29 February), all late by years.
+    server.post(f"/deployments/{deployment['id']}/schedule",
+                {"start_time": "2015-01-01T00:00:00Z", "end_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "max_runs": 10})  # fmt: skip
+    late = server.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]},
+                                                           "expected_start_time": {"before_": "2025-01-01T00:00:00Z"}},
+                                             "sort": "EXPECTED_START_TIME_ASC"})  # fmt: skip
+    assert [r["expected_start_time"][:10] for r in late] == ["2016-02-29", "2020-02-29", "2024-02-29"]
+    asked = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
     serve = serve_as_written(server.readme, "serve-again")
+    ids = [stuck, *(r["id"] for r in late), asked]
 
     def settled():
-        runs = server.post("/flow_runs/filter", {"flow_runs": {"id": {"any_": late}}})
-        states = sorted(r["state"]["type"] for r in runs)
-        return states if all(s in FINAL for s in states) else None
+        runs = {r["id"]: r for r in server.post("/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})}
+        return [runs[i]["state"] for i in ids] if all(runs[i]["state"]["type"] in FINAL for i in ids) else None
 
-    assert server.wait_for("the late runs", settled) == ["CANCELLED", "CANCELLED", "COMPLETED"], server.log(
-        "serve-again"
-    )
+    states = server.wait_for("the stuck, late and asked-for runs", settled, timeout=480)
+    assert [s["type"] for s in states] == ["CRASHED", "CANCELLED", "CANCELLED", "COMPLETED", "COMPLETED"], (
+        states, server.log("serve-again"))  # fmt: skip
+    assert "reclaimed" in states[0]["message"]
+    assert all(s["message"].startswith("superseded: the run scheduled for 2024-02-29 03:17") for s in states[1:3])
     stop(serve)
 
 
@@ -368,26 +396,46 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
             timeout=120,
         )
         assert made.returncode == 0, made.stdout + made.stderr
-        autos = server.post("/automations/filter", {})
-        assert [a["name"] for a in autos] == ["dropout-lab: compare/nightly failed"]
+        alerts = lambda: sorted(a["name"] for a in server.post("/automations/filter", {}) if "nightly" in a["name"])  # noqa: E731
+        assert alerts() == ["dropout-lab: compare/nightly crashed", "dropout-lab: compare/nightly failed"]
         serve = serve_as_written(readme, "serve-notify")
+        deployment = _deployment(server, "compare/nightly")
+        before = set(server.manual_runs(deployment["id"]))
+        # A cancelled run sends nothing, though it passes through Crashed on its way to Cancelled.
+        long = server.run([PREFECT, "deployment", "run", "compare/nightly", "-p", "epochs=60"], timeout=60)
+        assert long.returncode == 0, long.stderr
+        (cancelled,) = set(server.manual_runs(deployment["id"])) - before
+        server.wait_for("the long run's training", lambda: "train" in " ".join(
+            t["name"] for t in server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [cancelled]}}})
+            if t["state"]["type"] == "RUNNING"), timeout=180)  # fmt: skip
+        assert server.run([PREFECT, "flow-run", "cancel", cancelled], timeout=60).returncode == 0
+        state = lambda: server.get(f"/flow_runs/{cancelled}")["state"]["type"]  # noqa: E731
+        server.wait_for("the cancellation", lambda: state() == "CANCELLED")
+        cancelled_at = time.time()
         failing = server.run([PREFECT, "deployment", "run", "compare/nightly", "-p", "out=/elsewhere"], timeout=60)
         assert failing.returncode == 0, failing.stderr
         server.wait_for("the webhook message", lambda: received, timeout=180)
+        # The Crashed automation waits CANCELLED_WITHIN_S (30 s) for a Cancelled before it posts.
+        time.sleep(max(0.0, cancelled_at + 45 - time.time()))
+        assert len(received) == 1, received
+        assert server.get(f"/flow_runs/{cancelled}")["name"] not in received[0]["text"]
         text = received[0]["text"]
         assert "compare/nightly" in text or "nightly" in text
         assert "Failed" in text and "absolute paths are refused" in text, text
+        assert "/elsewhere" in text.split("Parameters:")[1]  # which parameters failed
+        assert f"http://127.0.0.1:{server.port}/runs/flow-run/" in text and "None" not in text  # a link to the run
         stop(serve)
         off = readme.run(".venv/bin/python deployments/notify.py --off", timeout=120)
-        assert off.returncode == 0 and server.post("/automations/filter", {}) == []
+        assert off.returncode == 0 and alerts() == []
     finally:
         hook.shutdown()
 
 
-def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme):
+def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, postgres):
     """The README's multi-machine steps on one machine: the deployment stores a git URL (pull step),
     no path of the deploying checkout; two workers, each started as the README says from its own
-    checkout with its own $HOME, clone the code and run the deployment."""
+    checkout with its own $HOME, clone the code; two runs asked for at once run one on each, and both
+    record to one PostgreSQL history."""
     repo = server.root / "repo.git"  # stands in for the project's git server
     subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
     subprocess.run(["git", "-C", str(REPO), "push", "-q", str(repo), "HEAD:refs/heads/main"], check=True)
@@ -401,28 +449,41 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme):
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     deployment = _deployment(server, "compare/nightly-pool")
     assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["0 2 * * *"]
-    assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert deployment["concurrency_limit"] is None  # each worker runs one at a time (--limit 1) instead
     assert [next(iter(step)) for step in deployment["pull_steps"]] == ["prefect.deployments.steps.git_clone"]
     assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == f"file://{repo}"
     assert str(REPO) not in json.dumps(deployment)  # nothing of the deploying checkout's location
 
-    worker = "DROPOUT_LAB_ROOT=$HOME/dropout-lab .venv/bin/prefect worker start --pool dropout-lab"
+    reclaim = readme.run(".venv/bin/python deployments/reclaim.py", timeout=120)
+    assert reclaim.returncode == 0, reclaim.stdout + reclaim.stderr
+    autos = {a["name"]: a for a in server.post("/automations/filter", {})}
+    assert autos["dropout-lab: reclaim runs stuck before start"]["trigger"]["within"] == 120
+    worker = "DROPOUT_LAB_ROOT=$HOME/dropout-lab .venv/bin/prefect worker start --pool dropout-lab --limit 1"
     machines = [server.root / "machine-a", server.root / "machine-b"]
     workers = []
     for i, home in enumerate(machines):
         checkout = home / "src" / "dropout-lab"  # "a checkout with its venv" on that machine
         subprocess.run(["git", "clone", "-q", str(repo), str(checkout)], check=True)
         (checkout / ".venv").symlink_to(REPO / ".venv")
-        workers.append(readme.spawn(worker, f"worker-{i}", env={"HOME": str(home)}, cwd=checkout))
-    for epochs in (1, 2):  # one after the other: the deployment runs one at a time
+        # Both machines record to one team history (README: DROPOUT_LAB_HISTORY in the worker's environment).
+        env = {"HOME": str(home), history.HISTORY_ENV: postgres}
+        workers.append(readme.spawn(worker, f"worker-{i}", env=env, cwd=checkout))
+    for epochs in (1, 2):  # asked for together: each worker takes one, none is dropped
         tiny = {**dict(zip(TINY[::2], TINY[1::2], strict=True)), "--epochs": str(epochs)}
         args = [a for k, v in tiny.items() for a in ("-p", f"{k.lstrip('-').replace('-', '_')}={v}")]
         started = server.run([PREFECT, "deployment", "run", "compare/nightly-pool", *args], timeout=60)
         assert started.returncode == 0, started.stderr
-        states = server.wait_for_runs(deployment["id"])
-        assert set(states) == {"COMPLETED"}, server.log("worker-0") + server.log("worker-1")
-    reports = [p for home in machines for p in home.glob("dropout-lab/artifacts/fake-*/summary.parquet")]
-    assert len(reports) == 2  # inside the workers' roots, whichever worker took each run
+    states = server.wait_for_runs(deployment["id"], timeout=420)
+    assert states == ["COMPLETED", "COMPLETED"], server.log("worker-0") + server.log("worker-1")
+    # One on each machine, inside that worker's root.
+    reports = [len(list(home.glob("dropout-lab/artifacts/fake-*/summary.parquet"))) for home in machines]
+    assert reports == [1, 1], server.log("worker-0") + server.log("worker-1")
+    runs = server.manual_runs(deployment["id"])
+    recorded = {r["flow_run_id"] for r in history.read(postgres)}
+    assert set(runs) <= recorded  # both machines' runs in the one history
+    shown = server.run([str(Path(sys.executable).with_name("dropout-lab")), "history", "--history", postgres,
+                        "--no-figure", "--out", str(server.root / "history-view")], timeout=120)  # fmt: skip
+    assert shown.returncode == 0 and shown.stdout.count("fake") >= 2, shown.stdout + shown.stderr
     for proc in workers:
         stop(proc)
 

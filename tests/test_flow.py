@@ -115,7 +115,9 @@ def test_second_identical_run_is_fully_cached(first_run, workspace):
     folder, states, artifacts = run_flow(workspace)
     assert folder == first_run[0]
     assert states and all(s == {"Cached"} for s in states.values()), states
-    assert not [a for a in artifacts if a.type in ("markdown", "table")]  # no second copy of the same report
+    assert not [a for a in artifacts if a.key]  # no second copy of the same report under its key ...
+    (link,) = artifacts  # ... but a link to it on this run's page (Prefect stores a link as markdown)
+    assert "/artifacts/key/dropout-comparison-cifar10-p0-25-s0-e2" in link.data and len(link.data) < 1000
     assert len(history.read(workspace / "artifacts" / history.HISTORY_FILE)) == recorded  # nothing new trained
 
 
@@ -270,17 +272,40 @@ def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(pr
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds=[3], mlflow=True)
     folder, states, _ = run_flow(workspace, **args)
-    assert any(n.startswith("log_to_mlflow") and s == {"Completed"} for n, s in states.items()), states
+    assert any(n.startswith("finish_mlflow") and s == {"Completed"} for n, s in states.items()), states
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'artifacts' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dropout-lab").experiment_id
     runs = client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == 3
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"comparison.png", "summary.md"}
+    parent = parents[0]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.png", "summary.md"}
+    assert "dropout_0.25.test_acc_vs_baseline" in parent.data.metrics  # the chart and compare views have numbers
+    assert (
+        parent.data.tags["mlflow.source.name"] == "flows/compare.py" and "mlflow.source.git.commit" in parent.data.tags
+    )
     child = next(r for r in runs if r.info.run_name == "baseline seed 3")
-    assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [1]
+    history = client.get_metric_history(child.info.run_id, "test_acc")
+    assert [m.step for m in history] == [1] and history[0].timestamp >= child.info.start_time  # logged live
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "generalization_gap")] == [1]
+    assert [a.path for a in client.list_artifacts(child.info.run_id, "weights")] == ["weights/epoch-0001.pt"]
     _, states, _ = run_flow(workspace, **args)
-    assert not any(n.startswith("log_to_mlflow") for n in states)
+    assert not any(n.startswith("finish_mlflow") for n in states)  # already logged: once is enough
+    assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3
+
+
+def test_a_cached_experiment_asked_for_mlflow_is_logged_once(prefect_harness, workspace, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds=[4])
+    folder, _, _ = run_flow(workspace, **args)  # trained, not logged
+    _, states, _ = run_flow(workspace, **args, mlflow=True)  # every task cached: logged from the records
+    assert all(s == {"Cached"} for n, s in states.items() if n.startswith("train")), states
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'artifacts' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dropout-lab").experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    run_flow(workspace, **args, mlflow=True)
     assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3
 
 

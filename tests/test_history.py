@@ -31,8 +31,8 @@ def model(run: int, rate: float, seed: int, acc: float, gap: float, dataset: str
         "flow_run_id": f"run-{run}",
         "flow_run_name": f"p={rate:g} night {run}",
         "code_version": "abc123def456",
-        "experiment": f"{dataset}-p{rate:g}-s0-e8",
-        "experiment_hash": f"hash{run}",
+        "experiment": f"{dataset}-p0.25-s0-e8",  # one experiment per run: the rate and its baseline
+        "experiment_hash": f"hash{run}" if dataset == "cifar10" else f"hash{run}-{dataset}",
         "report_folder": f"/out/{dataset}-{run}",
         "weights_sha256": f"w-{run}-{rate}-{seed}",
         "model": "baseline" if rate == 0 else f"dropout={rate:g}",
@@ -106,23 +106,48 @@ def test_filters(store):
     assert {r["flow_run_id"] for r in history.read(store, rates=[0.25], seeds=[0], last=1)} == set()  # run-9: p=0.5
 
 
-def _append_many(path: str, worker: int, n: int) -> None:
+def _append_many(target: str, worker: int, n: int) -> None:
     for i in range(n):
         row = model(100 * worker + i, 0.25, 0, 0.5, 0.1)
-        history.append(Path(path), [row], [epoch(row, e) for e in (1, 2, 3)])
+        history.append(target, [row], [epoch(row, e) for e in (1, 2, 3)])
 
 
-def test_concurrent_writers_lose_no_row(tmp_path):
-    """Four processes append 25 runs each at the same time: all 100 runs and 300 epochs are there."""
-    path = tmp_path / history.HISTORY_FILE
+def concurrent_writers(target: str, workers: int = 4, runs: int = 25) -> None:
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(str(path), w, 25)) for w in range(4)]
+    procs = [ctx.Process(target=_append_many, args=(target, w, runs)) for w in range(workers)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    """Four processes append 25 runs each at the same time: all 100 runs and 300 epochs are there."""
+    path = tmp_path / history.HISTORY_FILE
+    concurrent_writers(str(path))
     assert len(history.read(path)) == 100 and len(history.read(path, "epochs")) == 300
+
+
+def test_one_postgres_history_for_every_machine(postgres, capsys, tmp_path):
+    """A team's history on a real PostgreSQL server: writers in separate processes (as on separate
+    machines) lose no row, a model is recorded once, and the viewer reads it by URL."""
+    concurrent_writers(postgres, workers=2, runs=10)
+    assert len(history.read(postgres)) == 20 and len(history.read(postgres, "epochs")) == 60
+    row = model(100, 0.25, 0, 0.5, 0.1)  # worker 1's first run, once more
+    assert history.append(postgres, [row], []) == 0
+    assert cli.main(["--history", postgres, "--last", "3", "--no-figure", "--out", str(tmp_path)]) == 0
+    assert "3 models from 3 runs" in capsys.readouterr().out
+
+
+def test_compare_shows_two_experiments_side_by_side(store, capsys):
+    assert cli.main(["--out", str(store.parent), "--compare", "hash1", "hash2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("A: cifar10-p0.25-s0-e8\nB: cifar10-p0.25-s0-e8")
+    lines = {line.split()[0]: line for line in out.splitlines()[3:] if line.split()}
+    assert {"dropout=0.25", "baseline"} <= set(lines) and "3/3" in lines["baseline"]
+    assert cli.main(["--out", str(store.parent), "--compare", "hash", "hash2"]) == 1  # ambiguous: refused
+    assert "matches" in capsys.readouterr().err
 
 
 def older_history(path: Path) -> None:

@@ -21,6 +21,7 @@ a `runs` table of its own — is refused with one line and never altered. Readin
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,10 +81,41 @@ def _tables() -> tuple[sa.MetaData, dict[str, sa.Table]]:
 METADATA, SQL_TABLES = _tables()
 
 
+HISTORY_ENV = "DROPOUT_LAB_HISTORY"  # the store every run of this machine records to (--history sets it)
+
+
+def history_target(out: str | Path) -> str | Path:
+    """Where a run writing reports to `out` records its models: DROPOUT_LAB_HISTORY, else `<out>/history.sqlite`."""
+    return os.environ.get(HISTORY_ENV) or Path(out) / HISTORY_FILE
+
+
 def store_url(target: str | Path) -> str:
-    """The SQLAlchemy URL of a history: a URL as given, a path as a SQLite file."""
+    """The SQLAlchemy URL of a history: a URL as given (`postgresql://` through psycopg 3), a path as a
+    SQLite file."""
     text = str(target)
-    return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
+    if "://" not in text:
+        return f"sqlite:///{Path(text).resolve()}"
+    return "postgresql+psycopg://" + text.removeprefix("postgresql://") if text.startswith("postgresql://") else text
+
+
+def check(target: str | Path) -> None:
+    """Before any training: the store answers and, if it holds anything, is ours. HistoryError (one
+    line) otherwise; creates and changes nothing."""
+    path = _is_sqlite_file(target)
+    if path is not None:
+        if path.is_dir():
+            raise _refuse(target, "a folder")
+        if not path.exists():
+            return
+    try:
+        with _engine(target, read_only=True).connect() as conn:
+            why = _problem(sa.inspect(conn))
+    except sa.exc.SQLAlchemyError as e:
+        raise HistoryError(f"{shown(target)}: not a usable run history ({_reason(e)})") from None
+    except ModuleNotFoundError as e:  # a database's driver
+        raise HistoryError(f"{shown(target)}: needs the {e.name} package (pip install -e '.[postgres]')") from None
+    if why and why != "empty":
+        raise _refuse(target, why)
 
 
 def shown(target: str | Path) -> str:
@@ -216,11 +248,9 @@ def _insert(conn: sa.Connection, table: str, rows: list[dict]) -> int:
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(sql_table).on_conflict_do_nothing()
-    added = 0
-    for row in rows:  # one statement per row: its rowcount says whether it was new
-        added += conn.execute(statement, {n: _to_sql(row.get(n)) for n in names}).rowcount
-    return added
+    # One statement per row, returning a row only when it was new (drivers' rowcounts disagree here).
+    statement = insert(sql_table).on_conflict_do_nothing().returning(sa.literal_column("1"))
+    return sum(len(conn.execute(statement, {n: _to_sql(row.get(n)) for n in names}).all()) for row in rows)
 
 
 def _run_id(table: sa.Table):
@@ -271,11 +301,13 @@ def _query(t: sa.Table, have: set[str], rates, seeds, dataset, since, last, expe
         query = query.where(t.c.dataset == dataset)
     if since:
         query = query.where(t.c.recorded_at >= _to_sql(since if since.tzinfo else since.replace(tzinfo=UTC)))
-    if experiments:
-        query = query.where(sa.or_(t.c.experiment.in_(experiments), t.c.experiment_hash.in_(experiments)))
+    if experiments:  # a name, or a hash or its first characters
+        named = [t.c.experiment.in_(experiments), *(t.c.experiment_hash.like(f"{e}%") for e in experiments)]
+        query = query.where(sa.or_(*named))
     if last:
         runs = sa.Table("runs", sa.MetaData(), *(sa.Column(n) for n in ("flow_run_id", "report_folder", "recorded_at")))
-        newest = sa.select(_run_id(runs)).group_by(_run_id(runs)).order_by(sa.func.max(runs.c.recorded_at).desc())
+        ids = sa.select(_run_id(runs).label("run"), runs.c.recorded_at).subquery()
+        newest = sa.select(ids.c.run).group_by(ids.c.run).order_by(sa.func.max(ids.c.recorded_at).desc())
         query = query.where(_run_id(t).in_(newest.limit(last).scalar_subquery()))
     settings = [s for s in SETTINGS if s.field in have]  # a setting's column an older history lacks: off
     baseline = sa.and_(*(sa.func.coalesce(t.c[s.field], s.off) == s.off for s in settings))

@@ -75,7 +75,7 @@ SUMMARY_SCHEMA = pa.schema(
         field("compiled", pa.bool_()),
         field("threads", pa.int64()),
         field("stacked_variants", pa.int64()),
-        field("trained_as", pa.string(), "alone | stacked | streams (side by side on CUDA streams, one process)"),
+        field("trained_as", pa.string(), "alone | stacked (one computation with the other variants on its device)"),
         field("cuda_graphs", pa.bool_(), "training steps and evaluation replayed as CUDA graphs"),
         field("n_params", pa.int64()),
         field("n_train", pa.int64()),
@@ -219,6 +219,24 @@ def confusion_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
         for i, row in enumerate(r.history[-1]["test_confusion"])
         for j, count in enumerate(row)
     ]  # fmt: skip
+
+
+def display_rows(rows: list[dict], schema: pa.Schema) -> list[dict]:
+    """Rows as a person reads them (a Prefect table artifact): fractions as percentages with two
+    decimals, losses with four, seconds with one, from each column's unit in `schema`."""
+    units = {f.name: (f.metadata or {}).get(b"unit", b"").decode() for f in schema}
+
+    def cell(name: str, value):
+        if not isinstance(value, float):
+            return value
+        unit = units.get(name, "")
+        if unit == FRACTION:
+            return f"{100 * value:.2f}%"
+        if unit == SECONDS:
+            return round(value, 1)
+        return round(value, 4)
+
+    return [{name: cell(name, value) for name, value in row.items()} for row in rows]
 
 
 def write_table(rows: list[dict], schema: pa.Schema, path) -> None:

@@ -120,55 +120,181 @@ def _experiment_id(client, out: Path) -> str:
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
-def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: list[Path]) -> str:
-    """Log one flow run's models (history rows of analysis/history.py: `runs` one per model, `epochs` one
-    per model and epoch) and its report files. Returns the parent run's id."""
+def _client(out: str | Path):
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri(out))
-    experiment_id = _experiment_id(client, out)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri(out))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def system_tags(run_name: str) -> dict[str, str]:
+    """MLflow's own tags for where a run came from: the commit, the entry point, the user."""
+    from dropout_lab.analysis.history import code_version
+
+    commit = code_version()
+    tags = {"mlflow.source.name": "flows/compare.py", "mlflow.source.type": "LOCAL", "mlflow.runName": run_name,
+            "mlflow.user": os.environ.get("USER") or os.environ.get("LOGNAME") or "dropout-lab"}  # fmt: skip
+    if not commit.startswith("pkg-"):
+        tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
+        tags["mlflow.source.git.dirty"] = str(commit.endswith("+dirty")).lower()
+    return tags
+
+
+def logged_parent(out: str | Path, experiment_hash: str) -> str | None:
+    """The finished parent run that already logged this experiment (parameters, data, code), if any."""
+    client = _client(out)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], max_results=1, filter_string=(
+        f"tags.experiment_hash = '{experiment_hash}' and attributes.status = 'FINISHED' "
+        "and tags.dropout_lab_parent = 'true'"))  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
+def start_parent(out: str | Path, name: str, tags: dict, params: dict, start_ms: int | None = None) -> str:
+    """A flow run's parent MLflow run, RUNNING until `finish_parent`: its tags and parameters."""
+    from mlflow.entities import Param
+
+    client = _client(out)
+    run = client.create_run(_experiment_id(client, Path(out)), start_time=start_ms or _now_ms(), run_name=name,
+                            tags={**system_tags(name), **tags, "dropout_lab_parent": "true"})  # fmt: skip
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items() if v is not None])
+    return run.info.run_id
+
+
+def start_child(out: str | Path, parent_id: str, row: dict, start_ms: int | None = None) -> str:
+    """One model's child run (its parameters; `row`: a summary/history row or its config's columns)."""
+    from mlflow.entities import Param
+
+    client = _client(out)
+    name = f"{row['model']} seed {row['seed']}"
+    parent = client.get_run(parent_id)
+    tags = {**system_tags(name), "mlflow.parentRunId": parent_id,
+            **{k: v for k, v in parent.data.tags.items() if k in RUN_TAGS}}  # fmt: skip
+    run = client.create_run(parent.info.experiment_id, start_time=start_ms or _now_ms(), run_name=name, tags=tags)
+    params = [Param(k, str(row[k])) for k in MODEL_PARAMS if row.get(k) is not None]
+    client.log_batch(run.info.run_id, params=params)
+    return run.info.run_id
+
+
+def log_epoch(out: str | Path, run_id: str, record: dict, timestamp_ms: int | None = None) -> None:
+    """One epoch's metrics, at its step, as it happens (the gap: eval-mode train minus test accuracy)."""
+    from mlflow.entities import Metric
+
+    values = dict(record)
+    if "train_eval_acc" in record and "test_acc" in record:
+        values["generalization_gap"] = record["train_eval_acc"] - record["test_acc"]
+    when, step = timestamp_ms or _now_ms(), int(record["epoch"])
+    metrics = [Metric(k, float(values[k]), when, step) for k in EPOCH_METRICS if values.get(k) is not None]
+    _client(out).log_batch(run_id, metrics=metrics)
+
+
+def finish_child(out: str | Path, run_id: str, row: dict | None, checkpoint: str | None, status: str = "FINISHED",
+                 end_ms: int | None = None) -> None:  # fmt: skip
+    """A child's final numbers (`row`: its summary row) and weights (the final checkpoint), and its end."""
+    from mlflow.entities import Metric
+
+    client = _client(out)
+    if row is not None:
+        when = end_ms or _now_ms()
+        # The final gap under its own key: under the per-epoch key it would read as a point at step 0.
+        names = {k: "final_generalization_gap" if k == "generalization_gap" else k for k in FINAL_METRICS}
+        metrics = [Metric(names[k], float(row[k]), when, 0) for k in FINAL_METRICS if row.get(k) is not None]
+        client.log_batch(run_id, metrics=metrics)
+        client.set_tag(run_id, "weights_sha256", row.get("weights_sha256", ""))
+    if checkpoint and Path(checkpoint).is_file():
+        client.log_artifact(run_id, checkpoint, artifact_path="weights")
+    client.set_terminated(run_id, status=status, end_time=end_ms or _now_ms())
+
+
+def finish_parent(out: str | Path, run_id: str, headline: dict[str, float], files: list[Path], status: str = "FINISHED",
+                  end_ms: int | None = None) -> None:  # fmt: skip
+    """The comparison's headline metrics (so MLflow's chart and compare views have them), the report's
+    files, and the parent's end."""
+    from mlflow.entities import Metric
+
+    client = _client(out)
+    when = end_ms or _now_ms()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), when, 0) for k, v in headline.items() if v == v])
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, status=status, end_time=when)
+
+
+def headline_metrics(stats: list[dict]) -> dict[str, float]:
+    """Per variant, from statistics.parquet's rows: mean final test accuracy and gap (points), and the
+    difference from the baseline on both (points)."""
+    out: dict[str, float] = {}
+    for row in stats:
+        if row["metric"] not in ("final_test_acc", "generalization_gap"):
+            continue
+        key = row["model"].replace("=", "_").replace(",", "")
+        short = "test_acc" if row["metric"] == "final_test_acc" else "gap"
+        out[f"{key}.{short}"] = 100 * row["mean"]
+        if not row["baseline"]:
+            out[f"{key}.{short}_vs_baseline"] = 100 * row["diff_vs_baseline"]
+    return out
+
+
+def child_runs(out: str | Path, parent_id: str) -> dict[tuple[str, int], str]:
+    """(model, seed) → child run id, of the children a parent has."""
+    client = _client(out)
+    parent = client.get_run(parent_id)
+    found = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {(r.data.params.get("model"), int(r.data.params.get("seed", -1))): r.info.run_id for r in found}
+
+
+def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: list[Path],
+                 stats: list[dict] | None = None) -> str:  # fmt: skip
+    """Log one flow run's models after the fact (history rows of analysis/history.py: `runs` one per model,
+    `epochs` one per model and epoch, each epoch at the time it ended) and its report files. Returns the
+    parent run's id. The live path (start_parent, start_child, log_epoch, ...) logs while training."""
     first = runs[0]
-    now = int(time.time() * 1000)
-    parent = client.create_run(
-        experiment_id,
-        start_time=min(_ms(r, "started_at") for r in runs),
-        run_name=first["flow_run_name"] or first["experiment"],
-        tags={k: str(first[k]) for k in RUN_TAGS},
-    )
     variants = sorted({variant_of(r) for r in runs}, key=Variant.order)
+    parent = start_parent(out, first["flow_run_name"] or first["experiment"], {k: str(first[k]) for k in RUN_TAGS},
+                          run_params(runs, variants), min(_ms(r, "started_at") for r in runs))  # fmt: skip
+    log_children_after(out, parent, runs, epochs)
+    finish_parent(out, parent, headline_metrics(stats or []), files, end_ms=max(_ms(r, "finished_at") for r in runs))
+    return parent
+
+
+def log_children_after(out: str | Path, parent: str, runs: list[dict], epochs: list[dict],
+                       checkpoints: list[str | None] | None = None) -> None:  # fmt: skip
+    """A child run per model that has none under `parent` yet (a model trained by an earlier run, read
+    from the cache), from its recorded rows: `runs` one per model (with weights_sha256), `epochs` one
+    per model and epoch; `checkpoints`, one per model, are logged as their weights."""
+    have = child_runs(out, parent)
+    for row, checkpoint in zip(runs, checkpoints or [None] * len(runs), strict=True):
+        if (row["model"], row["seed"]) in have:
+            continue
+        child = start_child(out, parent, row, _ms(row, "started_at"))
+        log_epochs_after(out, child, row, [e for e in epochs if (e["model"], e["seed"]) == (row["model"], row["seed"])])
+        finish_child(out, child, row, checkpoint, end_ms=_ms(row, "finished_at"))
+
+
+def log_epochs_after(out: str | Path, run_id: str, row: dict, epochs: list[dict]) -> None:
+    """Epoch metrics logged after the fact, each at the time its epoch ended (from the run's start and
+    the epochs' durations), so the charts' time axis is the training's."""
+    when = _ms(row, "started_at")
+    for e in sorted(epochs, key=lambda e: e["epoch"]):
+        when += int(1000 * (e.get("epoch_seconds") or 0))
+        log_epoch(out, run_id, e, when)
+
+
+def run_params(runs: list[dict], variants: list) -> dict:
+    """A parent run's parameters: the variants, each compared setting's values, the seeds, the recipe."""
+    first = runs[0]
     compared = {s.plural.replace(" ", "_"): sorted({value for v in variants for f, value in v.settings if f == s.field})
                 for s in SETTINGS}  # fmt: skip
     shared = {k: first.get(k) for k in ("epochs", "batch_size", "lr", "device", "precision", "dataset", "n_train")}
-    client.log_batch(parent.info.run_id, params=[
-        Param("variants", ",".join(v.name for v in variants)),
-        *(Param(key, ",".join(f"{p:g}" for p in values)) for key, values in compared.items() if values),
-        Param("seeds", ",".join(str(s) for s in sorted({r["seed"] for r in runs}))),
-        *(Param(k, str(v)) for k, v in shared.items() if v is not None),
-    ])  # fmt: skip
-    for path in files:
-        client.log_artifact(parent.info.run_id, str(path))
-    for row in runs:
-        child = client.create_run(
-            experiment_id,
-            start_time=_ms(row, "started_at"),
-            run_name=row["model"] + f" seed {row['seed']}",
-            tags={"mlflow.parentRunId": parent.info.run_id, "weights_sha256": row["weights_sha256"],
-                  **{k: str(row[k]) for k in RUN_TAGS}},
-        )  # fmt: skip
-        mine = [e for e in epochs if (e["model"], e["seed"]) == (row["model"], row["seed"])]
-        metrics = [Metric(name, float(e[name]), now, int(e["epoch"])) for e in mine for name in EPOCH_METRICS
-                   if e.get(name) is not None]  # fmt: skip
-        metrics += [Metric(name, float(row[name]), now, 0) for name in FINAL_METRICS if row.get(name) is not None]
-        params = [Param(name, str(row[name])) for name in MODEL_PARAMS if row.get(name) is not None]
-        client.log_batch(child.info.run_id, params=params)
-        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(child.info.run_id, metrics=metrics[start : start + 1000])
-        client.set_terminated(child.info.run_id, end_time=_ms(row, "finished_at"))
-    client.set_terminated(parent.info.run_id, end_time=max(_ms(r, "finished_at") for r in runs))
-    return parent.info.run_id
+    return {"variants": ",".join(v.name for v in variants),
+            **{k: ",".join(f"{p:g}" for p in values) for k, values in compared.items() if values},
+            "seeds": ",".join(str(s) for s in sorted({r["seed"] for r in runs})), **shared}  # fmt: skip
 
 
 def _ms(row: dict, key: str) -> int:

@@ -63,6 +63,36 @@ def run_points(rows: list[dict], metric: str) -> dict[Variant, list[tuple]]:
     return points
 
 
+def compare_table(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
+    """Two experiments' rows side by side: per variant, each side's seeds, final test accuracy and gap
+    (means with 95% t-intervals over seeds, in points), and B minus A (in points)."""
+    (name_a, rows_a), (name_b, rows_b) = a, b
+    groups = [by_variant(rows_a), by_variant(rows_b)]
+    variants = sorted(set(groups[0]) | set(groups[1]), key=Variant.order)
+
+    def est(side: dict, v: Variant, metric: str):
+        return mean_ci([100 * r[metric] for r in side.get(v, [])])
+
+    def cell(e) -> str:
+        if not e.n:
+            return "—"
+        return f"{e.mean:6.2f}" + (f" ({e.ci_low:.2f}–{e.ci_high:.2f})" if e.n > 1 else " (one seed)")
+
+    lines = [f"A: {name_a}", f"B: {name_b}", "",
+             f"{'variant':<22} {'seeds A/B':<10} {'test acc A':<24} {'test acc B':<24} {'B-A':>6}  "
+             f"{'gap A':<24} {'gap B':<24} {'B-A':>6}"]  # fmt: skip
+    for v in variants:
+        acc = [est(g, v, "final_test_acc") for g in groups]
+        gap = [est(g, v, "generalization_gap") for g in groups]
+        seeds = f"{acc[0].n}/{acc[1].n}"
+        d_acc = f"{acc[1].mean - acc[0].mean:+6.2f}" if acc[0].n and acc[1].n else "     —"
+        d_gap = f"{gap[1].mean - gap[0].mean:+6.2f}" if gap[0].n and gap[1].n else "     —"
+        lines.append(f"{v.name:<22} {seeds:<10} {cell(acc[0]):<24} {cell(acc[1]):<24} {d_acc}  "
+                     f"{cell(gap[0]):<24} {cell(gap[1]):<24} {d_gap}")  # fmt: skip
+    lines.append("points; 95% t-intervals over each side's seeds")
+    return "\n".join(lines)
+
+
 COMPARABLE = ("dataset", "n_train", "n_test", "epochs")  # runs on one line must agree on these
 
 

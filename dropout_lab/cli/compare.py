@@ -6,13 +6,14 @@ declared parameters, and the checks before any work. Imports neither torch nor P
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Annotated, get_args, get_origin
 
 from dropout_lab.config import PARAMETERS, element_type, flag, help_text
 from dropout_lab.runtime.redact import redact
 
-RUNNER_FLAGS = ("task_runner", "dask_address", "verbose")  # how a run runs and shows, not what it computes
+RUNNER_FLAGS = ("task_runner", "dask_address", "verbose", "history")  # how a run runs, not what it computes
 
 
 def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentPars
                        help="thread: in this process; dask: prefect-dask's DaskTaskRunner")  # fmt: skip
     scale.add_argument("--dask-address", metavar="tcp://HOST:8786",
                        help="existing Dask scheduler (default with --task-runner dask: a local cluster)")  # fmt: skip
+    parser.add_argument("--history", metavar="URL",
+                        help="the run history a team's machines share, a SQLAlchemy URL such as postgresql://"
+                             "user@host/db (default: $DROPOUT_LAB_HISTORY, else OUT/history.sqlite)")  # fmt: skip
     parser.add_argument("--verbose", action="store_true",
                         help="tracebacks and Dask's log on the terminal too (the run log always has them)")  # fmt: skip
     return parser
@@ -59,7 +63,18 @@ def parse(argv: list[str] | None, prog: str = "python flows/compare.py") -> tupl
     how = {k: params.pop(k) for k in RUNNER_FLAGS}
     if how["dask_address"] and how["task_runner"] != "dask":
         raise CliError("--dask-address needs --task-runner dask", 2)
+    use_history(how["history"])
     return params, how
+
+
+def use_history(url: str | None) -> None:
+    """--history: the store for this process and every process it starts (Dask workers, served runs)."""
+    if url is not None:
+        if not url.strip():
+            raise CliError("--history: must not be empty", 2)
+        from dropout_lab.analysis.history import HISTORY_ENV  # here: it imports SQLAlchemy
+
+        os.environ[HISTORY_ENV] = url
 
 
 def refuse_early(argv: list[str]) -> None:

@@ -1,7 +1,9 @@
-"""Every recorded run as a table, and a figure of the trend: `python flows/history.py --out artifacts`.
+"""`dropout-lab history`: every recorded run as a table and a figure of the trend, or two experiments
+side by side (`--compare A B`).
 
-Reads `<out>/history.sqlite`, which each completed `flows/compare.py` run (CLI, served or worker run)
-writing reports to `--out` appends to (analysis/history.py). Plain Python: no Prefect server needed.
+Reads the run history every completed `flows/compare.py` run records to (analysis/history.py): the
+store `--history URL` (or $DROPOUT_LAB_HISTORY) names, else `<out>/history.sqlite`. Read-only, and
+plain Python: no Prefect server needed.
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dropout_lab.analysis.history import HISTORY_FILE, HistoryError, as_table, import_reports, read, run_key
-from dropout_lab.analysis.trend import format_table, plot_trend
+from dropout_lab.analysis.history import (
+    HistoryError,
+    as_table,
+    exists,
+    history_target,
+    import_reports,
+    read,
+    run_key,
+    shown,
+)
+from dropout_lab.analysis.trend import compare_table, format_table, plot_trend
 
 
 def since_value(text: str) -> datetime:
@@ -32,9 +43,15 @@ def since_value(text: str) -> datetime:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dropout-lab history",
-        description="The run history under --out: one row per model per run, and a figure of the trend.",
+        description="The run history: one row per model per run, and a figure of the trend; or two experiments "
+        "side by side.",
     )
+    parser.add_argument("--history", metavar="URL", help="the store: a SQLAlchemy URL such as postgresql://user@host/"
+                        "db, or a SQLite file (default: $DROPOUT_LAB_HISTORY, else OUT/history.sqlite)")  # fmt: skip
     parser.add_argument("--out", default="artifacts", help="the flow's --out folder (default: %(default)s)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="two experiments (names or report-folder digests) side by side: every variant's seeds, "
+                             "test accuracy and gap with 95%% intervals, and B minus A")  # fmt: skip
     parser.add_argument("--rate", type=float, nargs="+", metavar="P", help="only these dropout rates (0: baseline)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="only these seeds")
     parser.add_argument("--dataset", help="only this dataset (cifar10, fake)")
@@ -59,18 +76,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def show(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    history = out / HISTORY_FILE
+    history = args.history or history_target(out)
     if args.last is not None and args.last < 1:
         return fail("--last: must be >= 1")
     if args.import_reports:
         if not out.is_dir():
             return fail(f"no folder {out}")
         print(f"imported {import_reports(out, history)} model rows from report folders under {out}")
-    if not history.is_file():
-        return fail(f"no run history at {history}: runs record there once they complete with --out {out}")
+    if not exists(history):
+        return fail(f"no run history at {shown(history)}: runs record there once they complete")
+    if args.compare:
+        return compare(history, *args.compare)
     rows = read(history, rates=args.rate, seeds=args.seeds, dataset=args.dataset, since=args.since, last=args.last)
     if not rows:
-        print(f"no recorded runs match in {history}")
+        print(f"no recorded runs match in {shown(history)}")
         return 0
     print(format_table(rows))
     print(f"{len(rows)} models from {len({run_key(r) for r in rows})} runs")
@@ -81,8 +100,22 @@ def show(args: argparse.Namespace) -> int:
         print(f"parquet: {args.parquet}")
     if not args.no_figure:
         figure = args.figure or out / "history.png"
-        plot_trend(rows, figure, title=f"Runs recorded in {history}")
+        plot_trend(rows, figure, title=f"Runs recorded in {shown(history)}")
         print(f"figure: {figure}")
+    return 0
+
+
+def compare(history, a: str, b: str) -> int:
+    """Two experiments side by side; each must name exactly one experiment in the history."""
+    sides = []
+    for which in (a, b):
+        rows = read(history, experiments=[which])
+        names = sorted({r["experiment"] for r in rows})
+        if len(names) != 1:
+            found = f"{len(names)} experiments ({', '.join(names)[:200]})" if names else "nothing"
+            return fail(f"--compare {which!r}: matches {found} in {shown(history)}; give a name or a longer digest")
+        sides.append((names[0], rows))
+    print(compare_table(*sides))
     return 0
 
 

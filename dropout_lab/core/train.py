@@ -409,14 +409,22 @@ def _index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def _train_epoch(unit: _Unit, orders: torch.Tensor, images, labels, scaler, fail_at: int | None) -> None:
-    """One epoch of the unit's variants on `orders` (K, M): step by step, then the last, smaller batch."""
+PROGRESS_STEPS = 10  # progress reports per epoch (fit(progress=True)): every 10 % of its steps
+
+
+def _train_epoch(unit: _Unit, orders: torch.Tensor, images, labels, scaler, fail_at: int | None) -> Iterator[float]:
+    """One epoch of the unit's variants on `orders` (K, M): step by step, then the last, smaller batch;
+    yields the fraction of the epoch's steps done each time another tenth is (a host-side count: no sync)."""
     n, b = orders.shape[1], unit.cfg.batch_size
+    steps = n // b + (1 if n % b else 0)
+    marks = {max(1, round(steps * j / PROGRESS_STEPS)) for j in range(1, PROGRESS_STEPS)}
     unit.begin(orders, images, labels, scaler)
     for i in range(n // b):
         if fail_at is not None and i * b >= fail_at:
             raise InjectedFault(f"injected fault at sample {i * b}")
         unit.step(i)
+        if i + 1 in marks:
+            yield (i + 1) / steps
     if n % b:
         unit.last(n - n % b)
 
@@ -430,9 +438,11 @@ def fit(
     checkpoint_dirs: list[str | Path],
     attempt: int = 1,
     cuda_graphs: str = "auto",
+    progress: bool = False,
 ) -> Iterator[tuple[int, dict]]:
     """Train every variant `cfg.epochs` epochs, each resuming from and checkpointing into its own
-    folder; yield (variant index, record) per variant and new epoch.
+    folder; yield (variant index, record) per variant and new epoch (with `progress`, also
+    (variant index, {"progress": fraction of the epoch's steps, "epoch": e}) every tenth of an epoch).
 
     Images are (N, 32, 32, 3) uint8 on any device; they are moved to the device once. A record:
     `epoch_record`'s fields and resumed_from. After every epoch the weights are evaluated in eval mode
@@ -469,7 +479,10 @@ def fit(
         alone = unit.runs[0] if not unit.stacked() else None  # its Net's dropout draws from the global generator
         if alone is not None:
             alone.to_global()
-        _train_epoch(unit, orders, train_x, train_y, scaler, fail_at)
+        for fraction in _train_epoch(unit, orders, train_x, train_y, scaler, fail_at):
+            if progress:
+                for run in unit.runs:
+                    yield runs.index(run), {"progress": fraction, "epoch": epoch}
         if alone is not None:
             alone.from_global()
         train_evals, tests = unit.evaluate("train_eval", eval_x, eval_y), unit.evaluate("test", test_x, test_y)

@@ -139,18 +139,23 @@ def remove_created(folders: list[Path]) -> None:
             pass
 
 
-def check_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -> None:
-    """All three planned and their free space checked first, then created and proven writable; a
-    refusal at any step leaves no folder behind."""
+def plan_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -> list[tuple[str, str]]:
+    """All three planned and their free space checked, creating nothing; returns (path, flag) pairs
+    for `create_folders`."""
     folders = [(data_dir, "--data-dir", 0 if data_present else NEEDS["data"]),
                (cache_dir, "--cache-dir", NEEDS["cache"]), (out, "--out", NEEDS["out"])]  # fmt: skip
     for path, what, _ in folders:
         plan_folder(path, what)
     for path, what, need in folders:
         check_space(path, what, need)
+    return [(path, what) for path, what, _ in folders]
+
+
+def create_folders(folders: list[tuple[str, str]]) -> None:
+    """Create the planned folders and prove them writable; a refusal leaves no folder behind."""
     created: list[Path] = []
     try:
-        for path, what, _ in folders:
+        for path, what in folders:
             created += make_writable(path, what)
     except ValueError:
         remove_created(created)
@@ -182,11 +187,12 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     """Validate everything before any work, creating nothing until all checks pass: parameters, then
     devices, then folders (confined to the worker's roots in a deployment run). Returns the variant
     configs and the folders to use. Raises ValueError (one line)."""
+    parameter_errors(params)  # first, and before the imports below: a bad value answers at once
+    from dropout_lab.analysis import history
     from dropout_lab.analysis.tracking import check_available, check_store
     from dropout_lab.core.data import ARCHIVE_NAME, FOLDER_NAME
     from dropout_lab.runtime.devices import stack_groups, variant_configs
 
-    parameter_errors(params)
     if params["mlflow"]:
         check_available()
     shared = {f.name for f in dataclasses.fields(TrainConfig)} - _PER_VARIANT
@@ -196,9 +202,14 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     for cfg in configs:
         check_train_config(cfg)  # every variant and seed, and precision vs the resolved device
     folders = confine_folders(params) if deployed else {k: params[k] for k in ROOT_ENV}
-    if params["mlflow"]:
-        check_store(folders["out"])  # the server answers, the database is MLflow's (or not there yet)
     data_dir = Path(folders["data_dir"])
     present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
-    check_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
+    planned = plan_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
+    if params["mlflow"]:
+        check_store(folders["out"])  # the server answers, the database is MLflow's (or not there yet)
+    try:
+        history.check(history.history_target(folders["out"]))  # answers, and is ours (or not there yet)
+    except history.HistoryError as e:
+        raise ValueError(f"--history: {e}") from None
+    create_folders(planned)  # last: a refusal above has created nothing
     return configs, folders

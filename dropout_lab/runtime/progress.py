@@ -75,7 +75,7 @@ class EpochBars:
         # process's own singleton instead of trying to pickle a lock and a live display.
         return (_the_bars, ())
 
-    def update(self, label: str, epoch: int, epochs: int, note: str = "") -> None:
+    def update(self, label: str, epoch: float, epochs: int, note: str = "") -> None:
         with self._lock:
             if self._progress is None:
                 return

@@ -122,9 +122,10 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
             for folder in folders:
                 for _, path in epoch_checkpoints(folder):
                     path.unlink()
-        steps = fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt, job.get("cuda_graphs", "auto"))
+        steps = fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt, job.get("cuda_graphs", "auto"),
+                    progress=True)  # fmt: skip
         for index, record in steps:
-            emit("epoch", variant=index, **record)
+            emit("progress" if "progress" in record else "epoch", variant=index, **record)
         finals = [epoch_checkpoints(folder)[0][1] for folder in folders]
         states = [load_checkpoint(final) for final in finals]
         hashes = [hashlib.sha256(final.read_bytes()).hexdigest() for final in finals]
