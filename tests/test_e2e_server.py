@@ -481,7 +481,7 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, p
     runs = server.manual_runs(deployment["id"])
     recorded = {r["flow_run_id"] for r in history.read(postgres)}
     assert set(runs) <= recorded  # both machines' runs in the one history
-    shown = server.run([sys.executable, "-m", "dropout_lab.cli", "history", "--history", postgres,  # dropout-lab history
+    shown = server.run([sys.executable, "-m", "dropout_lab.cli", "history", "--history", postgres,
                         "--no-figure", "--out", str(server.root / "history-view")], timeout=120)  # fmt: skip
     assert shown.returncode == 0 and shown.stdout.count("fake") >= 2, shown.stdout + shown.stderr
     for proc in workers:
