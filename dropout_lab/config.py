@@ -12,7 +12,8 @@ import dataclasses
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -35,10 +36,18 @@ WeightDecays = Annotated[
           "applies it (0 <= w <= 1; none by default)"),
 ]  # fmt: skip
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-Seeds = Annotated[
-    list[Seed],
-    Field(min_length=1, max_length=256, description="seed(s) for init, batch order and dropout masks; "
-          "several give confidence intervals"),
+SEEDS_DOC = ("seed(s) for init, batch order and dropout masks, or auto: waves of 5 seeds (0, 1, 2, ...) until every "
+             "claim is decided or --max-seeds (default: auto on a GPU, 0 on CPU)")  # fmt: skip
+Seeds = Annotated[list[Seed], Field(min_length=1, max_length=256)]
+SeedsOrAuto = Annotated[Seeds | Literal["auto"] | None, Field(description=SEEDS_DOC)]
+WAVE = 5  # seeds per wave of --seeds auto: the first look needs a few to have a spread at all
+MaxSeeds = Annotated[
+    int, Field(ge=WAVE, le=256, description="with --seeds auto: the most seeds per model (waves of 5 up to it)")
+]
+Margin = Annotated[
+    float,
+    Field(gt=0, le=50, allow_inf_nan=False, description="equivalence margin in points of test accuracy and gap: a "
+          "difference shown to lie within ±margin is called equivalent"),
 ]  # fmt: skip
 Device = Annotated[
     str, Field(min_length=1, max_length=16, description="auto | cpu | cuda | cuda:N (auto: one GPU per model "
@@ -256,6 +265,11 @@ def configure(base: TrainConfig, variant: Variant, **changes: Any) -> TrainConfi
     return dataclasses.replace(base, **{**{s.field: s.off for s in SETTINGS}, **dict(variant.settings), **changes})
 
 
+def seed_waves(max_seeds: int) -> list[list[int]]:
+    """--seeds auto: seeds 0, 1, 2, ... in waves of WAVE, the last one cut at max_seeds."""
+    return [list(range(start, min(start + WAVE, max_seeds))) for start in range(0, max_seeds, WAVE)]
+
+
 # --- the flow's parameters -------------------------------------------------------------------------
 
 
@@ -268,7 +282,9 @@ def compare_parameters(
     lr: LearningRate = TrainConfig.lr,
     dropout: Rates = [TrainConfig.dropout],  # noqa: B006
     weight_decay: WeightDecays = [],  # noqa: B006
-    seeds: Seeds = [TrainConfig.seed],  # noqa: B006
+    seeds: SeedsOrAuto = None,
+    max_seeds: MaxSeeds = 20,
+    margin: Margin = 1.0,
     device: Device = "auto",
     precision: Precision = "fp32",
     compile: Compile = False,
@@ -298,6 +314,8 @@ def help_text(annotation: Any) -> str:
 def element_type(annotation: Any) -> Any:
     """`Rates` → `Rate`: the declared type of one value of a list parameter (the annotation itself otherwise)."""
     inner = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+    if get_origin(inner) in (Union, UnionType):  # `Seeds | Literal["auto"] | None`: the list's element
+        return next((element_type(part) for part in get_args(inner) if element_type(part) is not part), annotation)
     return get_args(inner)[0] if get_origin(inner) is list else annotation
 
 

@@ -31,13 +31,16 @@ def _compared(values_of) -> list[str]:
     return parts or [f"{SETTINGS[0].short}0"]
 
 
-def experiment_name(configs: list[TrainConfig], dataset: str) -> str:
-    """What was compared, without code or data versions: `cifar10-p0.25-s0-e8`. Nightly runs of the same
-    experiment share it (their artifacts line up under one key). A run on part of the data says so
-    (`-train2000-test500`): a smoke run must not read like a CIFAR-10 result."""
+def experiment_name(configs: list[TrainConfig], dataset: str, auto: bool = False) -> str:
+    """What was compared, without code or data versions: `cifar10-p0.25-s0-e8` (`-sauto20-`: seeds in
+    waves until decided, at most 20). Nightly runs of the same experiment share it (their artifacts line
+    up under one key). A run on part of the data says so (`-train2000-test500`): a smoke run must not
+    read like a CIFAR-10 result."""
     variants = {variant_of(c) for c in configs}
     seeds = sorted({c.seed for c in configs})
     seed_part = "+".join(map(str, seeds)) if len(seeds) <= 3 else f"{len(seeds)}seeds"
+    if auto:
+        seed_part = f"auto{len(seeds)}"
     cfg = configs[0]
     size = "".join(
         f"-{split}{limit}" for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)) if limit
@@ -52,11 +55,12 @@ def experiment_name(configs: list[TrainConfig], dataset: str) -> str:
     return name
 
 
-def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str) -> str:
+def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str, auto: bool = False) -> str:
     """Deterministic per experiment, data and code: the same inputs reuse (and overwrite) one folder;
     different parameters never share one, even when started at the same time."""
-    digest = hashlib.sha256("".join(train_key(c, data_fingerprint) for c in configs).encode()).hexdigest()
-    return f"{experiment_name(configs, dataset)}-{digest[:10]}"
+    keys = "".join(train_key(c, data_fingerprint) for c in configs) + ("auto" if auto else "")
+    digest = hashlib.sha256(keys.encode()).hexdigest()
+    return f"{experiment_name(configs, dataset, auto)}-{digest[:10]}"
 
 
 def flow_run_label(params: Mapping) -> str:
@@ -70,7 +74,9 @@ def flow_run_label(params: Mapping) -> str:
             parts.append(f"{s.short}={','.join(f'{v:g}' for v in values) or '0'}")
     extra = [params["dataset"]] if params["dataset"] != "cifar10" else []
     extra += [f"{k.split('_')[1]}{params[k]}" for k in ("limit_train", "limit_test") if params[k]]
-    return " ".join([*parts, f"seeds={seed_list(params['seeds'])}", f"e{params['epochs']}", *extra])
+    seeds = params["seeds"]
+    seeds = f"auto{params['max_seeds']}" if seeds == "auto" else "default" if seeds is None else seed_list(seeds)
+    return " ".join([*parts, f"seeds={seeds}", f"e{params['epochs']}", *extra])
 
 
 def group_label(cfgs: list[TrainConfig]) -> str:

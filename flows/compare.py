@@ -33,9 +33,15 @@ from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
 from dropout_lab.analysis.report import report_order  # noqa: E402
-from dropout_lab.analysis.tables import HISTORY_SCHEMA, display_rows, history_rows  # noqa: E402
+from dropout_lab.analysis.stats import Plan, open_claims  # noqa: E402
+from dropout_lab.analysis.tables import (  # noqa: E402
+    HISTORY_SCHEMA,
+    display_rows,
+    history_rows,
+    summary_rows,  # noqa: E402
+)
 from dropout_lab.cli.compare import CliError, check_dask, checked_configs, fail, one_line, parse  # noqa: E402
-from dropout_lab.config import PARAMETERS, TrainConfig, help_text  # noqa: E402
+from dropout_lab.config import PARAMETERS, TrainConfig, help_text, seed_waves  # noqa: E402
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
 from dropout_lab.runtime import console, temporary_server  # noqa: E402
@@ -105,24 +111,42 @@ def compare(**params) -> str:
     opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
 
     data = fetch_cifar10.with_options(**opts)(data_dir, params["dataset"], os.environ.get(MIRROR_ENV, CIFAR10_URL))
-    run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint)
+    auto = params["seeds"] == "auto"
+    run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, auto)
     parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
-    groups, gpu_workers = training_groups(configs, params["stack"], params["cuda_graphs"])
-    threads, slots = process_plan(groups)
-    with gpu_resource(gpu_workers):
-        trained = [train.with_options(**opts).submit(g, data, cache_dir, threads, params["refresh"],
-                                                     slots[g[0].device], params["cuda_graphs"], parent, out)
-                   for g in groups]  # fmt: skip
-    results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
-    report = render_report.with_options(**opts)(trained, data, str(run_dir), return_state=True)
+    trained, looks = [], []
+    for wave in seed_waves(params["max_seeds"]) if auto else [sorted({c.seed for c in configs})]:
+        wave_configs = [c for c in configs if c.seed in wave]
+        trained += submit_trainings(wave_configs, data, params, opts, cache_dir, parent, out)
+        results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
+        looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
+        plan = Plan(tuple(looks), params["max_seeds"], params["margin"] / 100) if auto \
+            else Plan(margin=params["margin"] / 100)  # fmt: skip
+        if auto:
+            undecided = open_claims(summary_rows(results, data), plan)
+            print(f"after {looks[-1]} seeds: " + (f"undecided: {'; '.join(undecided)}" if undecided else
+                  "every claim decided"))  # fmt: skip
+            if not undecided:
+                break
+    report = render_report.with_options(**opts)(trained, data, str(run_dir), plan, return_state=True)
     folder, markdown, _ = report.result()
-    experiment = experiment_name(configs, params["dataset"])
+    experiment = experiment_name(configs, params["dataset"], auto)
     publish_report(markdown, display_rows(history_rows(results, data), HISTORY_SCHEMA), experiment,
                    report.name == "Cached")  # fmt: skip
     record_history(results, data, out, folder, experiment)
     if parent:
         finish_mlflow(out, parent, results, data, folder)
     return folder
+
+
+def submit_trainings(configs: list[TrainConfig], data, params: dict, opts: dict, cache_dir: str, parent, out: str):
+    """One training task per group of variants that train together, submitted to run concurrently."""
+    groups, gpu_workers = training_groups(configs, params["stack"], params["cuda_graphs"])
+    threads, slots = process_plan(groups)
+    with gpu_resource(gpu_workers):
+        return [train.with_options(**opts).submit(g, data, cache_dir, threads, params["refresh"], slots[g[0].device],
+                                                  params["cuda_graphs"], parent, out)
+                for g in groups]  # fmt: skip
 
 
 # --- scale-out ----------------------------------------------------------------------------------------

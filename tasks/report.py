@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -10,6 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
 from dropout_lab.analysis.report import report_files, report_order, report_problem, write_report
+from dropout_lab.analysis.stats import Plan
 from dropout_lab.core.data import DataInfo, read_class_names, sample_images
 from dropout_lab.naming import slug
 from dropout_lab.results import TrainResult
@@ -19,7 +21,7 @@ from tasks.cache import ResultOf
 def _report_identity(p: dict) -> tuple:
     trained = [t for group in p["trained"] for t in group]
     return ("report", p["run_dir"], [t.weights_sha256 for t in trained], [t.history for t in trained],
-            p["data"].fingerprint)  # fmt: skip
+            p["data"].fingerprint, dataclasses.astuple(p["plan"]))  # fmt: skip
 
 
 @task(
@@ -32,12 +34,13 @@ def _report_identity(p: dict) -> tuple:
     ),
     persist_result=True,
 )
-def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str) -> tuple[str, str, dict]:
-    """Parquet tables + PNGs into `run_dir` from each training task's results; returns (run_dir,
-    markdown for the UI, the SHA-256 of each file). Models in the report's order: each setting's
-    variants ascending, the baseline last."""
+def render_report(trained: list[list[TrainResult]], data: DataInfo, run_dir: str, plan: Plan) -> tuple[str, str, dict]:
+    """Parquet tables + PNGs into `run_dir` from each training task's results, decided as `plan` says
+    (how the seeds came, the margin); returns (run_dir, markdown for the UI, the SHA-256 of each file).
+    Models in the report's order: each setting's variants ascending, the baseline last."""
     trained = report_order(t for group in trained for t in group)
-    path, markdown = write_report(Path(run_dir), trained, data, sample_images(data.root), read_class_names(data.root))
+    path, markdown = write_report(Path(run_dir), trained, data, sample_images(data.root), read_class_names(data.root),
+                                  plan)  # fmt: skip
     return str(path), markdown, report_files(path)
 
 

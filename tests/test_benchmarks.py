@@ -118,3 +118,12 @@ def test_cli_latency_times_help_and_refusals_side_by_side():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| `")]
     assert [r.split("`")[1] for r in rows] == ["--help", "--epochs two", "--dropout 1.5", "--lr inf"]
     assert "(0)" in rows[0] and all("(2)" in r for r in rows[1:])  # help exits 0, every refusal 2
+
+
+def test_sequential_error_simulation_prints_both_procedures_on_every_scenario():
+    proc = subprocess.run([sys.executable, "benchmarks/sequential_error.py", "--sequences", "40"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 3 * 2, proc.stdout  # header, then ours and naive for each scenario
+    assert {r[1] for r in rows[1:]} == {"group-sequential (ours)", "naive: 95% CI after each wave"}
+    assert "worst false-decision rate of ours" in proc.stdout

@@ -321,3 +321,27 @@ def test_weight_decay_is_compared_as_a_variant_of_its_own(prefect_harness, works
     assert folder.name.startswith("fake-train200-test100-p0.25-wd0.0005-s0-e1-")
     md = (folder / "summary.md").read_text()
     assert "\n- weight decay 0.0005 vs baseline with one seed each" in md
+
+
+def test_seeds_auto_trains_waves_until_decided_or_the_budget_and_records_the_decisions(prefect_harness, workspace):
+    """The reduced `--seeds auto` run: waves of 5 seeds up to --max-seeds 6; every claim gets a decision
+    column, and the run stops at the first look where all are decided (else at the budget)."""
+    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds="auto", max_seeds=6, margin=1.0)
+    folder, states, _ = run_flow(workspace, **args)
+    stats = pq.read_table(folder / "statistics.parquet").to_pylist()
+    claims = [r for r in stats if r["decision"] is not None]
+    assert {(r["model"], r["metric"]) for r in claims} == {("dropout=0.25", "final_test_acc"),
+                                                           ("dropout=0.25", "generalization_gap")}  # fmt: skip
+    assert {r["decision"] for r in claims} <= {"better", "worse", "equivalent", "undecided"}
+    used = {r["seeds_used"] for r in claims}
+    trained = {n for n in states if n.startswith("train[")}
+    if used == {5}:  # decided at the first look: the second wave never trained
+        assert "undecided" not in {r["decision"] for r in claims} and len(trained) == 10
+    else:
+        assert used == {6} and {r["looks"] for r in claims} == {2} and len(trained) == 12
+    assert all(r["margin"] == 0.01 for r in claims)
+    assert folder.name.startswith("fake-train200-test100-p0.25-sauto6-e1-")
+    md = (folder / "summary.md").read_text()
+    assert "seeds added in waves until decided (looks at 5" in md and "of at most 6 seeds" in md
+    _, again, _ = run_flow(workspace, **args)  # the same waves, every one cached
+    assert all(s == {"Cached"} for n, s in again.items() if n.startswith("train["))

@@ -48,7 +48,7 @@ def test_write_report_produces_every_file_with_its_schema(tmp_path):
             img.verify()
     assert "data:image/png;base64," in markdown and "unverified" in markdown
     assert "\n- dropout 0.25 vs baseline with one seed each" in markdown
-    assert "no interval or test is given" in markdown
+    assert "no interval, no decision" in markdown
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]  # no temp folder left behind
 
 
@@ -88,7 +88,9 @@ def test_multi_seed_report_has_statistics_and_a_verdict(tmp_path):
         "**Verdict**\n\n- Reduced run (an unverified local copy of CIFAR-10, its md5s not the official ones; 1,000 of "
         "50,000 training images; 200 of 10,000 test images; 3 epochs instead of the recipe's 8)" in markdown
     )
-    assert "| model | seeds | final test acc (95% CI) |" in markdown and "| vs baseline | metric | design |" in markdown
+    assert (
+        "| model | seeds | final test acc (95% CI) |" in markdown and "| vs baseline | metric | decision |" in markdown
+    )
     with Image.open(run_dir / "comparison.png") as img:
         img.verify()
 

@@ -9,6 +9,10 @@ import pytest
 from scipy import stats as st
 
 from dropout_lab.analysis.stats import (
+    SIGN_FLIP_SAMPLES,
+    Plan,
+    claim_alpha,
+    compare_all,
     compare_variants,
     data_scope,
     holm,
@@ -88,7 +92,14 @@ def test_sign_flip_p_equals_brute_force_enumeration(diffs):
 def test_sign_flip_floor_with_five_seeds_and_monte_carlo_beyond_twenty():
     assert sign_flip_p([1, 2, 3, 4, 5]) == (2 / 32, True)  # all positive: only +all and -all are as extreme
     p, exact = sign_flip_p([1.0] * 25)
-    assert not exact and p < 1e-4  # 2 / 2^25 exactly; sampling finds (almost) none
+    # 2 / 2^25 exactly; a Monte Carlo p counts the observed pattern as a draw: (b + 1) / (B + 1), never 0
+    assert not exact and p == pytest.approx(1 / (SIGN_FLIP_SAMPLES + 1), rel=0.5) and p > 0
+
+
+def test_one_seed_has_no_sign_flip_p_as_it_has_no_t_test():
+    p = paired([0.7], [0.6])
+    assert math.isnan(p.sign_flip_p) and math.isnan(p.t.p_value)
+    assert math.isnan(sign_flip_p([0.1])[0])
 
 
 def test_holm_on_a_known_example():
@@ -113,7 +124,8 @@ def rows(rate, seeds, gaps, accs, **extra):
     label = "baseline" if rate == 0 else f"dropout={rate:g}"
     base = {"n_train": 50_000, "n_test": 10_000, "epochs": 8, "dataset": "cifar10", "data_verified": True}
     return [{**base, **extra, "model": label, "dropout": rate, "seed": s, "generalization_gap": g,
-             "final_test_acc": a, "best_test_acc": a, "final_test_loss": 1 - a}
+             "final_test_acc": a, "final_train_eval_acc": a + g, "best_test_acc": a, "final_test_loss": 1 - a,
+             "train_seconds": 60.0}
             for s, g, a in zip(seeds, gaps, accs, strict=True)]  # fmt: skip
 
 
@@ -129,10 +141,11 @@ def sweep():
     return out
 
 
-def test_statistics_rows_pair_by_seed_and_holm_adjust_across_rates():
+def test_statistics_rows_pair_by_seed_and_holm_adjust_over_every_claim():
     stats = statistics_rows(sweep())
     assert len(stats) == 3 * 4
     acc = {r["dropout"]: r for r in stats if r["metric"] == "final_test_acc"}
+    gap = {r["dropout"]: r for r in stats if r["metric"] == "generalization_gap"}
     assert acc[0.0]["design"] is None and math.isnan(acc[0.0]["paired_t_p_value"])
     for rate in (0.25, 0.5):
         r = acc[rate]
@@ -141,12 +154,54 @@ def test_statistics_rows_pair_by_seed_and_holm_adjust_across_rates():
         assert r["paired_t_p_value"] == pytest.approx(st.ttest_rel(runs, BASE_ACC).pvalue)
         assert r["welch_p_value"] == pytest.approx(st.ttest_ind(runs, BASE_ACC, equal_var=False).pvalue)
         assert r["sign_flip_p_value"] == pytest.approx(brute_force_sign_flip(np.subtract(runs, BASE_ACC).tolist()))
-        assert r["holm_family_size"] == 2
-    assert [acc[0.25]["holm_p_value"], acc[0.5]["holm_p_value"]] == pytest.approx(
-        holm([acc[0.25]["paired_t_p_value"], acc[0.5]["paired_t_p_value"]])
-    )
+        assert r["holm_family_size"] == 4  # 2 rates x (test accuracy, gap): every claim the verdict makes
+        assert r["margin"] == 0.01 and r["seeds_used"] == 5 and r["looks"] == 1
+    family = [acc[0.25], acc[0.5], gap[0.25], gap[0.5]]
+    assert [r["holm_p_value"] for r in family] == pytest.approx(holm([r["paired_t_p_value"] for r in family]))
+    assert {r["decision"] for r in stats if r["metric"] not in ("final_test_acc", "generalization_gap")} == {None}
+    assert "best_test_acc" not in {r["metric"] for r in stats}  # test-selected: reported, never tested
     loss = next(r for r in stats if r["metric"] == "final_test_loss" and r["dropout"] == 0.25)
     assert loss["unit"] == "nats per image"
+
+
+def test_a_decision_is_a_bonferroni_t_interval_when_seeds_were_fixed():
+    """One look: the interval is the paired t-interval at 1 - 0.05/claims (boundary z at tau = 1 is the
+    plain quantile), and the decision reads it against zero and the margin."""
+    stats = statistics_rows(sweep())
+    r = next(x for x in stats if x["metric"] == "final_test_acc" and x["dropout"] == 0.5)
+    runs = [x["final_test_acc"] for x in sweep() if x["dropout"] == 0.5]
+    d = np.subtract(runs, BASE_ACC)
+    per_claim, claims = claim_alpha(sweep())
+    assert claims == 4 and per_claim == pytest.approx(0.0125)
+    low, high = st.t.interval(1 - per_claim, 4, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(5))
+    assert (r["decision_ci_low"], r["decision_ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert r["decision"] == "worse" and high < 0  # lower test accuracy: worse
+    g = next(x for x in stats if x["metric"] == "generalization_gap" and x["dropout"] == 0.5)
+    assert g["decision"] == "better" and g["decision_ci_high"] < 0  # a narrower gap: better
+    tost = max(
+        st.ttest_1samp(d, -0.01, alternative="greater").pvalue, st.ttest_1samp(d, 0.01, alternative="less").pvalue
+    )
+    assert r["equivalence_p_value"] == pytest.approx(tost)
+
+
+def test_equivalent_needs_the_whole_interval_inside_the_margin():
+    base = [0.700, 0.712, 0.705, 0.718, 0.709, 0.703, 0.711, 0.707]
+    near = [b + d for b, d in zip(base, [0.001, -0.002, 0.0015, -0.001, 0.0005, 0.002, -0.0015, 0.0], strict=True)]
+    data = rows(0.0, range(8), [0.1] * 8, base) + rows(0.1, range(8), [0.1] * 8, near)
+    acc = compare_all(data)["final_test_acc"][Variant((("dropout", 0.1),))]
+    assert acc.decision.decision == "equivalent" and -0.01 < acc.decision.low < acc.decision.high < 0.01
+    wide = compare_all(data, Plan(margin=0.001))["final_test_acc"][Variant((("dropout", 0.1),))]
+    assert wide.decision.decision == "undecided"  # the same interval against a 0.1-point margin
+    assert "equivalent within ±1.00 points" in " ".join(verdict(data))
+
+
+def test_power_is_a_range_over_the_spread_s_interval_and_contains_the_point_value():
+    c = compare_all(sweep())["final_test_acc"][Variant((("dropout", 0.25),))]
+    low, high = c.min_detectable
+    point = min_detectable(c.sd, c.n, alpha=claim_alpha(sweep())[0])
+    assert low < point < high
+    chi = st.chi2.ppf([0.975, 0.025], 4)
+    assert low == pytest.approx(min_detectable(c.sd * math.sqrt(4 / chi[0]), 5, alpha=0.0125))
 
 
 def test_unpaired_seeds_fall_back_to_welch():
@@ -156,27 +211,35 @@ def test_unpaired_seeds_fall_back_to_welch():
     assert c.design == "unpaired" and c.paired is None and c.primary == welch([0.69, 0.70, 0.71], [0.70, 0.71, 0.72])
 
 
-def test_verdict_significant_and_inconclusive_wording():
+def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():
     lines = verdict(sweep())
     line25 = next(x for x in lines if x.startswith("dropout 0.25 vs baseline"))
     assert "(5 paired seeds)" in line25
-    assert "narrowed the generalization gap by 9.40 points (95% CI" in line25  # 12.0 - 2.6 points
-    assert "test accuracy inconclusive — the 95% interval" in line25 and "spans both a gain and a loss" in line25
-    assert "Holm-adjusted over 2 rates" in line25
-    assert re.search(r"about \d+ seeds would settle a difference of 0\.22 points", line25)
-    assert "unchanged" not in " ".join(lines)
+    assert "generalization gap better — narrowed by 9.40 points (" in line25  # 12.0 - 2.6 points
+    # the gap narrowed because the training images were fit less, not because test accuracy rose much
+    assert "the model fit the training images 9.18 points less (95% CI" in line25
+    assert "while test accuracy rose 0.22 points (95% CI" in line25
+    assert re.search(r"test accuracy undecided after 5 seeds \(-[\d.]+ to \+[\d.]+ points: neither clear", line25)
+    for word in ("inconclusive", "significant", "unchanged", "would settle", "t-test", "Holm"):
+        assert word not in " ".join(lines)
     line50 = next(x for x in lines if x.startswith("dropout 0.5 vs baseline"))
-    assert "lowered the test accuracy by 3.00 points" in line50 and "paired t-test p < 0.001" in line50
+    assert "test accuracy worse — lowered by 3.00 points (" in line50
     power_line = next(x for x in lines if x.startswith("Power (dropout 0.25, test accuracy)"))
-    assert "with 5 paired seeds, a true difference of" in power_line
+    assert re.search(r"with 5 paired seeds, a true difference detected 80% of the time at the claims' level is "
+                     r"[\d.]+ to [\d.]+ points", power_line)  # fmt: skip
     assert "the sign-flip check cannot go below p = 0.062 with 5 seeds" in power_line
+    assert lines[-1].startswith("Decisions: better / worse / equivalent within ±1.00 points / undecided")
+    assert "Bonferroni over 4 claims: 2 rates x test accuracy and gap, 98.75% each; seeds fixed in advance" in lines[-1]
 
 
-def test_verdict_single_seed_refuses_to_invent_an_interval():
+def test_verdict_single_seed_refuses_to_invent_an_interval_and_gives_the_command_for_an_answer():
     lines = verdict(rows(0.0, [0], [0.12], [0.7]) + rows(0.25, [0], [0.02], [0.72]))
-    (line,) = lines
-    assert "one seed each" in line and "no interval or test is given" in line
-    assert "p =" not in line and "p <" not in line and "inconclusive" not in line
+    first, line = lines
+    assert first.startswith("One seed per model cannot answer the question. For an answer: "
+                            "`python flows/compare.py --seeds auto` trains 5 to 20 seeds")  # fmt: skip
+    assert "about 5–20 min here (this run's training took 1.0 min)" in first
+    assert "one seed each" in line and "no interval, no decision" in line
+    assert "p =" not in line and "p <" not in line and "undecided" not in line
 
 
 def test_reduced_runs_say_so_and_full_runs_do_not():
@@ -197,5 +260,5 @@ def test_verdict_for_seeds_without_spread_says_what_it_saw():
     data = rows(0.0, [0, 1, 2], [0.1, 0.12, 0.11], [0.70, 0.71, 0.72])
     data += rows(0.5, [0, 1, 2], [0.0, 0.02, 0.01], [0.70, 0.71, 0.72])  # accuracy equal on every seed
     lines = verdict(data)
-    assert "test accuracy identical on all 3 seeds" in lines[0] and "spans" not in lines[0]
+    assert "test accuracy equivalent within ±1.00 points (+0.00 to +0.00 points)" in lines[0]
     assert lines[1] == "Power (dropout 0.5, test accuracy): not estimable, the 3 paired seeds show no spread."

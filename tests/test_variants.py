@@ -24,7 +24,8 @@ BASE_ACC = [0.70, 0.71, 0.72]
 def rows(variant: Variant, accs, gaps) -> list[dict]:
     fixed = {"n_train": 50_000, "n_test": 10_000, "epochs": 8, "dataset": "cifar10", "data_verified": True}
     return [{**fixed, **variant.columns(), "seed": s, "final_test_acc": a, "best_test_acc": a, "generalization_gap": g,
-             "final_test_loss": 1 - a} for s, (a, g) in enumerate(zip(accs, gaps, strict=True))]  # fmt: skip
+             "final_train_eval_acc": a + g, "final_test_loss": 1 - a, "train_seconds": 60.0}
+            for s, (a, g) in enumerate(zip(accs, gaps, strict=True))]  # fmt: skip
 
 
 def three_arms() -> list[dict]:
@@ -54,13 +55,14 @@ def test_the_statistics_never_pool_a_weight_decay_variant_with_the_baseline():
     assert base["n_seeds"] == 3 and base["mean"] == pytest.approx(sum(BASE_ACC) / 3)  # the baseline's seeds only
     assert base["baseline"] and not wd["baseline"] and wd["weight_decay"] == 0.0005 and wd["dropout"] == 0.0
     assert wd["diff_vs_baseline"] == pytest.approx((0.69 + 0.705 + 0.71 - sum(BASE_ACC)) / 3)
-    assert wd["paired_n"] == 3 and wd["holm_family_size"] == 2 and math.isnan(base["paired_t_p_value"])
+    assert wd["paired_n"] == 3 and wd["holm_family_size"] == 4 and math.isnan(base["paired_t_p_value"])  # 2 x 2 claims
     comparisons = compare_variants(data, "generalization_gap")
-    assert set(comparisons) == {P25, WD} and comparisons[WD].family == "variants"
+    assert set(comparisons) == {P25, WD} and comparisons[WD].family == "claims"
+    assert compare_variants(data, "final_test_loss")[WD].family == "variants"  # not a claim: across variants
     lines = verdict(data)
     assert any(line.startswith("weight decay 0.0005 vs baseline (3 paired seeds)") for line in lines)
     assert any(line.startswith("dropout 0.25 vs baseline (3 paired seeds)") for line in lines)
-    assert "Holm-adjusted over 2 variants" in " ".join(lines)
+    assert "Bonferroni over 4 claims: 2 variants x test accuracy and gap" in " ".join(lines)
 
 
 def test_figures_never_draw_a_weight_decay_variant_as_the_baseline():

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dropout_lab.analysis.stats import by_variant, mean_ci  # noqa: E402
+from dropout_lab.analysis.stats import Comparison, Plan, by_variant, compare_all, mean_ci  # noqa: E402
 from dropout_lab.analysis.tables import per_class_accuracy  # noqa: E402
 from dropout_lab.config import SETTING, Variant, family_noun, variant_of  # noqa: E402
 from dropout_lab.core.data import CLASSES  # noqa: E402
@@ -107,10 +107,78 @@ def plot_rate_panel(ax, summary: list[dict], metric: str, what: str, clip=(0.0, 
         ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
 
 
-def plot_comparison(results: list[TrainResult], summary: list[dict], title: str, path: Path) -> None:
-    """Curves (mean over seeds, 95% bands), gap per epoch, per-class accuracy, and each variant's outcome."""
-    fig, axes = plt.subplots(2, 3, figsize=(20, 10.5))
-    ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc, ax_rate_gap = axes.flat
+def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str) -> None:
+    """What the verdict tests: per variant, each seed's paired difference to the baseline (dots), the
+    interval the decision rests on (bar) with the decision's word, the ±margin band and zero."""
+    variants = list(comparisons)
+    if not variants:
+        ax.text(0.5, 0.5, "no variant to compare", transform=ax.transAxes, ha="center")
+        return
+    x_of, xlabel, numeric = panel_positions(variants)
+    order = sorted(variants, key=lambda v: x_of[v])
+    margin = next((c.decision.margin for c in comparisons.values() if c.decision), None)
+    if margin is not None:
+        ax.axhspan(-100 * margin, 100 * margin, color="#9ecae1", alpha=0.35, lw=0, label=f"±{100 * margin:.2f} margin")
+    ax.axhline(0, color="grey", lw=0.8)
+    span = max(x_of.values()) - min(x_of.values())
+    nudge = 0.03 * max(span, 0.25)
+    for v in order:
+        c, x = comparisons[v], x_of[v]
+        diffs = [100 * d for d in (c.paired.diffs if c.paired else ())]
+        ax.scatter([x - nudge] * len(diffs), diffs, color=color(v, variants), s=14, alpha=0.7, zorder=3)
+        if c.decision and c.decision.looks:
+            low, high, mean = 100 * c.decision.low, 100 * c.decision.high, 100 * c.primary.diff
+            # the interval (the looks' intervals intersected) need not be centred on the last look's mean
+            ax.vlines(x, low, high, color="#1f4e79", lw=3, zorder=4)
+            ax.plot([x], [mean], "D", ms=5, color="#1f4e79", zorder=5)
+            ax.annotate(c.decision.decision, (x, high), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=9, color="#1f4e79")  # fmt: skip
+    if not any(c.decision and c.decision.looks for c in comparisons.values()):
+        ax.text(0.5, 0.03, "one seed per variant: no interval, no decision", transform=ax.transAxes, ha="center",
+                fontsize=9)  # fmt: skip
+    ax.set(title=f"{what}: variant − baseline per seed, decision interval", xlabel=xlabel, ylabel="points")
+    if numeric:
+        ax.set_xticks([x_of[v] for v in order])
+        ax.set_xlim(min(x_of.values()) - 0.1 * max(span, 0.5), max(x_of.values()) + 0.1 * max(span, 0.5))
+    else:
+        ax.set_xticks([x_of[v] for v in order], [v.words for v in order], rotation=20, ha="right")
+        ax.set_xlim(min(x_of.values()) - 0.5, max(x_of.values()) + 0.5)
+    if margin is not None:
+        ax.legend(fontsize=8, loc="lower left")
+
+
+def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]]) -> None:
+    """--seeds auto: each claim's repeated interval after each wave of seeds, narrowing until decided."""
+    looks = max((len(c.decision.looks) for m in comparisons.values() for c in m.values() if c.decision), default=0)
+    if looks < 2:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "seeds fixed in advance: one look\n(--seeds auto adds waves until decided)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10)  # fmt: skip
+        return
+    claims = [(m, v, c) for m, per in comparisons.items() for v, c in per.items() if c.decision]
+    offsets = np.linspace(-0.8, 0.8, len(claims)) if len(claims) > 1 else [0.0]
+    for (metric, v, c), dx in zip(claims, offsets, strict=True):
+        ns = [look.n + dx for look in c.decision.looks]
+        mid = [100 * look.mean for look in c.decision.looks]
+        err = [[100 * (look.mean - look.low) for look in c.decision.looks],
+               [100 * (look.high - look.mean) for look in c.decision.looks]]  # fmt: skip
+        name = "test acc" if metric == "final_test_acc" else "gap"
+        ax.errorbar(ns, mid, yerr=err, fmt="o-" if metric == "final_test_acc" else "s--", ms=4, capsize=3,
+                    label=f"{v.words}, {name}: {c.decision.decision}")  # fmt: skip
+    margin = 100 * claims[0][2].decision.margin
+    ax.axhspan(-margin, margin, color="#9ecae1", alpha=0.35, lw=0)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(title="Each claim's interval after each wave of seeds", xlabel="seeds", ylabel="difference, points")
+    ax.legend(fontsize=7)
+
+
+def plot_comparison(results: list[TrainResult], summary: list[dict], title: str, path: Path,
+                    plan: Plan = Plan()) -> None:  # fmt: skip
+    """Curves (mean over seeds, 95% bands), gap per epoch; what the verdict tests (paired differences
+    with their decision intervals, and their narrowing wave by wave); each arm's own values; per-class
+    accuracy."""
+    fig, axes = plt.subplots(3, 3, figsize=(20, 15.5))
+    ax_acc, ax_loss, ax_gap, ax_diff_acc, ax_diff_gap, ax_waves, ax_rate_acc, ax_rate_gap, ax_cls = axes.flat
     groups: dict[Variant, list[TrainResult]] = {}
     for r in results:  # in report order already
         groups.setdefault(variant_of(r.config), []).append(r)
@@ -148,6 +216,10 @@ def plot_comparison(results: list[TrainResult], summary: list[dict], title: str,
     ax_cls.set_xticks(x, CLASSES, rotation=35, ha="right")
     ax_cls.set(title="Per-class test accuracy (final models, mean over seeds)", ylabel="accuracy (%)", ylim=(0, 100))
 
+    comparisons = compare_all(summary, plan)
+    plot_difference_panel(ax_diff_acc, comparisons["final_test_acc"], "Test accuracy")
+    plot_difference_panel(ax_diff_gap, comparisons["generalization_gap"], "Generalization gap")
+    plot_waves_panel(ax_waves, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})
     plot_rate_panel(ax_rate_acc, summary, "final_test_acc", "final test accuracy (%)")
     plot_rate_panel(ax_rate_gap, summary, "generalization_gap", "final gap (points)", (-100, 100), True)
     for ax in axes.flat:

@@ -15,7 +15,7 @@ import numpy as np
 from filelock import FileLock
 
 from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
-from dropout_lab.analysis.stats import statistics_rows, verdict
+from dropout_lab.analysis.stats import Plan, statistics_rows, verdict
 from dropout_lab.analysis.tables import (
     CONFUSION_SCHEMA,
     HISTORY_SCHEMA,
@@ -76,10 +76,10 @@ def _statistics_tables(stats: list[dict]) -> list[str]:
             f"({100 * acc['ci95_low']:.2f}–{100 * acc['ci95_high']:.2f}) | {100 * gap['mean']:.2f} "
             f"({100 * gap['ci95_low']:.2f}–{100 * gap['ci95_high']:.2f}) |"
         )
-    differences = ["", "| vs baseline | metric | design | difference, points (95% CI) | test p | Holm p |",
-                   "|---|---|---|---|---|---|"]  # fmt: skip
-    checks = ["", "| vs baseline | metric | paired t p | sign-flip p | Welch p | detectable at 80% power, points |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    differences = ["", "| vs baseline | metric | decision | difference, points (decision interval) | seeds | "
+                   "equivalence p (±margin) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    checks = ["", "| vs baseline | metric | 95% CI, points | paired t p | sign-flip p | Welch p | Holm p | "
+              "detectable at 80% power, points |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for model in models:
         for metric in shown:
             r = rows[model, metric]
@@ -88,13 +88,16 @@ def _statistics_tables(stats: list[dict]) -> list[str]:
             paired = r["design"] == "paired"
             low, high = (r["paired_diff_ci95_low"], r["paired_diff_ci95_high"]) if paired \
                 else (r["welch_diff_ci95_low"], r["welch_diff_ci95_high"])  # fmt: skip
-            primary = r["paired_t_p_value"] if paired else r["welch_p_value"]
             name = metric.replace("_", " ")
-            interval = f"{100 * r['diff_vs_baseline']:+.2f} ({100 * low:+.2f} to {100 * high:+.2f})"
-            differences.append(f"| {r['model']} | {name} | {r['design']} | {interval} | {_p(primary)} | "
-                               f"{_p(r['holm_p_value'])} |")  # fmt: skip
-            checks.append(f"| {r['model']} | {name} | {_p(r['paired_t_p_value'])} | {_p(r['sign_flip_p_value'])} | "
-                          f"{_p(r['welch_p_value'])} | {100 * r['min_detectable_diff_80']:.2f} |")  # fmt: skip
+            decided = f"{100 * r['diff_vs_baseline']:+.2f} ({100 * r['decision_ci_low']:+.2f} to " \
+                      f"{100 * r['decision_ci_high']:+.2f})"  # fmt: skip
+            equivalence = f"{_p(r['equivalence_p_value'])} (±{100 * r['margin']:.2f})"
+            differences.append(f"| {r['model']} | {name} | {r['decision'] or 'none (seeds not paired)'} | {decided} | "
+                               f"{r['seeds_used']} | {equivalence} |")  # fmt: skip
+            power = f"{100 * r['min_detectable_diff_80_low']:.2f}–{100 * r['min_detectable_diff_80_high']:.2f}"
+            checks.append(f"| {r['model']} | {name} | {100 * low:+.2f} to {100 * high:+.2f} | "
+                          f"{_p(r['paired_t_p_value'])} | {_p(r['sign_flip_p_value'])} | {_p(r['welch_p_value'])} | "
+                          f"{_p(r['holm_p_value'])} | {power} |")  # fmt: skip
     lines += [*differences, *checks]
     return [*lines, ""]
 
@@ -109,14 +112,15 @@ def code_span(text: str) -> str:
     return f"{fence}{pad}{shown}{pad}{fence}"
 
 
-def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
+def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path,
+                     plan: Plan = Plan()) -> str:  # fmt: skip
     """Markdown for the Prefect UI: the verdict first, then per-variant statistics, runs and the figure."""
     lines = ["# Dropout vs baseline", ""]
     if data.dataset == "fake":
         lines += ["> **synthetic data — accuracies meaningless** (pipeline smoke run)", ""]
     elif not data.verified:
         lines += ["> **data unverified**: the local CIFAR-10 copy does not match the official md5s", ""]
-    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary)), ""]
+    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, plan)), ""]
     first = summary[0]
     lines += [
         f"Data: {data.provenance}; {first['n_train']:,} training images, {first['n_test']:,} test images, "
@@ -126,11 +130,12 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         f"{code_span(str(run_dir))}",
         "",
     ]
-    stats = statistics_rows(summary)
+    stats = statistics_rows(summary, plan)
     if any(r["n_seeds"] > 1 for r in stats):
         lines += _statistics_tables(stats)
     lines += [
-        "| model | seed | train acc (eval mode) | train acc (running) | final test acc | best test acc (epoch) "
+        "| model | seed | train acc (eval mode) | train acc (running) | final test acc | best test acc, "
+        "test-selected (epoch) "
         "| gap (points) | test loss | train time | device |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -175,6 +180,7 @@ def write_report(
     data: DataInfo,
     samples: tuple[np.ndarray, np.ndarray],
     class_names: list[str],
+    plan: Plan = Plan(),
 ) -> tuple[Path, str]:
     """Write every report file into a temp folder, then rename it to `run_dir` (never half-written).
 
@@ -190,12 +196,12 @@ def write_report(
         write_table(summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
         write_table(per_class_rows(results, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
         write_table(confusion_rows(results, data), CONFUSION_SCHEMA, tmp / "confusion.parquet")
-        write_table(statistics_rows(summary), STATISTICS_SCHEMA, tmp / "statistics.parquet")
+        write_table(statistics_rows(summary, plan), STATISTICS_SCHEMA, tmp / "statistics.parquet")
         # Class names come from the data's batches.meta: plain text, never mathtext ('$...$').
         with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
-            plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png")
+            plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png", plan)
             plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
-        markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir)
+        markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir, plan)
         (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
         os.chmod(tmp, 0o755)
         # Swap under a lock: two identical runs finishing together must not interleave the swap.

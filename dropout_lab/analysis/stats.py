@@ -1,13 +1,18 @@
-"""Seed-to-seed statistics of each variant vs the baseline, and the verdict in plain words.
+"""Seed-to-seed statistics of each variant vs the baseline, the decisions, and the verdict in plain words.
 
 The design is paired: a variant's run and the baseline run with the same seed share initial weights
-and batch order, so their results move together. When every seed has both arms, the primary analysis
-is on the per-seed differences: mean difference with a Student-t interval, the paired t-test, and an
-exact sign-flip (permutation) test as a distribution-free check. Welch's unpaired test stays as a
-secondary column (and is the primary one when the seeds do not pair up). With several variants,
-p-values are Holm-adjusted across the variants of the sweep, per metric. Power: from the observed
-spread of the differences, the smallest difference the run could detect (80% power, two-sided alpha
-0.05), and how many seeds would detect the observed one.
+and batch order, so their results move together. When every seed has both arms, the analysis is on
+the per-seed differences: mean difference with a Student-t interval, the paired t-test, and an exact
+sign-flip (permutation) test as a distribution-free check; Welch's unpaired test stays as a secondary
+column (and is the primary one when the seeds do not pair up).
+
+The verdict makes two claims per variant, on test accuracy and on the generalization gap, and each
+claim is one of four decisions: better, worse, equivalent within ±margin, or undecided. A decision
+rests on a repeated confidence interval of the group-sequential design in `sequential.py` (one look
+when the seeds were fixed in advance), at a level that bounds the chance of any wrong claim in the
+report by 0.05 (Bonferroni over the claims; valid under adding seeds until decided). p-values are
+Holm-adjusted over the same family. Power is given only as ranges, from the confidence interval of
+the differences' standard deviation.
 
 Values are fractions (accuracy, gap) or mean cross-entropy (loss); text shows points (x100).
 """
@@ -21,17 +26,36 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as st
 
+from dropout_lab.analysis.sequential import Decision, decision
 from dropout_lab.config import BASELINE, Variant, family_noun, variant_of
 
 # summary column → (readable name, unit in the tables, scale to the unit shown in text, its name)
+# (The best epoch's test accuracy is not here: its epoch was chosen on the test set, so it is reported,
+# labelled optimistic, and never tested.)
 METRICS = {
     "final_test_acc": ("test accuracy", "fraction", 100.0, "points"),
-    "best_test_acc": ("best test accuracy", "fraction", 100.0, "points"),
+    "final_train_eval_acc": ("train accuracy", "fraction", 100.0, "points"),
     "generalization_gap": ("generalization gap", "fraction", 100.0, "points"),
     "final_test_loss": ("test loss", "nats per image", 1.0, ""),
 }
+# The metrics the verdict makes claims on, and whether a higher value is the better one.
+DECIDED = {"final_test_acc": True, "generalization_gap": False}
 ALPHA = 0.05
 POWER = 0.8
+MARGIN_POINTS = 1.0  # default equivalence margin, points of accuracy / gap
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the seeds came: `looks` = seeds available at each look (empty: one look at all seeds, i.e.
+    seeds fixed in advance), `max_seeds` = the planned maximum (0: the seeds there are), and the
+    equivalence margin as a fraction."""
+
+    looks: tuple[int, ...] = ()
+    max_seeds: int = 0
+    margin: float = MARGIN_POINTS / 100
+
+
 EXACT_SIGN_FLIP_MAX_N = 20  # 2^20 sign patterns enumerated exactly; beyond, a seeded Monte Carlo
 SIGN_FLIP_SAMPLES = 200_000
 
@@ -99,9 +123,9 @@ def sign_flip_p(diffs: list[float], seed: int = 0) -> tuple[float, bool]:
     Returns (p, exact)."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
-    if n == 0:
-        return math.nan, True
     exact = n <= EXACT_SIGN_FLIP_MAX_N
+    if n < 2:  # one difference has no distribution to compare with: nan, like the t-test
+        return math.nan, exact
     if exact:
         patterns = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # (2^n, n) bits
     else:
@@ -109,7 +133,11 @@ def sign_flip_p(diffs: list[float], seed: int = 0) -> tuple[float, bool]:
     means = np.abs((1 - 2 * patterns) @ d) / n
     observed = abs(d.mean())
     tolerance = 1e-12 * max(1.0, float(np.abs(d).max()))  # ties up to float rounding count as extreme
-    return float(np.mean(means >= observed - tolerance)), exact
+    extreme = int(np.sum(means >= observed - tolerance))
+    if exact:
+        return extreme / len(means), True
+    # Monte Carlo: the observed pattern counts as one of the draws, so p is never 0 (b+1)/(B+1).
+    return (extreme + 1) / (len(means) + 1), False
 
 
 def paired(a: list[float], b: list[float], level: float = 1 - ALPHA) -> Paired:
@@ -159,30 +187,42 @@ def power(effect: float, sd: float, n: int, paired_design: bool = True, alpha: f
     return float(upper + lower)
 
 
-def min_detectable(sd: float, n: int, paired_design: bool = True) -> float:
+def min_detectable(sd: float, n: int, paired_design: bool = True, alpha: float = ALPHA) -> float:
     """Smallest true difference detected with POWER at n seeds (same units as sd); nan if unknown."""
     if n < 2 or not sd > 0:
         return math.nan
     high = sd
-    while power(high, sd, n, paired_design) < POWER:
+    while power(high, sd, n, paired_design, alpha) < POWER:
         high *= 2
-    return float(optimize.brentq(lambda e: power(e, sd, n, paired_design) - POWER, 0.0, high, xtol=sd * 1e-9))
+    return float(optimize.brentq(lambda e: power(e, sd, n, paired_design, alpha) - POWER, 0.0, high,
+                                 xtol=sd * 1e-9))  # fmt: skip
 
 
-def seeds_needed(effect: float, sd: float, paired_design: bool = True, most: int = 100_000) -> float:
+def seeds_needed(effect: float, sd: float, paired_design: bool = True, most: int = 100_000,
+                 alpha: float = ALPHA) -> float:  # fmt: skip
     """Fewest seeds (per arm) that detect a true difference `effect` with POWER; nan when no number
     would (no difference, or no spread measured), inf beyond `most`."""
     if not sd > 0 or effect == 0 or math.isnan(effect):
         return math.nan
-    if power(effect, sd, most, paired_design) < POWER:
+    if power(effect, sd, most, paired_design, alpha) < POWER:
         return math.inf
     low, high = 2, most  # power grows with n: bisect for the first n reaching POWER
-    if power(effect, sd, low, paired_design) >= POWER:
+    if power(effect, sd, low, paired_design, alpha) >= POWER:
         return float(low)
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (low, mid) if power(effect, sd, mid, paired_design) >= POWER else (mid, high)
+        low, high = (low, mid) if power(effect, sd, mid, paired_design, alpha) >= POWER else (mid, high)
     return float(high)
+
+
+def sd_interval(sd: float, n: int, level: float = 1 - ALPHA) -> tuple[float, float]:
+    """The chi-square confidence interval of a normal standard deviation estimated as `sd` from n
+    values: power computed at an estimated SD is only as sure as this range."""
+    if n < 2 or not sd > 0:
+        return math.nan, math.nan
+    df = n - 1
+    return (sd * math.sqrt(df / st.chi2.ppf(0.5 + level / 2, df)),
+            sd * math.sqrt(df / st.chi2.ppf(0.5 - level / 2, df)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,15 +235,13 @@ class Comparison:
     primary: Difference  # paired t (paired design) or Welch (unpaired)
     paired: Paired | None
     welch: Difference
-    primary_p_holm: float  # primary p-value, Holm-adjusted over the sweep's variants
-    family_size: int  # variants in that adjustment
-    family: str  # what they are: "rates" (dropout rates alone) or "variants"
-    min_detectable: float  # at POWER with n seeds, from the observed spread
-    seeds_needed: float  # to detect the observed difference with POWER
-
-    @property
-    def significant(self) -> bool:
-        return self.primary_p_holm < ALPHA
+    primary_p_holm: float  # primary p-value, Holm-adjusted over the family
+    family_size: int  # comparisons in that adjustment
+    family: str  # what they are: "rates", "variants", or "claims" (variants x decided metrics)
+    decision: Decision | None  # on the decided metrics with a paired design
+    sd: float  # spread the power figures use (paired differences, or the pooled spread)
+    min_detectable: tuple[float, float]  # at POWER with n seeds, over the SD's 95% interval
+    seeds_needed: tuple[float, float]  # to detect the observed difference with POWER, same range
 
 
 def by_variant(rows: list[dict]) -> dict[Variant, list[dict]]:
@@ -214,44 +252,85 @@ def by_variant(rows: list[dict]) -> dict[Variant, list[dict]]:
     return dict(sorted(groups.items(), key=lambda kv: kv[0].order()))
 
 
-def compare_variants(summary: list[dict], metric: str) -> dict[Variant, Comparison]:
-    """Every variant vs the baseline on `metric`, Holm-adjusted across the variants."""
+def claim_alpha(summary: list[dict]) -> tuple[float, int]:
+    """(alpha per claim, number of claims): ALPHA split over every variant x decided metric."""
+    claims = max(1, (len(by_variant(summary)) - 1) * len(DECIDED))
+    return ALPHA / claims, claims
+
+
+def compare_all(summary: list[dict], plan: Plan = Plan()) -> dict[str, dict[Variant, Comparison]]:
+    """Every variant vs the baseline on every metric. The decided metrics' p-values are Holm-adjusted
+    together (every claim of the verdict), the others per metric across the variants."""
     groups = by_variant(summary)
-    base = {r["seed"]: r[metric] for r in groups.get(BASELINE, [])}
     variants = [v for v in groups if not v.is_baseline]
+    per_claim, claims = claim_alpha(summary)
     partial = {}
-    for v in variants:
-        runs = {r["seed"]: r[metric] for r in groups[v]}
-        w = welch(list(runs.values()), list(base.values()))
-        if base and set(runs) == set(base):
-            seeds = sorted(runs)
-            pr = paired([runs[s] for s in seeds], [base[s] for s in seeds])
-            partial[v] = ("paired", pr.n, pr.t, pr, w, pr.sd)
-        else:  # the seeds do not pair up: Welch; power from the pooled spread
-            sd = math.sqrt((np.var(list(runs.values()), ddof=1) + np.var(list(base.values()), ddof=1)) / 2) \
-                if min(len(runs), len(base)) >= 2 else math.nan  # fmt: skip
-            partial[v] = ("unpaired", min(len(runs), len(base)), w, None, w, sd)
-    adjusted = holm([partial[v][2].p_value for v in variants])
+    for metric in METRICS:
+        base = {r["seed"]: r[metric] for r in groups.get(BASELINE, [])}
+        for v in variants:
+            runs = {r["seed"]: r[metric] for r in groups[v]}
+            w = welch(list(runs.values()), list(base.values()))
+            if base and set(runs) == set(base):
+                seeds = sorted(runs)
+                pr = paired([runs[s] for s in seeds], [base[s] for s in seeds])
+                partial[metric, v] = ("paired", pr.n, pr.t, pr, w, pr.sd)
+            else:  # the seeds do not pair up: Welch; power from the pooled spread
+                sd = math.sqrt((np.var(list(runs.values()), ddof=1) + np.var(list(base.values()), ddof=1)) / 2) \
+                    if min(len(runs), len(base)) >= 2 else math.nan  # fmt: skip
+                partial[metric, v] = ("unpaired", min(len(runs), len(base)), w, None, w, sd)
+    families = [[(m, v) for m in DECIDED for v in variants]] + [
+        [(m, v) for v in variants] for m in METRICS if m not in DECIDED
+    ]
+    adjusted, family_of = {}, {}
+    for family in families:
+        for key, p in zip(family, holm([partial[k][2].p_value for k in family]), strict=True):
+            adjusted[key], family_of[key] = p, len(family)
     noun = family_noun(variants)
-    out = {}
-    for v, p_holm in zip(variants, adjusted, strict=True):
-        design, n, primary, pr, w, sd = partial[v]
+    out: dict[str, dict[Variant, Comparison]] = {m: {} for m in METRICS}
+    for (metric, v), (design, n, primary, pr, w, sd) in partial.items():
         is_paired = design == "paired"
-        out[v] = Comparison(metric, design, n, primary, pr, w, p_holm, len(variants), noun,
-                            min_detectable(sd, n, is_paired), seeds_needed(primary.diff, sd, is_paired))  # fmt: skip
+        dec = None
+        if metric in DECIDED and is_paired and pr is not None:
+            looks = plan.looks or (n,)
+            dec = decision(list(pr.diffs), looks, plan.max_seeds or looks[-1], per_claim, plan.margin,
+                           DECIDED[metric])  # fmt: skip
+        low_sd, high_sd = sd_interval(sd, n)
+        alpha = per_claim if metric in DECIDED else ALPHA
+        out[metric][v] = Comparison(
+            metric, design, n, primary, pr, w, adjusted[metric, v], family_of[metric, v],
+            "claims" if metric in DECIDED else noun, dec, sd,
+            (min_detectable(low_sd, n, is_paired, alpha), min_detectable(high_sd, n, is_paired, alpha)),
+            (seeds_needed(primary.diff, low_sd, is_paired, alpha=alpha),
+             seeds_needed(primary.diff, high_sd, is_paired, alpha=alpha)),
+        )  # fmt: skip
     return out
 
 
-def statistics_rows(summary: list[dict]) -> list[dict]:
+def open_claims(summary: list[dict], plan: Plan) -> list[str]:
+    """The claims not decided yet ("dropout 0.1 test accuracy (-0.8 to +1.2 points)"); empty when every
+    claim is better, worse or equivalent."""
+    comparisons = compare_all(summary, plan)
+    return [f"{v.words} {METRICS[m][0]} ({_range(m, c.decision.low, c.decision.high)})"
+            for m in DECIDED for v, c in comparisons[m].items()
+            if c.decision is None or c.decision.decision == "undecided"]  # fmt: skip
+
+
+def compare_variants(summary: list[dict], metric: str, plan: Plan = Plan()) -> dict[Variant, Comparison]:
+    """Every variant vs the baseline on `metric` (see compare_all)."""
+    return compare_all(summary, plan)[metric]
+
+
+def statistics_rows(summary: list[dict], plan: Plan = Plan()) -> list[dict]:
     """One row per (variant, metric): the estimate over seeds, and the comparison with the baseline."""
     groups = by_variant(summary)
-    comparisons = {metric: compare_variants(summary, metric) for metric in METRICS}
+    comparisons = compare_all(summary, plan)
     rows = []
     for variant, members in groups.items():
         for metric, (_, unit, _, _) in METRICS.items():
             est = mean_ci([r[metric] for r in members])
             c = comparisons[metric].get(variant)
             pr = c.paired if c else None
+            d = c.decision if c else None
             rows.append(
                 {
                     **variant.columns(),
@@ -275,9 +354,19 @@ def statistics_rows(summary: list[dict]) -> list[dict]:
                     "welch_diff_ci95_high": c.welch.ci_high if c else math.nan,
                     "welch_p_value": c.welch.p_value if c else math.nan,
                     "holm_p_value": c.primary_p_holm if c else math.nan,
-                    "holm_family_size": len(comparisons[metric]) if c else 0,
-                    "min_detectable_diff_80": c.min_detectable if c else math.nan,
-                    "seeds_needed_80": c.seeds_needed if c else math.nan,
+                    "holm_family_size": c.family_size if c else 0,
+                    "decision": d.decision if d else None,
+                    "decision_ci_low": d.low if d else math.nan,
+                    "decision_ci_high": d.high if d else math.nan,
+                    "decision_level": d.looks[-1].level if d and d.looks else math.nan,
+                    "equivalence_p_value": d.equivalence_p if d else math.nan,
+                    "margin": d.margin if d else math.nan,
+                    "seeds_used": d.seeds_used if d else 0,
+                    "looks": len(d.looks) if d else 0,
+                    "min_detectable_diff_80_low": c.min_detectable[0] if c else math.nan,
+                    "min_detectable_diff_80_high": c.min_detectable[1] if c else math.nan,
+                    "seeds_needed_80_low": c.seeds_needed[0] if c else math.nan,
+                    "seeds_needed_80_high": c.seeds_needed[1] if c else math.nan,
                 }
             )
     return rows
@@ -286,16 +375,12 @@ def statistics_rows(summary: list[dict]) -> list[dict]:
 # --- the verdict ------------------------------------------------------------------------------------
 
 FULL_DATA = {"n_train": 50_000, "n_test": 10_000, "epochs": 8}
-WORDS = {  # metric → (verb for a lower value than the baseline's, a higher one, "both ... and ..." of a change)
-    "final_test_acc": ("lowered", "raised", "a gain and a loss"),
-    "best_test_acc": ("lowered", "raised", "a gain and a loss"),
-    "generalization_gap": ("narrowed", "widened", "a narrower and a wider gap"),
-    "final_test_loss": ("lowered", "raised", "a lower and a higher loss"),
+WORDS = {  # metric → (verb for a lower value than the baseline's, a higher one)
+    "final_test_acc": ("lowered", "raised"),
+    "final_train_eval_acc": ("lowered", "raised"),
+    "generalization_gap": ("narrowed", "widened"),
+    "final_test_loss": ("lowered", "raised"),
 }
-
-
-def _p_text(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _amount(metric: str, value: float, signed: bool = False) -> str:
@@ -305,63 +390,73 @@ def _amount(metric: str, value: float, signed: bool = False) -> str:
     return f"{text} {unit}".rstrip()
 
 
-def _interval(metric: str, d: Difference) -> str:
-    """'-1.2 to +0.4 points'."""
+def _range(metric: str, low: float, high: float, signed: bool = True) -> str:
+    """'-1.20 to +0.40 points'."""
     _, _, scale, unit = METRICS[metric]
     digits = 2 if scale == 100.0 else 3
-    return f"{d.ci_low * scale:+.{digits}f} to {d.ci_high * scale:+.{digits}f} {unit}".rstrip()
-
-
-def _evidence(c: Comparison) -> str:
-    test = "paired t-test" if c.design == "paired" else "Welch's t-test, seeds not paired"
-    text = f"{test} {_p_text(c.primary.p_value)}"
-    if c.family_size > 1:
-        text += f", Holm-adjusted over {c.family_size} {c.family} {_p_text(c.primary_p_holm)}"
-    return text
-
-
-def _settle(c: Comparison) -> str:
-    size = _amount(c.metric, c.primary.diff)
-    if math.isnan(c.seeds_needed):
-        return "the observed difference is zero, so no number of seeds would show one"
-    if math.isinf(c.seeds_needed):
-        return f"a difference of {size} is too small to settle with any practical number of seeds"
-    return f"about {c.seeds_needed:.0f} seeds would settle a difference of {size}"
+    sign = "+" if signed else ""
+    return f"{low * scale:{sign}.{digits}f} to {high * scale:{sign}.{digits}f} {unit}".rstrip()
 
 
 def describe(c: Comparison) -> str:
-    """One clause: a significant change with its size and interval, or an explicit 'inconclusive'
-    (never 'unchanged': a non-significant test does not show that nothing changed)."""
+    """One claim in the decision's own word: better, worse, equivalent within the margin, or undecided
+    after n seeds, each with the interval it rests on."""
+    d = c.decision
     name = METRICS[c.metric][0]
-    lower, higher, both = WORDS[c.metric]
-    if c.primary.diff == 0 and c.primary.ci_low == c.primary.ci_high == 0:  # no spread, no difference
-        return f"{name} identical on all {c.n} seeds"
-    if c.significant:
-        verb = lower if c.primary.diff < 0 else higher
-        return (f"{verb} the {name} by {_amount(c.metric, c.primary.diff)} "
-                f"(95% CI {_interval(c.metric, c.primary)}; {_evidence(c)})")  # fmt: skip
-    if c.primary.ci_low <= 0 <= c.primary.ci_high:
-        why = f"the 95% interval {_interval(c.metric, c.primary)} spans both {both}"
-    else:  # the unadjusted interval excludes 0, but the Holm-adjusted p does not clear alpha
-        why = (f"the 95% interval {_interval(c.metric, c.primary)} excludes zero only before correcting for "
-               f"the {c.family_size} {c.family} compared")  # fmt: skip
-    return f"{name} inconclusive — {why} ({_evidence(c)}); {_settle(c)}"
+    if d is None:  # seeds that do not pair up: no decision, the unpaired interval only
+        return f"{name} undecided ({c.design} seeds, {_range(c.metric, c.primary.ci_low, c.primary.ci_high)})"
+    interval = _range(c.metric, d.low, d.high)
+    margin = _amount(c.metric, d.margin)
+    if d.decision == "equivalent":
+        return f"{name} equivalent within ±{margin} ({interval})"
+    if d.decision == "undecided":
+        return (f"{name} undecided after {d.seeds_used} seeds ({interval}: neither clear of zero nor inside "
+                f"±{margin})")  # fmt: skip
+    lower, higher = WORDS[c.metric]
+    verb = lower if c.primary.diff < 0 else higher
+    return f"{name} {d.decision} — {verb} by {_amount(c.metric, c.primary.diff)} ({interval})"
+
+
+def gap_source(train: Comparison, test: Comparison) -> str:
+    """Where a change of the gap came from: Δgap = Δtrain − Δtest, each with its 95% interval."""
+    train_text = (f"{_amount(train.metric, train.primary.diff)} {'more' if train.primary.diff > 0 else 'less'} "
+                  f"(95% CI {_range(train.metric, train.primary.ci_low, train.primary.ci_high)})")  # fmt: skip
+    test_text = (f"{'rose' if test.primary.diff > 0 else 'fell'} {_amount(test.metric, test.primary.diff)} "
+                 f"(95% CI {_range(test.metric, test.primary.ci_low, test.primary.ci_high)})")  # fmt: skip
+    return f"the model fit the training images {train_text} while test accuracy {test_text}"
 
 
 def power_line(c: Comparison, variant: Variant) -> str:
-    """The run's power on `c.metric`: the smallest difference it could detect, and the seeds the
-    observed one would need."""
+    """The run's power on `c.metric`, as a range: the smallest difference detected 80% of the time at
+    the claims' level, over the 95% interval of the seeds' spread (never a promise of seeds)."""
     seeds = f"{c.n} {c.design} seeds"
-    if math.isnan(c.min_detectable):
-        return f"Power ({variant.words}, {METRICS[c.metric][0]}): not estimable, the {seeds} show no spread."
-    text = (f"Power ({variant.words}, {METRICS[c.metric][0]}): with {seeds}, a true difference of "
-            f"{_amount(c.metric, c.min_detectable)} or more is detected 80% of the time (alpha 0.05)")  # fmt: skip
-    if not (c.significant or math.isnan(c.seeds_needed) or math.isinf(c.seeds_needed)):
-        observed = _amount(c.metric, c.primary.diff, signed=True)
-        text += f"; the observed {observed} would need about {c.seeds_needed:.0f} seeds"
+    name = METRICS[c.metric][0]
+    if math.isnan(c.min_detectable[0]):
+        return f"Power ({variant.words}, {name}): not estimable, the {seeds} show no spread."
+    text = (f"Power ({variant.words}, {name}): with {seeds}, a true difference detected 80% of the time at the "
+            f"claims' level is {_range(c.metric, *c.min_detectable, signed=False)} (over the 95% range of the "
+            "seeds' spread)")  # fmt: skip
     if c.paired is not None and 2 / 2**c.n > ALPHA:
-        text += f" (the sign-flip check cannot go below p = {2 / 2**c.n:.3f} with {c.n} seeds)"
+        text += f"; the sign-flip check cannot go below p = {2 / 2**c.n:.3f} with {c.n} seeds"
     return text + "."
+
+
+def design_line(summary: list[dict], plan: Plan) -> str:
+    """What the decisions rest on, in one sentence."""
+    per_claim, claims = claim_alpha(summary)
+    variants = len(by_variant(summary)) - 1
+    noun = family_noun([v for v in by_variant(summary) if not v.is_baseline])
+    family = f"{claims} claims: {variants} {noun.removesuffix('s') if variants == 1 else noun} x "
+    family += "test accuracy and gap"
+    if plan.looks and len(plan.looks) > 1 or plan.max_seeds:
+        looks = ", ".join(map(str, plan.looks))
+        how = (f"seeds added in waves until decided (looks at {looks} of at most {plan.max_seeds} seeds): "
+               "repeated intervals of a group-sequential design with O'Brien-Fleming-type alpha spending")  # fmt: skip
+    else:
+        how = "seeds fixed in advance: one look"
+    return (f"Decisions: better / worse / equivalent within ±{100 * plan.margin:.2f} points / undecided, each read off "
+            f"an interval that holds together with the others at 95% (Bonferroni over {family}, "
+            f"{100 * (1 - per_claim):.2f}% each; {how}).")  # fmt: skip
 
 
 def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
@@ -384,7 +479,17 @@ def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
     return ("; ".join(notes) if notes else None), reduced
 
 
-def verdict(summary: list[dict]) -> list[str]:
+def answer_cost(summary: list[dict], waves: tuple[int, int] = (5, 20)) -> str:
+    """For a one-seed run: the command that answers, and its cost from this run's measured training
+    time (the trainings of a wave run as this run's did, so a wave of k seeds takes about k times)."""
+    wall = max(r["train_seconds"] for r in summary) / 60
+    low, high = waves[0] * wall, waves[1] * wall
+    return (f"One seed per model cannot answer the question. For an answer: `python flows/compare.py --seeds auto` "
+            f"trains {waves[0]} to {waves[1]} seeds per model until every claim is decided, about "
+            f"{low:.0f}–{high:.0f} min here (this run's training took {wall:.1f} min).")  # fmt: skip
+
+
+def verdict(summary: list[dict], plan: Plan = Plan()) -> list[str]:
     """Plain-language verdict lines computed from the per-seed summary rows."""
     scope, reduced = data_scope(summary)
     lines = []
@@ -395,7 +500,10 @@ def verdict(summary: list[dict]) -> list[str]:
     variants = list(by_variant(summary))
     if len(variants) < 2 or BASELINE not in variants:
         return [*lines, "Only one model was trained: there is nothing to compare against."]
-    gaps, accs = compare_variants(summary, "generalization_gap"), compare_variants(summary, "final_test_acc")
+    comparisons = compare_all(summary, plan)
+    gaps, accs, trains = (comparisons[m] for m in ("generalization_gap", "final_test_acc", "final_train_eval_acc"))
+    if max(c.n for c in gaps.values()) < 2:
+        lines.insert(0, answer_cost(summary))
     for v in variants[:-1]:
         gap, acc = gaps[v], accs[v]
         if gap.n < 2:
@@ -403,10 +511,14 @@ def verdict(summary: list[dict]) -> list[str]:
                 f"{v.words} vs baseline with one seed each: generalization gap "
                 f"{_amount('generalization_gap', gap.primary.diff, signed=True)}, test accuracy "
                 f"{_amount('final_test_acc', acc.primary.diff, signed=True)} — a single run per model cannot "
-                "separate the variant's effect from seed noise, so no interval or test is given "
-                "(use --seeds 0 1 2 3 4)."
+                "separate the variant's effect from seed noise: no interval, no decision."
             )
             continue
-        lines.append(f"{v.words} vs baseline ({gap.n} {gap.design} seeds): {describe(gap)}; {describe(acc)}.")
+        gap_text = describe(gap)
+        if gap.decision is not None and gap.decision.decision in ("better", "worse"):
+            gap_text += ": " + gap_source(trains[v], acc)
+        lines.append(f"{v.words} vs baseline ({gap.n} {gap.design} seeds): {gap_text}; {describe(acc)}.")
         lines.append(power_line(acc, v))
+    if max(c.n for c in gaps.values()) >= 2:
+        lines.append(design_line(summary, plan))
     return lines

@@ -57,7 +57,13 @@ SUMMARY_SCHEMA = pa.schema(
         field("final_train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
         field("final_train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
         field("final_test_acc", pa.float64(), FRACTION, "the last epoch's evaluation"),
-        field("best_test_acc", pa.float64(), FRACTION, "the best epoch's evaluation (>= final_test_acc)"),
+        field(
+            "best_test_acc",
+            pa.float64(),
+            FRACTION,
+            "test-selected (optimistic): the best epoch's evaluation, the "
+            "epoch chosen on the test set itself; reported, never tested (>= final_test_acc)",
+        ),
         field("best_epoch", pa.int64()),
         field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
         field("final_train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
@@ -109,10 +115,47 @@ STATISTICS_SCHEMA = pa.schema(
         field("welch_diff_ci95_low", pa.float64(), doc="95% Welch interval (unpaired)"),
         field("welch_diff_ci95_high", pa.float64()),
         field("welch_p_value", pa.float64(), doc=P_DOC + ", Welch's unpaired t-test"),
-        field("holm_p_value", pa.float64(), doc="the design's primary p-value, Holm-adjusted over the rates"),
+        field(
+            "holm_p_value",
+            pa.float64(),
+            doc="the design's primary p-value, Holm-adjusted over the family: every "
+            "claim of the verdict (variants x test accuracy and gap), else the variants on this metric",
+        ),
         field("holm_family_size", pa.int64()),
-        field("min_detectable_diff_80", pa.float64(), doc="smallest true difference detected with 80% power"),
-        field("seeds_needed_80", pa.float64(), doc="seeds to detect the observed difference with 80% power"),
+        field(
+            "decision",
+            pa.string(),
+            doc="better | worse | equivalent (within the margin) | undecided; test accuracy and gap only",
+        ),
+        field(
+            "decision_ci_low",
+            pa.float64(),
+            doc="the interval the decision rests on: the looks' repeated "
+            "confidence intervals intersected; all claims' hold together at 95%",
+        ),
+        field("decision_ci_high", pa.float64()),
+        field("decision_level", pa.float64(), doc="the last look's interval's nominal two-sided level"),
+        field(
+            "equivalence_p_value",
+            pa.float64(),
+            doc=P_DOC + ", two one-sided t-tests against ±margin at the last look (not adjusted; the decision is)",
+        ),
+        field("margin", pa.float64(), doc="the equivalence margin, in the metric's unit"),
+        field("seeds_used", pa.int64(), doc="seeds with both arms at the last look"),
+        field("looks", pa.int64(), doc="looks (waves of seeds) the decision saw"),
+        field(
+            "min_detectable_diff_80_low",
+            pa.float64(),
+            doc="smallest true difference detected with 80% power at "
+            "the claims' level, for the low end of the spread's 95% interval",
+        ),
+        field("min_detectable_diff_80_high", pa.float64(), doc="the same for the high end"),
+        field(
+            "seeds_needed_80_low",
+            pa.float64(),
+            doc="seeds to detect the observed difference with 80% power, for the low end of the spread's 95% interval",
+        ),
+        field("seeds_needed_80_high", pa.float64(), doc="the same for the high end"),
     ]
 )
 PER_CLASS_SCHEMA = pa.schema(

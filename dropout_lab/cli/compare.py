@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Annotated, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from dropout_lab.config import PARAMETERS, element_type, flag, help_text
 from dropout_lab.runtime.redact import redact
@@ -27,10 +28,11 @@ def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentPars
         option, help_, default = flag(name), help_text(param.annotation), param.default
         if isinstance(default, bool):
             parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        elif isinstance(default, list):
+        elif isinstance(default, list) or (words := list_or_words(param.annotation)):
             element = element_type(param.annotation)  # e.g. Rate: Annotated[float, ...]
             element = get_args(element)[0] if get_origin(element) is Annotated else element
-            parser.add_argument(option, type=element, nargs="+", default=default, help=help_,
+            kind = element if isinstance(default, list) else word_or(element, words)
+            parser.add_argument(option, type=kind, nargs="+", default=default, help=help_,
                                 metavar=name.upper().rstrip("S"))  # fmt: skip
         else:
             parser.add_argument(option, type=type(default), default=default, help=help_, metavar=name.upper())
@@ -48,6 +50,33 @@ def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentPars
     return parser
 
 
+def list_or_words(annotation) -> tuple[str, ...]:
+    """The words a list parameter may also be (`Seeds | Literal["auto"] | None` → ("auto",)); () else."""
+    inner = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+    if get_origin(inner) not in (Union, UnionType):
+        return ()
+    return tuple(w for part in get_args(inner) if get_origin(part) is Literal for w in get_args(part))
+
+
+def word_or(element: type, words: tuple[str, ...]):
+    """argparse type: one of `words` as itself, else a value of `element`."""
+
+    def convert(text: str):
+        return text if text in words else element(text)
+
+    convert.__name__ = element.__name__  # argparse names it in its "invalid int value" message
+    return convert
+
+
+def words_alone(params: dict) -> None:
+    """`--seeds auto`: a word stands alone and becomes the parameter's value (not a list)."""
+    for name, value in params.items():
+        if isinstance(value, list) and any(isinstance(v, str) for v in value):
+            if len(value) != 1:
+                raise CliError(f"{flag(name)}: {value[0] if isinstance(value[0], str) else value[-1]} stands alone", 2)
+            params[name] = value[0]
+
+
 class CliError(Exception):
     """A one-line error for the command line, with its exit status."""
 
@@ -61,6 +90,7 @@ def parse(argv: list[str] | None, prog: str = "python flows/compare.py") -> tupl
     for a runner flag that does not fit (argparse itself exits for --help and unparsable values)."""
     params = vars(build_parser(prog).parse_args(argv))
     how = {k: params.pop(k) for k in RUNNER_FLAGS}
+    words_alone(params)
     if how["dask_address"] and how["task_runner"] != "dask":
         raise CliError("--dask-address needs --task-runner dask", 2)
     use_history(how["history"])

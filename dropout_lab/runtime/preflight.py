@@ -183,11 +183,29 @@ def parameter_errors(params: dict) -> None:
         raise ValueError(f"{flag(str(error['loc'][0]))}: {describe_error(error)}") from None
 
 
+def resolve_seeds(params: dict) -> list[int] | str:
+    """The seeds to train, set into params["seeds"]: the list given, or "auto"; when unset (None), "auto"
+    where the run trains on a GPU (a seed costs seconds there) and the tutorial's one seed on CPU."""
+    from dropout_lab.runtime.devices import resolve_devices
+
+    if params["seeds"] is None:
+        on_gpu = resolve_devices(params["device"], 1)[0].startswith("cuda")
+        params["seeds"] = "auto" if on_gpu else [TrainConfig.seed]
+    return params["seeds"]
+
+
+def every_seed(params: dict) -> list[int]:
+    """Every seed the run may train: the list, or with auto 0 .. max_seeds - 1."""
+    return list(range(params["max_seeds"])) if params["seeds"] == "auto" else list(params["seeds"])
+
+
 def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainConfig], dict[str, str]]:
     """Validate everything before any work, creating nothing until all checks pass: parameters, then
-    devices, then folders (confined to the worker's roots in a deployment run). Returns the variant
-    configs and the folders to use. Raises ValueError (one line)."""
+    devices, then folders (confined to the worker's roots in a deployment run). Returns the configs of
+    every (variant, seed) the run may train and the folders to use; unset seeds are resolved in
+    `params` (resolve_seeds). Raises ValueError (one line)."""
     parameter_errors(params)  # first, and before the imports below: a bad value answers at once
+    resolve_seeds(params)
     from dropout_lab.analysis import history
     from dropout_lab.analysis.tracking import check_available, check_store
     from dropout_lab.core.data import ARCHIVE_NAME, FOLDER_NAME
@@ -197,7 +215,7 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
         check_available()
     shared = {f.name for f in dataclasses.fields(TrainConfig)} - _PER_VARIANT
     base = TrainConfig(**{k: params[k] for k in shared if k in params})
-    configs = variant_configs(base, compared_variants(params), list(params["seeds"]), params["device"])
+    configs = variant_configs(base, compared_variants(params), every_seed(params), params["device"])
     stack_groups(configs, params["stack"], params["cuda_graphs"])  # raises for an unknown mode
     for cfg in configs:
         check_train_config(cfg)  # every variant and seed, and precision vs the resolved device

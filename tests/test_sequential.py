@@ -1,0 +1,73 @@
+"""The group-sequential decisions: boundaries against simulation and closed forms, the repeated
+intervals, and the decision rules."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from dropout_lab.analysis.sequential import boundaries, decide, decision, equivalence_p, looks_of, spent
+from dropout_lab.config import seed_waves
+
+
+def test_spending_is_o_brien_fleming_type_and_spends_all_alpha_at_the_end():
+    assert spent(1.0, 0.05) == 0.05 and spent(0.0, 0.05) == 0.0
+    assert spent(0.25, 0.05) == pytest.approx(2 - 2 * st.norm.cdf(1.959964 / 0.5), rel=1e-6)  # 8.9e-5
+    assert spent(0.25, 0.05) < spent(0.5, 0.05) < spent(0.75, 0.05) < 0.05
+
+
+def test_one_look_at_the_end_is_the_fixed_sample_quantile():
+    assert boundaries([1.0], 0.05) == [pytest.approx(st.norm.ppf(0.975))]
+    assert boundaries([1.0], 0.05 / 6) == [pytest.approx(st.norm.ppf(1 - 0.05 / 12))]
+
+
+def test_boundaries_spend_exactly_the_planned_alpha_under_no_difference():
+    """Brownian motion at four equally spaced looks: the first crossings happen as often as planned."""
+    taus = [0.25, 0.5, 0.75, 1.0]
+    c = np.array(boundaries(taus, 0.05))
+    assert c[0] == pytest.approx(st.norm.isf(spent(0.25, 0.05) / 2))  # the first look is closed-form
+    assert list(c) == sorted(c, reverse=True)  # strict early, lenient late
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((400_000, 4)).cumsum(axis=1) * np.sqrt(0.25) / np.sqrt(taus)
+    crossed = np.abs(z) >= c
+    first = np.where(crossed.any(axis=1), crossed.argmax(axis=1), -1)
+    planned = np.diff([0.0, *(spent(t, 0.05) for t in taus)])
+    for k in range(1, 4):  # (the first look's 9e-5 is too rare to count here; it is exact above)
+        assert np.mean(first == k) == pytest.approx(planned[k], abs=4 * math.sqrt(planned[k] / 400_000))
+    assert np.mean(first >= 0) == pytest.approx(0.05, abs=0.0015)
+
+
+def test_repeated_intervals_use_each_look_s_nominal_level_with_student_t():
+    d = np.random.default_rng(1).normal(0.3, 1.0, 20)
+    looks = looks_of(d, [5, 10, 20], 20, 0.05)
+    cs = boundaries([0.25, 0.5, 1.0], 0.05)
+    for look, c in zip(looks, cs, strict=True):
+        part = d[: look.n]
+        half = st.t.isf(st.norm.sf(c), look.n - 1) * part.std(ddof=1) / math.sqrt(look.n)
+        assert (look.low, look.high) == (pytest.approx(part.mean() - half), pytest.approx(part.mean() + half))
+        assert look.level == pytest.approx(1 - 2 * st.norm.sf(c))
+    assert looks[0].high - looks[0].low > looks[-1].high - looks[-1].low  # it narrows
+
+
+def test_decide_reads_the_interval_against_zero_and_the_margin():
+    assert decide(0.2, 0.8, 1.0, higher_is_better=True) == "equivalent"  # inside ±margin wins
+    assert decide(0.2, 1.8, 1.0, higher_is_better=True) == "better"
+    assert decide(0.2, 1.8, 1.0, higher_is_better=False) == "worse"  # a wider gap is worse
+    assert decide(-1.8, -0.2, 1.0, higher_is_better=False) == "better"
+    assert decide(-0.5, 1.5, 1.0, higher_is_better=True) == "undecided"
+
+
+def test_a_decision_intersects_the_looks_and_reports_seeds_and_tost():
+    d = list(np.random.default_rng(3).normal(0.0, 0.4, 10))
+    dec = decision(d, [5, 10], 20, 0.05 / 4, 1.0, higher_is_better=True)
+    lows, highs = [look.low for look in dec.looks], [look.high for look in dec.looks]
+    assert (dec.low, dec.high) == (max(lows), min(highs)) and dec.seeds_used == 10
+    tost = max(st.ttest_1samp(d, -1.0, alternative="greater").pvalue, st.ttest_1samp(d, 1.0, alternative="less").pvalue)
+    assert dec.equivalence_p == pytest.approx(tost) and equivalence_p(d[:1], 1.0) != equivalence_p(d[:1], 1.0)
+    assert decision([0.1], [1], 20, 0.05, 1.0, True).decision == "undecided"  # one seed: nothing to read
+
+
+def test_seed_waves_are_fives_up_to_the_maximum():
+    assert seed_waves(20) == [list(range(i, i + 5)) for i in (0, 5, 10, 15)]
+    assert seed_waves(12) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
