@@ -95,6 +95,11 @@ TrainEvalImages = Annotated[
     Field(ge=0, le=50_000, description="training images re-evaluated in eval mode (dropout off) each epoch for "
           "the generalization gap: a fixed class-balanced subset (0 = all)"),
 ]  # fmt: skip
+ValImages = Annotated[
+    int,
+    Field(ge=0, le=25_000, description="training images held out (a fixed class-balanced subset, not trained on) "
+          "to choose the best epoch honestly: the report's val-selected test accuracy (0 = none)"),
+]  # fmt: skip
 Dataset = Annotated[
     Literal["cifar10", "fake"],
     Field(description="cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)"),
@@ -137,6 +142,9 @@ class TrainConfig:
     # Training images re-evaluated in eval mode (dropout off) after every epoch, for the honest
     # generalization gap: a fixed, seeded, class-balanced subset of this size; 0 = all of them.
     train_eval_images: int = 10_000
+    # Training images held out as a validation set (not trained on; a fixed class-balanced subset) to
+    # choose a best epoch without looking at the test set; 0 = none.
+    val_images: int = 0
     eval_batch_size: int = 256  # evaluation chunk: speed only
 
     @property
@@ -293,6 +301,7 @@ def compare_parameters(
     limit_train: LimitTrain = 0,
     limit_test: LimitTest = 0,
     train_eval_images: TrainEvalImages = TrainConfig.train_eval_images,
+    val_images: ValImages = TrainConfig.val_images,
     dataset: Dataset = "cifar10",
     refresh: Refresh = False,
     cache_dir: CacheDir = ".dropout-lab",
@@ -372,5 +381,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     """Raise ValueError with a one-line, user-facing message for the first bad field."""
     for name in FIELD_TYPES:
         check_value(name, getattr(cfg, name))
+    if cfg.val_images and cfg.limit_train and cfg.val_images >= cfg.limit_train:
+        raise ValueError(f"--val-images {cfg.val_images} leaves nothing to train on of --limit-train "
+                         f"{cfg.limit_train} images")  # fmt: skip
     if cfg.precision != "fp32" and not cfg.device.startswith("cuda"):
         raise ValueError(f"--precision {cfg.precision} needs a CUDA device; use fp32 on {cfg.device}")

@@ -123,7 +123,9 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
     lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, plan)), ""]
     first = summary[0]
     lines += [
-        f"Data: {data.provenance}; {first['n_train']:,} training images, {first['n_test']:,} test images, "
+        f"Data: {data.provenance}; {first['n_train']:,} training images"
+        f"{f' ({n_val:,} more held out to choose an epoch)' if (n_val := first.get('n_val')) else ''}, "
+        f"{first['n_test']:,} test images, "
         f"{first['epochs']} epochs. The generalization gap is train accuracy measured like test accuracy (eval "
         f"mode, dropout off, the final weights) on {first['n_train_eval']:,} training images minus test accuracy; "
         "'running' is the tutorial's mean over the epoch with dropout on. Report folder: "
@@ -139,10 +141,15 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         "| gap (points) | test loss | train time | device |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    held_out = any(s.get("val_best_epoch") is not None for s in summary)
+    if held_out:  # an honest best epoch: chosen on held-out training images
+        lines[-2] = lines[-2].replace("| gap (points)", "| test acc at the val-selected epoch (epoch) | gap (points)")
+        lines[-1] += "---|"
     for s in summary:
+        val = f"{_pct(s['val_selected_test_acc'])} ({s['val_best_epoch']}) | " if held_out else ""
         lines.append(
             f"| {s['model']} | {s['seed']} | {_pct(s['final_train_eval_acc'])} | {_pct(s['final_train_running_acc'])} "
-            f"| {_pct(s['final_test_acc'])} | {_pct(s['best_test_acc'])} ({s['best_epoch']}) | "
+            f"| {_pct(s['final_test_acc'])} | {_pct(s['best_test_acc'])} ({s['best_epoch']}) | {val}"
             f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | "
             f"{s['device']}{_stack_note(s)} |"
         )

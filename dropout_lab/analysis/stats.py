@@ -470,8 +470,9 @@ def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
     elif row.get("data_verified") is False:
         notes.append("an unverified local copy of CIFAR-10, its md5s not the official ones")
     for split, key in (("training", "n_train"), ("test", "n_test")):
-        if row[key] < FULL_DATA[key]:
-            notes.append(f"{row[key]:,} of {FULL_DATA[key]:,} {split} images")
+        used = row[key] + (row.get("n_val") or 0 if key == "n_train" else 0)  # held-out images are the set's too
+        if used < FULL_DATA[key]:
+            notes.append(f"{used:,} of {FULL_DATA[key]:,} {split} images")
             reduced = True
     if row["epochs"] != FULL_DATA["epochs"]:
         notes.append(f"{row['epochs']} epochs instead of the recipe's {FULL_DATA['epochs']}")

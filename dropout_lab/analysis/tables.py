@@ -24,6 +24,7 @@ def field(name: str, kind: pa.DataType, unit: str | None = None, doc: str | None
 GAP_DOC = "eval-mode train accuracy minus test accuracy, same weights (the generalization gap)"
 RUNNING_DOC = "the tutorial's running mean over the epoch in train mode (dropout on); not the gap's train side"
 TRAIN_EVAL_DOC = "the epoch's final weights in eval mode on n_train_eval training images (fixed class-balanced subset)"
+VAL_DOC = "the epoch's final weights in eval mode on the held-out training images (--val-images; else null)"
 # Every table's keys: the variant (its name, whether it is the baseline, each compared setting's value)
 # and the seed.
 KEYS = [
@@ -44,6 +45,8 @@ HISTORY_SCHEMA = pa.schema(
         field("test_loss", pa.float64(), NATS),
         field("test_acc", pa.float64(), FRACTION),
         field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
+        field("val_loss", pa.float64(), NATS, VAL_DOC),
+        field("val_acc", pa.float64(), FRACTION, VAL_DOC),
         field("epoch_seconds", pa.float64(), SECONDS),
         field("n_train", pa.int64()),
         field("n_train_eval", pa.int64()),
@@ -65,6 +68,15 @@ SUMMARY_SCHEMA = pa.schema(
             "epoch chosen on the test set itself; reported, never tested (>= final_test_acc)",
         ),
         field("best_epoch", pa.int64()),
+        field("n_val", pa.int64(), doc="training images held out, not trained on (--val-images)"),
+        field("val_best_epoch", pa.int64(), doc="the epoch with the best held-out accuracy (--val-images; else null)"),
+        field(
+            "val_selected_test_acc",
+            pa.float64(),
+            FRACTION,
+            "test accuracy at val_best_epoch: an honest best "
+            "epoch, chosen without the test set (null without --val-images)",
+        ),
         field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
         field("final_train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
         field("final_train_running_loss", pa.float64(), NATS, RUNNING_DOC),
@@ -199,6 +211,8 @@ def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
     for r in results:
         last = r.history[-1]
         best = max(r.history, key=lambda h: h["test_acc"])  # first epoch reaching the best
+        held_out = [h for h in r.history if h.get("val_acc") is not None]
+        val_best = max(held_out, key=lambda h: h["val_acc"]) if held_out else None
         rows.append(
             {
                 **_keys(r.config),
@@ -207,6 +221,9 @@ def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
                 "final_test_acc": last["test_acc"],
                 "best_test_acc": best["test_acc"],
                 "best_epoch": best["epoch"],
+                "n_val": r.config.val_images,
+                "val_best_epoch": val_best["epoch"] if val_best else None,
+                "val_selected_test_acc": val_best["test_acc"] if val_best else None,
                 "generalization_gap": last["train_eval_acc"] - last["test_acc"],
                 "final_train_eval_loss": last["train_eval_loss"],
                 "final_train_running_loss": last["train_running_loss"],

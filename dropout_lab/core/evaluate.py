@@ -122,3 +122,21 @@ def train_eval_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> t
         return images, labels
     idx = idx.to(images.device)
     return images[idx], labels[idx]
+
+
+VAL_SEED = 1  # the held-out images' fixed seed: a subset of its own, not train_eval's (seed 0)
+
+
+def holdout_split(
+    images: torch.Tensor, labels: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(training images, labels, held-out images, labels): `size` training images held out as a
+    validation set, fixed and class-balanced like `train_eval_indices` (its own seed), never trained
+    on; (images, labels, None, None) for size 0."""
+    idx = train_eval_indices(labels, size, seed=VAL_SEED) if size else None
+    if idx is None:
+        return images, labels, None, None
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[idx] = False
+    idx, keep = idx.to(images.device), keep.to(images.device)
+    return images[keep], labels[keep], images[idx], labels[idx]

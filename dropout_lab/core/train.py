@@ -194,9 +194,17 @@ def start_run(cfg: TrainConfig, folder: Path) -> tuple[Net, torch.optim.Adam, to
 
 
 def epoch_record(
-    epoch: int, loss_sum: float, correct: int, n: int, train_eval: dict, test: dict, seconds: float
+    epoch: int,
+    loss_sum: float,
+    correct: int,
+    n: int,
+    train_eval: dict,
+    test: dict,
+    seconds: float,
+    val: dict | None = None,
 ) -> dict:
-    """One epoch's history entry. Accuracies are fractions, losses mean cross-entropy per image."""
+    """One epoch's history entry. Accuracies are fractions, losses mean cross-entropy per image; the
+    held-out (validation) numbers are None without --val-images."""
     return {
         "epoch": epoch,
         # The tutorial's numbers: means over the epoch in train mode, i.e. with dropout on (for the
@@ -210,6 +218,8 @@ def epoch_record(
         "test_loss": test["loss"],
         "test_acc": test["acc"],
         "test_confusion": test["confusion"],  # [true][predicted] counts
+        "val_loss": val["loss"] if val else None,
+        "val_acc": val["acc"] if val else None,
         "epoch_seconds": seconds,
     }
 
@@ -439,6 +449,8 @@ def fit(
     attempt: int = 1,
     cuda_graphs: str = "auto",
     progress: bool = False,
+    val_images: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, dict]]:
     """Train every variant `cfg.epochs` epochs, each resuming from and checkpointing into its own
     folder; yield (variant index, record) per variant and new epoch (with `progress`, also
@@ -446,7 +458,8 @@ def fit(
 
     Images are (N, 32, 32, 3) uint8 on any device; they are moved to the device once. A record:
     `epoch_record`'s fields and resumed_from. After every epoch the weights are evaluated in eval mode
-    on the test set and on `cfg.train_eval_images` training images; the last epoch's evaluation is the
+    on the test set, on `cfg.train_eval_images` training images and on the held-out images when given
+    (`val_images`, never trained on: the worker holds them out); the last epoch's evaluation is the
     run's final result. Variants at different epochs (one resumed further than the others) train on
     their own until the others catch up. Several variants train as one StackedNet; `cuda_graphs`
     (auto | on | off) replays each step and evaluation as CUDA graphs (core/graphs.py), falling back to
@@ -462,6 +475,7 @@ def fit(
     train_x, train_y = train_images.to(device), train_labels.to(device)
     test_x, test_y = test_images.to(device), test_labels.to(device)
     eval_x, eval_y = train_eval_split(train_x, train_y, cfg.train_eval_images)
+    val = (val_images.to(device), val_labels.to(device)) if val_images is not None else None
     n = len(train_y)
     fault_epoch = fault_epoch_for(attempt)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -486,6 +500,7 @@ def fit(
         if alone is not None:
             alone.from_global()
         train_evals, tests = unit.evaluate("train_eval", eval_x, eval_y), unit.evaluate("test", test_x, test_y)
+        vals = unit.evaluate("val", *val) if val is not None else [None] * len(unit.runs)
         seconds = time.perf_counter() - start
         if not told_capture and unit.replay_step is not None:
             told_capture = True
@@ -493,7 +508,7 @@ def fit(
         unit.finish()
         loss_sum, correct = unit.loss_sum.cpu(), unit.correct.cpu()
         for k, run in enumerate(unit.runs):
-            record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds)
+            record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds, vals[k])
             run.history.append(record)
             run.done = epoch
             rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None

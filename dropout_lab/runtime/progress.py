@@ -14,11 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def format_epoch(label: str, epochs: int, r: dict) -> str:
     """The one fixed-format progress line per epoch: the running (train-mode) numbers, then the
-    eval-mode train and test numbers, and their difference, the generalization gap."""
+    eval-mode train and test numbers, and their difference, the generalization gap (with --val-images,
+    the held-out accuracy after the test numbers)."""
+    val = f"  val acc {r['val_acc']:6.2%}" if r.get("val_acc") is not None else ""
     return (
         f"{label:<24} epoch {r['epoch']:>2}/{epochs}  running loss {r['train_running_loss']:.4f} "
         f"acc {r['train_running_acc']:6.2%}  train loss {r['train_eval_loss']:.4f} acc {r['train_eval_acc']:6.2%}"
-        f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}"
+        f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}{val}"
         f"  gap {100 * (r['train_eval_acc'] - r['test_acc']):5.2f}  {r['epoch_seconds']:6.1f}s"
     )
 

@@ -82,7 +82,7 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
     from dropout_lab.config import TrainConfig
     from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
     from dropout_lab.core.data import load_split
-    from dropout_lab.core.evaluate import train_eval_count
+    from dropout_lab.core.evaluate import holdout_split, train_eval_count
     from dropout_lab.core.model import Net, count_parameters
     from dropout_lab.core.train import fit
     from dropout_lab.runtime.locks import held, remove_dead_leftovers
@@ -100,6 +100,7 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()  # the job's own clock (wall_seconds) starts when the job came
     train_x, train_y = load_split(job["data_root"], train=True, limit=cfg.limit_train)
+    train_x, train_y, val_x, val_y = holdout_split(train_x, train_y, cfg.val_images)
     test_x, test_y = load_split(job["data_root"], train=False, limit=cfg.limit_test)
     t_data = time.perf_counter()
     if cuda_ready is not None:
@@ -123,7 +124,7 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
                 for _, path in epoch_checkpoints(folder):
                     path.unlink()
         steps = fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt, job.get("cuda_graphs", "auto"),
-                    progress=True)  # fmt: skip
+                    progress=True, val_images=val_x, val_labels=val_y)  # fmt: skip
         for index, record in steps:
             emit("progress" if "progress" in record else "epoch", variant=index, **record)
         finals = [epoch_checkpoints(folder)[0][1] for folder in folders]
