@@ -107,6 +107,21 @@ def delete_named(name: str) -> bool:
         return False
 
 
+def api_refusal() -> int | None:
+    """The exit status, after one line, when there is no Prefect API to hold automations: unset (2) or
+    not answering (1, within seconds, not minutes); None when it answers."""
+    if not PREFECT_API_URL.value():
+        print("error: PREFECT_API_URL is not set: an automation lives on a running Prefect server "
+              "(prefect server start)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        check_api_reachable()
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return None
+
+
 def webhook_url(text: str) -> str:
     """An http(s) URL with a host (argparse type): anything else is refused before anything is created."""
     parts = urlsplit(text)
@@ -127,15 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     what.add_argument("--off", action="store_true", help="delete the automation")
     args = parser.parse_args(argv)
-    if not PREFECT_API_URL.value():
-        print("error: PREFECT_API_URL is not set: an automation lives on a running Prefect server "
-              "(prefect server start)", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        check_api_reachable()  # a Prefect API that does not answer: one line within seconds, not minutes
-    except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if (refused := api_refusal()) is not None:
+        return refused
     try:
         if args.off:
             print(

@@ -24,10 +24,8 @@ from prefect.client.schemas.objects import StateType  # noqa: E402
 from prefect.events.actions import ChangeFlowRunState  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
-from prefect.settings import PREFECT_API_URL  # noqa: E402
 
-from deployments.notify import delete_named  # noqa: E402
-from dropout_lab.cli.compare import check_api_reachable  # noqa: E402
+from deployments.notify import api_refusal, delete_named  # noqa: E402
 
 NAME = "dropout-lab: reclaim runs stuck before start"
 TAG = "dropout-lab"  # every deployment of the project carries it (serve.py, prefect.yaml)
@@ -88,15 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                       help=f"how long a run may sit in Pending/Submitting (default {DEFAULT_AFTER_S})")  # fmt: skip
     what.add_argument("--off", action="store_true", help="delete the automation")
     args = parser.parse_args(argv)
-    if not PREFECT_API_URL.value():
-        print("error: PREFECT_API_URL is not set: an automation lives on a running Prefect server "
-              "(prefect server start)", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        check_api_reachable()
-    except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if (refused := api_refusal()) is not None:
+        return refused
     if args.off:
         print("removed" if delete_named(NAME) else "there was none", NAME, sep="; ")
         return 0

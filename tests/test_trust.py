@@ -239,6 +239,10 @@ def test_notify_refuses_bad_webhooks_and_a_silent_api_with_one_line(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 1 and time.monotonic() - started < 20
     assert proc.stderr.startswith("error: the Prefect API at") and proc.stderr.count("\n") == 1, proc.stderr
+    for args, code in ((["--after", "5"], 2), ([], 1)):  # the reclaim automation: a bad wait; a silent API
+        proc = subprocess.run([sys.executable, "deployments/reclaim.py", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == code and proc.stderr.count("\n") == 1 + (code == 2), proc.stderr
 
 
 # --- names and refusals ---------------------------------------------------------------------------------
