@@ -325,3 +325,27 @@ def test_torch_is_not_needed_to_refuse_a_run():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
     assert torch  # the suite itself has torch
+
+
+def test_prefect_s_database_never_holds_a_tracking_uri_s_credentials(prefect_harness, tmp_path, monkeypatch):
+    """A flow run whose MLflow store refuses it: its Failed state, its logs and its events as Prefect
+    stored them show `***@`, never the password."""
+    pytest.importorskip("mlflow")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://{SECRET}@127.0.0.1:9")
+    state = compare(dataset="fake", mlflow=True, data_dir=str(tmp_path / "d"), out=str(tmp_path / "o"),
+                    cache_dir=str(tmp_path / "c"), return_state=True)  # fmt: skip
+    assert state.is_failed() and "***@127.0.0.1:9" in state.message
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        states = client.read_flow_run_states(run_id)
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        events = client.request("POST", "/events/filter", json={
+            "filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 50}).json()  # fmt: skip
+    stored = json.dumps([run.model_dump(mode="json"), [s.model_dump(mode="json") for s in states],
+                         [log.model_dump(mode="json") for log in logs], events])  # fmt: skip
+    password = SECRET.split(":", 1)[1]
+    assert "***@" in stored and password not in stored
