@@ -48,7 +48,7 @@ from dropout_lab.runtime import console, temporary_server  # noqa: E402
 from dropout_lab.runtime.devices import process_plan, stack_groups  # noqa: E402
 from dropout_lab.runtime.late_runs import superseding_run  # noqa: E402
 from dropout_lab.runtime.launcher import discard_spares, first_processes, prestart  # noqa: E402
-from dropout_lab.runtime.preflight import check_parameters  # noqa: E402
+from dropout_lab.runtime.preflight import check_parameters, resolve_seeds  # noqa: E402
 from dropout_lab.runtime.progress import bars  # noqa: E402
 from dropout_lab.runtime.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime.signals import Stopped, stop_on_signals, stop_training_on_sigterm  # noqa: E402
@@ -81,7 +81,9 @@ redact_logs()  # every log record of this process, whoever made it, loses URL cr
 def run_name() -> str:
     """The flow run's name from its parameters (dropout_lab/naming.py); Prefect's default before they are valid."""
     try:
-        return flow_run_label(flow_run.parameters)
+        params = dict(flow_run.parameters)
+        resolve_seeds(params)  # unset seeds: what this machine will train (auto on a GPU)
+        return flow_run_label(params)
     except (KeyError, TypeError, ValueError):
         return "compare"
 

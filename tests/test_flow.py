@@ -203,7 +203,8 @@ def test_sweep_over_rates_and_seeds_with_statistics(prefect_harness, workspace):
     base_gap = next(r for r in stats if r["dropout"] == 0.0 and r["metric"] == "generalization_gap")
     assert gap["diff_vs_baseline"] == pytest.approx(gap["mean"] - base_gap["mean"])
     assert 0 <= gap["welch_p_value"] <= 1 and gap["ci95_low"] <= gap["mean"] <= gap["ci95_high"]
-    assert gap["design"] == "paired" and gap["paired_n"] == 2 and gap["holm_family_size"] == 2
+    assert gap["design"] == "paired" and gap["paired_n"] == 2 and gap["holm_family_size"] == 4  # 2 rates x 2 claims
+    assert gap["decision"] in ("better", "worse", "equivalent", "undecided") and gap["seeds_used"] == 2
     assert 0 <= gap["paired_t_p_value"] <= 1 and gap["sign_flip_p_value"] >= 0.5  # 2 seeds: 2/4 at the least
     md = next(a for a in artifacts if a.key == "dropout-comparison-cifar10-p0-1-0-5-s0-1-e1").data
     assert "\n- dropout 0.1 vs baseline (2 paired seeds)" in md and "\n- dropout 0.5 vs baseline (2 paired seeds)" in md
