@@ -57,9 +57,9 @@ def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_
                     "--dataset",
                     "fake",
                     "--epochs",
-                    "2",
+                    "3",
                     "--limit-train",
-                    "400",
+                    "2000",  # trainings long enough that the two runs' overlap (the wait) does not hang on timing
                     "--limit-test",
                     "200",
                     "--seeds",
@@ -84,7 +84,7 @@ def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_
         set_limit(name, None)
     for run, out in zip(runs, outputs, strict=True):
         assert run.returncode == 0, out[-3000:]
-    assert any("waiting for a slot of" in out for out in outputs)  # one run said it was waiting
+    assert any("waiting for a slot of" in out for out in outputs), outputs[0][-2500:] + outputs[1][-2500:]
     spans = sorted(
         (row["started_at"], row["finished_at"])
         for folder in (tmp_path / "out").glob("fake-*")
