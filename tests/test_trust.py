@@ -257,6 +257,18 @@ def test_a_folder_name_too_long_is_refused_before_anything_is_created(capsys, tm
         confine("out", "x" * 300, tmp_path)  # a deployment run's out='x'*300
 
 
+def test_a_deployment_run_with_a_folder_name_too_long_is_refused_before_anything_is_created(tmp_path, monkeypatch):
+    from dropout_lab.config import PARAMETERS
+    from dropout_lab.runtime.preflight import ANY_ROOT_ENV, check_parameters
+
+    monkeypatch.setenv(ANY_ROOT_ENV, str(tmp_path))  # the worker's root; the run names sub-folders of it
+    params = {name: p.default for name, p in PARAMETERS.parameters.items()}
+    params.update(dataset="fake", out="x" * 300, data_dir="d", cache_dir="c")
+    with pytest.raises(ValueError, match="longer than this file system allows"):
+        check_parameters(params, deployed=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refusal_leaves_no_folder_behind(capsys, tmp_path, monkeypatch):
     argv = ["--dataset", "fake", "--data-dir", str(tmp_path / "D"), "--cache-dir", str(tmp_path / "C")]
     one_line_exit(capsys, 2, [*argv, "--out", "/proc/x"])  # /proc takes no folder: refused after the plan
