@@ -14,6 +14,9 @@
 #   4. `python flows/compare.py` end to end (needs the wheels), after Prefect's first-run database set-up
 #   5. the device plan: K = 2, 4, 8, 16 stacked / processes (benchmarks/gpu_plan.py)
 #   6. the same training stage eager (--cuda-graphs off), for the graph's speed-up side by side
+#   7. the settled answer (issue #24): `flows/compare.py --dropout 0.1 0.25 0.5 --seeds auto` end to end,
+#      in the time left before CAP seconds (default 570, under the device's 600 s a call); statistics,
+#      summary, report and figures land in $OUT/answer/. Alone, as a second call: gpu_check.sh --answer
 # Smoke run elsewhere: DEVICE=cpu EPOCHS=1 LIMIT_TRAIN=2000 KS=2 EAGER_KS=2 PLAN_LIMIT=1000
 #     SWEEP_SEEDS=0 PYTHON=.venv/bin/python DATA=<folder holding cifar-10-batches-py/> bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -33,6 +36,7 @@ fi
 
 device=${DEVICE:-cuda} epochs=${EPOCHS:-8} limit=${LIMIT_TRAIN:-0} seeds=${SWEEP_SEEDS:-0 1 2 3 4}
 out=${OUT:-gpu-check} data=${DATA:-/tmp/dropout-lab-standin}
+cap=${CAP:-570} answer_only=$([ "${1:-}" = "--answer" ] && echo 1)
 mkdir -p "$out"
 table="$out/table.md"
 : > "$table"
@@ -40,26 +44,12 @@ row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" >> "$table"; }
 seconds() { grep -o 'training stage wall time: [0-9.]*' "$1" | grep -o '[0-9.]*$'; }
 within() { "$python" -c "import sys; print('yes' if float(sys.argv[1]) <= float(sys.argv[2]) else 'NO')" "$@"; }
 finish() {
-    echo; echo "== table (targets: issue #11)"; echo "| what | measured | target met |"; echo "|---|---|---|"; cat "$table"
+    echo; echo "== table (targets: issues #26 and #24)"; echo "| what | measured | target met |"; echo "|---|---|---|"; cat "$table"
     echo; echo "== the device plan (benchmarks/gpu_plan.py; copy gpu_plan.json to dropout_lab/runtime/)"; grep '^|' "$out/plan.log" 2>/dev/null
 }
 trap finish EXIT
 
-{
-    site=
-    if [ -d .whl ]; then
-        site=/tmp/site
-        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-            && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
-    # Byte-compiled like a pip install (on all cores): uncompiled, every process of the flow compiles
-    # Prefect afresh where PYTHONDONTWRITEBYTECODE is set (seconds per process).
-    "$python" -m compileall -q -j 0 $site dropout_lab tasks flows benchmarks > /dev/null
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
-    "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
-    [ -d "$data/cifar-10-batches-py" ] || "$python" shared/tools/make_cifar10_standin.py "$data" --no-archive || exit 1
-    common=(--data-dir "$data" --device "$device" --epochs "$epochs" --limit-train "$limit")
-
+checks() {  # steps 1-6
     echo "== 1. CUDA-only tests and the plan tests"
     timeout 120 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_plan.py 2>&1 | tee "$out/tests.log"
     row "tests/test_graphs.py + test_plan.py" "$(tail -1 "$out/tests.log")" "$(grep -q failed "$out/tests.log" && echo NO || echo yes)"
@@ -118,4 +108,53 @@ t = time.perf_counter(); asyncio.run(db().create_db()); print(f'{time.perf_count
     timeout 80 "$python" benchmarks/time_training.py "${common[@]}" --cuda-graphs off | tee "$out/stage-eager.log"
     e=$(seconds "$out/stage-eager.log") g=$(seconds "$out/stage-warm.log")
     row "training stage eager (--cuda-graphs off)" "${e:-failed} s; graphed/eager $([ -n "$e" ] && [ -n "$g" ] && "$python" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$g" "$e")" "—"
+}
+
+answer() {  # 7. --seeds auto on the stand-in, with what is left of the call's time
+    local left=$((cap - SECONDS)) dir=$out/answer start=$SECONDS folder
+    if ! "$python" -c "import prefect" 2>/dev/null; then
+        row "the settled answer (--seeds auto)" "not run: Prefect is not installed (carry .whl)" "—"; return
+    fi
+    if [ "$left" -lt 120 ]; then
+        row "the settled answer (--seeds auto)" "not run: $left s left in this call (gpu_check.sh --answer)" "—"; return
+    fi
+    echo "== 7. the settled answer: --dropout 0.1 0.25 0.5 --seeds auto ($left s left)"
+    mkdir -p "$dir" && export PREFECT_HOME=${PREFECT_HOME:-$dir/prefect-home}
+    # shellcheck disable=SC2086
+    timeout "$left" "$python" flows/compare.py --data-dir "$data" --out "$dir/out" --cache-dir "$dir/cache" \
+        --dropout 0.1 0.25 0.5 --seeds auto --device "$([ "$device" = cuda ] && echo auto || echo "$device")" \
+        --epochs "$epochs" --limit-train "$limit" ${ANSWER_ARGS:-} 2>&1 | tee "$dir/flow.log"
+    folder=$(grep -o '^report: .*' "$dir/flow.log" | cut -c9-)
+    row "the settled answer, end to end" "$((SECONDS - start)) s; $(grep -o 'after [0-9]* seeds: [a-z ]*' "$dir/flow.log" | tail -1)" "$([ -n "$folder" ] && echo yes || echo "NO: no report")"
+    [ -n "$folder" ] || return
+    cp "$folder"/summary.parquet "$folder"/statistics.parquet "$folder"/summary.md "$folder"/*.png "$dir/"
+    "$python" - "$dir/statistics.parquet" <<'EOF' | tee "$dir/decisions.md"
+import sys
+
+import pyarrow.parquet as pq
+
+print("| model | metric | decision | decision interval, points | seeds | looks |\n|---|---|---|---|---|---|")
+for r in pq.read_table(sys.argv[1]).to_pylist():
+    if r["decision"]:
+        print(f"| {r['model']} | {r['metric']} | {r['decision']} | {100 * r['decision_ci_low']:+.2f} to "
+              f"{100 * r['decision_ci_high']:+.2f} | {r['seeds_used']} | {r['looks']} |")
+EOF
+}
+
+{
+    site=
+    if [ -d .whl ]; then
+        site=/tmp/site
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    # Byte-compiled like a pip install (on all cores): uncompiled, every process of the flow compiles
+    # Prefect afresh where PYTHONDONTWRITEBYTECODE is set (seconds per process).
+    "$python" -m compileall -q -j 0 $site dropout_lab tasks flows benchmarks > /dev/null
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+    "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+    [ -d "$data/cifar-10-batches-py" ] || "$python" shared/tools/make_cifar10_standin.py "$data" --no-archive || exit 1
+    common=(--data-dir "$data" --device "$device" --epochs "$epochs" --limit-train "$limit")
+    if [ -n "$answer_only" ]; then cap=${CAP:-590}; else checks; fi
+    answer
 } 2>&1 | tee "$out/gpu-check.log"

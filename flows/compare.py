@@ -211,10 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         return fail(e)
     console.quiet(how["verbose"])
-    # Registered before the temporary server starts, so it runs after the server's exit handler
-    # (atexit is last-in, first-out): the flow reports its end, the server stops, then this line.
+    # At exit: the flow has reported its end, the server stops (it may hold the run's last states),
+    # then this line, the terminal's last.
     last_line: list[str] = []
-    atexit.register(lambda: last_line and print(*last_line, file=sys.stderr if last_line[0] == "error:" else None))
+
+    def say_last_line() -> None:
+        temporary_server.stop()
+        if last_line:
+            print(*last_line, file=sys.stderr if last_line[0] == "error:" else None)
+
+    atexit.register(say_last_line)
     groups = stack_groups(configs, params["stack"], params["cuda_graphs"])
     threads, slots = process_plan(groups)
     runner = task_runner_for(how["task_runner"], how["dask_address"], min(len(groups), sum(slots.values())))

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -188,6 +189,42 @@ def test_the_console_hides_tracebacks_other_handlers_keep_them():
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Task run failed", None, sys.exc_info())
     shown = WithoutTracebacks(logging.Formatter("%(message)s")).format(record)
     assert shown == "Task run failed" and "Traceback" in logging.Formatter().format(record)
+
+
+def test_once_a_run_is_stopping_the_terminal_drops_the_tasks_end_echoes(monkeypatch):
+    """A stopped sweep: each pending training ends Failed ("not started: the run is stopping"); the run's
+    log keeps those records, the terminal shows only the command's last line about the stop."""
+    from dropout_lab.runtime import console, launcher
+
+    def shown(name: str, level: int) -> bool:
+        return console._no_details(logging.LogRecord(name, level, __file__, 1, "Finished in state Failed", None, None))
+
+    assert shown("prefect.task_runs", logging.ERROR)  # a task that fails on its own is shown
+    monkeypatch.setattr(launcher, "_stopping", threading.Event())
+    launcher._stopping.set()
+    assert not shown("prefect.task_runs", logging.ERROR)
+    assert shown("prefect.task_runs", logging.INFO) and shown("prefect.flow_runs", logging.ERROR)
+
+
+def test_the_temporary_server_s_own_output_stays_off_the_terminal(monkeypatch, capfd):
+    """Stopping the server mid-write makes it log tracebacks: they go to a file, and its last line is
+    what a server that fails to start is reported with."""
+    from dropout_lab.runtime import temporary_server as ts
+
+    monkeypatch.setattr(ts, "_server", None)
+    monkeypatch.setattr(ts, "_output", tempfile.TemporaryFile())
+    monkeypatch.setattr(ts, "configured", lambda: False)
+    monkeypatch.setattr(ts, "atexit", type("A", (), {"register": staticmethod(lambda f: None)}))
+    real_popen = subprocess.Popen
+
+    def failing_server(args, **kwargs):  # a server that prints a traceback and exits while starting
+        script = "import sys; print('Traceback (most recent call last):', file=sys.stderr); sys.exit('no database')"
+        return real_popen([sys.executable, "-c", script], **kwargs)
+
+    monkeypatch.setattr(ts.subprocess, "Popen", failing_server)
+    with pytest.raises(RuntimeError, match=r"exited with status 1 while starting: no database$"):
+        ts.start(timeout_s=30)
+    assert "Traceback" not in "".join(capfd.readouterr())
 
 
 # --- every remote has a deadline --------------------------------------------------------------------------

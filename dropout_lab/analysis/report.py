@@ -62,7 +62,7 @@ def _stack_note(row: dict) -> str:
     return f" ({', '.join(filter(None, notes))})" if any(notes) else ""
 
 
-def _statistics_tables(stats: list[dict]) -> list[str]:
+def statistics_tables(stats: list[dict]) -> list[str]:
     """Per model: means with 95% intervals; per variant: the difference from the baseline and its tests.
     `stats` rows come in report order (statistics_rows)."""
     shown = ("final_test_acc", "generalization_gap")
@@ -134,7 +134,7 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
     ]
     stats = statistics_rows(summary, plan)
     if any(r["n_seeds"] > 1 for r in stats):
-        lines += _statistics_tables(stats)
+        lines += statistics_tables(stats)
     lines += [
         "| model | seed | train acc (eval mode) | train acc (running) | final test acc | best test acc, "
         "test-selected (epoch) "

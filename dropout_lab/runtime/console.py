@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from dropout_lab.runtime.launcher import stopping
+
 CHATTY = ("distributed", "bokeh", "tornado")  # a Dask cluster's INFO lines: dozens per run
 DETAILS = "details"  # a record with `extra={DETAILS: True}` belongs in the run's log, not on the terminal
 
@@ -28,7 +30,12 @@ class WithoutTracebacks(logging.Formatter):
 
 
 def _no_details(record: logging.LogRecord) -> bool:
-    return not getattr(record, DETAILS, False)
+    """Detail records stay off the terminal, and so do the task runs' end states once the run is being
+    stopped: each training's "Failed: stopped by a signal / not started" echoes the stop, which the
+    command's last line states once (the run's log keeps them all)."""
+    if getattr(record, DETAILS, False):
+        return False
+    return not (stopping() and record.name == "prefect.task_runs" and record.levelno >= logging.ERROR)
 
 
 def _terminal_handlers() -> list[logging.Handler]:

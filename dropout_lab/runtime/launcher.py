@@ -34,6 +34,11 @@ _stopping = threading.Event()
 _spares: dict[tuple[int, str], list[subprocess.Popen]] = {}
 
 
+def stopping() -> bool:
+    """The run is being stopped (a signal or a cancel ended its training processes)."""
+    return _stopping.is_set()
+
+
 def stop_all() -> int:
     """Stop every training process of this process (SIGTERM; each has saved its last finished epoch)
     and refuse new ones. Returns how many were running. Safe to call from a signal handler."""

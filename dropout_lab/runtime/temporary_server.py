@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,9 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPORARY_SERVER_ENV = "DROPOUT_LAB_TEMPORARY_SERVER"
 
 _server: tuple[int, subprocess.Popen] | None = None  # (port, process)
+# The server's own output (its error log): in a file, not on the run's terminal, where its shutdown
+# (services cancelled mid-write when it is stopped) would print tracebacks after the run's last line.
+_output = tempfile.TemporaryFile()
 
 
 def app():  # the uvicorn factory the server process runs
@@ -66,8 +70,16 @@ def _spawn() -> tuple[int, subprocess.Popen]:
             f"{__name__}:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
             "--lifespan", "on"]  # fmt: skip
     env = {**os.environ, "PREFECT_UI_ENABLED": "0"}
-    process = subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    process = subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=_die_with_parent,
+                               stdout=_output, stderr=subprocess.STDOUT)  # fmt: skip
     return port, process
+
+
+def _last_output_line() -> str:
+    _output.flush()
+    _output.seek(0)
+    lines = [line.strip() for line in _output.read().decode(errors="replace").splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines else ""
 
 
 def configured() -> bool:
@@ -103,7 +115,8 @@ def start(timeout_s: float) -> str | None:
             _server = _spawn()
             continue
         if process.poll() is not None:
-            raise RuntimeError(f"Prefect's temporary server exited with status {process.returncode} while starting")
+            raise RuntimeError(f"Prefect's temporary server exited with status {process.returncode} while starting"
+                               f"{_last_output_line()}")  # fmt: skip
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 break

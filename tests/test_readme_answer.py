@@ -1,0 +1,101 @@
+"""The README's answer is a real run's, in the report's own words.
+
+The README quotes the verdict and the decision tables of one measured run, between the markers
+`<!-- answer: FOLDER -->` and `<!-- /answer -->`, right after the command that ran it. FOLDER holds that
+run's `summary.parquet` and `statistics.parquet` as the flow wrote them. Here the quote is rebuilt from
+the summary with the current code and the command's own flags: a change of the report's wording or
+statistics that the README does not carry fails, and the message gives the block to paste.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dropout_lab.analysis.report import statistics_tables
+from dropout_lab.analysis.stats import Plan, data_scope, statistics_rows, verdict
+from dropout_lab.cli.compare import build_parser
+from dropout_lab.config import seed_waves
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+MARKER = re.compile(r"<!-- answer: (?P<folder>\S+) -->\n(?P<block>.*?)<!-- /answer -->", re.S)
+
+
+def quoted() -> tuple[str, Path, str]:
+    """(the measured command's flags, the run's folder, the quoted block) from the README."""
+    text = README.read_text()
+    found = MARKER.search(text)
+    assert found, "README.md has no <!-- answer: FOLDER --> ... <!-- /answer --> block"
+    before = text[: found.start()].rsplit("\n\n", 2)[-2:]  # the paragraph(s) just above the block
+    commands = re.findall(r"`python flows/compare\.py ([^`]*)`", "\n".join(before))
+    assert commands, "the README names no `python flows/compare.py ...` command just above its answer"
+    return commands[-1], REPO / found["folder"], found["block"]
+
+
+def plan_of(flags: str, seeds: int) -> Plan:
+    """The plan the flow ran with: looks at the end of each wave of `--seeds auto`, else one look."""
+    args = build_parser().parse_args(shlex.split(flags.replace("<stand-in>", "DIR")))
+    if args.seeds != ["auto"]:
+        return Plan(margin=args.margin / 100)
+    ends, total = [], 0
+    for wave in seed_waves(args.max_seeds):
+        total += len(wave)
+        if total <= seeds:
+            ends.append(total)
+    return Plan(tuple(ends), args.max_seeds, args.margin / 100)
+
+
+def answer_block(summary: list[dict], plan: Plan) -> str:
+    """What the README quotes: the verdict as the report words it, then its tables."""
+    lines = [*(f"- {line}" for line in verdict(summary, plan)), "", *statistics_tables(statistics_rows(summary, plan))]
+    return "\n".join(lines).strip() + "\n"
+
+
+@pytest.fixture(scope="module")
+def measured():
+    flags, folder, block = quoted()
+    summary = pq.read_table(folder / "summary.parquet").to_pylist()
+    return flags, folder, block, summary, plan_of(flags, len({r["seed"] for r in summary}))
+
+
+def test_the_readme_quotes_the_measured_run_in_the_report_s_current_words(measured):
+    _, folder, block, summary, plan = measured
+    expected = answer_block(summary, plan)
+    assert block.strip() + "\n" == expected, (
+        f"README.md's answer no longer says what the report says for {folder.relative_to(REPO)}; "
+        f"paste this between its markers:\n{expected}"
+    )
+
+
+def test_the_quoted_run_is_the_full_recipe_its_command_names(measured):
+    """An answer for CIFAR-10: every image, the recipe's epochs and the rates the command names; the
+    plan rebuilt from the command gives the decisions the flow itself wrote."""
+    flags, folder, _, summary, plan = measured
+    args = build_parser().parse_args(shlex.split(flags.replace("<stand-in>", "DIR")))
+    assert not data_scope(summary)[1], f"{folder}: a reduced run cannot be the README's answer"
+    rates = {r["dropout"] for r in summary if r["dropout"] > 0}
+    assert rates == set(args.dropout)
+    written = pq.read_table(folder / "statistics.parquet").to_pylist()
+    recomputed = statistics_rows(summary, plan)
+    keys = ("decision", "decision_ci_low", "decision_ci_high", "seeds_used", "looks", "margin")
+    for w, r in zip(written, recomputed, strict=True):
+        assert (w["model"], w["metric"]) == (r["model"], r["metric"])
+        for key in keys:
+            a, b = w[key], r[key]
+            assert a == b or (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)) \
+                or (a is None and b is None) or (a != a and b != b), (w["model"], w["metric"], key, a, b)  # fmt: skip
+
+
+def test_a_changed_word_in_the_report_fails_the_readme_check(measured, monkeypatch):
+    """The check above is not vacuous: the same comparison with the verdict's wording changed differs."""
+    _, _, block, summary, plan = measured
+    import dropout_lab.analysis.stats as stats
+
+    monkeypatch.setitem(stats.WORDS, "generalization_gap", ("tightened", "loosened"))
+    assert answer_block(summary, plan) != block.strip() + "\n"
