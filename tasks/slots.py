@@ -46,6 +46,7 @@ def ensure_slots(device: str, size: int) -> str:
 # with -9 would hold its slots there forever (in the SQLite file the next temporary server reuses).
 # Runs on a temporary server therefore limit themselves within their own process, all they share.
 _local_slots: dict[str, threading.BoundedSemaphore] = {}
+WAIT_NOTICE_S = 2.0  # a slot wait this long is announced in the task's log
 
 
 @contextlib.contextmanager
@@ -59,16 +60,22 @@ def device_slot(device: str, size: int, logger) -> Iterator[None]:
 @contextlib.contextmanager
 def _prefect_slot(device: str, size: int, logger) -> Iterator[None]:
     # A lost lease renewal (server hiccup) does not kill a training hours in; a killed run's lease
-    # lapses after a minute (the shortest the server takes). The wait is announced from the limit's own
-    # count, once, before waiting: a timed first attempt would make Prefect log an ERROR for a normal wait.
+    # lapses after a minute (the shortest the server takes). The wait is announced once it has lasted
+    # WAIT_NOTICE_S: reading the limit's count first races with other runs' trainings starting at the
+    # same moment (all read a free slot, then wait), and a timed first attempt would make Prefect log
+    # an ERROR for a normal wait.
     name = ensure_slots(device, size)
-    with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(name)
-    if limit.active_slots >= limit.limit:
-        logger.info("waiting for a slot of %s: all %d are held by trainings on %s (resize it in the UI or with "
-                    "`prefect gcl update %s --limit N`)", name, limit.limit, device, name)  # fmt: skip
-    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False, lease_duration=60):
-        yield
+    notice = threading.Timer(WAIT_NOTICE_S, logger.info, args=(
+        "waiting for a slot of %s: every slot is held by trainings on %s (resize it in the UI or with "
+        "`prefect gcl update %s --limit N`)", name, device, name))  # fmt: skip
+    notice.daemon = True
+    notice.start()
+    try:
+        with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False, lease_duration=60):
+            notice.cancel()
+            yield
+    finally:
+        notice.cancel()
 
 
 @contextlib.contextmanager
