@@ -222,11 +222,16 @@ def append(target: str | Path, runs: list[dict], epochs: list[dict]) -> int:
             raise _refuse(target, "a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _engine(target, read_only=False).begin() as conn:
-            _prepare_for_writing(conn, target)
-            added = _insert(conn, "runs", runs)
-            _insert(conn, "epochs", epochs)
-        return added
+        for attempt in (1, 2):
+            try:
+                with _engine(target, read_only=False).begin() as conn:
+                    _prepare_for_writing(conn, target)
+                    added = _insert(conn, "runs", runs)
+                    _insert(conn, "epochs", epochs)
+                return added
+            except sa.exc.IntegrityError:  # PostgreSQL: another machine created the tables at the same moment
+                if attempt == 2:
+                    raise
     except sa.exc.OperationalError as e:  # unreachable, read-only, disk full, locked past the timeout
         raise HistoryError(f"{shown(target)}: could not record the run ({_reason(e)})") from None
     except sa.exc.SQLAlchemyError as e:  # not a database at all
