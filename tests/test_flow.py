@@ -30,7 +30,12 @@ def run_flow(ws: Path, **overrides):
     assert state.is_completed(), state
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        deadline = time.monotonic() + 30  # the server records task states from events, a moment after the run
+        while True:
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(tr.state is not None for tr in task_runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
