@@ -41,7 +41,7 @@ from dropout_lab.analysis.tables import (  # noqa: E402
     summary_rows,  # noqa: E402
 )
 from dropout_lab.cli.compare import CliError, check_dask, checked_configs, fail, one_line, parse  # noqa: E402
-from dropout_lab.config import PARAMETERS, TrainConfig, help_text, seed_waves  # noqa: E402
+from dropout_lab.config import BASELINE, PARAMETERS, TrainConfig, Variant, help_text, seed_waves, variant_of  # noqa: E402
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
 from dropout_lab.runtime import console, temporary_server  # noqa: E402
@@ -116,9 +116,9 @@ def compare(**params) -> str:
     auto = params["seeds"] == "auto"
     run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, auto)
     parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
-    trained, looks = [], []
+    trained, looks, training = [], [], {variant_of(c) for c in configs}
     for wave in seed_waves(params["max_seeds"]) if auto else [sorted({c.seed for c in configs})]:
-        wave_configs = [c for c in configs if c.seed in wave]
+        wave_configs = [c for c in configs if c.seed in wave and variant_of(c) in training]
         trained += submit_trainings(wave_configs, data, params, opts, cache_dir, parent, out)
         results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
         looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
@@ -126,10 +126,14 @@ def compare(**params) -> str:
             else Plan(margin=params["margin"] / 100)  # fmt: skip
         if auto:
             undecided = open_claims(summary_rows(results, data), plan)
-            print(f"after {looks[-1]} seeds: " + (f"undecided: {'; '.join(undecided)}" if undecided else
-                  "every claim decided"))  # fmt: skip
             if not undecided:
+                print(f"after {looks[-1]} seeds: every claim decided")
                 break
+            # A variant whose claims are all decided trains no more seeds: its repeated intervals would
+            # only narrow, so no later look could change its decision (sequential.py).
+            training = {BASELINE, *undecided}
+            print(f"after {looks[-1]} seeds: undecided: {'; '.join(c for cs in undecided.values() for c in cs)}"
+                  + next_wave_words(training, configs))  # fmt: skip
     report = render_report.with_options(**opts)(trained, data, str(run_dir), plan, return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"], auto)
@@ -139,6 +143,14 @@ def compare(**params) -> str:
     if parent:
         finish_mlflow(out, parent, results, data, folder)
     return folder
+
+
+def next_wave_words(training: set[Variant], configs: list[TrainConfig]) -> str:
+    """What the next waves train, once some variant has stopped (" (next waves: dropout 0.1 and the baseline)")."""
+    if training >= {variant_of(c) for c in configs}:
+        return ""
+    names = [v.words for v in sorted(training, key=Variant.order)]
+    return f" (next waves: {', '.join(names[:-1])} and the {names[-1]})"
 
 
 def submit_trainings(configs: list[TrainConfig], data, params: dict, opts: dict, cache_dir: str, parent, out: str):

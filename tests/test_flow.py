@@ -10,9 +10,11 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
+import flows.compare
 from dropout_lab.analysis import history
 from dropout_lab.analysis.tables import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
-from flows.compare import compare
+from dropout_lab.config import TrainConfig, Variant
+from flows.compare import compare, next_wave_words
 
 EPOCHS = 2
 
@@ -351,3 +353,43 @@ def test_seeds_auto_trains_waves_until_decided_or_the_budget_and_records_the_dec
     assert "seeds added in waves until decided (looks at 5" in md and "of at most 6 seeds" in md
     _, again, _ = run_flow(workspace, **args)  # the same waves, every one cached
     assert all(s == {"Cached"} for n, s in again.items() if n.startswith("train["))
+
+
+def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect_harness, workspace, monkeypatch):
+    """After a look, a variant whose claims are all decided trains no more seeds while the baseline and the
+    undecided variants go on. (The tiny fake runs decide nothing reliably, so the first look's open claims
+    are stood in: only dropout 0.5's test accuracy is open; the second look finds every claim decided.)"""
+    half = Variant((("dropout", 0.5),))
+    looks = []
+
+    def first_look_leaves_dropout_0_5_open(summary, plan):
+        looks.append(plan.looks)
+        return {half: ["dropout 0.5 test accuracy (-1.00 to +2.00 points)"]} if len(plan.looks) == 1 else {}
+
+    monkeypatch.setattr(flows.compare, "open_claims", first_look_leaves_dropout_0_5_open)
+    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, dropout=[0.25, 0.5], seeds="auto",
+                max_seeds=6)  # fmt: skip
+    folder, states, _ = run_flow(workspace, **args)
+    assert looks == [(5,), (5, 6)]
+    trained = {n for n in states if n.startswith("train[")}
+    assert {n for n in trained if "seed=5" in n} == {"train[dropout=0.5, seed=5]", "train[baseline, seed=5]"}
+    assert len(trained) == 17  # 3 x 5 in the first wave, then dropout 0.5 and the baseline
+    seeds = {}
+    for r in pq.read_table(folder / "summary.parquet").to_pylist():
+        seeds.setdefault(r["model"], set()).add(r["seed"])
+    assert seeds == {"dropout=0.25": set(range(5)), "dropout=0.5": set(range(6)), "baseline": set(range(6))}
+    stats = {(r["model"], r["metric"]): r for r in pq.read_table(folder / "statistics.parquet").to_pylist()}
+    assert (stats["dropout=0.25", "final_test_acc"]["seeds_used"], stats["dropout=0.25", "final_test_acc"]["looks"]) \
+        == (5, 1)  # fmt: skip
+    assert (stats["dropout=0.5", "final_test_acc"]["seeds_used"], stats["dropout=0.5", "final_test_acc"]["looks"]) \
+        == (6, 2)  # fmt: skip
+    assert stats["dropout=0.25", "final_test_acc"]["design"] == "paired"
+
+
+def test_the_wave_line_names_what_trains_next_once_a_variant_stopped():
+    configs = [TrainConfig(dropout=p) for p in (0.1, 0.5, 0.0)]
+    assert next_wave_words({Variant((("dropout", 0.1),)), Variant((("dropout", 0.5),)), Variant()}, configs) == ""
+    assert (
+        next_wave_words({Variant((("dropout", 0.1),)), Variant()}, configs)
+        == " (next waves: dropout 0.1 and the baseline)"
+    )

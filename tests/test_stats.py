@@ -18,6 +18,7 @@ from dropout_lab.analysis.stats import (
     holm,
     mean_ci,
     min_detectable,
+    open_claims,
     paired,
     power,
     seeds_needed,
@@ -202,6 +203,39 @@ def test_power_is_a_range_over_the_spread_s_interval_and_contains_the_point_valu
     assert low < point < high
     chi = st.chi2.ppf([0.975, 0.025], 4)
     assert low == pytest.approx(min_detectable(c.sd * math.sqrt(4 / chi[0]), 5, alpha=0.0125))
+
+
+def test_open_claims_name_the_undecided_claims_by_variant_and_leave_decided_variants_out():
+    found = open_claims(sweep(), Plan())
+    assert list(found) == [Variant((("dropout", 0.25),))]  # dropout 0.5: worse and better, both decided
+    assert found[Variant((("dropout", 0.25),))] == ["dropout 0.25 test accuracy (-1.50 to +1.94 points)"]
+
+
+def test_a_variant_that_stopped_early_is_paired_on_its_own_seeds_at_the_looks_it_took_part_in():
+    """Under --seeds auto a variant whose claims are decided trains no more seeds while the baseline and
+    the undecided variants go on: its comparison pairs the seeds it has, and its decision is the one it
+    had when it stopped."""
+    rng = np.random.default_rng(7)
+    acc = 0.71 + 0.006 * rng.standard_normal(10)
+    gap = 0.12 + 0.005 * rng.standard_normal(10)
+    data = rows(0.0, range(10), gap, acc)
+    data += rows(0.25, range(10), gap - 0.03 + 0.005 * rng.standard_normal(10), acc + 0.004 * rng.standard_normal(10))
+    # dropout 0.5: differences large and steady enough to be decided at the first look's wide boundary
+    data += rows(
+        0.5, range(5), gap[:5] - 0.1 + 0.0002 * rng.standard_normal(5), acc[:5] - 0.05 + 0.0002 * rng.standard_normal(5)
+    )
+    half = Variant((("dropout", 0.5),))
+    later = compare_all(data, Plan((5, 10), 20))
+    at_stop = compare_all([r for r in data if r["seed"] < 5], Plan((5,), 20))
+    for metric in ("final_test_acc", "generalization_gap"):
+        c = later[metric][half]
+        assert c.design == "paired" and c.n == 5 and [look.n for look in c.decision.looks] == [5]
+        assert c.decision == at_stop[metric][half].decision and c.decision.decision in ("better", "worse")
+        going = later[metric][Variant((("dropout", 0.25),))]
+        assert going.n == 10 and [look.n for look in going.decision.looks] == [5, 10]
+    rows_ = {(r["dropout"], r["metric"]): r for r in statistics_rows(data, Plan((5, 10), 20))}
+    assert (rows_[0.5, "final_test_acc"]["seeds_used"], rows_[0.5, "final_test_acc"]["looks"]) == (5, 1)
+    assert (rows_[0.25, "final_test_acc"]["seeds_used"], rows_[0.25, "final_test_acc"]["looks"]) == (10, 2)
 
 
 def test_unpaired_seeds_fall_back_to_welch():

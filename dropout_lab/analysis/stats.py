@@ -270,8 +270,8 @@ def compare_all(summary: list[dict], plan: Plan = Plan()) -> dict[str, dict[Vari
         for v in variants:
             runs = {r["seed"]: r[metric] for r in groups[v]}
             w = welch(list(runs.values()), list(base.values()))
-            if base and set(runs) == set(base):
-                seeds = sorted(runs)
+            if base and runs and set(runs) <= set(base):  # paired on the variant's seeds (under `--seeds auto` a
+                seeds = sorted(runs)  # variant stops when its claims are decided; the baseline trains on)
                 pr = paired([runs[s] for s in seeds], [base[s] for s in seeds])
                 partial[metric, v] = ("paired", pr.n, pr.t, pr, w, pr.sd)
             else:  # the seeds do not pair up: Welch; power from the pooled spread
@@ -291,7 +291,7 @@ def compare_all(summary: list[dict], plan: Plan = Plan()) -> dict[str, dict[Vari
         is_paired = design == "paired"
         dec = None
         if metric in DECIDED and is_paired and pr is not None:
-            looks = plan.looks or (n,)
+            looks = tuple(k for k in plan.looks if k <= n) or (n,)  # the looks this variant took part in
             dec = decision(list(pr.diffs), looks, plan.max_seeds or looks[-1], per_claim, plan.margin,
                            DECIDED[metric])  # fmt: skip
         low_sd, high_sd = sd_interval(sd, n)
@@ -306,13 +306,17 @@ def compare_all(summary: list[dict], plan: Plan = Plan()) -> dict[str, dict[Vari
     return out
 
 
-def open_claims(summary: list[dict], plan: Plan) -> list[str]:
-    """The claims not decided yet ("dropout 0.1 test accuracy (-0.8 to +1.2 points)"); empty when every
-    claim is better, worse or equivalent."""
+def open_claims(summary: list[dict], plan: Plan) -> dict[Variant, list[str]]:
+    """The claims not decided yet, by variant ("dropout 0.1 test accuracy (-0.8 to +1.2 points)");
+    a variant whose claims are all better, worse or equivalent is absent, and nothing is when all are."""
     comparisons = compare_all(summary, plan)
-    return [f"{v.words} {METRICS[m][0]} ({_range(m, c.decision.low, c.decision.high)})"
-            for m in DECIDED for v, c in comparisons[m].items()
-            if c.decision is None or c.decision.decision == "undecided"]  # fmt: skip
+    found: dict[Variant, list[str]] = {}
+    for m in DECIDED:
+        for v, c in comparisons[m].items():
+            if c.decision is None or c.decision.decision == "undecided":
+                interval = f" ({_range(m, c.decision.low, c.decision.high)})" if c.decision else ""
+                found.setdefault(v, []).append(f"{v.words} {METRICS[m][0]}{interval}")
+    return found
 
 
 def compare_variants(summary: list[dict], metric: str, plan: Plan = Plan()) -> dict[Variant, Comparison]:
