@@ -127,3 +127,5 @@ def test_sequential_error_simulation_prints_both_procedures_on_every_scenario():
     assert len(rows) == 1 + 3 * 2, proc.stdout  # header, then ours and naive for each scenario
     assert {r[1] for r in rows[1:]} == {"group-sequential (ours)", "naive: 95% CI after each wave"}
     assert "worst false-decision rate of ours" in proc.stdout
+    assert rows[0][5:7] == ["trainings (decided rates stop)", "trainings (every model to the end) |"]
+    assert all(float(r[5]) <= float(r[6].rstrip(" |")) for r in rows[1:])  # stopping decided rates never costs
