@@ -97,7 +97,7 @@ def simulate(sequences: int, seed: int) -> list[dict]:
                 training = {rate for rate, _ in keys}  # as the flow: a rate with every claim decided stops
                 for n in range(WAVE, MAX_SEEDS + 1, WAVE):
                     looks.append(n)
-                    trainings += (n - (looks[-2] if len(looks) > 1 else 0)) * (len(training) + 1)  # + baseline
+                    trainings += WAVE * (len(training) + 1)  # this wave's seeds of each model + baseline
                     claims = procedure(diffs, looks, higher)
                     if "undecided" not in claims:
                         break

@@ -116,7 +116,8 @@ def compare(**params) -> str:
     auto = params["seeds"] == "auto"
     run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, auto)
     parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
-    trained, looks, training = [], [], {variant_of(c) for c in configs}
+    compared = {variant_of(c) for c in configs}
+    trained, looks, training = [], [], compared
     for wave in seed_waves(params["max_seeds"]) if auto else [sorted({c.seed for c in configs})]:
         wave_configs = [c for c in configs if c.seed in wave and variant_of(c) in training]
         trained += submit_trainings(wave_configs, data, params, opts, cache_dir, parent, out)
@@ -133,7 +134,7 @@ def compare(**params) -> str:
             # only narrow, so no later look could change its decision (sequential.py).
             training = {BASELINE, *undecided}
             print(f"after {looks[-1]} seeds: undecided: {'; '.join(c for cs in undecided.values() for c in cs)}"
-                  + next_wave_words(training, configs))  # fmt: skip
+                  + next_wave_words(training, compared))  # fmt: skip
     report = render_report.with_options(**opts)(trained, data, str(run_dir), plan, return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"], auto)
@@ -145,9 +146,9 @@ def compare(**params) -> str:
     return folder
 
 
-def next_wave_words(training: set[Variant], configs: list[TrainConfig]) -> str:
+def next_wave_words(training: set[Variant], compared: set[Variant]) -> str:
     """What the next waves train, once some variant has stopped (" (next waves: dropout 0.1 and the baseline)")."""
-    if training >= {variant_of(c) for c in configs}:
+    if training >= compared:
         return ""
     names = [v.words for v in sorted(training, key=Variant.order)]
     return f" (next waves: {', '.join(names[:-1])} and the {names[-1]})"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect.client.base import PrefectHttpxSyncClient
 
 from dropout_lab.analysis import history
 from tasks.slots import slot_name
@@ -129,7 +130,9 @@ class Server:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
         self.procs: list[subprocess.Popen] = []
-        self.http = httpx.Client(base_url=self.api, timeout=30)
+        # Prefect's own client: it retries what the server marks retryable (503 while SQLite is busy
+        # under load, 429, 502) as every Prefect process does; the tests read the statuses themselves.
+        self.http = PrefectHttpxSyncClient(base_url=self.api, timeout=30, raise_on_all_errors=False)
 
     def spawn(self, args: list[str], log: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:
         out = open(self.root / f"{log}.log", "w")
@@ -214,7 +217,7 @@ def readme(server) -> Readme:
 
 def _healthy(srv: Server) -> bool:
     try:
-        return srv.http.get("/health", timeout=2).status_code == 200
+        return httpx.get(f"{srv.api}/health", timeout=2).status_code == 200  # no retries while it starts
     except httpx.HTTPError:
         return False
 

@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 import flows.compare
 from dropout_lab.analysis import history
 from dropout_lab.analysis.tables import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
-from dropout_lab.config import TrainConfig, Variant
+from dropout_lab.config import Variant
 from flows.compare import compare, next_wave_words
 
 EPOCHS = 2
@@ -387,9 +387,7 @@ def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect
 
 
 def test_the_wave_line_names_what_trains_next_once_a_variant_stopped():
-    configs = [TrainConfig(dropout=p) for p in (0.1, 0.5, 0.0)]
-    assert next_wave_words({Variant((("dropout", 0.1),)), Variant((("dropout", 0.5),)), Variant()}, configs) == ""
-    assert (
-        next_wave_words({Variant((("dropout", 0.1),)), Variant()}, configs)
-        == " (next waves: dropout 0.1 and the baseline)"
-    )
+    low, high, baseline = Variant((("dropout", 0.1),)), Variant((("dropout", 0.5),)), Variant()
+    compared = {low, high, baseline}
+    assert next_wave_words(compared, compared) == ""
+    assert next_wave_words({low, baseline}, compared) == " (next waves: dropout 0.1 and the baseline)"
