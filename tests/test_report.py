@@ -131,6 +131,32 @@ def test_rate_panel_three_rates_are_joined_and_show_every_seed():
     plt.close(fig)
 
 
+def test_waves_panel_keeps_the_last_look_readable_beside_the_wide_first_one():
+    """A first look of a 20-seed plan is tens of points wide, the last about one: both must be readable."""
+    import matplotlib.pyplot as plt
+
+    from dropout_lab.analysis.figures import plot_waves_panel
+    from dropout_lab.analysis.stats import Plan, compare_all
+
+    noise = [0.004, -0.003, 0.006, -0.005, 0.001, 0.002, -0.006, 0.003, -0.001, 0.005]
+    data = summary_for((0.0, 0.25), range(10), lambda p, s: 0.7 + noise[s] * (1 if p else -1) + p / 50)
+    for row in data:
+        row["generalization_gap"] += noise[row["seed"]] / 2 if row["dropout"] else 0.0
+        row["final_train_eval_acc"] = row["final_test_acc"] + row["generalization_gap"]
+        row["final_test_loss"] = 1.0 - row["final_test_acc"]
+    comparisons = compare_all(data, Plan((5, 10), 20, 0.01))
+    fig, ax = plt.subplots()
+    plot_waves_panel(ax, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})
+    fig.canvas.draw()
+    looks = next(iter(comparisons["final_test_acc"].values())).decision.looks
+    assert looks[0].high - looks[0].low > 10 * (looks[-1].high - looks[-1].low)  # the situation this is about
+    to_px = lambda y: ax.transData.transform((0, 100 * y))[1]  # noqa: E731
+    height = ax.bbox.height
+    assert (to_px(looks[-1].high) - to_px(looks[-1].low)) / height > 0.1  # last look: >10% of the panel
+    assert ax.get_ylim()[0] <= 100 * looks[0].low and ax.get_ylim()[1] >= 100 * looks[0].high  # first: all shown
+    plt.close(fig)
+
+
 def test_accuracy_bands_are_clipped_to_possible_values():
     import matplotlib.pyplot as plt
 
