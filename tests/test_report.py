@@ -52,6 +52,20 @@ def test_write_report_produces_every_file_with_its_schema(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]  # no temp folder left behind
 
 
+def test_a_training_restored_from_its_checkpoints_reports_its_epochs_time_not_the_restore_s(tmp_path):
+    """Rerun where the trainings' checkpoints are complete: the process takes seconds, the training took
+    its epochs' time; the per-seed table and the one-seed cost estimate use the latter."""
+    import dataclasses
+
+    trained, *rest = fake_results()  # 3 epochs of 10 s each, 60 s of process time
+    restored = [dataclasses.replace(t, train_seconds=2.0, resumed_from=3) for t in trained]
+    run_dir, markdown = write_report(tmp_path / "run", restored, *rest)
+    rows = pq.read_table(run_dir / "summary.parquet").to_pylist()
+    assert [(r["train_seconds"], r["epochs_seconds"], r["resumed_from_epoch"]) for r in rows] == [(2.0, 30.0, 3)] * 2
+    assert markdown.count("| 30 s | cpu |") == 2
+    assert "this run's training took 0.5 min" in markdown
+
+
 def test_rewriting_a_report_replaces_it_whole(tmp_path):
     write_report(tmp_path / "run", *fake_results())
     (tmp_path / "run" / "stale.txt").write_text("from an older run")

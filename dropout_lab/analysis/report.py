@@ -150,7 +150,7 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         lines.append(
             f"| {s['model']} | {s['seed']} | {_pct(s['final_train_eval_acc'])} | {_pct(s['final_train_running_acc'])} "
             f"| {_pct(s['final_test_acc'])} | {_pct(s['best_test_acc'])} ({s['best_epoch']}) | {val}"
-            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s['train_seconds']:.0f} s | "
+            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s['epochs_seconds']:.0f} s | "
             f"{s['device']}{_stack_note(s)} |"
         )
     if comparison_png is not None and comparison_png.is_file():

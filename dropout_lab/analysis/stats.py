@@ -486,8 +486,9 @@ def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
 
 def answer_cost(summary: list[dict], waves: tuple[int, int] = (5, 20)) -> str:
     """For a one-seed run: the command that answers, and its cost from this run's measured training
-    time (the trainings of a wave run as this run's did, so a wave of k seeds takes about k times)."""
-    wall = max(r["train_seconds"] for r in summary) / 60
+    time (the trainings of a wave run as this run's did, so a wave of k seeds takes about k times). The
+    epochs' own time, not the process's: a training restored from its checkpoints took seconds."""
+    wall = max(r["epochs_seconds"] for r in summary) / 60
     low, high = waves[0] * wall, waves[1] * wall
     return (f"One seed per model cannot answer the question. For an answer: `python flows/compare.py --seeds auto` "
             f"trains {waves[0]} to {waves[1]} seeds per model until every claim is decided, about "

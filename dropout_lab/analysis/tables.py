@@ -84,7 +84,19 @@ SUMMARY_SCHEMA = pa.schema(
         field("epochs", pa.int64()),
         field("batch_size", pa.int64()),
         field("lr", pa.float64()),
-        field("train_seconds", pa.float64(), SECONDS),
+        field(
+            "train_seconds",
+            pa.float64(),
+            SECONDS,
+            "this training process's wall time (a resumed training's covers only the epochs it ran)",
+        ),
+        field(
+            "epochs_seconds",
+            pa.float64(),
+            SECONDS,
+            "every epoch's own time, summed over the history: the "
+            "training's cost, also when epochs were restored from a checkpoint",
+        ),
         field("resumed_from_epoch", pa.int64()),
         field("started_at", UTC_TS),
         field("finished_at", UTC_TS),
@@ -232,6 +244,7 @@ def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
                 "batch_size": r.config.batch_size,
                 "lr": r.config.lr,
                 "train_seconds": r.train_seconds,
+                "epochs_seconds": sum(h["epoch_seconds"] for h in r.history),
                 "resumed_from_epoch": r.resumed_from,
                 "started_at": datetime.fromisoformat(r.started_at),
                 "finished_at": datetime.fromisoformat(r.finished_at),
