@@ -66,6 +66,16 @@ def test_a_training_restored_from_its_checkpoints_reports_its_epochs_time_not_th
     assert "this run's training took 0.5 min" in markdown
 
 
+def test_the_figure_title_counts_seeds_per_model_when_a_decided_variant_stopped():
+    from dropout_lab.analysis.report import report_title
+
+    trained, info, *_ = fake_results(seeds=(0, 1, 2))
+    assert ", 3 seeds (mean, 95% bands)," in report_title(trained, info)
+    stopped = [t for t in trained if not (t.config.dropout and t.config.seed == 2)]  # --seeds auto: 0.25 decided
+    assert ", 2–3 seeds per model (n in the legends) (mean, 95% bands)," in report_title(stopped, info)
+    assert ", seed 0," in report_title(fake_results()[0], info)
+
+
 def test_rewriting_a_report_replaces_it_whole(tmp_path):
     write_report(tmp_path / "run", *fake_results())
     (tmp_path / "run" / "stale.txt").write_text("from an older run")

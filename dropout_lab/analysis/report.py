@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,10 @@ def report_title(results: list[TrainResult], data: DataInfo) -> str:
     cfg, r = results[0].config, results[0]
     devices = ", ".join(sorted({r.config.device for r in results}))
     seeds = sorted({r.config.seed for r in results})
-    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds (mean, 95% bands)"
+    per_model = Counter(variant_of(r.config) for r in results).values()  # --seeds auto: decided variants stop
+    fewest, most = min(per_model), max(per_model)
+    counted = f"{most} seeds" if fewest == most else f"{fewest}–{most} seeds per model (n in the legends)"
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{counted} (mean, 95% bands)"
     return (
         f"Dropout vs baseline — {data.provenance}\n"
         f"{r.n_train:,} train images ({r.n_train_eval:,} re-evaluated for the gap) / {r.n_test:,} test images, "
