@@ -20,6 +20,23 @@ from pydantic import Field, TypeAdapter, ValidationError
 # Seeds feed torch/numpy generators and int64 Parquet columns: 2^32 - 1 fits all of them.
 SEED_MAX = 2**32 - 1
 
+
+@dataclass(frozen=True)
+class NotInResult:
+    """Marks a flow parameter that changes no number of a report (where things go, how they run), with
+    the reason. Every other parameter is part of the report folder's key (naming.run_folder_name), and
+    tests/test_integrity.py walks every parameter to hold both to it."""
+
+    why: str
+
+
+def value_text(value: float) -> str:
+    """A setting's value as names show it: the shortest text that reads back as this very float
+    (0.25, 0.1000001, 1e-05), so two values never print alike; a whole number without '.0'."""
+    text = repr(float(value))
+    return text.removesuffix(".0")
+
+
 Epochs = Annotated[int, Field(ge=1, le=1000, description="training epochs")]
 BatchSize = Annotated[int, Field(ge=1, le=65536, description="training batch size")]
 LearningRate = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False, description="Adam learning rate")]
@@ -53,6 +70,10 @@ Device = Annotated[
     str, Field(min_length=1, max_length=16, description="auto | cpu | cuda | cuda:N (auto: one GPU per model "
                "if present, else CPU)"),
 ]  # fmt: skip
+HOW_NOT_WHAT = (
+    "how variants train, not what: stacked and graphed steps compute each Net's own maths (tests/"
+    "test_stacked.py, tests/test_graphs.py) and share one checkpoint folder per variant"
+)
 Precision = Annotated[
     Literal["fp32", "bf16", "fp16"], Field(description="fp32 | bf16 | fp16 (bf16/fp16 autocast on CUDA only)")
 ]
@@ -61,11 +82,13 @@ Stack = Annotated[
     Literal["auto", "on", "off"],
     Field(description="how variants sharing a device train: auto (the fastest measured plan) | on (one stacked "
           "computation) | off (one process each)"),
+    NotInResult(HOW_NOT_WHAT),
 ]  # fmt: skip
 CudaGraphs = Annotated[
     Literal["auto", "on", "off"],
     Field(description="replay each training step and evaluation as a CUDA graph: auto (on CUDA) | on | off; a "
           "capture that fails trains eagerly"),
+    NotInResult(HOW_NOT_WHAT),
 ]  # fmt: skip
 GRAPH_MODES = get_args(get_args(CudaGraphs)[0])  # as declared
 
@@ -100,27 +123,36 @@ ValImages = Annotated[
     Field(ge=0, le=25_000, description="training images held out (a fixed class-balanced subset, not trained on) "
           "to choose the best epoch honestly: the report's val-selected test accuracy (0 = none)"),
 ]  # fmt: skip
+# Each dataset's (training, test) images: what --limit-train, --limit-test and --val-images can take from.
+DATASET_IMAGES = {"cifar10": (50_000, 10_000), "fake": (2_000, 500)}
 Dataset = Annotated[
     Literal["cifar10", "fake"],
     Field(description="cifar10 | fake (fake: generated images, offline smoke run, accuracies meaningless)"),
 ]
-Refresh = Annotated[bool, Field(description="ignore cached results and recompute every task")]
+Refresh = Annotated[
+    bool, Field(description="ignore cached results and recompute every task"),
+    NotInResult("recomputes the very results a cached run would use"),
+]  # fmt: skip
 Mlflow = Annotated[
     bool, Field(description="also log each trained model to MLflow (needs the mlflow extra): to "
-                "MLFLOW_TRACKING_URI if set, else to OUT/mlflow.db")
+                "MLFLOW_TRACKING_URI if set, else to OUT/mlflow.db"),
+    NotInResult("logs the results to MLflow as well"),
 ]  # fmt: skip
 Folder = Annotated[str, Field(min_length=1, max_length=4096)]
 DataDir = Annotated[
     Folder, Field(description="where CIFAR-10 lives or is downloaded to (reuses cifar-10-batches-py/ or the "
-                  ".tar.gz); in a deployment run, a sub-folder of the worker's data root")
+                  ".tar.gz); in a deployment run, a sub-folder of the worker's data root"),
+    NotInResult("where the data is found: the data itself is keyed by its files' measured checksums"),
 ]  # fmt: skip
 OutDir = Annotated[
     Folder, Field(description="parent folder of the per-run report folders; in a deployment run, a sub-folder "
-                  "of the worker's output root")
+                  "of the worker's output root"),
+    NotInResult("where the report folders go"),
 ]  # fmt: skip
 CacheDir = Annotated[
     Folder, Field(description="folder for cached task results and checkpoints; in a deployment run, a "
-                  "sub-folder of the worker's cache root")
+                  "sub-folder of the worker's cache root"),
+    NotInResult("where cached results and checkpoints are kept; each is keyed by what it holds"),
 ]  # fmt: skip
 
 
@@ -204,17 +236,18 @@ class Variant:
     @property
     def name(self) -> str:
         """`baseline`, `dropout=0.25`: the `model` column and the task-run names."""
-        return ", ".join(f"{field}={value:g}" for field, value in self.settings) or "baseline"
+        return ", ".join(f"{field}={value_text(value)}" for field, value in self.settings) or "baseline"
 
     @property
     def words(self) -> str:
         """`baseline`, `dropout 0.25`: verdicts and legends."""
-        return " and ".join(f"{SETTING[field].words} {value:g}" for field, value in self.settings) or "baseline"
+        words = [f"{SETTING[field].words} {value_text(value)}" for field, value in self.settings]
+        return " and ".join(words) or "baseline"
 
     @property
     def short(self) -> str:
         """`p0.25`: experiment and flow-run names."""
-        return "-".join(f"{SETTING[field].short}{value:g}" for field, value in self.settings) or "baseline"
+        return "-".join(f"{SETTING[field].short}{value_text(value)}" for field, value in self.settings) or "baseline"
 
     def columns(self) -> dict:
         """The variant's columns in every table: its name, whether it is the baseline, each setting's value."""
@@ -276,6 +309,33 @@ def configure(base: TrainConfig, variant: Variant, **changes: Any) -> TrainConfi
 def seed_waves(max_seeds: int) -> list[list[int]]:
     """--seeds auto: seeds 0, 1, 2, ... in waves of WAVE, the last one cut at max_seeds."""
     return [list(range(start, min(start + WAVE, max_seeds))) for start in range(0, max_seeds, WAVE)]
+
+
+@dataclass(frozen=True)
+class Design:
+    """The statistical design the decisions follow: `looks` = seeds available at each look (empty: one
+    look at all seeds, i.e. seeds fixed in advance), `max_seeds` = the planned maximum (0: the seeds
+    there are), and the equivalence margin as a fraction."""
+
+    looks: tuple[int, ...] = ()
+    max_seeds: int = 0
+    margin: float = 0.01
+
+    @property
+    def sequential(self) -> bool:
+        """Seeds added in waves until decided (`--seeds auto`), rather than fixed in advance."""
+        return self.max_seeds > 0
+
+    def key(self) -> tuple:
+        """What of the design changes a report's numbers, known before any look: how seeds come (and
+        their budget) and the margin. The looks are where the run stopped, decided by the data."""
+        return ("waves", self.max_seeds, self.margin) if self.sequential else ("fixed", self.margin)
+
+
+def design_of(params: Mapping) -> Design:
+    """The design a run's parameters ask for, before any look (its looks are added as they happen)."""
+    auto = params["seeds"] == "auto"
+    return Design((), params["max_seeds"] if auto else 0, params["margin"] / 100)
 
 
 # --- the flow's parameters -------------------------------------------------------------------------

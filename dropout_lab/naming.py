@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-from dropout_lab.config import SETTINGS, TrainConfig, compared_variants, variant_of
+from dropout_lab.config import SETTINGS, Design, TrainConfig, compared_variants, value_text, variant_of
 from dropout_lab.keys import train_key
 
 MAX_EXPERIMENT = 120  # characters: a report folder's name adds 11 and must stay under 255 bytes
@@ -27,7 +27,7 @@ def seed_list(seeds: list[int]) -> str:
 
 def _compared(values_of) -> list[str]:
     """`p0.25`, `p0.1+0.5`, `p0.25-wd0.0005`: each compared setting with its values (`p0`: none)."""
-    parts = [f"{s.short}{'+'.join(f'{v:g}' for v in values)}" for s in SETTINGS if (values := values_of(s))]
+    parts = [f"{s.short}{'+'.join(map(value_text, values))}" for s in SETTINGS if (values := values_of(s))]
     return parts or [f"{SETTINGS[0].short}0"]
 
 
@@ -55,12 +55,15 @@ def experiment_name(configs: list[TrainConfig], dataset: str, auto: bool = False
     return name
 
 
-def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str, auto: bool = False) -> str:
-    """Deterministic per experiment, data and code: the same inputs reuse (and overwrite) one folder;
-    different parameters never share one, even when started at the same time."""
-    keys = "".join(train_key(c, data_fingerprint) for c in configs) + ("auto" if auto else "")
-    digest = hashlib.sha256(keys.encode()).hexdigest()
-    return f"{experiment_name(configs, dataset, auto)}-{digest[:10]}"
+def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: str, design: Design) -> str:
+    """Deterministic per experiment: every input that changes a number in the report (each model's
+    config, the data and the training code through `train_key`, the dataset, and the design: how seeds
+    come and the margin). The same inputs reuse (and overwrite) one folder; different ones never share
+    one, even when started at the same time. (The parameters that change no number are declared so:
+    config.NotInResult.)"""
+    keys = [train_key(c, data_fingerprint) for c in configs]
+    digest = hashlib.sha256(repr((keys, dataset, design.key())).encode()).hexdigest()
+    return f"{experiment_name(configs, dataset, design.sequential)}-{digest[:10]}"
 
 
 def flow_run_label(params: Mapping) -> str:
@@ -71,7 +74,7 @@ def flow_run_label(params: Mapping) -> str:
     for s in SETTINGS:
         values = [value for v in variants for field, value in v.settings if field == s.field]
         if values or s is SETTINGS[0]:
-            parts.append(f"{s.short}={','.join(f'{v:g}' for v in values) or '0'}")
+            parts.append(f"{s.short}={','.join(map(value_text, values)) or '0'}")
     extra = [params["dataset"]] if params["dataset"] != "cifar10" else []
     extra += [f"{k.split('_')[1]}{params[k]}" for k in ("limit_train", "limit_test") if params[k]]
     seeds = params["seeds"]

@@ -10,6 +10,10 @@ from dropout_lab.config import TrainConfig
 
 @dataclass(frozen=True)
 class TrainResult:
+    """One trained model. Everything the report takes from it is its config (its identity) or its
+    history, which its final checkpoint holds (checked before a cached result is used); the rest says
+    when and with how many threads it ran."""
+
     config: TrainConfig
     checkpoint: str  # final epoch checkpoint file
     weights_sha256: str  # of that file: evaluation's cache key follows the actual weights
@@ -19,20 +23,41 @@ class TrainResult:
     finished_at: str
     train_seconds: float  # wall time of the training process
     threads: int  # torch intra-op threads it used (CPU)
-    n_train: int  # images it trained on
-    n_train_eval: int  # training images evaluated in eval mode each epoch (the gap's train side)
-    n_test: int  # test images it was evaluated on each epoch
     resumed_from: int = 0  # epochs restored from a checkpoint instead of trained
-    stacked_with: int = 1  # variants trained in the same batched computation (core/stacked.py); 1 = alone
-    trained_as: str = "alone"  # alone | stacked
-    cuda_graphs: bool = False  # its steps were replayed as CUDA graphs (core/graphs.py)
+
+    @property
+    def final(self) -> dict:
+        """The last epoch's record: the final evaluation, the images it used, how it trained."""
+        return self.history[-1]
+
+    @property
+    def n_train(self) -> int:  # images it trained on
+        return self.final["n_train"]
+
+    @property
+    def n_train_eval(self) -> int:  # training images evaluated in eval mode each epoch (the gap's train side)
+        return self.final["n_train_eval"]
+
+    @property
+    def n_test(self) -> int:  # test images it was evaluated on each epoch
+        return self.final["n_test"]
+
+    @property
+    def stacked_with(self) -> int:  # variants its last epoch trained with as one computation; 1 = alone
+        return self.final.get("stacked_with", 1)
+
+    @property
+    def trained_as(self) -> str:  # alone | stacked
+        return "alone" if self.stacked_with == 1 else "stacked"
+
+    @property
+    def cuda_graphs(self) -> bool:  # its last epoch's steps were replayed as CUDA graphs (core/graphs.py)
+        return bool(self.final.get("cuda_graphs"))
 
 
-def results_of(
-    cfgs: list[TrainConfig], start: dict, results: list[dict], threads: int, resumed_from: list, graphed: list[bool]
-) -> list[TrainResult]:
-    """One TrainResult per variant of a training process: its `start` event, its per-variant results,
-    the epoch each variant resumed from (None: nothing was left to train) and whether it was graphed."""
+def results_of(cfgs: list[TrainConfig], results: list[dict], threads: int, resumed_from: list) -> list[TrainResult]:
+    """One TrainResult per variant of a training process: its per-variant results and the epoch each
+    variant resumed from (None: nothing was left to train)."""
     return [
         TrainResult(
             config=cfg,
@@ -44,15 +69,9 @@ def results_of(
             finished_at=r["finished_at"],
             train_seconds=r["wall_seconds"],
             threads=threads,
-            n_train=start["n_train"],
-            n_train_eval=start["n_train_eval"],
-            n_test=start["n_test"],
             resumed_from=cfg.epochs if resumed is None else resumed,
-            stacked_with=len(cfgs),
-            trained_as="alone" if len(cfgs) == 1 else "stacked",
-            cuda_graphs=was_graphed,
         )
-        for cfg, r, resumed, was_graphed in zip(cfgs, results, resumed_from, graphed, strict=True)
+        for cfg, r, resumed in zip(cfgs, results, resumed_from, strict=True)
     ]
 
 

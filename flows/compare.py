@@ -33,7 +33,7 @@ from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
 from dropout_lab.analysis.report import report_order  # noqa: E402
-from dropout_lab.analysis.stats import Plan, open_claims  # noqa: E402
+from dropout_lab.analysis.stats import open_claims  # noqa: E402
 from dropout_lab.analysis.tables import (  # noqa: E402
     HISTORY_SCHEMA,
     display_rows,
@@ -41,7 +41,16 @@ from dropout_lab.analysis.tables import (  # noqa: E402
     summary_rows,  # noqa: E402
 )
 from dropout_lab.cli.compare import CliError, check_dask, checked_configs, fail, one_line, parse  # noqa: E402
-from dropout_lab.config import BASELINE, PARAMETERS, TrainConfig, Variant, help_text, seed_waves, variant_of  # noqa: E402
+from dropout_lab.config import (  # noqa: E402
+    BASELINE,
+    PARAMETERS,
+    TrainConfig,
+    Variant,
+    design_of,
+    help_text,
+    seed_waves,
+    variant_of,
+)
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
 from dropout_lab.runtime import console, temporary_server  # noqa: E402
@@ -113,8 +122,9 @@ def compare(**params) -> str:
     opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
 
     data = fetch_cifar10.with_options(**opts)(data_dir, params["dataset"], os.environ.get(MIRROR_ENV, CIFAR10_URL))
-    auto = params["seeds"] == "auto"
-    run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, auto)
+    planned = design_of(params)
+    auto = planned.sequential
+    run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, planned)
     parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
     compared = {variant_of(c) for c in configs}
     trained, looks, training = [], [], compared
@@ -123,10 +133,9 @@ def compare(**params) -> str:
         trained += submit_trainings(wave_configs, data, params, opts, cache_dir, parent, out)
         results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
         looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
-        plan = Plan(tuple(looks), params["max_seeds"], params["margin"] / 100) if auto \
-            else Plan(margin=params["margin"] / 100)  # fmt: skip
+        design = dataclasses.replace(planned, looks=tuple(looks)) if auto else planned
         if auto:
-            undecided = open_claims(summary_rows(results, data), plan)
+            undecided = open_claims(summary_rows(results, data), design)
             if not undecided:
                 print(f"after {looks[-1]} seeds: every claim decided")
                 break
@@ -135,7 +144,7 @@ def compare(**params) -> str:
             training = {BASELINE, *undecided}
             print(f"after {looks[-1]} seeds: undecided: {'; '.join(c for cs in undecided.values() for c in cs)}"
                   + next_wave_words(training, compared))  # fmt: skip
-    report = render_report.with_options(**opts)(trained, data, str(run_dir), plan, return_state=True)
+    report = render_report.with_options(**opts)(trained, data, str(run_dir), design, return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"], auto)
     publish_report(markdown, display_rows(history_rows(results, data), HISTORY_SCHEMA), experiment,

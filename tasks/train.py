@@ -13,7 +13,7 @@ from dropout_lab.analysis import tracking
 from dropout_lab.analysis.tables import summary_rows
 from dropout_lab.config import TrainConfig, variant_of
 from dropout_lab.core.data import DataInfo
-from dropout_lab.keys import TRAIN_CODE, train_key
+from dropout_lab.keys import TRAIN_CODE, code_hash, train_key
 from dropout_lab.naming import group_label, slug
 from dropout_lab.results import TrainResult, results_of
 from dropout_lab.runtime.console import DETAILS
@@ -31,18 +31,22 @@ def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
 
 
 def training_problem(results: list[TrainResult], p: dict) -> str | None:
-    """Why cached training results cannot stand for these variants (None: they can): each must be its
-    own variant's, and its checkpoint file, hash and metrics must be what its checkpoint folder holds."""
-    from dropout_lab.core.checkpoint import claim_problem  # torch: only when a cached result is checked
+    """Why cached training results cannot stand for these variants (None: they can): each must be its own
+    variant's, built on its final checkpoint of this very identity (config, data, code), with the
+    numbers its weights measure (dropout_lab/core/verify.py)."""
+    from dropout_lab.core.checkpoint import identity  # torch: only when a cached result is checked
+    from dropout_lab.core.verify import cached_result_problem
 
-    cfgs = p["cfgs"]
+    cfgs, data = p["cfgs"], p["data"]
     if len(results) != len(cfgs):
         return f"{len(results)} results for {len(cfgs)} variants"
+    provenance = {"dataset": data.dataset, "data_fingerprint": data.fingerprint, "code": code_hash(TRAIN_CODE)}
     for r, cfg in zip(results, cfgs, strict=True):
         if r.config != cfg:
             return f"a result for {r.config.run_name}, not {cfg.run_name}"
-        problem = claim_problem(r.checkpoint, r.weights_sha256, checkpoint_dir(p["cache_dir"], cfg, p["data"]),
-                                cfg.to_dict(), r.history)  # fmt: skip
+        problem = cached_result_problem(r.checkpoint, r.weights_sha256, r.history,
+                                        checkpoint_dir(p["cache_dir"], cfg, data), identity(cfg.to_dict(), provenance),
+                                        data.root, cfg)  # fmt: skip
         if problem:
             return f"{cfg.run_name}: {problem}"
     return None
@@ -130,13 +134,13 @@ def train(
     live = LiveMlflow(out, mlflow_parent, cfgs, logger)
     label = group_label(cfgs)
     folders = [checkpoint_dir(cache_dir, c, data) for c in cfgs]
-    job = worker_job(cfgs, data.root, folders, threads, cuda_graphs, fresh=fresh,
+    job = worker_job(cfgs, data, folders, threads, cuda_graphs, fresh=fresh,
                      attempt=current_task_run.run_count or 1)  # fmt: skip
     names = [c.run_name for c in cfgs]
     progress = [create_progress_artifact(0.0, key=f"train-progress-{slug(name)}", description=f"train[{name}]")
                 for name in names]  # fmt: skip
     events: dict[str, dict] = {}  # the worker's start and done events
-    resumed_from, graphed = [None] * len(cfgs), [False] * len(cfgs)
+    resumed_from = [None] * len(cfgs)
     try:
         with device_slot(cfgs[0].device, slots, logger):
             for event in run_worker(job):
@@ -155,7 +159,6 @@ def train(
                     i, epoch = event["variant"], event["epoch"]
                     if resumed_from[i] is None:
                         resumed_from[i] = event["resumed_from"]
-                    graphed[i] = event.get("cuda_graphs", False)
                     if event["resumed_from"] and epoch == event["resumed_from"] + 1:
                         logger.info("train[%s] resumed after epoch %d from its checkpoint", names[i], epoch - 1)
                     logger.info(format_epoch(names[i], cfgs[i].epochs, event))
@@ -187,6 +190,6 @@ def train(
         update_progress_artifact(artifact, 100.0)
     if "done" not in events or "start" not in events:
         raise TrainingFailed(f"train[{label}]: worker ended without a result", "crash")
-    results = results_of(cfgs, events["start"], events["done"]["results"], threads, resumed_from, graphed)
+    results = results_of(cfgs, events["done"]["results"], threads, resumed_from)
     live.end(results, data)
     return results

@@ -17,6 +17,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("DROPOUT_LAB_FAIL_AT_EPOCH", None)
+# The checkpoints this session's runs measured (dropout_lab/core/verify.py): not the user's own list.
+os.environ["DROPOUT_LAB_MEASURED"] = str(_SESSION_DIR / "measured.txt")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: torch in each takes one
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

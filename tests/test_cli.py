@@ -177,10 +177,10 @@ def test_serve_turns_flow_flags_into_deployment_parameters():
 
 
 def test_report_folder_names_say_when_only_part_of_the_data_was_used():
-    from dropout_lab.config import TrainConfig
+    from dropout_lab.config import Design, TrainConfig
 
     full = [TrainConfig(dropout=0.25), TrainConfig(dropout=0.0)]
     small = [TrainConfig(dropout=0.25, limit_train=2000, limit_test=500), TrainConfig(dropout=0.0, limit_train=2000,
              limit_test=500)]  # fmt: skip
-    assert run_folder_name(full, "cifar10", "f").startswith("cifar10-p0.25-s0-e8-")
-    assert run_folder_name(small, "cifar10", "f").startswith("cifar10-train2000-test500-p0.25-s0-e8-")
+    assert run_folder_name(full, "cifar10", "f", Design()).startswith("cifar10-p0.25-s0-e8-")
+    assert run_folder_name(small, "cifar10", "f", Design()).startswith("cifar10-train2000-test500-p0.25-s0-e8-")

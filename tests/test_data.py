@@ -122,9 +122,9 @@ def test_fingerprint_follows_content(cifar_copy, tmp_path, tiny_cifar):
     write_cifar_folder_seed2 = data.write_cifar_folder(other, 320, 160, seed=2)
     assert write_cifar_folder_seed2.is_dir()
     assert data.describe_folder(other / "cifar-10-batches-py").fingerprint != a.fingerprint
-    assert data.still_on_disk(a)
+    assert data.data_problem(a, cifar_copy, "cifar10") is None
     shutil.rmtree(cifar_copy / "cifar-10-batches-py")
-    assert not data.still_on_disk(a)
+    assert "gone" in data.data_problem(a, cifar_copy, "cifar10")
 
 
 def _tar_with(members: dict[str, bytes], links: dict[str, str] = ()) -> bytes:

@@ -362,9 +362,9 @@ def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect
     half = Variant((("dropout", 0.5),))
     looks = []
 
-    def first_look_leaves_dropout_0_5_open(summary, plan):
-        looks.append(plan.looks)
-        return {half: ["dropout 0.5 test accuracy (-1.00 to +2.00 points)"]} if len(plan.looks) == 1 else {}
+    def first_look_leaves_dropout_0_5_open(summary, design):
+        looks.append(design.looks)
+        return {half: ["dropout 0.5 test accuracy (-1.00 to +2.00 points)"]} if len(design.looks) == 1 else {}
 
     monkeypatch.setattr(flows.compare, "open_claims", first_look_leaves_dropout_0_5_open)
     args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, dropout=[0.25, 0.5], seeds="auto",

@@ -92,14 +92,14 @@ def test_summary_gap_uses_eval_mode_train_accuracy_and_final_is_the_last_epoch()
     history = [
         {"epoch": e, "train_running_loss": 1.0, "train_running_acc": run, "train_eval_loss": 0.8,
          "train_eval_acc": ev, "test_loss": 0.9, "test_acc": test, "epoch_seconds": 1.0,
-         "test_confusion": [[0] * 10 for _ in range(10)]}
+         "test_confusion": [[0] * 10 for _ in range(10)], "n_train": 1000, "n_train_eval": 1000, "n_test": 200}
         for e, (run, ev, test) in enumerate([(0.50, 0.60, 0.58), (0.55, 0.70, 0.66), (0.57, 0.75, 0.64)], start=1)
     ]  # fmt: skip
     result = TrainResult(TrainConfig(dropout=0.25, epochs=3), "/x.pt", "0" * 64, history, 1, "2026-01-01T00:00:00",
-                         "2026-01-01T00:01:00", 60.0, 1, 1000, 1000, 200)  # fmt: skip
+                         "2026-01-01T00:01:00", 60.0, 1)  # fmt: skip
     from dropout_lab.core.data import DataInfo
 
-    (row,) = summary_rows([result], DataInfo("/d", "cifar10", True, "CIFAR-10", "f", "x"))
+    (row,) = summary_rows([result], DataInfo("/d", "cifar10", True, "CIFAR-10", "f"))
     assert row["generalization_gap"] == pytest.approx(0.75 - 0.64)  # not running 0.57 - 0.64 < 0
     assert row["final_train_running_acc"] == 0.57 and row["final_train_eval_acc"] == 0.75
     assert (row["final_test_acc"], row["best_test_acc"], row["best_epoch"]) == (0.64, 0.66, 2)

@@ -24,9 +24,10 @@ from dropout_lab.analysis.tables import summary_rows
 from dropout_lab.cli.compare import one_line
 from dropout_lab.config import TrainConfig
 from dropout_lab.core import data
+from dropout_lab.core.data import describe_folder
 from dropout_lab.results import CachedError, TrainResult, from_jsonable
 from dropout_lab.runtime import locks
-from dropout_lab.runtime.launcher import TrainingFailed, run_worker
+from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
 from dropout_lab.runtime.locks import held, remove_dead_leftovers
 from dropout_lab.runtime.preflight import confine
 from dropout_lab.runtime.redact import redact
@@ -104,7 +105,7 @@ def test_records_not_written_by_our_serializer_are_refused_unread(record):
 
 
 def test_safe_json_rebuilds_only_known_result_types():
-    result = TrainResult(TrainConfig(), "c.pt", "ab", [{"epoch": 1, "test_acc": 0.5}], 10, "t0", "t1", 1.0, 1, 5, 5, 5)
+    result = TrainResult(TrainConfig(), "c.pt", "ab", [{"epoch": 1, "test_acc": 0.5}], 10, "t0", "t1", 1.0, 1, 0)
     blob = SafeJSONSerializer().dumps((result, [1, 2.5, None], {"k": "v"}))
     assert SafeJSONSerializer().loads(blob) == (result, [1, 2.5, None], {"k": "v"})
     assert isinstance(SafeJSONSerializer().loads(SafeJSONSerializer().dumps(OSError("disk"))), CachedError)
@@ -311,8 +312,7 @@ def test_worker_warnings_reach_the_task_and_the_stderr_tail_is_kept_apart(tiny_c
     (folder / "epoch-0001.pt").write_bytes(b"not a checkpoint")
     (folder / f".epoch-0001.pt.{dead_pid()}.tmp").write_bytes(b"torn")
     cfg = TrainConfig(epochs=1, limit_train=64, limit_test=32, train_eval_images=32)
-    job = {"configs": [cfg.to_dict()], "data_root": str(tiny_cifar / "cifar-10-batches-py"),
-           "checkpoint_dirs": [str(folder)], "threads": 1}  # fmt: skip
+    job = worker_job([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [folder], 1, "auto")
     events = list(run_worker(job))
     logs = [e["message"] for e in events if e["event"] == "log"]
     assert any("set aside" in m for m in logs) and any("leftover" in m for m in logs), logs

@@ -3,15 +3,16 @@
 import pytest
 
 from dropout_lab.config import TrainConfig
+from dropout_lab.core.data import describe_folder
 from dropout_lab.runtime import launcher
-from dropout_lab.runtime.launcher import discard_spares, prestart, run_worker
+from dropout_lab.runtime.launcher import discard_spares, prestart, run_worker, worker_job
 
 
 @pytest.fixture
 def job(tiny_cifar, tmp_path):
     cfg = TrainConfig(epochs=1, limit_train=64, limit_test=32, train_eval_images=32)
-    return {"configs": [cfg.to_dict()], "data_root": str(tiny_cifar / "cifar-10-batches-py"),
-            "checkpoint_dirs": [str(tmp_path / "ckpt")], "threads": 1}  # fmt: skip
+    data = describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False)
+    return worker_job([cfg], data, [tmp_path / "ckpt"], 1, "auto")
 
 
 @pytest.fixture(autouse=True)

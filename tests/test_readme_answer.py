@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dropout_lab.analysis.report import statistics_tables
-from dropout_lab.analysis.stats import Plan, data_scope, statistics_rows, verdict
+from dropout_lab.analysis.stats import data_scope, statistics_rows, verdict
 from dropout_lab.cli.compare import build_parser
-from dropout_lab.config import seed_waves
+from dropout_lab.config import Design, seed_waves
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -38,22 +38,23 @@ def quoted() -> tuple[str, Path, str]:
     return commands[-1], REPO / found["folder"], found["block"]
 
 
-def plan_of(flags: str, seeds: int) -> Plan:
-    """The plan the flow ran with: looks at the end of each wave of `--seeds auto`, else one look."""
+def design_of_command(flags: str, seeds: int) -> Design:
+    """The design the flow ran with: looks at the end of each wave of `--seeds auto`, else one look."""
     args = build_parser().parse_args(shlex.split(flags.replace("<stand-in>", "DIR")))
     if args.seeds != ["auto"]:
-        return Plan(margin=args.margin / 100)
+        return Design(margin=args.margin / 100)
     ends, total = [], 0
     for wave in seed_waves(args.max_seeds):
         total += len(wave)
         if total <= seeds:
             ends.append(total)
-    return Plan(tuple(ends), args.max_seeds, args.margin / 100)
+    return Design(tuple(ends), args.max_seeds, args.margin / 100)
 
 
-def answer_block(summary: list[dict], plan: Plan) -> str:
+def answer_block(summary: list[dict], design: Design) -> str:
     """What the README quotes: the verdict as the report words it, then its tables."""
-    lines = [*(f"- {line}" for line in verdict(summary, plan)), "", *statistics_tables(statistics_rows(summary, plan))]
+    stats = statistics_rows(summary, design)
+    lines = [*(f"- {line}" for line in verdict(summary, design)), "", *statistics_tables(stats)]
     return "\n".join(lines).strip() + "\n"
 
 
@@ -61,12 +62,12 @@ def answer_block(summary: list[dict], plan: Plan) -> str:
 def measured():
     flags, folder, block = quoted()
     summary = pq.read_table(folder / "summary.parquet").to_pylist()
-    return flags, folder, block, summary, plan_of(flags, len({r["seed"] for r in summary}))
+    return flags, folder, block, summary, design_of_command(flags, len({r["seed"] for r in summary}))
 
 
 def test_the_readme_quotes_the_measured_run_in_the_report_s_current_words(measured):
-    _, folder, block, summary, plan = measured
-    expected = answer_block(summary, plan)
+    _, folder, block, summary, design = measured
+    expected = answer_block(summary, design)
     assert block.strip() + "\n" == expected, (
         f"README.md's answer no longer says what the report says for {folder.relative_to(REPO)}; "
         f"paste this between its markers:\n{expected}"
@@ -75,14 +76,14 @@ def test_the_readme_quotes_the_measured_run_in_the_report_s_current_words(measur
 
 def test_the_quoted_run_is_the_full_recipe_its_command_names(measured):
     """An answer for CIFAR-10: every image, the recipe's epochs and the rates the command names; the
-    plan rebuilt from the command gives the decisions the flow itself wrote."""
-    flags, folder, _, summary, plan = measured
+    design rebuilt from the command gives the decisions the flow itself wrote."""
+    flags, folder, _, summary, design = measured
     args = build_parser().parse_args(shlex.split(flags.replace("<stand-in>", "DIR")))
     assert not data_scope(summary)[1], f"{folder}: a reduced run cannot be the README's answer"
     rates = {r["dropout"] for r in summary if r["dropout"] > 0}
     assert rates == set(args.dropout)
     written = pq.read_table(folder / "statistics.parquet").to_pylist()
-    recomputed = statistics_rows(summary, plan)
+    recomputed = statistics_rows(summary, design)
     keys = ("decision", "decision_ci_low", "decision_ci_high", "seeds_used", "looks", "margin")
     for w, r in zip(written, recomputed, strict=True):
         assert (w["model"], w["metric"]) == (r["model"], r["metric"])
@@ -94,8 +95,8 @@ def test_the_quoted_run_is_the_full_recipe_its_command_names(measured):
 
 def test_a_changed_word_in_the_report_fails_the_readme_check(measured, monkeypatch):
     """The check above is not vacuous: the same comparison with the verdict's wording changed differs."""
-    _, _, block, summary, plan = measured
+    _, _, block, summary, design = measured
     import dropout_lab.analysis.stats as stats
 
     monkeypatch.setitem(stats.WORDS, "generalization_gap", ("tightened", "loosened"))
-    assert answer_block(summary, plan) != block.strip() + "\n"
+    assert answer_block(summary, design) != block.strip() + "\n"

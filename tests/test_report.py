@@ -22,13 +22,12 @@ def fake_results(rates=(0.25, 0.0), epochs=3, dataset="cifar10", verified=False,
              "train_running_acc": 0.4 + 0.08 * e + 0.01 * seed,
              "train_eval_acc": 0.45 + 0.1 * e * (1.5 if p == 0 else 1) + 0.01 * seed,
              "test_loss": 1.5 - 0.1 * e, "test_acc": 0.45 + 0.08 * e, "test_confusion": confusion,
-             "epoch_seconds": 10.0}
+             "epoch_seconds": 10.0, "n_train": n_train, "n_train_eval": min(n_train, 10_000), "n_test": 200}
             for e in range(1, epochs + 1)
         ]  # fmt: skip
         times = ("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00")
-        trained.append(TrainResult(cfg, "/nowhere.pt", "0" * 64, history, 361_034, *times, 60.0, 1, n_train,
-                                   min(n_train, 10_000), 200))  # fmt: skip
-    info = DataInfo("/data", dataset, verified, "CIFAR-10 local copy — UNVERIFIED (md5 mismatch)", "f" * 64, "x")
+        trained.append(TrainResult(cfg, "/nowhere.pt", "0" * 64, history, 361_034, *times, 60.0, 1))
+    info = DataInfo("/data", dataset, verified, "CIFAR-10 local copy — UNVERIFIED (md5 mismatch)", "f" * 64)
     images = np.random.default_rng(0).integers(0, 255, (25, 32, 32, 3), dtype=np.uint8)
     return trained, info, (images, np.arange(25) % 10), list(CLASSES)
 
@@ -160,7 +159,8 @@ def test_waves_panel_keeps_the_last_look_readable_beside_the_wide_first_one():
     import matplotlib.pyplot as plt
 
     from dropout_lab.analysis.figures import plot_waves_panel
-    from dropout_lab.analysis.stats import Plan, compare_all
+    from dropout_lab.analysis.stats import compare_all
+    from dropout_lab.config import Design
 
     noise = [0.004, -0.003, 0.006, -0.005, 0.001, 0.002, -0.006, 0.003, -0.001, 0.005]
     data = summary_for((0.0, 0.25), range(10), lambda p, s: 0.7 + noise[s] * (1 if p else -1) + p / 50)
@@ -168,7 +168,7 @@ def test_waves_panel_keeps_the_last_look_readable_beside_the_wide_first_one():
         row["generalization_gap"] += noise[row["seed"]] / 2 if row["dropout"] else 0.0
         row["final_train_eval_acc"] = row["final_test_acc"] + row["generalization_gap"]
         row["final_test_loss"] = 1.0 - row["final_test_acc"]
-    comparisons = compare_all(data, Plan((5, 10), 20, 0.01))
+    comparisons = compare_all(data, Design((5, 10), 20, 0.01))
     fig, ax = plt.subplots()
     plot_waves_panel(ax, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})
     fig.canvas.draw()

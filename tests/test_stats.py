@@ -10,7 +10,6 @@ from scipy import stats as st
 
 from dropout_lab.analysis.stats import (
     SIGN_FLIP_SAMPLES,
-    Plan,
     claim_alpha,
     compare_all,
     compare_variants,
@@ -27,7 +26,7 @@ from dropout_lab.analysis.stats import (
     verdict,
     welch,
 )
-from dropout_lab.config import Variant
+from dropout_lab.config import Design, Variant
 
 
 def test_mean_ci_uses_student_t():
@@ -191,7 +190,7 @@ def test_equivalent_needs_the_whole_interval_inside_the_margin():
     data = rows(0.0, range(8), [0.1] * 8, base) + rows(0.1, range(8), [0.1] * 8, near)
     acc = compare_all(data)["final_test_acc"][Variant((("dropout", 0.1),))]
     assert acc.decision.decision == "equivalent" and -0.01 < acc.decision.low < acc.decision.high < 0.01
-    wide = compare_all(data, Plan(margin=0.001))["final_test_acc"][Variant((("dropout", 0.1),))]
+    wide = compare_all(data, Design(margin=0.001))["final_test_acc"][Variant((("dropout", 0.1),))]
     assert wide.decision.decision == "undecided"  # the same interval against a 0.1-point margin
     assert "equivalent within ±1.00 points" in " ".join(verdict(data))
 
@@ -206,7 +205,7 @@ def test_power_is_a_range_over_the_spread_s_interval_and_contains_the_point_valu
 
 
 def test_open_claims_name_the_undecided_claims_by_variant_and_leave_decided_variants_out():
-    found = open_claims(sweep(), Plan())
+    found = open_claims(sweep(), Design())
     assert list(found) == [Variant((("dropout", 0.25),))]  # dropout 0.5: worse and better, both decided
     assert found[Variant((("dropout", 0.25),))] == ["dropout 0.25 test accuracy (-1.50 to +1.94 points)"]
 
@@ -225,15 +224,15 @@ def test_a_variant_that_stopped_early_is_paired_on_its_own_seeds_at_the_looks_it
         0.5, range(5), gap[:5] - 0.1 + 0.0002 * rng.standard_normal(5), acc[:5] - 0.05 + 0.0002 * rng.standard_normal(5)
     )
     half = Variant((("dropout", 0.5),))
-    later = compare_all(data, Plan((5, 10), 20))
-    at_stop = compare_all([r for r in data if r["seed"] < 5], Plan((5,), 20))
+    later = compare_all(data, Design((5, 10), 20))
+    at_stop = compare_all([r for r in data if r["seed"] < 5], Design((5,), 20))
     for metric in ("final_test_acc", "generalization_gap"):
         c = later[metric][half]
         assert c.design == "paired" and c.n == 5 and [look.n for look in c.decision.looks] == [5]
         assert c.decision == at_stop[metric][half].decision and c.decision.decision in ("better", "worse")
         going = later[metric][Variant((("dropout", 0.25),))]
         assert going.n == 10 and [look.n for look in going.decision.looks] == [5, 10]
-    rows_ = {(r["dropout"], r["metric"]): r for r in statistics_rows(data, Plan((5, 10), 20))}
+    rows_ = {(r["dropout"], r["metric"]): r for r in statistics_rows(data, Design((5, 10), 20))}
     assert (rows_[0.5, "final_test_acc"]["seeds_used"], rows_[0.5, "final_test_acc"]["looks"]) == (5, 1)
     assert (rows_[0.25, "final_test_acc"]["seeds_used"], rows_[0.25, "final_test_acc"]["looks"]) == (10, 2)
 

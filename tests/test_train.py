@@ -100,11 +100,12 @@ def test_checkpoint_for_another_config_is_set_aside_and_training_restarts(splits
 
 
 def test_checkpoint_with_wrong_shapes_is_set_aside(splits, tmp_path, caplog):
-    from dropout_lab.core.checkpoint import save_checkpoint
+    from dropout_lab.core.checkpoint import identity, save_checkpoint
 
     folder = tmp_path / "run"
     folder.mkdir()
-    save_checkpoint(folder / "epoch-0001.pt", {"config": CFG.to_dict(), "model": {"w": torch.zeros(3)}})
+    save_checkpoint(folder / "epoch-0001.pt", {"identity": identity(CFG.to_dict(), {}), "epoch": 1, "history": [{}],
+                                               "model": {"w": torch.zeros(3)}})  # fmt: skip
     records = run(CFG, splits, folder)
     assert [r["epoch"] for r in records] == [1, 2, 3] and records[0]["resumed_from"] == 0
     assert (folder / "epoch-0001.pt.corrupt").exists()

@@ -24,7 +24,7 @@ import torch
 from dropout_lab.analysis import history
 from dropout_lab.analysis.report import report_files, report_problem
 from dropout_lab.config import TrainConfig
-from dropout_lab.core.checkpoint import claim_problem, save_checkpoint
+from dropout_lab.core.checkpoint import CheckpointError, checked_claim, identity, save_checkpoint
 from dropout_lab.core.data import data_problem, ensure_fake
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.console import WithoutTracebacks
@@ -76,27 +76,39 @@ def silent_peer():
 # --- cached results are claims -----------------------------------------------------------------------
 
 
+PROVENANCE = {"dataset": "cifar10", "data_fingerprint": "f" * 64, "code": "c" * 64}
+
+
 def checkpoint(folder: Path, cfg: TrainConfig, history: list) -> tuple[Path, str]:
     path = folder / "epoch-0001.pt"
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"config": cfg.to_dict(), "epoch": 1, "history": history, "model": {}})
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    state = {"identity": identity(cfg.to_dict(), PROVENANCE), "epoch": 1, "history": history, "model": {}}
+    return path, save_checkpoint(path, state)
+
+
+def claim_problem(checkpoint: str, sha: str, folder: Path, cfg: TrainConfig, history: list) -> str | None:
+    try:
+        checked_claim(checkpoint, sha, folder, identity(cfg.to_dict(), PROVENANCE), history)
+    except CheckpointError as e:
+        return str(e)
+    return None
 
 
 def test_a_training_result_is_trusted_only_as_its_own_checkpoint_says(tmp_path):
-    cfg, history = TrainConfig(), [{"epoch": 1, "test_acc": 0.5}]
+    cfg, history = TrainConfig(epochs=1), [{"epoch": 1, "test_acc": 0.5}]
     folder = tmp_path / "checkpoints" / "dropout-0-25"
     path, sha = checkpoint(folder, cfg, history)
-    assert claim_problem(str(path), sha, folder, cfg.to_dict(), history) is None
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert claim_problem(str(path), sha, folder, cfg, history) is None
     # The audit's forgeries: a checkpoint elsewhere, a wrong hash, better metrics than the checkpoint's.
-    assert "is not in" in claim_problem("/etc/passwd", sha, folder, cfg.to_dict(), history)
+    assert "is not in" in claim_problem("/etc/passwd", sha, folder, cfg, history)
     other, _ = checkpoint(tmp_path / "elsewhere", cfg, history)
-    assert "is not in" in claim_problem(str(other), sha, folder, cfg.to_dict(), history)
-    assert "SHA-256" in claim_problem(str(path), "0" * 64, folder, cfg.to_dict(), history)
-    assert "metrics" in claim_problem(str(path), sha, folder, cfg.to_dict(), [{"epoch": 1, "test_acc": 0.99}])
-    assert "another configuration" in claim_problem(str(path), sha, folder, TrainConfig(lr=0.1).to_dict(), history)
+    assert "is not in" in claim_problem(str(other), sha, folder, cfg, history)
+    assert "SHA-256" in claim_problem(str(path), "0" * 64, folder, cfg, history)
+    assert "metrics" in claim_problem(str(path), sha, folder, cfg, [{"epoch": 1, "test_acc": 0.99}])
+    assert "another configuration" in claim_problem(str(path), sha, folder, TrainConfig(epochs=1, lr=0.1), history)
     path.unlink()
-    assert "gone" in claim_problem(str(path), sha, folder, cfg.to_dict(), history)
+    assert "gone" in claim_problem(str(path), sha, folder, cfg, history)
 
 
 def test_a_report_and_the_data_are_trusted_only_where_this_run_puts_them(tmp_path):

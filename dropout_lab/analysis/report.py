@@ -16,7 +16,7 @@ import numpy as np
 from filelock import FileLock
 
 from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
-from dropout_lab.analysis.stats import Plan, statistics_rows, verdict
+from dropout_lab.analysis.stats import statistics_rows, verdict
 from dropout_lab.analysis.tables import (
     CONFUSION_SCHEMA,
     HISTORY_SCHEMA,
@@ -29,7 +29,7 @@ from dropout_lab.analysis.tables import (
     summary_rows,
     write_table,
 )
-from dropout_lab.config import variant_of
+from dropout_lab.config import Design, value_text, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.results import TrainResult
 from dropout_lab.runtime.locks import remove_dead_leftovers
@@ -47,7 +47,7 @@ def report_title(results: list[TrainResult], data: DataInfo) -> str:
     return (
         f"Dropout vs baseline — {data.provenance}\n"
         f"{r.n_train:,} train images ({r.n_train_eval:,} re-evaluated for the gap) / {r.n_test:,} test images, "
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, {seed_text}, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {value_text(cfg.lr)}, {seed_text}, "
         f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
     )
 
@@ -117,14 +117,14 @@ def code_span(text: str) -> str:
 
 
 def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path,
-                     plan: Plan = Plan()) -> str:  # fmt: skip
+                     design: Design = Design()) -> str:  # fmt: skip
     """Markdown for the Prefect UI: the verdict first, then per-variant statistics, runs and the figure."""
     lines = ["# Dropout vs baseline", ""]
     if data.dataset == "fake":
         lines += ["> **synthetic data — accuracies meaningless** (pipeline smoke run)", ""]
     elif not data.verified:
         lines += ["> **data unverified**: the local CIFAR-10 copy does not match the official md5s", ""]
-    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, plan)), ""]
+    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, design)), ""]
     first = summary[0]
     lines += [
         f"Data: {data.provenance}; {first['n_train']:,} training images"
@@ -136,7 +136,7 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         f"{code_span(str(run_dir))}",
         "",
     ]
-    stats = statistics_rows(summary, plan)
+    stats = statistics_rows(summary, design)
     if any(r["n_seeds"] > 1 for r in stats):
         lines += statistics_tables(stats)
     lines += [
@@ -191,7 +191,7 @@ def write_report(
     data: DataInfo,
     samples: tuple[np.ndarray, np.ndarray],
     class_names: list[str],
-    plan: Plan = Plan(),
+    design: Design = Design(),
 ) -> tuple[Path, str]:
     """Write every report file into a temp folder, then rename it to `run_dir` (never half-written).
 
@@ -207,12 +207,12 @@ def write_report(
         write_table(summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
         write_table(per_class_rows(results, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
         write_table(confusion_rows(results, data), CONFUSION_SCHEMA, tmp / "confusion.parquet")
-        write_table(statistics_rows(summary, plan), STATISTICS_SCHEMA, tmp / "statistics.parquet")
+        write_table(statistics_rows(summary, design), STATISTICS_SCHEMA, tmp / "statistics.parquet")
         # Class names come from the data's batches.meta: plain text, never mathtext ('$...$').
         with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
-            plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png", plan)
+            plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png", design)
             plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
-        markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir, plan)
+        markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir, design)
         (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
         os.chmod(tmp, 0o755)
         # Swap under a lock: two identical runs finishing together must not interleave the swap.

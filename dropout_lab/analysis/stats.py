@@ -27,7 +27,7 @@ from scipy import optimize
 from scipy import stats as st
 
 from dropout_lab.analysis.sequential import Decision, decision
-from dropout_lab.config import BASELINE, Variant, family_noun, variant_of
+from dropout_lab.config import BASELINE, Design, Variant, family_noun, variant_of
 
 # summary column → (readable name, unit in the tables, scale to the unit shown in text, its name)
 # (The best epoch's test accuracy is not here: its epoch was chosen on the test set, so it is reported,
@@ -42,18 +42,6 @@ METRICS = {
 DECIDED = {"final_test_acc": True, "generalization_gap": False}
 ALPHA = 0.05
 POWER = 0.8
-MARGIN_POINTS = 1.0  # default equivalence margin, points of accuracy / gap
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How the seeds came: `looks` = seeds available at each look (empty: one look at all seeds, i.e.
-    seeds fixed in advance), `max_seeds` = the planned maximum (0: the seeds there are), and the
-    equivalence margin as a fraction."""
-
-    looks: tuple[int, ...] = ()
-    max_seeds: int = 0
-    margin: float = MARGIN_POINTS / 100
 
 
 EXACT_SIGN_FLIP_MAX_N = 20  # 2^20 sign patterns enumerated exactly; beyond, a seeded Monte Carlo
@@ -258,7 +246,7 @@ def claim_alpha(summary: list[dict]) -> tuple[float, int]:
     return ALPHA / claims, claims
 
 
-def compare_all(summary: list[dict], plan: Plan = Plan()) -> dict[str, dict[Variant, Comparison]]:
+def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dict[Variant, Comparison]]:
     """Every variant vs the baseline on every metric. The decided metrics' p-values are Holm-adjusted
     together (every claim of the verdict), the others per metric across the variants."""
     groups = by_variant(summary)
@@ -287,17 +275,17 @@ def compare_all(summary: list[dict], plan: Plan = Plan()) -> dict[str, dict[Vari
             adjusted[key], family_of[key] = p, len(family)
     noun = family_noun(variants)
     out: dict[str, dict[Variant, Comparison]] = {m: {} for m in METRICS}
-    for (metric, v), (design, n, primary, pr, w, sd) in partial.items():
-        is_paired = design == "paired"
+    for (metric, v), (pairing, n, primary, pr, w, sd) in partial.items():
+        is_paired = pairing == "paired"
         dec = None
         if metric in DECIDED and is_paired and pr is not None:
-            looks = tuple(k for k in plan.looks if k <= n) or (n,)  # the looks this variant took part in
-            dec = decision(list(pr.diffs), looks, plan.max_seeds or looks[-1], per_claim, plan.margin,
+            looks = tuple(k for k in design.looks if k <= n) or (n,)  # the looks this variant took part in
+            dec = decision(list(pr.diffs), looks, design.max_seeds or looks[-1], per_claim, design.margin,
                            DECIDED[metric])  # fmt: skip
         low_sd, high_sd = sd_interval(sd, n)
         alpha = per_claim if metric in DECIDED else ALPHA
         out[metric][v] = Comparison(
-            metric, design, n, primary, pr, w, adjusted[metric, v], family_of[metric, v],
+            metric, pairing, n, primary, pr, w, adjusted[metric, v], family_of[metric, v],
             "claims" if metric in DECIDED else noun, dec, sd,
             (min_detectable(low_sd, n, is_paired, alpha), min_detectable(high_sd, n, is_paired, alpha)),
             (seeds_needed(primary.diff, low_sd, is_paired, alpha=alpha),
@@ -306,10 +294,10 @@ def compare_all(summary: list[dict], plan: Plan = Plan()) -> dict[str, dict[Vari
     return out
 
 
-def open_claims(summary: list[dict], plan: Plan) -> dict[Variant, list[str]]:
+def open_claims(summary: list[dict], design: Design) -> dict[Variant, list[str]]:
     """The claims not decided yet, by variant ("dropout 0.1 test accuracy (-0.8 to +1.2 points)");
     a variant whose claims are all better, worse or equivalent is absent, and nothing is when all are."""
-    comparisons = compare_all(summary, plan)
+    comparisons = compare_all(summary, design)
     found: dict[Variant, list[str]] = {}
     for m in DECIDED:
         for v, c in comparisons[m].items():
@@ -319,15 +307,15 @@ def open_claims(summary: list[dict], plan: Plan) -> dict[Variant, list[str]]:
     return found
 
 
-def compare_variants(summary: list[dict], metric: str, plan: Plan = Plan()) -> dict[Variant, Comparison]:
+def compare_variants(summary: list[dict], metric: str, design: Design = Design()) -> dict[Variant, Comparison]:
     """Every variant vs the baseline on `metric` (see compare_all)."""
-    return compare_all(summary, plan)[metric]
+    return compare_all(summary, design)[metric]
 
 
-def statistics_rows(summary: list[dict], plan: Plan = Plan()) -> list[dict]:
+def statistics_rows(summary: list[dict], design: Design = Design()) -> list[dict]:
     """One row per (variant, metric): the estimate over seeds, and the comparison with the baseline."""
     groups = by_variant(summary)
-    comparisons = compare_all(summary, plan)
+    comparisons = compare_all(summary, design)
     rows = []
     for variant, members in groups.items():
         for metric, (_, unit, _, _) in METRICS.items():
@@ -445,21 +433,21 @@ def power_line(c: Comparison, variant: Variant) -> str:
     return text + "."
 
 
-def design_line(summary: list[dict], plan: Plan) -> str:
+def design_line(summary: list[dict], design: Design) -> str:
     """What the decisions rest on, in one sentence."""
     per_claim, claims = claim_alpha(summary)
     variants = len(by_variant(summary)) - 1
     noun = family_noun([v for v in by_variant(summary) if not v.is_baseline])
     family = f"{claims} claims: {variants} {noun.removesuffix('s') if variants == 1 else noun} x "
     family += "test accuracy and gap"
-    if plan.looks and len(plan.looks) > 1 or plan.max_seeds:
-        looks = ", ".join(map(str, plan.looks))
-        how = (f"seeds added in waves until decided (looks at {looks} of at most {plan.max_seeds} seeds): "
+    if design.looks and len(design.looks) > 1 or design.max_seeds:
+        looks = ", ".join(map(str, design.looks))
+        how = (f"seeds added in waves until decided (looks at {looks} of at most {design.max_seeds} seeds): "
                "repeated intervals of a group-sequential design with O'Brien-Fleming-type alpha spending")  # fmt: skip
     else:
         how = "seeds fixed in advance: one look"
-    return (f"Decisions: better / worse / equivalent within ±{100 * plan.margin:.2f} points / undecided, each read off "
-            f"an interval that holds together with the others at 95% (Bonferroni over {family}, "
+    return (f"Decisions: better / worse / equivalent within ±{100 * design.margin:.2f} points / undecided, each read "
+            f"off an interval that holds together with the others at 95% (Bonferroni over {family}, "
             f"{100 * (1 - per_claim):.2f}% each; {how}).")  # fmt: skip
 
 
@@ -495,7 +483,7 @@ def answer_cost(summary: list[dict], waves: tuple[int, int] = (5, 20)) -> str:
             f"{low:.0f}–{high:.0f} min here (this run's training took {wall:.1f} min).")  # fmt: skip
 
 
-def verdict(summary: list[dict], plan: Plan = Plan()) -> list[str]:
+def verdict(summary: list[dict], design: Design = Design()) -> list[str]:
     """Plain-language verdict lines computed from the per-seed summary rows."""
     scope, reduced = data_scope(summary)
     lines = []
@@ -506,7 +494,7 @@ def verdict(summary: list[dict], plan: Plan = Plan()) -> list[str]:
     variants = list(by_variant(summary))
     if len(variants) < 2 or BASELINE not in variants:
         return [*lines, "Only one model was trained: there is nothing to compare against."]
-    comparisons = compare_all(summary, plan)
+    comparisons = compare_all(summary, design)
     gaps, accs, trains = (comparisons[m] for m in ("generalization_gap", "final_test_acc", "final_train_eval_acc"))
     if max(c.n for c in gaps.values()) < 2:
         lines.insert(0, answer_cost(summary))
@@ -526,5 +514,5 @@ def verdict(summary: list[dict], plan: Plan = Plan()) -> list[str]:
         lines.append(f"{v.words} vs baseline ({gap.n} {gap.design} seeds): {gap_text}; {describe(acc)}.")
         lines.append(power_line(acc, v))
     if max(c.n for c in gaps.values()) >= 2:
-        lines.append(design_line(summary, plan))
+        lines.append(design_line(summary, design))
     return lines

@@ -206,9 +206,6 @@ def history_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
             **_keys(r.config),
             **{name: h[name] for name in HISTORY_SCHEMA.names if name in h},
             "generalization_gap": h["train_eval_acc"] - h["test_acc"],
-            "n_train": r.n_train,
-            "n_train_eval": r.n_train_eval,
-            "n_test": r.n_test,
             "dataset": data.dataset,
         }
         for r in results

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dropout_lab.config import SETTINGS, Variant, variant_of
+from dropout_lab.config import SETTINGS, Variant, value_text, variant_of
 from dropout_lab.runtime.redact import redact, split_credentials
 
 EXPERIMENT = "dropout-lab"
@@ -293,7 +293,7 @@ def run_params(runs: list[dict], variants: list) -> dict:
                 for s in SETTINGS}  # fmt: skip
     shared = {k: first.get(k) for k in ("epochs", "batch_size", "lr", "device", "precision", "dataset", "n_train")}
     return {"variants": ",".join(v.name for v in variants),
-            **{k: ",".join(f"{p:g}" for p in values) for k, values in compared.items() if values},
+            **{k: ",".join(map(value_text, values)) for k, values in compared.items() if values},
             "seeds": ",".join(str(s) for s in sorted({r["seed"] for r in runs})), **shared}  # fmt: skip
 
 

@@ -3,6 +3,12 @@
 File layout: MAGIC (8 bytes) · sha256 of the payload (32 bytes) · payload (torch.save bytes).
 A torn write, a flipped bit or a foreign file fails the magic or checksum test instead of
 loading garbage. Payloads load with `weights_only=True`, so a crafted file cannot run code.
+
+Every checkpoint records what it is (`identity`): the exact config (compared settings, recipe, the
+planned epochs, the data sizes), the dataset, the data's measured fingerprint and the training code's
+key, beside the epoch it finished. A checkpoint is resumed from, or a cached result built on it is
+used, only when that identity is the one asked for (and, for a result, when it is the planned final
+epoch); checksums catch accidents, identities catch a checkpoint that is not this training's.
 """
 
 from __future__ import annotations
@@ -42,11 +48,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict) -> str:
+    """Write `state` atomically; returns the file's SHA-256 (what results and the history name it by)."""
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
+    blob = MAGIC + hashlib.sha256(payload).digest() + payload
+    atomic_write_bytes(path, blob)
+    return hashlib.sha256(blob).hexdigest()
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -65,26 +74,54 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def claim_problem(checkpoint: str, sha256: str, folder: Path, config: dict, history: list) -> str | None:
-    """Why a recorded training result (its final checkpoint's path and SHA-256, its config and
-    per-epoch metrics) is not what `folder` holds (None: it is): the checkpoint must lie in `folder`,
-    hash to `sha256`, load, and carry that very config and history."""
+# What a checkpoint's identity holds beside the config: where its data and code came from.
+PROVENANCE = ("dataset", "data_fingerprint", "code")
+
+
+def identity(config: dict, provenance: dict) -> dict:
+    """What a trained model is: its exact config (compared settings, recipe, planned epochs, data sizes),
+    the dataset, the data's measured fingerprint and the training code's key (`provenance`)."""
+    return {"config": dict(config), **{k: provenance.get(k, "") for k in PROVENANCE}}
+
+
+def identity_problem(found, expected: dict) -> str | None:
+    """Why a checkpoint's recorded identity is not `expected` (None: it is), in a few words."""
+    if not isinstance(found, dict):
+        return "it records no identity (written by an older version)"
+    theirs, ours = found.get("config") or {}, expected["config"]
+    if theirs != ours:
+        differ = [f"{k} {theirs.get(k)!r}, not {v!r}" for k, v in ours.items() if theirs.get(k) != v]
+        return f"written for another configuration ({'; '.join(differ)[:160] or 'other fields'})"
+    if found.get("dataset") != expected["dataset"]:
+        return f"trained on the {found.get('dataset')!r:.40} dataset, not {expected['dataset']!r}"
+    if found.get("data_fingerprint") != expected["data_fingerprint"]:
+        return "trained on other data (its files' checksums are not this data's)"
+    if found.get("code") != expected["code"]:
+        return "written by other training code"
+    return None
+
+
+def checked_claim(checkpoint: str, sha256: str, folder: Path, expected: dict, history: list) -> dict:
+    """The checkpoint a recorded training result names (its path, SHA-256 and per-epoch metrics), loaded,
+    if it is that training's final one: in `folder`, hashing to `sha256`, readable, of the `expected`
+    identity, at the planned last epoch, holding that very history. CheckpointError (why not) else."""
     path = Path(checkpoint)
     if path.resolve().parent != Path(folder).resolve():
-        return f"its checkpoint {checkpoint} is not in {folder}"
+        raise CheckpointError(f"its checkpoint {checkpoint} is not in {folder}")
     if not path.is_file():
-        return f"its checkpoint {path.name} is gone"
+        raise CheckpointError(f"its checkpoint {path.name} is gone")
     if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-        return f"{path.name} does not have the recorded SHA-256"
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as e:
-        return str(e)
-    if state.get("config") != config:
-        return f"{path.name} was written for another configuration"
+        raise CheckpointError(f"{path.name} does not have the recorded SHA-256")
+    state = load_checkpoint(path)
+    problem = identity_problem(state.get("identity"), expected)
+    if problem:
+        raise CheckpointError(f"{path.name}: {problem}")
+    planned = expected["config"]["epochs"]
+    if state.get("epoch") != planned or len(history) != planned or history[-1].get("epoch") != planned:
+        raise CheckpointError(f"{path.name} is epoch {state.get('epoch')} of {planned}, not the final one")
     if state.get("history") != history:
-        return f"its metrics are not the ones {path.name} holds"
-    return None
+        raise CheckpointError(f"its metrics are not the ones {path.name} holds")
+    return state
 
 
 def epoch_checkpoints(folder: Path) -> list[tuple[int, Path]]:

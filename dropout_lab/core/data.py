@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dropout_lab.config import DATASET_IMAGES
 from dropout_lab.runtime.locks import held, remove_dead_leftovers
 from dropout_lab.runtime.redact import redact, split_credentials
 
@@ -71,10 +72,9 @@ class DataInfo:
 
     root: str  # folder holding data_batch_1..5, test_batch, batches.meta
     dataset: str  # "cifar10" or "fake"
-    verified: bool  # every file matched the official md5
+    verified: bool  # every file's measured md5 is the official one
     provenance: str  # one human line for report titles
-    fingerprint: str  # sha256 over the files' md5s: part of every downstream cache key
-    disk_state: str  # cheap stat summary (see `data_state_key`): tells whether the files changed since
+    fingerprint: str  # sha256 over the files' measured md5s: part of every downstream cache key and checkpoint
 
 
 # --- safe unpickling ---------------------------------------------------------------------------
@@ -192,28 +192,49 @@ def md5_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# A file's md5, memoised within the process on the file's identity: any write changes its size, mtime or
+# ctime (ctime cannot be set back by hand), a replaced file has another inode. Measuring CIFAR-10's
+# seven files takes about half a second (benchmarks/RESULTS.md, *Integrity*); the memo spares a run
+# measuring twice (the fetch's check, then the fetch), never a new process.
+_md5_memo: dict[str, tuple[tuple, str]] = {}
+
+
+def measured_md5(path: Path) -> str:
+    """md5 of `path` as it is now (memoised on its size, mtime, ctime, inode and device)."""
+    st = os.stat(path)
+    identity = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    key = str(Path(path).resolve())
+    found = _md5_memo.get(key)
+    if found is None or found[0] != identity:
+        found = (identity, md5_file(path))
+        _md5_memo[key] = found
+    return found[1]
+
+
+def measured_digests(folder: Path) -> tuple[dict[str, str], str]:
+    """(md5 of each CIFAR-10 file, the data's fingerprint: sha256 over those md5s) as the files are now."""
+    digests = {name: measured_md5(Path(folder) / name) for name in sorted(OFFICIAL_MD5)}
+    return digests, hashlib.sha256(repr(sorted(digests.items())).encode()).hexdigest()
+
+
 def _missing_files(folder: Path) -> list[str]:
     return [name for name in OFFICIAL_MD5 if not (folder / name).is_file()]
 
 
-def describe_folder(folder: Path, dataset: str = "cifar10") -> DataInfo:
-    """Checksum a complete batches folder and say how far it can be trusted (reads every file)."""
-    digests = {name: md5_file(folder / name) for name in sorted(OFFICIAL_MD5)}
-    fingerprint = hashlib.sha256(repr(sorted(digests.items())).encode()).hexdigest()
-    state = _stat_state(folder)
+def describe_folder(folder: Path, dataset: str = "cifar10", warn: bool = True) -> DataInfo:
+    """Measure a complete batches folder (every file's md5) and say how far it can be trusted: verified
+    means every file's measured md5 is the official one, never what a record says."""
+    digests, fingerprint = measured_digests(folder)
+    root = str(Path(folder).resolve())
     if dataset == "fake":
-        return DataInfo(str(folder), "fake", False, "synthetic data — accuracies meaningless", fingerprint, state)
+        return DataInfo(root, "fake", False, "synthetic data — accuracies meaningless", fingerprint)
     mismatched = [n for n, d in digests.items() if d != OFFICIAL_MD5[n]]
     if not mismatched:
-        return DataInfo(str(folder), dataset, True, "CIFAR-10 (official files, md5 verified)", fingerprint, state)
-    log.warning(
-        "CIFAR-10 copy at %s does not match the official checksums (%s); loading it anyway, "
-        "and the report marks it unverified",
-        folder,
-        ", ".join(mismatched),
-    )
-    provenance = "CIFAR-10 local copy — UNVERIFIED (md5 mismatch)"
-    return DataInfo(str(folder), dataset, False, provenance, fingerprint, state)
+        return DataInfo(root, dataset, True, "CIFAR-10 (official files, md5 verified)", fingerprint)
+    if warn:
+        log.warning("CIFAR-10 copy at %s does not match the official checksums (%s); loading it anyway, and the "
+                    "report marks it unverified", folder, ", ".join(mismatched))  # fmt: skip
+    return DataInfo(root, dataset, False, "CIFAR-10 local copy — UNVERIFIED (md5 mismatch)", fingerprint)
 
 
 def _is_within(base: Path, target: Path) -> bool:
@@ -342,28 +363,21 @@ def ensure_cifar10(data_dir: str | Path, url: str = CIFAR10_URL) -> DataInfo:
         return describe_folder(_install_from_archive(archive, data_dir))
 
 
-def _stat_state(folder: Path) -> str:
-    if not folder.is_dir() or _missing_files(folder):
-        return "absent"
-    stats = [(n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns) for n in sorted(OFFICIAL_MD5)]
-    return f"{folder.resolve()}|{stats}"
-
-
-def still_on_disk(info: DataInfo) -> bool:
-    """True while the files `info` describes are still on disk, unchanged (a cheap stat, no md5)."""
-    return _stat_state(Path(info.root)) == info.disk_state
-
-
 def data_problem(info: DataInfo, data_dir: str | Path, dataset: str) -> str | None:
     """Why a DataInfo read back from the cache cannot stand for `dataset` in `data_dir` (None: it can):
-    it must name this folder's dataset and its files must be there, unchanged since."""
+    it must name this folder's dataset, and every word of it must be what the files measure now (their
+    checksums: whether they are the official ones, and the fingerprint), not what the record says."""
     expected = (Path(data_dir) / (FAKE_FOLDER if dataset == "fake" else "") / FOLDER_NAME).resolve()
     if not isinstance(info, DataInfo) or info.dataset != dataset:
         return f"it does not describe the {dataset} data"
     if Path(info.root).resolve() != expected:
         return f"its data folder {info.root} is not {expected}"
-    if not still_on_disk(info):
-        return "its files are gone or changed since"
+    if not expected.is_dir() or _missing_files(expected):
+        return "its files are gone"
+    measured = describe_folder(expected, dataset, warn=False)
+    for name in ("verified", "provenance", "fingerprint"):
+        if getattr(info, name) != getattr(measured, name):
+            return f"it says {name} {getattr(info, name)!r:.60}, the files measure {getattr(measured, name)!r:.60}"
     return None
 
 
@@ -415,7 +429,8 @@ def write_cifar_folder(root: Path, n_train: int, n_test: int, seed: int = 0) -> 
     return folder
 
 
-def ensure_fake(data_dir: str | Path, n_train: int = 2000, n_test: int = 500) -> DataInfo:
+def ensure_fake(data_dir: str | Path, n_train: int = DATASET_IMAGES["fake"][0], n_test: int = DATASET_IMAGES["fake"][1]
+                ) -> DataInfo:  # fmt: skip
     """The offline `--dataset fake` path: generate once under data_dir/fake-cifar10/."""
     root = Path(data_dir) / FAKE_FOLDER
     folder = root / FOLDER_NAME

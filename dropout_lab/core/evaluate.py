@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dropout_lab.core.data import CLASSES
+from dropout_lab.config import TrainConfig
+from dropout_lab.core.data import CLASSES, DataError, load_split
 
 
 def to_input(images_nhwc: torch.Tensor) -> torch.Tensor:
@@ -140,3 +143,31 @@ def holdout_split(
     keep[idx] = False
     idx, keep = idx.to(images.device), keep.to(images.device)
     return images[keep], labels[keep], images[idx], labels[idx]
+
+
+Split = tuple[torch.Tensor, torch.Tensor]  # images (N, 32, 32, 3) uint8, labels (N,) int64
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The images of one training, as `run_data` selects them for a config."""
+
+    train: Split  # trained on
+    val: Split | None  # held out, never trained on (--val-images), else None
+    train_eval: Split  # training images re-evaluated in eval mode each epoch (the gap's train side)
+    test: Split
+
+
+def run_data(root: str | Path, cfg: TrainConfig) -> RunData:
+    """The images a training with `cfg` uses, decoded from the batches folder `root`: the first
+    `limit_train` training images less the held-out ones, the re-evaluated subset, the first `limit_test`
+    test images. The training process and the re-measurement of a cached model (core/verify.py) both
+    take them from here. DataError when the hold-out would leave nothing to train on."""
+    train_x, train_y = load_split(root, train=True, limit=cfg.limit_train)
+    if cfg.val_images and cfg.val_images >= len(train_y):
+        raise DataError(f"--val-images {cfg.val_images} leaves nothing to train on: {root} has {len(train_y):,} "
+                        "training images")  # fmt: skip
+    train_x, train_y, val_x, val_y = holdout_split(train_x, train_y, cfg.val_images)
+    test = load_split(root, train=False, limit=cfg.limit_test)
+    val = (val_x, val_y) if val_x is not None else None
+    return RunData((train_x, train_y), val, train_eval_split(train_x, train_y, cfg.train_eval_images), test)

@@ -10,6 +10,7 @@ checkpoint carries the model, Adam's state, the variant's dropout RNG and its ba
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -26,12 +27,15 @@ from dropout_lab.core.checkpoint import (
     CheckpointError,
     checkpoint_path,
     epoch_checkpoints,
+    identity,
+    identity_problem,
     load_checkpoint,
     prune,
     save_checkpoint,
     set_aside,
 )
 from dropout_lab.core.evaluate import (
+    RunData,
     autocast,
     eval_buffers,
     eval_results,
@@ -49,6 +53,7 @@ from dropout_lab.core.stacked import (
     streams_from_global,
     unstack_into,
 )
+from dropout_lab.core.verify import measured_here, numbers_problem, record_measured, remeasure
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +82,23 @@ def adam(params, cfg: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda, capturable=cuda)
 
 
-def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int, list[dict]] | None:
+def _restore(
+    folder: Path, cfg: TrainConfig, expected: dict, model, opt, order_gen, check
+) -> tuple[int, list[dict]] | None:
     """Load the newest good checkpoint into model/opt/RNGs and return (epoch, history).
 
-    Bad checkpoints are set aside; None when nothing usable was found (model/opt may then be
-    half-loaded, so the caller rebuilds them).
+    Good: readable, of the `expected` identity, an epoch of this run's plan with its history, and passing
+    `check(path, model, state)` (its numbers are its weights'). Others are set aside, one logged line
+    each; None when nothing usable was found (model/opt may then be half-loaded, so the caller rebuilds them).
     """
     for epoch, path in epoch_checkpoints(folder):
         try:
             state = load_checkpoint(path)
-            if state.get("config") != cfg.to_dict():
-                raise CheckpointError("written for a different configuration")
+            problem = identity_problem(state.get("identity"), expected)
+            if problem:
+                raise CheckpointError(problem)
+            if state.get("epoch") != epoch or not 1 <= epoch <= cfg.epochs or len(state.get("history", [])) != epoch:
+                raise CheckpointError(f"holds epoch {state.get('epoch')!r} of a {cfg.epochs}-epoch training")
             try:
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
@@ -97,12 +108,27 @@ def _restore(folder: Path, cfg: TrainConfig, model, opt, order_gen) -> tuple[int
                     torch.cuda.set_rng_state(state["rng_cuda"], model_device(model))
             except (KeyError, RuntimeError, ValueError, TypeError) as e:
                 raise CheckpointError(f"does not fit this run ({str(e).splitlines()[0]})") from None
+            problem = check(path, model, state)
+            if problem:
+                raise CheckpointError(problem)
         except CheckpointError as e:
             set_aside(path, str(e))
             continue
         log.info("resuming %s from %s (epoch %d done)", cfg.label, path.name, epoch)
         return epoch, list(state["history"])
     return None
+
+
+def numbers_check(cfg: TrainConfig, data: RunData):
+    """`_restore`'s check: a checkpoint this user's runs did not write must hold its weights' own final
+    numbers (core/verify.py); one they wrote costs nothing."""
+
+    def check(path: Path, model, state: dict) -> str | None:
+        if measured_here(hashlib.sha256(Path(path).read_bytes()).hexdigest()):
+            return None
+        return numbers_problem(state["history"][-1], remeasure(model, data, cfg))
+
+    return check
 
 
 def model_device(model) -> torch.device:
@@ -175,8 +201,11 @@ def train_steps(
     return loss_sum, correct
 
 
-def start_run(cfg: TrainConfig, folder: Path) -> tuple[Net, torch.optim.Adam, torch.Generator, int, list[dict]]:
-    """(model, optimizer, batch-order generator, epochs done, history): fresh or from the newest good checkpoint.
+def start_run(
+    cfg: TrainConfig, folder: Path, expected: dict, check
+) -> tuple[Net, torch.optim.Adam, torch.Generator, int, list[dict]]:
+    """(model, optimizer, batch-order generator, epochs done, history): fresh or from the newest good
+    checkpoint of the `expected` identity (`_restore`).
 
     Dropout masks come from the global generator, seeded in `build` (or restored from the
     checkpoint): the caller trains right after, or copies its state into the variant's own stream.
@@ -185,7 +214,7 @@ def start_run(cfg: TrainConfig, folder: Path) -> tuple[Net, torch.optim.Adam, to
     """
     model, opt = build(cfg)
     order_gen = torch.Generator().manual_seed(cfg.seed)
-    restored = _restore(folder, cfg, model, opt, order_gen)
+    restored = _restore(folder, cfg, expected, model, opt, order_gen, check)
     if restored is None:
         model, opt = build(cfg)
         order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -202,9 +231,12 @@ def epoch_record(
     test: dict,
     seconds: float,
     val: dict | None = None,
+    stacked_with: int = 1,
+    cuda_graphs: bool = False,
 ) -> dict:
     """One epoch's history entry. Accuracies are fractions, losses mean cross-entropy per image; the
-    held-out (validation) numbers are None without --val-images."""
+    held-out (validation) numbers are None without --val-images. It also says on how many images the
+    epoch trained and was evaluated, and how it trained (stacked with how many variants, graphed)."""
     return {
         "epoch": epoch,
         # The tutorial's numbers: means over the epoch in train mode, i.e. with dropout on (for the
@@ -221,15 +253,22 @@ def epoch_record(
         "val_loss": val["loss"] if val else None,
         "val_acc": val["acc"] if val else None,
         "epoch_seconds": seconds,
+        "n_train": n,
+        "n_train_eval": sum(map(sum, train_eval["confusion"])),
+        "n_test": sum(map(sum, test["confusion"])),
+        "stacked_with": stacked_with,
+        "cuda_graphs": cuda_graphs,
     }
 
 
-def save_epoch(folder: Path, cfg: TrainConfig, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen, history) -> None:
-    """The epoch's checkpoint (model, Adam, the variant's RNG streams, history), then prune old ones."""
-    save_checkpoint(
+def save_epoch(folder: Path, cfg: TrainConfig, expected: dict, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen,
+               history) -> None:  # fmt: skip
+    """The epoch's checkpoint (its identity, model, Adam, the variant's RNG streams, history), recorded as
+    measured here (its numbers are this process's own measurements); then prune old ones."""
+    sha256 = save_checkpoint(
         checkpoint_path(folder, epoch),
         {
-            "config": cfg.to_dict(),
+            "identity": expected,
             "epoch": epoch,
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
@@ -239,6 +278,7 @@ def save_epoch(folder: Path, cfg: TrainConfig, epoch: int, model, opt, rng_cpu, 
             "history": history,
         },
     )
+    record_measured(sha256)
     prune(folder)
 
 
@@ -248,6 +288,7 @@ class _Run:
 
     cfg: TrainConfig
     folder: Path
+    identity: dict  # what it is (core/checkpoint.py `identity`): every checkpoint of it records this
     model: Net
     opt: torch.optim.Adam
     order_gen: torch.Generator  # batch order
@@ -273,11 +314,12 @@ class _Run:
             self.cuda_gen.set_state(torch.cuda.get_rng_state(self.cuda_gen.device))
 
 
-def _start(cfg: TrainConfig, folder: Path) -> _Run:
+def _start(cfg: TrainConfig, folder: Path, provenance: dict, data: RunData) -> _Run:
     folder.mkdir(parents=True, exist_ok=True)
-    model, opt, order_gen, done, history = start_run(cfg, folder)
+    expected = identity(cfg.to_dict(), provenance)
+    model, opt, order_gen, done, history = start_run(cfg, folder, expected, numbers_check(cfg, data))
     cpu_gen, cuda_gen = streams_from_global(cfg.device)  # the stream `start_run` leaves
-    return _Run(cfg, folder, model, opt, order_gen, cpu_gen, cuda_gen, done, done, history)
+    return _Run(cfg, folder, expected, model, opt, order_gen, cpu_gen, cuda_gen, done, done, history)
 
 
 def check_stackable(cfgs: list[TrainConfig]) -> None:
@@ -451,6 +493,7 @@ def fit(
     progress: bool = False,
     val_images: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
+    provenance: dict | None = None,
 ) -> Iterator[tuple[int, dict]]:
     """Train every variant `cfg.epochs` epochs, each resuming from and checkpointing into its own
     folder; yield (variant index, record) per variant and new epoch (with `progress`, also
@@ -463,7 +506,8 @@ def fit(
     run's final result. Variants at different epochs (one resumed further than the others) train on
     their own until the others catch up. Several variants train as one StackedNet; `cuda_graphs`
     (auto | on | off) replays each step and evaluation as CUDA graphs (core/graphs.py), falling back to
-    eager steps.
+    eager steps. `provenance` (dataset, data fingerprint, training code's key) completes each variant's
+    identity, which its checkpoints record and which a checkpoint must have to be resumed from.
     """
     check_stackable(cfgs)
     cfg = cfgs[0]
@@ -471,11 +515,12 @@ def fit(
     graphed, why_not = graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)
     if why_not and cuda_graphs == "on":
         log.info("--cuda-graphs on: %s; training eagerly", why_not)
-    runs = [_start(c, Path(f)) for c, f in zip(cfgs, checkpoint_dirs, strict=True)]
     train_x, train_y = train_images.to(device), train_labels.to(device)
     test_x, test_y = test_images.to(device), test_labels.to(device)
     eval_x, eval_y = train_eval_split(train_x, train_y, cfg.train_eval_images)
     val = (val_images.to(device), val_labels.to(device)) if val_images is not None else None
+    data = RunData((train_x, train_y), val, (eval_x, eval_y), (test_x, test_y))
+    runs = [_start(c, Path(f), provenance or {}, data) for c, f in zip(cfgs, checkpoint_dirs, strict=True)]
     n = len(train_y)
     fault_epoch = fault_epoch_for(attempt)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -508,12 +553,12 @@ def fit(
         unit.finish()
         loss_sum, correct = unit.loss_sum.cpu(), unit.correct.cpu()
         for k, run in enumerate(unit.runs):
-            record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds, vals[k])
+            record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds, vals[k],
+                                  unit.k, unit.replay_step is not None)  # fmt: skip
             run.history.append(record)
             run.done = epoch
             rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None
-            save_epoch(run.folder, run.cfg, epoch, run.model, run.opt, run.cpu_gen.get_state(), rng_cuda,
-                       run.order_gen, run.history)  # fmt: skip
+            save_epoch(run.folder, run.cfg, run.identity, epoch, run.model, run.opt, run.cpu_gen.get_state(),
+                       rng_cuda, run.order_gen, run.history)  # fmt: skip
         for run in unit.runs:
-            yield runs.index(run), {**run.history[-1], "resumed_from": run.resumed_from,
-                                    "cuda_graphs": unit.replay_step is not None}  # fmt: skip
+            yield runs.index(run), {**run.history[-1], "resumed_from": run.resumed_from}

@@ -121,10 +121,14 @@ def _take(threads: int, device: str) -> subprocess.Popen:
     return _spawn(threads, device)
 
 
-def worker_job(cfgs: list, data_root, checkpoint_dirs: list, threads: int, cuda_graphs: str, **more) -> dict:
+def worker_job(cfgs: list, data, checkpoint_dirs: list, threads: int, cuda_graphs: str, **more) -> dict:
     """The job a training process reads on stdin (`dropout_lab.runtime.worker.run_job`): its variants, the
-    data, one checkpoint folder per variant, CPU threads and CUDA graphs; `more`: e.g. fresh, attempt."""
-    return {"configs": [c.to_dict() for c in cfgs], "data_root": str(data_root),
+    data as the run checked it (a DataInfo: its folder, dataset and measured fingerprint), the training
+    code's key, one checkpoint folder per variant, CPU threads and CUDA graphs; `more`: e.g. fresh, attempt."""
+    from dropout_lab.keys import TRAIN_CODE, code_hash
+
+    return {"configs": [c.to_dict() for c in cfgs], "data_root": str(data.root), "dataset": data.dataset,
+            "data_fingerprint": data.fingerprint, "code": code_hash(TRAIN_CODE),
             "checkpoint_dirs": [str(d) for d in checkpoint_dirs], "threads": threads, "cuda_graphs": cuda_graphs,
             **more}  # fmt: skip
 

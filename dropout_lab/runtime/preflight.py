@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from dropout_lab.config import (
+    DATASET_IMAGES,
     PARAMETERS,
     SETTINGS,
     TrainConfig,
@@ -183,6 +184,25 @@ def parameter_errors(params: dict) -> None:
         raise ValueError(f"{flag(str(error['loc'][0]))}: {describe_error(error)}") from None
 
 
+def what_cannot_be_done(params: dict) -> None:
+    """Refuse a run that cannot do what it says, once its parameters are valid: a comparison with no
+    variant, images the dataset does not have, a hold-out that leaves nothing to train on. ValueError
+    (one line)."""
+    if len(compared_variants(params)) < 2:
+        given = [f"{flag(s.field)} {' '.join(map(str, values))}" for s in SETTINGS if (values := params.get(s.field))]
+        raise ValueError(f"{', '.join(given) or 'no setting'}: nothing to compare with the baseline (it is always "
+                         "trained); give a --dropout above 0 or a --weight-decay")  # fmt: skip
+    dataset = params["dataset"]
+    for name, have in zip(("limit_train", "limit_test"), DATASET_IMAGES[dataset], strict=True):
+        if params[name] > have:
+            raise ValueError(f"{flag(name)} {params[name]}: the {dataset} dataset has {have:,} "
+                             f"{name.removeprefix('limit_')} images")  # fmt: skip
+    train = params["limit_train"] or DATASET_IMAGES[dataset][0]
+    if params["val_images"] and params["val_images"] >= train:
+        raise ValueError(f"--val-images {params['val_images']} leaves nothing to train on: the run takes "
+                         f"{train:,} training images of the {dataset} dataset")  # fmt: skip
+
+
 def resolve_seeds(params: dict) -> list[int] | str:
     """The seeds to train, set into params["seeds"]: the list given, or "auto"; when unset (None), "auto"
     where the run trains on a GPU (a seed costs seconds there) and the tutorial's one seed on CPU."""
@@ -205,6 +225,7 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     every (variant, seed) the run may train and the folders to use; unset seeds are resolved in
     `params` (resolve_seeds). Raises ValueError (one line)."""
     parameter_errors(params)  # first, and before the imports below: a bad value answers at once
+    what_cannot_be_done(params)
     resolve_seeds(params)
     from dropout_lab.analysis import history
     from dropout_lab.analysis.tracking import check_available, check_store

@@ -72,6 +72,23 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_CRASH)
 
 
+def provenance(job: dict) -> dict:
+    """Where this training's data and code come from, as measured here: the dataset, the checksums of
+    the files it reads and the key of the code it runs. DataError when the data is not what the flow
+    checked (`job["data_fingerprint"]`), or the code changed since the run began."""
+    from dropout_lab.core.data import DataError, measured_digests
+    from dropout_lab.keys import TRAIN_CODE, code_hash
+
+    measured = {"dataset": job["dataset"], "data_fingerprint": measured_digests(Path(job["data_root"]))[1],
+                "code": code_hash(TRAIN_CODE)}  # fmt: skip
+    if measured["data_fingerprint"] != job["data_fingerprint"]:
+        raise DataError(f"the data at {job['data_root']} changed since this run checked it (its files' checksums "
+                        "differ); rerun to check it again")  # fmt: skip
+    if measured["code"] != job["code"]:
+        raise DataError("the training code changed since this run began; rerun with the code as it is now")
+    return measured
+
+
 def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict | None = None) -> list[dict]:
     """Train the job's variants (one, or several on one device) with `fit`; one result each.
 
@@ -80,9 +97,8 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
     import torch
 
     from dropout_lab.config import TrainConfig
-    from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
-    from dropout_lab.core.data import load_split
-    from dropout_lab.core.evaluate import holdout_split, train_eval_count
+    from dropout_lab.core.checkpoint import checkpoint_path, epoch_checkpoints, load_checkpoint
+    from dropout_lab.core.evaluate import run_data
     from dropout_lab.core.model import Net, count_parameters
     from dropout_lab.core.train import fit
     from dropout_lab.runtime.locks import held, remove_dead_leftovers
@@ -99,18 +115,16 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
         folder.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()  # the job's own clock (wall_seconds) starts when the job came
-    train_x, train_y = load_split(job["data_root"], train=True, limit=cfg.limit_train)
-    train_x, train_y, val_x, val_y = holdout_split(train_x, train_y, cfg.val_images)
-    test_x, test_y = load_split(job["data_root"], train=False, limit=cfg.limit_test)
+    measured = provenance(job)
+    data = run_data(job["data_root"], cfg)
     t_data = time.perf_counter()
     if cuda_ready is not None:
         cuda_ready.join()
-    n_train_eval = train_eval_count(len(train_y), cfg.train_eval_images)
     startup = {**(startup or {}), "data": t_data - t0}
     if cfg.device.startswith("cuda"):
         startup["cuda_wait"] = time.perf_counter() - t_data
-    emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(train_y), n_train_eval=n_train_eval,
-         n_test=len(test_y), pid=os.getpid(),
+    emit("start", device=cfg.device, threads=torch.get_num_threads(), n_train=len(data.train[1]),
+         n_train_eval=len(data.train_eval[1]), n_test=len(data.test[1]), pid=os.getpid(),
          startup={k: round(v, 3) if isinstance(v, float) else v for k, v in startup.items()})  # fmt: skip
     # Two runs training the very same variant (same cache key, same folder) take turns: the second
     # then finds the finished checkpoints and has nothing left to train. Locks in sorted order, so
@@ -123,25 +137,27 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
             for folder in folders:
                 for _, path in epoch_checkpoints(folder):
                     path.unlink()
-        steps = fit(cfgs, train_x, train_y, test_x, test_y, folders, attempt, job.get("cuda_graphs", "auto"),
-                    progress=True, val_images=val_x, val_labels=val_y)  # fmt: skip
+        val_x, val_y = data.val if data.val is not None else (None, None)
+        steps = fit(cfgs, *data.train, *data.test, folders, attempt, job.get("cuda_graphs", "auto"), progress=True,
+                    val_images=val_x, val_labels=val_y, provenance=measured)  # fmt: skip
         for index, record in steps:
             emit("progress" if "progress" in record else "epoch", variant=index, **record)
-        finals = [epoch_checkpoints(folder)[0][1] for folder in folders]
+        # The result is each variant's planned last epoch (fit leaves nothing else as the newest).
+        finals = [checkpoint_path(folder, c.epochs) for c, folder in zip(cfgs, folders, strict=True)]
+        blobs = [final.read_bytes() for final in finals]
         states = [load_checkpoint(final) for final in finals]
-        hashes = [hashlib.sha256(final.read_bytes()).hexdigest() for final in finals]
     finished = datetime.now(timezone.utc).isoformat()
     return [
         {
             "checkpoint": str(final),
-            "weights_sha256": sha,
+            "weights_sha256": hashlib.sha256(blob).hexdigest(),
             "history": state["history"],
             "n_params": count_parameters(Net(c.dropout)),
             "started_at": started.isoformat(),
             "finished_at": finished,
             "wall_seconds": time.perf_counter() - t0,
         }
-        for c, final, state, sha in zip(cfgs, finals, states, hashes, strict=True)
+        for c, final, blob, state in zip(cfgs, finals, blobs, states, strict=True)
     ]
 
 

@@ -1,0 +1,158 @@
+"""Numbers that are the weights' own: a trained model's final evaluation is re-measured from its weights
+before a result built on a checkpoint is used, unless this user's runs wrote (or already re-measured)
+that very file.
+
+The trust boundary (docs/design.md, *What a cached result can claim*): anyone who can write the cache
+can write a checkpoint with the project's own writer, identity, checksums and all. What they cannot
+do is make its recorded final numbers differ from what its weights measure: a checkpoint whose
+SHA-256 this user's runs have not recorded is evaluated again (test, train-eval and held-out images,
+as the training evaluated them) and refused when its numbers are not its weights'. The SHA-256s of
+checkpoints written or re-measured here are kept outside the cache, per user (`measured_store`), as
+Jupyter keeps the signatures of notebooks it trusts, so a run's own checkpoints cost nothing to check.
+Not covered: earlier epochs' records (their weights are pruned) and the train-mode running numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from dropout_lab.config import TrainConfig
+from dropout_lab.core.checkpoint import CheckpointError, checked_claim
+from dropout_lab.core.evaluate import RunData, evaluate, run_data
+from dropout_lab.core.model import Net
+from dropout_lab.core.stacked import Single
+
+log = logging.getLogger(__name__)
+
+STORE_ENV = "DROPOUT_LAB_MEASURED"  # the file listing the checkpoints this user's runs measured
+EVALUATED = ("train_eval", "test", "val")  # the evaluations every epoch record holds (`{name}_acc`, `{name}_loss`)
+
+
+def measured_store() -> Path:
+    """$DROPOUT_LAB_MEASURED, else dropout-lab/measured.txt in the user's data folder (XDG): outside
+    every cache, so writing a cache does not make its checkpoints trusted."""
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "dropout-lab" / "measured.txt"
+
+
+_lock = threading.Lock()
+_known: dict[str, tuple[tuple, set[str]]] = {}  # store path → (its stat when read, the SHA-256s in it)
+
+
+def measured_here(sha256: str) -> bool:
+    """Whether this user's runs wrote, or re-measured, the checkpoint file with this SHA-256."""
+    path = measured_store()
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    with _lock:
+        stamp, known = _known.get(str(path), ((), set()))
+        if stamp != (st.st_size, st.st_mtime_ns, st.st_ino):
+            known = set(path.read_text(errors="replace").split())
+            _known[str(path)] = ((st.st_size, st.st_mtime_ns, st.st_ino), known)
+        return sha256 in known
+
+
+@functools.cache
+def _warn_unwritable(path: str, reason: str) -> None:
+    log.warning("cannot record measured checkpoints in %s (%s): checkpoints will be measured again", path, reason)
+
+
+def record_measured(sha256: str) -> None:
+    """Add a checkpoint's SHA-256 to the store (one appended line: concurrent writers do not mix)."""
+    path = measured_store()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{sha256}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        _warn_unwritable(str(path), e.strerror or str(e))
+
+
+def remeasure(model: Net, data: RunData, cfg: TrainConfig) -> dict[str, dict]:
+    """The model's evaluation on each image set of its training (`run_data`), as training evaluates it
+    after every epoch: eval mode, the config's batch size and precision (on CUDA)."""
+    device = next(model.parameters()).device
+    precision = cfg.precision if device.type == "cuda" else "fp32"
+    sets = {"train_eval": data.train_eval, "test": data.test, "val": data.val}
+    with torch.no_grad():
+        return {
+            name: evaluate(Single(model), x.to(device), y.to(device), cfg.eval_batch_size, precision)[0]
+            for name, (x, y) in ((n, s) for n, s in sets.items() if s is not None)
+        }
+
+
+def numbers_problem(record: dict, measured: dict[str, dict], same_kernels: bool = True) -> str | None:
+    """Why an epoch record's evaluation is not what its weights measure (None: it is). Kernels differ
+    in summation order (stacked vs alone, CPU threads), which can flip an image at a near-tie: up to
+    max(2, n/2000) images may differ, n/200 when measured on another device or precision."""
+    for name in EVALUATED:
+        result, acc, loss = measured.get(name), record.get(f"{name}_acc"), record.get(f"{name}_loss")
+        if result is None and acc is None:
+            continue
+        if result is None or acc is None:
+            return f"its {name} evaluation is {'missing' if acc is None else 'of images its training did not hold out'}"
+        n = sum(map(sum, result["confusion"]))
+        slack = max(2, n // (2000 if same_kernels else 200))
+        if abs(acc - result["acc"]) * n > slack + 1e-6:
+            return f"its final {name} accuracy {acc:.4f} is not its weights' ({result['acc']:.4f} on {n} images)"
+        if not math.isclose(loss, result["loss"], rel_tol=1e-3 if same_kernels else 1e-2, abs_tol=1e-6):
+            return f"its final {name} loss {loss:.4f} is not its weights' ({result['loss']:.4f})"
+    confusion = record.get("test_confusion")
+    if "test" in measured and confusion is not None:
+        moved = sum(abs(a - b) for ra, rb in zip(confusion, measured["test"]["confusion"], strict=True)
+                    for a, b in zip(ra, rb, strict=True))  # fmt: skip
+        n = sum(map(sum, measured["test"]["confusion"]))
+        if moved > 2 * max(2, n // (2000 if same_kernels else 200)):
+            return "its final confusion matrix is not its weights'"
+    return None
+
+
+_data_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _data(root: str, fingerprint: str, limit_train: int, val_images: int, train_eval_images: int, limit_test: int):
+    cfg = TrainConfig(limit_train=limit_train, val_images=val_images, train_eval_images=train_eval_images,
+                      limit_test=limit_test)  # fmt: skip
+    return run_data(root, cfg)
+
+
+def cached_result_problem(checkpoint: str, sha256: str, history: list, folder: Path, expected: dict, root: str,
+                          cfg: TrainConfig) -> str | None:  # fmt: skip
+    """Why a recorded training result cannot be used (None: it can): its checkpoint must be this
+    training's final one (`checked_claim`) and, unless this user's runs wrote or measured that file,
+    its final numbers must be what its weights measure on the data at `root`."""
+    try:
+        state = checked_claim(checkpoint, sha256, folder, expected, history)
+    except CheckpointError as e:
+        return str(e)
+    if measured_here(sha256):
+        return None
+    device = cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu"
+    model = Net(cfg.dropout).to(device, memory_format=torch.channels_last)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        return f"{Path(checkpoint).name}: its weights do not fit the model ({str(e).splitlines()[0][:120]})"
+    with _data_lock:  # one model at a time: each evaluation uses every core
+        data = _data(root, expected["data_fingerprint"], cfg.limit_train, cfg.val_images, cfg.train_eval_images,
+                     cfg.limit_test)  # fmt: skip
+        measured = remeasure(model, data, cfg)
+    problem = numbers_problem(history[-1], measured, same_kernels=device == cfg.device)
+    if problem is None:
+        record_measured(sha256)
+    return problem
