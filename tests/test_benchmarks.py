@@ -54,6 +54,17 @@ def test_time_training_runs_the_flows_training_stage(tiny_cifar):
     assert "training stage wall time:" in proc.stdout.splitlines()[-1]
 
 
+def test_verify_cost_times_the_checks_and_finds_the_re_measured_numbers_equal(tiny_cifar):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/verify_cost.py", "--data-dir", str(tiny_cifar), "--limit-train", "200",
+         "--repeats", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("dropout ")]
+    assert len(lines) == 2 and all("images {'train_eval': 0, 'test': 0}, loss max 0.0e+00" in x for x in lines), lines
+
+
 def test_ab_end_to_end_times_both_checkouts(tmp_path):
     proc = subprocess.run(
         [sys.executable, "benchmarks/ab_end_to_end.py", "--base", "HEAD", "--data-dir", str(tmp_path / "data"),

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field, history_rows, summary_rows
-from dropout_lab.config import SETTINGS
+from dropout_lab.config import SETTINGS, variant_of
 from dropout_lab.runtime.redact import redact
 
 HISTORY_FILE = "history.sqlite"
@@ -339,10 +339,10 @@ def as_table(rows: list[dict], table: str = "runs") -> pa.Table:
 def model_rows(results, data, meta: dict) -> tuple[list[dict], list[dict]]:
     """History rows of one run's trained models: (runs, epochs). `meta` holds RUN_FIELDS except
     weights_sha256 (each model's own)."""
-    by_key = {(r.config.label, r.config.seed): r.weights_sha256 for r in results}
+    by_key = {(variant_of(r.config), r.config.seed): r.weights_sha256 for r in results}
 
-    def ident(row: dict) -> dict:
-        return {**meta, "weights_sha256": by_key[(row["model"], row["seed"])]}
+    def ident(row: dict) -> dict:  # keyed on the exact settings, never on a printed name
+        return {**meta, "weights_sha256": by_key[(variant_of(row), row["seed"])]}
 
     runs = [{**ident(row), **row} for row in summary_rows(results, data)]
     epochs = [{**ident(row), **row} for row in history_rows(results, data)]
