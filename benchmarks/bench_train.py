@@ -44,10 +44,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from dropout_lab.config import TrainConfig  # noqa: E402
 from dropout_lab.core.data import FOLDER_NAME, load_split, write_cifar_folder  # noqa: E402
-from dropout_lab.core.evaluate import evaluate  # noqa: E402
 from dropout_lab.core.model import Net  # noqa: E402
-from dropout_lab.core.stacked import Single, StackedNet, streams_from_global  # noqa: E402
-from dropout_lab.core.train import adam, build, train_steps  # noqa: E402
+from dropout_lab.core.stacked import streams_from_global  # noqa: E402
+from dropout_lab.core.train import Unit, build  # noqa: E402
 from dropout_lab.runtime.devices import available_cores  # noqa: E402
 
 BATCH = 32
@@ -145,7 +144,6 @@ def project_child(job: dict) -> dict:
     train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
     total = (job["steps"] + WARMUP_STEPS) * BATCH
     warm = WARMUP_STEPS * BATCH
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
 
     def order_for(seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -153,31 +151,31 @@ def project_child(job: dict) -> dict:
         return order[:total].to(device)
 
     if k:
-        nets, streams = [], []
+        nets, opts, streams = [], [], []
         for c in cfgs:  # as dropout_lab.core.train.fit starts them
-            nets.append(build(c)[0])
+            net, opt = build(c)
+            nets.append(net)
+            opts.append(opt)
             cpu_gen, cuda_gen = streams_from_global(device)
             streams.append(cuda_gen or cpu_gen)
-        model = StackedNet(nets).to(device)
-        opt = adam(model.parameters(), cfg)
+        unit = Unit(nets, opts, streams, cfg)
         orders = torch.stack([order_for(c.seed) for c in cfgs])
 
         def steps(part):
-            return train_steps(model, opt, scaler, train_x, train_y, orders[:, part], BATCH, streams)
+            return unit.train_pass(orders[:, part], train_x, train_y)
 
         def test():
-            return evaluate(model, test_x, test_y, cfg.eval_batch_size)[0]
+            return unit.evaluate("test", test_x, test_y)[0]
     else:
         model, opt = build(cfg)
-        single = Single(model)
-        forward = torch.compile(single) if cfg.compile else single
+        unit = Unit([model], [opt], [], cfg)  # torch.compile as the config says
         order = order_for(cfg.seed)[None]
 
         def steps(part):
-            return train_steps(forward, opt, scaler, train_x, train_y, order[:, part], BATCH, None, cfg.precision)
+            return unit.train_pass(order[:, part], train_x, train_y)
 
         def test():
-            return evaluate(forward, test_x, test_y, cfg.eval_batch_size, cfg.precision)[0]
+            return unit.evaluate("test", test_x, test_y)[0]
 
     t0 = time.perf_counter()
     steps(slice(0, warm))  # includes torch.compile's compilation

@@ -28,7 +28,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL  # noqa: E402
 
 from dropout_lab.cli.compare import check_api_reachable  # noqa: E402
 from dropout_lab.naming import slug  # noqa: E402
-from dropout_lab.runtime.redact import redact  # noqa: E402
+from dropout_lab.redact import redact  # noqa: E402
 
 SUBJECT = "dropout-lab: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
 # The link is built here, from the API's address: the server renders `ui_url` as None unless its own

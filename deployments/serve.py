@@ -7,7 +7,7 @@ Flow flags (`--epochs`, `--data-dir`, `--device`, ...) become the deployment's d
 `python flows/compare.py --help` lists them. The process stays up, runs each scheduled or manually
 triggered run (`prefect deployment run compare/nightly`) one at a time, and leaves the schedule
 active when it stops (`pause_on_shutdown=False`). A run asked for while another runs waits for it
-(AwaitingConcurrencySlot); late scheduled runs collapse to the newest (dropout_lab/runtime/late_runs.py);
+(AwaitingConcurrencySlot); late scheduled runs collapse to the newest (tasks/late_runs.py);
 a run left Pending by a stopped process is marked Crashed (deployments/reclaim.py). Needs a Prefect
 server: `prefect server start` and PREFECT_API_URL=http://127.0.0.1:4200/api (see README, "Run on a schedule").
 """

@@ -282,6 +282,14 @@ def compared_variants(params: Mapping) -> list[Variant]:
     return sorted({*found, BASELINE}, key=Variant.order)
 
 
+def comparison_words(variants) -> str:
+    """What a run compares, for titles: `dropout 0.1, 0.5 vs baseline`, `dropout 0.25 and weight decay 0.0005
+    vs baseline` (the compared settings and their values, in SETTINGS order)."""
+    values = {s.field: sorted({v for var in variants for f, v in var.settings if f == s.field}) for s in SETTINGS}
+    parts = [f"{s.words} {', '.join(map(value_text, values[s.field]))}" for s in SETTINGS if values[s.field]]
+    return f"{' and '.join(parts) or 'nothing'} vs baseline"
+
+
 def family_noun(variants: list[Variant]) -> str:
     """'rates' when every compared variant varies the same one setting, else 'variants'."""
     fields = {field for v in variants for field, _ in v.settings}

@@ -53,16 +53,16 @@ from dropout_lab.config import (  # noqa: E402
 )
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
+from dropout_lab.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime import console, temporary_server  # noqa: E402
 from dropout_lab.runtime.devices import process_plan, stack_groups  # noqa: E402
-from dropout_lab.runtime.late_runs import superseding_run  # noqa: E402
 from dropout_lab.runtime.launcher import discard_spares, first_processes, prestart  # noqa: E402
 from dropout_lab.runtime.preflight import check_parameters, resolve_seeds  # noqa: E402
 from dropout_lab.runtime.progress import bars  # noqa: E402
-from dropout_lab.runtime.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime.signals import Stopped, stop_on_signals, stop_training_on_sigterm  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
+from tasks.late_runs import superseding_run  # noqa: E402
 from tasks.record import finish_mlflow, record_history, start_mlflow  # noqa: E402
 from tasks.report import publish_report, render_report, tag_flow_run  # noqa: E402
 from tasks.train import train  # noqa: E402

@@ -1,5 +1,5 @@
-"""dropout-lab's building blocks.
-
-Every module here is plain Python + torch and never imports prefect, except `steps.py`, which
-wraps these functions as Prefect tasks (a few lines each). Remove the decorators and it still works.
+"""The Prefect layer under the flow: one task per DAG node (fetch, train, report), each a few lines around
+a plain function of dropout_lab, with what Prefect needs around them: cache keys and the safe result
+storage (cache.py), device slots as global concurrency limits (slots.py), the run history and MLflow after
+the report (record.py), and the check for a later scheduled run that is also due (late_runs.py).
 """

@@ -17,8 +17,8 @@ from dropout_lab.analysis.tables import history_rows, summary_rows
 from dropout_lab.analysis.trend import table_rows
 from dropout_lab.config import TrainConfig, Variant, variant_of
 from dropout_lab.core.data import DataInfo
+from dropout_lab.redact import redact
 from dropout_lab.results import TrainResult
-from dropout_lab.runtime.redact import redact
 
 RECENT_RUNS = 20  # runs in the UI's table of the latest runs
 

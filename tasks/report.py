@@ -56,12 +56,17 @@ def publish_report(markdown: str, history: list[dict], experiment: str, cached: 
         logger.info("report unchanged (cached): artifact dropout-comparison-%s already holds it", key)
         create_link_artifact(f"{ui_base()}/artifacts/key/dropout-comparison-{key}",
                              link_text=f"dropout-comparison-{key} (unchanged: every result of this run was cached)",
-                             description=f"Dropout vs baseline: {experiment}")  # fmt: skip
+                             description=f"{markdown_title(markdown)}: {experiment}")  # fmt: skip
         return
     create_markdown_artifact(
-        markdown, key=f"dropout-comparison-{key}", description=f"Dropout vs baseline: {experiment}"
+        markdown, key=f"dropout-comparison-{key}", description=f"{markdown_title(markdown)}: {experiment}"
     )
     create_table_artifact(history, key=f"dropout-history-{key}", description=f"Per-epoch history: {experiment}")
+
+
+def markdown_title(markdown: str) -> str:
+    """The report's own title (what it compares), from its first line."""
+    return markdown.split("\n", 1)[0].removeprefix("# ")
 
 
 def ui_base() -> str:

@@ -10,7 +10,7 @@ from dropout_lab.config import TrainConfig
 from dropout_lab.core.data import load_split, write_cifar_folder
 from dropout_lab.core.evaluate import evaluate, train_eval_indices, train_eval_split
 from dropout_lab.core.stacked import Single
-from dropout_lab.core.train import build, fit, train_steps
+from dropout_lab.core.train import Unit, build, fit
 from dropout_lab.results import TrainResult
 
 
@@ -48,19 +48,21 @@ def fixed_weight_accuracies(model, splits) -> tuple[float, float]:
     weights held fixed (lr 0): the only difference left is dropout being on or off."""
     train_x, train_y = splits[0], splits[1]
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _, correct = train_steps(Single(model), frozen, scaler, train_x, train_y, torch.arange(len(train_y))[None], 32)
+    _, correct = Unit([model], [frozen], [], TrainConfig()).train_pass(
+        torch.arange(len(train_y))[None], train_x, train_y
+    )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # really fixed
     return float(correct) / len(train_y), evaluate(Single(model), train_x, train_y, batch_size=64)[0]["acc"]
 
 
 def trained(dropout: float, splits):
-    model, opt = build(TrainConfig(dropout=dropout, seed=0))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    cfg = TrainConfig(dropout=dropout, seed=0)
+    model, opt = build(cfg)
+    unit = Unit([model], [opt], [], cfg)
     for epoch in range(4):
         order = torch.randperm(len(splits[1]), generator=torch.Generator().manual_seed(epoch))
-        train_steps(Single(model), opt, scaler, splits[0], splits[1], order[None], 32)
+        unit.train_pass(order[None], splits[0], splits[1])
     return model
 
 

@@ -19,18 +19,18 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+from dropout_lab import locks
 from dropout_lab.analysis.report import code_span, markdown_summary, write_report
 from dropout_lab.analysis.tables import summary_rows
 from dropout_lab.cli.compare import one_line
 from dropout_lab.config import TrainConfig
 from dropout_lab.core import data
 from dropout_lab.core.data import describe_folder
+from dropout_lab.locks import held, remove_dead_leftovers
+from dropout_lab.redact import redact
 from dropout_lab.results import CachedError, TrainResult, from_jsonable
-from dropout_lab.runtime import locks
 from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
-from dropout_lab.runtime.locks import held, remove_dead_leftovers
 from dropout_lab.runtime.preflight import confine
-from dropout_lab.runtime.redact import redact
 from dropout_lab.runtime.worker import classify
 from flows.compare import compare, main
 from tasks.cache import SafeJSONSerializer, UnsafeCacheEntry, check_record
@@ -188,13 +188,13 @@ def test_a_run_waiting_on_a_lock_says_so_and_names_the_holder(tmp_path, caplog, 
     monkeypatch.setattr(locks, "WAIT_LOG_EVERY_S", 0.2)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1])\n"
-         "from dropout_lab.runtime.locks import held\n"
+         "from dropout_lab.locks import held\n"
          "with held(sys.argv[2], 'x'):\n print('held', flush=True); time.sleep(1.5)", str(REPO),
          str(tmp_path / ".cifar10.lock")], stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout.readline().strip() == "held"
     lock = tmp_path / ".cifar10.lock"
-    with caplog.at_level("WARNING", logger="dropout_lab.runtime.locks"), held(lock, "the data folder"):
+    with caplog.at_level("WARNING", logger="dropout_lab.locks"), held(lock, "the data folder"):
         pass
     holder.wait()
     assert f"waiting for the data folder: {tmp_path / '.cifar10.lock'} is held by pid {holder.pid}" in caplog.text

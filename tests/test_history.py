@@ -97,13 +97,27 @@ def test_a_model_already_recorded_is_not_added_again(store):
 
 
 def test_filters(store):
-    assert {r["dropout"] for r in history.read(store, rates=[0.0])} == {0.0}
+    decayed = {**model(2, 0.0, 0, 0.7, 0.05), "model": "weight_decay=0.0005", "weight_decay": 0.0005,
+               "weights_sha256": "w-wd"}  # fmt: skip
+    assert history.append(store, [decayed], []) == 1
+    baseline = history.read(store, variants=[Variant()])
+    assert {r["model"] for r in baseline} == {"baseline"} and len(baseline) == 9  # not the weight-decay variant
+    wd = Variant((("weight_decay", 0.0005),))
+    assert [r["model"] for r in history.read(store, variants=[wd])] == ["weight_decay=0.0005"]
+    assert {r["model"] for r in history.read(store, variants=[Variant((("dropout", 0.25),)), wd])} == {
+        "dropout=0.25", "weight_decay=0.0005"}  # fmt: skip
+    # The command line's per-setting filters: 0 is the baseline only.
+    rows = lambda *argv: cli.read(store, variants=cli.selected(cli.build_parser().parse_args(list(argv))))  # noqa: E731
+    assert {r["model"] for r in rows("--rate", "0")} == {"baseline"}
+    assert {r["model"] for r in rows("--weight-decay", "0.0005", "0")} == {"weight_decay=0.0005", "baseline"}
+    assert {r["model"] for r in rows("--dropout", "0.5")} == {"dropout=0.5"}
     assert {r["seed"] for r in history.read(store, seeds=[1, 2])} == {1, 2}
     assert {r["dataset"] for r in history.read(store, dataset="fake")} == {"fake"}
     since = history.read(store, since=DAY0 + timedelta(days=1))
     assert {r["flow_run_id"] for r in since} == {"run-1", "run-2", "run-9"}
     assert {r["flow_run_id"] for r in history.read(store, last=2)} == {"run-2", "run-9"}
-    assert {r["flow_run_id"] for r in history.read(store, rates=[0.25], seeds=[0], last=1)} == set()  # run-9: p=0.5
+    p25 = [Variant((("dropout", 0.25),))]
+    assert {r["flow_run_id"] for r in history.read(store, variants=p25, seeds=[0], last=1)} == set()  # run-9: p=0.5
 
 
 def _append_many(target: str, worker: int, n: int) -> None:

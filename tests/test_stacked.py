@@ -10,9 +10,9 @@ from torch import nn
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.evaluate import evaluate
-from dropout_lab.core.model import Net
+from dropout_lab.core.model import Net, optimizer
 from dropout_lab.core.stacked import Single, StackedNet, streams_from_global
-from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, build, check_stackable, fit, train_steps
+from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, Unit, build, check_stackable, fit
 
 BASE = TrainConfig(epochs=2, batch_size=32)
 # Measured: a correct stack differs from separate training by <= 2e-5 after 3 Adam steps (summation
@@ -22,6 +22,18 @@ STEP_TOL = 2e-4
 
 def variants(*pairs):
     return [dataclasses.replace(BASE, dropout=p, seed=s) for p, s in pairs]
+
+
+def alone_pass(net, opt, cfg, x, y, order):
+    """Train one variant on `order` as the trainer trains it alone (its dropout from the global generator)."""
+    return Unit([net], [opt], [], cfg).train_pass(order[None], x, y)
+
+
+def stacked_pass(nets, cfg, x, y, orders, streams) -> tuple[StackedNet, torch.Tensor, torch.Tensor]:
+    """Train the variants on their `orders` as one stacked computation: (the stack, losses, number correct)."""
+    unit = Unit(nets, [optimizer(n.parameters(), cfg) for n in nets], streams, cfg)
+    losses, correct = unit.train_pass(torch.stack(orders), x, y)
+    return unit.model, losses, correct
 
 
 def max_param_diff(net, stacked, k) -> float:
@@ -41,26 +53,21 @@ def test_steps_match_separate_training(splits, pairs):
     cfgs = variants(*pairs)
     steps = 3
     orders = [torch.randperm(len(y), generator=torch.Generator().manual_seed(c.seed))[: steps * 32] for c in cfgs]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     initial, alone, streams = [], [], []
     for cfg, order in zip(cfgs, orders, strict=True):
         net, opt = build(cfg)
         streams.append(streams_from_global("cpu")[0])  # the stream `build` leaves
         initial.append(copy.deepcopy(net))
-        train_steps(Single(net), opt, scaler, x, y, order[None], 32)
+        alone_pass(net, opt, cfg, x, y, order)
         alone.append(net)
-    stacked = StackedNet(initial)
-    opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
-    losses, correct = train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
+    stacked, losses, correct = stacked_pass(copy.deepcopy(initial), BASE, x, y, orders, streams)
     for k, net in enumerate(alone):
         assert max_param_diff(net, stacked, k) < STEP_TOL, cfgs[k].run_name
     assert losses.shape == (3,) and correct.shape == (3,)
 
     # The same check fails when one variant's dropout stream is not its own.
-    stacked = StackedNet(initial)
-    opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
     streams = [torch.Generator().manual_seed(99)] + streams[1:]
-    train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
+    stacked, _, _ = stacked_pass(copy.deepcopy(initial), BASE, x, y, orders, streams)
     assert max_param_diff(alone[0], stacked, 0) > 10 * STEP_TOL
 
 
@@ -148,17 +155,15 @@ def test_mixed_precision_runs_the_same_way(splits):
     x, y, tx, ty = splits
     cfgs = variants((0.25, 0), (0.0, 1))
     orders = [torch.randperm(len(y), generator=torch.Generator().manual_seed(c.seed))[:32] for c in cfgs]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    bf16 = dataclasses.replace(BASE, precision="bf16")
     initial, alone, streams = [], [], []
     for cfg, order in zip(cfgs, orders, strict=True):
         net, opt = build(cfg)
         streams.append(streams_from_global("cpu")[0])
         initial.append(copy.deepcopy(net))
-        train_steps(Single(net), opt, scaler, x, y, order[None], 32, precision="bf16")
+        alone_pass(net, opt, bf16, x, y, order)
         alone.append(net)
-    stacked = StackedNet(initial)
-    opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
-    losses, _ = train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams, precision="bf16")
+    stacked, losses, _ = stacked_pass(initial, bf16, x, y, orders, streams)
     assert torch.isfinite(losses).all()
     # One Adam step moves each weight by about lr (1e-3); bf16 rounding may flip a few tiny gradients.
     for k, net in enumerate(alone):
@@ -186,18 +191,15 @@ def test_the_stack_is_built_from_net_so_a_changed_net_stacks_the_same(splits):
     x, y = splits[0], splits[1]
     rates, seeds = (0.25, 0.0), (0, 1)
     orders = [torch.randperm(len(y), generator=torch.Generator().manual_seed(s))[:96] for s in seeds]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     initial, alone, streams = [], [], []
     for rate, seed, order in zip(rates, seeds, orders, strict=True):
         net = changed_net(rate, seed)
         streams.append(streams_from_global("cpu")[0])
         initial.append(copy.deepcopy(net))
-        train_steps(Single(net), torch.optim.Adam(net.parameters(), lr=BASE.lr), scaler, x, y, order[None], 32)
+        alone_pass(net, optimizer(net.parameters(), BASE), BASE, x, y, order)
         alone.append(net)
-    stacked = StackedNet(initial)
+    stacked, _, _ = stacked_pass(initial, BASE, x, y, orders, streams)
     assert [kind for kind, *_ in stacked.plan].count("linear") == 3
-    opt = torch.optim.Adam(stacked.parameters(), lr=BASE.lr)
-    train_steps(stacked, opt, scaler, x, y, torch.stack(orders), 32, streams)
     for k, net in enumerate(alone):
         assert max_param_diff(net, stacked, k) < STEP_TOL
 

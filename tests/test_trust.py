@@ -26,10 +26,10 @@ from dropout_lab.analysis.report import report_files, report_problem
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.checkpoint import CheckpointError, checked_claim, identity, save_checkpoint
 from dropout_lab.core.data import data_problem, ensure_fake
+from dropout_lab.redact import redact_logs, split_credentials
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.console import WithoutTracebacks
 from dropout_lab.runtime.preflight import confine, plan_folders
-from dropout_lab.runtime.redact import redact_logs, split_credentials
 from flows.compare import compare, main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import torch
 
 from dropout_lab.analysis.figures import BASELINE_COLOR, color, panel_positions
 from dropout_lab.analysis.stats import by_variant, compare_variants, statistics_rows, verdict
-from dropout_lab.config import BASELINE, TrainConfig, Variant, compared_variants, configure, variant_of
+from dropout_lab.config import BASELINE, SETTINGS, TrainConfig, Variant, compared_variants, configure, variant_of
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.data import load_split
 from dropout_lab.core.train import check_stackable, fit
@@ -37,7 +37,8 @@ def three_arms() -> list[dict]:
 
 
 def test_a_weight_decay_variant_is_its_own_variant_and_not_the_baseline():
-    assert WD.columns() == {"model": "weight_decay=0.0005", "baseline": False, "dropout": 0.0, "weight_decay": 0.0005}
+    off = {s.field: s.off for s in SETTINGS}  # every compared setting has its column, at the baseline's value
+    assert WD.columns() == {"model": "weight_decay=0.0005", "baseline": False, **off, "weight_decay": 0.0005}
     assert not WD.is_baseline and variant_of(WD.columns()) == WD and variant_of(BASELINE.columns()) == BASELINE
     # A history row written before weight decay existed has no such column: it is at the baseline's value.
     assert variant_of({"dropout": 0.0}) == BASELINE and variant_of({"dropout": 0.25}) == P25

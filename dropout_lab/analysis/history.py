@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field, history_rows, summary_rows
-from dropout_lab.config import SETTINGS, variant_of
-from dropout_lab.runtime.redact import redact
+from dropout_lab.config import SETTINGS, Variant, variant_of
+from dropout_lab.redact import redact
 
 HISTORY_FILE = "history.sqlite"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -266,16 +266,17 @@ def _run_id(table: sa.Table):
 def read(
     target: str | Path,
     table: str = "runs",
-    rates: list[float] | None = None,
+    variants: list[Variant] | None = None,
     seeds: list[int] | None = None,
     dataset: str | None = None,
     since: datetime | None = None,
     last: int | None = None,
     experiments: list[str] | None = None,
 ) -> list[dict]:
-    """Rows of `runs` or `epochs`, oldest first, filtered: dropout rates (0 includes the baseline),
-    seeds, dataset, recorded at or after `since`, experiments (name or hash); `last` keeps the rows of
-    the last N flow runs. Read-only: a store that is not ours is refused and left as it is."""
+    """Rows of `runs` or `epochs`, oldest first, filtered: variants (exactly these settings), seeds,
+    dataset, recorded at or after `since`, experiments (exact names, or digests by their first
+    characters); `last` keeps the rows of the last N flow runs. Read-only: a store that is not ours is
+    refused and left as it is."""
     path = _is_sqlite_file(target)
     if path is not None and not path.is_file():
         raise HistoryError(f"{shown(target)}: {'a folder, not a run history' if path.is_dir() else 'no run history'}")
@@ -288,7 +289,7 @@ def read(
                 raise _refuse(target, why)
             have = {c["name"] for c in inspector.get_columns(table)}  # an older history lacks newer columns
             columns = [sa.Column(f.name, _sql_type(f.type)) for f in schema if f.name in have]
-            query = _query(sa.Table(table, sa.MetaData(), *columns), have, rates, seeds, dataset, since, last,
+            query = _query(sa.Table(table, sa.MetaData(), *columns), have, variants, seeds, dataset, since, last,
                            experiments)  # fmt: skip
             rows = [dict(r._mapping) for r in conn.execute(query)]
     except sa.exc.SQLAlchemyError as e:
@@ -296,25 +297,34 @@ def read(
     return [{f.name: _from_sql(row.get(f.name), f.type) for f in schema} for row in rows]
 
 
-def _query(t: sa.Table, have: set[str], rates, seeds, dataset, since, last, experiments) -> sa.Select:
+def _query(t: sa.Table, have: set[str], variants, seeds, dataset, since, last, experiments) -> sa.Select:
     """The filtered rows of `t`, in run order, then report order (the baseline last), then seed (and epoch)."""
     query = sa.select(t)
-    for column, values in (("dropout", rates), ("seed", seeds)):
-        if values and column in have:
-            query = query.where(t.c[column].in_(list(values)))
+    settings = [s for s in SETTINGS if s.field in have]  # a setting's column an older history lacks: off
+
+    def is_variant(variant: Variant):  # every compared setting at exactly the variant's value
+        values = dict(variant.settings)
+        if set(values) - {s.field for s in settings}:
+            return sa.false()
+        return sa.and_(*(sa.func.coalesce(t.c[s.field], s.off) == values.get(s.field, s.off) for s in settings))
+
+    if variants:
+        query = query.where(sa.or_(*(is_variant(v) for v in variants)))
+    if seeds:
+        query = query.where(t.c.seed.in_(list(seeds)))
     if dataset:
         query = query.where(t.c.dataset == dataset)
     if since:
         query = query.where(t.c.recorded_at >= _to_sql(since if since.tzinfo else since.replace(tzinfo=UTC)))
-    if experiments:  # a name, or a hash or its first characters
-        named = [t.c.experiment.in_(experiments), *(t.c.experiment_hash.like(f"{e}%") for e in experiments)]
+    if experiments:  # a name exactly, or a digest by its first characters: user text is never a LIKE pattern
+        named = [t.c.experiment.in_(experiments),
+                 *(sa.func.substr(t.c.experiment_hash, 1, len(e)) == e for e in experiments if e)]  # fmt: skip
         query = query.where(sa.or_(*named))
     if last:
         runs = sa.Table("runs", sa.MetaData(), *(sa.Column(n) for n in ("flow_run_id", "report_folder", "recorded_at")))
         ids = sa.select(_run_id(runs).label("run"), runs.c.recorded_at).subquery()
         newest = sa.select(ids.c.run).group_by(ids.c.run).order_by(sa.func.max(ids.c.recorded_at).desc())
         query = query.where(_run_id(t).in_(newest.limit(last).scalar_subquery()))
-    settings = [s for s in SETTINGS if s.field in have]  # a setting's column an older history lacks: off
     baseline = sa.and_(*(sa.func.coalesce(t.c[s.field], s.off) == s.off for s in settings))
     order = [t.c.recorded_at, _run_id(t), baseline, *(t.c[s.field] for s in settings), t.c.seed]
     return query.order_by(*order, *([t.c.epoch] if "epoch" in have else []))

@@ -16,7 +16,7 @@ import numpy as np
 from filelock import FileLock
 
 from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
-from dropout_lab.analysis.stats import statistics_rows, verdict
+from dropout_lab.analysis.stats import by_variant, statistics_rows, verdict
 from dropout_lab.analysis.tables import (
     CONFUSION_SCHEMA,
     HISTORY_SCHEMA,
@@ -29,10 +29,10 @@ from dropout_lab.analysis.tables import (
     summary_rows,
     write_table,
 )
-from dropout_lab.config import Design, value_text, variant_of
+from dropout_lab.config import Design, comparison_words, value_text, variant_of
 from dropout_lab.core.data import DataInfo
+from dropout_lab.locks import remove_dead_leftovers
 from dropout_lab.results import TrainResult
-from dropout_lab.runtime.locks import remove_dead_leftovers
 
 
 def report_title(results: list[TrainResult], data: DataInfo) -> str:
@@ -44,8 +44,9 @@ def report_title(results: list[TrainResult], data: DataInfo) -> str:
     fewest, most = min(per_model), max(per_model)
     counted = f"{most} seeds" if fewest == most else f"{fewest}–{most} seeds per model (n in the legends)"
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{counted} (mean, 95% bands)"
+    compared = comparison_words({variant_of(r.config) for r in results})
     return (
-        f"Dropout vs baseline — {data.provenance}\n"
+        f"{compared[0].upper()}{compared[1:]} — {data.provenance}\n"
         f"{r.n_train:,} train images ({r.n_train_eval:,} re-evaluated for the gap) / {r.n_test:,} test images, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {value_text(cfg.lr)}, {seed_text}, "
         f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
@@ -119,7 +120,8 @@ def code_span(text: str) -> str:
 def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path,
                      design: Design = Design()) -> str:  # fmt: skip
     """Markdown for the Prefect UI: the verdict first, then per-variant statistics, runs and the figure."""
-    lines = ["# Dropout vs baseline", ""]
+    compared = comparison_words(by_variant(summary))
+    lines = [f"# {compared[0].upper()}{compared[1:]}", ""]
     if data.dataset == "fake":
         lines += ["> **synthetic data — accuracies meaningless** (pipeline smoke run)", ""]
     elif not data.verified:

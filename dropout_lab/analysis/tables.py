@@ -23,6 +23,10 @@ def field(name: str, kind: pa.DataType, unit: str | None = None, doc: str | None
 
 GAP_DOC = "eval-mode train accuracy minus test accuracy, same weights (the generalization gap)"
 RUNNING_DOC = "the tutorial's running mean over the epoch in train mode (dropout on); not the gap's train side"
+# The running loss is the objective the variant trained on (core/model.py `criterion`), which can differ
+# from the plain cross-entropy every evaluation measures.
+OBJECTIVE = "training objective per image (the variant's criterion, core/model.py)"
+RUNNING_LOSS_DOC = f"the {OBJECTIVE}: {RUNNING_DOC}"
 TRAIN_EVAL_DOC = "the epoch's final weights in eval mode on n_train_eval training images (fixed class-balanced subset)"
 VAL_DOC = "the epoch's final weights in eval mode on the held-out training images (--val-images; else null)"
 # Every table's keys: the variant (its name, whether it is the baseline, each compared setting's value)
@@ -38,7 +42,7 @@ HISTORY_SCHEMA = pa.schema(
     [
         *KEYS,
         field("epoch", pa.int64()),
-        field("train_running_loss", pa.float64(), NATS, RUNNING_DOC),
+        field("train_running_loss", pa.float64(), OBJECTIVE, RUNNING_LOSS_DOC),
         field("train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
         field("train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
         field("train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
@@ -79,7 +83,7 @@ SUMMARY_SCHEMA = pa.schema(
         ),
         field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
         field("final_train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
-        field("final_train_running_loss", pa.float64(), NATS, RUNNING_DOC),
+        field("final_train_running_loss", pa.float64(), OBJECTIVE, RUNNING_LOSS_DOC),
         field("final_test_loss", pa.float64(), NATS),
         field("epochs", pa.int64()),
         field("batch_size", pa.int64()),

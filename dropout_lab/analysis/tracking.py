@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dropout_lab.config import SETTINGS, Variant, value_text, variant_of
-from dropout_lab.runtime.redact import redact, split_credentials
+from dropout_lab.redact import redact, split_credentials
 
 EXPERIMENT = "dropout-lab"
 STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"

@@ -12,7 +12,7 @@ from types import UnionType
 from typing import Annotated, Literal, Union, get_args, get_origin
 
 from dropout_lab.config import PARAMETERS, element_type, flag, help_text
-from dropout_lab.runtime.redact import redact
+from dropout_lab.redact import redact
 
 RUNNER_FLAGS = ("task_runner", "dask_address", "verbose", "history")  # how a run runs, not what it computes
 

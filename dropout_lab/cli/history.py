@@ -25,6 +25,7 @@ from dropout_lab.analysis.history import (
     shown,
 )
 from dropout_lab.analysis.trend import compare_table, format_table, plot_trend
+from dropout_lab.config import BASELINE, SETTINGS, Variant, flag, value_text
 
 
 def since_value(text: str) -> datetime:
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
                         help="two experiments (names or report-folder digests) side by side: every variant's seeds, "
                              "test accuracy and gap with 95%% intervals, and B minus A")  # fmt: skip
-    parser.add_argument("--rate", type=float, nargs="+", metavar="P", help="only these dropout rates (0: baseline)")
+    for setting in SETTINGS:  # one filter per compared setting; its `off` value is the baseline alone
+        names = [flag(setting.field), *(["--rate"] if setting.field == "dropout" else [])]
+        parser.add_argument(*names, dest=setting.field, type=float, nargs="+", metavar="V",
+                            help=f"only the variants with these {setting.plural} ({value_text(setting.off)}: the "
+                                 "baseline only)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="only these seeds")
     parser.add_argument("--dataset", help="only this dataset (cifar10, fake)")
     parser.add_argument("--since", type=since_value, metavar="WHEN", help="recorded since: 2026-11-01, 7d, 12h")
@@ -87,7 +92,9 @@ def show(args: argparse.Namespace) -> int:
         return fail(f"no run history at {shown(history)}: runs record there once they complete")
     if args.compare:
         return compare(history, *args.compare)
-    rows = read(history, rates=args.rate, seeds=args.seeds, dataset=args.dataset, since=args.since, last=args.last)
+    rows = read(
+        history, variants=selected(args), seeds=args.seeds, dataset=args.dataset, since=args.since, last=args.last
+    )
     if not rows:
         print(f"no recorded runs match in {shown(history)}")
         return 0
@@ -103,6 +110,14 @@ def show(args: argparse.Namespace) -> int:
         plot_trend(rows, figure, title=f"Runs recorded in {shown(history)}")
         print(f"figure: {figure}")
     return 0
+
+
+def selected(args: argparse.Namespace) -> list[Variant] | None:
+    """The variants the per-setting filters name (None: no filter): a value at the setting's `off` is the
+    baseline, any other that setting's variant."""
+    chosen = [BASELINE if value == s.off else Variant(((s.field, float(value)),))
+              for s in SETTINGS for value in getattr(args, s.field) or ()]  # fmt: skip
+    return chosen or None
 
 
 def compare(history, a: str, b: str) -> int:

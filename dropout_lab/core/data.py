@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dropout_lab.config import DATASET_IMAGES
-from dropout_lab.runtime.locks import held, remove_dead_leftovers
-from dropout_lab.runtime.redact import redact, split_credentials
+from dropout_lab.locks import held, remove_dead_leftovers
+from dropout_lab.redact import redact, split_credentials
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dropout_lab.config import TrainConfig, graphs_wanted, stack_shared
 from dropout_lab.core import graphs
@@ -44,7 +43,7 @@ from dropout_lab.core.evaluate import (
     to_input,
     train_eval_split,
 )
-from dropout_lab.core.model import Net
+from dropout_lab.core.model import Net, criterion, optimizer
 from dropout_lab.core.stacked import (
     Single,
     StackedNet,
@@ -69,17 +68,8 @@ class InjectedFault(RuntimeError):
 def build(cfg: TrainConfig) -> tuple[Net, torch.optim.Adam]:
     """Seeded model + optimizer: every variant with the same seed starts from the same weights."""
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    model = Net(cfg.dropout).to(device, memory_format=torch.channels_last)
-    return model, adam(model.parameters(), cfg)
-
-
-def adam(params, cfg: TrainConfig) -> torch.optim.Adam:
-    """The one optimizer set-up, alone or stacked. On CUDA Adam's fused kernel updates all parameters
-    in one launch instead of dozens (at batch 32 a GPU step is launch-bound), and keeps its step
-    count on the GPU (`capturable`), so the step can be replayed as a CUDA graph."""
-    cuda = torch.device(cfg.device).type == "cuda"
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda, capturable=cuda)
+    model = Net(cfg.dropout).to(torch.device(cfg.device), memory_format=torch.channels_last)
+    return model, optimizer(model.parameters(), cfg)
 
 
 def _restore(
@@ -141,64 +131,6 @@ def fault_epoch_for(attempt: int) -> int | None:
         return None
     epoch, _, on_attempt = spec.partition(":")
     return int(epoch) if attempt == int(on_attempt or 1) else None
-
-
-def step(
-    model: StackedNet | Single,
-    opt: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    idx: torch.Tensor,
-    shared: bool,
-    dropout_gens: list[torch.Generator] | None,
-    precision: str,
-    loss_sum: torch.Tensor,
-    correct: torch.Tensor,
-    cache: bool = True,
-) -> None:
-    """The tutorial's step (Adam on mean cross-entropy) for the model's K variants at once: variant k
-    trains on images[idx[k]] (idx (K, b); `shared`: every row is the same). The loss is the sum of
-    the K variants' mean cross-entropies, so variant k's gradient is its own loss's gradient. Adds
-    each variant's summed loss and number correct to `loss_sum`/`correct` (K,) in place: no host
-    sync, so a CUDA graph can hold it (`cache=False` inside a capture)."""
-    device, k = images.device, len(idx)
-    x = to_input(images[idx[0]]) if shared else stacked_input(images[idx])
-    y = labels[idx]  # (K, b)
-    with autocast(device, precision, cache):
-        logits = model(x, shared, dropout_gens)  # (K, b, 10)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(losses.sum()).backward()
-    scaler.step(opt)
-    scaler.update()
-    loss_sum += losses.detach() * y.shape[1]
-    correct += (logits.detach().argmax(2) == y).sum(1)
-
-
-def train_steps(
-    model: StackedNet | Single,
-    opt: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    orders: torch.Tensor,
-    batch_size: int,
-    dropout_gens: list[torch.Generator] | None = None,
-    precision: str = "fp32",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One eager pass in mini-batches for the model's K variants: step i trains variant k on
-    orders[k, i·B:(i+1)·B]. images (N, 32, 32, 3) uint8, labels (N,), orders (K, M) on the model's
-    device. Returns per-variant (sum of per-sample losses (K,), number correct (K,)) as device tensors."""
-    k = len(orders)
-    shared = all(torch.equal(orders[0], o) for o in orders[1:])  # one variant, or one seed: same batches
-    model.train()
-    loss_sum = torch.zeros(k, dtype=torch.float64, device=images.device)
-    correct = torch.zeros(k, dtype=torch.int64, device=images.device)
-    for i in range(0, orders.shape[1], batch_size):
-        step(model, opt, scaler, images, labels, orders[:, i : i + batch_size], shared, dropout_gens, precision,
-             loss_sum, correct)  # fmt: skip
-    return loss_sum, correct
 
 
 def start_run(
@@ -334,32 +266,37 @@ def check_stackable(cfgs: list[TrainConfig]) -> None:
 WARMUP_STEPS = 3
 
 
-class _Unit:
-    """Variants that take each step as one computation: one variant's own Net (`Single`) or a
-    StackedNet of several, its optimizer and dropout generators; with CUDA graphs, its step and its
-    two evaluation passes captured.
+class Unit:
+    """Variants that take each step as one computation, with the recipe's objects built: one variant's own
+    Net (`Single`) or a StackedNet of several, its optimizer, the training criterion, the loss scaler and
+    the dropout generators; with CUDA graphs, its step and its two evaluation passes captured. `fit`
+    trains through it, and so do the tests and benchmarks (`train_pass`).
 
     One step reads its batch indices from a static (K, M) copy of the epoch's batch order at a
     position counter that lives on the device, so a replay needs no host-side input at all."""
 
-    def __init__(self, runs: list[_Run], cfg: TrainConfig, device: torch.device, graphed: bool) -> None:
-        self.runs, self.cfg, self.device = runs, cfg, device
-        if len(runs) == 1:
+    def __init__(self, nets: list[Net], opts: list[torch.optim.Optimizer], gens: list[torch.Generator],
+                 cfg: TrainConfig, graphed: bool = False) -> None:  # fmt: skip
+        self.nets, self.opts, self.cfg = nets, opts, cfg
+        self.device = device = torch.device(cfg.device)
+        if len(nets) == 1:
             # Alone in its process, a variant trains as its own Net, whose dropout draws from the
             # global generator (set to the variant's stream around each epoch by `fit`).
-            self.model, self.opt = Single(runs[0].model), runs[0].opt
+            self.model, self.opt = Single(nets[0]), opts[0]
             self.gens = None
             self.snapshot_gens = [torch.cuda.default_generators[_index(device)] if device.type == "cuda"
                                   else torch.default_generator]  # fmt: skip
         else:
-            self.model = StackedNet([r.model for r in runs]).to(device)
-            self.opt = adam(self.model.parameters(), cfg)
-            stack_adam_state(self.opt, [r.opt for r in runs])
-            self.gens = self.snapshot_gens = [r.dropout_gen for r in runs]
+            self.model = StackedNet(nets).to(device)
+            self.opt = optimizer(self.model.parameters(), cfg)
+            stack_adam_state(self.opt, opts)
+            self.gens = self.snapshot_gens = list(gens)
+        self.criterion = criterion(cfg)  # variants that differ in it train apart (config.Setting.stackable)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         # Compiled or not, `model` keeps the parameters that are checkpointed.
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.k = len(runs)
-        self.shared = len({r.cfg.seed for r in runs}) == 1  # one seed: one batch order for all
+        self.k = len(nets)
+        self.shared: bool | None = None  # every variant on one batch order (one seed): decided at the first pass
         self.graphed = graphed
         self.replay_step = self.static_orders = None
         self.capture_seconds = 0.0
@@ -371,9 +308,11 @@ class _Unit:
     def stacked(self) -> bool:
         return isinstance(self.model, StackedNet)
 
-    def begin(self, orders: torch.Tensor, images, labels, scaler) -> None:
-        """Start an epoch on `orders` (K, M) (device); the first graphed epoch captures the step."""
-        self.orders, self.images, self.labels, self.scaler = orders, images, labels, scaler
+    def begin(self, orders: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Start a pass over `orders` (K, M) (device); the first graphed pass captures the step."""
+        self.orders, self.images, self.labels = orders, images, labels
+        if self.shared is None:
+            self.shared = all(torch.equal(orders[0], o) for o in orders[1:])
         self.model.train()
         if self.graphed and self.static_orders is None and orders.shape[1] >= self.cfg.batch_size:
             self.static_orders = orders.clone()
@@ -386,8 +325,23 @@ class _Unit:
         self.correct.zero_()
 
     def _step(self, idx: torch.Tensor, cache: bool = True) -> None:
-        step(self.forward, self.opt, self.scaler, self.images, self.labels, idx, self.shared, self.gens,
-             self.cfg.precision, self.loss_sum, self.correct, cache)  # fmt: skip
+        """The tutorial's step (Adam on the mean training objective) for the K variants at once: variant k
+        trains on images[idx[k]] (idx (K, b)). The loss is the sum of the K variants' means, so variant
+        k's gradient is its own loss's gradient. Adds each variant's summed objective and number correct
+        to `loss_sum`/`correct` (K,) in place: no host sync, so a CUDA graph can hold it (`cache=False`
+        inside a capture)."""
+        k = len(idx)
+        x = to_input(self.images[idx[0]]) if self.shared else stacked_input(self.images[idx])
+        y = self.labels[idx]  # (K, b)
+        with autocast(self.device, self.cfg.precision, cache):
+            logits = self.forward(x, self.shared, self.gens)  # (K, b, 10)
+            losses = self.criterion(logits.flatten(0, 1), y.flatten()).view(k, -1).mean(1)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.sum()).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.loss_sum += losses.detach() * y.shape[1]
+        self.correct += (logits.detach().argmax(2) == y).sum(1)
 
     def _graph_step(self) -> None:
         idx = self.static_orders.index_select(1, self.pos + self.cols)  # (K, B): this step's batch
@@ -419,7 +373,7 @@ class _Unit:
             self.capture_seconds += time.perf_counter() - started
 
     def step(self, i: int) -> None:
-        """Step i of the epoch (i·B < M): one replay, or the eager step."""
+        """Step i of the pass (i·B < M): one replay, or the eager step."""
         if self.replay_step is not None:
             self.replay_step()
         else:
@@ -427,8 +381,17 @@ class _Unit:
             self._step(self.orders[:, i * b : (i + 1) * b])
 
     def last(self, start: int) -> None:
-        """The epoch's last, smaller batch (M not a multiple of B), eagerly: a graph has fixed shapes."""
+        """The pass's last, smaller batch (M not a multiple of B), eagerly: a graph has fixed shapes."""
         self._step(self.orders[:, start:])
+
+    def train_pass(self, orders: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """One pass in mini-batches: step i trains variant k on orders[k, i·B:(i+1)·B], then the smaller
+        last batch. images (N, 32, 32, 3) uint8 and labels (N,) on the device, orders (K, M). Returns
+        per-variant (summed training objective (K,), number correct (K,)) as device tensors."""
+        for _ in _train_epoch(self, orders, images, labels, None):
+            pass
+        return self.loss_sum, self.correct
 
     def evaluate(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
         """Eval-mode loss, accuracy and confusion per variant on a fixed image set (one replay when graphed)."""
@@ -452,9 +415,9 @@ class _Unit:
         return eval_results(*sums, len(labels))
 
     def finish(self) -> None:
-        """Copy a stack's weights and Adam state back into each variant's own Net and Adam."""
+        """Copy a stack's weights and Adam state back into each variant's own Net and optimizer."""
         if self.stacked():
-            unstack_into(self.model, self.opt, [r.model for r in self.runs], [r.opt for r in self.runs])
+            unstack_into(self.model, self.opt, self.nets, self.opts)
 
 
 def _index(device: torch.device) -> int:
@@ -464,13 +427,13 @@ def _index(device: torch.device) -> int:
 PROGRESS_STEPS = 10  # progress reports per epoch (fit(progress=True)): every 10 % of its steps
 
 
-def _train_epoch(unit: _Unit, orders: torch.Tensor, images, labels, scaler, fail_at: int | None) -> Iterator[float]:
+def _train_epoch(unit: Unit, orders: torch.Tensor, images, labels, fail_at: int | None) -> Iterator[float]:
     """One epoch of the unit's variants on `orders` (K, M): step by step, then the last, smaller batch;
     yields the fraction of the epoch's steps done each time another tenth is (a host-side count: no sync)."""
     n, b = orders.shape[1], unit.cfg.batch_size
     steps = n // b + (1 if n % b else 0)
     marks = {max(1, round(steps * j / PROGRESS_STEPS)) for j in range(1, PROGRESS_STEPS)}
-    unit.begin(orders, images, labels, scaler)
+    unit.begin(orders, images, labels)
     for i in range(n // b):
         if fail_at is not None and i * b >= fail_at:
             raise InjectedFault(f"injected fault at sample {i * b}")
@@ -523,7 +486,6 @@ def fit(
     runs = [_start(c, Path(f), provenance or {}, data) for c, f in zip(cfgs, checkpoint_dirs, strict=True)]
     n = len(train_y)
     fault_epoch = fault_epoch_for(attempt)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     active: list[_Run] = []
     unit, told_capture = None, False
 
@@ -531,28 +493,28 @@ def fit(
         now = [r for r in runs if r.done < epoch]  # all of them have finished epoch - 1
         if now != active:  # first epoch, or a variant that was ahead joins
             active = now
-            unit = _Unit(now, cfg, device, graphed)
+            unit = Unit([r.model for r in now], [r.opt for r in now], [r.dropout_gen for r in now], cfg, graphed)
         start = time.perf_counter()
-        orders = torch.stack([torch.randperm(n, generator=r.order_gen) for r in unit.runs]).to(device)
+        orders = torch.stack([torch.randperm(n, generator=r.order_gen) for r in now]).to(device)
         fail_at = n // 2 if fault_epoch == epoch else None
-        alone = unit.runs[0] if not unit.stacked() else None  # its Net's dropout draws from the global generator
+        alone = now[0] if not unit.stacked() else None  # its Net's dropout draws from the global generator
         if alone is not None:
             alone.to_global()
-        for fraction in _train_epoch(unit, orders, train_x, train_y, scaler, fail_at):
+        for fraction in _train_epoch(unit, orders, train_x, train_y, fail_at):
             if progress:
-                for run in unit.runs:
+                for run in active:
                     yield runs.index(run), {"progress": fraction, "epoch": epoch}
         if alone is not None:
             alone.from_global()
         train_evals, tests = unit.evaluate("train_eval", eval_x, eval_y), unit.evaluate("test", test_x, test_y)
-        vals = unit.evaluate("val", *val) if val is not None else [None] * len(unit.runs)
+        vals = unit.evaluate("val", *val) if val is not None else [None] * len(active)
         seconds = time.perf_counter() - start
         if not told_capture and unit.replay_step is not None:
             told_capture = True
             log.info("CUDA graphs: captured in %.1f s, warm-up included", unit.capture_seconds)
         unit.finish()
         loss_sum, correct = unit.loss_sum.cpu(), unit.correct.cpu()
-        for k, run in enumerate(unit.runs):
+        for k, run in enumerate(active):
             record = epoch_record(epoch, loss_sum[k], correct[k], n, train_evals[k], tests[k], seconds, vals[k],
                                   unit.k, unit.replay_step is not None)  # fmt: skip
             run.history.append(record)
@@ -560,5 +522,5 @@ def fit(
             rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None
             save_epoch(run.folder, run.cfg, run.identity, epoch, run.model, run.opt, run.cpu_gen.get_state(),
                        rng_cuda, run.order_gen, run.history)  # fmt: skip
-        for run in unit.runs:
+        for run in active:
             yield runs.index(run), {**run.history[-1], "resumed_from": run.resumed_from}

@@ -31,7 +31,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dropout_lab.runtime.redact import redact, redact_logs
+from dropout_lab.redact import redact, redact_logs
 
 EXIT_OOM, EXIT_DATA, EXIT_FAULT, EXIT_DISK, EXIT_CRASH = 3, 4, 5, 6, 1
 # A retry cannot fix these: the disk is still full, the folder still read-only.
@@ -101,7 +101,7 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
     from dropout_lab.core.evaluate import run_data
     from dropout_lab.core.model import Net, count_parameters
     from dropout_lab.core.train import fit
-    from dropout_lab.runtime.locks import held, remove_dead_leftovers
+    from dropout_lab.locks import held, remove_dead_leftovers
 
     cfgs = [TrainConfig(**c) for c in job["configs"]]
     folders = [Path(f) for f in job["checkpoint_dirs"]]
