@@ -191,7 +191,8 @@ def what_cannot_be_done(params: dict) -> None:
     if len(compared_variants(params)) < 2:
         given = [f"{flag(s.field)} {' '.join(map(str, values))}" for s in SETTINGS if (values := params.get(s.field))]
         raise ValueError(f"{', '.join(given) or 'no setting'}: nothing to compare with the baseline (it is always "
-                         "trained); give a --dropout above 0 or a --weight-decay")  # fmt: skip
+                         f"trained); give {' or '.join(flag(s.field) for s in SETTINGS)} a value other than the "
+                         "baseline's")  # fmt: skip
     dataset = params["dataset"]
     for name, have in zip(("limit_train", "limit_test"), DATASET_IMAGES[dataset], strict=True):
         if params[name] > have:
