@@ -52,6 +52,12 @@ WeightDecays = Annotated[
     Field(max_length=32, description="weight decay(s) to compare with the baseline: Adam's L2 penalty as torch "
           "applies it (0 <= w <= 1; none by default)"),
 ]  # fmt: skip
+LabelSmoothing = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+LabelSmoothings = Annotated[
+    list[LabelSmoothing],
+    Field(max_length=32, description="label smoothing(s) to compare with the baseline: cross-entropy's "
+          "label_smoothing in the training objective (0 <= s < 1; none by default)"),
+]  # fmt: skip
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 SEEDS_DOC = ("seed(s) for init, batch order and dropout masks, or auto: waves of 5 seeds (0, 1, 2, ...) until every "
              "claim is decided or --max-seeds (default: auto on a GPU, 0 on CPU)")  # fmt: skip
@@ -165,6 +171,7 @@ class TrainConfig:
     batch_size: int = 32  # training mini-batch, the tutorial's 32
     lr: float = 1e-3  # Adam learning rate (Adam's default, as in the tutorial)
     weight_decay: float = 0.0  # Adam's L2 penalty (torch.optim.Adam's weight_decay); 0.0: none
+    label_smoothing: float = 0.0  # cross-entropy's label smoothing in the training objective; 0.0: none
     seed: int = 0  # weight init, batch order and dropout masks all derive from it
     device: str = "cpu"  # resolved device for this variant: "cpu", "cuda:0", ...
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (bf16/fp16 only on CUDA)
@@ -217,6 +224,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("dropout", "dropout", "p", "rates", "probability", "Blues", stackable=True),
     Setting("weight_decay", "weight decay", "wd", "weight decays", "L2 coefficient", "Greens", stackable=False),
+    Setting("label_smoothing", "label smoothing", "ls", "label smoothings", "fraction", "Purples", stackable=False),
 )  # fmt: skip
 
 
@@ -358,6 +366,7 @@ def compare_parameters(
     lr: LearningRate = TrainConfig.lr,
     dropout: Rates = [TrainConfig.dropout],  # noqa: B006
     weight_decay: WeightDecays = [],  # noqa: B006
+    label_smoothing: LabelSmoothings = [],  # noqa: B006
     seeds: SeedsOrAuto = None,
     max_seeds: MaxSeeds = 20,
     margin: Margin = 1.0,

@@ -49,9 +49,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def criterion(cfg: TrainConfig) -> nn.Module:
-    """The training objective per image (the step averages it per variant): the tutorial's cross-entropy.
-    Evaluation always measures plain cross-entropy (core/evaluate.py)."""
-    return nn.CrossEntropyLoss(reduction="none")
+    """The training objective per image (the step averages it per variant): the tutorial's cross-entropy,
+    with the config's label smoothing. Evaluation always measures plain cross-entropy (core/evaluate.py)."""
+    return nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
 
 
 def optimizer(params, cfg: TrainConfig) -> torch.optim.Adam:
