@@ -99,24 +99,6 @@ CudaGraphs = Annotated[
 GRAPH_MODES = get_args(get_args(CudaGraphs)[0])  # as declared
 
 
-def graphs_wanted(mode: str, device: str, precision: str, compile: bool) -> tuple[bool, str | None]:
-    """(capture CUDA graphs?, why not, for a log line): `auto` is on for CUDA whenever a graph can
-    hold the step, `on` asks for them (and says why it cannot), `off` never."""
-    if mode not in GRAPH_MODES:
-        raise ValueError(f"--cuda-graphs must be one of {', '.join(GRAPH_MODES)} (got {mode!r})")
-    if mode == "off":
-        return False, None
-    if not device.startswith("cuda"):
-        return False, None if mode == "auto" else f"CUDA graphs need a CUDA device, not {device}"
-    if compile:
-        # torch.compile brings its own graphs (mode="reduce-overhead"); two capture layers do not nest.
-        return False, "--compile trains through torch.compile, not the trainer's own CUDA graphs"
-    if precision == "fp16":
-        # GradScaler checks for inf/nan on the host every step: a graph cannot hold that sync.
-        return False, "fp16's loss scaling syncs with the host every step; bf16 or fp32 capture"
-    return True, None
-
-
 LimitTrain = Annotated[int, Field(ge=0, le=50_000, description="train on the first N training images (0 = all)")]
 LimitTest = Annotated[int, Field(ge=0, le=10_000, description="evaluate on the first N test images (0 = all)")]
 TrainEvalImages = Annotated[
@@ -303,18 +285,6 @@ def family_noun(variants: list[Variant]) -> str:
     fields = {field for v in variants for field, _ in v.settings}
     single = len(fields) == 1 and all(len(v.settings) == 1 for v in variants)
     return SETTING[fields.pop()].plural if single else "variants"
-
-
-def stack_shared(cfg: TrainConfig) -> dict[str, Any]:
-    """What variants trained as one stacked computation must share: every field but the seed and the
-    stackable settings (a new field is shared unless declared otherwise)."""
-    per_variant = {"seed", *(s.field for s in SETTINGS if s.stackable)}
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in per_variant}
-
-
-def stack_key(cfg: TrainConfig) -> tuple:
-    """Variants with the same key may train as one stacked computation (`stack_shared`)."""
-    return tuple(stack_shared(cfg).values())
 
 
 def configure(base: TrainConfig, variant: Variant, **changes: Any) -> TrainConfig:

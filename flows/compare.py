@@ -33,13 +33,13 @@ from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
 from dropout_lab.analysis.report import report_order  # noqa: E402
-from dropout_lab.analysis.stats import open_claims  # noqa: E402
 from dropout_lab.analysis.tables import (  # noqa: E402
     HISTORY_SCHEMA,
     display_rows,
     history_rows,
     summary_rows,  # noqa: E402
 )
+from dropout_lab.analysis.verdict import open_claims  # noqa: E402
 from dropout_lab.cli.compare import CliError, check_dask, checked_configs, fail, one_line, parse  # noqa: E402
 from dropout_lab.config import (  # noqa: E402
     BASELINE,

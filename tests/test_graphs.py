@@ -13,11 +13,13 @@ import logging
 import pytest
 import torch
 
-from dropout_lab.config import TrainConfig, graphs_wanted
+from dropout_lab.config import TrainConfig
 from dropout_lab.core import graphs
-from dropout_lab.core import train as train_module
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
+from dropout_lab.runtime import devices
+from dropout_lab.runtime.devices import graphs_wanted
+from dropout_lab.runtime.worker import graphs_for
 
 # 320 training images at batch 24: 13 full steps and a last batch of 8 (the eager remainder).
 BASE = TrainConfig(epochs=2, batch_size=24)
@@ -37,7 +39,7 @@ def emulated(monkeypatch):
         return fn, None
 
     monkeypatch.setattr(graphs, "capture", capture)
-    monkeypatch.setattr(train_module, "graphs_wanted", lambda mode, *_: (mode != "off", None))
+    monkeypatch.setattr(devices, "graphs_wanted", lambda mode, *_: (mode != "off", None))
     return captured
 
 
@@ -47,7 +49,7 @@ def variants(pairs, **changes):
 
 def train(cfgs, splits, folder, cuda_graphs, attempt=1):
     folders = [folder / f"v{i}" for i in range(len(cfgs))]
-    events = list(fit(cfgs, *splits, folders, attempt, cuda_graphs=cuda_graphs))
+    events = list(fit(cfgs, *splits, folders, attempt, graphed=graphs_for(cfgs, cuda_graphs)))  # as the worker does
     return events, [load_checkpoint(epoch_checkpoints(f)[0][1]) for f in folders]
 
 
@@ -85,7 +87,7 @@ def test_a_failed_capture_logs_one_line_and_trains_eagerly_to_the_same_result(sp
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
 
     monkeypatch.setattr(graphs, "capture", capture)
-    monkeypatch.setattr(train_module, "graphs_wanted", lambda mode, *_: (True, None))
+    monkeypatch.setattr(devices, "graphs_wanted", lambda mode, *_: (True, None))
     with caplog.at_level(logging.WARNING, logger="dropout_lab.core.train"):
         _, fallback = train(cfgs, splits, tmp_path / "fallback", "on")
     lines = [r.getMessage() for r in caplog.records if "capture failed" in r.getMessage()]
@@ -106,7 +108,7 @@ def test_a_resumed_graphed_run_equals_an_uninterrupted_one(splits, tmp_path, emu
 
 
 def test_cuda_graphs_on_without_cuda_says_so_once_and_trains(splits, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="dropout_lab.core.train"):
+    with caplog.at_level(logging.INFO, logger="dropout_lab.runtime.worker"):
         events, _ = train(variants([(0.25, 0)], epochs=1), splits, tmp_path, "on")
     assert len(events) == 1
     assert [r.getMessage() for r in caplog.records if "cuda-graphs" in r.getMessage()] == [

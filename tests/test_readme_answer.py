@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dropout_lab.analysis.report import statistics_tables
-from dropout_lab.analysis.stats import data_scope, statistics_rows, verdict
+from dropout_lab.analysis.stats import statistics_rows
+from dropout_lab.analysis.verdict import data_scope, verdict
 from dropout_lab.cli.compare import build_parser
 from dropout_lab.config import Design, seed_waves
 
@@ -96,7 +97,7 @@ def test_the_quoted_run_is_the_full_recipe_its_command_names(measured):
 def test_a_changed_word_in_the_report_fails_the_readme_check(measured, monkeypatch):
     """The check above is not vacuous: the same comparison with the verdict's wording changed differs."""
     _, _, block, summary, design = measured
-    import dropout_lab.analysis.stats as stats
+    import dropout_lab.analysis.verdict as stats
 
     monkeypatch.setitem(stats.WORDS, "generalization_gap", ("tightened", "loosened"))
     assert answer_block(summary, design) != block.strip() + "\n"

@@ -12,7 +12,8 @@ from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.evaluate import evaluate
 from dropout_lab.core.model import Net, optimizer
 from dropout_lab.core.stacked import Single, StackedNet, streams_from_global
-from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, Unit, build, check_stackable, fit
+from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, Unit, build, fit
+from dropout_lab.runtime.devices import check_stackable
 
 BASE = TrainConfig(epochs=2, batch_size=32)
 # Measured: a correct stack differs from separate training by <= 2e-5 after 3 Adam steps (summation

@@ -1,8 +1,7 @@
-"""Statistics against scipy, brute force and hand-computed values, and the verdict's wording."""
+"""Statistics against scipy, brute force and hand-computed values."""
 
 import itertools
 import math
-import re
 
 import numpy as np
 import pytest
@@ -12,21 +11,19 @@ from dropout_lab.analysis.stats import (
     SIGN_FLIP_SAMPLES,
     claim_alpha,
     compare_all,
-    compare_variants,
-    data_scope,
     holm,
     mean_ci,
     min_detectable,
-    open_claims,
     paired,
     power,
     seeds_needed,
     sign_flip_p,
     statistics_rows,
-    verdict,
     welch,
 )
+from dropout_lab.analysis.verdict import verdict
 from dropout_lab.config import Design, Variant
+from tests.summaries import BASE_ACC, rows, sweep
 
 
 def test_mean_ci_uses_student_t():
@@ -120,27 +117,6 @@ def test_power_matches_a_textbook_value_and_min_detectable_inverts_it():
     assert math.isnan(seeds_needed(0.0, 1.0))
 
 
-def rows(rate, seeds, gaps, accs, **extra):
-    label = "baseline" if rate == 0 else f"dropout={rate:g}"
-    base = {"n_train": 50_000, "n_test": 10_000, "epochs": 8, "dataset": "cifar10", "data_verified": True}
-    return [{**base, **extra, "model": label, "dropout": rate, "seed": s, "generalization_gap": g,
-             "final_test_acc": a, "final_train_eval_acc": a + g, "best_test_acc": a, "final_test_loss": 1 - a,
-             "train_seconds": 60.0, "epochs_seconds": 60.0}
-            for s, g, a in zip(seeds, gaps, accs, strict=True)]  # fmt: skip
-
-
-BASE_ACC = [0.712, 0.700, 0.725, 0.705, 0.718]
-
-
-def sweep():
-    out = rows(0.0, range(5), [0.12, 0.13, 0.11, 0.125, 0.115], BASE_ACC)
-    out += rows(0.25, range(5), [0.02, 0.03, 0.025, 0.035, 0.02], [a + d for a, d in
-                zip(BASE_ACC, [0.012, -0.006, 0.009, 0.004, -0.008], strict=True)])  # fmt: skip
-    out += rows(0.5, range(5), [-0.01, 0.0, -0.005, 0.002, -0.004], [a - 0.03 + d for a, d in
-                zip(BASE_ACC, [0.002, -0.001, 0.001, 0.0, -0.002], strict=True)])  # fmt: skip
-    return out
-
-
 def test_statistics_rows_pair_by_seed_and_holm_adjust_over_every_claim():
     stats = statistics_rows(sweep())
     assert len(stats) == 3 * 4
@@ -192,7 +168,7 @@ def test_equivalent_needs_the_whole_interval_inside_the_margin():
     assert acc.decision.decision == "equivalent" and -0.01 < acc.decision.low < acc.decision.high < 0.01
     wide = compare_all(data, Design(margin=0.001))["final_test_acc"][Variant((("dropout", 0.1),))]
     assert wide.decision.decision == "undecided"  # the same interval against a 0.1-point margin
-    assert "equivalent within ±1.00 points" in " ".join(verdict(data))
+    assert "equivalent within ±1.00 points" in " ".join(verdict(data))  # the verdict's word for it
 
 
 def test_power_is_a_range_over_the_spread_s_interval_and_contains_the_point_value():
@@ -202,12 +178,6 @@ def test_power_is_a_range_over_the_spread_s_interval_and_contains_the_point_valu
     assert low < point < high
     chi = st.chi2.ppf([0.975, 0.025], 4)
     assert low == pytest.approx(min_detectable(c.sd * math.sqrt(4 / chi[0]), 5, alpha=0.0125))
-
-
-def test_open_claims_name_the_undecided_claims_by_variant_and_leave_decided_variants_out():
-    found = open_claims(sweep(), Design())
-    assert list(found) == [Variant((("dropout", 0.25),))]  # dropout 0.5: worse and better, both decided
-    assert found[Variant((("dropout", 0.25),))] == ["dropout 0.25 test accuracy (-1.50 to +1.94 points)"]
 
 
 def test_a_variant_that_stopped_early_is_paired_on_its_own_seeds_at_the_looks_it_took_part_in():
@@ -240,58 +210,5 @@ def test_a_variant_that_stopped_early_is_paired_on_its_own_seeds_at_the_looks_it
 def test_unpaired_seeds_fall_back_to_welch():
     data = rows(0.0, [0, 1, 2], [0.1, 0.12, 0.11], [0.70, 0.71, 0.72])
     data += rows(0.5, [3, 4, 5], [0.0, 0.01, 0.02], [0.69, 0.70, 0.71])
-    c = compare_variants(data, "final_test_acc")[Variant((("dropout", 0.5),))]
+    c = compare_all(data)["final_test_acc"][Variant((("dropout", 0.5),))]
     assert c.design == "unpaired" and c.paired is None and c.primary == welch([0.69, 0.70, 0.71], [0.70, 0.71, 0.72])
-
-
-def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():
-    lines = verdict(sweep())
-    line25 = next(x for x in lines if x.startswith("dropout 0.25 vs baseline"))
-    assert "(5 paired seeds)" in line25
-    assert "generalization gap better — narrowed by 9.40 points (" in line25  # 12.0 - 2.6 points
-    # the gap narrowed because the training images were fit less, not because test accuracy rose much
-    assert "the model fit the training images 9.18 points less (95% CI" in line25
-    assert "while test accuracy rose 0.22 points (95% CI" in line25
-    assert re.search(r"test accuracy undecided after 5 seeds \(-[\d.]+ to \+[\d.]+ points: neither clear", line25)
-    for word in ("inconclusive", "significant", "unchanged", "would settle", "t-test", "Holm"):
-        assert word not in " ".join(lines)
-    line50 = next(x for x in lines if x.startswith("dropout 0.5 vs baseline"))
-    assert "test accuracy worse — lowered by 3.00 points (" in line50
-    power_line = next(x for x in lines if x.startswith("Power (dropout 0.25, test accuracy)"))
-    assert re.search(r"with 5 paired seeds, a true difference detected 80% of the time at the claims' level is "
-                     r"[\d.]+ to [\d.]+ points", power_line)  # fmt: skip
-    assert "the sign-flip check cannot go below p = 0.062 with 5 seeds" in power_line
-    assert lines[-1].startswith("Decisions: better / worse / equivalent within ±1.00 points / undecided")
-    assert "Bonferroni over 4 claims: 2 rates x test accuracy and gap, 98.75% each; seeds fixed in advance" in lines[-1]
-
-
-def test_verdict_single_seed_refuses_to_invent_an_interval_and_gives_the_command_for_an_answer():
-    lines = verdict(rows(0.0, [0], [0.12], [0.7]) + rows(0.25, [0], [0.02], [0.72]))
-    first, line = lines
-    assert first.startswith("One seed per model cannot answer the question. For an answer: "
-                            "`python flows/compare.py --seeds auto` trains 5 to 20 seeds")  # fmt: skip
-    assert "about 5–20 min here (this run's training took 1.0 min)" in first
-    assert "one seed each" in line and "no interval, no decision" in line
-    assert "p =" not in line and "p <" not in line and "undecided" not in line
-
-
-def test_reduced_runs_say_so_and_full_runs_do_not():
-    small = rows(0.0, [0, 1], [0.1, 0.2], [0.7, 0.8], n_train=2000, n_test=500, epochs=2)
-    small += rows(0.5, [0, 1], [0.0, 0.1], [0.6, 0.7], n_train=2000, n_test=500, epochs=2)
-    first = verdict(small)[0]
-    assert first.startswith("Reduced run (") and "not an answer for CIFAR-10" in first
-    assert "2,000 of 50,000 training images" in first and "500 of 10,000 test images" in first
-    assert "2 epochs instead of the recipe's 8" in first
-    assert data_scope(sweep()) == (None, False)
-    unverified = [{**r, "data_verified": False} for r in sweep()]
-    assert verdict(unverified)[0].startswith("Data: an unverified local copy of CIFAR-10")
-    fake = [{**r, "dataset": "fake"} for r in sweep()]
-    assert "generated images, not CIFAR-10" in verdict(fake)[0]
-
-
-def test_verdict_for_seeds_without_spread_says_what_it_saw():
-    data = rows(0.0, [0, 1, 2], [0.1, 0.12, 0.11], [0.70, 0.71, 0.72])
-    data += rows(0.5, [0, 1, 2], [0.0, 0.02, 0.01], [0.70, 0.71, 0.72])  # accuracy equal on every seed
-    lines = verdict(data)
-    assert "test accuracy equivalent within ±1.00 points (+0.00 to +0.00 points)" in lines[0]
-    assert lines[1] == "Power (dropout 0.5, test accuracy): not estimable, the 3 paired seeds show no spread."

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from dropout_lab.analysis.figures import BASELINE_COLOR, color, panel_positions
-from dropout_lab.analysis.stats import by_variant, compare_variants, statistics_rows, verdict
+from dropout_lab.analysis.stats import by_variant, compare_all, statistics_rows
+from dropout_lab.analysis.verdict import verdict
 from dropout_lab.config import BASELINE, SETTINGS, TrainConfig, Variant, compared_variants, configure, variant_of
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.data import load_split
-from dropout_lab.core.train import check_stackable, fit
+from dropout_lab.core.train import fit
 from dropout_lab.naming import experiment_name, flow_run_label
-from dropout_lab.runtime.devices import stack_groups, variant_configs
+from dropout_lab.runtime.devices import check_stackable, stack_groups, variant_configs
 
 WD = Variant((("weight_decay", 0.0005),))
 P25 = Variant((("dropout", 0.25),))
@@ -57,9 +58,9 @@ def test_the_statistics_never_pool_a_weight_decay_variant_with_the_baseline():
     assert base["baseline"] and not wd["baseline"] and wd["weight_decay"] == 0.0005 and wd["dropout"] == 0.0
     assert wd["diff_vs_baseline"] == pytest.approx((0.69 + 0.705 + 0.71 - sum(BASE_ACC)) / 3)
     assert wd["paired_n"] == 3 and wd["holm_family_size"] == 4 and math.isnan(base["paired_t_p_value"])  # 2 x 2 claims
-    comparisons = compare_variants(data, "generalization_gap")
+    comparisons = compare_all(data)["generalization_gap"]
     assert set(comparisons) == {P25, WD} and comparisons[WD].family == "claims"
-    assert compare_variants(data, "final_test_loss")[WD].family == "variants"  # not a claim: across variants
+    assert compare_all(data)["final_test_loss"][WD].family == "variants"  # not a claim: across variants
     lines = verdict(data)
     assert any(line.startswith("weight decay 0.0005 vs baseline (3 paired seeds)") for line in lines)
     assert any(line.startswith("dropout 0.25 vs baseline (3 paired seeds)") for line in lines)

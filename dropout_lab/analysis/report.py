@@ -16,7 +16,7 @@ import numpy as np
 from filelock import FileLock
 
 from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
-from dropout_lab.analysis.stats import by_variant, statistics_rows, verdict
+from dropout_lab.analysis.stats import by_variant, statistics_rows
 from dropout_lab.analysis.tables import (
     CONFUSION_SCHEMA,
     HISTORY_SCHEMA,
@@ -29,6 +29,7 @@ from dropout_lab.analysis.tables import (
     summary_rows,
     write_table,
 )
+from dropout_lab.analysis.verdict import verdict
 from dropout_lab.config import Design, comparison_words, value_text, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.locks import remove_dead_leftovers

@@ -1,5 +1,5 @@
 """CUDA graphs for the one trainer: capturing a step, and undoing the warm-up steps a capture needs
-(whether a run uses them: config.graphs_wanted).
+(whether a run uses them: runtime/devices.py `graphs_wanted`).
 
 Why: at batch 32 an eager GPU step is bound by the CPU issuing a hundred kernel launches; replayed as
 a CUDA graph the same step is one launch and the GPU becomes the bound (benchmarks/RESULTS.md, *GPU*).

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dropout_lab.config import TrainConfig, graphs_wanted, stack_shared
+from dropout_lab.config import TrainConfig
 from dropout_lab.core import graphs
 from dropout_lab.core.checkpoint import (
     CheckpointError,
@@ -254,14 +254,6 @@ def _start(cfg: TrainConfig, folder: Path, provenance: dict, data: RunData) -> _
     return _Run(cfg, folder, expected, model, opt, order_gen, cpu_gen, cuda_gen, done, done, history)
 
 
-def check_stackable(cfgs: list[TrainConfig]) -> None:
-    """Variants trained as one computation share every field but their own (config.stack_shared)."""
-    shared = [stack_shared(c) for c in cfgs]
-    differ = [name for name in shared[0] if len({s[name] for s in shared}) > 1]
-    if differ:
-        raise ValueError(f"stacked variants must share {', '.join(differ)} (they differ)")
-
-
 # Warm-up steps before a capture (torch.cuda.graph's documentation uses 3); undone by `Snapshot`.
 WARMUP_STEPS = 3
 
@@ -452,7 +444,7 @@ def fit(
     test_labels: torch.Tensor,
     checkpoint_dirs: list[str | Path],
     attempt: int = 1,
-    cuda_graphs: str = "auto",
+    graphed: bool = False,
     progress: bool = False,
     val_images: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
@@ -467,17 +459,14 @@ def fit(
     on the test set, on `cfg.train_eval_images` training images and on the held-out images when given
     (`val_images`, never trained on: the worker holds them out); the last epoch's evaluation is the
     run's final result. Variants at different epochs (one resumed further than the others) train on
-    their own until the others catch up. Several variants train as one StackedNet; `cuda_graphs`
-    (auto | on | off) replays each step and evaluation as CUDA graphs (core/graphs.py), falling back to
-    eager steps. `provenance` (dataset, data fingerprint, training code's key) completes each variant's
+    their own until the others catch up. Several variants train as one StackedNet (the caller checked
+    that they may: runtime/devices.py `check_stackable`); `graphed` replays each step and evaluation as
+    CUDA graphs (core/graphs.py; whether to: runtime/devices.py `graphs_wanted`), falling back to eager
+    steps. `provenance` (dataset, data fingerprint, training code's key) completes each variant's
     identity, which its checkpoints record and which a checkpoint must have to be resumed from.
     """
-    check_stackable(cfgs)
     cfg = cfgs[0]
     device = torch.device(cfg.device)
-    graphed, why_not = graphs_wanted(cuda_graphs, cfg.device, cfg.precision, cfg.compile)
-    if why_not and cuda_graphs == "on":
-        log.info("--cuda-graphs on: %s; training eagerly", why_not)
     train_x, train_y = train_images.to(device), train_labels.to(device)
     test_x, test_y = test_images.to(device), test_labels.to(device)
     eval_x, eval_y = train_eval_split(train_x, train_y, cfg.train_eval_images)

@@ -3,13 +3,14 @@ and how many CPU threads each process may use."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
-from dropout_lab.config import Stack, TrainConfig, Variant, configure, graphs_wanted, stack_key
+from dropout_lab.config import GRAPH_MODES, SETTINGS, Stack, TrainConfig, Variant, configure
 
 
 def available_cores() -> int:
@@ -62,6 +63,47 @@ def variant_configs(base: TrainConfig, variants: list[Variant], seeds: list[int]
     pairs = [(v, s) for v in variants for s in sorted(set(seeds))]
     devices = resolve_devices(device, len(pairs))
     return [configure(base, v, seed=s, device=d) for (v, s), d in zip(pairs, devices, strict=True)]
+
+
+# --- the rules: which variants may train as one computation, and when steps are CUDA graphs ------------
+
+
+def stack_shared(cfg: TrainConfig) -> dict[str, Any]:
+    """What variants trained as one stacked computation must share: every field but the seed and the
+    stackable settings (a new field is shared unless declared otherwise)."""
+    per_variant = {"seed", *(s.field for s in SETTINGS if s.stackable)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in per_variant}
+
+
+def stack_key(cfg: TrainConfig) -> tuple:
+    """Variants with the same key may train as one stacked computation (`stack_shared`)."""
+    return tuple(stack_shared(cfg).values())
+
+
+def check_stackable(cfgs: list[TrainConfig]) -> None:
+    """Variants trained as one computation share every field but their own (`stack_shared`)."""
+    shared = [stack_shared(c) for c in cfgs]
+    differ = [name for name in shared[0] if len({s[name] for s in shared}) > 1]
+    if differ:
+        raise ValueError(f"stacked variants must share {', '.join(differ)} (they differ)")
+
+
+def graphs_wanted(mode: str, device: str, precision: str, compile: bool) -> tuple[bool, str | None]:
+    """(capture CUDA graphs?, why not, for a log line): `auto` is on for CUDA whenever a graph can
+    hold the step, `on` asks for them (and says why it cannot), `off` never."""
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"--cuda-graphs must be one of {', '.join(GRAPH_MODES)} (got {mode!r})")
+    if mode == "off":
+        return False, None
+    if not device.startswith("cuda"):
+        return False, None if mode == "auto" else f"CUDA graphs need a CUDA device, not {device}"
+    if compile:
+        # torch.compile brings its own graphs (mode="reduce-overhead"); two capture layers do not nest.
+        return False, "--compile trains through torch.compile, not the trainer's own CUDA graphs"
+    if precision == "fp16":
+        # GradScaler checks for inf/nan on the host every step: a graph cannot hold that sync.
+        return False, "fp16's loss scaling syncs with the host every step; bf16 or fp32 capture"
+    return True, None
 
 
 STACK_MODES = get_args(get_args(Stack)[0])  # declared once, with the flow parameter

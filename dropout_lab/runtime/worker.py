@@ -89,6 +89,19 @@ def provenance(job: dict) -> dict:
     return measured
 
 
+def graphs_for(cfgs: list, mode: str) -> bool:
+    """Whether these variants train as CUDA graphs (`--cuda-graphs` MODE), after checking that they may train
+    as one computation; `on` where graphs cannot hold the step says why, in one log line."""
+    from dropout_lab.runtime.devices import check_stackable, graphs_wanted
+
+    check_stackable(cfgs)
+    cfg = cfgs[0]
+    graphed, why_not = graphs_wanted(mode, cfg.device, cfg.precision, cfg.compile)
+    if why_not and mode == "on":
+        logging.getLogger("dropout_lab.runtime.worker").info("--cuda-graphs on: %s; training eagerly", why_not)
+    return graphed
+
+
 def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict | None = None) -> list[dict]:
     """Train the job's variants (one, or several on one device) with `fit`; one result each.
 
@@ -138,7 +151,8 @@ def run_job(job: dict, cuda_ready: threading.Thread | None = None, startup: dict
                 for _, path in epoch_checkpoints(folder):
                     path.unlink()
         val_x, val_y = data.val if data.val is not None else (None, None)
-        steps = fit(cfgs, *data.train, *data.test, folders, attempt, job.get("cuda_graphs", "auto"), progress=True,
+        steps = fit(cfgs, *data.train, *data.test, folders, attempt, graphs_for(cfgs, job.get("cuda_graphs", "auto")),
+                    progress=True,
                     val_images=val_x, val_labels=val_y, provenance=measured)  # fmt: skip
         for index, record in steps:
             emit("progress" if "progress" in record else "epoch", variant=index, **record)

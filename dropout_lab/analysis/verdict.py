@@ -1,0 +1,183 @@
+"""The verdict in plain words, from the statistics (stats.py): each claim in its decision's own word with
+the interval it rests on, where a gap change came from, the run's power, what the decisions rest on and
+what the run measured. Values are fractions (accuracy, gap) or mean cross-entropy (loss); text shows
+points (x100)."""
+
+from __future__ import annotations
+
+import math
+
+from dropout_lab.analysis.stats import (
+    ALPHA,
+    DECIDED,
+    METRICS,
+    Comparison,
+    by_variant,
+    claim_alpha,
+    compare_all,
+)
+from dropout_lab.config import BASELINE, Design, Variant, family_noun
+
+FULL_DATA = {"n_train": 50_000, "n_test": 10_000, "epochs": 8}
+WORDS = {  # metric → (verb for a lower value than the baseline's, a higher one)
+    "final_test_acc": ("lowered", "raised"),
+    "final_train_eval_acc": ("lowered", "raised"),
+    "generalization_gap": ("narrowed", "widened"),
+    "final_test_loss": ("lowered", "raised"),
+}
+
+
+def _amount(metric: str, value: float, signed: bool = False) -> str:
+    _, _, scale, unit = METRICS[metric]
+    digits = 2 if scale == 100.0 else 3
+    text = f"{value * scale:+.{digits}f}" if signed else f"{abs(value) * scale:.{digits}f}"
+    return f"{text} {unit}".rstrip()
+
+
+def _range(metric: str, low: float, high: float, signed: bool = True) -> str:
+    """'-1.20 to +0.40 points'."""
+    _, _, scale, unit = METRICS[metric]
+    digits = 2 if scale == 100.0 else 3
+    sign = "+" if signed else ""
+    return f"{low * scale:{sign}.{digits}f} to {high * scale:{sign}.{digits}f} {unit}".rstrip()
+
+
+def describe(c: Comparison) -> str:
+    """One claim in the decision's own word: better, worse, equivalent within the margin, or undecided
+    after n seeds, each with the interval it rests on."""
+    d = c.decision
+    name = METRICS[c.metric][0]
+    if d is None:  # seeds that do not pair up: no decision, the unpaired interval only
+        return f"{name} undecided ({c.design} seeds, {_range(c.metric, c.primary.ci_low, c.primary.ci_high)})"
+    interval = _range(c.metric, d.low, d.high)
+    margin = _amount(c.metric, d.margin)
+    if d.decision == "equivalent":
+        return f"{name} equivalent within ±{margin} ({interval})"
+    if d.decision == "undecided":
+        return (f"{name} undecided after {d.seeds_used} seeds ({interval}: neither clear of zero nor inside "
+                f"±{margin})")  # fmt: skip
+    lower, higher = WORDS[c.metric]
+    verb = lower if c.primary.diff < 0 else higher
+    return f"{name} {d.decision} — {verb} by {_amount(c.metric, c.primary.diff)} ({interval})"
+
+
+def gap_source(train: Comparison, test: Comparison) -> str:
+    """Where a change of the gap came from: Δgap = Δtrain − Δtest, each with its 95% interval."""
+    train_text = (f"{_amount(train.metric, train.primary.diff)} {'more' if train.primary.diff > 0 else 'less'} "
+                  f"(95% CI {_range(train.metric, train.primary.ci_low, train.primary.ci_high)})")  # fmt: skip
+    test_text = (f"{'rose' if test.primary.diff > 0 else 'fell'} {_amount(test.metric, test.primary.diff)} "
+                 f"(95% CI {_range(test.metric, test.primary.ci_low, test.primary.ci_high)})")  # fmt: skip
+    return f"the model fit the training images {train_text} while test accuracy {test_text}"
+
+
+def power_line(c: Comparison, variant: Variant) -> str:
+    """The run's power on `c.metric`, as a range: the smallest difference detected 80% of the time at
+    the claims' level, over the 95% interval of the seeds' spread (never a promise of seeds)."""
+    seeds = f"{c.n} {c.design} seeds"
+    name = METRICS[c.metric][0]
+    if math.isnan(c.min_detectable[0]):
+        return f"Power ({variant.words}, {name}): not estimable, the {seeds} show no spread."
+    text = (f"Power ({variant.words}, {name}): with {seeds}, a true difference detected 80% of the time at the "
+            f"claims' level is {_range(c.metric, *c.min_detectable, signed=False)} (over the 95% range of the "
+            "seeds' spread)")  # fmt: skip
+    if c.paired is not None and 2 / 2**c.n > ALPHA:
+        text += f"; the sign-flip check cannot go below p = {2 / 2**c.n:.3f} with {c.n} seeds"
+    return text + "."
+
+
+def design_line(summary: list[dict], design: Design) -> str:
+    """What the decisions rest on, in one sentence."""
+    per_claim, claims = claim_alpha(summary)
+    variants = len(by_variant(summary)) - 1
+    noun = family_noun([v for v in by_variant(summary) if not v.is_baseline])
+    family = f"{claims} claims: {variants} {noun.removesuffix('s') if variants == 1 else noun} x "
+    family += "test accuracy and gap"
+    if design.looks and len(design.looks) > 1 or design.max_seeds:
+        looks = ", ".join(map(str, design.looks))
+        how = (f"seeds added in waves until decided (looks at {looks} of at most {design.max_seeds} seeds): "
+               "repeated intervals of a group-sequential design with O'Brien-Fleming-type alpha spending")  # fmt: skip
+    else:
+        how = "seeds fixed in advance: one look"
+    return (f"Decisions: better / worse / equivalent within ±{100 * design.margin:.2f} points / undecided, each read "
+            f"off an interval that holds together with the others at 95% (Bonferroni over {family}, "
+            f"{100 * (1 - per_claim):.2f}% each; {how}).")  # fmt: skip
+
+
+def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
+    """(what the run measured when it is not the full default CIFAR-10 run, whether it was reduced:
+    other data, fewer images or epochs). (None, False) for the full run on verified data."""
+    row = summary[0]
+    notes, reduced = [], False
+    if row.get("dataset") == "fake":
+        notes.append("generated images, not CIFAR-10: accuracies are meaningless")
+        reduced = True
+    elif row.get("data_verified") is False:
+        notes.append("an unverified local copy of CIFAR-10, its md5s not the official ones")
+    for split, key in (("training", "n_train"), ("test", "n_test")):
+        used = row[key] + (row.get("n_val") or 0 if key == "n_train" else 0)  # held-out images are the set's too
+        if used < FULL_DATA[key]:
+            notes.append(f"{used:,} of {FULL_DATA[key]:,} {split} images")
+            reduced = True
+    if row["epochs"] != FULL_DATA["epochs"]:
+        notes.append(f"{row['epochs']} epochs instead of the recipe's {FULL_DATA['epochs']}")
+        reduced = True
+    return ("; ".join(notes) if notes else None), reduced
+
+
+def answer_cost(summary: list[dict], waves: tuple[int, int] = (5, 20)) -> str:
+    """For a one-seed run: the command that answers, and its cost from this run's measured training
+    time (the trainings of a wave run as this run's did, so a wave of k seeds takes about k times). The
+    epochs' own time, not the process's: a training restored from its checkpoints took seconds."""
+    wall = max(r["epochs_seconds"] for r in summary) / 60
+    low, high = waves[0] * wall, waves[1] * wall
+    return (f"One seed per model cannot answer the question. For an answer: `python flows/compare.py --seeds auto` "
+            f"trains {waves[0]} to {waves[1]} seeds per model until every claim is decided, about "
+            f"{low:.0f}–{high:.0f} min here (this run's training took {wall:.1f} min).")  # fmt: skip
+
+
+def verdict(summary: list[dict], design: Design = Design()) -> list[str]:
+    """Plain-language verdict lines computed from the per-seed summary rows."""
+    scope, reduced = data_scope(summary)
+    lines = []
+    if reduced:
+        lines.append(f"Reduced run ({scope}): a pipeline check, not an answer for CIFAR-10.")
+    elif scope:
+        lines.append(f"Data: {scope}.")
+    variants = list(by_variant(summary))
+    if len(variants) < 2 or BASELINE not in variants:
+        return [*lines, "Only one model was trained: there is nothing to compare against."]
+    comparisons = compare_all(summary, design)
+    gaps, accs, trains = (comparisons[m] for m in ("generalization_gap", "final_test_acc", "final_train_eval_acc"))
+    if max(c.n for c in gaps.values()) < 2:
+        lines.insert(0, answer_cost(summary))
+    for v in variants[:-1]:
+        gap, acc = gaps[v], accs[v]
+        if gap.n < 2:
+            lines.append(
+                f"{v.words} vs baseline with one seed each: generalization gap "
+                f"{_amount('generalization_gap', gap.primary.diff, signed=True)}, test accuracy "
+                f"{_amount('final_test_acc', acc.primary.diff, signed=True)} — a single run per model cannot "
+                "separate the variant's effect from seed noise: no interval, no decision."
+            )
+            continue
+        gap_text = describe(gap)
+        if gap.decision is not None and gap.decision.decision in ("better", "worse"):
+            gap_text += ": " + gap_source(trains[v], acc)
+        lines.append(f"{v.words} vs baseline ({gap.n} {gap.design} seeds): {gap_text}; {describe(acc)}.")
+        lines.append(power_line(acc, v))
+    if max(c.n for c in gaps.values()) >= 2:
+        lines.append(design_line(summary, design))
+    return lines
+
+
+def open_claims(summary: list[dict], design: Design) -> dict[Variant, list[str]]:
+    """The claims not decided yet, by variant ("dropout 0.1 test accuracy (-0.8 to +1.2 points)");
+    a variant whose claims are all better, worse or equivalent is absent, and nothing is when all are."""
+    comparisons = compare_all(summary, design)
+    found: dict[Variant, list[str]] = {}
+    for m in DECIDED:
+        for v, c in comparisons[m].items():
+            if c.decision is None or c.decision.decision == "undecided":
+                interval = f" ({_range(m, c.decision.low, c.decision.high)})" if c.decision else ""
+                found.setdefault(v, []).append(f"{v.words} {METRICS[m][0]}{interval}")
+    return found

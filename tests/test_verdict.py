@@ -1,0 +1,67 @@
+"""The verdict's words: each claim in its decision's own word, where a gap change came from, what a run
+with one seed or reduced data can and cannot say, and the open claims that drive --seeds auto."""
+
+import re
+
+from dropout_lab.analysis.verdict import data_scope, open_claims, verdict
+from dropout_lab.config import Design, Variant
+from tests.summaries import rows, sweep
+
+
+def test_open_claims_name_the_undecided_claims_by_variant_and_leave_decided_variants_out():
+    found = open_claims(sweep(), Design())
+    assert list(found) == [Variant((("dropout", 0.25),))]  # dropout 0.5: worse and better, both decided
+    assert found[Variant((("dropout", 0.25),))] == ["dropout 0.25 test accuracy (-1.50 to +1.94 points)"]
+
+
+def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():
+    lines = verdict(sweep())
+    line25 = next(x for x in lines if x.startswith("dropout 0.25 vs baseline"))
+    assert "(5 paired seeds)" in line25
+    assert "generalization gap better — narrowed by 9.40 points (" in line25  # 12.0 - 2.6 points
+    # the gap narrowed because the training images were fit less, not because test accuracy rose much
+    assert "the model fit the training images 9.18 points less (95% CI" in line25
+    assert "while test accuracy rose 0.22 points (95% CI" in line25
+    assert re.search(r"test accuracy undecided after 5 seeds \(-[\d.]+ to \+[\d.]+ points: neither clear", line25)
+    for word in ("inconclusive", "significant", "unchanged", "would settle", "t-test", "Holm"):
+        assert word not in " ".join(lines)
+    line50 = next(x for x in lines if x.startswith("dropout 0.5 vs baseline"))
+    assert "test accuracy worse — lowered by 3.00 points (" in line50
+    power_line = next(x for x in lines if x.startswith("Power (dropout 0.25, test accuracy)"))
+    assert re.search(r"with 5 paired seeds, a true difference detected 80% of the time at the claims' level is "
+                     r"[\d.]+ to [\d.]+ points", power_line)  # fmt: skip
+    assert "the sign-flip check cannot go below p = 0.062 with 5 seeds" in power_line
+    assert lines[-1].startswith("Decisions: better / worse / equivalent within ±1.00 points / undecided")
+    assert "Bonferroni over 4 claims: 2 rates x test accuracy and gap, 98.75% each; seeds fixed in advance" in lines[-1]
+
+
+def test_verdict_single_seed_refuses_to_invent_an_interval_and_gives_the_command_for_an_answer():
+    lines = verdict(rows(0.0, [0], [0.12], [0.7]) + rows(0.25, [0], [0.02], [0.72]))
+    first, line = lines
+    assert first.startswith("One seed per model cannot answer the question. For an answer: "
+                            "`python flows/compare.py --seeds auto` trains 5 to 20 seeds")  # fmt: skip
+    assert "about 5–20 min here (this run's training took 1.0 min)" in first
+    assert "one seed each" in line and "no interval, no decision" in line
+    assert "p =" not in line and "p <" not in line and "undecided" not in line
+
+
+def test_reduced_runs_say_so_and_full_runs_do_not():
+    small = rows(0.0, [0, 1], [0.1, 0.2], [0.7, 0.8], n_train=2000, n_test=500, epochs=2)
+    small += rows(0.5, [0, 1], [0.0, 0.1], [0.6, 0.7], n_train=2000, n_test=500, epochs=2)
+    first = verdict(small)[0]
+    assert first.startswith("Reduced run (") and "not an answer for CIFAR-10" in first
+    assert "2,000 of 50,000 training images" in first and "500 of 10,000 test images" in first
+    assert "2 epochs instead of the recipe's 8" in first
+    assert data_scope(sweep()) == (None, False)
+    unverified = [{**r, "data_verified": False} for r in sweep()]
+    assert verdict(unverified)[0].startswith("Data: an unverified local copy of CIFAR-10")
+    fake = [{**r, "dataset": "fake"} for r in sweep()]
+    assert "generated images, not CIFAR-10" in verdict(fake)[0]
+
+
+def test_verdict_for_seeds_without_spread_says_what_it_saw():
+    data = rows(0.0, [0, 1, 2], [0.1, 0.12, 0.11], [0.70, 0.71, 0.72])
+    data += rows(0.5, [0, 1, 2], [0.0, 0.02, 0.01], [0.70, 0.71, 0.72])  # accuracy equal on every seed
+    lines = verdict(data)
+    assert "test accuracy equivalent within ±1.00 points (+0.00 to +0.00 points)" in lines[0]
+    assert lines[1] == "Power (dropout 0.5, test accuracy): not estimable, the 3 paired seeds show no spread."
