@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from dropout_lab.config import GRAPH_MODES, TrainConfig, check_train_config, compared_variants  # noqa: E402
 from dropout_lab.core.data import FOLDER_NAME, describe_folder  # noqa: E402
-from dropout_lab.runtime.devices import STACK_MODES, process_plan, stack_groups, variant_configs  # noqa: E402
+from dropout_lab.runtime.devices import STACK_MODES, process_layout, stack_groups, variant_configs  # noqa: E402
 from dropout_lab.runtime.launcher import run_worker, worker_job  # noqa: E402
 from dropout_lab.runtime.progress import format_epoch  # noqa: E402
 
@@ -35,7 +35,7 @@ def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: 
     """Train `configs` as the flow would; {"wall": s, "finals": {name: last record}, "failures": [...],
     "groups": n, "graphed": all trained with CUDA graphs}."""
     groups = stack_groups(configs, stack, cuda_graphs)
-    threads, slots = process_plan(groups)
+    threads, slots = process_layout(groups)
     data = describe_folder(root, warn=False)  # measured, as the flow's fetch measures it
     # The flow takes these slots from Prefect's concurrency limits; this timing runs without Prefect.
     device_slots = {device: threading.BoundedSemaphore(n) for device, n in slots.items()}

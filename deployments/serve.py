@@ -27,7 +27,7 @@ from prefect.schedules import Cron  # noqa: E402
 
 from deployments import reclaim  # noqa: E402
 from dropout_lab.analysis.history import HISTORY_ENV  # noqa: E402
-from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_configs  # noqa: E402
+from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_plan  # noqa: E402
 from dropout_lab.runtime.preflight import FLAGS, ROOT_ENV  # noqa: E402
 from flows.compare import compare  # noqa: E402
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = {env: os.environ.get(env) for env in roots}
         os.environ.update(roots)
         try:
-            checked_configs(params, deployed=True)  # the defaults must lie inside the roots too
+            checked_plan(params, deployed=True)  # the defaults must lie inside the roots too
         except CliError:
             for env, value in previous.items():  # refused: leave the caller's environment as it was
                 if value is None:

@@ -9,7 +9,6 @@ No `from __future__ import annotations` here: deployments pickle the flow by val
 parameter annotations must be real objects to rebuild the validation schema in the runner.
 """
 
-import atexit
 import contextlib
 import dataclasses
 import gc
@@ -33,33 +32,23 @@ from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
 from dropout_lab.analysis.report import report_order  # noqa: E402
-from dropout_lab.analysis.tables import (  # noqa: E402
-    HISTORY_SCHEMA,
-    display_rows,
-    history_rows,
-    summary_rows,  # noqa: E402
-)
+from dropout_lab.analysis.tables import HISTORY_SCHEMA, display_rows, history_rows, summary_rows  # noqa: E402
 from dropout_lab.analysis.verdict import open_claims  # noqa: E402
-from dropout_lab.cli.compare import CliError, check_dask, checked_configs, fail, one_line, parse  # noqa: E402
+from dropout_lab.cli.compare import run_from_command_line  # noqa: E402
 from dropout_lab.config import (  # noqa: E402
     BASELINE,
     PARAMETERS,
     TrainConfig,
     Variant,
-    design_of,
     help_text,
-    seed_waves,
     variant_of,
 )
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
 from dropout_lab.redact import redact_logs  # noqa: E402
-from dropout_lab.runtime import console, temporary_server  # noqa: E402
-from dropout_lab.runtime.devices import process_plan, stack_groups  # noqa: E402
-from dropout_lab.runtime.launcher import discard_spares, first_processes, prestart  # noqa: E402
-from dropout_lab.runtime.preflight import check_parameters, resolve_seeds  # noqa: E402
-from dropout_lab.runtime.progress import bars  # noqa: E402
-from dropout_lab.runtime.signals import Stopped, stop_on_signals, stop_training_on_sigterm  # noqa: E402
+from dropout_lab.runtime.devices import process_layout  # noqa: E402
+from dropout_lab.runtime.preflight import check_parameters, handed_over, resolve_seeds  # noqa: E402
+from dropout_lab.runtime.signals import stop_training_on_sigterm  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
 from tasks.late_runs import superseding_run  # noqa: E402
@@ -116,21 +105,20 @@ def compare(**params) -> str:
     if deployment.id and (newer := superseding_run(flow_run.id)):  # after downtime, only the newest runs
         when = newer.expected_start_time.strftime("%Y-%m-%d %H:%M %Z")
         return Cancelled(message=f"superseded: the run scheduled for {when} ({newer.name}) is also due")
-    configs, folders = check_parameters(params, deployed=deployment.id is not None)
+    plan = handed_over(params) or check_parameters(params, deployed=deployment.id is not None)
+    configs, planned = plan.configs, plan.design
     tag_flow_run("dropout-lab", params["dataset"], configs[0].device.split(":")[0])
-    data_dir, out, cache_dir = folders["data_dir"], folders["out"], folders["cache_dir"]
+    data_dir, out, cache_dir = plan.folders["data_dir"], plan.folders["out"], plan.folders["cache_dir"]
     opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
 
     data = fetch_cifar10.with_options(**opts)(data_dir, params["dataset"], os.environ.get(MIRROR_ENV, CIFAR10_URL))
-    planned = design_of(params)
     auto = planned.sequential
     run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, planned)
     parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
     compared = {variant_of(c) for c in configs}
     trained, looks, training = [], [], compared
-    for wave in seed_waves(params["max_seeds"]) if auto else [sorted({c.seed for c in configs})]:
-        wave_configs = [c for c in configs if c.seed in wave and variant_of(c) in training]
-        trained += submit_trainings(wave_configs, data, params, opts, cache_dir, parent, out)
+    for wave in range(len(plan.waves)):
+        trained += submit_trainings(plan.groups(wave, training), data, plan, opts, parent)
         results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
         looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
         design = dataclasses.replace(planned, looks=tuple(looks)) if auto else planned
@@ -163,29 +151,22 @@ def next_wave_words(training: set[Variant], compared: set[Variant]) -> str:
     return f" (next waves: {', '.join(names[:-1])} and the {names[-1]})"
 
 
-def submit_trainings(configs: list[TrainConfig], data, params: dict, opts: dict, cache_dir: str, parent, out: str):
-    """One training task per group of variants that train together, submitted to run concurrently."""
-    groups, gpu_workers = training_groups(configs, params["stack"], params["cuda_graphs"])
-    threads, slots = process_plan(groups)
+def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict, parent: str | None) -> list:
+    """One training task per group of variants that train together (the run plan's), submitted to run
+    concurrently. On a Dask cluster of GPU machines each task gets a worker's GPU, whatever is local."""
+    threads, slots = plan.threads, plan.slots
+    gpu_workers = dask_gpu_workers()
+    if gpu_workers:
+        groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
+        threads, slots = process_layout(groups)
+    p = plan.params
     with gpu_resource(gpu_workers):
-        return [train.with_options(**opts).submit(g, data, cache_dir, threads, params["refresh"], slots[g[0].device],
-                                                  params["cuda_graphs"], parent, out)
+        return [train.with_options(**opts).submit(g, data, plan.folders["cache_dir"], threads, p["refresh"],
+                                                  slots[g[0].device], p["cuda_graphs"], parent, plan.folders["out"])
                 for g in groups]  # fmt: skip
 
 
 # --- scale-out ----------------------------------------------------------------------------------------
-
-
-def training_groups(
-    configs: list[TrainConfig], stack: str, cuda_graphs: str = "auto"
-) -> tuple[list[list[TrainConfig]], int]:
-    """Which variants train together (one training task each), and how many Dask GPU workers there
-    are: on a Dask cluster of GPU machines each task gets a worker's GPU, whatever is local."""
-    groups = stack_groups(configs, stack, cuda_graphs)
-    gpu_workers = dask_gpu_workers()
-    if gpu_workers:
-        groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
-    return groups, gpu_workers
 
 
 def dask_gpu_workers() -> int:
@@ -209,62 +190,9 @@ def gpu_resource(enabled: bool):
     return dask.annotate(resources={"GPU": 1})
 
 
-def task_runner_for(kind: str, address: str | None, n_workers: int):
-    """`thread` (default: threads in this process, each training in its own subprocess) or `dask`:
-    prefect-dask's DaskTaskRunner on an existing scheduler (`address`) or a local cluster."""
-    if kind == "thread":
-        return None
-    from prefect_dask import DaskTaskRunner
-
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "processes": True, "threads_per_worker": 1})
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        params, how = parse(argv)
-        configs = checked_configs(params)
-        if how["dask_address"]:
-            check_dask(how["dask_address"])
-    except CliError as e:
-        return fail(e)
-    console.quiet(how["verbose"])
-    # At exit: the flow has reported its end, the server stops (it may hold the run's last states),
-    # then this line, the terminal's last.
-    last_line: list[str] = []
-
-    def say_last_line() -> None:
-        temporary_server.stop()
-        if last_line:
-            print(*last_line, file=sys.stderr if last_line[0] == "error:" else None)
-
-    atexit.register(say_last_line)
-    groups = stack_groups(configs, params["stack"], params["cuda_graphs"])
-    threads, slots = process_plan(groups)
-    runner = task_runner_for(how["task_runner"], how["dask_address"], min(len(groups), sum(slots.values())))
-    flow_fn = compare if runner is None else compare.with_options(task_runner=runner)
-    try:
-        with stop_on_signals():
-            if runner is None:  # training runs in this process's threads: its processes can start now
-                prestart(first_processes(groups, threads, slots))
-            timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
-            with temporary_server.serving(timeout), bars.shown():  # bars: on a terminal only, one per model
-                folder = flow_fn(**params)
-    except Stopped as e:
-        last_line[:] = ["error:", f"{e}: training processes ended, finished epochs kept in checkpoints; "
-                        "rerun the same command to resume"]  # fmt: skip
-        return 128 + e.signum
-    except Exception as e:  # Prefect has logged the details; end on one clear line
-        last_line[:] = ["error:", one_line(e)]
-        return 1
-    finally:
-        discard_spares()
-    last_line[:] = ["report:", folder]
-    return 0
+    """`python flows/compare.py ...`: this flow run from the command line (dropout_lab/cli/compare.py)."""
+    return run_from_command_line(compare, argv)
 
 
 if __name__ == "__main__":

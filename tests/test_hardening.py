@@ -138,7 +138,7 @@ def test_a_deployment_run_naming_an_outside_folder_fails_before_creating_anythin
     with pytest.raises(ValueError, match="absolute paths are refused"):
         check_parameters({**params, "dataset": "fake", "out": str(tmp_path / "anywhere")}, deployed=True)
     assert not (tmp_path / "anywhere").exists() and not (tmp_path / "root").exists()
-    _, folders = check_parameters({**params, "dataset": "fake"}, deployed=True)
+    folders = check_parameters({**params, "dataset": "fake"}, deployed=True).folders
     assert folders["out"] == str(tmp_path / "root" / "artifacts") and Path(folders["out"]).is_dir()
 
 

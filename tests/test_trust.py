@@ -29,7 +29,7 @@ from dropout_lab.core.data import data_problem, ensure_fake
 from dropout_lab.redact import redact_logs, split_credentials
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.console import WithoutTracebacks
-from dropout_lab.runtime.preflight import confine, plan_folders
+from dropout_lab.runtime.preflight import check_folders, confine
 from flows.compare import compare, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -329,7 +329,7 @@ def test_a_refusal_leaves_no_folder_behind(capsys, tmp_path, monkeypatch):
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=20 << 20))  # a full tmpfs
     with pytest.raises(ValueError, match="MB free"):
-        plan_folders(str(tmp_path / "D"), str(tmp_path / "O"), str(tmp_path / "C"), data_present=False)
+        check_folders(str(tmp_path / "D"), str(tmp_path / "O"), str(tmp_path / "C"), data_present=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

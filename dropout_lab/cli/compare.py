@@ -114,14 +114,19 @@ def refuse_early(argv: list[str]) -> None:
     the run imports them (dropout_lab/runtime/temporary_server.py)."""
     from dropout_lab.runtime import temporary_server
 
+    global _early
     try:
         params, how = parse(argv)
-        checked_configs(params)
+        plan = checked_plan(params)
         if how["dask_address"]:
             check_dask(how["dask_address"])
     except CliError as e:
         sys.exit(fail(e))
+    _early = (argv, how, plan)
     temporary_server.begin()
+
+
+_early: tuple | None = None  # the script's command line as `refuse_early` checked it: (argv, how, plan)
 
 
 DASK_TIMEOUT_S = 10
@@ -178,19 +183,20 @@ def check_api_reachable(timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def checked_configs(params: dict, deployed: bool = False) -> list:
-    """The command lines' checks before any work: parameters (exit 2), then the Prefect API (exit 1)."""
+def checked_plan(params: dict, deployed: bool = False):
+    """The command lines' checks before any work: parameters (exit 2), then the Prefect API (exit 1).
+    Returns the run's plan (runtime/preflight.py `RunPlan`), which the flow this process runs reuses."""
     from dropout_lab.runtime.preflight import check_parameters
 
     try:
-        configs, _ = check_parameters(params, deployed=deployed)
+        plan = check_parameters(params, deployed=deployed)
     except ValueError as e:
         raise CliError(str(e), 2) from None
     try:
         check_api_reachable()
     except ConnectionError as e:
         raise CliError(str(e), 1) from None
-    return configs
+    return plan
 
 
 def one_line(error: BaseException) -> str:
@@ -199,3 +205,72 @@ def one_line(error: BaseException) -> str:
 
     text = f"{type(error).__name__}: {error}" if not isinstance(error, Stopped) else str(error)
     return redact((text.strip().splitlines() or [type(error).__name__])[0])
+
+
+def task_runner_for(kind: str, address: str | None, n_workers: int):
+    """`thread` (default: threads in this process, each training in its own subprocess) or `dask`:
+    prefect-dask's DaskTaskRunner on an existing scheduler (`address`) or a local cluster."""
+    if kind == "thread":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "processes": True, "threads_per_worker": 1})
+
+
+def run_from_command_line(flow, argv: list[str] | None = None) -> int:
+    """Run `flow` (flows/compare.py) as its command line asks: checks first (one line, exit 2 or 1), the
+    first training processes started while Prefect's temporary server starts, one progress bar per model
+    on a terminal, and one last line: `report: FOLDER`, or `error: ...` (exit 1, or 128 + signal)."""
+    import atexit
+
+    from dropout_lab.runtime import console, temporary_server
+    from dropout_lab.runtime.launcher import discard_spares, first_processes, prestart
+    from dropout_lab.runtime.preflight import hand_over
+    from dropout_lab.runtime.progress import bars
+    from dropout_lab.runtime.signals import Stopped, stop_on_signals
+
+    if _early is not None and argv in (None, _early[0]):  # the script's checks ran first: not again
+        _, how, plan = _early
+    else:
+        try:
+            params, how = parse(argv)
+            plan = checked_plan(params)
+            if how["dask_address"]:
+                check_dask(how["dask_address"])
+        except CliError as e:
+            return fail(e)
+    console.quiet(how["verbose"])
+    # At exit: the flow has reported its end, the server stops (it may hold the run's last states),
+    # then this line, the terminal's last.
+    last_line: list[str] = []
+
+    def say_last_line() -> None:
+        temporary_server.stop()
+        if last_line:
+            print(*last_line, file=sys.stderr if last_line[0] == "error:" else None)
+
+    atexit.register(say_last_line)
+    groups = plan.waves[0]
+    runner = task_runner_for(how["task_runner"], how["dask_address"], min(len(groups), sum(plan.slots.values())))
+    flow_fn = flow if runner is None else flow.with_options(task_runner=runner)
+    try:
+        with stop_on_signals():
+            if runner is None:  # training runs in this process's threads: its processes can start now
+                prestart(first_processes(groups, plan.threads, plan.slots))
+            timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+            with temporary_server.serving(timeout), bars.shown():  # bars: on a terminal only, one per model
+                hand_over(plan)  # the flow takes the plan checked here instead of checking again
+                folder = flow_fn(**plan.params)
+    except Stopped as e:
+        last_line[:] = ["error:", f"{e}: training processes ended, finished epochs kept in checkpoints; "
+                        "rerun the same command to resume"]  # fmt: skip
+        return 128 + e.signum
+    except Exception as e:  # Prefect has logged the details; end on one clear line
+        last_line[:] = ["error:", one_line(e)]
+        return 1
+    finally:
+        discard_spares()
+    last_line[:] = ["report:", folder]
+    return 0

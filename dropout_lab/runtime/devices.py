@@ -191,7 +191,7 @@ def worker_slots(devices: list[str], threads: int) -> dict[str, int]:
     return {d: (max(1, available_cores() // threads) if d == "cpu" else GPU_PROCESSES_MAX) for d in set(devices)}
 
 
-def process_plan(groups: list[list[TrainConfig]]) -> tuple[int, dict[str, int]]:
+def process_layout(groups: list[list[TrainConfig]]) -> tuple[int, dict[str, int]]:
     """(CPU threads per training process, processes allowed at once per device) for these groups,
     one training process each (see `stack_groups`)."""
     devices = [group[0].device for group in groups]

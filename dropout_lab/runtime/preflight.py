@@ -9,20 +9,27 @@ Prefect's engine; the flow runs them again for a deployment run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from dropout_lab.config import (
     DATASET_IMAGES,
     PARAMETERS,
     SETTINGS,
+    Design,
     TrainConfig,
+    Variant,
     check_train_config,
     compared_variants,
     describe_error,
+    design_of,
     flag,
+    seed_waves,
+    variant_of,
 )
 
 MB = 1 << 20
@@ -140,7 +147,7 @@ def remove_created(folders: list[Path]) -> None:
             pass
 
 
-def plan_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -> list[tuple[str, str]]:
+def check_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -> list[tuple[str, str]]:
     """All three planned and their free space checked, creating nothing; returns (path, flag) pairs
     for `create_folders`."""
     folders = [(data_dir, "--data-dir", 0 if data_present else NEEDS["data"]),
@@ -220,31 +227,75 @@ def every_seed(params: dict) -> list[int]:
     return list(range(params["max_seeds"])) if params["seeds"] == "auto" else list(params["seeds"])
 
 
-def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainConfig], dict[str, str]]:
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, decided once by its checks and passed down to the command line and the flow:
+    every (variant, seed) it may train, the design its decisions follow, which variants train together in
+    each wave of seeds, the CPU threads and concurrent trainings per device, and its folders."""
+
+    params: dict  # the flow's parameters, unset seeds resolved
+    configs: list[TrainConfig]  # every (variant, seed) the run may train, in report order
+    design: Design  # as planned, before any look
+    waves: list[list[list[TrainConfig]]]  # per wave of seeds, the groups that train as one process each
+    threads: int  # CPU threads per training process
+    slots: dict[str, int]  # training processes at once, per device
+    folders: dict[str, str]  # data_dir, out, cache_dir (confined to their roots in a deployment run)
+
+    def groups(self, wave: int, training: set[Variant]) -> list[list[TrainConfig]]:
+        """The groups of wave `wave` that still train: each cut to the variants in `training` (under
+        --seeds auto a variant whose claims are all decided stops)."""
+        cut = ([c for c in group if variant_of(c) in training] for group in self.waves[wave])
+        return [group for group in cut if group]
+
+
+def check_parameters(params: dict, deployed: bool = False) -> RunPlan:
     """Validate everything before any work, creating nothing until all checks pass: parameters, then
-    devices, then folders (confined to the worker's roots in a deployment run). Returns the configs of
-    every (variant, seed) the run may train and the folders to use; unset seeds are resolved in
-    `params` (resolve_seeds). Raises ValueError (one line)."""
+    devices, then folders (confined to the worker's roots in a deployment run); returns the run's plan.
+    Unset seeds are resolved in `params` (resolve_seeds). Raises ValueError (one line)."""
     parameter_errors(params)  # first, and before the imports below: a bad value answers at once
     what_cannot_be_done(params)
     resolve_seeds(params)
+    return _plan(params, deployed)
+
+
+# The plan the command line checked, handed to the flow it runs in this process (checked once, not twice).
+_handed: list[RunPlan] = []
+
+
+def hand_over(plan: RunPlan) -> None:
+    _handed[:] = [plan]
+
+
+def handed_over(params: dict) -> RunPlan | None:
+    """The plan the command line checked for exactly these parameters, taken once; None otherwise (a
+    deployment run, or other parameters), and the flow checks them itself."""
+    plan = _handed.pop() if _handed else None
+    same = plan is not None and json.dumps(plan.params, sort_keys=True, default=str) == json.dumps(
+        params, sort_keys=True, default=str)  # fmt: skip
+    return plan if same else None
+
+
+def _plan(params: dict, deployed: bool) -> RunPlan:
     from dropout_lab.analysis import history
     from dropout_lab.analysis.tracking import check_available, check_store
     from dropout_lab.core.data import ARCHIVE_NAME, FOLDER_NAME
-    from dropout_lab.runtime.devices import stack_groups, variant_configs
+    from dropout_lab.runtime.devices import process_layout, stack_groups, variant_configs
 
     if params["mlflow"]:
         check_available()
     shared = {f.name for f in dataclasses.fields(TrainConfig)} - _PER_VARIANT
     base = TrainConfig(**{k: params[k] for k in shared if k in params})
     configs = variant_configs(base, compared_variants(params), every_seed(params), params["device"])
-    stack_groups(configs, params["stack"], params["cuda_graphs"])  # raises for an unknown mode
     for cfg in configs:
         check_train_config(cfg)  # every variant and seed, and precision vs the resolved device
+    seeds = seed_waves(params["max_seeds"]) if params["seeds"] == "auto" else [sorted({c.seed for c in configs})]
+    waves = [stack_groups([c for c in configs if c.seed in wave], params["stack"], params["cuda_graphs"])
+             for wave in seeds]  # fmt: skip
+    threads, slots = process_layout(waves[0])
     folders = confine_folders(params) if deployed else {k: params[k] for k in ROOT_ENV}
     data_dir = Path(folders["data_dir"])
     present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
-    planned = plan_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
+    planned = check_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
     if params["mlflow"]:
         check_store(folders["out"])  # the server answers, the database is MLflow's (or not there yet)
     try:
@@ -252,4 +303,4 @@ def check_parameters(params: dict, deployed: bool = False) -> tuple[list[TrainCo
     except history.HistoryError as e:
         raise ValueError(f"--history: {e}") from None
     create_folders(planned)  # last: a refusal above has created nothing
-    return configs, folders
+    return RunPlan(dict(params), configs, design_of(params), waves, threads, slots, folders)
