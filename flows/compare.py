@@ -31,8 +31,8 @@ from prefect import flow  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
-from dropout_lab.analysis.report import report_order  # noqa: E402
-from dropout_lab.analysis.tables import HISTORY_SCHEMA, display_rows, history_rows, summary_rows  # noqa: E402
+from dropout_lab.analysis.report import report_order, report_tables  # noqa: E402
+from dropout_lab.analysis.tables import HISTORY_SCHEMA, display_rows  # noqa: E402
 from dropout_lab.analysis.verdict import open_claims  # noqa: E402
 from dropout_lab.cli.compare import run_from_command_line  # noqa: E402
 from dropout_lab.config import (  # noqa: E402
@@ -122,8 +122,9 @@ def compare(**params) -> str:
         results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
         looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
         design = dataclasses.replace(planned, looks=tuple(looks)) if auto else planned
+        tables = report_tables(results, data, design)  # every table of the report, once per look
         if auto:
-            undecided = open_claims(summary_rows(results, data), design)
+            undecided = open_claims(tables.summary, design, tables.comparisons)
             if not undecided:
                 print(f"after {looks[-1]} seeds: every claim decided")
                 break
@@ -132,14 +133,13 @@ def compare(**params) -> str:
             training = {BASELINE, *undecided}
             print(f"after {looks[-1]} seeds: undecided: {'; '.join(c for cs in undecided.values() for c in cs)}"
                   + next_wave_words(training, compared))  # fmt: skip
-    report = render_report.with_options(**opts)(trained, data, str(run_dir), design, return_state=True)
+    report = render_report.with_options(**opts)(trained, data, str(run_dir), tables, return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"], auto)
-    publish_report(markdown, display_rows(history_rows(results, data), HISTORY_SCHEMA), experiment,
-                   report.name == "Cached")  # fmt: skip
-    record_history(results, data, out, folder, experiment)
+    publish_report(markdown, display_rows(tables.history, HISTORY_SCHEMA), experiment, report.name == "Cached")
+    record_history(tables, results, out, folder, experiment)
     if parent:
-        finish_mlflow(out, parent, results, data, folder)
+        finish_mlflow(out, parent, tables, results, folder)
     return folder
 
 

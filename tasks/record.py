@@ -12,11 +12,9 @@ from prefect.runtime import flow_run as current_flow_run
 
 from dropout_lab.analysis import history, tracking
 from dropout_lab.analysis.history import code_version, history_target
-from dropout_lab.analysis.stats import statistics_rows
-from dropout_lab.analysis.tables import history_rows, summary_rows
+from dropout_lab.analysis.report import Tables
 from dropout_lab.analysis.trend import table_rows
 from dropout_lab.config import TrainConfig, Variant, variant_of
-from dropout_lab.core.data import DataInfo
 from dropout_lab.redact import redact
 from dropout_lab.results import TrainResult
 
@@ -24,7 +22,7 @@ RECENT_RUNS = 20  # runs in the UI's table of the latest runs
 
 
 def record_history(
-    results: list[TrainResult], data: DataInfo, out: str, folder: str, experiment: str
+    tables: Tables, results: list[TrainResult], out: str, folder: str, experiment: str
 ) -> tuple[list[dict], list[dict]] | None:
     """Append this run's models to the run history (DROPOUT_LAB_HISTORY, else `<out>/history.sqlite`; a
     model trained by an earlier run, reused from the cache, is not recorded again) and, when rows were
@@ -42,7 +40,7 @@ def record_history(
         "experiment_hash": history.split_report_folder(folder)[1],
         "report_folder": folder,
     }
-    rows = history.model_rows(results, data, meta)
+    rows = history.model_rows(tables, results, meta)
     added = history.append(path, *rows)
     if not added:
         logger.info("history: these models are already recorded in %s", path)
@@ -86,15 +84,14 @@ def start_mlflow(out: str, run_dir: str, configs: list[TrainConfig], dataset: st
 
 
 @task(name="finish_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
-def finish_mlflow(out: str, parent: str, results: list[TrainResult], data: DataInfo, folder: str) -> str:
+def finish_mlflow(out: str, parent: str, tables: Tables, results: list[TrainResult], folder: str) -> str:
     """Models trained by an earlier run (cached here) get their child runs from their recorded epochs; the
-    parent gets the comparison's headline metrics and the report's files, and ends."""
-    summary = summary_rows(results, data)
-    runs = [{**row, "weights_sha256": r.weights_sha256} for row, r in zip(summary, results, strict=True)]
+    parent gets the comparison's headline metrics (the report's own statistics) and its files, and ends."""
+    runs = [{**row, "weights_sha256": r.weights_sha256} for row, r in zip(tables.summary, results, strict=True)]
     try:
-        tracking.log_children_after(out, parent, runs, history_rows(results, data), [r.checkpoint for r in results])
+        tracking.log_children_after(out, parent, runs, tables.history, [r.checkpoint for r in results])
         files = [Path(folder, name) for name in ("comparison.png", "samples.png", "summary.md")]
-        tracking.finish_parent(out, parent, tracking.headline_metrics(statistics_rows(summary)),
+        tracking.finish_parent(out, parent, tracking.headline_metrics(tables.statistics),
                                [f for f in files if f.is_file()])  # fmt: skip
     except Exception as e:
         raise mlflow_error(e) from None

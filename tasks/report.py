@@ -10,8 +10,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
-from dropout_lab.analysis.report import report_files, report_order, report_problem, write_report
-from dropout_lab.config import Design
+from dropout_lab.analysis.report import Tables, report_files, report_order, report_problem, write_report
 from dropout_lab.core.data import DataInfo, read_class_names, sample_images
 from dropout_lab.naming import slug
 from dropout_lab.results import TrainResult
@@ -21,7 +20,7 @@ from tasks.cache import ResultOf
 def _report_identity(p: dict) -> tuple:
     trained = [t for group in p["trained"] for t in group]
     return ("report", p["run_dir"], [t.weights_sha256 for t in trained], [t.history for t in trained],
-            p["data"].fingerprint, dataclasses.astuple(p["design"]))  # fmt: skip
+            p["data"].fingerprint, dataclasses.astuple(p["tables"].design))  # fmt: skip
 
 
 @task(
@@ -35,14 +34,15 @@ def _report_identity(p: dict) -> tuple:
     persist_result=True,
 )
 def render_report(
-    trained: list[list[TrainResult]], data: DataInfo, run_dir: str, design: Design
+    trained: list[list[TrainResult]], data: DataInfo, run_dir: str, tables: Tables
 ) -> tuple[str, str, dict]:
-    """Parquet tables + PNGs into `run_dir` from each training task's results, decided as `design` says
-    (how the seeds came, the margin); returns (run_dir, markdown for the UI, the SHA-256 of each file).
-    Models in the report's order: each setting's variants ascending, the baseline last."""
+    """Parquet tables + PNGs into `run_dir` from each training task's results and their `tables` (decided
+    as their design says: how the seeds came, the margin); returns (run_dir, markdown for the UI, the
+    SHA-256 of each file). Models in the report's order: each setting's variants ascending, the baseline
+    last. (The tables are the trainings' results, computed once by the flow: the cache key is theirs.)"""
     trained = report_order(t for group in trained for t in group)
     path, markdown = write_report(Path(run_dir), trained, data, sample_images(data.root), read_class_names(data.root),
-                                  design)  # fmt: skip
+                                  tables)  # fmt: skip
     return str(path), markdown, report_files(path)
 
 

@@ -362,7 +362,7 @@ def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect
     half = Variant((("dropout", 0.5),))
     looks = []
 
-    def first_look_leaves_dropout_0_5_open(summary, design):
+    def first_look_leaves_dropout_0_5_open(summary, design, comparisons=None):
         looks.append(design.looks)
         return {half: ["dropout 0.5 test accuracy (-1.00 to +2.00 points)"]} if len(design.looks) == 1 else {}
 

@@ -20,10 +20,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from dropout_lab import locks
-from dropout_lab.analysis.report import code_span, markdown_summary, write_report
-from dropout_lab.analysis.tables import summary_rows
+from dropout_lab.analysis.report import code_span, markdown_summary, report_tables
 from dropout_lab.cli.compare import one_line
-from dropout_lab.config import TrainConfig
+from dropout_lab.config import Design, TrainConfig
 from dropout_lab.core import data
 from dropout_lab.core.data import describe_folder
 from dropout_lab.locks import held, remove_dead_leftovers
@@ -216,17 +215,17 @@ def test_paths_in_markdown_are_code_spans_nothing_can_break_out_of():
 
 
 def test_a_report_with_a_hostile_folder_name_and_class_names_renders(tmp_path):
-    from tests.test_report import fake_results  # a small set of results, like a real run's
+    from tests.test_report import fake_results, written  # a small set of results, like a real run's
 
     results, info, samples, _ = fake_results()
     names = ["$\\foo{$", "a_b^c", "<b>x</b>", "`tick`", "$$", "\\", "%", "{", "ok", "}"]
     run_dir = tmp_path / "out`\n<img onerror=alert(1)>"
-    folder, markdown = write_report(run_dir, results, info, samples, names)
+    folder, markdown = written(run_dir, results, info, samples, names)
     assert (folder / "samples.png").is_file() and (folder / "comparison.png").is_file()
     line = next(x for x in markdown.splitlines() if "Report folder" in x)
     assert "``" in line and "\\n<img" in line  # the newline shown escaped, inside the code span
     assert (folder / "summary.md").read_text().count("Report folder") == 1
-    assert markdown_summary(summary_rows(results, info), info, None, run_dir).count("\n# ") == 0
+    assert markdown_summary(report_tables(results, info, Design()), info, None, run_dir).count("\n# ") == 0
 
 
 # --- credentials -------------------------------------------------------------------------------------

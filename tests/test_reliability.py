@@ -121,14 +121,14 @@ def test_full_disk_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
 
 def test_failed_report_leaves_no_folder_that_looks_complete(tmp_path, monkeypatch):
     from dropout_lab.analysis import report
-    from tests.test_report import fake_results
+    from tests.test_report import fake_results, written
 
     def broken(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(report, "plot_samples", broken)
     with pytest.raises(OSError):
-        report.write_report(tmp_path / "run", *fake_results())
+        written(tmp_path / "run", *fake_results())
     assert list(tmp_path.iterdir()) == []
 
 

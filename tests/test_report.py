@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dropout_lab.analysis.report import markdown_summary, write_report
+from dropout_lab.analysis.report import markdown_summary, report_tables, write_report
 from dropout_lab.analysis.tables import CONFUSION_SCHEMA, HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
-from dropout_lab.config import TrainConfig
+from dropout_lab.config import Design, TrainConfig
 from dropout_lab.core.data import CLASSES, DataInfo
 from dropout_lab.results import TrainResult
 
@@ -32,8 +32,13 @@ def fake_results(rates=(0.25, 0.0), epochs=3, dataset="cifar10", verified=False,
     return trained, info, (images, np.arange(25) % 10), list(CLASSES)
 
 
+def written(run_dir, trained, info, samples, names, design=Design()):
+    """The report of these results as the flow writes it: its tables computed once, then the files."""
+    return write_report(run_dir, trained, info, samples, names, report_tables(trained, info, design))
+
+
 def test_write_report_produces_every_file_with_its_schema(tmp_path):
-    run_dir, markdown = write_report(tmp_path / "run", *fake_results())
+    run_dir, markdown = written(tmp_path / "run", *fake_results())
     assert pq.read_schema(run_dir / "history.parquet").equals(HISTORY_SCHEMA)
     assert pq.read_schema(run_dir / "summary.parquet").equals(SUMMARY_SCHEMA)
     assert pq.read_schema(run_dir / "per_class.parquet").equals(PER_CLASS_SCHEMA)
@@ -58,7 +63,7 @@ def test_a_training_restored_from_its_checkpoints_reports_its_epochs_time_not_th
 
     trained, *rest = fake_results()  # 3 epochs of 10 s each, 60 s of process time
     restored = [dataclasses.replace(t, train_seconds=2.0, resumed_from=3) for t in trained]
-    run_dir, markdown = write_report(tmp_path / "run", restored, *rest)
+    run_dir, markdown = written(tmp_path / "run", restored, *rest)
     rows = pq.read_table(run_dir / "summary.parquet").to_pylist()
     assert [(r["train_seconds"], r["epochs_seconds"], r["resumed_from_epoch"]) for r in rows] == [(2.0, 30.0, 3)] * 2
     assert markdown.count("| 30 s | cpu |") == 2
@@ -76,14 +81,14 @@ def test_the_figure_title_counts_seeds_per_model_when_a_decided_variant_stopped(
 
 
 def test_rewriting_a_report_replaces_it_whole(tmp_path):
-    write_report(tmp_path / "run", *fake_results())
+    written(tmp_path / "run", *fake_results())
     (tmp_path / "run" / "stale.txt").write_text("from an older run")
-    write_report(tmp_path / "run", *fake_results())
+    written(tmp_path / "run", *fake_results())
     assert not (tmp_path / "run" / "stale.txt").exists()
 
 
 def test_baseline_only_report(tmp_path):
-    run_dir, markdown = write_report(tmp_path / "run", *fake_results(rates=(0.0,)))
+    run_dir, markdown = written(tmp_path / "run", *fake_results(rates=(0.0,)))
     assert pq.read_table(run_dir / "summary.parquet").num_rows == 1
     assert "Only one model was trained" in markdown
 
@@ -92,17 +97,15 @@ def test_markdown_labels_synthetic_data():
     trained, info, *_ = fake_results(dataset="fake")
     from dataclasses import replace
 
-    from dropout_lab.analysis.tables import summary_rows
-
     info = replace(info, provenance="synthetic data — accuracies meaningless")
-    md = markdown_summary(summary_rows(trained, info), info, None, "/x")
+    md = markdown_summary(report_tables(trained, info, Design()), info, None, "/x")
     assert "synthetic data — accuracies meaningless" in md
 
 
 def test_multi_seed_report_has_statistics_and_a_verdict(tmp_path):
     from dropout_lab.analysis.tables import STATISTICS_SCHEMA
 
-    run_dir, markdown = write_report(tmp_path / "run", *fake_results(rates=(0.1, 0.5, 0.0), seeds=(0, 1, 2)))
+    run_dir, markdown = written(tmp_path / "run", *fake_results(rates=(0.1, 0.5, 0.0), seeds=(0, 1, 2)))
     stats = pq.read_table(run_dir / "statistics.parquet")
     assert stats.schema.equals(STATISTICS_SCHEMA) and stats.num_rows == 3 * 4
     assert pq.read_table(run_dir / "summary.parquet").num_rows == 9

@@ -179,7 +179,7 @@ def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]]) -> N
 
 
 def plot_comparison(results: list[TrainResult], summary: list[dict], title: str, path: Path,
-                    design: Design = Design()) -> None:  # fmt: skip
+                    design: Design = Design(), comparisons: dict | None = None) -> None:  # fmt: skip
     """Curves (mean over seeds, 95% bands), gap per epoch; what the verdict tests (paired differences
     with their decision intervals, and their narrowing wave by wave); each arm's own values; per-class
     accuracy."""
@@ -222,7 +222,7 @@ def plot_comparison(results: list[TrainResult], summary: list[dict], title: str,
     ax_cls.set_xticks(x, CLASSES, rotation=35, ha="right")
     ax_cls.set(title="Per-class test accuracy (final models, mean over seeds)", ylabel="accuracy (%)", ylim=(0, 100))
 
-    comparisons = compare_all(summary, design)
+    comparisons = comparisons or compare_all(summary, design)
     plot_difference_panel(ax_diff_acc, comparisons["final_test_acc"], "Test accuracy")
     plot_difference_panel(ax_diff_gap, comparisons["generalization_gap"], "Generalization gap")
     plot_waves_panel(ax_waves, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})

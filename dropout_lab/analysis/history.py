@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field, history_rows, summary_rows
+from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field
 from dropout_lab.config import SETTINGS, Variant, variant_of
 from dropout_lab.redact import redact
 
@@ -346,16 +346,16 @@ def as_table(rows: list[dict], table: str = "runs") -> pa.Table:
     return pa.Table.from_pylist(rows, schema=TABLES[table][0])
 
 
-def model_rows(results, data, meta: dict) -> tuple[list[dict], list[dict]]:
-    """History rows of one run's trained models: (runs, epochs). `meta` holds RUN_FIELDS except
-    weights_sha256 (each model's own)."""
+def model_rows(tables, results, meta: dict) -> tuple[list[dict], list[dict]]:
+    """History rows of one run's trained models: (runs, epochs), from the report's tables (analysis/report.py
+    `Tables`: its summary and per-epoch rows). `meta` holds RUN_FIELDS except weights_sha256 (each model's own)."""
     by_key = {(variant_of(r.config), r.config.seed): r.weights_sha256 for r in results}
 
     def ident(row: dict) -> dict:  # keyed on the exact settings, never on a printed name
         return {**meta, "weights_sha256": by_key[(variant_of(row), row["seed"])]}
 
-    runs = [{**ident(row), **row} for row in summary_rows(results, data)]
-    epochs = [{**ident(row), **row} for row in history_rows(results, data)]
+    runs = [{**ident(row), **row} for row in tables.summary]
+    epochs = [{**ident(row), **row} for row in tables.history]
     return runs, epochs
 
 

@@ -10,13 +10,14 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
 
 from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
-from dropout_lab.analysis.stats import by_variant, statistics_rows
+from dropout_lab.analysis.stats import by_variant, compare_all, statistics_rows
 from dropout_lab.analysis.tables import (
     CONFUSION_SCHEMA,
     HISTORY_SCHEMA,
@@ -34,6 +35,29 @@ from dropout_lab.config import Design, comparison_words, value_text, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.locks import remove_dead_leftovers
 from dropout_lab.results import TrainResult
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Every table of one report, computed once (`report_tables`) and handed to the report, the UI's
+    artifacts, the run history and MLflow: each says the same numbers, decided by the same design."""
+
+    design: Design
+    summary: list[dict]  # per model (SUMMARY_SCHEMA)
+    history: list[dict]  # per model and epoch (HISTORY_SCHEMA)
+    comparisons: dict  # per decided metric and variant, stats.compare_all's Comparison
+    statistics: list[dict]  # per variant and metric (STATISTICS_SCHEMA)
+    per_class: list[dict]
+    confusion: list[dict]
+
+
+def report_tables(results: list[TrainResult], data: DataInfo, design: Design) -> Tables:
+    """The report's tables for these results (in report order), decided as `design` says."""
+    summary = summary_rows(results, data)
+    comparisons = compare_all(summary, design)
+    return Tables(design, summary, history_rows(results, data), comparisons,
+                  statistics_rows(summary, design, comparisons), per_class_rows(results, data),
+                  confusion_rows(results, data))  # fmt: skip
 
 
 def report_title(results: list[TrainResult], data: DataInfo) -> str:
@@ -118,16 +142,16 @@ def code_span(text: str) -> str:
     return f"{fence}{pad}{shown}{pad}{fence}"
 
 
-def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path | None, run_dir: Path,
-                     design: Design = Design()) -> str:  # fmt: skip
+def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
     """Markdown for the Prefect UI: the verdict first, then per-variant statistics, runs and the figure."""
+    summary, design = tables.summary, tables.design
     compared = comparison_words(by_variant(summary))
     lines = [f"# {compared[0].upper()}{compared[1:]}", ""]
     if data.dataset == "fake":
         lines += ["> **synthetic data — accuracies meaningless** (pipeline smoke run)", ""]
     elif not data.verified:
         lines += ["> **data unverified**: the local CIFAR-10 copy does not match the official md5s", ""]
-    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, design)), ""]
+    lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, design, tables.comparisons)), ""]
     first = summary[0]
     lines += [
         f"Data: {data.provenance}; {first['n_train']:,} training images"
@@ -139,9 +163,8 @@ def markdown_summary(summary: list[dict], data: DataInfo, comparison_png: Path |
         f"{code_span(str(run_dir))}",
         "",
     ]
-    stats = statistics_rows(summary, design)
-    if any(r["n_seeds"] > 1 for r in stats):
-        lines += statistics_tables(stats)
+    if any(r["n_seeds"] > 1 for r in tables.statistics):
+        lines += statistics_tables(tables.statistics)
     lines += [
         "| model | seed | train acc (eval mode) | train acc (running) | final test acc | best test acc, "
         "test-selected (epoch) "
@@ -194,7 +217,7 @@ def write_report(
     data: DataInfo,
     samples: tuple[np.ndarray, np.ndarray],
     class_names: list[str],
-    design: Design = Design(),
+    tables: Tables,
 ) -> tuple[Path, str]:
     """Write every report file into a temp folder, then rename it to `run_dir` (never half-written).
 
@@ -205,17 +228,17 @@ def write_report(
     # The pid in the temp name lets a later run tell a crashed writer's leftovers from a live one's.
     tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-{os.getpid()}-"))
     try:
-        summary = summary_rows(results, data)
-        write_table(history_rows(results, data), HISTORY_SCHEMA, tmp / "history.parquet")
-        write_table(summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
-        write_table(per_class_rows(results, data), PER_CLASS_SCHEMA, tmp / "per_class.parquet")
-        write_table(confusion_rows(results, data), CONFUSION_SCHEMA, tmp / "confusion.parquet")
-        write_table(statistics_rows(summary, design), STATISTICS_SCHEMA, tmp / "statistics.parquet")
+        write_table(tables.history, HISTORY_SCHEMA, tmp / "history.parquet")
+        write_table(tables.summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
+        write_table(tables.per_class, PER_CLASS_SCHEMA, tmp / "per_class.parquet")
+        write_table(tables.confusion, CONFUSION_SCHEMA, tmp / "confusion.parquet")
+        write_table(tables.statistics, STATISTICS_SCHEMA, tmp / "statistics.parquet")
         # Class names come from the data's batches.meta: plain text, never mathtext ('$...$').
         with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
-            plot_comparison(results, summary, report_title(results, data), tmp / "comparison.png", design)
+            plot_comparison(results, tables.summary, report_title(results, data), tmp / "comparison.png", tables.design,
+                            tables.comparisons)  # fmt: skip
             plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
-        markdown = markdown_summary(summary, data, tmp / "comparison.png", run_dir, design)
+        markdown = markdown_summary(tables, data, tmp / "comparison.png", run_dir)
         (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
         os.chmod(tmp, 0o755)
         # Swap under a lock: two identical runs finishing together must not interleave the swap.

@@ -294,10 +294,11 @@ def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dic
     return out
 
 
-def statistics_rows(summary: list[dict], design: Design = Design()) -> list[dict]:
-    """One row per (variant, metric): the estimate over seeds, and the comparison with the baseline."""
+def statistics_rows(summary: list[dict], design: Design = Design(), comparisons: dict | None = None) -> list[dict]:
+    """One row per (variant, metric): the estimate over seeds, and the comparison with the baseline
+    (`comparisons`: compare_all's, when already computed)."""
     groups = by_variant(summary)
-    comparisons = compare_all(summary, design)
+    comparisons = comparisons or compare_all(summary, design)
     rows = []
     for variant, members in groups.items():
         for metric, (_, unit, _, _) in METRICS.items():

@@ -135,8 +135,9 @@ def answer_cost(summary: list[dict], waves: tuple[int, int] = (5, 20)) -> str:
             f"{low:.0f}–{high:.0f} min here (this run's training took {wall:.1f} min).")  # fmt: skip
 
 
-def verdict(summary: list[dict], design: Design = Design()) -> list[str]:
-    """Plain-language verdict lines computed from the per-seed summary rows."""
+def verdict(summary: list[dict], design: Design = Design(), comparisons: dict | None = None) -> list[str]:
+    """Plain-language verdict lines computed from the per-seed summary rows (`comparisons`: compare_all's,
+    when already computed)."""
     scope, reduced = data_scope(summary)
     lines = []
     if reduced:
@@ -146,7 +147,7 @@ def verdict(summary: list[dict], design: Design = Design()) -> list[str]:
     variants = list(by_variant(summary))
     if len(variants) < 2 or BASELINE not in variants:
         return [*lines, "Only one model was trained: there is nothing to compare against."]
-    comparisons = compare_all(summary, design)
+    comparisons = comparisons or compare_all(summary, design)
     gaps, accs, trains = (comparisons[m] for m in ("generalization_gap", "final_test_acc", "final_train_eval_acc"))
     if max(c.n for c in gaps.values()) < 2:
         lines.insert(0, answer_cost(summary))
@@ -170,10 +171,10 @@ def verdict(summary: list[dict], design: Design = Design()) -> list[str]:
     return lines
 
 
-def open_claims(summary: list[dict], design: Design) -> dict[Variant, list[str]]:
+def open_claims(summary: list[dict], design: Design, comparisons: dict | None = None) -> dict[Variant, list[str]]:
     """The claims not decided yet, by variant ("dropout 0.1 test accuracy (-0.8 to +1.2 points)");
     a variant whose claims are all better, worse or equivalent is absent, and nothing is when all are."""
-    comparisons = compare_all(summary, design)
+    comparisons = comparisons or compare_all(summary, design)
     found: dict[Variant, list[str]] = {}
     for m in DECIDED:
         for v, c in comparisons[m].items():
