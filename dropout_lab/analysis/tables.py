@@ -9,117 +9,122 @@ import pyarrow.parquet as pq
 
 from dropout_lab.config import SETTINGS, TrainConfig, variant_of
 from dropout_lab.core.data import CLASSES, DataInfo
+from dropout_lab.core.records import EPOCH_COLUMNS, FRACTION, NATS, OBJECTIVE, RUNNING, SECONDS, TRAIN_EVAL
 from dropout_lab.results import TrainResult
 
 UTC_TS = pa.timestamp("us", tz="UTC")
-FRACTION, NATS, SECONDS = "fraction", "nats per image (mean cross-entropy)", "seconds"
+KINDS = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+ROLE = b"role"  # "metric": a number MLflow logs as a metric; "param": a setting it logs as a parameter
 
 
-def field(name: str, kind: pa.DataType, unit: str | None = None, doc: str | None = None) -> pa.Field:
-    """A column; its unit (and what it means, where the name cannot say) in the field metadata."""
-    meta = {k: v for k, v in (("unit", unit), ("description", doc)) if v}
+def field(name: str, kind: pa.DataType, unit: str | None = None, doc: str | None = None, role: str | None = None
+          ) -> pa.Field:  # fmt: skip
+    """A column; its unit (and what it means, where the name cannot say) in the field metadata, and for
+    MLflow whether it is a metric or a parameter."""
+    meta = {k: v for k, v in (("unit", unit), ("description", doc), ("role", role)) if v}
     return pa.field(name, kind, metadata=meta or None)
 
 
 GAP_DOC = "eval-mode train accuracy minus test accuracy, same weights (the generalization gap)"
-RUNNING_DOC = "the tutorial's running mean over the epoch in train mode (dropout on); not the gap's train side"
-# The running loss is the objective the variant trained on (core/model.py `criterion`), which can differ
-# from the plain cross-entropy every evaluation measures.
-OBJECTIVE = "training objective per image (the variant's criterion, core/model.py)"
-RUNNING_LOSS_DOC = f"the {OBJECTIVE}: {RUNNING_DOC}"
-TRAIN_EVAL_DOC = "the epoch's final weights in eval mode on n_train_eval training images (fixed class-balanced subset)"
-VAL_DOC = "the epoch's final weights in eval mode on the held-out training images (--val-images; else null)"
 # Every table's keys: the variant (its name, whether it is the baseline, each compared setting's value)
 # and the seed.
 KEYS = [
-    field("model", pa.string(), doc="the variant: baseline, dropout=0.25, ..."),
-    field("baseline", pa.bool_(), doc="the variant every other one is compared with"),
-    *(field(s.field, pa.float64(), s.unit) for s in SETTINGS),
-    field("seed", pa.int64()),
+    field("model", pa.string(), doc="the variant: baseline, dropout=0.25, ...", role="param"),
+    field("baseline", pa.bool_(), doc="the variant every other one is compared with", role="param"),
+    *(field(s.field, pa.float64(), s.unit, role="param") for s in SETTINGS),
+    field("seed", pa.int64(), role="param"),
 ]
 
+
+def _epoch_field(name: str, kind: type, unit: str | None, doc: str | None) -> pa.Field:
+    role = "metric" if kind is float else None
+    return field(name, KINDS[kind], unit, doc, role)
+
+
+# The trainer's epoch record (core/train.py EPOCH_COLUMNS), with the gap it implies and the dataset.
 HISTORY_SCHEMA = pa.schema(
     [
         *KEYS,
-        field("epoch", pa.int64()),
-        field("train_running_loss", pa.float64(), OBJECTIVE, RUNNING_LOSS_DOC),
-        field("train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
-        field("train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
-        field("train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
-        field("test_loss", pa.float64(), NATS),
-        field("test_acc", pa.float64(), FRACTION),
-        field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
-        field("val_loss", pa.float64(), NATS, VAL_DOC),
-        field("val_acc", pa.float64(), FRACTION, VAL_DOC),
-        field("epoch_seconds", pa.float64(), SECONDS),
-        field("n_train", pa.int64()),
-        field("n_train_eval", pa.int64()),
-        field("n_test", pa.int64()),
+        *(_epoch_field(*column) for column in EPOCH_COLUMNS),
+        field("generalization_gap", pa.float64(), FRACTION, GAP_DOC, role="metric"),
         field("dataset", pa.string()),
     ]
 )
-SUMMARY_SCHEMA = pa.schema(
-    [
-        *KEYS,
-        field("final_train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL_DOC),
-        field("final_train_running_acc", pa.float64(), FRACTION, RUNNING_DOC),
-        field("final_test_acc", pa.float64(), FRACTION, "the last epoch's evaluation"),
-        field(
-            "best_test_acc",
-            pa.float64(),
-            FRACTION,
-            "test-selected (optimistic): the best epoch's evaluation, the "
-            "epoch chosen on the test set itself; reported, never tested (>= final_test_acc)",
-        ),
-        field("best_epoch", pa.int64()),
-        field("n_val", pa.int64(), doc="training images held out, not trained on (--val-images)"),
-        field("val_best_epoch", pa.int64(), doc="the epoch with the best held-out accuracy (--val-images; else null)"),
-        field(
-            "val_selected_test_acc",
-            pa.float64(),
-            FRACTION,
-            "test accuracy at val_best_epoch: an honest best "
-            "epoch, chosen without the test set (null without --val-images)",
-        ),
-        field("generalization_gap", pa.float64(), FRACTION, GAP_DOC),
-        field("final_train_eval_loss", pa.float64(), NATS, TRAIN_EVAL_DOC),
-        field("final_train_running_loss", pa.float64(), OBJECTIVE, RUNNING_LOSS_DOC),
-        field("final_test_loss", pa.float64(), NATS),
-        field("epochs", pa.int64()),
-        field("batch_size", pa.int64()),
-        field("lr", pa.float64()),
-        field(
-            "train_seconds",
-            pa.float64(),
-            SECONDS,
-            "this training process's wall time (a resumed training's covers only the epochs it ran)",
-        ),
-        field(
-            "epochs_seconds",
-            pa.float64(),
-            SECONDS,
-            "every epoch's own time, summed over the history: the "
-            "training's cost, also when epochs were restored from a checkpoint",
-        ),
-        field("resumed_from_epoch", pa.int64()),
-        field("started_at", UTC_TS),
-        field("finished_at", UTC_TS),
-        field("device", pa.string()),
-        field("precision", pa.string()),
-        field("compiled", pa.bool_()),
-        field("threads", pa.int64()),
-        field("stacked_variants", pa.int64()),
-        field("trained_as", pa.string(), "alone | stacked (one computation with the other variants on its device)"),
-        field("cuda_graphs", pa.bool_(), "training steps and evaluation replayed as CUDA graphs"),
-        field("n_params", pa.int64()),
-        field("n_train", pa.int64()),
-        field("n_train_eval", pa.int64()),
-        field("n_test", pa.int64()),
-        field("dataset", pa.string()),
-        field("data_verified", pa.bool_()),
-        field("data_provenance", pa.string()),
-    ]
-)
+
+
+def _best(r: TrainResult) -> dict:
+    return max(r.history, key=lambda h: h["test_acc"])  # the first epoch reaching the best
+
+
+def _val_best(r: TrainResult) -> dict | None:
+    held_out = [h for h in r.history if h.get("val_acc") is not None]
+    return max(held_out, key=lambda h: h["val_acc"]) if held_out else None
+
+
+def _last(key: str):
+    return lambda r, data: r.final[key]
+
+
+# The per-model summary, each column declared once with how it is read off a result (and the data).
+# Final = the last epoch's evaluation (the very numbers training logged); best = the best epoch's, so
+# best >= final always.
+SUMMARY_COLUMNS = [
+    (field("final_train_eval_acc", pa.float64(), FRACTION, TRAIN_EVAL, "metric"), _last("train_eval_acc")),
+    (field("final_train_running_acc", pa.float64(), FRACTION, RUNNING, "metric"), _last("train_running_acc")),
+    (field("final_test_acc", pa.float64(), FRACTION, "the last epoch's evaluation", "metric"), _last("test_acc")),
+    (field("best_test_acc", pa.float64(), FRACTION, "test-selected (optimistic): the best epoch's evaluation, the "
+           "epoch chosen on the test set itself; reported, never tested (>= final_test_acc)", "metric"),
+     lambda r, d: _best(r)["test_acc"]),
+    (field("best_epoch", pa.int64(), role="metric"), lambda r, d: _best(r)["epoch"]),
+    (field("n_val", pa.int64(), doc="training images held out, not trained on (--val-images)", role="param"),
+     lambda r, d: r.config.val_images),
+    (field("val_best_epoch", pa.int64(), doc="the epoch with the best held-out accuracy (--val-images; else null)",
+           role="metric"), lambda r, d: (_val_best(r) or {}).get("epoch")),
+    (field("val_selected_test_acc", pa.float64(), FRACTION, "test accuracy at val_best_epoch: an honest best epoch, "
+           "chosen without the test set (null without --val-images)", "metric"),
+     lambda r, d: (_val_best(r) or {}).get("test_acc")),
+    (field("generalization_gap", pa.float64(), FRACTION, GAP_DOC, "metric"),
+     lambda r, d: r.final["train_eval_acc"] - r.final["test_acc"]),
+    (field("final_train_eval_loss", pa.float64(), NATS, TRAIN_EVAL, "metric"), _last("train_eval_loss")),
+    (field("final_train_running_loss", pa.float64(), OBJECTIVE, f"the {OBJECTIVE}: {RUNNING}", "metric"),
+     _last("train_running_loss")),
+    (field("final_test_loss", pa.float64(), NATS, role="metric"), _last("test_loss")),
+    (field("epochs", pa.int64(), role="param"), lambda r, d: r.config.epochs),
+    (field("batch_size", pa.int64(), role="param"), lambda r, d: r.config.batch_size),
+    (field("lr", pa.float64(), role="param"), lambda r, d: r.config.lr),
+    (field("train_seconds", pa.float64(), SECONDS, "this training process's wall time (a resumed training's covers "
+           "only the epochs it ran)", "metric"), lambda r, d: r.train_seconds),
+    (field("epochs_seconds", pa.float64(), SECONDS, "every epoch's own time, summed over the history: the "
+           "training's cost, also when epochs were restored from a checkpoint", "metric"),
+     lambda r, d: sum(h["epoch_seconds"] for h in r.history)),
+    (field("resumed_from_epoch", pa.int64(), role="param"), lambda r, d: r.resumed_from),
+    (field("started_at", UTC_TS), lambda r, d: datetime.fromisoformat(r.started_at)),
+    (field("finished_at", UTC_TS), lambda r, d: datetime.fromisoformat(r.finished_at)),
+    (field("device", pa.string(), role="param"), lambda r, d: r.config.device),
+    (field("precision", pa.string(), role="param"), lambda r, d: r.config.precision),
+    (field("compiled", pa.bool_(), role="param"), lambda r, d: r.config.compile),
+    (field("threads", pa.int64()), lambda r, d: r.threads),
+    (field("stacked_variants", pa.int64(), role="param"), lambda r, d: r.stacked_with),
+    (field("trained_as", pa.string(), "alone | stacked (one computation with the other variants on its device)"),
+     lambda r, d: r.trained_as),
+    (field("cuda_graphs", pa.bool_(), "training steps and evaluation replayed as CUDA graphs"),
+     lambda r, d: r.cuda_graphs),
+    (field("n_params", pa.int64(), role="param"), lambda r, d: r.n_params),
+    (field("n_train", pa.int64(), role="param"), lambda r, d: r.n_train),
+    (field("n_train_eval", pa.int64(), role="param"), lambda r, d: r.n_train_eval),
+    (field("n_test", pa.int64(), role="param"), lambda r, d: r.n_test),
+    (field("dataset", pa.string(), role="param"), lambda r, d: d.dataset),
+    (field("data_verified", pa.bool_(), role="param"), lambda r, d: d.verified),
+    (field("data_provenance", pa.string(), role="param"), lambda r, d: d.provenance),
+]  # fmt: skip
+SUMMARY_SCHEMA = pa.schema([*KEYS, *(f for f, _ in SUMMARY_COLUMNS)])
+
+
+def named(schema: pa.Schema, role: str) -> list[str]:
+    """The columns of `schema` with this MLflow role ("metric" or "param")."""
+    return [f.name for f in schema if (f.metadata or {}).get(ROLE) == role.encode()]
+
+
 P_DOC = "two-sided p-value"
 STATISTICS_SCHEMA = pa.schema(
     [
@@ -206,66 +211,16 @@ def _keys(cfg: TrainConfig) -> dict:
 
 def history_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
     return [
-        {
-            **_keys(r.config),
-            **{name: h[name] for name in HISTORY_SCHEMA.names if name in h},
-            "generalization_gap": h["train_eval_acc"] - h["test_acc"],
-            "dataset": data.dataset,
-        }
+        {**_keys(r.config), **{name: h.get(name) for name in HISTORY_SCHEMA.names if name in h},
+         "generalization_gap": h["train_eval_acc"] - h["test_acc"], "dataset": data.dataset}
         for r in results
         for h in r.history
-    ]
+    ]  # fmt: skip
 
 
 def summary_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
-    """One row per model. Final = the last epoch's evaluation (the very numbers training logged);
-    best = the best epoch's, so best >= final always."""
-    rows = []
-    for r in results:
-        last = r.history[-1]
-        best = max(r.history, key=lambda h: h["test_acc"])  # first epoch reaching the best
-        held_out = [h for h in r.history if h.get("val_acc") is not None]
-        val_best = max(held_out, key=lambda h: h["val_acc"]) if held_out else None
-        rows.append(
-            {
-                **_keys(r.config),
-                "final_train_eval_acc": last["train_eval_acc"],
-                "final_train_running_acc": last["train_running_acc"],
-                "final_test_acc": last["test_acc"],
-                "best_test_acc": best["test_acc"],
-                "best_epoch": best["epoch"],
-                "n_val": r.config.val_images,
-                "val_best_epoch": val_best["epoch"] if val_best else None,
-                "val_selected_test_acc": val_best["test_acc"] if val_best else None,
-                "generalization_gap": last["train_eval_acc"] - last["test_acc"],
-                "final_train_eval_loss": last["train_eval_loss"],
-                "final_train_running_loss": last["train_running_loss"],
-                "final_test_loss": last["test_loss"],
-                "epochs": r.config.epochs,
-                "batch_size": r.config.batch_size,
-                "lr": r.config.lr,
-                "train_seconds": r.train_seconds,
-                "epochs_seconds": sum(h["epoch_seconds"] for h in r.history),
-                "resumed_from_epoch": r.resumed_from,
-                "started_at": datetime.fromisoformat(r.started_at),
-                "finished_at": datetime.fromisoformat(r.finished_at),
-                "device": r.config.device,
-                "precision": r.config.precision,
-                "compiled": r.config.compile,
-                "threads": r.threads,
-                "stacked_variants": r.stacked_with,
-                "trained_as": r.trained_as,
-                "cuda_graphs": r.cuda_graphs,
-                "n_params": r.n_params,
-                "n_train": r.n_train,
-                "n_train_eval": r.n_train_eval,
-                "n_test": r.n_test,
-                "dataset": data.dataset,
-                "data_verified": data.verified,
-                "data_provenance": data.provenance,
-            }
-        )
-    return rows
+    """One row per model, each column as SUMMARY_COLUMNS reads it."""
+    return [{**_keys(r.config), **{f.name: get(r, data) for f, get in SUMMARY_COLUMNS}} for r in results]
 
 
 def per_class_accuracy(confusion: list[list[int]]) -> list[float]:

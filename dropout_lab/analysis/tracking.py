@@ -16,18 +16,16 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, named
 from dropout_lab.config import SETTINGS, Variant, value_text, variant_of
 from dropout_lab.redact import redact, split_credentials
 
 EXPERIMENT = "dropout-lab"
 STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"
-EPOCH_METRICS = ("train_running_loss", "train_running_acc", "train_eval_loss", "train_eval_acc", "test_loss",
-                 "test_acc", "val_loss", "val_acc", "generalization_gap", "epoch_seconds")  # fmt: skip
-FINAL_METRICS = ("final_test_acc", "best_test_acc", "best_epoch", "generalization_gap", "final_test_loss",
-                 "final_train_eval_acc", "val_selected_test_acc", "val_best_epoch", "train_seconds")  # fmt: skip
-MODEL_PARAMS = ("model", "baseline", *(s.field for s in SETTINGS), "seed", "epochs", "batch_size", "lr", "device",
-                "precision", "compiled", "stacked_variants", "n_params", "n_train", "n_train_eval", "n_val", "n_test",
-                "dataset", "data_verified", "data_provenance", "resumed_from_epoch")  # fmt: skip
+# What MLflow logs of each model, from the report's schemas (analysis/tables.py: each column's role).
+EPOCH_METRICS = tuple(named(HISTORY_SCHEMA, "metric"))
+FINAL_METRICS = tuple(named(SUMMARY_SCHEMA, "metric"))
+MODEL_PARAMS = tuple(named(SUMMARY_SCHEMA, "param"))
 RUN_TAGS = ("flow_run_id", "flow_run_name", "code_version", "experiment", "experiment_hash", "report_folder")
 
 

@@ -44,6 +44,7 @@ from dropout_lab.core.evaluate import (
     train_eval_split,
 )
 from dropout_lab.core.model import Net, criterion, optimizer
+from dropout_lab.core.records import epoch_record
 from dropout_lab.core.stacked import (
     Single,
     StackedNet,
@@ -152,45 +153,6 @@ def start_run(
         order_gen = torch.Generator().manual_seed(cfg.seed)
         restored = (0, [])
     return model, opt, order_gen, *restored
-
-
-def epoch_record(
-    epoch: int,
-    loss_sum: float,
-    correct: int,
-    n: int,
-    train_eval: dict,
-    test: dict,
-    seconds: float,
-    val: dict | None = None,
-    stacked_with: int = 1,
-    cuda_graphs: bool = False,
-) -> dict:
-    """One epoch's history entry. Accuracies are fractions, losses mean cross-entropy per image; the
-    held-out (validation) numbers are None without --val-images. It also says on how many images the
-    epoch trained and was evaluated, and how it trained (stacked with how many variants, graphed)."""
-    return {
-        "epoch": epoch,
-        # The tutorial's numbers: means over the epoch in train mode, i.e. with dropout on (for the
-        # dropout models only) and weights still moving. Kept, but they are not the gap's train side.
-        "train_running_loss": float(loss_sum) / n,
-        "train_running_acc": float(correct) / n,
-        # The epoch's final weights in eval mode on (a fixed subset of) the training set: measured
-        # like the test set, so train minus test accuracy is the generalization gap for every model.
-        "train_eval_loss": train_eval["loss"],
-        "train_eval_acc": train_eval["acc"],
-        "test_loss": test["loss"],
-        "test_acc": test["acc"],
-        "test_confusion": test["confusion"],  # [true][predicted] counts
-        "val_loss": val["loss"] if val else None,
-        "val_acc": val["acc"] if val else None,
-        "epoch_seconds": seconds,
-        "n_train": n,
-        "n_train_eval": sum(map(sum, train_eval["confusion"])),
-        "n_test": sum(map(sum, test["confusion"])),
-        "stacked_with": stacked_with,
-        "cuda_graphs": cuda_graphs,
-    }
 
 
 def save_epoch(folder: Path, cfg: TrainConfig, expected: dict, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen,
