@@ -32,7 +32,7 @@ from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
 from dropout_lab.analysis.report import report_order, report_tables  # noqa: E402
-from dropout_lab.analysis.tables import HISTORY_SCHEMA, display_rows  # noqa: E402
+from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, display_rows  # noqa: E402
 from dropout_lab.analysis.verdict import open_claims  # noqa: E402
 from dropout_lab.cli.compare import run_from_command_line  # noqa: E402
 from dropout_lab.config import (  # noqa: E402
@@ -52,8 +52,8 @@ from dropout_lab.runtime.signals import stop_training_on_sigterm  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
 from tasks.late_runs import superseding_run  # noqa: E402
-from tasks.record import finish_mlflow, record_history, start_mlflow  # noqa: E402
 from tasks.report import publish_report, render_report, tag_flow_run  # noqa: E402
+from tasks.tracking import finish_mlflow, record_history, start_mlflow  # noqa: E402
 from tasks.train import train  # noqa: E402
 
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
@@ -136,7 +136,7 @@ def compare(**params) -> str:
     report = render_report.with_options(**opts)(trained, data, str(run_dir), tables, return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"], auto)
-    publish_report(markdown, display_rows(tables.history, HISTORY_SCHEMA), experiment, report.name == "Cached")
+    publish_report(markdown, display_rows(tables.per_epoch, PER_EPOCH_SCHEMA), experiment, report.name == "Cached")
     record_history(tables, results, out, folder, experiment)
     if parent:
         finish_mlflow(out, parent, tables, results, folder)

@@ -61,7 +61,7 @@ def publish_report(markdown: str, history: list[dict], experiment: str, cached: 
     create_markdown_artifact(
         markdown, key=f"dropout-comparison-{key}", description=f"{markdown_title(markdown)}: {experiment}"
     )
-    create_table_artifact(history, key=f"dropout-history-{key}", description=f"Per-epoch history: {experiment}")
+    create_table_artifact(history, key=f"dropout-per-epoch-{key}", description=f"Per-epoch history: {experiment}")
 
 
 def markdown_title(markdown: str) -> str:

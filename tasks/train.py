@@ -20,8 +20,8 @@ from dropout_lab.runtime.console import DETAILS
 from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
 from dropout_lab.runtime.progress import bars, format_epoch, format_startup
 from tasks.cache import ResultOf, error_of
-from tasks.record import mlflow_error
 from tasks.slots import device_slot
+from tasks.tracking import mlflow_error
 
 
 def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:

@@ -16,13 +16,13 @@ import pytest
 from dropout_lab.core import data
 from dropout_lab.core.data import (
     DataError,
-    archive_folder,
     ensure_cifar10,
     load_split,
     read_batch,
     safe_extract,
     write_batch,
 )
+from tests.archives import archive_folder
 
 
 def test_good_fixture_loads_as_uint8_hwc_with_labels(tiny_cifar):

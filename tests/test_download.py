@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from dropout_lab.core import data
-from dropout_lab.core.data import DownloadError, archive_folder, download_archive, ensure_cifar10
+from dropout_lab.core.data import DownloadError, download_archive, ensure_cifar10
+from tests.archives import archive_folder
 
 
 class ArchiveServer:

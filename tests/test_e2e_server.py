@@ -278,7 +278,7 @@ def test_artifacts_markdown_with_image_table_and_progress(server, flow_run):
     key = "fake-train400-test200-p0-25-s0-e2"
     assert by_key[f"dropout-comparison-{key}"]["type"] == "markdown"
     assert "data:image/png;base64," in by_key[f"dropout-comparison-{key}"]["data"]
-    assert by_key[f"dropout-history-{key}"]["type"] == "table"
+    assert by_key[f"dropout-per-epoch-{key}"]["type"] == "table"
     progress = [a for a in arts if a["type"] == "progress"]
     assert sorted(a["key"] for a in progress) == [
         "train-progress-baseline-seed-0",

@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 import flows.compare
 from dropout_lab.analysis import history
-from dropout_lab.analysis.tables import HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
+from dropout_lab.analysis.tables import PER_CLASS_SCHEMA, PER_EPOCH_SCHEMA, SUMMARY_SCHEMA
 from dropout_lab.config import Variant
 from flows.compare import compare, next_wave_words
 
@@ -59,7 +59,7 @@ def test_first_run_writes_a_complete_report(first_run):
     assert not any(n.startswith("evaluate") for n in states)  # final = the last epoch's evaluation
     assert all(s == {"Completed"} for s in states.values()), states
     assert sorted(p.name for p in folder.iterdir()) == [
-        "comparison.png", "confusion.parquet", "history.parquet", "per_class.parquet", "samples.png",
+        "comparison.png", "confusion.parquet", "per_epoch.parquet", "per_class.parquet", "samples.png",
         "statistics.parquet", "summary.md", "summary.parquet",
     ]  # fmt: skip
     for name in ("comparison.png", "samples.png"):
@@ -70,10 +70,10 @@ def test_first_run_writes_a_complete_report(first_run):
 
 def test_parquet_schemas_and_contents(first_run):
     folder, _, _ = first_run
-    history = pq.read_table(folder / "history.parquet")
+    history = pq.read_table(folder / "per_epoch.parquet")
     summary = pq.read_table(folder / "summary.parquet")
     per_class = pq.read_table(folder / "per_class.parquet")
-    assert history.schema.equals(HISTORY_SCHEMA) and summary.schema.equals(SUMMARY_SCHEMA)
+    assert history.schema.equals(PER_EPOCH_SCHEMA) and summary.schema.equals(SUMMARY_SCHEMA)
     assert per_class.schema.equals(PER_CLASS_SCHEMA)
     assert history.num_rows == 2 * EPOCHS and per_class.num_rows == 2 * 10 and summary.num_rows == 2
     h = history.to_pylist()
@@ -112,7 +112,7 @@ def test_markdown_and_table_artifacts(first_run):
     md = by_key["dropout-comparison-cifar10-p0-25-s0-e2"]  # keyed by experiment, not by code/data version
     assert md.type == "markdown" and "data:image/png;base64," in md.data and "| baseline |" in md.data
     assert "unverified" in md.data
-    assert by_key["dropout-history-cifar10-p0-25-s0-e2"].type == "table"
+    assert by_key["dropout-per-epoch-cifar10-p0-25-s0-e2"].type == "table"
     progress = [a for a in artifacts if a.type == "progress"]
     assert len(progress) == 2 and all(float(a.data) == 100.0 for a in progress)
 
@@ -202,7 +202,7 @@ def test_sweep_over_rates_and_seeds_with_statistics(prefect_harness, workspace):
     assert len(trains) == 6 and "train[dropout=0.1, seed=1]" in trains and "train[baseline, seed=1]" in trains
     summary = pq.read_table(folder / "summary.parquet").to_pylist()
     assert sorted((r["dropout"], r["seed"]) for r in summary) == [(p, s) for p in (0.0, 0.1, 0.5) for s in (0, 1)]
-    assert pq.read_table(folder / "history.parquet").num_rows == 6
+    assert pq.read_table(folder / "per_epoch.parquet").num_rows == 6
     assert pq.read_table(folder / "per_class.parquet").num_rows == 60
     stats = pq.read_table(folder / "statistics.parquet").to_pylist()
     assert len(stats) == 3 * 4 and all(r["n_seeds"] == 2 for r in stats)

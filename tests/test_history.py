@@ -246,8 +246,8 @@ def test_since_accepts_dates_times_and_ages():
 
 
 def test_report_folders_from_before_the_history_are_imported_once(tmp_path, capsys):
-    """A report folder as write_report leaves it (summary.parquet, history.parquet), no history yet."""
-    from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA
+    """A report folder as write_report leaves it (summary.parquet, per_epoch.parquet), no history yet."""
+    from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, SUMMARY_SCHEMA
 
     out = tmp_path / "artifacts"
     folder = out / "cifar10-p0.25-s0-e2-0123456789"
@@ -257,7 +257,7 @@ def test_report_folders_from_before_the_history_are_imported_once(tmp_path, caps
     pq.write_table(pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA), folder / "summary.parquet")
     per_epoch = [{"model": r["model"], "dropout": r["dropout"], "seed": 0, "epoch": e, "test_acc": 0.5,
                   "dataset": "cifar10"} for r in summary for e in (1, 2)]  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(per_epoch, schema=HISTORY_SCHEMA), folder / "history.parquet")
+    pq.write_table(pa.Table.from_pylist(per_epoch, schema=PER_EPOCH_SCHEMA), folder / "per_epoch.parquet")
 
     assert cli.main(["--out", str(out), "--import-reports", "--no-figure"]) == 0
     assert "imported 2 model rows" in capsys.readouterr().out

@@ -31,7 +31,7 @@ def test_a_run_with_held_out_images_reports_the_val_selected_epoch(prefect_harne
 
     folder = compare(dataset="fake", epochs=3, limit_train=600, limit_test=200, val_images=100, seeds=[0],
                      data_dir=str(tmp_path / "d"), out=str(tmp_path / "o"), cache_dir=str(tmp_path / "c"))  # fmt: skip
-    history = pq.read_table(f"{folder}/history.parquet").to_pylist()
+    history = pq.read_table(f"{folder}/per_epoch.parquet").to_pylist()
     assert all(r["val_acc"] is not None and r["n_train"] == 500 for r in history)
     for row in pq.read_table(f"{folder}/summary.parquet").to_pylist():
         mine = [r for r in history if r["model"] == row["model"]]

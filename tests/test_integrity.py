@@ -120,7 +120,7 @@ def test_an_earlier_real_checkpoint_is_not_accepted_as_the_final_one(genuine, ws
     assert any("epoch-0001.pt is epoch 1 of 2, not the final one" in m for m in ignored(caplog)), ignored(caplog)
     assert states["train[baseline, seed=0]"] == {"Completed"}  # not taken from the planted record
     assert summary(folder)["baseline"]["final_test_acc"] == genuine[1]["baseline"]["final_test_acc"]
-    rows = [r for r in pq.read_table(folder / "history.parquet").to_pylist() if r["model"] == "baseline"]
+    rows = [r for r in pq.read_table(folder / "per_epoch.parquet").to_pylist() if r["model"] == "baseline"]
     assert [r["epoch"] for r in rows] == [1, 2]
 
 
@@ -197,7 +197,7 @@ def test_genuine_checkpoints_measured_on_another_machine_pass_the_re_measurement
 def test_two_rates_that_print_alike_keep_their_own_names_rows_and_history(prefect_harness, ws):
     folder, states = run(ws, dropout=[0.1, 0.1000001], epochs=1, cache="alike-cache", out="alike-out")
     assert {"train[dropout=0.1, seed=0]", "train[dropout=0.1000001, seed=0]"} <= set(states)
-    rows = pq.read_table(folder / "history.parquet").to_pylist()
+    rows = pq.read_table(folder / "per_epoch.parquet").to_pylist()
     assert sorted((r["model"], r["dropout"]) for r in rows) == [
         ("baseline", 0.0), ("dropout=0.1", 0.1), ("dropout=0.1000001", 0.1000001)]  # fmt: skip
     recorded = [r for r in history.read(ws / "alike-out" / history.HISTORY_FILE) if r["report_folder"] == str(folder)]

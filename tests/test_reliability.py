@@ -17,6 +17,7 @@ from dropout_lab.core.train import FAIL_AT_EPOCH_ENV
 from dropout_lab.runtime.launcher import TrainingFailed
 from dropout_lab.runtime.worker import classify
 from flows.compare import compare, main
+from tests.archives import archive_folder
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("epoch", "train_running_loss", "train_running_acc", "train_eval_acc", "test_loss", "test_acc")
@@ -42,7 +43,7 @@ def report_of(output: str) -> Path:
 
 
 def metrics(folder: Path):
-    rows = pq.read_table(folder / "history.parquet").to_pylist()
+    rows = pq.read_table(folder / "per_epoch.parquet").to_pylist()
     return sorted((r["model"], *(r[m] for m in METRICS)) for r in rows)
 
 
@@ -150,7 +151,7 @@ def test_concurrent_fetches_sharing_a_data_dir_download_once(tiny_cifar, tmp_pat
     from dropout_lab.core import data
     from tests.test_download import ArchiveServer
 
-    payload = data.archive_folder(tiny_cifar / "cifar-10-batches-py", tmp_path / "a.tar.gz").read_bytes()
+    payload = archive_folder(tiny_cifar / "cifar-10-batches-py", tmp_path / "a.tar.gz").read_bytes()
     monkeypatch.setattr(data, "ARCHIVE_MD5", hashlib.md5(payload).hexdigest())
     server = ArchiveServer(payload)
     try:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dropout_lab.analysis.report import markdown_summary, report_tables, write_report
-from dropout_lab.analysis.tables import CONFUSION_SCHEMA, HISTORY_SCHEMA, PER_CLASS_SCHEMA, SUMMARY_SCHEMA
+from dropout_lab.analysis.tables import CONFUSION_SCHEMA, PER_CLASS_SCHEMA, PER_EPOCH_SCHEMA, SUMMARY_SCHEMA
 from dropout_lab.config import Design, TrainConfig
 from dropout_lab.core.data import CLASSES, DataInfo
 from dropout_lab.results import TrainResult
@@ -39,7 +39,7 @@ def written(run_dir, trained, info, samples, names, design=Design()):
 
 def test_write_report_produces_every_file_with_its_schema(tmp_path):
     run_dir, markdown = written(tmp_path / "run", *fake_results())
-    assert pq.read_schema(run_dir / "history.parquet").equals(HISTORY_SCHEMA)
+    assert pq.read_schema(run_dir / "per_epoch.parquet").equals(PER_EPOCH_SCHEMA)
     assert pq.read_schema(run_dir / "summary.parquet").equals(SUMMARY_SCHEMA)
     assert pq.read_schema(run_dir / "per_class.parquet").equals(PER_CLASS_SCHEMA)
     assert pq.read_schema(run_dir / "confusion.parquet").equals(CONFUSION_SCHEMA)

@@ -22,7 +22,7 @@ def run_cli(tmp_path: Path, name: str, *extra: str) -> tuple[Path, str]:
 
 
 def history(folder: Path):
-    rows = pq.read_table(folder / "history.parquet").to_pylist()
+    rows = pq.read_table(folder / "per_epoch.parquet").to_pylist()
     return sorted((r["model"], r["seed"], *(r[m] for m in METRICS)) for r in rows)
 
 

@@ -11,6 +11,7 @@ mlflow = pytest.importorskip("mlflow")  # the dev extra installs it
 from test_history import epoch, model  # noqa: E402
 
 from dropout_lab.analysis import tracking  # noqa: E402
+from dropout_lab.config import Variant, variant_of  # noqa: E402
 
 
 def logged(out: Path, uri: str | None = None):
@@ -25,13 +26,31 @@ def one_flow_run(run: int) -> tuple[list[dict], list[dict]]:
     return runs, [epoch(r, n) for r in runs for n in (1, 2, 3)]
 
 
+def log_flow_run(out: Path, runs: list[dict], epochs: list[dict], files: list[Path]) -> str:
+    """One flow run's models logged after the fact, as the flow's finish_mlflow logs cached models: a parent
+    (started at the first training's start), a child per model from its recorded rows, the files. The
+    parent's id."""
+    first = runs[0]
+    variants = sorted({variant_of(r) for r in runs}, key=Variant.order)
+    parent = tracking.start_parent(
+        out,
+        first["flow_run_name"],
+        {k: str(first[k]) for k in tracking.RUN_TAGS},
+        tracking.run_params(runs, variants),
+        min(tracking._ms(r, "started_at") for r in runs),
+    )
+    tracking.log_children_after(out, parent, runs, epochs)
+    tracking.finish_parent(out, parent, {}, files, end_ms=max(tracking._ms(r, "finished_at") for r in runs))
+    return parent
+
+
 def test_a_flow_run_is_a_parent_run_with_a_child_per_model(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "artifacts"
     figure = tmp_path / "comparison.png"
     figure.write_bytes(b"\x89PNG fake")
     runs, epochs = one_flow_run(0)
-    parent_id = tracking.log_flow_run(out, runs, epochs, [figure])
+    parent_id = log_flow_run(out, runs, epochs, [figure])
     assert (out / tracking.STORE_FILE).is_file() and (out / tracking.ARTIFACTS_FOLDER).is_dir()
 
     client, experiment, found = logged(out)
@@ -57,13 +76,13 @@ def test_a_flow_run_is_a_parent_run_with_a_child_per_model(tmp_path, monkeypatch
 def test_later_runs_join_the_same_experiment_and_the_tracking_uri_is_mlflow_s_own(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "artifacts"
-    tracking.log_flow_run(out, *one_flow_run(0), [])
-    tracking.log_flow_run(out, *one_flow_run(1), [])
+    log_flow_run(out, *one_flow_run(0), [])
+    log_flow_run(out, *one_flow_run(1), [])
     assert len(logged(out)[2]) == 2 * (1 + 4)
 
     elsewhere = f"sqlite:///{tmp_path / 'server.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
-    tracking.log_flow_run(out, *one_flow_run(2), [])
+    log_flow_run(out, *one_flow_run(2), [])
     assert len(logged(out, elsewhere)[2]) == 5
     assert tracking.tracking_uri(out) == elsewhere
 

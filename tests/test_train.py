@@ -50,12 +50,12 @@ def test_records_are_fractions_and_epochs_count_from_one(splits, tmp_path):
         assert sum(r["test_confusion"][i][i] for i in range(10)) / len(splits[3]) == r["test_acc"]
     assert records[-1]["train_running_loss"] < records[0]["train_running_loss"]
     # Each record holds exactly its declared columns (the per-epoch table and MLflow derive from them).
-    from dropout_lab.analysis.tables import HISTORY_SCHEMA
+    from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA
     from dropout_lab.core.records import EPOCH_COLUMNS
 
     declared = [name for name, *_ in EPOCH_COLUMNS]
     assert set(records[0]) - {"resumed_from"} == {*declared, "test_confusion"}
-    assert all(name in HISTORY_SCHEMA.names for name in declared)
+    assert all(name in PER_EPOCH_SCHEMA.names for name in declared)
     assert (records[0]["n_train"], records[0]["n_test"], records[0]["stacked_with"]) == (len(splits[1]), 160, 1)
 
 

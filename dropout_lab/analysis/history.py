@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field
+from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field
 from dropout_lab.config import SETTINGS, Variant, variant_of
 from dropout_lab.redact import redact
 
@@ -47,7 +47,7 @@ RUN_FIELDS = [
     field("weights_sha256", pa.string(), doc="SHA-256 of the final checkpoint ('imported': not known)"),
 ]
 RUNS_SCHEMA = pa.schema([*RUN_FIELDS, *SUMMARY_SCHEMA])
-EPOCHS_SCHEMA = pa.schema([*RUN_FIELDS, *HISTORY_SCHEMA])
+EPOCHS_SCHEMA = pa.schema([*RUN_FIELDS, *PER_EPOCH_SCHEMA])
 MODEL_KEY = ("experiment_hash", "model", "seed", "weights_sha256")
 TABLES = {"runs": (RUNS_SCHEMA, MODEL_KEY), "epochs": (EPOCHS_SCHEMA, (*MODEL_KEY, "epoch"))}
 MARKER, SCHEMA_VERSION = "dropout_lab_history", "1"
@@ -355,7 +355,7 @@ def model_rows(tables, results, meta: dict) -> tuple[list[dict], list[dict]]:
         return {**meta, "weights_sha256": by_key[(variant_of(row), row["seed"])]}
 
     runs = [{**ident(row), **row} for row in tables.summary]
-    epochs = [{**ident(row), **row} for row in tables.history]
+    epochs = [{**ident(row), **row} for row in tables.per_epoch]
     return runs, epochs
 
 
@@ -400,8 +400,8 @@ def import_reports(out: Path, history: str | Path) -> int:
         if digest in recorded:
             continue
         summary = pq.read_table(summary_file).to_pylist()
-        epochs_file = folder / "history.parquet"
-        per_epoch = pq.read_table(epochs_file).to_pylist() if epochs_file.exists() else []
+        epochs_file = next((f for f in (folder / "per_epoch.parquet", folder / "history.parquet") if f.exists()), None)
+        per_epoch = pq.read_table(epochs_file).to_pylist() if epochs_file else []  # history.parquet: before 2026-12
         meta = {
             "recorded_at": max(row["finished_at"] for row in summary),
             "flow_run_id": "",

@@ -20,13 +20,13 @@ from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
 from dropout_lab.analysis.stats import by_variant, compare_all, statistics_rows
 from dropout_lab.analysis.tables import (
     CONFUSION_SCHEMA,
-    HISTORY_SCHEMA,
     PER_CLASS_SCHEMA,
+    PER_EPOCH_SCHEMA,
     STATISTICS_SCHEMA,
     SUMMARY_SCHEMA,
     confusion_rows,
-    history_rows,
     per_class_rows,
+    per_epoch_rows,
     summary_rows,
     write_table,
 )
@@ -44,7 +44,7 @@ class Tables:
 
     design: Design
     summary: list[dict]  # per model (SUMMARY_SCHEMA)
-    history: list[dict]  # per model and epoch (HISTORY_SCHEMA)
+    per_epoch: list[dict]  # per model and epoch (PER_EPOCH_SCHEMA)
     comparisons: dict  # per decided metric and variant, stats.compare_all's Comparison
     statistics: list[dict]  # per variant and metric (STATISTICS_SCHEMA)
     per_class: list[dict]
@@ -55,7 +55,7 @@ def report_tables(results: list[TrainResult], data: DataInfo, design: Design) ->
     """The report's tables for these results (in report order), decided as `design` says."""
     summary = summary_rows(results, data)
     comparisons = compare_all(summary, design)
-    return Tables(design, summary, history_rows(results, data), comparisons,
+    return Tables(design, summary, per_epoch_rows(results, data), comparisons,
                   statistics_rows(summary, design, comparisons), per_class_rows(results, data),
                   confusion_rows(results, data))  # fmt: skip
 
@@ -228,7 +228,7 @@ def write_report(
     # The pid in the temp name lets a later run tell a crashed writer's leftovers from a live one's.
     tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-{os.getpid()}-"))
     try:
-        write_table(tables.history, HISTORY_SCHEMA, tmp / "history.parquet")
+        write_table(tables.per_epoch, PER_EPOCH_SCHEMA, tmp / "per_epoch.parquet")
         write_table(tables.summary, SUMMARY_SCHEMA, tmp / "summary.parquet")
         write_table(tables.per_class, PER_CLASS_SCHEMA, tmp / "per_class.parquet")
         write_table(tables.confusion, CONFUSION_SCHEMA, tmp / "confusion.parquet")

@@ -42,7 +42,7 @@ def _epoch_field(name: str, kind: type, unit: str | None, doc: str | None) -> pa
 
 
 # The trainer's epoch record (core/train.py EPOCH_COLUMNS), with the gap it implies and the dataset.
-HISTORY_SCHEMA = pa.schema(
+PER_EPOCH_SCHEMA = pa.schema(
     [
         *KEYS,
         *(_epoch_field(*column) for column in EPOCH_COLUMNS),
@@ -209,9 +209,9 @@ def _keys(cfg: TrainConfig) -> dict:
     return {**variant_of(cfg).columns(), "seed": cfg.seed}
 
 
-def history_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
+def per_epoch_rows(results: list[TrainResult], data: DataInfo) -> list[dict]:
     return [
-        {**_keys(r.config), **{name: h.get(name) for name in HISTORY_SCHEMA.names if name in h},
+        {**_keys(r.config), **{name: h.get(name) for name in PER_EPOCH_SCHEMA.names if name in h},
          "generalization_gap": h["train_eval_acc"] - h["test_acc"], "dataset": data.dataset}
         for r in results
         for h in r.history

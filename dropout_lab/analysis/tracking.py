@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dropout_lab.analysis.tables import HISTORY_SCHEMA, SUMMARY_SCHEMA, named
-from dropout_lab.config import SETTINGS, Variant, value_text, variant_of
+from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, SUMMARY_SCHEMA, named
+from dropout_lab.config import SETTINGS, value_text
 from dropout_lab.redact import redact, split_credentials
 
 EXPERIMENT = "dropout-lab"
 STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"
 # What MLflow logs of each model, from the report's schemas (analysis/tables.py: each column's role).
-EPOCH_METRICS = tuple(named(HISTORY_SCHEMA, "metric"))
+EPOCH_METRICS = tuple(named(PER_EPOCH_SCHEMA, "metric"))
 FINAL_METRICS = tuple(named(SUMMARY_SCHEMA, "metric"))
 MODEL_PARAMS = tuple(named(SUMMARY_SCHEMA, "param"))
 RUN_TAGS = ("flow_run_id", "flow_run_name", "code_version", "experiment", "experiment_hash", "report_folder")
@@ -245,20 +245,6 @@ def child_runs(out: str | Path, parent_id: str) -> dict[tuple[str, int], str]:
     parent = client.get_run(parent_id)
     found = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     return {(r.data.params.get("model"), int(r.data.params.get("seed", -1))): r.info.run_id for r in found}
-
-
-def log_flow_run(out: str | Path, runs: list[dict], epochs: list[dict], files: list[Path],
-                 stats: list[dict] | None = None) -> str:  # fmt: skip
-    """Log one flow run's models after the fact (history rows of analysis/history.py: `runs` one per model,
-    `epochs` one per model and epoch, each epoch at the time it ended) and its report files. Returns the
-    parent run's id. The live path (start_parent, start_child, log_epoch, ...) logs while training."""
-    first = runs[0]
-    variants = sorted({variant_of(r) for r in runs}, key=Variant.order)
-    parent = start_parent(out, first["flow_run_name"] or first["experiment"], {k: str(first[k]) for k in RUN_TAGS},
-                          run_params(runs, variants), min(_ms(r, "started_at") for r in runs))  # fmt: skip
-    log_children_after(out, parent, runs, epochs)
-    finish_parent(out, parent, headline_metrics(stats or []), files, end_ms=max(_ms(r, "finished_at") for r in runs))
-    return parent
 
 
 def log_children_after(out: str | Path, parent: str, runs: list[dict], epochs: list[dict],

@@ -8,7 +8,6 @@ constructors a genuine batch needs and rejects anything else.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import pickle
@@ -442,12 +441,3 @@ def ensure_fake(data_dir: str | Path, n_train: int = DATASET_IMAGES["fake"][0], 
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(made, folder)
         return describe_folder(folder, dataset="fake")
-
-
-def archive_folder(folder: Path, archive: Path) -> Path:
-    """Pack a batches folder as `cifar-10-python.tar.gz` (tests and local mirrors)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(folder, arcname=FOLDER_NAME)
-    archive.write_bytes(buf.getvalue())
-    return archive

@@ -1,5 +1,5 @@
 """What one epoch of a training measured: the epoch record, its columns declared once, where they are
-measured. The per-epoch table (analysis/tables.py HISTORY_SCHEMA) and MLflow's epoch metrics derive from
+measured. The per-epoch table (analysis/tables.py PER_EPOCH_SCHEMA) and MLflow's epoch metrics derive from
 EPOCH_COLUMNS. Plain Python (no torch): the tables and the command line's checks read it.
 """
 

@@ -89,7 +89,7 @@ def finish_mlflow(out: str, parent: str, tables: Tables, results: list[TrainResu
     parent gets the comparison's headline metrics (the report's own statistics) and its files, and ends."""
     runs = [{**row, "weights_sha256": r.weights_sha256} for row, r in zip(tables.summary, results, strict=True)]
     try:
-        tracking.log_children_after(out, parent, runs, tables.history, [r.checkpoint for r in results])
+        tracking.log_children_after(out, parent, runs, tables.per_epoch, [r.checkpoint for r in results])
         files = [Path(folder, name) for name in ("comparison.png", "samples.png", "summary.md")]
         tracking.finish_parent(out, parent, tracking.headline_metrics(tables.statistics),
                                [f for f in files if f.is_file()])  # fmt: skip
