@@ -52,7 +52,7 @@ trap finish EXIT
 checks() {  # steps 1-6
     echo "== 1. CUDA-only tests and the plan tests"
     timeout 120 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_plan.py 2>&1 | tee "$out/tests.log"
-    row "tests/test_graphs.py + test_plan.py" "$(tail -1 "$out/tests.log")" "$(grep -q failed "$out/tests.log" && echo NO || echo yes)"
+    row "tests/test_graphs.py + test_plan.py" "$(tail -1 "$out/tests.log")" "$(tail -1 "$out/tests.log" | grep -qE 'failed|error' && echo NO || echo yes)"
 
     echo "== 2. the default comparison's training stage (2 models x $epochs epochs + evaluation each epoch)"
     timeout 100 "$python" benchmarks/time_training.py "${common[@]}" | tee "$out/stage-cold.log"

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +119,25 @@ def test_gpu_plan_measures_small_k_of_both_kinds_first():
     )
 
 
-def test_gpu_check_script_parses():
-    assert subprocess.run(["bash", "-n", "benchmarks/gpu_check.sh"], cwd=REPO).returncode == 0
+def test_gpu_check_runs_every_step_on_the_cpu_and_ends_with_its_table(tmp_path):
+    """The device check's dry run, as its header says to make one before a GPU call: every step runs and
+    the table says what it measured (accuracy bands and the settled answer are the GPU's to meet)."""
+    from dropout_lab.core.data import write_cifar_folder
+
+    write_cifar_folder(tmp_path / "data", 400, 200)
+    env = {**os.environ, "DEVICE": "cpu", "EPOCHS": "1", "LIMIT_TRAIN": "200", "KS": "2", "EAGER_KS": "2",
+           "PLAN_LIMIT": "200", "SWEEP_SEEDS": "0", "CAP": "150", "PYTHON": sys.executable,
+           "DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out")}  # fmt: skip
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)  # fmt: skip
+    table = proc.stdout.split("== table", 1)[1]
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| what")}  # fmt: skip
+    assert rows["tests/test_graphs.py + test_plan.py"] == "yes", proc.stdout[-3000:]
+    for step in ("training stage, default pair (cold start)", "sweep, 4 variants x 1 epochs, training",
+                 "python flows/compare.py, end to end"):  # fmt: skip
+        assert rows[step] == "yes", (step, proc.stdout[-3000:])
+    assert (tmp_path / "out" / "gpu_plan.json").is_file()
 
 
 def test_cli_latency_times_help_and_refusals_side_by_side():

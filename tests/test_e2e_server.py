@@ -2,10 +2,10 @@
 
 Runs every command of the README's "Watching runs in the Prefect UI" and "Run on a schedule" sections
 as written (the bash blocks, and the inline `prefect ...` commands), from the repository root, with
-the substitutions listed in `AS_WRITTEN` below and nothing else; the last test fails if a command of
-those sections was not run. Between the commands it checks runs, task runs, artifacts, deployments and
-automations through the REST API and screenshots the UI in headless Chromium (artifacts/e2e/). Run
-alone: `pytest -m e2e`.
+the substitutions listed in `AS_WRITTEN` below and nothing else; once all its tests have run, the
+`readme` fixture fails if a command of those sections was not run. Between the commands it checks
+runs, task runs, artifacts, deployments and automations through the REST API and screenshots the UI
+in headless Chromium (artifacts/e2e/). Run alone: `pytest -m e2e`.
 """
 
 from __future__ import annotations
@@ -211,8 +211,14 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def readme(server) -> Readme:
-    return server.readme
+def readme(server, request):
+    """The README's commands of those sections; once every test of this module has run (in whatever
+    order), each command must have been run by one of them: one added without a test fails here."""
+    yield server.readme
+    selected = {item.name for item in request.session.items if item.module is request.module}
+    if selected >= {name for name in dir(request.module) if name.startswith("test_")}:
+        missed = [c for c in server.readme.commands if c not in server.readme.ran]
+        assert missed == [], f"README commands no test ran: {missed}"
 
 
 def _healthy(srv: Server) -> bool:
@@ -518,8 +524,3 @@ def test_ui_shows_the_flow_run(server, flow_run):
             capture_output=True, timeout=120,
         )  # fmt: skip
         assert shot.is_file() and shot.stat().st_size > 20_000, f"no screenshot of {url}"
-
-
-def test_every_readme_command_of_those_sections_ran(readme):
-    """Last in the file: a command added to those README sections without a test fails here."""
-    assert [c for c in readme.commands if c not in readme.ran] == []

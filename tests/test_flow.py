@@ -171,10 +171,15 @@ def test_refresh_recomputes_everything(first_run, workspace):
     assert [r["resumed_from_epoch"] for r in summary] == [0, 0]  # retrained from scratch, not resumed
 
 
-def test_deleted_report_folder_is_rewritten(first_run, workspace):
-    shutil.rmtree(first_run[0])
-    folder, _, _ = run_flow(workspace)
-    assert (folder / "summary.parquet").is_file()
+def test_deleted_report_folder_is_rewritten_whole_from_the_cached_trainings(first_run, workspace):
+    out = workspace / "deleted-report"  # this test's own report folder: the first run's stays for the others
+    written, _, _ = run_flow(workspace, out=str(out))
+    files = {p.name: p.read_bytes() for p in written.iterdir() if p.suffix == ".parquet"}
+    shutil.rmtree(written)
+    folder, states, _ = run_flow(workspace, out=str(out))
+    assert folder == written and all(s == {"Cached"} for n, s in states.items() if n.startswith("train["))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in first_run[0].iterdir())
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix == ".parquet"} == files  # the same tables
 
 
 def test_fake_dataset_is_labelled_synthetic_everywhere(prefect_harness, workspace):

@@ -7,7 +7,8 @@ from torch import nn
 from dropout_lab.analysis.tables import per_class_accuracy
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.evaluate import to_input
-from dropout_lab.core.model import Net, count_parameters
+from dropout_lab.core.model import Net, count_parameters, criterion
+from dropout_lab.core.train import Unit, build
 
 
 def test_shapes_and_parameter_count_match_the_tutorial():
@@ -32,20 +33,22 @@ def test_dropout_is_active_in_train_mode_only():
     assert torch.equal(model(x), model(x))
 
 
-def test_a_few_steps_reduce_the_loss_on_a_tiny_batch():
-    torch.manual_seed(0)
-    model = Net(0.25)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = to_input(torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8))
-    y = torch.arange(16) % 10
-    losses = []
-    for _ in range(60):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+def test_the_recipe_learns_a_tiny_batch_through_the_project_s_trainer():
+    cfg = TrainConfig(dropout=0.25, batch_size=16)
+    model, opt = build(cfg)
+    images, labels = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8), torch.arange(16) % 10
+    unit = Unit([model], [opt], [], cfg)
+    losses = [float(unit.train_pass(torch.arange(16)[None], images, labels)[0][0]) / 16 for _ in range(60)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_criterion_is_the_config_s_objective_and_evaluation_stays_plain_cross_entropy():
+    logits, labels = torch.randn(8, 10), torch.arange(8)
+    plain = F.cross_entropy(logits, labels, reduction="none")
+    assert torch.equal(criterion(TrainConfig())(logits, labels), plain)
+    smoothed = criterion(TrainConfig(label_smoothing=0.1))(logits, labels)
+    assert torch.allclose(smoothed, F.cross_entropy(logits, labels, reduction="none", label_smoothing=0.1))
+    assert not torch.allclose(smoothed, plain)
 
 
 def test_to_input_equals_totensor_then_normalize():

@@ -9,12 +9,11 @@ from dropout_lab.config import TrainConfig
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.devices import (
     GPU_PROCESSES_MAX,
-    PLAN_FILE,
     PLANS,
     measured_plan,
     plan_for,
+    process_layout,
     stack_groups,
-    worker_slots,
 )
 
 TABLE = {"eager": {"2": "processes", "8": "stacked"}, "graphs": {"2": "processes", "4": "stacked", "16": "processes"}}
@@ -74,11 +73,21 @@ def test_groups_follow_the_plan(table):
     assert stack_groups(cpu, "auto") == [[cpu[0]], [cpu[1]]] and stack_groups(cpu, "on") == [cpu]
 
 
-def test_a_gpu_takes_several_training_processes_at_once():
-    assert worker_slots(["cuda:0", "cuda:0", "cuda:1"], 1) == {"cuda:0": GPU_PROCESSES_MAX, "cuda:1": GPU_PROCESSES_MAX}
+def test_a_wave_s_processes_on_one_gpu_all_start_at_once_while_the_cpu_splits_its_cores(monkeypatch):
+    monkeypatch.setattr(devices, "available_cores", lambda: 4)
+    gpu = [[c] for c in cfgs(["cuda:0"] * 5 + ["cuda:1"] * 2)]  # a process each (graphed plan for K=2 is processes)
+    threads, slots = process_layout(gpu)
+    assert all(slots[d] >= sum(g[0].device == d for g in gpu) for d in slots)  # none waits for a slot
+    threads, slots = process_layout([[c] for c in cfgs(["cpu"] * 3)])
+    assert threads == 1 and slots == {"cpu": 4}  # 3 processes on 4 cores: one thread each, all at once
+    threads, slots = process_layout([[c] for c in cfgs(["cpu"] * 2)])
+    assert (threads, slots) == (2, {"cpu": 2})  # the cores split between the two, no oversubscription
 
 
-def test_the_shipped_plan_names_a_known_plan_for_every_entry():
-    shipped = json.loads(PLAN_FILE.read_text())
-    for kind in ("eager", "graphs"):
-        assert shipped[kind] and all(int(k) >= 2 and plan in PLANS for k, plan in shipped[kind].items())
+def test_the_shipped_plan_decides_every_number_of_variants_into_groups_that_cover_them_once():
+    for k in range(2, 3 * GPU_PROCESSES_MAX):
+        for graphs in ("on", "off"):
+            configs = cfgs(["cuda:0"] * k)
+            groups = stack_groups(configs, "auto", graphs)
+            assert sorted(c.dropout for g in groups for c in g) == sorted(c.dropout for c in configs)
+            assert len(groups) in (1, k) and measured_plan(k, graphs == "on") in PLANS
