@@ -128,11 +128,15 @@ def compare(**params) -> str:
             if not undecided:
                 print(f"after {looks[-1]} seeds: every claim decided")
                 break
+            still = "; ".join(c for cs in undecided.values() for c in cs)
+            if wave == len(plan.waves) - 1:
+                print(f"after {looks[-1]} seeds: budget reached (--max-seeds {params['max_seeds']}); undecided: "
+                      f"{still}")  # fmt: skip
+                break
             # A variant whose claims are all decided trains no more seeds: its repeated intervals would
             # only narrow, so no later look could change its decision (sequential.py).
             training = {BASELINE, *undecided}
-            print(f"after {looks[-1]} seeds: undecided: {'; '.join(c for cs in undecided.values() for c in cs)}"
-                  + next_wave_words(training, compared))  # fmt: skip
+            print(f"after {looks[-1]} seeds: undecided: {still}" + next_wave_words(training, compared))
     report = render_report.with_options(**opts)(trained, data, str(run_dir), tables, return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"], auto)

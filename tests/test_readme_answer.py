@@ -10,53 +10,21 @@ statistics that the README does not carry fails, and the message gives the block
 from __future__ import annotations
 
 import math
-import re
 import shlex
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from dropout_lab.analysis.report import statistics_tables
 from dropout_lab.analysis.stats import statistics_rows
-from dropout_lab.analysis.verdict import data_scope, verdict
+from dropout_lab.analysis.verdict import data_scope
 from dropout_lab.cli.compare import build_parser
-from dropout_lab.config import Design, seed_waves
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
-MARKER = re.compile(r"<!-- answer: (?P<folder>\S+) -->\n(?P<block>.*?)<!-- /answer -->", re.S)
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def quoted() -> tuple[str, Path, str]:
-    """(the measured command's flags, the run's folder, the quoted block) from the README."""
-    text = README.read_text()
-    found = MARKER.search(text)
-    assert found, "README.md has no <!-- answer: FOLDER --> ... <!-- /answer --> block"
-    before = text[: found.start()].rsplit("\n\n", 2)[-2:]  # the paragraph(s) just above the block
-    commands = re.findall(r"`python flows/compare\.py ([^`]*)`", "\n".join(before))
-    assert commands, "the README names no `python flows/compare.py ...` command just above its answer"
-    return commands[-1], REPO / found["folder"], found["block"]
-
-
-def design_of_command(flags: str, seeds: int) -> Design:
-    """The design the flow ran with: looks at the end of each wave of `--seeds auto`, else one look."""
-    args = build_parser().parse_args(shlex.split(flags.replace("<stand-in>", "DIR")))
-    if args.seeds != ["auto"]:
-        return Design(margin=args.margin / 100)
-    ends, total = [], 0
-    for wave in seed_waves(args.max_seeds):
-        total += len(wave)
-        if total <= seeds:
-            ends.append(total)
-    return Design(tuple(ends), args.max_seeds, args.margin / 100)
-
-
-def answer_block(summary: list[dict], design: Design) -> str:
-    """What the README quotes: the verdict as the report words it, then its tables."""
-    stats = statistics_rows(summary, design)
-    lines = [*(f"- {line}" for line in verdict(summary, design)), "", *statistics_tables(stats)]
-    return "\n".join(lines).strip() + "\n"
+from rebuild_answer import answer_block, design_of_command, quoted  # noqa: E402
 
 
 @pytest.fixture(scope="module")

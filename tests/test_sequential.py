@@ -71,3 +71,46 @@ def test_a_decision_intersects_the_looks_and_reports_seeds_and_tost():
 def test_seed_waves_are_fives_up_to_the_maximum():
     assert seed_waves(20) == [list(range(i, i + 5)) for i in (0, 5, 10, 15)]
     assert seed_waves(12) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+
+
+def test_the_spent_level_keeps_the_t_intervals_error_at_its_nominal_level():
+    """At the boundaries' nominal levels Student's t misses more often than stated; the calibrated level
+    spent brings the simulated worst-case error (a true difference of zero) back to at most the nominal."""
+    from dropout_lab.analysis.sequential import _miss_rate, _null_t, calibrated_spending, planned_ends
+
+    ends, alpha = planned_ends(20), 0.05 / 6
+    spent = calibrated_spending(20, alpha)
+    assert ends == (5, 10, 15, 20) and 0.0075 < spent < alpha
+    stats = _null_t(ends)
+    assert _miss_rate(ends, 20, alpha, stats) > alpha >= _miss_rate(ends, 20, spent, stats)
+    assert calibrated_spending(5, alpha) == alpha  # one planned look: the t-interval is exact
+
+
+def test_the_error_benchmark_decides_exactly_as_the_flow_does():
+    """benchmarks/sequential_error.py decides all its runs at once; on the same draws the flow's own
+    `decision`, look by look, with a rate stopping once both its claims are decided, says the same."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import sequential_error as bench
+
+    rng = np.random.default_rng(3)
+    diffs = rng.normal([0.7, -3.3, 0.3, -7.6, -2.2, -11.3], [0.7, 1.3, 0.8, 1.2, 0.7, 1.6], (40, 20, 6))
+    diffs = diffs.transpose(0, 2, 1)  # (runs, claims, seeds)
+    ends, per_claim = bench.planned_ends(20), 0.05 / 6
+    spent = bench.calibrated_spending(20, per_claim)
+    fast = bench.run_flow(diffs, bench.critical(ends, spent), ends, 1.0, running=True)["decided"]
+    code = {"undecided": 0, "better": 1, "worse": -1, "equivalent": 2}
+    for r in range(len(diffs)):
+        for rate in range(3):
+            looks: list[int] = []
+            for n in ends:
+                looks.append(n)
+                calls = [decision(diffs[r, 2 * rate + m, :n], looks, 20, per_claim, 1.0, m == 0, claim=False).decision
+                         for m in range(2)]  # fmt: skip
+                if "undecided" not in calls:
+                    break
+            for m, call in enumerate(calls):
+                # the benchmark codes a decision in better/worse terms: +1 better whatever the metric's direction
+                assert code[call] == fast[r, 2 * rate + m], (r, rate, m, call)

@@ -108,9 +108,11 @@ def plot_rate_panel(ax, summary: list[dict], metric: str, what: str, clip=(0.0, 
         ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
 
 
-def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str) -> None:
+def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
+                          sources: dict[Variant, str] | None = None) -> None:  # fmt: skip
     """What the verdict tests: per variant, each seed's paired difference to the baseline (dots), the
-    interval the decision rests on (bar) with the decision's word, the ±margin band and zero."""
+    interval the decision rests on (bar) with the decision's word (and, for the gap, `sources`: its train
+    and test sides), the ±margin band and zero."""
     variants = list(comparisons)
     if not variants:
         ax.text(0.5, 0.5, "no variant to compare", transform=ax.transAxes, ha="center")
@@ -132,8 +134,9 @@ def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str)
             # the interval (the looks' intervals intersected) need not be centred on the last look's mean
             ax.vlines(x, low, high, color="#1f4e79", lw=3, zorder=4)
             ax.plot([x], [mean], "D", ms=5, color="#1f4e79", zorder=5)
-            ax.annotate(c.decision.decision, (x, high), textcoords="offset points", xytext=(0, 6), ha="center",
-                        fontsize=9, color="#1f4e79")  # fmt: skip
+            word = c.decision.decision + (f"\n{sources[v]}" if sources and v in sources else "")
+            ax.annotate(word, (x, high), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9,
+                        color="#1f4e79")  # fmt: skip
     if not any(c.decision and c.decision.looks for c in comparisons.values()):
         ax.text(0.5, 0.03, "one seed per variant: no interval, no decision", transform=ax.transAxes, ha="center",
                 fontsize=9)  # fmt: skip
@@ -224,7 +227,11 @@ def plot_comparison(results: list[TrainResult], summary: list[dict], title: str,
 
     comparisons = comparisons or compare_all(summary, design)
     plot_difference_panel(ax_diff_acc, comparisons["final_test_acc"], "Test accuracy")
-    plot_difference_panel(ax_diff_gap, comparisons["generalization_gap"], "Generalization gap")
+    sides = {
+        v: f"train {100 * t.primary.diff:+.2f}, test {100 * comparisons['final_test_acc'][v].primary.diff:+.2f}"
+        for v, t in comparisons["final_train_eval_acc"].items()
+    }  # where each gap change came from
+    plot_difference_panel(ax_diff_gap, comparisons["generalization_gap"], "Generalization gap", sides)
     plot_waves_panel(ax_waves, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})
     plot_rate_panel(ax_rate_acc, summary, "final_test_acc", "final test accuracy (%)")
     plot_rate_panel(ax_rate_gap, summary, "generalization_gap", "final gap (points)", (-100, 100), True)

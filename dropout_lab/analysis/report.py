@@ -30,7 +30,7 @@ from dropout_lab.analysis.tables import (
     summary_rows,
     write_table,
 )
-from dropout_lab.analysis.verdict import verdict
+from dropout_lab.analysis.verdict import p_text, verdict
 from dropout_lab.config import Design, comparison_words, value_text, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.locks import remove_dead_leftovers
@@ -83,7 +83,7 @@ def _pct(x: float) -> str:
 
 
 def _p(x: float) -> str:
-    return "n/a" if math.isnan(x) else ("< 0.001" if x < 0.001 else f"{x:.3f}")
+    return p_text(x)
 
 
 def _stack_note(row: dict) -> str:
@@ -93,10 +93,12 @@ def _stack_note(row: dict) -> str:
 
 
 def statistics_tables(stats: list[dict]) -> list[str]:
-    """Per model: means with 95% intervals; per variant: the difference from the baseline and its tests.
-    `stats` rows come in report order (statistics_rows)."""
+    """Per model: means with 95% intervals over its own seeds; per variant and claim: the decision with the
+    repeated interval and p-value it rests on (a gap's train and test sides beside it) and the power at
+    its level; then the fixed-sample checks, labelled as ignoring the looks. `stats` rows come in report
+    order (statistics_rows)."""
     shown = ("final_test_acc", "generalization_gap")
-    rows = {(r["model"], r["metric"]): r for r in stats if r["metric"] in shown}
+    rows = {(r["model"], r["metric"]): r for r in stats}
     models = list(dict.fromkeys(r["model"] for r in stats))
     lines = ["| model | seeds | final test acc (95% CI) | gap, points (95% CI) |", "|---|---|---|---|"]
     for model in models:
@@ -106,10 +108,20 @@ def statistics_tables(stats: list[dict]) -> list[str]:
             f"({100 * acc['ci95_low']:.2f}–{100 * acc['ci95_high']:.2f}) | {100 * gap['mean']:.2f} "
             f"({100 * gap['ci95_low']:.2f}–{100 * gap['ci95_high']:.2f}) |"
         )
-    differences = ["", "| vs baseline | metric | decision | difference, points (decision interval) | seeds | "
-                   "equivalence p (±margin) |", "|---|---|---|---|---|---|"]  # fmt: skip
-    checks = ["", "| vs baseline | metric | 95% CI, points | paired t p | sign-flip p | Welch p | Holm p | "
-              "detectable at 80% power, points |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    if len({rows[m, "final_test_acc"]["n_seeds"] for m in models}) > 1:
+        lines.append("")
+        lines.append("Each model's own seeds above; the differences below pair each variant with the baseline on "
+                     "the variant's seeds, so they are not these rows' differences.")  # fmt: skip
+    claims = next((r["claims"] for r in stats if r["claims"]), 0)
+    repeated = "repeated " if any(r["looks"] > 1 or r["spent_alpha"] < 0.05 / max(claims, 1) for r in stats
+                                  if r["claims"]) else ""  # fmt: skip
+    level = f"{100 * (1 - 0.05 / claims):.2f}% {repeated}CI" if claims else "CI"
+    differences = ["", f"| vs baseline | metric | decision | difference, points ({level}) | from train, test "
+                   f"accuracy | seeds | {repeated}p (x{claims} claims) | detectable at 80% power at the look's level, "
+                   "points |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    checks = ["", "Fixed-sample checks: they ignore the looks, so under --seeds auto they are not the decisions' "
+              "p-values.", "", "| vs baseline | metric | 95% CI, points | paired t p | sign-flip p | Welch p | "
+              "Holm p | equivalence p (±margin) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for model in models:
         for metric in shown:
             r = rows[model, metric]
@@ -121,13 +133,17 @@ def statistics_tables(stats: list[dict]) -> list[str]:
             name = metric.replace("_", " ")
             decided = f"{100 * r['diff_vs_baseline']:+.2f} ({100 * r['decision_ci_low']:+.2f} to " \
                       f"{100 * r['decision_ci_high']:+.2f})"  # fmt: skip
-            equivalence = f"{_p(r['equivalence_p_value'])} (±{100 * r['margin']:.2f})"
-            differences.append(f"| {r['model']} | {name} | {r['decision'] or 'none (seeds not paired)'} | {decided} | "
-                               f"{r['seeds_used']} | {equivalence} |")  # fmt: skip
+            train, test = rows[model, "final_train_eval_acc"], rows[model, "final_test_acc"]
+            source = f"{100 * train['diff_vs_baseline']:+.2f}, {100 * test['diff_vs_baseline']:+.2f}" \
+                if metric == "generalization_gap" else "—"  # fmt: skip
+            p = f"{_p(r['repeated_p_value'])} ({_p(r['repeated_p_value_family'])})"
             power = f"{100 * r['min_detectable_diff_80_low']:.2f}–{100 * r['min_detectable_diff_80_high']:.2f}"
+            differences.append(f"| {r['model']} | {name} | {r['decision'] or 'none (seeds not paired)'} | {decided} | "
+                               f"{source} | {r['seeds_used']} | {p} | {power} |")  # fmt: skip
+            equivalence = f"{_p(r['equivalence_p_value'])} (±{100 * r['margin']:.2f})"
             checks.append(f"| {r['model']} | {name} | {100 * low:+.2f} to {100 * high:+.2f} | "
                           f"{_p(r['paired_t_p_value'])} | {_p(r['sign_flip_p_value'])} | {_p(r['welch_p_value'])} | "
-                          f"{_p(r['holm_p_value'])} | {power} |")  # fmt: skip
+                          f"{_p(r['holm_p_value'])} | {equivalence} |")  # fmt: skip
     lines += [*differences, *checks]
     return [*lines, ""]
 
@@ -180,7 +196,7 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
         lines.append(
             f"| {s['model']} | {s['seed']} | {_pct(s['final_train_eval_acc'])} | {_pct(s['final_train_running_acc'])} "
             f"| {_pct(s['final_test_acc'])} | {_pct(s['best_test_acc'])} ({s['best_epoch']}) | {val}"
-            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s['epochs_seconds']:.0f} s | "
+            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s.get('epochs_seconds', s['train_seconds']):.0f} s | "
             f"{s['device']}{_stack_note(s)} |"
         )
     if comparison_png is not None and comparison_png.is_file():

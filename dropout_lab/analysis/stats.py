@@ -226,10 +226,12 @@ class Comparison:
     primary_p_holm: float  # primary p-value, Holm-adjusted over the family
     family_size: int  # comparisons in that adjustment
     family: str  # what they are: "rates", "variants", or "claims" (variants x decided metrics)
-    decision: Decision | None  # on the decided metrics with a paired design
+    decision: Decision | None  # the claim's, on the decided metrics with a paired design; on train accuracy
+    #   (the gap's train side) the same repeated interval, to describe where a gap change came from
     sd: float  # spread the power figures use (paired differences, or the pooled spread)
-    min_detectable: tuple[float, float]  # at POWER with n seeds, over the SD's 95% interval
-    seeds_needed: tuple[float, float]  # to detect the observed difference with POWER, same range
+    power_alpha: float  # the two-sided level power is computed at: the last look's boundary (the claim's)
+    min_detectable: tuple[float, float]  # at POWER with n seeds at `power_alpha`, over the SD's 95% interval
+    seeds_needed: tuple[float, float]  # to detect the observed difference with POWER, same level and range
 
 
 def by_variant(rows: list[dict]) -> dict[Variant, list[dict]]:
@@ -278,15 +280,16 @@ def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dic
     for (metric, v), (pairing, n, primary, pr, w, sd) in partial.items():
         is_paired = pairing == "paired"
         dec = None
-        if metric in DECIDED and is_paired and pr is not None:
+        if metric in (*DECIDED, "final_train_eval_acc") and is_paired and pr is not None:
             looks = tuple(k for k in design.looks if k <= n) or (n,)  # the looks this variant took part in
             dec = decision(list(pr.diffs), looks, design.max_seeds or looks[-1], per_claim, design.margin,
-                           DECIDED[metric])  # fmt: skip
+                           DECIDED.get(metric, True), design.sequential, metric in DECIDED)  # fmt: skip
         low_sd, high_sd = sd_interval(sd, n)
-        alpha = per_claim if metric in DECIDED else ALPHA
+        # Power at the level the claim is tested at: its last look's boundary (ALPHA for the others).
+        alpha = (1 - dec.looks[-1].level if dec and dec.looks else per_claim) if metric in DECIDED else ALPHA
         out[metric][v] = Comparison(
             metric, pairing, n, primary, pr, w, adjusted[metric, v], family_of[metric, v],
-            "claims" if metric in DECIDED else noun, dec, sd,
+            "claims" if metric in DECIDED else noun, dec, sd, alpha,
             (min_detectable(low_sd, n, is_paired, alpha), min_detectable(high_sd, n, is_paired, alpha)),
             (seeds_needed(primary.diff, low_sd, is_paired, alpha=alpha),
              seeds_needed(primary.diff, high_sd, is_paired, alpha=alpha)),
@@ -305,7 +308,8 @@ def statistics_rows(summary: list[dict], design: Design = Design(), comparisons:
             est = mean_ci([r[metric] for r in members])
             c = comparisons[metric].get(variant)
             pr = c.paired if c else None
-            d = c.decision if c else None
+            d = c.decision if c else None  # the claim's; train accuracy's interval only describes the gap's
+            claim = d if metric in DECIDED else None
             rows.append(
                 {
                     **variant.columns(),
@@ -330,14 +334,19 @@ def statistics_rows(summary: list[dict], design: Design = Design(), comparisons:
                     "welch_p_value": c.welch.p_value if c else math.nan,
                     "holm_p_value": c.primary_p_holm if c else math.nan,
                     "holm_family_size": c.family_size if c else 0,
-                    "decision": d.decision if d else None,
+                    "decision": claim.decision if claim else None,
+                    "repeated_p_value": claim.repeated_p if claim else math.nan,
+                    "repeated_p_value_family": min(1.0, claim.repeated_p * c.family_size) if claim else math.nan,
+                    "claims": c.family_size if claim else 0,
                     "decision_ci_low": d.low if d else math.nan,
                     "decision_ci_high": d.high if d else math.nan,
                     "decision_level": d.looks[-1].level if d and d.looks else math.nan,
-                    "equivalence_p_value": d.equivalence_p if d else math.nan,
-                    "margin": d.margin if d else math.nan,
+                    "spent_alpha": d.spent if d else math.nan,
+                    "equivalence_p_value": claim.equivalence_p if claim else math.nan,
+                    "margin": claim.margin if claim else math.nan,
                     "seeds_used": d.seeds_used if d else 0,
                     "looks": len(d.looks) if d else 0,
+                    "power_alpha": c.power_alpha if c else math.nan,
                     "min_detectable_diff_80_low": c.min_detectable[0] if c else math.nan,
                     "min_detectable_diff_80_high": c.min_detectable[1] if c else math.nan,
                     "seeds_needed_80_low": c.seeds_needed[0] if c else math.nan,

@@ -126,6 +126,7 @@ def named(schema: pa.Schema, role: str) -> list[str]:
 
 
 P_DOC = "two-sided p-value"
+FIXED = "fixed-sample: it ignores the looks (under --seeds auto not the decision's p-value; see repeated_p_value)"
 STATISTICS_SCHEMA = pa.schema(
     [
         *KEYS[:-1],
@@ -134,63 +135,54 @@ STATISTICS_SCHEMA = pa.schema(
         field("n_seeds", pa.int64()),
         field("mean", pa.float64()),
         field("std", pa.float64(), doc="sample standard deviation over seeds (ddof=1)"),
-        field("ci95_low", pa.float64(), doc="95% Student-t interval of the mean"),
+        field("ci95_low", pa.float64(), doc="95% Student-t interval of the mean (this model's own seeds)"),
         field("ci95_high", pa.float64()),
         field("design", pa.string(), doc="paired (every seed has both arms) or unpaired; primary test follows"),
-        field("diff_vs_baseline", pa.float64(), doc="mean(rate) - mean(baseline)"),
+        field("diff_vs_baseline", pa.float64(), doc="mean paired difference (variant - baseline, the variant's seeds)"),
         field("paired_n", pa.int64()),
         field("paired_diff_std", pa.float64(), doc="sd of the per-seed differences"),
-        field("paired_diff_ci95_low", pa.float64(), doc="95% t-interval of the mean per-seed difference"),
+        field("paired_diff_ci95_low", pa.float64(), doc=f"95% t-interval of the mean per-seed difference, {FIXED}"),
         field("paired_diff_ci95_high", pa.float64()),
-        field("paired_t_p_value", pa.float64(), doc=P_DOC + ", paired t-test"),
-        field("sign_flip_p_value", pa.float64(), doc=P_DOC + ", sign-flip permutation test of the mean difference"),
+        field("paired_t_p_value", pa.float64(), doc=f"{P_DOC}, paired t-test, {FIXED}"),
+        field("sign_flip_p_value", pa.float64(), doc=f"{P_DOC}, sign-flip permutation test of the mean "
+              f"difference, {FIXED}"),
         field("sign_flip_exact", pa.bool_(), doc="all 2^n sign patterns enumerated (else Monte Carlo)"),
-        field("welch_diff_ci95_low", pa.float64(), doc="95% Welch interval (unpaired)"),
+        field("welch_diff_ci95_low", pa.float64(), doc=f"95% Welch interval (unpaired), {FIXED}"),
         field("welch_diff_ci95_high", pa.float64()),
-        field("welch_p_value", pa.float64(), doc=P_DOC + ", Welch's unpaired t-test"),
-        field(
-            "holm_p_value",
-            pa.float64(),
-            doc="the design's primary p-value, Holm-adjusted over the family: every "
-            "claim of the verdict (variants x test accuracy and gap), else the variants on this metric",
-        ),
+        field("welch_p_value", pa.float64(), doc=f"{P_DOC}, Welch's unpaired t-test, {FIXED}"),
+        field("holm_p_value", pa.float64(), doc="the primary fixed-sample p-value, Holm-adjusted over the family "
+              f"(every claim of the verdict, else the variants on this metric); {FIXED}"),
         field("holm_family_size", pa.int64()),
-        field(
-            "decision",
-            pa.string(),
-            doc="better | worse | equivalent (within the margin) | undecided; test accuracy and gap only",
-        ),
-        field(
-            "decision_ci_low",
-            pa.float64(),
-            doc="the interval the decision rests on: the looks' repeated "
-            "confidence intervals intersected; all claims' hold together at 95%",
-        ),
+        field("decision", pa.string(),
+              doc="better | worse | equivalent (within the margin) | undecided; test accuracy and gap only"),
+        field("repeated_p_value", pa.float64(), doc="the smallest per-claim level at which the running intersection "
+              "of the repeated intervals makes this claim's call (superiority: clear of zero, for better, worse "
+              "and undecided; equivalence: inside ±margin); valid however the looks were used to stop"),
+        field("repeated_p_value_family", pa.float64(), doc="repeated_p_value times the claims (Bonferroni), at most "
+              "1: compare it with 0.05"),
+        field("claims", pa.int64(), doc="claims in the family (variants x test accuracy and gap)"),
+        field("decision_ci_low", pa.float64(), doc="the interval the decision rests on: the looks' repeated "
+              "confidence intervals intersected, each at decision_level; all claims' hold together at 95% under the "
+              "normal model (train accuracy: the same interval, describing a gap change, not a claim)"),
         field("decision_ci_high", pa.float64()),
         field("decision_level", pa.float64(), doc="the last look's interval's nominal two-sided level"),
-        field(
-            "equivalence_p_value",
-            pa.float64(),
-            doc=P_DOC + ", two one-sided t-tests against ±margin at the last look (not adjusted; the decision is)",
-        ),
+        field("spent_alpha", pa.float64(), doc="the per-claim level spent over the looks, calibrated by simulation so "
+              "that the t-intervals miss at most 0.05/claims of the time under the normal model"),
+        field("equivalence_p_value", pa.float64(),
+              doc=f"{P_DOC}, two one-sided t-tests against ±margin at the last look, {FIXED}"),
         field("margin", pa.float64(), doc="the equivalence margin, in the metric's unit"),
         field("seeds_used", pa.int64(), doc="seeds with both arms at the last look"),
         field("looks", pa.int64(), doc="looks (waves of seeds) the decision saw"),
-        field(
-            "min_detectable_diff_80_low",
-            pa.float64(),
-            doc="smallest true difference detected with 80% power at "
-            "the claims' level, for the low end of the spread's 95% interval",
-        ),
+        field("power_alpha", pa.float64(), doc="the two-sided level the power columns use: the claim's last look's "
+              "boundary (0.05 for the metrics that are not claims)"),
+        field("min_detectable_diff_80_low", pa.float64(), doc="smallest true difference detected with 80% power at "
+              "power_alpha with these seeds, for the low end of the spread's 95% interval"),
         field("min_detectable_diff_80_high", pa.float64(), doc="the same for the high end"),
-        field(
-            "seeds_needed_80_low",
-            pa.float64(),
-            doc="seeds to detect the observed difference with 80% power, for the low end of the spread's 95% interval",
-        ),
+        field("seeds_needed_80_low", pa.float64(), doc="seeds to detect the observed difference with 80% power at "
+              "power_alpha, for the low end of the spread's 95% interval"),
         field("seeds_needed_80_high", pa.float64(), doc="the same for the high end"),
     ]
-)
+)  # fmt: skip
 PER_CLASS_SCHEMA = pa.schema(
     [*KEYS, field("class_name", pa.string()), field("accuracy", pa.float64(), FRACTION), field("dataset", pa.string())]
 )

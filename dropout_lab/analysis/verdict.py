@@ -42,65 +42,110 @@ def _range(metric: str, low: float, high: float, signed: bool = True) -> str:
     return f"{low * scale:{sign}.{digits}f} to {high * scale:{sign}.{digits}f} {unit}".rstrip()
 
 
+def p_text(p: float) -> str:
+    """A p-value in the report's words: two significant digits, '< 0.0001' below."""
+    return "n/a" if math.isnan(p) else ("< 0.0001" if p < 1e-4 else f"{p:.2g}" if p < 0.1 else f"{p:.2f}")
+
+
+def _repeated(c: Comparison) -> str:
+    return "repeated " if c.decision is not None and c.decision.sequential else ""
+
+
+def level_text(c: Comparison, claims: int | None = None) -> str:
+    """The level of the interval a claim rests on: '99.17% repeated CI' (the per-claim level of the family;
+    'repeated' when seeds came in waves, a plain t-interval at one look)."""
+    return f"{100 * (1 - ALPHA / (claims or c.family_size)):.2f}% {_repeated(c)}CI"
+
+
+def repeated_p_words(c: Comparison, what: str) -> str:
+    """'repeated p 0.0043 for a difference, 0.026 over 6 claims' (at one look: 'p ...')."""
+    p = c.decision.repeated_p
+    return f"{_repeated(c)}p {p_text(p)} for {what}, {p_text(min(1.0, p * c.family_size))} over {c.family_size} claims"
+
+
 def describe(c: Comparison) -> str:
-    """One claim in the decision's own word: better, worse, equivalent within the margin, or undecided
-    after n seeds, each with the interval it rests on."""
+    """One claim in the decision's own word, at the level of its interval: better or worse (and whether
+    the interval shows the change exceeds the margin), equivalent within the margin, or undecided after
+    n seeds ("changed by"), each with the repeated interval and p-value it rests on."""
     d = c.decision
     name = METRICS[c.metric][0]
     if d is None:  # seeds that do not pair up: no decision, the unpaired interval only
-        return f"{name} undecided ({c.design} seeds, {_range(c.metric, c.primary.ci_low, c.primary.ci_high)})"
-    interval = _range(c.metric, d.low, d.high)
+        welch_ci = _range(c.metric, c.primary.ci_low, c.primary.ci_high)
+        return f"{name} undecided ({c.design} seeds; 95% Welch CI {welch_ci}, fixed-sample)"
+    interval = f"{_range(c.metric, d.low, d.high)}, {level_text(c)}"
     margin = _amount(c.metric, d.margin)
+    change = _amount(c.metric, c.primary.diff, signed=True)
     if d.decision == "equivalent":
-        return f"{name} equivalent within ±{margin} ({interval})"
+        return f"{name} equivalent within ±{margin}: {change} ({interval}; {repeated_p_words(c, 'equivalence')})"
     if d.decision == "undecided":
-        return (f"{name} undecided after {d.seeds_used} seeds ({interval}: neither clear of zero nor inside "
-                f"±{margin})")  # fmt: skip
+        return (f"{name} undecided after {d.seeds_used} seeds: changed by {change} ({interval}: neither clear of "
+                f"zero nor inside ±{margin}; {repeated_p_words(c, 'a difference')})")  # fmt: skip
     lower, higher = WORDS[c.metric]
     verb = lower if c.primary.diff < 0 else higher
-    return f"{name} {d.decision} — {verb} by {_amount(c.metric, c.primary.diff)} ({interval})"
+    text = f"{name} {d.decision} — {verb} by {_amount(c.metric, c.primary.diff)} ({interval}; "
+    text += f"{repeated_p_words(c, 'a difference')})"
+    if d.low < d.margin and d.high > -d.margin:  # clear of zero, not of the margin
+        text += f", not shown to exceed ±{margin}"
+    return text
 
 
-def gap_source(train: Comparison, test: Comparison) -> str:
-    """Where a change of the gap came from: Δgap = Δtrain − Δtest, each with its 95% interval."""
+def gap_source(train: Comparison, test: Comparison, claims: int) -> str:
+    """Where a change of the gap came from: Δgap = Δtrain − Δtest, each at the claims' level; the test
+    side 'rose'/'fell' only where its own claim is decided so, else 'changed by'."""
+
+    def part(c: Comparison) -> str:
+        d = c.decision
+        if d is not None and d.looks:
+            return f"({_range(c.metric, d.low, d.high)}, {level_text(c, claims)})"
+        return f"(95% CI {_range(c.metric, c.primary.ci_low, c.primary.ci_high)}, fixed-sample)"
+
     train_text = (f"{_amount(train.metric, train.primary.diff)} {'more' if train.primary.diff > 0 else 'less'} "
-                  f"(95% CI {_range(train.metric, train.primary.ci_low, train.primary.ci_high)})")  # fmt: skip
-    test_text = (f"{'rose' if test.primary.diff > 0 else 'fell'} {_amount(test.metric, test.primary.diff)} "
-                 f"(95% CI {_range(test.metric, test.primary.ci_low, test.primary.ci_high)})")  # fmt: skip
-    return f"the model fit the training images {train_text} while test accuracy {test_text}"
+                  f"{part(train)}")  # fmt: skip
+    decided = test.decision.decision if test.decision else "undecided"
+    if decided in ("better", "worse"):
+        test_text = f"{'rose' if test.primary.diff > 0 else 'fell'} {_amount(test.metric, test.primary.diff)}"
+    else:
+        test_text = f"changed by {_amount(test.metric, test.primary.diff, signed=True)}"
+    return f"the model fit the training images {train_text} while test accuracy {test_text} {part(test)}"
 
 
 def power_line(c: Comparison, variant: Variant) -> str:
     """The run's power on `c.metric`, as a range: the smallest difference detected 80% of the time at
-    the claims' level, over the 95% interval of the seeds' spread (never a promise of seeds)."""
+    the level its claim is tested at (the last look's boundary), over the 95% interval of the seeds'
+    spread (never a promise of seeds)."""
     seeds = f"{c.n} {c.design} seeds"
     name = METRICS[c.metric][0]
     if math.isnan(c.min_detectable[0]):
         return f"Power ({variant.words}, {name}): not estimable, the {seeds} show no spread."
     text = (f"Power ({variant.words}, {name}): with {seeds}, a true difference detected 80% of the time at the "
-            f"claims' level is {_range(c.metric, *c.min_detectable, signed=False)} (over the 95% range of the "
-            "seeds' spread)")  # fmt: skip
+            f"last look's level (two-sided {p_text(c.power_alpha)}) is "
+            f"{_range(c.metric, *c.min_detectable, signed=False)} (over the 95% range of the seeds' "
+            "spread)")  # fmt: skip
     if c.paired is not None and 2 / 2**c.n > ALPHA:
         text += f"; the sign-flip check cannot go below p = {2 / 2**c.n:.3f} with {c.n} seeds"
     return text + "."
 
 
-def design_line(summary: list[dict], design: Design) -> str:
-    """What the decisions rest on, in one sentence."""
+def design_line(summary: list[dict], design: Design, comparisons: dict | None = None) -> str:
+    """What the decisions rest on, in one sentence, at the level each holds."""
     per_claim, claims = claim_alpha(summary)
     variants = len(by_variant(summary)) - 1
     noun = family_noun([v for v in by_variant(summary) if not v.is_baseline])
     family = f"{claims} claims: {variants} {noun.removesuffix('s') if variants == 1 else noun} x "
     family += "test accuracy and gap"
+    spent = next((c.decision.spent for m in DECIDED for c in (comparisons or {}).get(m, {}).values()
+                  if c.decision), per_claim)  # fmt: skip
     if design.looks and len(design.looks) > 1 or design.max_seeds:
         looks = ", ".join(map(str, design.looks))
-        how = (f"seeds added in waves until decided (looks at {looks} of at most {design.max_seeds} seeds): "
-               "repeated intervals of a group-sequential design with O'Brien-Fleming-type alpha spending")  # fmt: skip
+        how = (f"seeds added in waves until decided (looks at {looks} of at most {design.max_seeds} seeds): repeated "
+               f"intervals of a group-sequential design with O'Brien-Fleming-type alpha spending, {spent:.4f} spent "
+               "per claim, calibrated by simulation for Student's t")  # fmt: skip
     else:
-        how = "seeds fixed in advance: one look"
+        how = "seeds fixed in advance: one look, Student's t"
     return (f"Decisions: better / worse / equivalent within ±{100 * design.margin:.2f} points / undecided, each read "
-            f"off an interval that holds together with the others at 95% (Bonferroni over {family}, "
-            f"{100 * (1 - per_claim):.2f}% each; {how}).")  # fmt: skip
+            f"off its own {100 * (1 - per_claim):.2f}% interval (Bonferroni over {family}, so together they hold at "
+            f">= 95% under the normal model, however the stopping went; {how}). Repeated p-values are per claim and "
+            "valid under the stopping; the fixed-sample p-values of the last table ignore the looks.")  # fmt: skip
 
 
 def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
@@ -163,11 +208,11 @@ def verdict(summary: list[dict], design: Design = Design(), comparisons: dict | 
             continue
         gap_text = describe(gap)
         if gap.decision is not None and gap.decision.decision in ("better", "worse"):
-            gap_text += ": " + gap_source(trains[v], acc)
+            gap_text += ": " + gap_source(trains[v], acc, gap.family_size)
         lines.append(f"{v.words} vs baseline ({gap.n} {gap.design} seeds): {gap_text}; {describe(acc)}.")
         lines.append(power_line(acc, v))
     if max(c.n for c in gaps.values()) >= 2:
-        lines.append(design_line(summary, design))
+        lines.append(design_line(summary, design, comparisons))
     return lines
 
 
