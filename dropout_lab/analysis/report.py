@@ -193,10 +193,11 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
         lines[-1] += "---|"
     for s in summary:
         val = f"{_pct(s['val_selected_test_acc'])} ({s['val_best_epoch']}) | " if held_out else ""
+        seconds = s.get("epochs_seconds", s["train_seconds"])  # a report from before epochs_seconds: the process's
         lines.append(
             f"| {s['model']} | {s['seed']} | {_pct(s['final_train_eval_acc'])} | {_pct(s['final_train_running_acc'])} "
             f"| {_pct(s['final_test_acc'])} | {_pct(s['best_test_acc'])} ({s['best_epoch']}) | {val}"
-            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {s.get('epochs_seconds', s['train_seconds']):.0f} s | "
+            f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {seconds:.0f} s | "
             f"{s['device']}{_stack_note(s)} |"
         )
     if comparison_png is not None and comparison_png.is_file():
