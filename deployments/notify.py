@@ -27,6 +27,7 @@ from prefect.exceptions import ObjectNotFound  # noqa: E402
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL  # noqa: E402
 
 from dropout_lab.cli.compare import check_api_reachable  # noqa: E402
+from dropout_lab.cli.oneline import Parser, one_line, say  # noqa: E402
 from dropout_lab.naming import slug  # noqa: E402
 from dropout_lab.redact import redact  # noqa: E402
 
@@ -108,8 +109,8 @@ def delete_named(name: str) -> bool:
 
 
 def api_refusal() -> int | None:
-    """The exit status, after one line, when there is no Prefect API to hold automations: unset (2) or
-    not answering (1, within seconds, not minutes); None when it answers."""
+    """The exit status (2), after one line, when there is no Prefect API to hold automations: unset, or
+    not answering a real read within the probe's deadline; None when it answers."""
     if not PREFECT_API_URL.value():
         print("error: PREFECT_API_URL is not set: an automation lives on a running Prefect server "
               "(prefect server start)", file=sys.stderr)  # fmt: skip
@@ -117,8 +118,8 @@ def api_refusal() -> int | None:
     try:
         check_api_reachable()
     except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        say(str(e))
+        return 2
     return None
 
 
@@ -130,8 +131,9 @@ def webhook_url(text: str) -> str:
     return text
 
 
+@one_line
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python deployments/notify.py", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python deployments/notify.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--deployment", default="compare/nightly", help="FLOW/DEPLOYMENT to watch")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument(

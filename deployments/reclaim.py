@@ -26,6 +26,7 @@ from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E4
 from prefect.exceptions import ObjectNotFound  # noqa: E402
 
 from deployments.notify import api_refusal, delete_named  # noqa: E402
+from dropout_lab.cli.oneline import Parser, one_line  # noqa: E402
 
 NAME = "dropout-lab: reclaim runs stuck before start"
 TAG = "dropout-lab"  # every deployment of the project carries it (serve.py, prefect.yaml)
@@ -79,8 +80,9 @@ def seconds(text: str) -> float:
     return value
 
 
+@one_line
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python deployments/reclaim.py", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python deployments/reclaim.py", description=__doc__.split("\n\n")[0])
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--after", metavar="SECONDS", type=seconds, default=DEFAULT_AFTER_S,
                       help=f"how long a run may sit in Pending/Submitting (default {DEFAULT_AFTER_S})")  # fmt: skip

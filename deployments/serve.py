@@ -28,6 +28,7 @@ from prefect.schedules import Cron  # noqa: E402
 from deployments import reclaim  # noqa: E402
 from dropout_lab.analysis.history import HISTORY_ENV  # noqa: E402
 from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_plan  # noqa: E402
+from dropout_lab.cli.oneline import one_line, say  # noqa: E402
 from dropout_lab.runtime.preflight import FLAGS, ROOT_ENV  # noqa: E402
 from flows.compare import compare  # noqa: E402
 
@@ -63,6 +64,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     return options, params
 
 
+@one_line
 def main(argv: list[str] | None = None) -> int:
     options, params = parse(argv)
     try:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     os.environ[env] = value
             raise
     except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(str(e))
         return e.exit_code
     reclaim.switch_on(options.reclaim_after)
     compare.serve(

@@ -1,9 +1,12 @@
-"""Credentials never reach output: `https://user:secret@host/...` is shown as `https://***@host/...`.
+"""Credentials never reach output, in every form a URL or an address carries them: the userinfo
+(`https://user:secret@host/...` is shown as `https://***@host/...`) and parameters whose name says they
+hold a secret (`?password=...`, `&token=...`, `sig=`, `api_key=`, a DSN's `password=...`: `password=***`).
 
-Applied where messages are made (every URL we put in an error message: mirror, PREFECT_API_URL,
-MLflow's tracking URI) and, as the one guard for everything else, to every log record this process
-creates (`redact_logs`): a record's message and traceback are redacted before any handler — the
-console, a log file, Prefect's API handler — sees them.
+The one redaction: applied where messages are made (every URL or address we put in a message, an
+artifact or a refusal) and, as the guard for everything else, to every log record this process creates
+(`redact_logs`: ours, Prefect's, MLflow's, Dask's), whose message and traceback are redacted before any
+handler — the console, a log file, Prefect's API handler — sees them. tests/test_generated_input.py
+drives every command with credentials in every position and finds none in any output.
 """
 
 from __future__ import annotations
@@ -14,13 +17,27 @@ import re
 import traceback
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-# scheme://userinfo@ — userinfo is everything up to the last '@' before the host's '/', '?' or '#'.
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s@]*(?:@[^/?#\s@]*)*@")
+# scheme://userinfo@ — userinfo is everything up to the last '@' before the host's '/', '?' or '#'. One
+# slash too: a URL that went through a path (a folder named after it) has its '//' collapsed.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2})[^/?#\s@]*(?:@[^/?#\s@]*)*@")
+# name=value where the name says it holds a secret (alone, or as the last part of a longer name:
+# api_key, access_token, X-Amz-Signature), after the start, '?', '&', ';', ',' or white space: URL
+# queries, fragments and libpq's "key=value" connection strings alike. The value runs to the next
+# separator, or to the end of a quoted string.
+SECRET_NAMES = ("password", "passwd", "pwd", "pass", "passphrase", "token", "secret", "key", "apikey", "sig",
+                "signature", "auth", "authorization", "credential", "credentials", "session", "sessionid",
+                "cookie", "jwt", "bearer", "private")  # fmt: skip
+_PARAMETER = re.compile(
+    rf"(?P<lead>^|[?&;,#\s]|%3[fF]|%26)(?P<name>(?:[\w.-]*[_.-])?(?:{'|'.join(SECRET_NAMES)}))"
+    r"(?P<eq>=|%3[dD])(?P<value>[^&;,#\s'\"]*)",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    """`text` with the user:password part of every URL in it replaced by `***`."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+    """`text` with the userinfo of every URL, and the value of every secret-named parameter, as `***`."""
+    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+    return _PARAMETER.sub(lambda m: f"{m['lead']}{m['name']}{m['eq']}***" if m["value"] else m[0], text)
 
 
 def split_credentials(url: str) -> tuple[str, str | None]:

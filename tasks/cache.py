@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +47,42 @@ class UnsafeCacheEntry(ValueError):
     """A cache file that we did not write as plain JSON: never deserialised."""
 
 
+# A record is bounded before it is parsed: the largest real one (a 20-seed sweep's report) is a few MB,
+# and JSON nested thousands deep would exhaust the parser's recursion (a planted record must cost nothing).
+MAX_RECORD_BYTES = 64 << 20
+MAX_NESTING = 64
+
+
+def _nesting(text: str) -> int:
+    """How deep brackets nest in JSON text, strings ignored (a linear scan, stopped past MAX_NESTING)."""
+    depth = deepest = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+        t = token.group()
+        if t in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_NESTING:
+                break
+        elif t in "]}":
+            depth -= 1
+    return deepest
+
+
 def check_record(content: bytes, path: str) -> bytes:
-    """`content` unchanged if it is a result record in our JSON format; UnsafeCacheEntry otherwise."""
+    """`content` unchanged if it is a result record in our JSON format, of a bounded size and nesting
+    (its result, itself JSON text, too); UnsafeCacheEntry otherwise."""
+    if len(content) > MAX_RECORD_BYTES:
+        raise UnsafeCacheEntry(f"{path}: {len(content) >> 20} MB, larger than any result record")
     try:
-        record = json.loads(content)
+        text = content.decode()
+        if _nesting(text) > MAX_NESTING:
+            raise ValueError(f"nested deeper than {MAX_NESTING}")
+        record = json.loads(text)
         serializer = record["metadata"]["serializer"]
-    except (ValueError, TypeError, KeyError) as e:
-        raise UnsafeCacheEntry(f"{path}: not a result record ({type(e).__name__})") from None
+        if isinstance(record.get("result"), str) and _nesting(record["result"]) > MAX_NESTING:
+            raise ValueError(f"its result nested deeper than {MAX_NESTING}")
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise UnsafeCacheEntry(f"{path}: not a result record ({type(e).__name__}: {str(e)[:80]})") from None
     if set(record) != {"metadata", "result"} or serializer != {"type": SERIALIZER_TYPE}:
         raise UnsafeCacheEntry(f"{path}: written with serializer {str(serializer)[:80]}, not {SERIALIZER_TYPE}")
     return content
@@ -76,6 +107,16 @@ def _checked(content: bytes, path: str) -> bytes:
     except UnsafeCacheEntry as e:
         log.warning("ignoring cached result %s; recomputing", e)
         raise
+
+
+def set_aside(path: Path, reason: str) -> None:
+    """Move a record that cannot be read out of the way (kept as `*.unreadable` for inspection), so the
+    task computes its result again and caching resumes: one logged line."""
+    try:
+        os.replace(path, path.with_name(path.name + ".unreadable"))
+    except OSError:
+        path.unlink(missing_ok=True)
+    log.warning("cached result %s set aside (%s); computing it again", path.name[:12], reason)
 
 
 def cache_options(cache_dir: str | Path) -> dict:
@@ -116,10 +157,15 @@ def forget_unless_trusted(task_ctx, key: str, problem: Callable[[Any], str | Non
         return
     path = Path(storage.basepath) / key
     try:
-        record = json.loads(check_record(path.read_bytes(), key))
+        content = path.read_bytes()
+    except OSError:
+        return  # nothing cached: nothing to forget
+    try:
+        record = json.loads(check_record(content, key))
         result = SafeJSONSerializer().loads(record["result"].encode())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # nothing (readable) cached: nothing to forget
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        set_aside(path, f"{type(e).__name__}: {str(e)[:120]}")  # not ours, or not readable: out of the way
+        return
     try:
         reason = problem(result)
     except Exception as e:  # a result of the wrong shape is no result

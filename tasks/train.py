@@ -16,7 +16,7 @@ from dropout_lab.core.data import DataInfo
 from dropout_lab.keys import TRAIN_CODE, code_hash, train_key
 from dropout_lab.naming import group_label, slug
 from dropout_lab.results import TrainResult, results_of
-from dropout_lab.runtime.console import DETAILS
+from dropout_lab.runtime.console import DETAILS, quiet
 from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
 from dropout_lab.runtime.progress import bars, format_epoch, format_startup
 from tasks.cache import ResultOf, error_of
@@ -130,6 +130,7 @@ def train(
     device's `slots` is free, with CUDA graphs per `cuda_graphs`. Resumes from each variant's
     checkpoints unless `fresh` (a refresh), which starts over. With `mlflow_parent`, each model's
     child run (in the store `out` names) follows the training live."""
+    quiet()  # in a Dask worker process: its terminal shows one line per failure too, as the command line's does
     logger = get_run_logger()
     live = LiveMlflow(out, mlflow_parent, cfgs, logger)
     label = group_label(cfgs)

@@ -246,8 +246,10 @@ def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_
     pytest.importorskip("mlflow")
     base = ["--mlflow", "--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]
     cases = {
-        f"http://{SECRET}@127.0.0.1:9": "does not answer",  # nothing listens
-        f"http://{SECRET}@127.0.0.1:{silent_peer}": "does not answer",  # accepts, never answers
+        f"http://{SECRET}@127.0.0.1:9": "Connection refused",  # nothing listens
+        f"http://{SECRET}@127.0.0.1:{silent_peer}": "no answer within",  # accepts, never answers
+        "file:///proc/nope": "MLflow no longer takes file stores",
+        f"mysql://{SECRET}@127.0.0.1/db": "needs the MySQLdb package",
         "bogus://store": "unknown scheme",
     }
     for uri, message in cases.items():
@@ -256,7 +258,7 @@ def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_
         assert message in one_line_exit(capsys, 2, [*base, "--out", str(tmp_path / "o")], started, within=12)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     (tmp_path / "folder-store" / "mlflow.db").mkdir(parents=True)  # the embedded store is a folder
-    assert "is a folder" in one_line_exit(capsys, 2, [*base, "--out", str(tmp_path / "folder-store")])
+    assert "a folder, not a database file" in one_line_exit(capsys, 2, [*base, "--out", str(tmp_path / "folder-store")])
     foreign = tmp_path / "foreign-store" / "mlflow.db"
     foreign.parent.mkdir()
     db = sqlite3.connect(foreign)

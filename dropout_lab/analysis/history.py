@@ -21,8 +21,10 @@ a `runs` table of its own — is refused with one line and never altered. Readin
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +34,10 @@ import sqlalchemy as sa
 
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, SUMMARY_SCHEMA, UTC_TS, field
 from dropout_lab.config import SETTINGS, Variant, variant_of
+from dropout_lab.probe import ProbeFailed, database_url, within_deadline
 from dropout_lab.redact import redact
+
+log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.sqlite"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -51,6 +56,7 @@ EPOCHS_SCHEMA = pa.schema([*RUN_FIELDS, *PER_EPOCH_SCHEMA])
 MODEL_KEY = ("experiment_hash", "model", "seed", "weights_sha256")
 TABLES = {"runs": (RUNS_SCHEMA, MODEL_KEY), "epochs": (EPOCHS_SCHEMA, (*MODEL_KEY, "epoch"))}
 MARKER, SCHEMA_VERSION = "dropout_lab_history", "1"
+REQUIRED = (*MODEL_KEY, "recorded_at", "flow_run_id", "report_folder")  # what every read of a store uses
 
 
 class HistoryError(RuntimeError):
@@ -99,21 +105,23 @@ def store_url(target: str | Path) -> str:
 
 
 def check(target: str | Path) -> None:
-    """Before any training: the store answers and, if it holds anything, is ours. HistoryError (one
-    line) otherwise; creates and changes nothing."""
+    """Before any training: the store answers (within the probe's deadline) and, if it holds anything, is
+    ours. HistoryError (one line) otherwise; creates and changes nothing."""
     path = _is_sqlite_file(target)
     if path is not None:
         if path.is_dir():
             raise _refuse(target, "a folder")
         if not path.exists():
             return
-    try:
+
+    def inspect() -> str | None:
         with _engine(target, read_only=True).connect() as conn:
-            why = _problem(sa.inspect(conn))
-    except sa.exc.SQLAlchemyError as e:
-        raise HistoryError(f"{shown(target)}: not a usable run history ({_reason(e)})") from None
-    except ModuleNotFoundError as e:  # a database's driver
-        raise HistoryError(f"{shown(target)}: needs the {e.name} package (pip install -e '.[postgres]')") from None
+            return _problem(sa.inspect(conn))
+
+    try:
+        why = within_deadline(f"the run history {shown(target)}", lambda: _patiently(target, inspect))
+    except ProbeFailed as e:
+        raise HistoryError(str(e)) from None
     if why and why != "empty":
         raise _refuse(target, why)
 
@@ -126,8 +134,16 @@ def shown(target: str | Path) -> str:
 _engines: dict[tuple[str, bool], sa.Engine] = {}
 
 
+def _url(target: str | Path) -> sa.URL:
+    """The store's SQLAlchemy URL, checked (it parses, a synchronous driver that is installed): HistoryError."""
+    try:
+        return database_url(store_url(target), "--history")
+    except ProbeFailed as e:
+        raise HistoryError(str(e)) from None
+
+
 def _engine(target: str | Path, read_only: bool) -> sa.Engine:
-    url = sa.make_url(store_url(target))
+    url = _url(target)
     key = (str(url), read_only)
     if key not in _engines:
         if url.get_backend_name() == "sqlite":
@@ -143,17 +159,41 @@ def _engine(target: str | Path, read_only: bool) -> sa.Engine:
     return _engines[key]
 
 
+LOCK_NOTICE_S = 2.0  # a SQLite store locked by another process: said after this long
+LOCK_WAIT_S = 120.0  # and waited for up to this long
+
+
 def _sqlite(uri: str):
     import sqlite3
 
-    # Transactions are begun explicitly (the "begin" event); writers wait up to 2 minutes for the lock.
-    return sqlite3.connect(uri, uri=True, timeout=120, isolation_level=None)
+    # Transactions are begun explicitly (the "begin" event); a lock is waited for in `_patiently`.
+    return sqlite3.connect(uri, uri=True, timeout=LOCK_NOTICE_S, isolation_level=None)
+
+
+def _patiently(target: str | Path, operation):
+    """`operation()`, waiting while another process holds the SQLite store's lock: after LOCK_NOTICE_S
+    one line says what it waits for, and after LOCK_WAIT_S it gives up (the OperationalError)."""
+    deadline, told = time.monotonic() + LOCK_WAIT_S, False
+    while True:
+        try:
+            return operation()
+        except sa.exc.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            if not told:
+                told = True
+                log.warning("history: waiting for %s: another process holds its lock (up to %.0f s)", shown(target),
+                            LOCK_WAIT_S)  # fmt: skip
 
 
 def _problem(inspector: sa.Inspector) -> str | None:
     """Why an existing store is not a dropout-lab history (None: it is one)."""
     names = set(inspector.get_table_names())
-    if MARKER in names:
+    if MARKER in names:  # ours; a table someone stripped of the columns every read uses is not
+        for table in TABLES:
+            columns = {c["name"] for c in inspector.get_columns(table)} if table in names else set()
+            if missing := sorted(set(REQUIRED) - columns):
+                return f"its {table!r} table lacks {', '.join(missing)}"
         return None
     if not names:
         return "empty"
@@ -161,6 +201,8 @@ def _problem(inspector: sa.Inspector) -> str | None:
         if table not in names:
             return f"it has no {table!r} table of ours"
         columns = {c["name"] for c in inspector.get_columns(table)}
+        if missing := sorted(set(REQUIRED) - columns):
+            return f"its {table!r} table lacks {', '.join(missing)}"
         uniques = [set(u["column_names"]) for u in inspector.get_unique_constraints(table)]
         uniques += [set(i["column_names"]) for i in inspector.get_indexes(table) if i.get("unique")]
         if not set(key) <= columns or set(key) not in uniques:
@@ -174,7 +216,7 @@ def _refuse(target: str | Path, why: str) -> HistoryError:
 
 
 def _is_sqlite_file(target: str | Path) -> Path | None:
-    url = sa.make_url(store_url(target))
+    url = _url(target)
     return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
 
 
@@ -221,14 +263,18 @@ def append(target: str | Path, runs: list[dict], epochs: list[dict]) -> int:
         if path.is_dir():
             raise _refuse(target, "a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> int:
+        with _engine(target, read_only=False).begin() as conn:
+            _prepare_for_writing(conn, target)
+            added = _insert(conn, "runs", runs)
+            _insert(conn, "epochs", epochs)
+        return added
+
     try:
         for attempt in (1, 2):
             try:
-                with _engine(target, read_only=False).begin() as conn:
-                    _prepare_for_writing(conn, target)
-                    added = _insert(conn, "runs", runs)
-                    _insert(conn, "epochs", epochs)
-                return added
+                return _patiently(target, write)
             except sa.exc.IntegrityError:  # PostgreSQL: another machine created the tables at the same moment
                 if attempt == 2:
                     raise
@@ -281,7 +327,8 @@ def read(
     if path is not None and not path.is_file():
         raise HistoryError(f"{shown(target)}: {'a folder, not a run history' if path.is_dir() else 'no run history'}")
     schema = TABLES[table][0]
-    try:
+
+    def rows_of() -> list[dict]:
         with _engine(target, read_only=True).connect() as conn:
             inspector = sa.inspect(conn)
             why = _problem(inspector)
@@ -291,7 +338,10 @@ def read(
             columns = [sa.Column(f.name, _sql_type(f.type)) for f in schema if f.name in have]
             query = _query(sa.Table(table, sa.MetaData(), *columns), have, variants, seeds, dataset, since, last,
                            experiments)  # fmt: skip
-            rows = [dict(r._mapping) for r in conn.execute(query)]
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    try:
+        rows = _patiently(target, rows_of)
     except sa.exc.SQLAlchemyError as e:
         raise HistoryError(f"{shown(target)}: not a usable run history ({_reason(e)})") from None
     return [{f.name: _from_sql(row.get(f.name), f.type) for f in schema} for row in rows]
@@ -382,9 +432,15 @@ def exists(target: str | Path) -> bool:
     path = _is_sqlite_file(target)
     if path is not None:
         return path.exists()
-    try:
+
+    def tables() -> set[str]:
         with _engine(target, read_only=True).connect() as conn:
-            return bool(set(sa.inspect(conn).get_table_names()) & {MARKER, "runs"})
+            return set(sa.inspect(conn).get_table_names())
+
+    try:
+        return bool(within_deadline(f"the run history {shown(target)}", tables) & {MARKER, "runs"})
+    except ProbeFailed as e:
+        raise HistoryError(str(e)) from None
     except sa.exc.SQLAlchemyError as e:
         raise HistoryError(f"{shown(target)}: cannot be reached ({_reason(e)})") from None
 
@@ -399,9 +455,17 @@ def import_reports(out: Path, history: str | Path) -> int:
         experiment, digest = split_report_folder(folder)
         if digest in recorded:
             continue
-        summary = pq.read_table(summary_file).to_pylist()
         epochs_file = next((f for f in (folder / "per_epoch.parquet", folder / "history.parquet") if f.exists()), None)
-        per_epoch = pq.read_table(epochs_file).to_pylist() if epochs_file else []  # history.parquet: before 2026-12
+        try:
+            summary = pq.read_table(summary_file).to_pylist()
+            per_epoch = pq.read_table(epochs_file).to_pylist() if epochs_file else []  # history.parquet: < 2026-12
+        except (OSError, pa.ArrowException) as e:
+            log.warning("history: %s skipped: not a readable report (%s)", folder, _reason(e))
+            continue
+        missing = sorted({"model", "seed", "finished_at"} - set(summary[0] if summary else ()))
+        if missing:
+            log.warning("history: %s skipped: not one of our reports (no %s)", folder, ", ".join(missing) or "rows")
+            continue
         meta = {
             "recorded_at": max(row["finished_at"] for row in summary),
             "flow_run_id": "",

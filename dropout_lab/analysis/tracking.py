@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, SUMMARY_SCHEMA, named
 from dropout_lab.config import SETTINGS, value_text
+from dropout_lab.probe import ProbeFailed, database_url, first_line, within_deadline
 from dropout_lab.redact import redact, split_credentials
 
 EXPERIMENT = "dropout-lab"
@@ -35,65 +36,66 @@ def check_available() -> None:
         raise ValueError('--mlflow: MLflow is not installed here; pip install -e ".[mlflow]"')
 
 
-STORE_TIMEOUT_S = 5.0
 MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}  # present in every MLflow database store
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 def check_store(out: str | Path) -> None:
     """Raises ValueError (one line, credentials redacted) when the tracking store cannot take this run,
-    before any training: a server that does not answer within seconds (or is not MLflow), a database
-    that is a folder or another program's file, a scheme MLflow does not know. Creates nothing."""
+    before any training and within the probe's deadline: a server whose real read (its experiments) does
+    not answer or is not MLflow's, a database that is a folder, another program's file or needs a driver
+    that is not installed, a file store (MLflow refuses those), an unknown scheme. Creates nothing."""
     uri = tracking_uri(out)
     scheme = urlsplit(uri).scheme.split("+")[0].lower()
     where = f"--mlflow: the tracking store {redact(uri)}"
-    if scheme in ("http", "https"):
-        _check_server(uri, where)
-    elif scheme in ("sqlite", "postgresql", "mysql", "mssql"):
-        _check_database(uri, scheme, where)
-    elif scheme in ("", "file"):
-        path = Path(urlsplit(uri).path if scheme else uri)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"{where} is a file, not a folder")
-    elif scheme != "databricks":
-        raise ValueError(f"{where}: unknown scheme {scheme!r} (http, https, sqlite, postgresql, mysql, file)")
+    try:
+        if scheme in ("http", "https"):
+            within_deadline(where, lambda: _check_server(uri))
+        elif scheme in DATABASES:
+            database_url(uri, where)
+            within_deadline(where, lambda: _check_database(uri, scheme))
+        elif scheme in ("", "file"):
+            if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+                raise ValueError(f"{where}: MLflow no longer takes file stores; use sqlite:///PATH or a server")
+        elif scheme != "databricks":
+            raise ValueError(f"{where}: unknown scheme {scheme!r} ({', '.join(('http', 'https', *DATABASES))})")
+    except ProbeFailed as e:
+        raise ValueError(str(e)) from None
 
 
-def _check_server(uri: str, where: str) -> None:
+def _check_server(uri: str) -> None:
+    """A real read: the experiments MLflow's REST API lists (a health check can answer while nothing else does)."""
     import httpx
 
     plain, auth = split_credentials(uri)
-    try:
-        answer = httpx.get(plain.rstrip("/") + "/health", timeout=STORE_TIMEOUT_S,
-                           headers={"Authorization": auth} if auth else None)  # fmt: skip
-    except httpx.HTTPError as e:
-        raise ValueError(f"{where} does not answer within {STORE_TIMEOUT_S:.0f} s ({type(e).__name__})") from None
-    if answer.status_code != 200:
-        raise ValueError(f"{where} answers {answer.status_code} at /health: not an MLflow tracking server")
+    answer = httpx.post(plain.rstrip("/") + "/api/2.0/mlflow/experiments/search", json={"max_results": 1},
+                        timeout=8, headers={"Authorization": auth} if auth else None)  # fmt: skip
+    if answer.status_code != 200 or "experiments" not in answer.text and answer.text.strip() != "{}":
+        raise ValueError(f"answers {answer.status_code} to a read of its experiments: not a working MLflow server")
 
 
-def _check_database(uri: str, scheme: str, where: str) -> None:
+def _check_database(uri: str, scheme: str) -> None:
     import sqlalchemy as sa
 
     url = sa.make_url(uri)
     if scheme == "sqlite":
         path = Path(url.database or "")
         if path.is_dir():
-            raise ValueError(f"{where} is a folder, not a database file")
+            raise ValueError("a folder, not a database file")
         if not path.exists():
             return  # MLflow creates it
         engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
     else:
-        engine = sa.create_engine(url, connect_args={"connect_timeout": int(STORE_TIMEOUT_S)})
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 8} if scheme == "postgresql" else {})
     try:
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
     except sa.exc.SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise ValueError(f"{where} cannot be opened ({redact(reason)})") from None
+        raise ValueError(f"cannot be opened ({first_line(e)})") from None
     finally:
         engine.dispose()
     if tables and not MLFLOW_TABLES <= tables:
-        raise ValueError(f"{where} is another program's database (no MLflow tables): nothing was written to it")
+        raise ValueError("another program's database (no MLflow tables): nothing was written to it")
 
 
 def tracking_uri(out: str | Path) -> str:
@@ -119,6 +121,9 @@ def _experiment_id(client, out: Path) -> str:
 
 
 def _client(out: str | Path):
+    # MLflow prints its own "🏃 View run ... at: URL" lines to stdout (credentials and all): the run's own
+    # log says where the run is, redacted.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow import MlflowClient
 
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         usage = "\n".join(f"  {name:<10}{what}" for name, what in COMMANDS.items())
-        print(f"usage: dropout-lab COMMAND [options]\n\ncommands:\n{usage}", file=sys.stderr if argv else sys.stdout)
-        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+        if argv[:1] in ([], ["-h"], ["--help"]):
+            print(f"usage: dropout-lab COMMAND [options]\n\ncommands:\n{usage}")
+            return 0
+        print(f"error: unknown command {argv[0][:80]!r}: use {' or '.join(COMMANDS)} (dropout-lab --help)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from dropout_lab.cli import history
 
     try:

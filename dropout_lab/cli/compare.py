@@ -11,7 +11,9 @@ import sys
 from types import UnionType
 from typing import Annotated, Literal, Union, get_args, get_origin
 
+from dropout_lab.cli.oneline import Parser, say
 from dropout_lab.config import PARAMETERS, element_type, flag, help_text
+from dropout_lab.probe import ProbeFailed, within_deadline
 from dropout_lab.redact import redact
 
 RUNNER_FLAGS = ("task_runner", "dask_address", "verbose", "history")  # how a run runs, not what it computes
@@ -19,7 +21,7 @@ RUNNER_FLAGS = ("task_runner", "dask_address", "verbose", "history")  # how a ru
 
 def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentParser:
     """One flag per flow parameter (its type, default and help from the declaration), then how tasks run."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description="Compare a CNN with and without dropout on CIFAR-10 (Prefect flow).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -117,9 +119,7 @@ def refuse_early(argv: list[str]) -> None:
     global _early
     try:
         params, how = parse(argv)
-        plan = checked_plan(params)
-        if how["dask_address"]:
-            check_dask(how["dask_address"])
+        plan = checked_plan(params, dask_address=how["dask_address"])
     except CliError as e:
         sys.exit(fail(e))
     _early = (argv, how, plan)
@@ -129,74 +129,84 @@ def refuse_early(argv: list[str]) -> None:
 _early: tuple | None = None  # the script's command line as `refuse_early` checked it: (argv, how, plan)
 
 
-DASK_TIMEOUT_S = 10
-
-
 def check_dask(address: str) -> None:
-    """The Dask scheduler at `address` answers its handshake within seconds; CliError (exit 2) if not.
-    Dask's own connect timeout does not cover a peer that accepts and never answers, so the attempt
-    runs in a daemon thread with a deadline of our own."""
-    import threading
+    """The Dask scheduler at `address` completes its handshake within the probe's deadline; CliError (exit 2)."""
 
-    outcome: list[BaseException | None] = []
-
-    def attempt() -> None:
+    def handshake() -> None:
         from distributed import Client
 
-        try:
-            Client(address, timeout=f"{DASK_TIMEOUT_S}s").close()
-            outcome.append(None)
-        except Exception as e:  # reported below as one line
-            outcome.append(e)
+        Client(address, timeout="8s").close()
 
-    thread = threading.Thread(target=attempt, daemon=True, name="dask-check")
-    thread.start()
-    thread.join(DASK_TIMEOUT_S + 2)
-    error = outcome[0] if outcome else TimeoutError("no handshake")
-    if error is not None:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CliError(f"--dask-address {redact(address)}: no Dask scheduler answers there within "
-                       f"{DASK_TIMEOUT_S} s ({redact(first)[:200]})", 2)  # fmt: skip
+    try:
+        within_deadline(f"--dask-address {address}", handshake)
+    except ProbeFailed as e:
+        raise CliError(f"{e} (no Dask scheduler answers there)", 2) from None
 
 
 def fail(error: CliError) -> int:
-    print(f"error: {redact(error)}", file=sys.stderr)
+    say(str(error))
     return error.exit_code
 
 
-def check_api_reachable(timeout_s: float = 5.0) -> None:
-    """With PREFECT_API_URL set (e.g. a `prefect server start`), fail fast if nothing answers there,
-    instead of letting the client retry for minutes. Without it, runs use a temporary local server."""
+def check_api_reachable() -> None:
+    """With PREFECT_API_URL set (e.g. a `prefect server start`), a real read (its flows) must answer within
+    the probe's deadline, not only /health: a half-working API is refused here, before anything is
+    created, instead of retried for minutes. Without it, runs use a temporary local server."""
     import httpx
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
         return
+
+    def read_flows() -> None:
+        answer = httpx.post(f"{url.rstrip('/')}/flows/filter", json={"limit": 1}, timeout=8)
+        answer.raise_for_status()
+        if not isinstance(answer.json(), list):
+            raise ValueError("its answer is not Prefect's")
+
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
-    except httpx.HTTPError as e:
-        reason = redact(f"{type(e).__name__}: {e}")
+        within_deadline(f"the Prefect API at {url} (PREFECT_API_URL)", read_flows)
+    except ProbeFailed as e:
         raise ConnectionError(
-            f"the Prefect API at {redact(url)} (PREFECT_API_URL) does not answer ({reason}); start it "
-            "with `prefect server start`, or unset PREFECT_API_URL to run on a temporary local server"
+            f"{e}; start it with `prefect server start`, or unset PREFECT_API_URL to run on a temporary local server"
         ) from None
 
 
-def checked_plan(params: dict, deployed: bool = False):
-    """The command lines' checks before any work: parameters (exit 2), then the Prefect API (exit 1).
-    Returns the run's plan (runtime/preflight.py `RunPlan`), which the flow this process runs reuses."""
+def checked_plan(params: dict, deployed: bool = False, dask_address: str | None = None):
+    """The command lines' checks before any work, in one order: parameters, folders and stores, then every
+    remote's probe (the Prefect API, a Dask scheduler), and only then the run's folders are created; a
+    refusal (exit 2, one line) leaves nothing behind. Returns the run's plan (runtime/preflight.py
+    `RunPlan`), which the flow this process runs reuses."""
     from dropout_lab.runtime.preflight import check_parameters
 
     try:
-        plan = check_parameters(params, deployed=deployed)
-    except ValueError as e:
-        raise CliError(str(e), 2) from None
-    try:
+        plan = check_parameters(params, deployed=deployed, create=False)
+        check_environment()
         check_api_reachable()
-    except ConnectionError as e:
-        raise CliError(str(e), 1) from None
-    return plan
+        if dask_address:
+            check_dask(dask_address)
+        return plan.create()
+    except (ValueError, ConnectionError) as e:
+        raise CliError(str(e), 2) from None
+
+
+def check_environment() -> None:
+    """Prefect's settings as the environment gives them (PREFECT_*), read before Prefect's engine is
+    imported: a value Prefect cannot use is one line, not its validation error's fifty."""
+    value = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS={value!r:.40}: must be a whole number "
+                         "of seconds")  # fmt: skip
+    try:
+        import prefect.settings
+
+        prefect.settings.get_current_settings()
+    except Exception as e:  # pydantic's ValidationError: the first field it names
+        errors = getattr(e, "errors", lambda: [])()
+        where = ".".join(map(str, errors[0]["loc"])) if errors else ""
+        why = errors[0]["msg"] if errors else str(e).splitlines()[0]
+        raise ValueError(f"Prefect's settings from the environment: {where or 'a setting'}: {why}") from None
 
 
 def one_line(error: BaseException) -> str:
@@ -236,9 +246,7 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     else:
         try:
             params, how = parse(argv)
-            plan = checked_plan(params)
-            if how["dask_address"]:
-                check_dask(how["dask_address"])
+            plan = checked_plan(params, dask_address=how["dask_address"])
         except CliError as e:
             return fail(e)
     console.quiet(how["verbose"])

@@ -9,23 +9,17 @@ plain Python: no Prefect server needed.
 from __future__ import annotations
 
 import argparse
+import os
 import re
-import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dropout_lab.analysis.history import (
-    HistoryError,
-    as_table,
-    exists,
-    history_target,
-    import_reports,
-    read,
-    run_key,
-    shown,
-)
-from dropout_lab.analysis.trend import compare_table, format_table, plot_trend
+from dropout_lab.cli.oneline import Parser, Refused, one_line
 from dropout_lab.config import BASELINE, SETTINGS, Variant, flag, value_text
+
+# `--help` and a refused flag answer before SQLAlchemy, pyarrow and matplotlib load (they take seconds):
+# the store and the figure are imported once the flags are good.
 
 
 def since_value(text: str) -> datetime:
@@ -42,7 +36,7 @@ def since_value(text: str) -> datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dropout-lab history",
         description="The run history: one row per model per run, and a figure of the trend; or two experiments "
         "side by side.",
@@ -71,30 +65,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
+    from dropout_lab.analysis.history import HistoryError
+
     try:
         return show(args)
     except HistoryError as e:
-        return fail(str(e))
+        raise Refused(str(e)) from None
+
+
+def writable_file(path: Path, flag_name: str) -> None:
+    """A file the command may write: not a folder, in a folder that exists and is writable. Refused."""
+    if path.is_dir() or str(path).endswith(os.sep):
+        raise Refused(f"{flag_name} {path}: a folder, not a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise Refused(f"{flag_name} {path}: no folder {folder}")
+    try:  # os.access says yes to root; a real (deleted) temp file says whether the folder takes files
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise Refused(f"{flag_name} {path}: its folder is not writable ({e.strerror or e})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise Refused(f"{flag_name} {path}: not writable")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every value checked before the store is opened: the figure and Parquet files it would write."""
+    if args.last is not None and args.last < 1:
+        raise Refused("--last: must be >= 1")
+    if args.history is not None and not args.history.strip():
+        raise Refused("--history: must not be empty")
+    if args.figure is not None and not args.no_figure:
+        writable_file(args.figure, "--figure")
+    if args.parquet is not None:
+        writable_file(args.parquet, "--parquet")
 
 
 def show(args: argparse.Namespace) -> int:
+    from dropout_lab.analysis.history import as_table, exists, history_target, import_reports, read, run_key, shown
+    from dropout_lab.analysis.trend import format_table, plot_trend
+
     out = Path(args.out)
     history = args.history or history_target(out)
-    if args.last is not None and args.last < 1:
-        return fail("--last: must be >= 1")
     if args.import_reports:
         if not out.is_dir():
-            return fail(f"no folder {out}")
+            raise Refused(f"--out {out}: no such folder")
         print(f"imported {import_reports(out, history)} model rows from report folders under {out}")
     if not exists(history):
-        return fail(f"no run history at {shown(history)}: runs record there once they complete")
+        raise Refused(f"no run history at {shown(history)}: runs record there once they complete")
     if args.compare:
         return compare(history, *args.compare)
-    rows = read(
-        history, variants=selected(args), seeds=args.seeds, dataset=args.dataset, since=args.since, last=args.last
-    )
+    rows = read(history, variants=selected(args), seeds=args.seeds, dataset=args.dataset, since=args.since,
+                last=args.last)  # fmt: skip
     if not rows:
         print(f"no recorded runs match in {shown(history)}")
         return 0
@@ -107,6 +133,8 @@ def show(args: argparse.Namespace) -> int:
         print(f"parquet: {args.parquet}")
     if not args.no_figure:
         figure = args.figure or out / "history.png"
+        if args.figure is None:
+            writable_file(figure, "--figure (default: OUT/history.png)")
         plot_trend(rows, figure, title=f"Runs recorded in {shown(history)}")
         print(f"figure: {figure}")
     return 0
@@ -122,18 +150,16 @@ def selected(args: argparse.Namespace) -> list[Variant] | None:
 
 def compare(history, a: str, b: str) -> int:
     """Two experiments side by side; each must name exactly one experiment in the history."""
+    from dropout_lab.analysis.history import read, shown
+    from dropout_lab.analysis.trend import compare_table
+
     sides = []
     for which in (a, b):
-        rows = read(history, experiments=[which])
+        rows = read(history, experiments=[which]) if which.strip() else []
         names = sorted({r["experiment"] for r in rows})
         if len(names) != 1:
             found = f"{len(names)} experiments ({', '.join(names)[:200]})" if names else "nothing"
-            return fail(f"--compare {which!r}: matches {found} in {shown(history)}; give a name or a longer digest")
+            raise Refused(f"--compare {which!r}: matches {found} in {shown(history)}; give a name or a longer digest")
         sides.append((names[0], rows))
     print(compare_table(*sides))
     return 0
-
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1

@@ -9,6 +9,7 @@ import sys
 
 from dropout_lab.runtime.launcher import stopping
 
+VERBOSE_ENV = "DROPOUT_LAB_VERBOSE"  # --verbose, for the run's other processes (Dask workers) too
 CHATTY = ("distributed", "bokeh", "tornado")  # a Dask cluster's INFO lines: dozens per run
 DETAILS = "details"  # a record with `extra={DETAILS: True}` belongs in the run's log, not on the terminal
 
@@ -44,9 +45,14 @@ def _terminal_handlers() -> list[logging.Handler]:
     return [h for h in found.values() if getattr(h, "stream", None) in (sys.stderr, sys.stdout)]
 
 
-def quiet(verbose: bool = False) -> None:
-    """Unless `verbose`: no tracebacks or detail records on the terminal, other libraries at WARNING."""
+def quiet(verbose: bool | None = None) -> None:
+    """Unless `verbose` (None: as $DROPOUT_LAB_VERBOSE says): no tracebacks or detail records on this
+    process's terminal handlers, other libraries at WARNING. The command line calls it, and so does every
+    task a Dask worker process runs (its own handlers write to the same terminal). Idempotent."""
+    if verbose is None:
+        verbose = bool(os.environ.get(VERBOSE_ENV))
     if verbose:
+        os.environ[VERBOSE_ENV] = "1"
         return
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's worker processes read it at start
     for handler in _terminal_handlers():

@@ -240,6 +240,13 @@ class RunPlan:
     threads: int  # CPU threads per training process
     slots: dict[str, int]  # training processes at once, per device
     folders: dict[str, str]  # data_dir, out, cache_dir (confined to their roots in a deployment run)
+    planned: list[tuple[str, str]]  # the folders to create, (path, flag), once every check has passed
+
+    def create(self) -> RunPlan:
+        """Create the run's folders: last, after every check (and every remote's probe) has passed, so a
+        refusal leaves nothing behind."""
+        create_folders(self.planned)
+        return self
 
     def groups(self, wave: int, training: set[Variant]) -> list[list[TrainConfig]]:
         """The groups of wave `wave` that still train: each cut to the variants in `training` (under
@@ -248,14 +255,17 @@ class RunPlan:
         return [group for group in cut if group]
 
 
-def check_parameters(params: dict, deployed: bool = False) -> RunPlan:
+def check_parameters(params: dict, deployed: bool = False, create: bool = True) -> RunPlan:
     """Validate everything before any work, creating nothing until all checks pass: parameters, then
-    devices, then folders (confined to the worker's roots in a deployment run); returns the run's plan.
-    Unset seeds are resolved in `params` (resolve_seeds). Raises ValueError (one line)."""
+    devices, then folders (confined to the worker's roots in a deployment run), then the stores it writes
+    to (MLflow, the history); returns the run's plan, its folders created unless `create` is False (the
+    command line probes its remotes first, then calls `plan.create()`). Unset seeds are resolved in
+    `params` (resolve_seeds). Raises ValueError (one line)."""
     parameter_errors(params)  # first, and before the imports below: a bad value answers at once
     what_cannot_be_done(params)
     resolve_seeds(params)
-    return _plan(params, deployed)
+    plan = _plan(params, deployed)
+    return plan.create() if create else plan
 
 
 # The plan the command line checked, handed to the flow it runs in this process (checked once, not twice).
@@ -302,5 +312,4 @@ def _plan(params: dict, deployed: bool) -> RunPlan:
         history.check(history.history_target(folders["out"]))  # answers, and is ours (or not there yet)
     except history.HistoryError as e:
         raise ValueError(f"--history: {e}") from None
-    create_folders(planned)  # last: a refusal above has created nothing
-    return RunPlan(dict(params), configs, design_of(params), waves, threads, slots, folders)
+    return RunPlan(dict(params), configs, design_of(params), waves, threads, slots, folders, planned)

@@ -1,0 +1,89 @@
+"""Every remote a run needs is probed before anything is created, by a real operation, under one deadline.
+
+A remote that answers its health check but fails every real request, accepts a connection and never
+answers, or names a scheme or driver that cannot work, is refused in one line within PROBE_DEADLINE_S,
+instead of minutes of retries after folders were made: the Prefect API (a real read), an MLflow store
+(a real read: its experiments), a run history (a connection and its tables), a Dask scheduler (the
+handshake). Messages pass through the one redaction (redact.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from dropout_lab.redact import redact
+
+PROBE_DEADLINE_S = 10.0  # every remote's probe, whatever its kind: one answer within this, or a refusal
+
+T = TypeVar("T")
+
+
+class ProbeFailed(ValueError):
+    """A remote that cannot take this run: one line, credentials redacted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, with its type when the message is empty, credentials redacted."""
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return redact(text[0][:300] if text else type(error).__name__)
+
+
+def within_deadline(what: str, operation: Callable[[], T], deadline_s: float = PROBE_DEADLINE_S) -> T:
+    """`operation()`'s result, run in a daemon thread that may take at most `deadline_s` (a library's own
+    timeouts do not cover a peer that accepts and never answers, nor its retries). ProbeFailed naming
+    `what` when it raises or runs out of time."""
+    outcome: list = []
+
+    def attempt() -> None:
+        try:
+            outcome.append((True, operation()))
+        except BaseException as e:  # noqa: BLE001 - reported as one line below
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=attempt, daemon=True, name=f"probe {what}"[:60])
+    thread.start()
+    thread.join(deadline_s)
+    if not outcome:
+        raise ProbeFailed(f"{what}: no answer within {deadline_s:.0f} s")
+    ok, value = outcome[0]
+    if not ok:
+        if isinstance(value, ProbeFailed):
+            raise value
+        if isinstance(value, TimeoutError) or "timed out" in str(value).lower():  # a library's own timeout
+            raise ProbeFailed(f"{what}: no answer within {deadline_s:.0f} s")
+        raise ProbeFailed(f"{what}: {first_line(value)}")
+    return value
+
+
+ASYNC_DRIVERS = ("asyncpg", "aiosqlite", "asyncmy", "aiomysql", "psycopg_async", "aioodbc")
+
+
+def database_url(text: str, what: str):
+    """The SQLAlchemy URL `text` names, checked before any connection: it parses, its port is a number,
+    its driver is a synchronous one and installed. ProbeFailed (one line) otherwise."""
+    import sqlalchemy as sa
+
+    try:
+        url = sa.make_url(text)
+        _ = url.port  # a port that is not a number raises here, not at connect time
+    except (sa.exc.ArgumentError, ValueError, TypeError) as e:
+        raise ProbeFailed(f"{what} {text}: not a database URL ({first_line(e)})") from None
+    try:
+        dialect = url.get_dialect()  # an unknown database raises here
+    except sa.exc.NoSuchModuleError:
+        raise ProbeFailed(f"{what} {text}: SQLAlchemy knows no database {url.drivername!r}") from None
+    driver = url.get_driver_name() or ""
+    if any(driver.startswith(a) for a in ASYNC_DRIVERS):
+        raise ProbeFailed(f"{what} {text}: the async driver {driver} cannot be used here; use "
+                          f"{url.get_backend_name()}:// (a synchronous driver)")  # fmt: skip
+    try:
+        dialect.import_dbapi()  # its driver not installed raises here
+    except ImportError as e:
+        name = getattr(e, "name", None) or first_line(e)
+        raise ProbeFailed(f"{what} {text}: needs the {name} package for {url.get_backend_name()}") from None
+    return url
