@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from dropout_lab.redact import redact
+from dropout_lab.redact import credentials_in, hide, redact
 
 PROBE_DEADLINE_S = 10.0  # every remote's probe, whatever its kind: one answer within this, or a refusal
 
@@ -33,10 +33,12 @@ def first_line(error: BaseException) -> str:
     return redact(text[0][:300] if text else type(error).__name__)
 
 
-def within_deadline(what: str, operation: Callable[[], T], deadline_s: float = PROBE_DEADLINE_S) -> T:
+def within_deadline(what: str, operation: Callable[[], T], deadline_s: float = PROBE_DEADLINE_S,
+                    address: str = "") -> T:  # fmt: skip
     """`operation()`'s result, run in a daemon thread that may take at most `deadline_s` (a library's own
     timeouts do not cover a peer that accepts and never answers, nor its retries). ProbeFailed naming
-    `what` when it raises or runs out of time."""
+    `what` when it raises or runs out of time; the credentials of `address` (the remote's URL) are hidden
+    from the library's message even where it quotes them without the URL around them."""
     outcome: list = []
 
     def attempt() -> None:
@@ -56,7 +58,7 @@ def within_deadline(what: str, operation: Callable[[], T], deadline_s: float = P
             raise value
         if isinstance(value, TimeoutError) or "timed out" in str(value).lower():  # a library's own timeout
             raise ProbeFailed(f"{what}: no answer within {deadline_s:.0f} s")
-        raise ProbeFailed(f"{what}: {first_line(value)}")
+        raise ProbeFailed(f"{what}: {hide(first_line(value), credentials_in(address))}")
     return value
 
 

@@ -40,6 +40,23 @@ def redact(text: str) -> str:
     return _PARAMETER.sub(lambda m: f"{m['lead']}{m['name']}{m['eq']}***" if m["value"] else m[0], text)
 
 
+def credentials_in(url: str) -> list[str]:
+    """The secrets a URL or address carries (user, password, secret-named parameters' values), for messages
+    of libraries that quote a part of it without its scheme, where `redact` cannot recognise them."""
+    parts = urlsplit(url if "://" in url else f"x://{url}")
+    found = [unquote(v) for v in (parts.username, parts.password) if v]
+    found += [m["value"] for m in _PARAMETER.finditer(url) if m["value"]]
+    return sorted({f for f in found if len(f) >= 3}, key=len, reverse=True)
+
+
+def hide(text: str, secrets: list[str]) -> str:
+    """`text` redacted, and each of `secrets` (credentials_in's) replaced by `***` wherever it appears."""
+    text = redact(text)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def split_credentials(url: str) -> tuple[str, str | None]:
     """(the URL without its user:password, the HTTP basic-auth header value for them or None): urllib
     would take `user:pass@host` for the host name."""

@@ -21,12 +21,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from dropout_lab import locks
 from dropout_lab.analysis.report import code_span, markdown_summary, report_tables
-from dropout_lab.cli.compare import one_line
 from dropout_lab.config import Design, TrainConfig
 from dropout_lab.core import data
 from dropout_lab.core.data import describe_folder
 from dropout_lab.locks import held, remove_dead_leftovers
-from dropout_lab.redact import redact
 from dropout_lab.results import CachedError, TrainResult, from_jsonable
 from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
 from dropout_lab.runtime.preflight import confine
@@ -34,7 +32,6 @@ from dropout_lab.runtime.worker import classify
 from flows.compare import compare, main
 from tasks.cache import SafeJSONSerializer, UnsafeCacheEntry, check_record
 from tasks.train import retry_unless_hopeless
-from tests.test_reliability import args_for, cli
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER_CMD = "touch {}"
@@ -235,27 +232,6 @@ def test_a_report_with_a_hostile_folder_name_and_class_names_renders(tmp_path):
 # --- credentials -------------------------------------------------------------------------------------
 
 
-def test_credentials_in_urls_are_redacted():
-    assert (
-        redact("from https://alice:s3cret@mirror.example/c.tar.gz (x)")
-        == "from https://***@mirror.example/c.tar.gz (x)"
-    )
-    assert redact("http://token@h/x and http://u:p@w@h2/") == "http://***@h/x and http://***@h2/"
-    assert redact("no url, a@b.c") == "no url, a@b.c"
-
-
-def test_a_failing_mirror_with_credentials_never_shows_the_password(tmp_path):
-    with pytest.raises(data.DownloadError) as e:
-        data.ensure_cifar10(tmp_path, "http://alice:s3cret@127.0.0.1:9/c.tar.gz")
-    assert "s3cret" not in str(e.value) and "http://***@127.0.0.1:9/" in str(e.value)
-
-
-def test_a_dead_api_url_with_credentials_is_redacted_in_the_error_line(tmp_path):
-    proc = cli(args_for(tmp_path), {"PREFECT_API_URL": "http://bob:hunter2@127.0.0.1:9/api"})
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "hunter2" not in out and "http://***@127.0.0.1:9/api" in out
-
-
 # --- one validation, before anything is created --------------------------------------------------------
 
 
@@ -289,12 +265,6 @@ def test_out_naming_a_file_is_refused_before_data_and_cache_folders_exist(tmp_pa
 
 
 # --- errors, warnings and leftovers ------------------------------------------------------------------
-
-
-def test_the_error_line_is_one_line_without_secrets():
-    err = TrainingFailed("CheckpointError: bad\nTraceback (most recent call last):\n  ...", "crash")
-    assert one_line(err) == "TrainingFailed: CheckpointError: bad"
-    assert one_line(ConnectionError("at http://u:pw@h/api")) == "ConnectionError: at http://***@h/api"
 
 
 def test_full_or_read_only_disks_are_not_retried():

@@ -119,7 +119,8 @@ def check(target: str | Path) -> None:
             return _problem(sa.inspect(conn))
 
     try:
-        why = within_deadline(f"the run history {shown(target)}", lambda: _patiently(target, inspect))
+        why = within_deadline(f"the run history {shown(target)}", lambda: _patiently(target, inspect),
+                              address=str(target))  # fmt: skip
     except ProbeFailed as e:
         raise HistoryError(str(e)) from None
     if why and why != "empty":
@@ -275,8 +276,10 @@ def append(target: str | Path, runs: list[dict], epochs: list[dict]) -> int:
         for attempt in (1, 2):
             try:
                 return _patiently(target, write)
-            except sa.exc.IntegrityError:  # PostgreSQL: another machine created the tables at the same moment
-                if attempt == 2:
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as e:
+                # PostgreSQL: another machine created the tables at the same moment (a duplicate pg_type
+                # key, or "relation already exists"): the second attempt finds them made
+                if attempt == 2 or (isinstance(e, sa.exc.ProgrammingError) and "already exists" not in str(e)):
                     raise
     except sa.exc.OperationalError as e:  # unreachable, read-only, disk full, locked past the timeout
         raise HistoryError(f"{shown(target)}: could not record the run ({_reason(e)})") from None
@@ -438,7 +441,7 @@ def exists(target: str | Path) -> bool:
             return set(sa.inspect(conn).get_table_names())
 
     try:
-        return bool(within_deadline(f"the run history {shown(target)}", tables) & {MARKER, "runs"})
+        return bool(within_deadline(f"the run history {shown(target)}", tables, address=str(target)) & {MARKER, "runs"})
     except ProbeFailed as e:
         raise HistoryError(str(e)) from None
     except sa.exc.SQLAlchemyError as e:

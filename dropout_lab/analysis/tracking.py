@@ -50,10 +50,10 @@ def check_store(out: str | Path) -> None:
     where = f"--mlflow: the tracking store {redact(uri)}"
     try:
         if scheme in ("http", "https"):
-            within_deadline(where, lambda: _check_server(uri))
+            within_deadline(where, lambda: _check_server(uri), address=uri)
         elif scheme in DATABASES:
             database_url(uri, where)
-            within_deadline(where, lambda: _check_database(uri, scheme))
+            within_deadline(where, lambda: _check_database(uri, scheme), address=uri)
         elif scheme in ("", "file"):
             if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
                 raise ValueError(f"{where}: MLflow no longer takes file stores; use sqlite:///PATH or a server")

@@ -138,7 +138,7 @@ def check_dask(address: str) -> None:
         Client(address, timeout="8s").close()
 
     try:
-        within_deadline(f"--dask-address {address}", handshake)
+        within_deadline(f"--dask-address {address}", handshake, address=address)
     except ProbeFailed as e:
         raise CliError(f"{e} (no Dask scheduler answers there)", 2) from None
 
@@ -166,7 +166,7 @@ def check_api_reachable() -> None:
             raise ValueError("its answer is not Prefect's")
 
     try:
-        within_deadline(f"the Prefect API at {url} (PREFECT_API_URL)", read_flows)
+        within_deadline(f"the Prefect API at {url} (PREFECT_API_URL)", read_flows, address=url)
     except ProbeFailed as e:
         raise ConnectionError(
             f"{e}; start it with `prefect server start`, or unset PREFECT_API_URL to run on a temporary local server"
