@@ -92,7 +92,7 @@ def _stack_note(row: dict) -> str:
     return f" ({', '.join(filter(None, notes))})" if any(notes) else ""
 
 
-def statistics_tables(stats: list[dict]) -> list[str]:
+def statistics_tables(stats: list[dict], checks: bool = True) -> list[str]:
     """Per model: means with 95% intervals over its own seeds; per variant and claim: the decision with the
     repeated interval and p-value it rests on (a gap's train and test sides beside it) and the power at
     its level; then the fixed-sample checks, labelled as ignoring the looks. `stats` rows come in report
@@ -119,7 +119,7 @@ def statistics_tables(stats: list[dict]) -> list[str]:
     differences = ["", f"| vs baseline | metric | decision | difference, points ({level}) | from train, test "
                    f"accuracy | seeds | {repeated}p (x{claims} claims) | detectable at 80% power at the look's level, "
                    "points |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    checks = ["", "Fixed-sample checks: they ignore the looks, so under --seeds auto they are not the decisions' "
+    fixed = ["", "Fixed-sample checks: they ignore the looks, so under --seeds auto they are not the decisions' "
               "p-values.", "", "| vs baseline | metric | 95% CI, points | paired t p | sign-flip p | Welch p | "
               "Holm p | equivalence p (±margin) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for model in models:
@@ -141,10 +141,10 @@ def statistics_tables(stats: list[dict]) -> list[str]:
             differences.append(f"| {r['model']} | {name} | {r['decision'] or 'none (seeds not paired)'} | {decided} | "
                                f"{source} | {r['seeds_used']} | {p} | {power} |")  # fmt: skip
             equivalence = f"{_p(r['equivalence_p_value'])} (±{100 * r['margin']:.2f})"
-            checks.append(f"| {r['model']} | {name} | {100 * low:+.2f} to {100 * high:+.2f} | "
+            fixed.append(f"| {r['model']} | {name} | {100 * low:+.2f} to {100 * high:+.2f} | "
                           f"{_p(r['paired_t_p_value'])} | {_p(r['sign_flip_p_value'])} | {_p(r['welch_p_value'])} | "
                           f"{_p(r['holm_p_value'])} | {equivalence} |")  # fmt: skip
-    lines += [*differences, *checks]
+    lines += [*differences, *(fixed if checks else [])]
     return [*lines, ""]
 
 

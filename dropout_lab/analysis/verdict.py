@@ -145,7 +145,7 @@ def design_line(summary: list[dict], design: Design, comparisons: dict | None = 
     return (f"Decisions: better / worse / equivalent within ±{100 * design.margin:.2f} points / undecided, each read "
             f"off its own {100 * (1 - per_claim):.2f}% interval (Bonferroni over {family}, so together they hold at "
             f">= 95% under the normal model, however the stopping went; {how}). Repeated p-values are per claim and "
-            "valid under the stopping; the fixed-sample p-values of the last table ignore the looks.")  # fmt: skip
+            "valid under the stopping; fixed-sample p-values, shown apart, ignore the looks.")  # fmt: skip
 
 
 def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
