@@ -107,7 +107,7 @@ def test_filters(store):
     assert {r["model"] for r in history.read(store, variants=[Variant((("dropout", 0.25),)), wd])} == {
         "dropout=0.25", "weight_decay=0.0005"}  # fmt: skip
     # The command line's per-setting filters: 0 is the baseline only.
-    rows = lambda *argv: cli.read(store, variants=cli.selected(cli.build_parser().parse_args(list(argv))))  # noqa: E731
+    rows = lambda *argv: history.read(store, variants=cli.selected(cli.build_parser().parse_args(list(argv))))  # noqa: E731
     assert {r["model"] for r in rows("--rate", "0")} == {"baseline"}
     assert {r["model"] for r in rows("--weight-decay", "0.0005", "0")} == {"weight_decay=0.0005", "baseline"}
     assert {r["model"] for r in rows("--dropout", "0.5")} == {"dropout=0.5"}
@@ -160,7 +160,7 @@ def test_compare_shows_two_experiments_side_by_side(store, capsys):
     assert out.startswith("A: cifar10-p0.25-s0-e8\nB: cifar10-p0.25-s0-e8")
     lines = {line.split()[0]: line for line in out.splitlines()[3:] if line.split()}
     assert {"dropout=0.25", "baseline"} <= set(lines) and "3/3" in lines["baseline"]
-    assert cli.main(["--out", str(store.parent), "--compare", "hash", "hash2"]) == 1  # ambiguous: refused
+    assert cli.main(["--out", str(store.parent), "--compare", "hash", "hash2"]) == 2  # ambiguous: refused
     assert "matches" in capsys.readouterr().err
 
 
@@ -222,7 +222,7 @@ def test_cli_prints_the_filtered_table_and_draws_the_figure(store, capsys, tmp_p
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert cli.main(["--out", str(tmp_path)]) == 1
+    assert cli.main(["--out", str(tmp_path)]) == 2  # refused
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no run history at") and "\n" not in err
     bad = subprocess.run([sys.executable, "-m", "dropout_lab.cli", "history", "--since", "last tuesday"], cwd=REPO,
@@ -232,7 +232,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_a_damaged_history_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / history.HISTORY_FILE).write_bytes(b"not a database" * 100)
-    assert cli.main(["--out", str(tmp_path)]) == 1
+    assert cli.main(["--out", str(tmp_path)]) == 2  # refused
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not a usable run history" in err and "\n" not in err
     with pytest.raises(history.HistoryError, match="move it aside"):
@@ -311,7 +311,7 @@ def test_a_history_that_is_not_ours_is_refused_and_never_altered(tmp_path, capsy
         history.read(path)
     with pytest.raises(history.HistoryError, match="not a dropout-lab run history"):
         history.append(path, [model(1, 0.25, 0, 0.7, 0.1)], [])  # would insert duplicates: no unique key there
-    assert cli.main(["--out", str(tmp_path)]) == 1
+    assert cli.main(["--out", str(tmp_path)]) == 2  # refused
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not a dropout-lab run history" in err and err.count("\n") == 1
     assert path.read_bytes() == before  # no table, column or row added

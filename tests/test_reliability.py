@@ -96,7 +96,7 @@ def test_dead_api_url_fails_fast_with_a_clear_message(tmp_path):
     start = time.time()
     proc = cli(args_for(tmp_path), {"PREFECT_API_URL": "http://127.0.0.1:9/api"})
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and time.time() - start < 30
+    assert proc.returncode == 2 and time.time() - start < 30  # refused before any work
     assert "Prefect API at http://127.0.0.1:9/api" in out and "does not answer" in out
 
 

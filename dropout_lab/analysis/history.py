@@ -56,7 +56,8 @@ EPOCHS_SCHEMA = pa.schema([*RUN_FIELDS, *PER_EPOCH_SCHEMA])
 MODEL_KEY = ("experiment_hash", "model", "seed", "weights_sha256")
 TABLES = {"runs": (RUNS_SCHEMA, MODEL_KEY), "epochs": (EPOCHS_SCHEMA, (*MODEL_KEY, "epoch"))}
 MARKER, SCHEMA_VERSION = "dropout_lab_history", "1"
-REQUIRED = (*MODEL_KEY, "recorded_at", "flow_run_id", "report_folder")  # what every read of a store uses
+# What every read of a store uses, per table (the first version's epochs table had no run columns).
+REQUIRED = {"runs": (*MODEL_KEY, "recorded_at", "flow_run_id", "report_folder"), "epochs": (*MODEL_KEY, "recorded_at")}
 
 
 class HistoryError(RuntimeError):
@@ -193,7 +194,7 @@ def _problem(inspector: sa.Inspector) -> str | None:
     if MARKER in names:  # ours; a table someone stripped of the columns every read uses is not
         for table in TABLES:
             columns = {c["name"] for c in inspector.get_columns(table)} if table in names else set()
-            if missing := sorted(set(REQUIRED) - columns):
+            if missing := sorted(set(REQUIRED[table]) - columns):
                 return f"its {table!r} table lacks {', '.join(missing)}"
         return None
     if not names:
@@ -202,7 +203,7 @@ def _problem(inspector: sa.Inspector) -> str | None:
         if table not in names:
             return f"it has no {table!r} table of ours"
         columns = {c["name"] for c in inspector.get_columns(table)}
-        if missing := sorted(set(REQUIRED) - columns):
+        if missing := sorted(set(REQUIRED[table]) - columns):
             return f"its {table!r} table lacks {', '.join(missing)}"
         uniques = [set(u["column_names"]) for u in inspector.get_unique_constraints(table)]
         uniques += [set(i["column_names"]) for i in inspector.get_indexes(table) if i.get("unique")]

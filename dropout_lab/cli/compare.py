@@ -166,7 +166,7 @@ def check_api_reachable() -> None:
             raise ValueError("its answer is not Prefect's")
 
     try:
-        within_deadline(f"the Prefect API at {url} (PREFECT_API_URL)", read_flows, address=url)
+        within_deadline(f"the Prefect API at {url} (PREFECT_API_URL) does not answer a read", read_flows, address=url)
     except ProbeFailed as e:
         raise ConnectionError(
             f"{e}; start it with `prefect server start`, or unset PREFECT_API_URL to run on a temporary local server"
