@@ -27,7 +27,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from dropout_lab.analysis import history  # noqa: E402
+from dropout_lab.analysis import history
+from dropout_lab.config import Variant  # noqa: E402
 
 DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -80,8 +81,9 @@ def append_all(kind: str, where: Path, args) -> float:
 def read_filtered(kind: str, where: Path, since: datetime) -> tuple[int, int, float]:
     start = time.perf_counter()
     if kind == "sqlite":
-        runs = len(history.read(where, rates=[0.25], since=since))
-        per_epoch = len(history.read(where, "epochs", rates=[0.25], since=since))
+        rate = [Variant((("dropout", 0.25),))]
+        runs = len(history.read(where, variants=rate, since=since))
+        per_epoch = len(history.read(where, "epochs", variants=rate, since=since))
     else:
         when = pa.scalar(since, history.RUNS_SCHEMA.field("recorded_at").type)
         flt = (ds.field("dropout") == 0.25) & (ds.field("recorded_at") >= when)

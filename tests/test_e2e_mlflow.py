@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 def test_mlflow_shows_each_model_s_epochs_while_it_trains(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    proc = cli(args_for(tmp_path, "--epochs", "5", "--limit-train", "3000", "--limit-test", "300", "--mlflow"))
+    proc = cli(args_for(tmp_path, "--epochs", "5", "--limit-train", "2000", "--limit-test", "300", "--mlflow"))
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     seen_live: dict[str, set[int]] = {}  # child run name -> epochs seen logged, at each look while RUNNING
     deadline = time.time() + 300
