@@ -195,8 +195,8 @@ def test_genuine_checkpoints_measured_on_another_machine_pass_the_re_measurement
 
 
 def test_two_rates_that_print_alike_keep_their_own_names_rows_and_history(prefect_harness, ws):
-    folder, states = run(ws, dropout=[0.1, 0.1000001], epochs=1, cache="alike-cache", out="alike-out")
-    assert {"train[dropout=0.1, seed=0]", "train[dropout=0.1000001, seed=0]"} <= set(states)
+    folder, states = run(ws, dropout=[0.1, 0.1000001], epochs=1, cache="alike-cache", out="alike-out", stack="on")
+    assert "train[3 variants on cpu]" in states  # one stacked training process for the three
     rows = pq.read_table(folder / "per_epoch.parquet").to_pylist()
     assert sorted((r["model"], r["dropout"]) for r in rows) == [
         ("baseline", 0.0), ("dropout=0.1", 0.1), ("dropout=0.1000001", 0.1000001)]  # fmt: skip
@@ -225,8 +225,8 @@ def test_two_rates_that_print_alike_keep_their_own_names_rows_and_history(prefec
 
 
 def test_another_margin_writes_another_folder_and_leaves_the_first_one_as_it_was(prefect_harness, ws):
-    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds="auto", max_seeds=5,
-                cache="auto-cache", out="auto-out")  # fmt: skip
+    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds="auto", max_seeds=5, stack="on",
+                cache="auto-cache", out="auto-out")  # fmt: skip  (stacked: one training process, not ten)
     first, _ = run(ws, margin=0.1, **args)
     before = (first / "statistics.parquet").read_bytes()
     second, states = run(ws, margin=5.0, **args)
