@@ -225,8 +225,9 @@ def test_two_rates_that_print_alike_keep_their_own_names_rows_and_history(prefec
 
 
 def test_another_margin_writes_another_folder_and_leaves_the_first_one_as_it_was(prefect_harness, ws):
+    # stacked: one training process per wave, not ten
     args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds="auto", max_seeds=5, stack="on",
-                cache="auto-cache", out="auto-out")  # fmt: skip  (stacked: one training process, not ten)
+                cache="auto-cache", out="auto-out")  # fmt: skip
     first, _ = run(ws, margin=0.1, **args)
     before = (first / "statistics.parquet").read_bytes()
     second, states = run(ws, margin=5.0, **args)
