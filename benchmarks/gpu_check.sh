@@ -42,7 +42,8 @@ table="$out/table.md"
 : > "$table"
 row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" >> "$table"; }
 seconds() { grep -o 'training stage wall time: [0-9.]*' "$1" | grep -o '[0-9.]*$'; }
-within() { "$python" -c "import sys; print('yes' if float(sys.argv[1]) <= float(sys.argv[2]) else 'NO')" "$@"; }
+# "NO: over": the step ran and missed its time target; "NO: failed" / "NO: no report": it did not run through
+within() { "$python" -c "import sys; print('yes' if float(sys.argv[1]) <= float(sys.argv[2]) else f'NO: over {sys.argv[2]} s')" "$@"; }
 finish() {
     echo; echo "== table (targets: issues #26 and #24)"; echo "| what | measured | target met |"; echo "|---|---|---|"; cat "$table"
     echo; echo "== the device plan (benchmarks/gpu_plan.py; copy gpu_plan.json to dropout_lab/runtime/)"; grep '^|' "$out/plan.log" 2>/dev/null
@@ -59,7 +60,7 @@ checks() {  # steps 1-6
     timeout 70 "$python" benchmarks/time_training.py "${common[@]}" | tee "$out/stage-warm.log"
     for run in cold warm; do
         s=$(seconds "$out/stage-$run.log")
-        row "training stage, default pair ($run start)" "${s:-failed} s ($(grep -o 'cuda graphs [a-z ]*used' "$out/stage-$run.log"))" "$([ -n "$s" ] && within "$s" 10)"
+        row "training stage, default pair ($run start)" "${s:-failed} s ($(grep -o 'cuda graphs [a-z ]*used' "$out/stage-$run.log"))" "$([ -n "$s" ] && within "$s" 10 || echo "NO: failed")"
     done
     "$python" - "$out/stage-warm.log" <<'EOF' | tee -a "$out/bands.log"
 import re, sys
@@ -78,7 +79,7 @@ EOF
     # shellcheck disable=SC2086
     timeout 120 "$python" benchmarks/time_training.py "${common[@]}" --dropout 0.1 0.25 0.5 --seeds $seeds | tee "$out/sweep.log"
     s=$(seconds "$out/sweep.log")
-    row "sweep, $(grep -o '^[0-9]* variants' "$out/sweep.log") x $epochs epochs, training" "${s:-failed} s" "$([ -n "$s" ] && within "$s" 60)"
+    row "sweep, $(grep -o '^[0-9]* variants' "$out/sweep.log") x $epochs epochs, training" "${s:-failed} s" "$([ -n "$s" ] && within "$s" 60 || echo "NO: failed")"
 
     echo "== 4. python flows/compare.py end to end"
     if "$python" -c "import prefect" 2>/dev/null; then
@@ -95,7 +96,7 @@ t = time.perf_counter(); asyncio.run(db().create_db()); print(f'{time.perf_count
         timeout 100 "$python" flows/compare.py --data-dir "$data" --out "$flow_tmp/out" --cache-dir "$flow_tmp/cache" \
             --seeds 0 --device "$([ "$device" = cuda ] && echo auto || echo "$device")" --epochs "$epochs" --limit-train "$limit" 2>&1 | tee "$out/flow.log"
         s=$("$python" -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$start")
-        row "python flows/compare.py, end to end" "$s s ($(grep -c 'Finished in state Completed' "$out/flow.log") tasks completed)" "$(grep -q '^report:' "$out/flow.log" && within "$s" 30)"
+        row "python flows/compare.py, end to end" "$s s ($(grep -c 'Finished in state Completed' "$out/flow.log") tasks completed)" "$(grep -q '^report:' "$out/flow.log" && within "$s" 30 || echo "NO: no report")"
     else
         row "python flows/compare.py, end to end" "not run: Prefect is not installed (carry .whl)" "—"
     fi

@@ -121,7 +121,8 @@ def test_gpu_plan_measures_small_k_of_both_kinds_first():
 
 def test_gpu_check_runs_every_step_on_the_cpu_and_ends_with_its_table(tmp_path):
     """The device check's dry run, as its header says to make one before a GPU call: every step runs and
-    the table says what it measured (accuracy bands and the settled answer are the GPU's to meet)."""
+    the table says what it measured (time targets, accuracy bands and the settled answer are the GPU's to
+    meet: on a CPU a step may be over its time, never failed)."""
     from dropout_lab.core.data import write_cifar_folder
 
     write_cifar_folder(tmp_path / "data", 400, 200)
@@ -136,7 +137,7 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_ends_with_its_table(tmp_path):
     assert rows["tests/test_graphs.py + test_plan.py"] == "yes", proc.stdout[-3000:]
     for step in ("training stage, default pair (cold start)", "sweep, 4 variants x 1 epochs, training",
                  "python flows/compare.py, end to end"):  # fmt: skip
-        assert rows[step] == "yes", (step, proc.stdout[-3000:])
+        assert rows[step] == "yes" or rows[step].startswith("NO: over "), (step, proc.stdout[-3000:])
     assert (tmp_path / "out" / "gpu_plan.json").is_file()
 
 
