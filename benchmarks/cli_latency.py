@@ -3,7 +3,8 @@
     python benchmarks/cli_latency.py [--base REV] [--rounds 5]
 
 Runs `python flows/compare.py --help` and a few refused invocations (`--epochs two`, `--dropout 1.5`,
-`--lr inf`) from this checkout and, with --base, from REV checked out into a temporary git worktree,
+`--lr inf`), and `dropout-lab history --help` and a refused store URL, from this checkout and, with
+--base, from REV checked out into a temporary git worktree,
 alternately, `--rounds` times each, with this checkout's Python and an empty PREFECT_HOME per run.
 Prints the median wall of each, side by side, and the ratio. Never run it next to another job.
 """
@@ -20,21 +21,25 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+COMPARE, HISTORY = ["flows/compare.py"], ["-m", "dropout_lab.cli", "history"]  # python's arguments
 CASES = {
-    "--help": ["--help"],
-    "--epochs two": ["--epochs", "two"],
-    "--dropout 1.5": ["--dropout", "1.5"],
-    "--lr inf": ["--lr", "inf"],
+    "compare.py --help": [*COMPARE, "--help"],
+    "compare.py --epochs two": [*COMPARE, "--epochs", "two"],
+    "compare.py --dropout 1.5": [*COMPARE, "--dropout", "1.5"],
+    "compare.py --lr inf": [*COMPARE, "--lr", "inf"],
+    "dropout-lab history --help": [*HISTORY, "--help"],
+    "dropout-lab history --history ://x": [*HISTORY, "--history", "://x"],
 }
 
 
 def timed(checkout: Path, args: list[str], home: Path) -> tuple[float, int]:
     """(seconds, exit status) of one command line from `checkout`."""
-    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(checkout)}  # `-m` imports that checkout
     env.pop("PREFECT_API_URL", None)
+    script = [str(checkout / args[0])] if args[0].endswith(".py") else args[:1]
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(checkout / "flows" / "compare.py"), *args], cwd=home.parent,
-                          env=env, capture_output=True)  # fmt: skip
+    done = subprocess.run([sys.executable, *script, *args[1:]], cwd=home.parent, env=env,
+                          capture_output=True)  # fmt: skip
     return time.perf_counter() - start, done.returncode
 
 

@@ -33,10 +33,17 @@ from dropout_lab.redact import redact  # noqa: E402
 
 SUBJECT = "dropout-lab: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
 # The link is built here, from the API's address: the server renders `ui_url` as None unless its own
-# PREFECT_UI_URL is set.
+# PREFECT_UI_URL is set. Only the parameters the run changed from the deployment's defaults are listed
+# (all of them are on the run's page): what makes this run different is what a reader needs.
+CHANGED = (
+    "{% set ns = namespace(n=0) %}{% for k, v in flow_run.parameters | dictsort %}"
+    "{% if deployment.parameters.get(k) != v %}{% set ns.n = ns.n + 1 %}{{ '; ' if ns.n > 1 }}{{ k }}={{ v }}"
+    "{% endif %}{% endfor %}{% if ns.n == 0 %}none (the deployment's defaults){% endif %}"
+)
 BODY = (
     "Flow run '{{ flow_run.name }}' of deployment '{{ deployment.name }}' ended {{ flow_run.state.name }}: "
-    "{{ flow_run.state.message }}\nParameters: {{ flow_run.parameters }}\n{ui}/runs/flow-run/{{ flow_run.id }}"
+    "{{ flow_run.state.message }}\nParameters changed from the deployment's: " + CHANGED + "\n"
+    "{ui}/runs/flow-run/{{ flow_run.id }}"
 )
 # A cancelled run passes through Crashed (its process is ended by a signal) on its way to Cancelled: a
 # crash is only reported when no Cancelled follows within this many seconds.

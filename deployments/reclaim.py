@@ -1,8 +1,11 @@
-"""Reclaim runs stuck before they start: a Prefect automation that marks a dropout-lab run Crashed when
-it sat in Pending/Submitting for longer than a run takes to start, which happens when the process that
-claimed it (serve.py, a worker) was stopped or died in between. Such a run would otherwise stay
-Submitting forever and, on a deployment with a concurrency limit, hold its slot until the lease
-expires; Crashed frees the slot at once and shows what happened.
+"""Reclaim runs whose process is gone, with two Prefect automations on a dropout-lab run:
+- stuck before it starts: it sat in Pending/Submitting longer than a run takes to start (the process
+  that claimed it, serve.py or a worker, was stopped or died in between);
+- silent while it runs: its flow-run heartbeats (Prefect's own, every HEARTBEAT_S seconds where
+  serve.py or the worker sets PREFECT_FLOWS_HEARTBEAT_FREQUENCY) stopped for SILENT_AFTER_S seconds
+  (Prefect's documented zombie-run automation: the machine or its process tree was killed).
+Either run would otherwise show Pending or Running forever and, on a deployment with a concurrency
+limit, hold its slot until the lease expires; Crashed frees the slot at once and says what happened.
 
     python deployments/reclaim.py [--after SECONDS] | --off
 
@@ -20,15 +23,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefect.automations import Automation  # noqa: E402
-from prefect.client.schemas.objects import StateType  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.client.schemas.filters import (  # noqa: E402
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType  # noqa: E402
+from prefect.client.schemas.sorting import FlowRunSort  # noqa: E402
 from prefect.events.actions import ChangeFlowRunState  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
+from prefect.states import Scheduled  # noqa: E402
 
 from deployments.notify import api_refusal, delete_named  # noqa: E402
 from dropout_lab.cli.oneline import Parser, one_line  # noqa: E402
 
 NAME = "dropout-lab: reclaim runs stuck before start"
+SILENT_NAME = "dropout-lab: reclaim runs whose heartbeats stopped"
 TAG = "dropout-lab"  # every deployment of the project carries it (serve.py, prefect.yaml)
 # Claiming a run to its Running state takes seconds (a process start, a git clone on a worker); two
 # minutes without it means no process is starting it.
@@ -37,17 +50,56 @@ DEFAULT_AFTER_S = 120
 # Scheduled again).
 MOVED_ON = ("Running", "Completed", "Failed", "Crashed", "Cancelled", "Cancelling", "Scheduled",
             "AwaitingConcurrencySlot", "AwaitingRetry", "Late", "Paused", "Suspended")  # fmt: skip
+# Prefect's minimum heartbeat interval (its default, 180 s, would leave a dead run Running 9 minutes);
+# three missed heartbeats mark a run silent, as Prefect's own managed automation counts them.
+HEARTBEAT_S = 30
+SILENT_AFTER_S = 3 * HEARTBEAT_S
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
 
-def switch_on(after_s: float = DEFAULT_AFTER_S) -> Automation:
-    """Create the automation, or replace one with another wait; returns it. One with the same wait is
-    kept as it is: a replacement would forget the runs it is already timing (a restart of serve.py
-    after its process died with a run in Submitting is exactly when it must not)."""
+def _kept(name: str, within_s: float) -> Automation | None:
+    """The automation of that name when it is on with that wait: a replacement would forget the runs
+    it is already timing (a restart of serve.py after its process died is exactly when it must not)."""
     try:
-        existing = Automation.read(name=NAME)
+        existing = Automation.read(name=name)
     except (ObjectNotFound, ValueError):
-        existing = None
-    if existing and existing.enabled and existing.trigger.within == timedelta(seconds=after_s):
+        return None
+    if existing.enabled and existing.trigger.within == timedelta(seconds=within_s):
+        return existing
+    return None
+
+
+def switch_on(after_s: float = DEFAULT_AFTER_S) -> tuple[Automation, Automation]:
+    """Create both automations, or replace one with another wait; returns them (stuck, silent). One
+    with the same wait is kept as it is."""
+    return _stuck(after_s), _silent()
+
+
+def _silent() -> Automation:
+    if existing := _kept(SILENT_NAME, SILENT_AFTER_S):
+        return existing
+    delete_named(SILENT_NAME)
+    return Automation(
+        name=SILENT_NAME,
+        description=f"Mark a run tagged {TAG} Crashed when its heartbeats (every {HEARTBEAT_S} s) stopped for "
+        f"{SILENT_AFTER_S} s (its process is gone; deployments/reclaim.py)",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.*"},  # a heartbeat or any state change: the run is alive
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.id": f"prefect.tag.{TAG}"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=SILENT_AFTER_S),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"no heartbeat for {SILENT_AFTER_S} s: the "
+                                    "process running it stopped (reclaimed by automation)")],
+    ).create()  # fmt: skip
+
+
+def _stuck(after_s: float) -> Automation:
+    if existing := _kept(NAME, after_s):
         return existing
     delete_named(NAME)
     return Automation(
@@ -67,6 +119,35 @@ def switch_on(after_s: float = DEFAULT_AFTER_S) -> Automation:
         actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"not started {after_s:g} s after it was "
                                     "claimed: the process that claimed it stopped (reclaimed by automation)")],
     ).create()  # fmt: skip
+
+
+# What Prefect's runner sets on the runs it still holds when it stops (SIGTERM to serve.py): the run was
+# asked for and never finished; no person cancelled it (a person's cancel passes through Cancelling).
+SHUT_DOWN = "Runner is shutting down."
+REQUEUED = "re-queued: the serving process stopped before this run finished"
+
+
+def requeue(deployment: str) -> list[FlowRun]:
+    """Put the deployment's runs that a stopping runner cancelled back in the queue (Scheduled, due
+    now), so the next serving process runs them; returns them. A run that had started resumes from its
+    checkpoints. Prefect has no setting for this: its runner cancels what it holds when it stops."""
+    with get_client(sync_client=True) as client:
+        try:
+            deployment_id = client.read_deployment_by_name(deployment).id
+        except ObjectNotFound:
+            return []
+        cancelled = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLED])),
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=200,
+        )
+        stopped = [r for r in cancelled if r.state and r.state.message == SHUT_DOWN]
+        for run in stopped:
+            client.set_flow_run_state(run.id, Scheduled(message=REQUEUED), force=True)
+    return stopped
 
 
 def seconds(text: str) -> float:
@@ -91,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     if (refused := api_refusal()) is not None:
         return refused
     if args.off:
-        print("removed" if delete_named(NAME) else "there was none", NAME, sep="; ")
+        for name in (NAME, SILENT_NAME):
+            print("removed" if delete_named(name) else "there was none", name, sep="; ")
         return 0
-    automation = switch_on(args.after)
-    print(f"automation '{automation.name}' ({automation.id}) marks a run Crashed {args.after:g} s after Pending")
+    stuck, silent = switch_on(args.after)
+    print(f"automation '{stuck.name}' ({stuck.id}) marks a run Crashed {args.after:g} s after Pending")
+    print(
+        f"automation '{silent.name}' ({silent.id}) marks a run Crashed after {SILENT_AFTER_S} s without "
+        f"a heartbeat (the workers need {HEARTBEAT_ENV}={HEARTBEAT_S})"
+    )
     return 0
 
 

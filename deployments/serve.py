@@ -8,7 +8,8 @@ Flow flags (`--epochs`, `--data-dir`, `--device`, ...) become the deployment's d
 triggered run (`prefect deployment run compare/nightly`) one at a time, and leaves the schedule
 active when it stops (`pause_on_shutdown=False`). A run asked for while another runs waits for it
 (AwaitingConcurrencySlot); late scheduled runs collapse to the newest (tasks/late_runs.py);
-a run left Pending by a stopped process is marked Crashed (deployments/reclaim.py). Needs a Prefect
+a run left Pending by a stopped process, or Running with no heartbeat, is marked Crashed, and a run
+this process held when it was stopped is queued again (deployments/reclaim.py). Needs a Prefect
 server: `prefect server start` and PREFECT_API_URL=http://127.0.0.1:4200/api (see README, "Run on a schedule").
 """
 
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         say(str(e))
         return e.exit_code
+    # The runs it starts send Prefect's heartbeats as often as the reclaim automation expects them.
+    os.environ.setdefault(reclaim.HEARTBEAT_ENV, str(reclaim.HEARTBEAT_S))
     reclaim.switch_on(options.reclaim_after)
+    deployment = f"{compare.name}/{options.name}"
+    requeue(deployment)  # what the last serving process held when it stopped runs now
     compare.serve(
         name=options.name,
         schedules=[Cron(options.cron, timezone=options.timezone)],
@@ -104,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         tags=["dropout-lab"],
         description="Dropout vs baseline on CIFAR-10 (dropout-lab)",
     )
+    requeue(deployment)  # stopped (SIGTERM): what the runner cancelled on its way out is queued at once
     return 0
+
+
+def requeue(deployment: str) -> None:
+    for run in reclaim.requeue(deployment):
+        print(f"re-queued {run.name} ({run.id}): the serving process stopped before it finished", flush=True)
 
 
 if __name__ == "__main__":

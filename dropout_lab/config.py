@@ -30,6 +30,11 @@ class NotInResult:
     why: str
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 epoch`, `8 epochs`, `1,000 images`: a count and its noun (given singular) as a sentence says it."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def value_text(value: float) -> str:
     """A setting's value as names show it: the shortest text that reads back as this very float
     (0.25, 0.1000001, 1e-05), so two values never print alike; a whole number without '.0'."""

@@ -27,9 +27,9 @@ if __name__ == "__main__":  # --help and bad values answer before torch and Pref
 
     refuse_early(sys.argv[1:])
 
-from prefect import flow  # noqa: E402
+from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402
-from prefect.states import Cancelled  # noqa: E402
+from prefect.states import Cancelled, Failed  # noqa: E402
 
 from dropout_lab.analysis.report import report_order, report_tables  # noqa: E402
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, display_rows  # noqa: E402
@@ -40,6 +40,7 @@ from dropout_lab.config import (  # noqa: E402
     PARAMETERS,
     TrainConfig,
     Variant,
+    counted,
     help_text,
     variant_of,
 )
@@ -60,13 +61,13 @@ MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the 
 
 
 def project_logs_to_prefect() -> None:
-    """The project's own log records (data warnings, lock waits, cache refusals) reach the run's logs
-    in the UI: Prefect's API handler is added to the project's loggers, as PREFECT_LOGGING_EXTRA_LOGGERS
-    would do if it were set before Prefect configured logging (served and worker runs import this
-    module afterwards)."""
-    for name in ("dropout_lab", "tasks"):
+    """The project's own log records (data warnings, lock waits, cache refusals) and MLflow's warnings
+    reach the run's logs in the UI: Prefect's API handler is added to those loggers, as
+    PREFECT_LOGGING_EXTRA_LOGGERS would do if it were set before Prefect configured logging (served and
+    worker runs import this module afterwards)."""
+    for name, level in (("dropout_lab", logging.INFO), ("tasks", logging.INFO), ("mlflow", logging.WARNING)):
         project = logging.getLogger(name)
-        project.setLevel(logging.INFO)
+        project.setLevel(level)
         for handler in logging.getLogger("prefect.extra").handlers:
             if handler not in project.handlers:
                 project.addHandler(handler)
@@ -105,7 +106,14 @@ def compare(**params) -> str:
     if deployment.id and (newer := superseding_run(flow_run.id)):  # after downtime, only the newest runs
         when = newer.expected_start_time.strftime("%Y-%m-%d %H:%M %Z")
         return Cancelled(message=f"superseded: the run scheduled for {when} ({newer.name}) is also due")
-    plan = handed_over(params) or check_parameters(params, deployed=deployment.id is not None)
+    try:
+        plan = handed_over(params) or check_parameters(params, deployed=deployment.id is not None)
+    except ValueError as e:
+        if deployment.id is None:  # called from Python: the caller gets the exception
+            raise
+        # A deployment run's refused parameter: one line in the run's log and its state, no engine traceback.
+        get_run_logger().error(f"refused: {e}")
+        return Failed(message=f"refused: {e}")
     configs, planned = plan.configs, plan.design
     tag_flow_run("dropout-lab", params["dataset"], configs[0].device.split(":")[0])
     data_dir, out, cache_dir = plan.folders["data_dir"], plan.folders["out"], plan.folders["cache_dir"]
@@ -126,17 +134,17 @@ def compare(**params) -> str:
         if auto:
             undecided = open_claims(tables.summary, design, tables.comparisons)
             if not undecided:
-                print(f"after {looks[-1]} seeds: every claim decided")
+                print(f"after {counted(looks[-1], 'seed')}: every claim decided")
                 break
             still = "; ".join(c for cs in undecided.values() for c in cs)
             if wave == len(plan.waves) - 1:
-                print(f"after {looks[-1]} seeds: budget reached (--max-seeds {params['max_seeds']}); undecided: "
-                      f"{still}")  # fmt: skip
+                print(f"after {counted(looks[-1], 'seed')}: budget reached (--max-seeds {params['max_seeds']}); "
+                      f"undecided: {still}")  # fmt: skip
                 break
             # A variant whose claims are all decided trains no more seeds: its repeated intervals would
             # only narrow, so no later look could change its decision (sequential.py).
             training = {BASELINE, *undecided}
-            print(f"after {looks[-1]} seeds: undecided: {still}" + next_wave_words(training, compared))
+            print(f"after {counted(looks[-1], 'seed')}: undecided: {still}" + next_wave_words(training, compared))
     report = render_report.with_options(**opts)(trained, data, str(run_dir), tables, return_state=True)
     folder, markdown, _ = report.result()
     experiment = experiment_name(configs, params["dataset"], auto)

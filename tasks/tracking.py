@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 
@@ -17,6 +18,8 @@ from dropout_lab.analysis.trend import table_rows
 from dropout_lab.config import TrainConfig, Variant, variant_of
 from dropout_lab.redact import redact
 from dropout_lab.results import TrainResult
+from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV
+from tasks.report import ui_base
 
 RECENT_RUNS = 20  # runs in the UI's table of the latest runs
 
@@ -72,15 +75,34 @@ def start_mlflow(out: str, run_dir: str, configs: list[TrainConfig], dataset: st
         tags = {"flow_run_id": str(current_flow_run.id or ""), "flow_run_name": current_flow_run.name or "",
                 "code_version": code_version(), "experiment": experiment, "experiment_hash": digest,
                 "report_folder": run_dir}  # fmt: skip
+        if page := prefect_run_page():
+            tags["prefect_flow_run_url"] = page
         rows = [{**variant_of(c).columns(), "seed": c.seed, **c.to_dict(), "dataset": dataset} for c in configs]
         variants = sorted({variant_of(c) for c in configs}, key=Variant.order)
         parent = tracking.start_parent(
             out, current_flow_run.name or experiment, tags, tracking.run_params(rows, variants)
         )
+        mlflow_page = tracking.run_page(out, parent)
     except Exception as e:
         raise mlflow_error(e) from None
-    logger.info("mlflow: run %s in %s, experiment %s", parent, redact(tracking.tracking_uri(out)), tracking.EXPERIMENT)
+    store = redact(tracking.tracking_uri(out))
+    logger.info("mlflow: run %s in %s, experiment %s", parent, store, tracking.EXPERIMENT)
+    # The Prefect run page leads to the MLflow run: a link where a server shows it, else how to see it.
+    if mlflow_page:
+        create_link_artifact(mlflow_page, link_text=f"MLflow run {current_flow_run.name or experiment}",
+                             description=f"MLflow: experiment {tracking.EXPERIMENT}, run {parent}")  # fmt: skip
+    else:
+        create_markdown_artifact(f"MLflow run `{parent}` (experiment `{tracking.EXPERIMENT}`) in `{store}`: "
+                                 f"`mlflow ui --backend-store-uri {store}` shows it",
+                                 description=f"MLflow: experiment {tracking.EXPERIMENT}, run {parent}")  # fmt: skip
     return parent
+
+
+def prefect_run_page() -> str | None:
+    """This flow run's page in the Prefect UI; None on the command line's temporary server (no UI)."""
+    if os.environ.get(TEMPORARY_SERVER_ENV) or not current_flow_run.id:
+        return None
+    return f"{ui_base()}/runs/flow-run/{current_flow_run.id}"
 
 
 @task(name="finish_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)

@@ -146,8 +146,10 @@ def test_cli_latency_times_help_and_refusals_side_by_side():
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| `")]
-    assert [r.split("`")[1] for r in rows] == ["--help", "--epochs two", "--dropout 1.5", "--lr inf"]
-    assert "(0)" in rows[0] and all("(2)" in r for r in rows[1:])  # help exits 0, every refusal 2
+    assert [r.split("`")[1] for r in rows] == [
+        "compare.py --help", "compare.py --epochs two", "compare.py --dropout 1.5", "compare.py --lr inf",
+        "dropout-lab history --help", "dropout-lab history --history ://x"]  # fmt: skip
+    assert all("(0)" in rows[i] for i in (0, 4)) and all("(2)" in rows[i] for i in (1, 2, 3, 5))  # help 0, refusals 2
 
 
 def test_sequential_error_simulation_prints_every_procedure_on_every_scenario():

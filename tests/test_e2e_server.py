@@ -324,6 +324,14 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert hostile.returncode == 0, hostile.stderr
     assert server.wait_for_runs(deployment["id"]) == ["FAILED"], server.log("serve")
     assert "absolute paths are refused" in server.log("serve") and not elsewhere.exists()
+    # In the run's log (the UI's): one line naming the deployment parameter, no engine traceback.
+    (refused,) = server.manual_runs(deployment["id"])
+    logs = [r["message"] for r in server.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [refused]}}})]
+    assert not any("Traceback" in m for m in logs), logs
+    expected = (f"refused: parameter out (--out) {str(elsewhere)!r}: a deployment run may only name a folder inside "
+                f"{server.root / 'served'} (set by serve.py --out-root or $DROPOUT_LAB_OUT_ROOT where the worker "
+                "starts); absolute paths are refused")  # fmt: skip
+    assert [m for m in logs if m.startswith("refused")] == [expected], logs
 
     # Asked for together: the second waits for the deployment's one slot (ENQUEUE), then runs; none is dropped.
     for command in (
@@ -382,6 +390,80 @@ def test_a_restart_reclaims_a_stuck_run_collapses_late_runs_and_runs_what_was_as
     stop(serve)
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and every process below it (a flow run's process may sit in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _training_runs(server: Server, flow_run_id: str) -> bool:
+    return "train" in " ".join(t["name"] for t in server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [
+        flow_run_id]}}}) if (t.get("state") or {}).get("type") == "RUNNING")  # fmt: skip
+
+
+def test_a_crash_of_the_serving_machine_frees_its_running_run_through_heartbeats(server):
+    """kill -9 of serve.py and its whole process tree while a run trains: the run's heartbeats stop,
+    Prefect's zombie-run automation marks it Crashed after 90 s (not Running forever), which frees the
+    deployment's one slot, and the run asked for after the restart completes."""
+    from deployments.reclaim import SILENT_AFTER_S, SILENT_NAME
+
+    serve = serve_as_written(server.readme, "serve-crash")
+    deployment = server.wait_for("the deployment", lambda: _deployment(server, "compare/nightly"))
+    autos = {a["name"]: a for a in server.post("/automations/filter", {})}
+    assert autos[SILENT_NAME]["trigger"]["within"] == SILENT_AFTER_S == 90
+    running = server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"epochs": 60}})["id"]
+    server.wait_for("the run's training", lambda: _training_runs(server, running), timeout=180)
+    for pid in process_tree(serve.pid):  # the machine goes: nothing is left to mark the run
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    serve.wait()
+    killed_at = time.time()
+    assert server.get(f"/flow_runs/{running}")["state"]["type"] == "RUNNING"
+    serve = serve_as_written(server.readme, "serve-after-crash")
+    asked = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
+    state = lambda run: server.get(f"/flow_runs/{run}")["state"]  # noqa: E731
+    server.wait_for("the asked-for run", lambda: state(asked)["type"] in FINAL, timeout=SILENT_AFTER_S + 210)
+    assert state(asked)["type"] == "COMPLETED", server.log("serve-after-crash")
+    crashed = state(running)
+    assert crashed["type"] == "CRASHED" and "no heartbeat" in crashed["message"], crashed
+    print(f"killed run Crashed and the next run completed {time.time() - killed_at:.0f} s after the kill")
+    stop(serve)
+
+
+def test_a_run_claimed_when_serve_py_is_stopped_runs_after_the_restart(server):
+    """SIGTERM to serve.py while a requested run is Submitting: Prefect's runner cancels what it holds
+    ("Runner is shutting down."); serve.py queues it again on its way out, and the next serve.py runs
+    it (no alert: it never failed). The run asked for meanwhile completes too."""
+    from deployments.reclaim import REQUEUED, SHUT_DOWN
+
+    serve = serve_as_written(server.readme, "serve-term")
+    deployment = server.wait_for("the deployment", lambda: _deployment(server, "compare/nightly"))
+    claimed = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
+    state = lambda run: server.get(f"/flow_runs/{run}")["state"]  # noqa: E731
+    deadline = time.time() + 120
+    while state(claimed)["type"] != "PENDING":  # claimed: its process is starting (seconds)
+        assert time.time() < deadline and state(claimed)["type"] in ("SCHEDULED", "PENDING"), state(claimed)
+        time.sleep(0.1)
+    stop(serve)  # SIGTERM, as a service manager stops it
+    assert SHUT_DOWN in [s["message"] for s in server.get(f"/flow_run_states/?flow_run_id={claimed}")]
+    assert state(claimed)["type"] == "SCHEDULED" and state(claimed)["message"] == REQUEUED, state(claimed)
+    assert "re-queued" in server.log("serve-term")
+    asked = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
+    serve = serve_as_written(server.readme, "serve-after-term")
+    server.wait_for("both runs", lambda: all(state(r)["type"] in FINAL for r in (claimed, asked)), timeout=300)
+    assert [state(r)["type"] for r in (claimed, asked)] == ["COMPLETED", "COMPLETED"], server.log("serve-after-term")
+    stop(serve)
+
+
 def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
     """`python deployments/notify.py --webhook URL` (as the README says): the automation exists, and a
     failed run of the deployment makes the server post the message to the webhook."""
@@ -431,7 +513,8 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
         text = received[0]["text"]
         assert "compare/nightly" in text or "nightly" in text
         assert "Failed" in text and "absolute paths are refused" in text, text
-        assert "/elsewhere" in text.split("Parameters:")[1]  # which parameters failed
+        changed = text.split("Parameters changed from the deployment's: ")[1].split("\n")[0]
+        assert changed == "out=/elsewhere", text  # what differs from the deployment's defaults, nothing else
         assert f"http://127.0.0.1:{server.port}/runs/flow-run/" in text and "None" not in text  # a link to the run
         stop(serve)
         off = readme.run(".venv/bin/python deployments/notify.py --off", timeout=120)

@@ -185,6 +185,8 @@ def test_deleted_report_folder_is_rewritten_whole_from_the_cached_trainings(firs
 def test_fake_dataset_is_labelled_synthetic_everywhere(prefect_harness, workspace):
     folder, _, artifacts = run_flow(workspace, dataset="fake", epochs=1, limit_train=200, limit_test=100)
     assert "synthetic data — accuracies meaningless" in (folder / "summary.md").read_text()
+    # One epoch, one seed: said as a sentence says it, in the text and in the figure's title.
+    assert "1 epoch." in (folder / "summary.md").read_text() and "1 epochs" not in (folder / "summary.md").read_text()
     assert set(pq.read_table(folder / "summary.parquet").column("dataset").to_pylist()) == {"fake"}
     md = next(a for a in artifacts if a.key == "dropout-comparison-fake-train200-test100-p0-25-s0-e1")
     assert "synthetic data — accuracies meaningless" in md.data
@@ -284,7 +286,7 @@ def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(pr
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds=[3], mlflow=True)
-    folder, states, _ = run_flow(workspace, **args)
+    folder, states, artifacts = run_flow(workspace, **args)
     assert any(n.startswith("finish_mlflow") and s == {"Completed"} for n, s in states.items()), states
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'artifacts' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dropout-lab").experiment_id
@@ -301,7 +303,21 @@ def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(pr
     history = client.get_metric_history(child.info.run_id, "test_acc")
     assert [m.step for m in history] == [1] and history[0].timestamp >= child.info.start_time  # logged live
     assert [m.step for m in client.get_metric_history(child.info.run_id, "generalization_gap")] == [1]
-    assert [a.path for a in client.list_artifacts(child.info.run_id, "weights")] == ["weights/epoch-0001.pt"]
+    # MLflow's way: a model-training experiment, each network a logged model with its signature, the
+    # comparison's numbers in the children's unit (fractions), the full commit, a link from Prefect's run.
+    assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    (logged,) = client.search_logged_models([experiment], filter_string=f"source_run_id = '{child.info.run_id}'")
+    assert logged.name == "model"
+    model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+    assert tuple(model(__import__("torch").zeros(2, 3, 32, 32)).shape) == (2, 10)
+    signature = mlflow.models.get_model_info(f"models:/{logged.model_id}").signature
+    assert tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 32, 32)
+    metrics = parent.data.metrics
+    assert all(-1 <= v <= 1 and v == float(f"{v:.12g}") for v in metrics.values()), metrics
+    assert abs(metrics["baseline.test_acc"] - client.get_run(child.info.run_id).data.metrics["final_test_acc"]) < 1e-9
+    assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
+    (link,) = [a for a in artifacts if a.type == "markdown" and a.data.startswith("MLflow run")]
+    assert parent.info.run_id in link.data and "mlflow ui --backend-store-uri sqlite:///" in link.data
     _, states, _ = run_flow(workspace, **args)
     assert not any(n.startswith("finish_mlflow") for n in states)  # already logged: once is enough
     assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3

@@ -122,3 +122,25 @@ def test_a_task_s_code_is_found_from_imports_not_a_hand_kept_list(tmp_path, monk
     before = keys._hash_sources("tasks.a")
     (tmp_path / "tasks" / "c.py").write_text("def h():\n    return 2\n")
     assert keys._hash_sources("tasks.a") != before
+
+
+def test_the_alert_lists_only_the_parameters_a_run_changed_from_its_deployment():
+    """The failure message as Prefect's server renders it (its own user-template environment)."""
+    from types import SimpleNamespace as O
+
+    from prefect.server.utilities.user_templates import render_user_template_sync, validate_user_template
+
+    from deployments.notify import BODY
+
+    validate_user_template(BODY)
+    deployment = O(name="nightly", parameters={"out": "served", "epochs": 2, "dropout": [0.25]})
+
+    def changed(**params) -> str:
+        state = O(name="Failed", message="boom")
+        run = O(name="r", id="1", state=state, parameters={**deployment.parameters, **params})
+        text = render_user_template_sync(BODY, {"flow_run": run, "deployment": deployment})
+        return text.split("Parameters changed from the deployment's: ")[1].split("\n")[0]
+
+    assert changed(out="/elsewhere") == "out=/elsewhere"
+    assert changed(out="a", epochs=3) == "epochs=3; out=a"
+    assert changed() == "none (the deployment's defaults)"

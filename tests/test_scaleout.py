@@ -36,7 +36,7 @@ def test_dask_runner_matches_thread_runner(prefect_harness, tmp_path):
                                  data_dir=str(tmp_path / "data"), out=str(tmp_path / "thread" / "out"),
                                  cache_dir=str(tmp_path / "thread" / "cache")))  # fmt: skip
     assert "distributed.scheduler" in dask_log  # it really ran on a Dask cluster ...
-    assert dask_log.count("Starting temporary server") == 1  # ... reporting to this run's one server
+    assert dask_log.count("Prefect: a temporary server for this run") == 1  # ... reporting to this run's one server
     assert "train[dropout=0.25, seed=1]" in dask_log
     assert history(dask_report) == history(thread_report) and len(history(dask_report)) == 4 * 2
 

@@ -70,6 +70,8 @@ def test_reduced_runs_say_so_and_full_runs_do_not():
     assert first.startswith("Reduced run (") and "not an answer for CIFAR-10" in first
     assert "2,000 of 50,000 training images" in first and "500 of 10,000 test images" in first
     assert "2 epochs instead of the recipe's 8" in first
+    one = [{**r, "epochs": 1} for r in small]
+    assert "1 epoch instead of the recipe's 8" in verdict(one)[0]  # counts read as sentences: 1 epoch, 2 epochs
     assert data_scope(sweep()) == (None, False)
     unverified = [{**r, "data_verified": False} for r in sweep()]
     assert verdict(unverified)[0].startswith("Data: an unverified local copy of CIFAR-10")

@@ -31,7 +31,7 @@ from dropout_lab.analysis.tables import (
     write_table,
 )
 from dropout_lab.analysis.verdict import p_text, verdict
-from dropout_lab.config import Design, comparison_words, value_text, variant_of
+from dropout_lab.config import Design, comparison_words, counted, value_text, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.locks import remove_dead_leftovers
 from dropout_lab.results import TrainResult
@@ -67,13 +67,13 @@ def report_title(results: list[TrainResult], data: DataInfo) -> str:
     seeds = sorted({r.config.seed for r in results})
     per_model = Counter(variant_of(r.config) for r in results).values()  # --seeds auto: decided variants stop
     fewest, most = min(per_model), max(per_model)
-    counted = f"{most} seeds" if fewest == most else f"{fewest}–{most} seeds per model (n in the legends)"
-    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{counted} (mean, 95% bands)"
+    how_many = counted(most, "seed") if fewest == most else f"{fewest}–{most} seeds per model (n in the legends)"
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{how_many} (mean, 95% bands)"
     compared = comparison_words({variant_of(r.config) for r in results})
     return (
         f"{compared[0].upper()}{compared[1:]} — {data.provenance}\n"
         f"{r.n_train:,} train images ({r.n_train_eval:,} re-evaluated for the gap) / {r.n_test:,} test images, "
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {value_text(cfg.lr)}, {seed_text}, "
+        f"{counted(cfg.epochs, 'epoch')}, batch {cfg.batch_size}, Adam lr {value_text(cfg.lr)}, {seed_text}, "
         f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
     )
 
@@ -173,9 +173,9 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
         f"Data: {data.provenance}; {first['n_train']:,} training images"
         f"{f' ({n_val:,} more held out to choose an epoch)' if (n_val := first.get('n_val')) else ''}, "
         f"{first['n_test']:,} test images, "
-        f"{first['epochs']} epochs. The generalization gap is train accuracy measured like test accuracy (eval "
-        f"mode, dropout off, the final weights) on {first['n_train_eval']:,} training images minus test accuracy; "
-        "'running' is the tutorial's mean over the epoch with dropout on. Report folder: "
+        f"{counted(first['epochs'], 'epoch')}. The generalization gap is train accuracy measured like test "
+        f"accuracy (eval mode, dropout off, the final weights) on {first['n_train_eval']:,} training images minus "
+        "test accuracy; 'running' is the tutorial's mean over the epoch with dropout on. Report folder: "
         f"{code_span(str(run_dir))}",
         "",
     ]

@@ -2,7 +2,10 @@
 
 Each flow run that trained something becomes one parent MLflow run (its parameters, the report's
 figures and summary as artifacts) with one child run per model variant (its parameters, every epoch's
-metrics by step, the final and best numbers). Everything goes to the MLflow experiment `dropout-lab`
+metrics by step, the final and best numbers, and the trained network as a logged model with its
+signature, `mlflow.pytorch.log_model`). Metrics are fractions everywhere (accuracies, gaps and their
+differences), as the report's tables keep them. Everything goes to the MLflow experiment `dropout-lab`
+(a model-training experiment: `mlflow.experimentKind` = custom_model_development)
 of `MLFLOW_TRACKING_URI` when the environment sets one (a tracking server), else of an embedded
 store under the report folder's parent: `<out>/mlflow.db` with artifacts in `<out>/mlartifacts`
 (no server, works offline; browse with `mlflow ui --backend-store-uri sqlite:///<out>/mlflow.db`).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +26,9 @@ from dropout_lab.probe import ProbeFailed, database_url, first_line, within_dead
 from dropout_lab.redact import redact, split_credentials
 
 EXPERIMENT = "dropout-lab"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, latency, tokens).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MODEL_NAME = "model"  # the logged model's name in each child run
 STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"
 # What MLflow logs of each model, from the report's schemas (analysis/tables.py: each column's role).
 EPOCH_METRICS = tuple(named(PER_EPOCH_SCHEMA, "metric"))
@@ -112,18 +119,27 @@ def _experiment_id(client, out: Path) -> str:
 
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is not None:
+        for key, value in EXPERIMENT_KIND.items():  # one made by an older version: a training experiment too
+            if found.tags.get(key) != value:
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = (out / ARTIFACTS_FOLDER).resolve().as_uri() if tracking_uri(out) == _embedded_uri(out) else None
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=location)
+        return client.create_experiment(EXPERIMENT, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:  # another run created it meanwhile
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
-def _client(out: str | Path):
-    # MLflow prints its own "🏃 View run ... at: URL" lines to stdout (credentials and all): the run's own
-    # log says where the run is, redacted.
+def _quiet_mlflow() -> None:
+    """MLflow prints its own "🏃 View run ... at: URL" lines to stdout (credentials and all): the run's own
+    log says where the run is, redacted. Its log records are left unconfigured by MLflow, so they reach
+    the project's handlers (the run's log, credentials redacted: flows/compare.py) instead of a raw stderr."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+
+
+def _client(out: str | Path):
+    _quiet_mlflow()
     from mlflow import MlflowClient
 
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -134,17 +150,26 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def system_tags(run_name: str) -> dict[str, str]:
-    """MLflow's own tags for where a run came from: the commit, the entry point, the user."""
-    from dropout_lab.analysis.history import code_version
+PROJECT = Path(__file__).resolve().parents[2]
 
-    commit = code_version()
+
+def system_tags(run_name: str) -> dict[str, str]:
+    """MLflow's own tags for where a run came from: the commit, branch and repository as MLflow's own git
+    resolution finds them (asked about the project's folder: the process's entry point is Prefect's
+    engine in a served run), the entry point, the user."""
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+
     tags = {"mlflow.source.name": "flows/compare.py", "mlflow.source.type": "LOCAL", "mlflow.runName": run_name,
             "mlflow.user": os.environ.get("USER") or os.environ.get("LOGNAME") or "dropout-lab"}  # fmt: skip
-    if not commit.startswith("pkg-"):
-        tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
-        tags["mlflow.source.git.dirty"] = str(commit.endswith("+dirty")).lower()
-    return tags
+    found = {"mlflow.source.git.commit": get_git_commit(str(PROJECT)), "mlflow.source.git.branch":
+             get_git_branch(str(PROJECT)), "mlflow.source.git.repoURL": get_git_repo_url(str(PROJECT))}  # fmt: skip
+    return {**tags, **{k: redact(v) for k, v in found.items() if v}}
+
+
+def clean(value: float) -> float:
+    """A metric without float noise (-0.033999999999999975 → -0.034): 12 significant digits, more
+    than any measured number here has."""
+    return float(f"{float(value):.12g}")
 
 
 def logged_parent(out: str | Path, experiment_hash: str) -> str | None:
@@ -193,13 +218,14 @@ def log_epoch(out: str | Path, run_id: str, record: dict, timestamp_ms: int | No
     if "train_eval_acc" in record and "test_acc" in record:
         values["generalization_gap"] = record["train_eval_acc"] - record["test_acc"]
     when, step = timestamp_ms or _now_ms(), int(record["epoch"])
-    metrics = [Metric(k, float(values[k]), when, step) for k in EPOCH_METRICS if values.get(k) is not None]
+    metrics = [Metric(k, clean(values[k]), when, step) for k in EPOCH_METRICS if values.get(k) is not None]
     _client(out).log_batch(run_id, metrics=metrics)
 
 
 def finish_child(out: str | Path, run_id: str, row: dict | None, checkpoint: str | None, status: str = "FINISHED",
                  end_ms: int | None = None) -> None:  # fmt: skip
-    """A child's final numbers (`row`: its summary row) and weights (the final checkpoint), and its end."""
+    """A child's final numbers (`row`: its summary row) and trained network (the final checkpoint's
+    weights, as a logged model), and its end."""
     from mlflow.entities import Metric
 
     client = _client(out)
@@ -207,12 +233,50 @@ def finish_child(out: str | Path, run_id: str, row: dict | None, checkpoint: str
         when = end_ms or _now_ms()
         # The final gap under its own key: under the per-epoch key it would read as a point at step 0.
         names = {k: "final_generalization_gap" if k == "generalization_gap" else k for k in FINAL_METRICS}
-        metrics = [Metric(names[k], float(row[k]), when, 0) for k in FINAL_METRICS if row.get(k) is not None]
+        metrics = [Metric(names[k], clean(row[k]), when, 0) for k in FINAL_METRICS if row.get(k) is not None]
         client.log_batch(run_id, metrics=metrics)
         client.set_tag(run_id, "weights_sha256", row.get("weights_sha256", ""))
-    if checkpoint and Path(checkpoint).is_file():
-        client.log_artifact(run_id, checkpoint, artifact_path="weights")
+        if checkpoint and Path(checkpoint).is_file():
+            log_model(out, run_id, checkpoint, float(row.get("dropout") or 0.0))
     client.set_terminated(run_id, status=status, end_time=end_ms or _now_ms())
+
+
+_export_lock = threading.Lock()
+
+
+def log_model(out: str | Path, run_id: str, checkpoint: str, dropout: float) -> str:
+    """The checkpoint's network as MLflow's logged model of the run: `Net` with those weights, its
+    signature (float32 images (N, 3, 32, 32) normalised to [-1, 1] → (N, 10) logits), the package's
+    code so `mlflow.pytorch.load_model` needs no checkout, and torch as its requirement. Returns its id."""
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from dropout_lab.core.checkpoint import load_checkpoint
+    from dropout_lab.core.model import Net
+
+    model = Net(dropout)
+    model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
+    model.eval()
+    # MLflow's default format, a `torch.export` graph: loads with no pickle and no checkout. A batch of 2
+    # in the example keeps the batch dimension free (`torch.export` fixes a size-1 dimension).
+    example = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(example)).numpy()
+    experiment = _client(out).get_run(run_id).info.experiment_id
+    # One at a time in a process: `torch.export` traces through process-wide state (two trainings that end
+    # together in threads would trip over each other), and the tracking URI and experiment are MLflow's globals.
+    with _export_lock:
+        mlflow.set_tracking_uri(tracking_uri(out))
+        # The model belongs to the run's experiment (its artifacts under the experiment's location), not to
+        # MLflow's Default one in the working folder.
+        mlflow.set_experiment(experiment_id=experiment)
+        info = mlflow.pytorch.log_model(
+            model, name=MODEL_NAME, run_id=run_id, signature=infer_signature(example, logits),
+            input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )  # fmt: skip
+    return info.model_id
 
 
 def finish_parent(out: str | Path, run_id: str, headline: dict[str, float], files: list[Path], status: str = "FINISHED",
@@ -223,25 +287,35 @@ def finish_parent(out: str | Path, run_id: str, headline: dict[str, float], file
 
     client = _client(out)
     when = end_ms or _now_ms()
-    client.log_batch(run_id, metrics=[Metric(k, float(v), when, 0) for k, v in headline.items() if v == v])
+    client.log_batch(run_id, metrics=[Metric(k, clean(v), when, 0) for k, v in headline.items() if v == v])
     for path in files:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, status=status, end_time=when)
 
 
 def headline_metrics(stats: list[dict]) -> dict[str, float]:
-    """Per variant, from statistics.parquet's rows: mean final test accuracy and gap (points), and the
-    difference from the baseline on both (points)."""
+    """Per variant, from statistics.parquet's rows: mean final test accuracy and gap, and the difference
+    from the baseline on both; fractions, as the child runs log accuracies."""
     out: dict[str, float] = {}
     for row in stats:
         if row["metric"] not in ("final_test_acc", "generalization_gap"):
             continue
         key = row["model"].replace("=", "_").replace(",", "")
         short = "test_acc" if row["metric"] == "final_test_acc" else "gap"
-        out[f"{key}.{short}"] = 100 * row["mean"]
+        out[f"{key}.{short}"] = row["mean"]
         if not row["baseline"]:
-            out[f"{key}.{short}_vs_baseline"] = 100 * row["diff_vs_baseline"]
+            out[f"{key}.{short}_vs_baseline"] = row["diff_vs_baseline"]
     return out
+
+
+def run_page(out: str | Path, run_id: str) -> str | None:
+    """The run's page in the tracking server's UI (credentials left out); None for a database store,
+    which has no UI until `mlflow ui` serves one."""
+    uri = tracking_uri(out)
+    if urlsplit(uri).scheme.lower() not in ("http", "https"):
+        return None
+    experiment = _client(out).get_run(run_id).info.experiment_id
+    return f"{split_credentials(uri)[0].rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
 def child_runs(out: str | Path, parent_id: str) -> dict[tuple[str, int], str]:

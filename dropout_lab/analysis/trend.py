@@ -11,7 +11,7 @@ import numpy as np
 from dropout_lab.analysis.figures import color, plt
 from dropout_lab.analysis.history import run_key
 from dropout_lab.analysis.stats import by_variant, mean_ci
-from dropout_lab.config import Variant
+from dropout_lab.config import Variant, counted
 
 # (header, width, cell) for each column of the table; percentages as points.
 COLUMNS = [
@@ -111,7 +111,9 @@ def plot_trend(rows: list[dict], path: Path, title: str = "Runs over time") -> N
                                         strict=True):  # fmt: skip
                 _plot_metric(ax, groups[(dataset, n_train, n_test, epochs)], metric)
                 ax.set_ylabel(what)
-                ax.set_title(f"{dataset}, {n_train} train / {n_test} test images, {epochs} epochs", fontsize=9)
+                ax.set_title(
+                    f"{dataset}, {n_train} train / {n_test} test images, {counted(epochs, 'epoch')}", fontsize=9
+                )
             panels[0].legend(fontsize=8)
         fig.suptitle(title)
         path.parent.mkdir(parents=True, exist_ok=True)

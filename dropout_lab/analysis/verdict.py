@@ -16,7 +16,7 @@ from dropout_lab.analysis.stats import (
     claim_alpha,
     compare_all,
 )
-from dropout_lab.config import BASELINE, Design, Variant, family_noun
+from dropout_lab.config import BASELINE, Design, Variant, counted, family_noun
 
 FULL_DATA = {"n_train": 50_000, "n_test": 10_000, "epochs": 8}
 WORDS = {  # metric → (verb for a lower value than the baseline's, a higher one)
@@ -78,8 +78,8 @@ def describe(c: Comparison) -> str:
     if d.decision == "equivalent":
         return f"{name} equivalent within ±{margin}: {change} ({interval}; {repeated_p_words(c, 'equivalence')})"
     if d.decision == "undecided":
-        return (f"{name} undecided after {d.seeds_used} seeds: changed by {change} ({interval}: neither clear of "
-                f"zero nor inside ±{margin}; {repeated_p_words(c, 'a difference')})")  # fmt: skip
+        return (f"{name} undecided after {counted(d.seeds_used, 'seed')}: changed by {change} ({interval}: "
+                f"neither clear of zero nor inside ±{margin}; {repeated_p_words(c, 'a difference')})")  # fmt: skip
     lower, higher = WORDS[c.metric]
     verb = lower if c.primary.diff < 0 else higher
     text = f"{name} {d.decision} — {verb} by {_amount(c.metric, c.primary.diff)} ({interval}; "
@@ -113,7 +113,7 @@ def power_line(c: Comparison, variant: Variant) -> str:
     """The run's power on `c.metric`, as a range: the smallest difference detected 80% of the time at
     the level its claim is tested at (the last look's boundary), over the 95% interval of the seeds'
     spread (never a promise of seeds)."""
-    seeds = f"{c.n} {c.design} seeds"
+    seeds = counted(c.n, f"{c.design} seed")
     name = METRICS[c.metric][0]
     if math.isnan(c.min_detectable[0]):
         return f"Power ({variant.words}, {name}): not estimable, the {seeds} show no spread."
@@ -164,7 +164,7 @@ def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
             notes.append(f"{used:,} of {FULL_DATA[key]:,} {split} images")
             reduced = True
     if row["epochs"] != FULL_DATA["epochs"]:
-        notes.append(f"{row['epochs']} epochs instead of the recipe's {FULL_DATA['epochs']}")
+        notes.append(f"{counted(row['epochs'], 'epoch')} instead of the recipe's {FULL_DATA['epochs']}")
         reduced = True
     return ("; ".join(notes) if notes else None), reduced
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dropout_lab.cli.oneline import Parser, Refused, one_line
-from dropout_lab.config import BASELINE, SETTINGS, Variant, flag, value_text
+from dropout_lab.config import BASELINE, SETTINGS, Variant, counted, flag, value_text
 
 # `--help` and a refused flag answer before SQLAlchemy, pyarrow and matplotlib load (they take seconds):
 # the store and the figure are imported once the flags are good.
@@ -107,7 +107,6 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def show(args: argparse.Namespace) -> int:
     from dropout_lab.analysis.history import as_table, exists, history_target, import_reports, read, run_key, shown
-    from dropout_lab.analysis.trend import format_table, plot_trend
 
     out = Path(args.out)
     history = args.history or history_target(out)
@@ -117,6 +116,10 @@ def show(args: argparse.Namespace) -> int:
         print(f"imported {import_reports(out, history)} model rows from report folders under {out}")
     if not exists(history):
         raise Refused(f"no run history at {shown(history)}: runs record there once they complete")
+    # The table and figure bring matplotlib and scipy (~1.5 s): imported once the store answered, so a
+    # refusal is answered in a fraction of a second, like --help.
+    from dropout_lab.analysis.trend import format_table, plot_trend
+
     if args.compare:
         return compare(history, *args.compare)
     rows = read(history, variants=selected(args), seeds=args.seeds, dataset=args.dataset, since=args.since,
@@ -125,7 +128,7 @@ def show(args: argparse.Namespace) -> int:
         print(f"no recorded runs match in {shown(history)}")
         return 0
     print(format_table(rows))
-    print(f"{len(rows)} models from {len({run_key(r) for r in rows})} runs")
+    print(f"{counted(len(rows), 'model')} from {counted(len({run_key(r) for r in rows}), 'run')}")
     if args.parquet:
         import pyarrow.parquet as pq
 

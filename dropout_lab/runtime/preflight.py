@@ -55,8 +55,9 @@ def confine(name: str, value: str, root: Path) -> Path:
     """`value` as a sub-folder of `root`; ValueError (one line) for an absolute path, `..`, or a
     symlink that leads out. Returns the resolved folder."""
     path = Path(value)
-    where = (f"{FLAGS[name]} {value!r}: a deployment run may only name a folder inside {root} (set by "
-             f"serve.py --{name.split('_')[0]}-root or ${ROOT_ENV[name]} where the worker starts)")  # fmt: skip
+    where = (f"parameter {name} ({FLAGS[name]}) {value!r}: a deployment run may only name a folder inside "
+             f"{root} (set by serve.py --{name.split('_')[0]}-root or ${ROOT_ENV[name]} where the worker "
+             "starts)")  # fmt: skip
     if path.is_absolute() or path.drive:
         raise ValueError(f"{where}; absolute paths are refused")
     if ".." in path.parts:

@@ -10,7 +10,8 @@ documented arguments, and the PREFECT_API_URL setting the run then points at it.
 `begin` spawns it before torch and Prefect's engine are imported, so its start (and, on a machine's
 first run, the creation of Prefect's database) overlaps the run's imports; `serving` waits until it
 answers and points Prefect at it (its settings, and the environment that Dask workers inherit); it
-is stopped at exit.
+is stopped at exit. It has no UI, so no link to one is printed (Prefect's "View at" line is switched
+off with an empty PREFECT_UI_URL); its first line says how to watch runs in a UI instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPORARY_SERVER_ENV = "DROPOUT_LAB_TEMPORARY_SERVER"
 
 _server: tuple[int, subprocess.Popen] | None = None  # (port, process)
+NOTICE = ("Prefect: a temporary server for this run, without a UI; to watch runs in the UI start one "
+          "(`prefect server start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
 # The server's own output (its error log): in a file, not on the run's terminal, where its shutdown
 # (services cancelled mid-write when it is stopped) would print tracebacks after the run's last line.
 _output = tempfile.TemporaryFile()
@@ -123,8 +126,9 @@ def start(timeout_s: float) -> str | None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"Prefect's temporary server did not answer within {timeout_s:.0f} s")
         time.sleep(0.1)
-    print(f"Starting temporary server on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+    print(NOTICE, file=sys.stderr, flush=True)
     os.environ["PREFECT_API_URL"] = url
+    os.environ["PREFECT_UI_URL"] = ""  # no UI behind it: Prefect prints no "View at" link (and Dask's workers)
     os.environ[TEMPORARY_SERVER_ENV] = "1"
     return url
 
@@ -138,9 +142,9 @@ def serving(timeout_s: float) -> Iterator[str | None]:
     if url is None:
         yield None
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
         yield url
 
 
