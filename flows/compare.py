@@ -33,7 +33,7 @@ from prefect.states import Cancelled, Failed  # noqa: E402
 
 from dropout_lab.analysis.report import report_order, report_tables  # noqa: E402
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, display_rows  # noqa: E402
-from dropout_lab.analysis.verdict import open_claims  # noqa: E402
+from dropout_lab.analysis.verdict import look_markdown, open_claims  # noqa: E402
 from dropout_lab.cli.compare import run_from_command_line  # noqa: E402
 from dropout_lab.config import (  # noqa: E402
     BASELINE,
@@ -53,7 +53,7 @@ from dropout_lab.runtime.signals import stop_training_on_sigterm  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
 from tasks.late_runs import superseding_run  # noqa: E402
-from tasks.report import publish_report, render_report, tag_flow_run  # noqa: E402
+from tasks.report import publish_look, publish_report, render_report, tag_flow_run  # noqa: E402
 from tasks.tracking import finish_mlflow, record_history, start_mlflow  # noqa: E402
 from tasks.train import train  # noqa: E402
 
@@ -124,6 +124,7 @@ def compare(**params) -> str:
     run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, planned)
     parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
     compared = {variant_of(c) for c in configs}
+    experiment = experiment_name(configs, params["dataset"], auto)
     trained, looks, training = [], [], compared
     for wave in range(len(plan.waves)):
         trained += submit_trainings(plan.groups(wave, training), data, plan, opts, parent)
@@ -133,21 +134,23 @@ def compare(**params) -> str:
         tables = report_tables(results, data, design)  # every table of the report, once per look
         if auto:
             undecided = open_claims(tables.summary, design, tables.comparisons)
+            last = not undecided or wave == len(plan.waves) - 1
+            # A variant whose claims are all decided trains no more seeds: its repeated intervals would
+            # only narrow, so no later look could change its decision (sequential.py).
+            training = None if last else {BASELINE, *undecided}
+            next_seeds = [] if last else sorted({c.seed for g in plan.groups(wave + 1, training) for c in g})
+            publish_look(look_markdown(design, tables.comparisons, training, next_seeds, bool(undecided)), experiment)
             if not undecided:
                 print(f"after {counted(looks[-1], 'seed')}: every claim decided")
                 break
             still = "; ".join(c for cs in undecided.values() for c in cs)
-            if wave == len(plan.waves) - 1:
+            if last:
                 print(f"after {counted(looks[-1], 'seed')}: budget reached (--max-seeds {params['max_seeds']}); "
                       f"undecided: {still}")  # fmt: skip
                 break
-            # A variant whose claims are all decided trains no more seeds: its repeated intervals would
-            # only narrow, so no later look could change its decision (sequential.py).
-            training = {BASELINE, *undecided}
             print(f"after {counted(looks[-1], 'seed')}: undecided: {still}" + next_wave_words(training, compared))
     report = render_report.with_options(**opts)(trained, data, str(run_dir), tables, return_state=True)
     folder, markdown, _ = report.result()
-    experiment = experiment_name(configs, params["dataset"], auto)
     publish_report(markdown, display_rows(tables.per_epoch, PER_EPOCH_SCHEMA), experiment, report.name == "Cached")
     record_history(tables, results, out, folder, experiment)
     if parent:

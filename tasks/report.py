@@ -64,6 +64,13 @@ def publish_report(markdown: str, history: list[dict], experiment: str, cached: 
     create_table_artifact(history, key=f"dropout-per-epoch-{key}", description=f"Per-epoch history: {experiment}")
 
 
+def publish_look(markdown: str, experiment: str) -> None:
+    """One look of `--seeds auto` on the run page (analysis/verdict.py's `look_markdown`): the key is
+    the experiment's, so its looks line up, newest first, in the artifact's history."""
+    create_markdown_artifact(markdown, key=f"seeds-auto-{slug(experiment)}",
+                             description=f"{markdown_title(markdown)}: {experiment}")  # fmt: skip
+
+
 def markdown_title(markdown: str) -> str:
     """The report's own title (what it compares), from its first line."""
     return markdown.split("\n", 1)[0].removeprefix("# ")

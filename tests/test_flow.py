@@ -390,8 +390,14 @@ def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect
     monkeypatch.setattr(flows.compare, "open_claims", first_look_leaves_dropout_0_5_open)
     args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, dropout=[0.25, 0.5], seeds="auto",
                 max_seeds=6)  # fmt: skip
-    folder, states, _ = run_flow(workspace, **args)
+    folder, states, artifacts = run_flow(workspace, **args)
     assert looks == [(5,), (5, 6)]
+    # Each look on the run page: its claims' decisions, then what trains next or why the run stopped.
+    shown = sorted(a.data for a in artifacts if (a.key or "").startswith("seeds-auto-"))
+    assert [text.split("\n")[0] for text in shown] == ["# Look 1: after 5 seeds", "# Look 2: after 6 seeds"], shown
+    assert "| dropout 0.5 | test accuracy |" in shown[0] and "| dropout 0.25 | generalization gap |" in shown[0]
+    assert "Next: seed 5 of dropout 0.5 and the baseline" in shown[0]
+    assert shown[1].rstrip().endswith("Stopped: every claim decided.")
     trained = {n for n in states if n.startswith("train[")}
     assert {n for n in trained if "seed=5" in n} == {"train[dropout=0.5, seed=5]", "train[baseline, seed=5]"}
     assert len(trained) == 17  # 3 x 5 in the first wave, then dropout 0.5 and the baseline

@@ -227,3 +227,30 @@ def open_claims(summary: list[dict], design: Design, comparisons: dict | None = 
                 interval = f" ({_range(m, c.decision.low, c.decision.high)})" if c.decision else ""
                 found.setdefault(v, []).append(f"{v.words} {METRICS[m][0]}{interval}")
     return found
+
+
+def look_markdown(design: Design, comparisons: dict, training: set[Variant] | None, next_seeds: list[int],
+                  budget_reached: bool) -> str:  # fmt: skip
+    """One look of `--seeds auto` as the run page shows it: each claim's decision and interval at this
+    look, then what happens next (the next wave's variants and seeds, or why it stops). `training`: the
+    variants of the next wave; None when no wave follows."""
+    seeds, look = design.looks[-1], len(design.looks)
+    lines = [f"# Look {look}: after {counted(seeds, 'seed')}", "",
+             "| vs baseline | claim | decision | difference (repeated CI) | seeds |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for m in DECIDED:
+        for v, c in sorted(comparisons[m].items(), key=lambda item: Variant.order(item[0])):
+            d = c.decision
+            interval = _range(m, d.low, d.high) if d else "no paired seeds"
+            lines.append(f"| {v.words} | {METRICS[m][0]} | {d.decision if d else 'undecided'} | {interval} | {c.n} |")
+    lines.append("")
+    if training is not None:
+        names = [v.words for v in sorted(training, key=Variant.order)]  # the baseline last: it always trains
+        which = f"{', '.join(names[:-1])} and the {names[-1]}" if len(names) > 1 else f"the {names[0]}"
+        seeds_text = f"seed {next_seeds[0]}" if len(next_seeds) == 1 else f"seeds {next_seeds[0]}–{next_seeds[-1]}"
+        lines.append(f"Next: {seeds_text} of {which} (a variant whose claims are all decided trains no more).")
+    elif budget_reached:
+        lines.append(f"Stopped: budget reached (--max-seeds {design.max_seeds}); the undecided claims stay undecided.")
+    else:
+        lines.append("Stopped: every claim decided.")
+    return "\n".join(lines) + "\n"
