@@ -175,6 +175,13 @@ def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict, pa
         groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
         threads, slots = process_layout(groups)
     p = plan.params
+    for device, size in slots.items():  # one line for the wave, not one "waiting" line per training
+        waiting = sum(g[0].device == device for g in groups) - size
+        if waiting > 0:
+            print(
+                f"{counted(waiting + size, 'training')} on {device}, {size} at a time: "
+                f"{counted(waiting, 'training')} wait{'s' if waiting == 1 else ''} for a slot"
+            )
     with gpu_resource(gpu_workers):
         return [train.with_options(**opts).submit(g, data, plan.folders["cache_dir"], threads, p["refresh"],
                                                   slots[g[0].device], p["cuda_graphs"], parent, plan.folders["out"])

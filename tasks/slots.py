@@ -82,8 +82,8 @@ def _prefect_slot(device: str, size: int, logger) -> Iterator[None]:
 def _local_slot(device: str, size: int, logger) -> Iterator[None]:
     with _creating:
         slot = _local_slots.setdefault(device, threading.BoundedSemaphore(size))
-    if not slot.acquire(blocking=False):
-        logger.info("all %d slots of %s are taken by this run's other trainings: waiting for one", size, device)
+    if not slot.acquire(blocking=False):  # its turn comes: the flow said once how many train at a time
+        logger.debug("all %d slots of %s are taken by this run's other trainings: waiting for one", size, device)
         slot.acquire()
     try:
         yield

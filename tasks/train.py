@@ -34,8 +34,7 @@ def training_problem(results: list[TrainResult], p: dict) -> str | None:
     """Why cached training results cannot stand for these variants (None: they can): each must be its own
     variant's, built on its final checkpoint of this very identity (config, data, code), with the
     numbers its weights measure (dropout_lab/core/verify.py)."""
-    from dropout_lab.core.checkpoint import identity  # torch: only when a cached result is checked
-    from dropout_lab.core.verify import cached_result_problem
+    from dropout_lab.core.claims import identity, known_claim
 
     cfgs, data = p["cfgs"], p["data"]
     if len(results) != len(cfgs):
@@ -44,9 +43,12 @@ def training_problem(results: list[TrainResult], p: dict) -> str | None:
     for r, cfg in zip(results, cfgs, strict=True):
         if r.config != cfg:
             return f"a result for {r.config.run_name}, not {cfg.run_name}"
-        problem = cached_result_problem(r.checkpoint, r.weights_sha256, r.history,
-                                        checkpoint_dir(p["cache_dir"], cfg, data), identity(cfg.to_dict(), provenance),
-                                        data.root, cfg)  # fmt: skip
+        expected, folder = identity(cfg.to_dict(), provenance), checkpoint_dir(p["cache_dir"], cfg, data)
+        if known_claim(r.checkpoint, r.weights_sha256, folder, expected, r.history):
+            continue  # this user's run wrote (or checked) these very bytes with this claim: no torch, no load
+        from dropout_lab.core.verify import cached_result_problem  # torch: only for a checkpoint it does not know
+
+        problem = cached_result_problem(r.checkpoint, r.weights_sha256, r.history, folder, expected, data.root, cfg)
         if problem:
             return f"{cfg.run_name}: {problem}"
     return None
@@ -149,8 +151,8 @@ def train(
                 events[kind] = event
                 if kind == "start":
                     live.start(data.dataset)
-                    for name, cfg in zip(names, cfgs, strict=True):
-                        bars.update(name, 0, cfg.epochs, "starting")
+                    for cfg in cfgs:
+                        bars.update(variant_of(cfg).name, cfg.seed, 0, cfg.epochs, "starting")
                     stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
                     logger.info("train[%s] on %s, %d threads, %d train (%d re-evaluated each epoch) / %d test images%s"
                                 "; started in %s", label, event["device"], event["threads"], event["n_train"],
@@ -165,11 +167,13 @@ def train(
                     logger.info(format_epoch(names[i], cfgs[i].epochs, event))
                     live.epoch(i, event)
                     update_progress_artifact(progress[i], 100.0 * epoch / cfgs[i].epochs)
-                    bars.update(names[i], epoch, cfgs[i].epochs, f"test acc {event['test_acc']:.2%}")
+                    bars.update(variant_of(cfgs[i]).name, cfgs[i].seed, epoch, cfgs[i].epochs,
+                                f"test acc {event['test_acc']:.2%}")  # fmt: skip
                 elif kind == "progress":  # every tenth of an epoch
                     i, done = event["variant"], event["epoch"] - 1 + event["progress"]
                     update_progress_artifact(progress[i], 100.0 * done / cfgs[i].epochs)
-                    bars.update(names[i], done, cfgs[i].epochs, f"epoch {event['epoch']}: {event['progress']:.0%}")
+                    bars.update(variant_of(cfgs[i]).name, cfgs[i].seed, done, cfgs[i].epochs,
+                                f"epoch {event['epoch']}: {event['progress']:.0%}")  # fmt: skip
                 elif kind == "log":
                     logger.log(event["level"], "train[%s]: %s", label, event["message"])
     except BaseException as e:

@@ -162,3 +162,13 @@ def test_sequential_error_simulation_prints_every_procedure_on_every_scenario():
     assert {r[0].lstrip("| ") for r in rows[1:]} == {"no difference", "at the margin", "observed", "worst case",
                                                      "worst case, t3", "worst case, resampled"}  # fmt: skip
     assert all(float(r[2]) <= 80 for r in rows[1:])  # never more trainings than 4 models x 20 seeds
+
+
+def test_cached_rerun_times_every_task_of_both_runs():
+    proc = subprocess.run([sys.executable, "benchmarks/cached_rerun.py", "--seeds", "0", "--limit-train", "200"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in proc.stdout.splitlines()
+            if line.startswith("| train[")}  # fmt: skip
+    assert rows == {"train[baseline, seed=0]": "Cached", "train[dropout=0.25, seed=0]": "Cached"}, proc.stdout
+    assert "cached trainings: median" in proc.stdout and "**flow run, end to end**" in proc.stdout

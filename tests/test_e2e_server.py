@@ -326,7 +326,10 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert "absolute paths are refused" in server.log("serve") and not elsewhere.exists()
     # In the run's log (the UI's): one line naming the deployment parameter, no engine traceback.
     (refused,) = server.manual_runs(deployment["id"])
-    logs = [r["message"] for r in server.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [refused]}}})]
+    query = {"logs": {"flow_run_id": {"any_": [refused]}}}
+    messages = lambda: [r["message"] for r in server.post("/logs/filter", query)]  # noqa: E731
+    server.wait_for("the run's logs", lambda: any(m.startswith("Finished in state") for m in messages()), timeout=60)
+    logs = messages()  # shipped in batches: all there once the last one is
     assert not any("Traceback" in m for m in logs), logs
     expected = (f"refused: parameter out (--out) {str(elsewhere)!r}: a deployment run may only name a folder inside "
                 f"{server.root / 'served'} (set by serve.py --out-root or $DROPOUT_LAB_OUT_ROOT where the worker "
@@ -403,6 +406,18 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def commands_in(pid: int, text: str) -> list[int]:
+    """The processes of pid's tree whose command line contains `text`."""
+    found = []
+    for member in process_tree(pid):
+        try:
+            if text.encode() in Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" "):
+                found.append(member)
+        except OSError:
+            continue
+    return found
+
+
 def _training_runs(server: Server, flow_run_id: str) -> bool:
     return "train" in " ".join(t["name"] for t in server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [
         flow_run_id]}}}) if (t.get("state") or {}).get("type") == "RUNNING")  # fmt: skip
@@ -450,11 +465,15 @@ def test_a_run_claimed_when_serve_py_is_stopped_runs_after_the_restart(server):
     claimed = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
     state = lambda run: server.get(f"/flow_runs/{run}")["state"]  # noqa: E731
     deadline = time.time() + 120
-    while state(claimed)["type"] != "PENDING":  # claimed: its process is starting (seconds)
+    (serving,) = server.wait_for("serve.py", lambda: commands_in(serve.pid, "deployments/serve.py"))
+    # Claimed: Pending, and its process started (below serve.py), still importing: seconds before Running.
+    while not (state(claimed)["type"] == "PENDING" and len(process_tree(serving)) > 1):
         assert time.time() < deadline and state(claimed)["type"] in ("SCHEDULED", "PENDING"), state(claimed)
-        time.sleep(0.1)
-    stop(serve)  # SIGTERM, as a service manager stops it
-    assert SHUT_DOWN in [s["message"] for s in server.get(f"/flow_run_states/?flow_run_id={claimed}")]
+        time.sleep(0.05)
+    os.kill(serving, signal.SIGTERM)  # to serve.py, as `kill PID` or a service manager's stop does
+    assert serve.wait(timeout=60) is not None
+    assert SHUT_DOWN in [s["message"] for s in server.get(f"/flow_run_states/?flow_run_id={claimed}")], (
+        server.log("serve-term"))  # fmt: skip
     assert state(claimed)["type"] == "SCHEDULED" and state(claimed)["message"] == REQUEUED, state(claimed)
     assert "re-queued" in server.log("serve-term")
     asked = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]

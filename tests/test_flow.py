@@ -1,5 +1,6 @@
 """The whole flow end to end on tiny data, under one embedded Prefect server."""
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -376,7 +377,8 @@ def test_seeds_auto_trains_waves_until_decided_or_the_budget_and_records_the_dec
     assert all(s == {"Cached"} for n, s in again.items() if n.startswith("train["))
 
 
-def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect_harness, workspace, monkeypatch):
+def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect_harness, workspace, monkeypatch,
+                                                                         caplog):  # fmt: skip
     """After a look, a variant whose claims are all decided trains no more seeds while the baseline and the
     undecided variants go on. (The tiny fake runs decide nothing reliably, so the first look's open claims
     are stood in: only dropout 0.5's test accuracy is open; the second look finds every claim decided.)"""
@@ -398,6 +400,10 @@ def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect
     assert "| dropout 0.5 | test accuracy |" in shown[0] and "| dropout 0.25 | generalization gap |" in shown[0]
     assert "Next: seed 5 of dropout 0.5 and the baseline" in shown[0]
     assert shown[1].rstrip().endswith("Stopped: every claim decided.")
+    # Slot waits: one line per wave says how many train at a time, not one "waiting" line per training.
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert sum("at a time:" in m and "for a slot" in m for m in messages) == 1, messages  # the first wave's
+    assert not any("slots of cpu are taken" in m for m in messages)
     trained = {n for n in states if n.startswith("train[")}
     assert {n for n in trained if "seed=5" in n} == {"train[dropout=0.5, seed=5]", "train[baseline, seed=5]"}
     assert len(trained) == 17  # 3 x 5 in the first wave, then dropout 0.5 and the baseline

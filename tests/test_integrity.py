@@ -23,9 +23,9 @@ from dropout_lab.analysis import history
 from dropout_lab.analysis.tracking import headline_metrics
 from dropout_lab.config import PARAMETERS, SETTINGS, NotInResult, TrainConfig, compared_variants, design_of
 from dropout_lab.core.checkpoint import load_checkpoint, save_checkpoint
+from dropout_lab.core.claims import STORE_ENV
 from dropout_lab.core.data import DataError
 from dropout_lab.core.evaluate import run_data
-from dropout_lab.core.verify import STORE_ENV
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.devices import variant_configs
@@ -188,7 +188,8 @@ def test_genuine_checkpoints_measured_on_another_machine_pass_the_re_measurement
     monkeypatch.setenv(STORE_ENV, str(tmp_path / "nothing-measured-here.txt"))
     _, states = run(ws)
     assert all(s == {"Cached"} for s in states.values()), states
-    assert len((tmp_path / "nothing-measured-here.txt").read_text().split()) == 2  # both re-measured, recorded
+    lines = (tmp_path / "nothing-measured-here.txt").read_text().splitlines()
+    assert len(lines) == 2 and all(len(line.split()) == 2 for line in lines)  # both re-measured, recorded with claims
 
 
 # --- 5: two values that print alike ------------------------------------------------------------------------
@@ -331,3 +332,33 @@ def test_a_checkpoint_ahead_of_the_plan_or_with_a_short_history_is_not_resumed(s
     events = [r for _, r in fit([cfg], *splits, [folder])]
     assert events == [] and (folder / "epoch-0005.pt.corrupt").exists()
     assert any("holds epoch 5 of a 2-epoch training" in r.getMessage() for r in caplog.records)
+
+
+def test_a_known_checkpoint_is_vouched_for_by_its_bytes_and_its_whole_claim(tmp_path, monkeypatch):
+    """The torch-free check of a cached training (dropout_lab/core/claims.py): only these very bytes, in
+    their own folder, listed with this identity, the planned final epoch and this history, pass; any
+    other claim about them goes through the full check."""
+    from dropout_lab.core.claims import claim_key, identity, known_claim, record_measured
+
+    monkeypatch.setenv(STORE_ENV, str(tmp_path / "measured.txt"))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    path = folder / "epoch-0002.pt"
+    path.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    expected = identity({"epochs": 2, "dropout": 0.25}, {"dataset": "fake", "data_fingerprint": "f", "code": "c"})
+    history = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.6}]
+    assert not known_claim(str(path), sha, folder, expected, history)  # nothing recorded yet
+    record_measured(sha, claim_key(expected, 2, history))
+    assert known_claim(str(path), sha, folder, expected, history)
+    assert not known_claim(str(path), sha, folder, expected, [*history[:1], {"epoch": 2, "test_acc": 0.9}])
+    assert not known_claim(str(path), sha, folder, {**expected, "dataset": "cifar10"}, history)
+    earlier = identity({"epochs": 3, "dropout": 0.25}, {"dataset": "fake", "data_fingerprint": "f", "code": "c"})
+    record_measured(sha, claim_key(earlier, 2, history))  # an epoch-2 checkpoint of a 3-epoch training ...
+    assert not known_claim(str(path), sha, folder, earlier, history)  # ... is not its final one
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    (elsewhere / path.name).write_bytes(b"weights")
+    assert not known_claim(str(elsewhere / path.name), sha, folder, expected, history)  # not in its folder
+    path.write_bytes(b"weightz")
+    assert not known_claim(str(path), sha, folder, expected, history)  # other bytes

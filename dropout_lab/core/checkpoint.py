@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from dropout_lab.core.claims import PROVENANCE, identity  # noqa: F401  (what a checkpoint is: torch-free)
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"DLCKPT1\n"
@@ -72,16 +74,6 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: payload is not a checkpoint dict")
     return state
-
-
-# What a checkpoint's identity holds beside the config: where its data and code came from.
-PROVENANCE = ("dataset", "data_fingerprint", "code")
-
-
-def identity(config: dict, provenance: dict) -> dict:
-    """What a trained model is: its exact config (compared settings, recipe, planned epochs, data sizes),
-    the dataset, the data's measured fingerprint and the training code's key (`provenance`)."""
-    return {"config": dict(config), **{k: provenance.get(k, "") for k in PROVENANCE}}
 
 
 def identity_problem(found, expected: dict) -> str | None:

@@ -33,6 +33,7 @@ from dropout_lab.core.checkpoint import (
     save_checkpoint,
     set_aside,
 )
+from dropout_lab.core.claims import claim_key, measured_here, record_measured
 from dropout_lab.core.evaluate import (
     RunData,
     autocast,
@@ -53,7 +54,7 @@ from dropout_lab.core.stacked import (
     streams_from_global,
     unstack_into,
 )
-from dropout_lab.core.verify import measured_here, numbers_problem, record_measured, remeasure
+from dropout_lab.core.verify import numbers_problem, remeasure
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def save_epoch(folder: Path, cfg: TrainConfig, expected: dict, epoch: int, model
             "history": history,
         },
     )
-    record_measured(sha256)
+    record_measured(sha256, claim_key(expected, epoch, history))
     prune(folder)
 
 

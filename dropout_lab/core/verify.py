@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import threading
 from pathlib import Path
 
@@ -25,61 +24,14 @@ import torch
 
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.checkpoint import CheckpointError, checked_claim
+from dropout_lab.core.claims import claim_key, measured_here, record_measured
 from dropout_lab.core.evaluate import RunData, evaluate, run_data
 from dropout_lab.core.model import Net
 from dropout_lab.core.stacked import Single
 
 log = logging.getLogger(__name__)
 
-STORE_ENV = "DROPOUT_LAB_MEASURED"  # the file listing the checkpoints this user's runs measured
 EVALUATED = ("train_eval", "test", "val")  # the evaluations every epoch record holds (`{name}_acc`, `{name}_loss`)
-
-
-def measured_store() -> Path:
-    """$DROPOUT_LAB_MEASURED, else dropout-lab/measured.txt in the user's data folder (XDG): outside
-    every cache, so writing a cache does not make its checkpoints trusted."""
-    if os.environ.get(STORE_ENV):
-        return Path(os.environ[STORE_ENV])
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "dropout-lab" / "measured.txt"
-
-
-_lock = threading.Lock()
-_known: dict[str, tuple[tuple, set[str]]] = {}  # store path → (its stat when read, the SHA-256s in it)
-
-
-def measured_here(sha256: str) -> bool:
-    """Whether this user's runs wrote, or re-measured, the checkpoint file with this SHA-256."""
-    path = measured_store()
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    with _lock:
-        stamp, known = _known.get(str(path), ((), set()))
-        if stamp != (st.st_size, st.st_mtime_ns, st.st_ino):
-            known = set(path.read_text(errors="replace").split())
-            _known[str(path)] = ((st.st_size, st.st_mtime_ns, st.st_ino), known)
-        return sha256 in known
-
-
-@functools.cache
-def _warn_unwritable(path: str, reason: str) -> None:
-    log.warning("cannot record measured checkpoints in %s (%s): checkpoints will be measured again", path, reason)
-
-
-def record_measured(sha256: str) -> None:
-    """Add a checkpoint's SHA-256 to the store (one appended line: concurrent writers do not mix)."""
-    path = measured_store()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, f"{sha256}\n".encode())
-        finally:
-            os.close(fd)
-    except OSError as e:
-        _warn_unwritable(str(path), e.strerror or str(e))
 
 
 def remeasure(model: Net, data: RunData, cfg: TrainConfig) -> dict[str, dict]:
@@ -135,12 +87,15 @@ def cached_result_problem(checkpoint: str, sha256: str, history: list, folder: P
                           cfg: TrainConfig) -> str | None:  # fmt: skip
     """Why a recorded training result cannot be used (None: it can): its checkpoint must be this
     training's final one (`checked_claim`) and, unless this user's runs wrote or measured that file,
-    its final numbers must be what its weights measure on the data at `root`."""
+    its final numbers must be what its weights measure on the data at `root`. A checkpoint that passes
+    is recorded with its claim, so its next check needs neither torch nor a load (claims.known_claim)."""
     try:
         state = checked_claim(checkpoint, sha256, folder, expected, history)
     except CheckpointError as e:
         return str(e)
+    claim = claim_key(expected, expected["config"]["epochs"], history)
     if measured_here(sha256):
+        record_measured(sha256, claim)
         return None
     device = cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu"
     model = Net(cfg.dropout).to(device, memory_format=torch.channels_last)
@@ -154,5 +109,5 @@ def cached_result_problem(checkpoint: str, sha256: str, history: list, folder: P
         measured = remeasure(model, data, cfg)
     problem = numbers_problem(history[-1], measured, same_kernels=device == cfg.device)
     if problem is None:
-        record_measured(sha256)
+        record_measured(sha256, claim)
     return problem

@@ -42,11 +42,14 @@ def format_startup(startup: dict) -> str:
 
 
 class EpochBars:
-    """`update(label, epoch, epochs, text)` moves the bar of one model; a no-op until `shown()`."""
+    """`update(model, seed, epoch, epochs, text)` moves the bar of one model, which counts the epochs of
+    all its seeds (20 seeds are one bar, not 20: `--seeds auto` adds seeds in waves, and the bar's total
+    grows with them) and says how many of its seeds are done; a no-op until `shown()`."""
 
     def __init__(self) -> None:
         self._progress: Progress | None = None
         self._bars: dict[str, int] = {}
+        self._seeds: dict[str, dict[int, tuple[float, int]]] = {}  # model → seed → (epochs done, epochs)
         self._lock = threading.Lock()  # training tasks report from several threads
 
     @contextmanager
@@ -57,7 +60,8 @@ class EpochBars:
             return
         self._progress = Progress(
             TextColumn("{task.description:<22}", markup=False), BarColumn(), MofNCompleteColumn(),
-            TextColumn("epochs"), TimeElapsedColumn(), TextColumn("{task.fields[note]}", markup=False),
+            TextColumn("epochs"), TextColumn("{task.fields[seeds]}"), TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}", markup=False),
             console=Console(stderr=True, markup=False),  # log text like "train[baseline]" is not markup
         )  # fmt: skip
         # Log lines must print through the bars' console, above the bars, or the two interleave.
@@ -70,20 +74,27 @@ class EpochBars:
             finally:
                 for handler, console in swapped:
                     handler.console = console
-                self._progress, self._bars = None, {}
+                self._progress, self._bars, self._seeds = None, {}, {}
 
     def __reduce__(self):
         # Deployments pickle the flow by value (with the globals it uses): unpickle as this
         # process's own singleton instead of trying to pickle a lock and a live display.
         return (_the_bars, ())
 
-    def update(self, label: str, epoch: float, epochs: int, note: str = "") -> None:
+    def update(self, model: str, seed: int, epoch: float, epochs: int, note: str = "") -> None:
         with self._lock:
             if self._progress is None:
                 return
-            if label not in self._bars:
-                self._bars[label] = self._progress.add_task(f"train[{label}]", total=epochs, note="")
-            self._progress.update(self._bars[label], completed=epoch, note=note)
+            seeds = self._seeds.setdefault(model, {})
+            seeds[seed] = (epoch, epochs)
+            total = sum(n for _, n in seeds.values())
+            done = sum(min(e, n) for e, n in seeds.values())
+            finished = sum(e >= n for e, n in seeds.values())
+            counts = f"{finished}/{len(seeds)} seeds" if len(seeds) > 1 else f"seed {seed}"
+            if model not in self._bars:
+                self._bars[model] = self._progress.add_task(f"train[{model}]", total=total, note="", seeds="")
+            note = f"seed {seed}: {note}" if note and len(seeds) > 1 else note
+            self._progress.update(self._bars[model], total=total, completed=done, seeds=counts, note=note)
 
 
 def _rich_log_handlers() -> list[logging.Handler]:
