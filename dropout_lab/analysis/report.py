@@ -181,15 +181,20 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
     ]
     if any(r["n_seeds"] > 1 for r in tables.statistics):
         lines += statistics_tables(tables.statistics)
+    # Short headers, said in full once above: ten columns must fit the run page's width.
     lines += [
-        "| model | seed | train acc (eval mode) | train acc (running) | final test acc | best test acc, "
-        "test-selected (epoch) "
-        "| gap (points) | test loss | train time | device |",
+        "Per seed, accuracies: train in eval mode and running (train mode), final test, the best test epoch's "
+        "(test-selected: optimistic); the gap in points; train time.",
+        "",
+        "| model | seed | train (eval) | train (running) | test | best test (epoch) | gap | test loss | time "
+        "| device |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     held_out = any(s.get("val_best_epoch") is not None for s in summary)
     if held_out:  # an honest best epoch: chosen on held-out training images
-        lines[-2] = lines[-2].replace("| gap (points)", "| test acc at the val-selected epoch (epoch) | gap (points)")
+        lines[-4] = lines[-4].replace("(test-selected: optimistic)", "(test-selected: optimistic) and the test "
+                                      "accuracy at the epoch held-out images chose (val-selected)")  # fmt: skip
+        lines[-2] = lines[-2].replace("| gap |", "| test at val-selected (epoch) | gap |")
         lines[-1] += "---|"
     for s in summary:
         val = f"{_pct(s['val_selected_test_acc'])} ({s['val_best_epoch']}) | " if held_out else ""
