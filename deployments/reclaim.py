@@ -76,49 +76,45 @@ def switch_on(after_s: float = DEFAULT_AFTER_S) -> tuple[Automation, Automation]
 
 
 def _silent() -> Automation:
-    if existing := _kept(SILENT_NAME, SILENT_AFTER_S):
-        return existing
-    delete_named(SILENT_NAME)
-    return Automation(
-        name=SILENT_NAME,
-        description=f"Mark a run tagged {TAG} Crashed when its heartbeats (every {HEARTBEAT_S} s) stopped for "
-        f"{SILENT_AFTER_S} s (its process is gone; deployments/reclaim.py)",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.*"},  # a heartbeat or any state change: the run is alive
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.id": f"prefect.tag.{TAG}"},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=SILENT_AFTER_S),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"no heartbeat for {SILENT_AFTER_S} s: the "
-                                    "process running it stopped (reclaimed by automation)")],
-    ).create()  # fmt: skip
+    return _reclaim(
+        SILENT_NAME, SILENT_AFTER_S,
+        f"when its heartbeats (every {HEARTBEAT_S} s) stopped for {SILENT_AFTER_S} s",
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.*"},  # a heartbeat or any state change: the run is alive
+        message=f"no heartbeat for {SILENT_AFTER_S} s: the process running it stopped",
+    )  # fmt: skip
 
 
 def _stuck(after_s: float) -> Automation:
-    if existing := _kept(NAME, after_s):
+    return _reclaim(
+        NAME, after_s, f"when it is not Running {after_s:g} s after Pending",
+        after={"prefect.flow-run.Pending", "prefect.flow-run.Submitting"},
+        expect={f"prefect.flow-run.{state}" for state in MOVED_ON},
+        message=f"not started {after_s:g} s after it was claimed: the process that claimed it stopped",
+    )  # fmt: skip
+
+
+def _reclaim(name: str, within_s: float, when: str, after: set[str], expect: set[str], message: str) -> Automation:
+    """The automation `name`, kept when it is on with this wait, else made anew: a run tagged TAG that
+    had one of the `after` events and then none of the `expect` events for `within_s` is marked Crashed."""
+    if existing := _kept(name, within_s):
         return existing
-    delete_named(NAME)
+    delete_named(name)
     return Automation(
-        name=NAME,
-        description=f"Mark a run tagged {TAG} Crashed when it is not Running {after_s:g} s after Pending "
-        "(the process that claimed it is gone; deployments/reclaim.py)",
+        name=name,
+        description=f"Mark a run tagged {TAG} Crashed {when} (the process that ran it is gone; deployments/reclaim.py)",
         trigger=EventTrigger(
-            after={"prefect.flow-run.Pending", "prefect.flow-run.Submitting"},
-            expect={f"prefect.flow-run.{state}" for state in MOVED_ON},
+            after=after,
+            expect=expect,
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.id": f"prefect.tag.{TAG}"},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=after_s),
+            within=timedelta(seconds=within_s),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"not started {after_s:g} s after it was "
-                                    "claimed: the process that claimed it stopped (reclaimed by automation)")],
-    ).create()  # fmt: skip
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"{message} (reclaimed by automation)")],
+    ).create()
 
 
 # What Prefect's runner sets on the runs it still holds when it stops (SIGTERM to serve.py): the run was
