@@ -10,6 +10,7 @@ import pytest
 from dropout_lab.cli.compare import build_parser
 from dropout_lab.naming import run_folder_name
 from flows.compare import main
+from tests.refusals import one_line_refusal
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,9 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
     ],
 )
 def test_bad_parameters_give_one_line_and_exit_2(argv, message, capsys, tmp_path):
-    assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert message in one_line_refusal(capsys, 2, main, *argv, "--data-dir", str(tmp_path / "d"))
     assert not (tmp_path / "d").exists()  # nothing was started
 
 

@@ -32,6 +32,7 @@ from dropout_lab.runtime.worker import classify
 from flows.compare import compare, main
 from tasks.cache import SafeJSONSerializer, UnsafeCacheEntry, check_record
 from tasks.train import retry_unless_hopeless
+from tests.refusals import one_line_refusal
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER_CMD = "touch {}"
@@ -247,11 +248,8 @@ def test_a_report_with_a_hostile_folder_name_and_class_names_renders(tmp_path):
     ],
 )
 def test_values_the_flow_would_refuse_are_refused_by_the_cli_first(argv, message, tmp_path, capsys):
-    code = main(
-        [*argv, "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    where = ["--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
+    assert one_line_refusal(capsys, 2, main, *argv, *where).startswith(f"error: {message}")
     assert not list(tmp_path.iterdir())  # no folder, no server, no flow run
 
 

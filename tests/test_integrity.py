@@ -30,6 +30,7 @@ from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.devices import variant_configs
 from flows.compare import compare, main
+from tests.refusals import one_line_refusal
 
 EPOCHS = 2
 
@@ -308,9 +309,7 @@ def test_every_parameter_changes_the_folder_or_is_declared_as_changing_no_number
 )
 def test_what_cannot_be_done_is_refused_in_one_line_before_anything_is_created(argv, says, capsys, tmp_path):
     where = ["--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
-    assert main([*argv, *where]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
+    assert says in one_line_refusal(capsys, 2, main, *argv, *where)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -17,20 +17,14 @@ from dropout_lab.core import data
 from dropout_lab.redact import redact, redact_logs, split_credentials
 from dropout_lab.runtime.launcher import TrainingFailed
 from flows.compare import compare, main
+from tests.refusals import SECRET, one_line_refusal
 from tests.test_reliability import args_for, cli
 
-SECRET = "s3cret"
 PAIR = f"alice:{SECRET}"
 
 
 def refused(capfd, argv: list[str]) -> str:
-    try:
-        status = main(argv)
-    except SystemExit as e:
-        status = e.code
-    err = capfd.readouterr().err
-    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1 and SECRET not in err, err
-    return err
+    return one_line_refusal(capfd, 2, main, *argv)
 
 
 def test_credentials_in_urls_are_redacted():

@@ -21,9 +21,9 @@ import pytest
 from dropout_lab import cli
 from dropout_lab.analysis import history
 from flows.compare import compare, main
+from tests.refusals import SECRET, one_line_refusal
 
 REPO = Path(__file__).resolve().parent.parent
-SECRET = "s3cret"
 
 
 @pytest.fixture(autouse=True)
@@ -33,19 +33,6 @@ def environment_restored():
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-def one_line(capfd, code: int, run, *argv, within: float = 15.0) -> str:
-    started = time.monotonic()
-    try:
-        status = run(list(argv))
-    except SystemExit as e:  # argparse's refusal, as a process would end
-        status = e.code
-    assert status == code
-    out, err = capfd.readouterr()
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert SECRET not in out + err and time.monotonic() - started < within
-    return err
 
 
 @pytest.fixture
@@ -80,7 +67,7 @@ def test_an_mlflow_server_answering_only_its_health_check_is_refused_at_once(cap
                                                                              half_working):  # fmt: skip
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", half_working)
-    err = one_line(capfd, 2, main, "--mlflow", "--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--out",
+    err = one_line_refusal(capfd, 2, main, "--mlflow", "--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--out",
                    str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))  # fmt: skip
     assert "answers 503 to a read of its experiments" in err and list(tmp_path.iterdir()) == []
 
@@ -96,13 +83,13 @@ def test_a_prefect_api_answering_only_its_health_check_is_refused_by_every_comma
     with temporary_settings(updates={PREFECT_API_URL: f"{half_working}/api"}):
         for run, argv in ((main, where), (serve.main, where), (reclaim.main, []),
                           (notify.main, ["--webhook", "https://hooks.example/x"])):  # fmt: skip
-            err = one_line(capfd, 2, run, *argv)
+            err = one_line_refusal(capfd, 2, run, *argv)
             assert "(PREFECT_API_URL)" in err and "503" in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_dask_scheduler_that_refuses_leaves_no_folder(capfd, tmp_path):
-    one_line(
+    one_line_refusal(
         capfd,
         2,
         main,
@@ -143,7 +130,7 @@ def test_a_dask_scheduler_that_refuses_leaves_no_folder(capfd, tmp_path):
     ],
 )
 def test_compare_answers_bad_values_in_one_line(capfd, tmp_path, argv, says):
-    assert says in one_line(capfd, 2, main, *argv, "--data-dir", str(tmp_path / "d"))
+    assert says in one_line_refusal(capfd, 2, main, *argv, "--data-dir", str(tmp_path / "d"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -158,7 +145,7 @@ def test_a_bad_prefect_setting_in_the_environment_is_one_line(tmp_path):
 def test_serve_answers_a_bad_reclaim_time_in_one_line(capfd):
     from deployments import serve
 
-    assert "expected seconds between 10 and 86400" in one_line(capfd, 2, serve.main, "--reclaim-after", "2")
+    assert "expected seconds between 10 and 86400" in one_line_refusal(capfd, 2, serve.main, "--reclaim-after", "2")
 
 
 def history_cli(argv):
@@ -190,7 +177,7 @@ def store(tmp_path) -> Path:
     ],
 )
 def test_the_history_command_answers_in_one_line(capfd, store, argv, says):
-    assert says in one_line(capfd, 2, history_cli, "--out", str(store.parent), *argv)
+    assert says in one_line_refusal(capfd, 2, history_cli, "--out", str(store.parent), *argv)
     assert not Path("/tmp.png").exists()
 
 
@@ -210,7 +197,7 @@ def test_reports_of_another_program_are_skipped_and_a_stripped_store_is_refused(
         db.execute(f"CREATE TABLE {table} ({key}, UNIQUE ({key}))")
     db.commit()
     db.close()
-    assert "lacks" in one_line(capfd, 2, history_cli, "--history", str(stripped))
+    assert "lacks" in one_line_refusal(capfd, 2, history_cli, "--history", str(stripped))
 
 
 def test_a_locked_store_says_within_two_seconds_that_it_waits(store, caplog, monkeypatch):

@@ -30,19 +30,10 @@ from dropout_lab.runtime import devices
 from dropout_lab.runtime.console import WithoutTracebacks
 from dropout_lab.runtime.preflight import check_folders, confine
 from flows.compare import compare, main
+from tests.refusals import one_line_refusal
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "alice:s3cret"
-
-
-def one_line_exit(capsys, code: int, argv: list[str], started: float | None = None, within: float = 15) -> str:
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert "s3cret" not in err
-    if started is not None:
-        assert time.monotonic() - started < within
-    return err
 
 
 @pytest.fixture
@@ -234,11 +225,11 @@ def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_
     }
     for uri, message in cases.items():
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        started = time.monotonic()
-        assert message in one_line_exit(capsys, 2, [*base, "--out", str(tmp_path / "o")], started, within=12)
+        assert message in one_line_refusal(capsys, 2, main, *base, "--out", str(tmp_path / "o"), within=12)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     (tmp_path / "folder-store" / "mlflow.db").mkdir(parents=True)  # the embedded store is a folder
-    assert "a folder, not a database file" in one_line_exit(capsys, 2, [*base, "--out", str(tmp_path / "folder-store")])
+    folder_store = ["--out", str(tmp_path / "folder-store")]
+    assert "a folder, not a database file" in one_line_refusal(capsys, 2, main, *base, *folder_store)
     foreign = tmp_path / "foreign-store" / "mlflow.db"
     foreign.parent.mkdir()
     db = sqlite3.connect(foreign)
@@ -246,7 +237,7 @@ def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_
     db.commit()
     db.close()
     before = foreign.read_bytes()
-    assert "another program's database" in one_line_exit(capsys, 2, [*base, "--out", str(foreign.parent)])
+    assert "another program's database" in one_line_refusal(capsys, 2, main, *base, "--out", str(foreign.parent))
     assert foreign.read_bytes() == before
     assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()
 
@@ -254,8 +245,7 @@ def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_
 def test_a_dask_scheduler_that_does_not_answer_is_refused_within_seconds(capsys, tmp_path, silent_peer):
     base = ["--dataset", "fake", "--task-runner", "dask", "--data-dir", str(tmp_path / "d")]
     for port in (9, silent_peer):  # refused, and accepted but never answered
-        started = time.monotonic()
-        err = one_line_exit(capsys, 2, [*base, "--dask-address", f"tcp://127.0.0.1:{port}"], started, within=20)
+        err = one_line_refusal(capsys, 2, main, *base, "--dask-address", f"tcp://127.0.0.1:{port}", within=20)
         assert "no Dask scheduler answers there" in err
 
 
@@ -282,7 +272,7 @@ def test_notify_refuses_bad_webhooks_and_a_silent_api_with_one_line(tmp_path):
 def test_a_folder_name_too_long_is_refused_before_anything_is_created(capsys, tmp_path):
     long_out = tmp_path / ("b" * 300)
     argv = ["--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]
-    assert "longer than this file system allows" in one_line_exit(capsys, 2, [*argv, "--out", str(long_out)])
+    assert "longer than this file system allows" in one_line_refusal(capsys, 2, main, *argv, "--out", str(long_out))
     assert sorted(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="longer than this file system allows"):
         confine("out", "x" * 300, tmp_path)  # a deployment run's out='x'*300
@@ -302,7 +292,7 @@ def test_a_deployment_run_with_a_folder_name_too_long_is_refused_before_anything
 
 def test_a_refusal_leaves_no_folder_behind(capsys, tmp_path, monkeypatch):
     argv = ["--dataset", "fake", "--data-dir", str(tmp_path / "D"), "--cache-dir", str(tmp_path / "C")]
-    one_line_exit(capsys, 2, [*argv, "--out", "/proc/x"])  # /proc takes no folder: refused after the plan
+    one_line_refusal(capsys, 2, main, *argv, "--out", "/proc/x")  # /proc takes no folder: refused after the plan
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     import shutil as real_shutil
 
