@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from dropout_lab.config import TrainConfig  # noqa: E402
-from dropout_lab.core.checkpoint import checked_claim, identity  # noqa: E402
+from dropout_lab.core.checkpoint import checked_claim  # noqa: E402
+from dropout_lab.core.claims import identity  # noqa: E402
 from dropout_lab.core.data import FOLDER_NAME, _md5_memo, describe_folder  # noqa: E402
 from dropout_lab.core.evaluate import run_data  # noqa: E402
 from dropout_lab.core.model import Net  # noqa: E402

@@ -24,12 +24,13 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.events.actions import SendNotification  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL  # noqa: E402
+from prefect.settings import PREFECT_API_URL  # noqa: E402
 
 from dropout_lab.cli.compare import check_api_reachable  # noqa: E402
 from dropout_lab.cli.oneline import Parser, one_line, say  # noqa: E402
 from dropout_lab.naming import slug  # noqa: E402
 from dropout_lab.redact import redact  # noqa: E402
+from tasks.report import ui_base  # noqa: E402
 
 SUBJECT = "dropout-lab: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
 # The link is built here, from the API's address: the server renders `ui_url` as None unless its own
@@ -54,10 +55,6 @@ def names(deployment: str) -> tuple[str, str, str]:
     """(the Failed automation's name, the Crashed one's, the notification block's) for a deployment."""
     return (f"dropout-lab: {deployment} failed", f"dropout-lab: {deployment} crashed",
             f"dropout-lab-failures-{slug(deployment)}")  # fmt: skip
-
-
-def ui_base() -> str:
-    return (PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")).rstrip("/")
 
 
 def switch_on(deployment: str, webhook: str) -> list[Automation]:

@@ -33,7 +33,7 @@ from prefect.states import Cancelled, Failed  # noqa: E402
 
 from dropout_lab.analysis.report import report_order, report_tables  # noqa: E402
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, display_rows  # noqa: E402
-from dropout_lab.analysis.verdict import look_markdown, open_claims  # noqa: E402
+from dropout_lab.analysis.verdict import look_markdown, open_claims, variants_words  # noqa: E402
 from dropout_lab.cli.compare import run_from_command_line  # noqa: E402
 from dropout_lab.config import (  # noqa: E402
     BASELINE,
@@ -160,10 +160,7 @@ def compare(**params) -> str:
 
 def next_wave_words(training: set[Variant], compared: set[Variant]) -> str:
     """What the next waves train, once some variant has stopped (" (next waves: dropout 0.1 and the baseline)")."""
-    if training >= compared:
-        return ""
-    names = [v.words for v in sorted(training, key=Variant.order)]
-    return f" (next waves: {', '.join(names[:-1])} and the {names[-1]})"
+    return "" if training >= compared else f" (next waves: {variants_words(training)})"
 
 
 def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict, parent: str | None) -> list:

@@ -108,7 +108,8 @@ def test_checkpoint_for_another_config_is_set_aside_and_training_restarts(splits
 
 
 def test_checkpoint_with_wrong_shapes_is_set_aside(splits, tmp_path, caplog):
-    from dropout_lab.core.checkpoint import identity, save_checkpoint
+    from dropout_lab.core.checkpoint import save_checkpoint
+    from dropout_lab.core.claims import identity
 
     folder = tmp_path / "run"
     folder.mkdir()

@@ -24,7 +24,8 @@ import torch
 from dropout_lab.analysis import history
 from dropout_lab.analysis.report import report_files, report_problem
 from dropout_lab.config import TrainConfig
-from dropout_lab.core.checkpoint import CheckpointError, checked_claim, identity, save_checkpoint
+from dropout_lab.core.checkpoint import CheckpointError, checked_claim, save_checkpoint
+from dropout_lab.core.claims import identity
 from dropout_lab.core.data import data_problem, ensure_fake
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.console import WithoutTracebacks

@@ -229,6 +229,13 @@ def open_claims(summary: list[dict], design: Design, comparisons: dict | None = 
     return found
 
 
+def variants_words(variants) -> str:
+    """`dropout 0.1, dropout 0.5 and the baseline`: variants as a sentence names them, in the report's
+    order (the baseline, which every wave trains, last)."""
+    names = [v.words for v in sorted(variants, key=Variant.order)]
+    return f"{', '.join(names[:-1])} and the {names[-1]}" if len(names) > 1 else f"the {names[0]}"
+
+
 def look_markdown(design: Design, comparisons: dict, training: set[Variant] | None, next_seeds: list[int],
                   budget_reached: bool) -> str:  # fmt: skip
     """One look of `--seeds auto` as the run page shows it: each claim's decision and interval at this
@@ -245,8 +252,7 @@ def look_markdown(design: Design, comparisons: dict, training: set[Variant] | No
             lines.append(f"| {v.words} | {METRICS[m][0]} | {d.decision if d else 'undecided'} | {interval} | {c.n} |")
     lines.append("")
     if training is not None:
-        names = [v.words for v in sorted(training, key=Variant.order)]  # the baseline last: it always trains
-        which = f"{', '.join(names[:-1])} and the {names[-1]}" if len(names) > 1 else f"the {names[0]}"
+        which = variants_words(training)
         seeds_text = f"seed {next_seeds[0]}" if len(next_seeds) == 1 else f"seeds {next_seeds[0]}–{next_seeds[-1]}"
         lines.append(f"Next: {seeds_text} of {which} (a variant whose claims are all decided trains no more).")
     elif budget_reached:

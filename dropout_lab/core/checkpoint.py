@@ -4,8 +4,8 @@ File layout: MAGIC (8 bytes) · sha256 of the payload (32 bytes) · payload (tor
 A torn write, a flipped bit or a foreign file fails the magic or checksum test instead of
 loading garbage. Payloads load with `weights_only=True`, so a crafted file cannot run code.
 
-Every checkpoint records what it is (`identity`): the exact config (compared settings, recipe, the
-planned epochs, the data sizes), the dataset, the data's measured fingerprint and the training code's
+Every checkpoint records what it is (`identity`, in core/claims.py): the exact config (compared settings,
+recipe, the planned epochs, the data sizes), the dataset, the data's measured fingerprint and the training code's
 key, beside the epoch it finished. A checkpoint is resumed from, or a cached result built on it is
 used, only when that identity is the one asked for (and, for a result, when it is the planned final
 epoch); checksums catch accidents, identities catch a checkpoint that is not this training's.
@@ -21,8 +21,6 @@ import re
 from pathlib import Path
 
 import torch
-
-from dropout_lab.core.claims import PROVENANCE, identity  # noqa: F401  (what a checkpoint is: torch-free)
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,13 @@ from dropout_lab.core.checkpoint import (
     CheckpointError,
     checkpoint_path,
     epoch_checkpoints,
-    identity,
     identity_problem,
     load_checkpoint,
     prune,
     save_checkpoint,
     set_aside,
 )
-from dropout_lab.core.claims import claim_key, measured_here, record_measured
+from dropout_lab.core.claims import claim_key, identity, measured_here, record_measured
 from dropout_lab.core.evaluate import (
     RunData,
     autocast,
