@@ -13,6 +13,7 @@ from prefect.context import FlowRunContext
 from dropout_lab.analysis.report import Tables, report_files, report_order, report_problem, write_report
 from dropout_lab.core.data import DataInfo, read_class_names, sample_images
 from dropout_lab.naming import slug
+from dropout_lab.redact import redact
 from dropout_lab.results import TrainResult
 from tasks.cache import ResultOf
 
@@ -77,10 +78,11 @@ def markdown_title(markdown: str) -> str:
 
 
 def ui_base() -> str:
-    """The Prefect UI's address: PREFECT_UI_URL, else the API's address without `/api`."""
+    """The Prefect UI's address: PREFECT_UI_URL, else the API's address without `/api`; credentials in it
+    redacted (it goes into artifacts, MLflow tags and webhook messages)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
-    return (PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")).rstrip("/")
+    return redact((PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")).rstrip("/"))
 
 
 def tag_flow_run(*tags: str) -> None:

@@ -135,3 +135,25 @@ def test_a_dask_address_with_credentials_is_refused_without_them(capfd, tmp_path
     err = refused(capfd, ["--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--task-runner", "dask",
                           "--dask-address", f"tcp://alice:{SECRET}@127.0.0.1:1"])  # fmt: skip
     assert "--dask-address tcp://***@127.0.0.1:1" in err and list(tmp_path.iterdir()) == []
+
+
+def test_addresses_the_project_writes_into_artifacts_tags_and_messages_carry_no_credentials(monkeypatch, tmp_path):
+    """The Prefect UI's address (report links, the MLflow run's Prefect tag, the alert's link) and the
+    MLflow run's page (the Prefect run's link artifact) go through the one redaction."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    from dropout_lab.analysis import tracking
+    from tasks.report import ui_base
+
+    with temporary_settings(updates={PREFECT_API_URL: f"http://{PAIR}@prefect.example/api", PREFECT_UI_URL: None}):
+        assert ui_base() == "http://***@prefect.example"
+    with temporary_settings(updates={PREFECT_UI_URL: f"https://ui.example/?token={SECRET}"}):
+        assert SECRET not in ui_base() and ui_base().startswith("https://ui.example/")
+
+    class Run:
+        info = type("Info", (), {"experiment_id": "7"})
+
+    monkeypatch.setattr(tracking, "_client", lambda out: type("C", (), {"get_run": lambda self, run_id: Run})())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://{PAIR}@mlflow.example/?token={SECRET}")
+    page = tracking.run_page(tmp_path, "abc")
+    assert SECRET not in page and "alice" not in page and page.endswith("#/experiments/7/runs/abc"), page
