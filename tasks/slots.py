@@ -10,14 +10,13 @@ import socket
 import threading
 from collections.abc import Iterator
 
-import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from dropout_lab.naming import slug
 from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV
+from tasks.server_objects import read_or_create
 
 _creating = threading.Lock()
 
@@ -32,13 +31,10 @@ def ensure_slots(device: str, size: int) -> str:
     in the UI) is kept as it is. Returns its name."""
     name = slot_name(device)
     with _creating, get_client(sync_client=True) as client:  # one thread at a time; other processes: below
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
-            except (ObjectAlreadyExists, httpx.HTTPStatusError):  # created meanwhile (SQLite answers 500)
-                client.read_global_concurrency_limit_by_name(name)  # raises if it really is missing
+        read_or_create(
+            lambda: client.read_global_concurrency_limit_by_name(name),
+            lambda: client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size)),
+        )
     return name
 
 

@@ -41,6 +41,47 @@ def test_slots_are_created_once_with_the_plan_s_size_and_then_kept(prefect_harne
         set_limit(name, None)
 
 
+def _missing_once(monkeypatch, cls, method: str) -> None:
+    """`cls.method` answers "not found" once, as when another run creates the object right after this
+    run looked: Prefect then creates it and the server answers that it already exists."""
+    real, calls = getattr(cls, method), []
+
+    def first_missing(self, *args, **kwargs):
+        calls.append(method)
+        if len(calls) == 1:
+            raise ObjectNotFound(http_exc=Exception(f"{method}: not yet"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, first_missing)
+
+
+@pytest.mark.parametrize("method", ["read_block_type_by_slug", "read_block_schema_by_checksum"])
+def test_a_result_block_type_another_run_registers_meanwhile_is_no_error(
+    prefect_harness, tmp_path, monkeypatch, method
+):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from tasks.cache import cache_options
+
+    cache_options(tmp_path / "a")  # the type and schema now exist on the server
+    _missing_once(monkeypatch, SyncPrefectClient, "read_block_type_by_slug")  # (its schema: the server upserts)
+    assert cache_options(tmp_path / "b")["persist_result"]
+
+
+def test_a_slot_limit_another_run_creates_meanwhile_is_kept(prefect_harness, monkeypatch):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    name = slot_name("cuda:4")
+    set_limit(name, 3)
+    try:
+        _missing_once(monkeypatch, SyncPrefectClient, "read_global_concurrency_limit_by_name")
+        assert ensure_slots("cuda:4", 1) == name
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(name).limit == 3  # the other run's
+    finally:
+        set_limit(name, None)
+
+
 @pytest.mark.e2e  # two command-line runs at once against one server
 def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_path):
     """Two CLI runs (separate processes) against one server, the CPU limited to one training at once:
