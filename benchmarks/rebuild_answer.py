@@ -68,6 +68,16 @@ def answer_block(summary: list[dict], design: Design) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
+def report_of(summary: list[dict], design: Design, run_dir: Path) -> tuple[Tables, str]:
+    """The report's tables as far as the per-seed rows give them (no per-epoch or per-class rows here),
+    and its markdown."""
+    first = summary[0]
+    data = DataInfo("", first["dataset"], first["data_verified"], first["data_provenance"], "")
+    comparisons = compare_all(summary, design)
+    tables = Tables(design, summary, [], comparisons, statistics_rows(summary, design, comparisons), [], [])
+    return tables, markdown_summary(tables, data, None, run_dir) + "\n![comparison](comparison.png)\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if docs/answer would change")
@@ -75,14 +85,8 @@ def main() -> int:
     flags, folder, block = quoted()
     summary = pq.read_table(folder / "summary.parquet").to_pylist()
     design = design_of_command(flags, len({r["seed"] for r in summary}))
-    first = summary[0]
-    data = DataInfo("", first["dataset"], first["data_verified"], first["data_provenance"], "")
-    comparisons = compare_all(summary, design)
-    # The report's tables as far as the per-seed rows give them (no per-epoch or per-class rows here).
-    tables = Tables(design, summary, [], comparisons, statistics_rows(summary, design, comparisons), [], [])
     old_md = (folder / "summary.md").read_text()
-    run_dir = re.search(r"Report folder: `([^`]*)`", old_md).group(1)
-    markdown = markdown_summary(tables, data, None, Path(run_dir)) + "\n![comparison](comparison.png)\n"
+    tables, markdown = report_of(summary, design, Path(re.search(r"Report folder: `([^`]*)`", old_md).group(1)))
     expected = answer_block(summary, design)
     changed = markdown != old_md or block.strip() + "\n" != expected
     if args.check:

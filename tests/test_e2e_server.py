@@ -545,8 +545,9 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
 def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, postgres):
     """The README's multi-machine steps on one machine: the deployment stores a git URL (pull step),
     no path of the deploying checkout; two workers, each started as the README says from its own
-    checkout with its own $HOME, clone the code; two runs asked for at once run one on each, and both
-    record to one PostgreSQL history."""
+    checkout with its own $HOME, clone the code; three runs asked for at once under the deployment's
+    limit of two: two train, the third waits as AwaitingConcurrencySlot (never Late) and runs when
+    one ends; all record to one PostgreSQL history."""
     repo = server.root / "repo.git"  # stands in for the project's git server
     subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
     subprocess.run(["git", "-C", str(REPO), "push", "-q", str(repo), "HEAD:refs/heads/main"], check=True)
@@ -554,13 +555,14 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, p
     created = readme.run(".venv/bin/prefect work-pool create dropout-lab --type process", timeout=60)
     assert created.returncode == 0, created.stderr
     deployed = readme.run(
-        "DROPOUT_LAB_REPO=https://github.com/you/dropout-lab.git "
-        ".venv/bin/prefect deploy --all --prefect-file deployments/prefect.yaml"
+        "DROPOUT_LAB_REPO=https://github.com/you/dropout-lab.git .venv/bin/prefect deploy --all "
+        "--prefect-file deployments/prefect.yaml --concurrency-limit 2"
     )
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     deployment = _deployment(server, "compare/nightly-pool")
     assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["0 2 * * *"]
-    assert deployment["concurrency_limit"] is None  # each worker runs one at a time (--limit 1) instead
+    assert deployment["global_concurrency_limit"]["limit"] == 2  # the command's limit: one run per machine
+    assert (deployment["concurrency_options"] or {}).get("collision_strategy", "ENQUEUE") == "ENQUEUE"
     assert [next(iter(step)) for step in deployment["pull_steps"]] == ["prefect.deployments.steps.git_clone"]
     assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == f"file://{repo}"
     assert str(REPO) not in json.dumps(deployment)  # nothing of the deploying checkout's location
@@ -569,7 +571,7 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, p
     assert reclaim.returncode == 0, reclaim.stdout + reclaim.stderr
     autos = {a["name"]: a for a in server.post("/automations/filter", {})}
     assert autos["dropout-lab: reclaim runs stuck before start"]["trigger"]["within"] == 120
-    worker = "DROPOUT_LAB_ROOT=$HOME/dropout-lab .venv/bin/prefect worker start --pool dropout-lab --limit 1"
+    worker = "DROPOUT_LAB_ROOT=$HOME/dropout-lab .venv/bin/prefect worker start --pool dropout-lab"
     machines = [server.root / "machine-a", server.root / "machine-b"]
     workers = []
     for i, home in enumerate(machines):
@@ -579,22 +581,29 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, p
         # Both machines record to one team history (README: DROPOUT_LAB_HISTORY in the worker's environment).
         env = {"HOME": str(home), history.HISTORY_ENV: postgres}
         workers.append(readme.spawn(worker, f"worker-{i}", env=env, cwd=checkout))
-    for epochs in (1, 2):  # asked for together: each worker takes one, none is dropped
-        tiny = {**dict(zip(TINY[::2], TINY[1::2], strict=True)), "--epochs": str(epochs)}
-        args = [a for k, v in tiny.items() for a in ("-p", f"{k.lstrip('-').replace('-', '_')}={v}")]
-        started = server.run([PREFECT, "deployment", "run", "compare/nightly-pool", *args], timeout=60)
-        assert started.returncode == 0, started.stderr
-    states = server.wait_for_runs(deployment["id"], timeout=420)
-    assert states == ["COMPLETED", "COMPLETED"], server.log("worker-0") + server.log("worker-1")
-    # One on each machine, inside that worker's root.
-    reports = [len(list(home.glob("dropout-lab/artifacts/fake-*/summary.parquet"))) for home in machines]
-    assert reports == [1, 1], server.log("worker-0") + server.log("worker-1")
+    server.wait_for("both workers online", lambda: len([w for w in server.post(
+        "/work_pools/dropout-lab/workers/filter", {}) if w["status"] == "ONLINE"]) == 2, timeout=120)  # fmt: skip
+    pairs = zip(TINY[::2], TINY[1::2], strict=True)
+    tiny = {k.lstrip("-").replace("-", "_"): int(v) if v.isdigit() else v for k, v in pairs}
+    for epochs in (1, 2, 3):  # asked for at one moment, one more than the limit: none is dropped
+        server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {**tiny, "epochs": epochs}})
+    states = server.wait_for_runs(deployment["id"], timeout=600)
+    logs = server.log("worker-0") + server.log("worker-1")
+    assert states == ["COMPLETED"] * 3, logs
     runs = server.manual_runs(deployment["id"])
+    went_through = {run: server.state_names(run) for run in runs}
+    assert not [r for r, names in went_through.items() if "Late" in names], went_through  # waiting is no lateness
+    assert any("AwaitingConcurrencySlot" in names for names in went_through.values()), went_through
+    spans = sorted((r["start_time"], r["end_time"]) for r in (server.get(f"/flow_runs/{run}") for run in runs))
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]), spans  # the third started after one of two ended
+    # Each run inside the root of the worker that took it.
+    reports = [len(list(home.glob("dropout-lab/artifacts/fake-*/summary.parquet"))) for home in machines]
+    assert sum(reports) == 3, logs
     recorded = {r["flow_run_id"] for r in history.read(postgres)}
-    assert set(runs) <= recorded  # both machines' runs in the one history
+    assert set(runs) <= recorded  # every machine's runs in the one history
     shown = server.run([sys.executable, "-m", "dropout_lab.cli", "history", "--history", postgres,
                         "--no-figure", "--out", str(server.root / "history-view")], timeout=120)  # fmt: skip
-    assert shown.returncode == 0 and shown.stdout.count("fake") >= 2, shown.stdout + shown.stderr
+    assert shown.returncode == 0 and shown.stdout.count("fake") >= 3, shown.stdout + shown.stderr
     for proc in workers:
         stop(proc)
 

@@ -40,4 +40,4 @@ def test_a_run_with_held_out_images_reports_the_val_selected_epoch(prefect_harne
         assert row["n_val"] == 100
     md = open(f"{folder}/summary.md").read()
     assert "500 training images (100 more held out to choose an epoch)" in md
-    assert "| test at val-selected (epoch) |" in md and "| best test (epoch) |" in md and "(val-selected)" in md
+    assert "| val-selected (epoch) |" in md and "| best test (epoch) |" in md and "(val-selected)" in md

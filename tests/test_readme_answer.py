@@ -10,6 +10,7 @@ statistics that the README does not carry fails, and the message gives the block
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from dropout_lab.cli.compare import build_parser
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from rebuild_answer import answer_block, design_of_command, quoted  # noqa: E402
+from rebuild_answer import answer_block, design_of_command, quoted, report_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,32 @@ def test_a_changed_word_in_the_report_fails_the_readme_check(measured, monkeypat
 
     monkeypatch.setitem(stats.WORDS, "generalization_gap", ("tightened", "loosened"))
     assert answer_block(summary, design) != block.strip() + "\n"
+
+
+# The run page's markdown column at a 1600-px window is about 1,040 px wide; Prefect's table style takes
+# about 6.7 px per character and 24 px of padding per cell (both read off the e2e screenshot of the
+# per-seed table). Its cells do not wrap, so a wider table runs off the page.
+PAGE_PX, CHAR_PX, CELL_PX = 1040, 6.7, 24
+
+
+def table_widths(markdown: str) -> list[tuple[int, str]]:
+    """(estimated width in px, header row) of each markdown table."""
+    found = []
+    for block in re.findall(r"(?:^\|.*\|\n?)+", markdown, re.M):
+        lines = [line for line in block.strip().splitlines() if set(line) - set("|-")]
+        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+        columns = len(rows[0])
+        chars = sum(max(len(row[i]) for row in rows if i < len(row)) for i in range(columns))
+        found.append((round(chars * CHAR_PX + columns * CELL_PX), lines[0]))
+    return found
+
+
+def test_every_table_of_the_report_fits_the_run_page(measured):
+    """The measured run's report, and the same with its widest optional column (the epoch held-out
+    images chose) on a GPU: no table is wider than the run page."""
+    _, folder, _, summary, design = measured
+    held_out = [{**r, "val_best_epoch": 8, "val_selected_test_acc": 0.7234, "device": "cuda:0"} for r in summary]
+    for rows in (summary, held_out):
+        widths = table_widths(report_of(rows, design, folder)[1])
+        assert len(widths) >= 4  # means, differences, fixed-sample checks, per seed
+        assert [(w, head) for w, head in widths if w > PAGE_PX] == []

@@ -92,6 +92,9 @@ def _stack_note(row: dict) -> str:
     return f" ({', '.join(filter(None, notes))})" if any(notes) else ""
 
 
+SHORT_METRIC = {"final_test_acc": "test acc", "generalization_gap": "gap"}
+
+
 def statistics_tables(stats: list[dict], checks: bool = True) -> list[str]:
     """Per model: means with 95% intervals over its own seeds; per variant and claim: the decision with the
     repeated interval and p-value it rests on (a gap's train and test sides beside it) and the power at
@@ -116,11 +119,15 @@ def statistics_tables(stats: list[dict], checks: bool = True) -> list[str]:
     repeated = "repeated " if any(r["looks"] > 1 or r["spent_alpha"] < 0.05 / max(claims, 1) for r in stats
                                   if r["claims"]) else ""  # fmt: skip
     level = f"{100 * (1 - 0.05 / claims):.2f}% {repeated}CI" if claims else "CI"
-    differences = ["", f"| vs baseline | metric | decision | difference, points ({level}) | from train, test "
-                   f"accuracy | seeds | {repeated}p (x{claims} claims) | detectable at 80% power at the look's level, "
-                   "points |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    fixed = ["", "Fixed-sample checks: they ignore the looks, so under --seeds auto they are not the decisions' "
-              "p-values.", "", "| vs baseline | metric | 95% CI, points | paired t p | sign-flip p | Welch p | "
+    # Short headers, said in full once above each table: eight columns must fit the run page's width.
+    differences = ["", f"Differences in points, variant minus baseline, with the {level} each decision reads off; "
+                   "for the gap, the train and test accuracy differences it comes from; the "
+                   f"{repeated}p-value of the claim and over all {claims} claims; the difference detected 80% of "
+                   "the time at the look's level.", "",
+                   f"| vs baseline | metric | decision | difference ({level}) | train, test | seeds | {repeated}p "
+                   f"(x{claims}) | detectable |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    fixed = ["", "Fixed-sample checks, points: they ignore the looks, so under --seeds auto they are not the "
+              "decisions' p-values.", "", "| vs baseline | metric | 95% CI | paired t p | sign-flip p | Welch p | "
               "Holm p | equivalence p (±margin) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for model in models:
         for metric in shown:
@@ -130,7 +137,7 @@ def statistics_tables(stats: list[dict], checks: bool = True) -> list[str]:
             paired = r["design"] == "paired"
             low, high = (r["paired_diff_ci95_low"], r["paired_diff_ci95_high"]) if paired \
                 else (r["welch_diff_ci95_low"], r["welch_diff_ci95_high"])  # fmt: skip
-            name = metric.replace("_", " ")
+            name = SHORT_METRIC[metric]
             decided = f"{100 * r['diff_vs_baseline']:+.2f} ({100 * r['decision_ci_low']:+.2f} to " \
                       f"{100 * r['decision_ci_high']:+.2f})"  # fmt: skip
             train, test = rows[model, "final_train_eval_acc"], rows[model, "final_test_acc"]
@@ -194,7 +201,7 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
     if held_out:  # an honest best epoch: chosen on held-out training images
         lines[-4] = lines[-4].replace("(test-selected: optimistic)", "(test-selected: optimistic) and the test "
                                       "accuracy at the epoch held-out images chose (val-selected)")  # fmt: skip
-        lines[-2] = lines[-2].replace("| gap |", "| test at val-selected (epoch) | gap |")
+        lines[-2] = lines[-2].replace("| gap |", "| val-selected (epoch) | gap |")
         lines[-1] += "---|"
     for s in summary:
         val = f"{_pct(s['val_selected_test_acc'])} ({s['val_best_epoch']}) | " if held_out else ""
