@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
-from deployments import reclaim  # noqa: E402
+from deployments import names, reclaim  # noqa: E402
 from dropout_lab.analysis.history import HISTORY_ENV  # noqa: E402
 from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_plan  # noqa: E402
 from dropout_lab.cli.oneline import one_line, say  # noqa: E402
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     reclaim.switch_on(options.reclaim_after)
     deployment = f"{compare.name}/{options.name}"
     requeue(deployment)  # what the last serving process held when it stopped runs now
+    naming = threading.Event()
+    names.keep_naming(deployment, naming)  # runs waiting for this process carry their parameters' name
     compare.serve(
         name=options.name,
         schedules=[Cron(options.cron, timezone=options.timezone)],
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         tags=["dropout-lab"],
         description="Dropout vs baseline on CIFAR-10 (dropout-lab)",
     )
+    naming.set()
     requeue(deployment)  # stopped (SIGTERM): what the runner cancelled on its way out is queued at once
     return 0
 

@@ -77,14 +77,19 @@ project_logs_to_prefect()
 redact_logs()  # every log record of this process, whoever made it, loses URL credentials before output
 
 
-def run_name() -> str:
-    """The flow run's name from its parameters (dropout_lab/naming.py); Prefect's default before they are valid."""
+def label_of(parameters: dict) -> str | None:
+    """A run's name from its parameters (dropout_lab/naming.py); None while they are not valid."""
     try:
-        params = dict(flow_run.parameters)
+        params = dict(parameters)
         resolve_seeds(params)  # unset seeds: what this machine will train (auto on a GPU)
         return flow_run_label(params)
     except (KeyError, TypeError, ValueError):
-        return "compare"
+        return None
+
+
+def run_name() -> str:
+    """The flow run's name from its parameters; Prefect's default before they are valid."""
+    return label_of(flow_run.parameters) or "compare"
 
 
 def declared_parameters(fn):

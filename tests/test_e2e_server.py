@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -28,6 +29,7 @@ import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 
 from dropout_lab.analysis import history
+from flows.compare import label_of
 from tasks.slots import slot_name
 
 pytestmark = pytest.mark.e2e
@@ -311,6 +313,16 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     fields = deployment["parameter_openapi_schema"]["properties"]
     assert all(f.get("description") for f in fields.values())  # the run form explains every field
     assert fields["epochs"]["description"] == "training epochs" and fields["epochs"]["maximum"] == 1000
+
+    # A run asked for later carries its parameters' name while it waits, not Prefect's random one.
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    asked = server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"dropout": [0.5]},
+                        "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}})  # fmt: skip
+    assert asked["name"] != label_of(asked["parameters"])  # Prefect's name at creation
+    named = server.wait_for("the waiting run named from its parameters", lambda: (name := server.get(
+        f"/flow_runs/{asked['id']}")["name"]) == label_of(asked["parameters"]) and name, timeout=60)  # fmt: skip
+    assert named.startswith("p=0.5 seeds=0 e2 fake"), named
+    server.http.delete(f"/flow_runs/{asked['id']}").raise_for_status()
 
     bad_rate = "prefect deployment run compare/nightly -p 'dropout=[1.5]'"
     for rejected in (readme.run(bad_rate, timeout=60), server.run([PREFECT, *bad_rate.split()[1:4], "-p", "epochs=0"])):
