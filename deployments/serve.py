@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
-from deployments import names, reclaim  # noqa: E402
+from deployments import reclaim  # noqa: E402
 from dropout_lab.analysis.history import HISTORY_ENV  # noqa: E402
 from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_plan  # noqa: E402
 from dropout_lab.cli.oneline import one_line, say  # noqa: E402
 from dropout_lab.runtime.preflight import FLAGS, ROOT_ENV  # noqa: E402
 from flows.compare import compare  # noqa: E402
+from flows.run_names import keep_naming  # noqa: E402
 
 ROOT_FLAGS = {"data_dir": "data-root", "out": "out-root", "cache_dir": "cache-root"}
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     deployment = f"{compare.name}/{options.name}"
     requeue(deployment)  # what the last serving process held when it stopped runs now
     naming = threading.Event()
-    names.keep_naming(deployment, naming)  # runs waiting for this process carry their parameters' name
+    keep_naming(deployment, naming)  # runs waiting for this process carry their parameters' name
     compare.serve(
         name=options.name,
         schedules=[Cron(options.cron, timezone=options.timezone)],

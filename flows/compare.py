@@ -45,11 +45,12 @@ from dropout_lab.config import (  # noqa: E402
     variant_of,
 )
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
-from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
+from dropout_lab.naming import experiment_name, run_folder_name  # noqa: E402
 from dropout_lab.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime.devices import process_layout  # noqa: E402
-from dropout_lab.runtime.preflight import check_parameters, handed_over, resolve_seeds  # noqa: E402
+from dropout_lab.runtime.preflight import check_parameters, handed_over  # noqa: E402
 from dropout_lab.runtime.signals import stop_training_on_sigterm  # noqa: E402
+from flows.run_names import keep_naming, label_of  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
 from tasks.late_runs import superseding_run  # noqa: E402
@@ -77,16 +78,6 @@ project_logs_to_prefect()
 redact_logs()  # every log record of this process, whoever made it, loses URL credentials before output
 
 
-def label_of(parameters: dict) -> str | None:
-    """A run's name from its parameters (dropout_lab/naming.py); None while they are not valid."""
-    try:
-        params = dict(parameters)
-        resolve_seeds(params)  # unset seeds: what this machine will train (auto on a GPU)
-        return flow_run_label(params)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def run_name() -> str:
     """The flow run's name from its parameters; Prefect's default before they are valid."""
     return label_of(flow_run.parameters) or "compare"
@@ -111,6 +102,8 @@ def compare(**params) -> str:
     if deployment.id and (newer := superseding_run(flow_run.id)):  # after downtime, only the newest runs
         when = newer.expected_start_time.strftime("%Y-%m-%d %H:%M %Z")
         return Cancelled(message=f"superseded: the run scheduled for {when} ({newer.name}) is also due")
+    if deployment.id:
+        keep_naming(deployment.id)  # the deployment's runs waiting behind this one show their names
     try:
         plan = handed_over(params) or check_parameters(params, deployed=deployment.id is not None)
     except ValueError as e:

@@ -4,6 +4,7 @@ while it trains (marked e2e: a whole command-line run, polled from outside)."""
 import time
 
 import pytest
+from browser import SHOTS, rendered_dom, screenshot
 from test_reliability import args_for, cli, report_of
 
 pytestmark = pytest.mark.e2e
@@ -133,5 +134,18 @@ def test_a_tracking_server_gets_a_training_experiment_logged_models_and_clean_nu
     assert len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)
     assert parent.data.tags["flow_run_id"] and children["baseline seed 0"].data.tags["flow_run_id"]
     page = tracking.run_page(tmp_path / "out", parent.info.run_id)
-    assert page == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    assert page == (f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+                    "?workflowType=machine_learning")  # fmt: skip
     assert __import__("httpx").get(page.split("#")[0], timeout=10).status_code == 200  # the UI answers there
+
+    # The link opens the run as MLflow shows training runs (filed under Runs, not GenAI's Evaluations),
+    # and the experiment from there lists the runs.
+    training_view = (">Runs<", ">Models<")  # its side bar; GenAI's has Overview, Evaluation runs, Evaluations
+    for url, shown in ((page, [parent.info.run_name, "baseline seed 0"]),  # the run and a child run
+                       (page.split("/runs/")[0] + tracking.TRAINING_VIEW, [parent.info.run_name])):  # fmt: skip
+        dom = rendered_dom(url, tmp_path / "chromium")
+        assert all(k in dom for k in (*training_view, *shown)), (url, dom[-2000:])
+        assert ">Evaluation runs<" not in dom and ">Evaluations<" not in dom, (url, dom[-2000:])
+    experiment_page = url
+    screenshot(page, SHOTS / "mlflow-run.png", tmp_path / "chromium")
+    screenshot(experiment_page, SHOTS / "mlflow-experiment.png", tmp_path / "chromium")

@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,15 +25,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser import SHOTS, screenshot
 from prefect.client.base import PrefectHttpxSyncClient
 
 from dropout_lab.analysis import history
-from flows.compare import label_of
+from flows.run_names import label_of
 from tasks.slots import slot_name
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
-SHOTS = REPO / "artifacts" / "e2e"
 SECTIONS = ("Watching runs in the Prefect UI", "Run on a schedule")
 # A schedule that never comes due during a test (a due run would hold the deployment's one slot).
 RARE_CRON = "17 3 29 2 *"
@@ -261,8 +260,8 @@ def flow_run(server, readme):
     done = readme.run(".venv/bin/python flows/compare.py", extra=[*TINY, *workdir_args(server, "cli")])
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.strip().splitlines()[-1].startswith("report: ")
-    runs = server.post("/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})
-    return runs[0]
+    cli_runs = {"flow_runs": {"deployment_id": {"is_null_": True}}, "sort": "START_TIME_DESC", "limit": 1}
+    return server.post("/flow_runs/filter", cli_runs)[0]  # this command's run, whatever deployments run meanwhile
 
 
 def test_flow_run_completed_with_all_its_task_runs(server, flow_run):
@@ -599,6 +598,13 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, p
     tiny = {k.lstrip("-").replace("-", "_"): int(v) if v.isdigit() else v for k, v in pairs}
     for epochs in (1, 2, 3):  # asked for at one moment, one more than the limit: none is dropped
         server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {**tiny, "epochs": epochs}})
+    # The one waiting behind the others shows the name it will run under (a running run names it).
+    ours = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}}
+    server.wait_for("the waiting run named from its parameters", lambda: [r for r in server.post(
+        "/flow_runs/filter", ours) if r["state"]["name"] == "AwaitingConcurrencySlot" and r["name"] == label_of(
+        r["parameters"])], timeout=240)  # fmt: skip
+    pool_page = f"http://127.0.0.1:{server.port}/work-pools/work-pool/dropout-lab?tab=Runs"
+    screenshot(pool_page, SHOTS / "work-pool-waiting.png", server.root / "chromium")
     states = server.wait_for_runs(deployment["id"], timeout=600)
     logs = server.log("worker-0") + server.log("worker-1")
     assert states == ["COMPLETED"] * 3, logs
@@ -626,10 +632,6 @@ def _deployment(server: Server, name: str):
 
 
 def test_ui_shows_the_flow_run(server, flow_run):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("headless Chromium not installed (apt-get install chromium); .ci/run installs it")
-    SHOTS.mkdir(parents=True, exist_ok=True)
     ui = f"http://127.0.0.1:{server.port}"
     pages = {"flow-run.png": f"{ui}/runs/flow-run/{flow_run['id']}"}
     arts = server.post(
@@ -637,13 +639,4 @@ def test_ui_shows_the_flow_run(server, flow_run):
     )
     pages["markdown-artifact.png"] = f"{ui}/artifacts/artifact/{arts[0]['id']}"
     for name, url in pages.items():
-        shot = SHOTS / name
-        shot.unlink(missing_ok=True)
-        subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={server.root / 'chromium'}", "--hide-scrollbars", "--window-size=1600,1300",
-             "--virtual-time-budget=20000", f"--screenshot={shot}", url],
-            capture_output=True, timeout=120,
-        )  # fmt: skip
-        assert shot.is_file() and shot.stat().st_size > 20_000, f"no screenshot of {url}"
+        screenshot(url, SHOTS / name, server.root / "chromium")

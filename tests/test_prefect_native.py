@@ -185,3 +185,30 @@ def test_the_alert_lists_only_the_parameters_a_run_changed_from_its_deployment()
     assert changed(out="/elsewhere") == "out=/elsewhere"
     assert changed(out="a", epochs=3) == "epochs=3; out=a"
     assert changed() == "none (the deployment's defaults)"
+
+
+def test_a_deployment_s_waiting_runs_are_named_from_their_parameters(prefect_harness):
+    """Prefect names a deployment's runs randomly when it creates them; name_waiting_runs gives each
+    waiting run the name it will start under, and leaves runs that already started alone."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.states import Running, Scheduled
+
+    from dropout_lab.config import PARAMETERS
+    from flows.run_names import label_of, name_waiting_runs
+
+    defaults = {name: p.default for name, p in PARAMETERS.parameters.items()}
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("compare")
+        deployment_id = client.create_deployment(flow_id=flow_id, name="names-test", parameters=defaults)
+        asked = [client.create_flow_run_from_deployment(deployment_id, parameters={"dropout": [rate]},
+                                                        state=Scheduled(scheduled_time=later))
+                 for rate in (0.1, 0.5)]  # fmt: skip
+        started = client.create_flow_run_from_deployment(deployment_id, state=Running())
+        assert all(label_of(run.parameters) != run.name for run in asked)
+        assert sorted(name_waiting_runs(deployment_id)) == [label_of(run.parameters) for run in asked]
+        assert [client.read_flow_run(run.id).name for run in asked] == [label_of(run.parameters) for run in asked]
+        assert client.read_flow_run(started.id).name == started.name  # a started run names itself
+        assert name_waiting_runs(deployment_id) == []  # nothing left to name
+        assert label_of(asked[0].parameters).startswith("p=0.1 seeds=")

@@ -308,14 +308,20 @@ def headline_metrics(stats: list[dict]) -> dict[str, float]:
     return out
 
 
+# MLflow's UI (3.x) shows every experiment in its GenAI view (Traces, Evaluations) unless told otherwise:
+# its view switch reads this from the page's address, and keeps it while one browses from there.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def run_page(out: str | Path, run_id: str) -> str | None:
-    """The run's page in the tracking server's UI (credentials left out, and redacted wherever else a
-    URL carries them); None for a database store, which has no UI until `mlflow ui` serves one."""
+    """The run's page in the tracking server's UI, in its model-training view (credentials left out, and
+    redacted wherever else a URL carries them); None for a database store, which has no UI until
+    `mlflow ui` serves one."""
     uri = tracking_uri(out)
     if urlsplit(uri).scheme.lower() not in ("http", "https"):
         return None
     experiment = _client(out).get_run(run_id).info.experiment_id
-    return redact(f"{split_credentials(uri)[0].rstrip('/')}/#/experiments/{experiment}/runs/{run_id}")
+    return redact(f"{split_credentials(uri)[0].rstrip('/')}/#/experiments/{experiment}/runs/{run_id}{TRAINING_VIEW}")
 
 
 def child_runs(out: str | Path, parent_id: str) -> dict[tuple[str, int], str]:
