@@ -42,10 +42,13 @@ def label_of(parameters: dict) -> str | None:
 
 
 def name_waiting_runs(deployment: str | UUID) -> list[str]:
-    """Rename the deployment's (its name or id) runs that wait to start and do not yet carry their
-    parameters' name; returns the new names."""
+    """Rename the deployment's (its `flow/deployment` name, or its id as Prefect's runtime gives it: a
+    string) runs that wait to start and do not yet carry their parameters' name; returns the new names."""
     with get_client(sync_client=True) as client:
-        deployment_id = client.read_deployment_by_name(deployment).id if isinstance(deployment, str) else deployment
+        try:
+            deployment_id = UUID(str(deployment))
+        except ValueError:
+            deployment_id = client.read_deployment_by_name(str(deployment)).id
         waiting = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))), limit=200)  # fmt: skip
