@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
+from dropout_lab.config import PARAMETERS
 from dropout_lab.naming import flow_run_label
 from dropout_lab.runtime.preflight import resolve_seeds
 
@@ -32,9 +33,11 @@ EVERY_S = 5.0
 
 
 def label_of(parameters: dict) -> str | None:
-    """A run's name from its parameters (dropout_lab/naming.py); None while they are not valid."""
+    """A run's name from its parameters (dropout_lab/naming.py), those it does not give at their
+    declared defaults (a deployment may store only some: deployments/prefect.yaml); None while they are
+    not valid."""
     try:
-        params = dict(parameters)
+        params = {name: p.default for name, p in PARAMETERS.parameters.items()} | dict(parameters)
         resolve_seeds(params)  # unset seeds: what this machine will train (auto on a GPU)
         return flow_run_label(params)
     except (KeyError, TypeError, ValueError):

@@ -598,11 +598,18 @@ def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, p
     tiny = {k.lstrip("-").replace("-", "_"): int(v) if v.isdigit() else v for k, v in pairs}
     for epochs in (1, 2, 3):  # asked for at one moment, one more than the limit: none is dropped
         server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {**tiny, "epochs": epochs}})
-    # The one waiting behind the others shows the name it will run under (a running run names it).
+    # The one waiting behind the others, and the schedule's next runs (the deployment's 8 stored
+    # parameters, the rest at their defaults), show the names they will run under: a running run names them.
     ours = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}}
-    server.wait_for("the waiting run named from its parameters", lambda: [r for r in server.post(
-        "/flow_runs/filter", ours) if r["state"]["name"] == "AwaitingConcurrencySlot" and r["name"] == label_of(
-        r["parameters"])], timeout=240)  # fmt: skip
+
+    def waiting_named():
+        runs = server.post("/flow_runs/filter", ours)
+        waiting = [r for r in runs if r["state"]["name"] == "AwaitingConcurrencySlot" or r["auto_scheduled"]]
+        named = [r for r in waiting if r["name"] == label_of(r["parameters"])]
+        return len(named) == len(waiting) and any(not r["auto_scheduled"] for r in named) and named
+
+    named = server.wait_for("the waiting runs named from their parameters", waiting_named, timeout=240)
+    assert any(r["auto_scheduled"] and r["name"].startswith("p=0.25 seeds=0 e8") for r in named), named
     pool_page = f"http://127.0.0.1:{server.port}/work-pools/work-pool/dropout-lab?tab=Runs"
     screenshot(pool_page, SHOTS / "work-pool-waiting.png", server.root / "chromium")
     states = server.wait_for_runs(deployment["id"], timeout=600)
