@@ -156,4 +156,5 @@ def test_addresses_the_project_writes_into_artifacts_tags_and_messages_carry_no_
     monkeypatch.setattr(tracking, "_client", lambda out: type("C", (), {"get_run": lambda self, run_id: Run})())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://{PAIR}@mlflow.example/?token={SECRET}")
     page = tracking.run_page(tmp_path, "abc")
-    assert SECRET not in page and "alice" not in page and page.endswith("#/experiments/7/runs/abc"), page
+    assert SECRET not in page and "alice" not in page, page
+    assert page.endswith(f"#/experiments/7/runs/abc{tracking.TRAINING_VIEW}"), page
