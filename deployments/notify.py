@@ -31,7 +31,7 @@ from dropout_lab.cli.oneline import Parser, one_line, say  # noqa: E402
 from dropout_lab.naming import slug  # noqa: E402
 from dropout_lab.redact import redact  # noqa: E402
 from tasks.report import ui_base  # noqa: E402
-from tasks.server_objects import register_block_type  # noqa: E402
+from tasks.server_objects import save_block  # noqa: E402
 
 SUBJECT = "dropout-lab: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
 # The link is built here, from the API's address: the server renders `ui_url` as None unless its own
@@ -65,8 +65,7 @@ def switch_on(deployment: str, webhook: str) -> list[Automation]:
         deployment_id = client.read_deployment_by_name(deployment).id
     failed_name, crashed_name, block_name = names(deployment)
     block = CustomWebhookNotificationBlock(name=block_name, url=webhook, json_data={"text": "{{subject}}\n{{body}}"})
-    register_block_type(CustomWebhookNotificationBlock)
-    block_id = block.save(block_name, overwrite=True)
+    block_id = save_block(block, block_name)
     switch_off(deployment)
     related = {"prefect.resource.id": f"prefect.deployment.{deployment_id}"}
     action = SendNotification(block_document_id=block_id, subject=SUBJECT, body=BODY.replace("{ui}", ui_base()))

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from dropout_lab.keys import code_hash, stable_hash
 from dropout_lab.results import from_jsonable, to_jsonable
-from tasks.server_objects import register_block_type
+from tasks.server_objects import save_block
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def cache_options(cache_dir: str | Path) -> dict:
     Prefect takes a storage block only once saved on the server: one block per folder, named by it."""
     basepath = str(Path(cache_dir).resolve() / "results")
     storage = CacheFolder(basepath=basepath)
-    register_block_type(CacheFolder)  # concurrent runs on a fresh server: see tasks/server_objects.py
-    storage.save(f"results-{hashlib.sha256(basepath.encode()).hexdigest()[:16]}", overwrite=True)
+    save_block(storage, f"results-{hashlib.sha256(basepath.encode()).hexdigest()[:16]}")  # concurrent runs: safe
     return {"result_storage": storage, "result_serializer": SafeJSONSerializer(), "persist_result": True}
 
 

@@ -1,12 +1,13 @@
-"""Objects on the Prefect server that concurrent runs each create on first use (a device's slot
-limit, a result-storage block's type and schema): read it; if it is missing create it; if another run
-created it in between, read it again. Prefect's own `Block.save` reads then creates with no such
-retry, so two runs starting together on a fresh server failed with `ObjectAlreadyExists`."""
+"""Objects on the Prefect server that concurrent runs each create on first use (a device's slot limit,
+a block's type): read it; if it is missing create it; if another run created it in between, read it
+again. Prefect's own `Block.save` reads then creates with no such retry, so two runs starting together
+on a fresh server failed with `ObjectAlreadyExists`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypeVar
+from uuid import UUID
 
 import httpx
 from prefect.blocks.core import Block
@@ -31,10 +32,12 @@ def read_or_create(read: Callable[[], T], create: Callable[[], object]) -> T:
         return read()  # raises if it really is missing
 
 
-def register_block_type(block: type[Block]) -> None:
-    """`block.register_type_and_schema()`, safe when another process registers it at the same moment
-    (its read-then-create raises for the second of two)."""
+def save_block(block: Block, name: str) -> UUID:
+    """`block.save(name, overwrite=True)`, safe when another process saves a block of the same type at
+    the same moment: Prefect registers the block's type by read-then-create, so the second of two gets
+    `ObjectAlreadyExists`; saving again then finds the type (a clash of the documents themselves is
+    what `overwrite` already handles)."""
     try:
-        block.register_type_and_schema()
+        return block.save(name, overwrite=True)
     except ObjectAlreadyExists:
-        block.register_type_and_schema()  # both now exist, so this only reads them
+        return block.save(name, overwrite=True)
