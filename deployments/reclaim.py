@@ -16,9 +16,11 @@ PREFECT_API_URL (a `prefect server start`).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
+from uuid import uuid4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -35,7 +37,7 @@ from prefect.client.schemas.sorting import FlowRunSort  # noqa: E402
 from prefect.events.actions import ChangeFlowRunState  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
-from prefect.states import Scheduled  # noqa: E402
+from prefect.states import Scheduled, State  # noqa: E402
 
 from deployments.notify import api_refusal, delete_named  # noqa: E402
 from dropout_lab.cli.oneline import Parser, one_line  # noqa: E402
@@ -123,15 +125,20 @@ SHUT_DOWN = "Runner is shutting down."
 REQUEUED = "re-queued: the serving process stopped before this run finished"
 
 
-def requeue(deployment: str) -> list[FlowRun]:
-    """Put the deployment's runs that a stopping runner cancelled back in the queue (Scheduled, due
-    now), so the next serving process runs them; returns them. A run that had started resumes from its
-    checkpoints. Prefect has no setting for this: its runner cancels what it holds when it stops."""
+def requeue(deployment: str) -> tuple[list[FlowRun], list[FlowRun]]:
+    """Undo what a stopping runner did to the deployment's runs; returns (re-queued, restored).
+
+    A run it cancelled before the run finished goes back in the queue (Scheduled, due now), so the next
+    serving process runs it (a run that had started resumes from its checkpoints): Prefect has no setting
+    for this, its runner cancels what it holds when it stops. A run it "cancelled" after the run had
+    finished (its process had exited but the runner had not yet let go of it; Prefect's server lets a
+    Completed run become Cancelled) gets its own outcome back, data included: it must neither read
+    Cancelled nor run a second time."""
     with get_client(sync_client=True) as client:
         try:
             deployment_id = client.read_deployment_by_name(deployment).id
         except ObjectNotFound:
-            return []
+            return [], []
         cancelled = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
@@ -140,10 +147,34 @@ def requeue(deployment: str) -> list[FlowRun]:
             sort=FlowRunSort.START_TIME_DESC,
             limit=200,
         )
-        stopped = [r for r in cancelled if r.state and r.state.message == SHUT_DOWN]
-        for run in stopped:
-            client.set_flow_run_state(run.id, Scheduled(message=REQUEUED), force=True)
-    return stopped
+        requeued, restored = [], []
+        for run in (r for r in cancelled if r.state and r.state.message == SHUT_DOWN):
+            if (outcome := _outcome_before_shutdown(client, run)) is not None:
+                # The state as it was (result reference included); a new transition id, else the server
+                # takes it for a repeat of the old transition.
+                state = outcome.model_dump(mode="json", include={"type", "name", "message", "data", "state_details"})
+                state["state_details"]["transition_id"] = str(uuid4())
+                client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run.id},
+                               json={"state": state, "force": True})  # fmt: skip
+                restored.append(run)
+            else:
+                client.set_flow_run_state(run.id, Scheduled(message=REQUEUED), force=True)
+                requeued.append(run)
+    return requeued, restored
+
+
+# How Prefect's runner words the Crashed it records when its own shutdown SIGTERMs a run's process
+# (before it writes SHUT_DOWN): part of the stop, not an outcome the run had reached.
+KILLED_BY_STOP = f"status code: -{signal.SIGTERM.value}."
+
+
+def _outcome_before_shutdown(client, run: FlowRun) -> State | None:
+    """The final state the run had reached before the runner's shutdown, or None (it had not)."""
+    history = sorted(client.read_flow_run_states(run.id), key=lambda s: s.timestamp)
+    at = next((i for i, s in enumerate(history) if s.id == run.state.id), 0) - 1
+    while at >= 0 and history[at].is_crashed() and KILLED_BY_STOP in (history[at].message or ""):
+        at -= 1
+    return history[at] if at >= 0 and history[at].is_final() else None
 
 
 def seconds(text: str) -> float:

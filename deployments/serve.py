@@ -119,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def requeue(deployment: str) -> None:
-    for run in reclaim.requeue(deployment):
+    requeued, restored = reclaim.requeue(deployment)
+    for run in requeued:
         print(f"re-queued {run.name} ({run.id}): the serving process stopped before it finished", flush=True)
+    for run in restored:
+        print(f"kept {run.name} ({run.id}) as it ended: it had finished before the serving process stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -401,7 +401,8 @@ def test_a_restart_reclaims_a_stuck_run_collapses_late_runs_and_runs_what_was_as
         states, server.log("serve-again"))  # fmt: skip
     assert "reclaimed" in states[0]["message"]
     assert all(s["message"].startswith("superseded: the run scheduled for 2024-02-29 03:17") for s in states[1:3])
-    stop(serve)
+    stop(serve)  # a stopping runner may still hold a finished run: the run keeps its outcome all the same
+    assert [(s["type"], s["message"]) for s in settled()] == [(s["type"], s["message"]) for s in states]
 
 
 def process_tree(pid: int) -> list[int]:
@@ -426,6 +427,28 @@ def commands_in(pid: int, text: str) -> list[int]:
                 found.append(member)
         except OSError:
             continue
+    return found
+
+
+def run_process(pid: int, flow_run_id: str, pending_at: str) -> list[int]:
+    """The processes of pid's tree that Prefect's runner started for that flow run, Pending since
+    `pending_at` (ISO time): a subprocess carries the run's id in its environment; a served flow's run is
+    a multiprocessing child that sets it only once started, so a spawned child started since the run
+    went Pending is its process (serve.py's earlier runs' children are gone; its resource tracker stays)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    since = datetime.fromisoformat(pending_at.replace("Z", "+00:00")).timestamp() - 0.05
+    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])  # to 10 ms (btime: whole seconds)
+    found = []
+    for member in process_tree(pid):
+        try:
+            environ = Path(f"/proc/{member}/environ").read_bytes().split(b"\0")
+            spawned = b"multiprocessing.spawn import spawn_main" in Path(f"/proc/{member}/cmdline").read_bytes()
+            # /proc/PID/stat field 22: start time in clock ticks after boot (after the command's parentheses).
+            ticks = int(Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        if marker in environ or (spawned and boot + ticks / os.sysconf("SC_CLK_TCK") >= since):
+            found.append(member)
     return found
 
 
@@ -463,6 +486,7 @@ def test_a_crash_of_the_serving_machine_frees_its_running_run_through_heartbeats
     assert crashed["type"] == "CRASHED" and "no heartbeat" in crashed["message"], crashed
     print(f"killed run Crashed and the next run completed {time.time() - killed_at:.0f} s after the kill")
     stop(serve)
+    assert state(asked)["type"] == "COMPLETED", state(asked)  # not re-queued to run a second time
 
 
 def test_a_run_claimed_when_serve_py_is_stopped_runs_after_the_restart(server):
@@ -477,10 +501,13 @@ def test_a_run_claimed_when_serve_py_is_stopped_runs_after_the_restart(server):
     state = lambda run: server.get(f"/flow_runs/{run}")["state"]  # noqa: E731
     deadline = time.time() + 120
     (serving,) = server.wait_for("serve.py", lambda: commands_in(serve.pid, "deployments/serve.py"))
-    # Claimed: Pending, and its process started (below serve.py), still importing: seconds before Running.
-    while not (state(claimed)["type"] == "PENDING" and len(process_tree(serving)) > 1):
+    # Claimed: Pending, and its own process started (below serve.py; another run's process, or none yet,
+    # is a different moment: the runner holds nothing to cancel), still importing: seconds before Running.
+    while not ((now := state(claimed))["type"] == "PENDING" and run_process(serving, claimed, now["timestamp"])):
         assert time.time() < deadline and state(claimed)["type"] in ("SCHEDULED", "PENDING"), state(claimed)
         time.sleep(0.05)
+    time.sleep(0.3)  # the runner registers the process it started (an await later)
+    assert state(claimed)["type"] == "PENDING", state(claimed)
     os.kill(serving, signal.SIGTERM)  # to serve.py, as `kill PID` or a service manager's stop does
     assert serve.wait(timeout=60) is not None
     assert SHUT_DOWN in [s["message"] for s in server.get(f"/flow_run_states/?flow_run_id={claimed}")], (

@@ -165,3 +165,47 @@ def test_concurrent_fetches_sharing_a_data_dir_download_once(tiny_cifar, tmp_pat
     finally:
         server.close()
     assert server.requests == 1 and len({r.fingerprint for r in results}) == 1 and len(results) == 3
+
+
+def test_a_stopping_runner_s_cancel_is_undone_by_what_the_run_had_reached(prefect_harness):
+    """serve.py's restart undoes the "Runner is shutting down." cancel of Prefect's runner: a run it held
+    before the run finished is queued again; a run whose process had already finished (the runner had not
+    let go of it yet; CI caught a Completed run so re-run by the next serve.py) gets its outcome back,
+    result reference included; a person's cancel stays."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Completed, Crashed, Pending, Running
+
+    from deployments.reclaim import REQUEUED, SHUT_DOWN, requeue
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("compare")
+        deployment = client.create_deployment(flow_id=flow_id, name="requeue-check")
+        names = ("held", "killed", "ended", "person")
+        runs = {name: client.create_flow_run_from_deployment(deployment) for name in names}
+        finished = Completed(message="all 4 models trained")
+        finished_data = {"storage_key": "/results/abc", "serializer": {"type": "pickle"}, "prefect_version": "3"}
+        # The runner's own SIGTERM to a starting run's process is recorded as Crashed before its cancel.
+        killed = Crashed(message="Process exited with status code: -15. Process exited due to a SIGTERM signal.")
+        for name, states in (("held", [Pending()]), ("killed", [Pending(), killed]),
+                             ("ended", [Pending(), Running(), finished]),
+                             ("person", [Pending(), Running(), finished])):  # fmt: skip
+            for state in states:
+                client.set_flow_run_state(runs[name].id, state, force=True)
+            if name in ("ended", "person"):  # the Completed state as the engine writes it: with its result's reference
+                client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": runs[name].id},
+                               json={"state": {"type": "COMPLETED", "name": "Completed", "message": finished.message,
+                                               "data": finished_data}, "force": True})  # fmt: skip
+            message = "cancelled by a person" if name == "person" else SHUT_DOWN
+            client.set_flow_run_state(runs[name].id, Cancelled(message=message), force=True)
+
+        requeued, restored = requeue("compare/requeue-check")
+        assert {r.id for r in requeued} == {runs["held"].id, runs["killed"].id}
+        assert [r.id for r in restored] == [runs["ended"].id]
+        state = {name: client.read_flow_run(run.id).state for name, run in runs.items()}
+        for name in ("held", "killed"):
+            assert (state[name].type.value, state[name].message) == ("SCHEDULED", REQUEUED)
+        assert (state["ended"].type.value, state["ended"].message) == ("COMPLETED", finished.message)
+        assert client.read_flow_run_states(runs["ended"].id)[-1].model_dump(mode="json")["data"]["storage_key"] == (
+            "/results/abc")  # fmt: skip
+        assert (state["person"].type.value, state["person"].message) == ("CANCELLED", "cancelled by a person")
+        assert requeue("compare/requeue-check") == ([], [])  # nothing left to undo
