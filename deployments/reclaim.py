@@ -150,8 +150,8 @@ def requeue(deployment: str) -> tuple[list[FlowRun], list[FlowRun]]:
         requeued, restored = [], []
         for run in (r for r in cancelled if r.state and r.state.message == SHUT_DOWN):
             if (outcome := _outcome_before_shutdown(client, run)) is not None:
-                # The state as it was (result reference included); a new transition id, else the server
-                # takes it for a repeat of the old transition.
+                # The state as it was, result reference included (`set_flow_run_state` sends only a local
+                # result's); a new transition id, else the server takes it for a repeat of the old one.
                 state = outcome.model_dump(mode="json", include={"type", "name", "message", "data", "state_details"})
                 state["state_details"]["transition_id"] = str(uuid4())
                 client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run.id},

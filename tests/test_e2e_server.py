@@ -430,26 +430,22 @@ def commands_in(pid: int, text: str) -> list[int]:
     return found
 
 
-def run_process(pid: int, flow_run_id: str, pending_at: str) -> list[int]:
-    """The processes of pid's tree that Prefect's runner started for that flow run, Pending since
-    `pending_at` (ISO time): a subprocess carries the run's id in its environment; a served flow's run is
-    a multiprocessing child that sets it only once started, so a spawned child started since the run
-    went Pending is its process (serve.py's earlier runs' children are gone; its resource tracker stays)."""
-    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+def run_process(pid: int, pending_at: str) -> list[int]:
+    """serve.py's processes (pid's tree) for the flow run Pending since `pending_at` (ISO time): Prefect's
+    runner starts a served flow's run as a multiprocessing child (the run's id is set inside it, not in
+    its environment), so a child spawned since the run went Pending is its process (earlier runs'
+    children are gone; serve.py's resource tracker stays)."""
     since = datetime.fromisoformat(pending_at.replace("Z", "+00:00")).timestamp() - 0.05
     boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])  # to 10 ms (btime: whole seconds)
-    found = []
-    for member in process_tree(pid):
+
+    def started(member: int) -> float:  # /proc/PID/stat field 22: clock ticks after boot
         try:
-            environ = Path(f"/proc/{member}/environ").read_bytes().split(b"\0")
-            spawned = b"multiprocessing.spawn import spawn_main" in Path(f"/proc/{member}/cmdline").read_bytes()
-            # /proc/PID/stat field 22: start time in clock ticks after boot (after the command's parentheses).
             ticks = int(Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()[19])
         except (OSError, ValueError, IndexError):
-            continue
-        if marker in environ or (spawned and boot + ticks / os.sysconf("SC_CLK_TCK") >= since):
-            found.append(member)
-    return found
+            return float("-inf")  # gone meanwhile
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+    return [m for m in commands_in(pid, "multiprocessing.spawn import spawn_main") if started(m) >= since]
 
 
 def _training_runs(server: Server, flow_run_id: str) -> bool:
@@ -503,7 +499,7 @@ def test_a_run_claimed_when_serve_py_is_stopped_runs_after_the_restart(server):
     (serving,) = server.wait_for("serve.py", lambda: commands_in(serve.pid, "deployments/serve.py"))
     # Claimed: Pending, and its own process started (below serve.py; another run's process, or none yet,
     # is a different moment: the runner holds nothing to cancel), still importing: seconds before Running.
-    while not ((now := state(claimed))["type"] == "PENDING" and run_process(serving, claimed, now["timestamp"])):
+    while not ((now := state(claimed))["type"] == "PENDING" and run_process(serving, now["timestamp"])):
         assert time.time() < deadline and state(claimed)["type"] in ("SCHEDULED", "PENDING"), state(claimed)
         time.sleep(0.05)
     time.sleep(0.3)  # the runner registers the process it started (an await later)
