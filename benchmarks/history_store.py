@@ -1,121 +1,96 @@
-"""Why the run history is SQLite (tasks/history.py) and not a Parquet dataset of small files.
+"""The run history in MLflow's store: concurrent writers lose nothing, and how fast a listing answers when read
+with MLflow's own client versus `dropout-lab history`, side by side, each a fresh process as a user starts it.
 
-    python benchmarks/history_store.py [--runs 1000] [--writers 4] [--models 4] [--epochs 8]
+    python benchmarks/history_store.py [--runs 200] [--writers 4] [--models 4] [--epochs 8] [--rounds 3]
 
-Side by side in one run, on the same synthetic rows: `writers` processes append `runs` flow runs at
-the same time (each run = `models` model rows + `models x epochs` epoch rows), then the whole history
-is read back with a filter (one rate, last half of the runs). The Parquet store is the obvious
-alternative: one `runs/<id>.parquet` and one `epochs/<id>.parquet` per flow run, written to a temp
-name and renamed (concurrent writers cannot clash), read with pyarrow.dataset. Prints rows found vs
-expected, the wall times and their ratios; nothing is timed in the tests.
+`--writers` processes record `--runs` comparisons of `--models` models with `--epochs` epochs each into one
+new SQLite store at once (analysis/tracking.py, as the flow records them), then each reader lists every
+model (`--rounds` times, alternated; the median): MLflow's client (`search_runs` of the model runs) and the
+command (`dropout-lab history`, which reads MLflow's tables around the client). Never run next to another job.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from dropout_lab.analysis import history
-from dropout_lab.config import Variant  # noqa: E402
-
-DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def flow_run(i: int, models: int, epochs: int) -> tuple[list[dict], list[dict]]:
-    meta = {"recorded_at": DAY0 + timedelta(hours=i), "flow_run_id": f"run-{i:06d}", "flow_run_name": f"run {i}",
-            "code_version": "abc", "experiment": "cifar10-p0.25-s0-e8", "experiment_hash": f"h{i}",
-            "report_folder": f"/out/{i}"}  # fmt: skip
-    runs, per_epoch = [], []
-    for m in range(models):
-        rate = 0.0 if m % 2 else 0.25
-        key = {**meta, "weights_sha256": f"w{i}-{m}", "model": f"m{m}", "dropout": rate, "seed": m // 2}
-        runs.append({**key, "final_test_acc": 0.7, "generalization_gap": 0.05, "dataset": "cifar10", "epochs": epochs})
-        per_epoch += [{**key, "epoch": e, "test_acc": 0.1 * e, "dataset": "cifar10"} for e in range(1, epochs + 1)]
-    return runs, per_epoch
+MLFLOW_LISTING = """
+import sys
+from mlflow import MlflowClient
+client = MlflowClient(sys.argv[1])
+experiment = client.get_experiment_by_name("dropout-lab").experiment_id
+runs = client.search_runs([experiment], filter_string="tags.`dropout_lab.kind` = 'model'", max_results=50000)
+print(len(runs))
+"""
 
 
-def parquet_append(root: Path, runs: list[dict], per_epoch: list[dict]) -> None:
-    for table, rows, schema in (("runs", runs, history.RUNS_SCHEMA), ("epochs", per_epoch, history.EPOCHS_SCHEMA)):
-        folder = root / table
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{rows[0]['flow_run_id']}.{os.getpid()}.tmp"
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-        os.replace(tmp, folder / f"{rows[0]['flow_run_id']}.parquet")
+def writer(uri: str, first: int, count: int, models: int, epochs: int) -> None:
+    from test_history import model, record
+
+    for run in range(first, first + count):
+        record(uri, [{**model(run, 0.25 if m % 2 else 0.0, m // 2, 0.7, 0.1), "model_key": f"k{m}"}
+                     for m in range(models)], epochs=epochs)  # fmt: skip
 
 
-def writer(kind: str, where: str, first: int, count: int, models: int, epochs: int) -> None:
-    for i in range(first, first + count):
-        runs, per_epoch = flow_run(i, models, epochs)
-        if kind == "sqlite":
-            history.append(Path(where), runs, per_epoch)
-        else:
-            parquet_append(Path(where), runs, per_epoch)
-
-
-def append_all(kind: str, where: Path, args) -> float:
-    per = args.runs // args.writers
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=writer, args=(kind, str(where), w * per, per, args.models, args.epochs))
-             for w in range(args.writers)]  # fmt: skip
+def timed(cmd: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-        assert p.exitcode == 0, f"{kind} writer failed"
-    return time.perf_counter() - start
-
-
-def read_filtered(kind: str, where: Path, since: datetime) -> tuple[int, int, float]:
-    start = time.perf_counter()
-    if kind == "sqlite":
-        rate = [Variant((("dropout", 0.25),))]
-        runs = len(history.read(where, variants=rate, since=since))
-        per_epoch = len(history.read(where, "epochs", variants=rate, since=since))
-    else:
-        when = pa.scalar(since, history.RUNS_SCHEMA.field("recorded_at").type)
-        flt = (ds.field("dropout") == 0.25) & (ds.field("recorded_at") >= when)
-        runs = ds.dataset(where / "runs", schema=history.RUNS_SCHEMA).to_table(filter=flt).num_rows
-        per_epoch = ds.dataset(where / "epochs", schema=history.EPOCHS_SCHEMA).to_table(filter=flt).num_rows
-    return runs, per_epoch, time.perf_counter() - start
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return seconds, done.stdout
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    args.runs -= args.runs % args.writers
-    since = DAY0 + timedelta(hours=args.runs // 2)
-    want = (args.runs // 2 * args.models // 2, args.runs // 2 * args.models // 2 * args.epochs)
+    per = args.runs // args.writers
     with tempfile.TemporaryDirectory() as tmp:
-        where = {"sqlite": Path(tmp, history.HISTORY_FILE), "parquet": Path(tmp, "parquet")}
-        results = {}
-        for kind in ("sqlite", "parquet"):
-            write_s = append_all(kind, where[kind], args)
-            runs, per_epoch, read_s = read_filtered(kind, where[kind], since)
-            files = 1 if kind == "sqlite" else sum(1 for _ in where[kind].rglob("*.parquet"))
-            results[kind] = (write_s, read_s)
-            print(f"{kind:8s} {args.runs} runs by {args.writers} writers: append {write_s:6.2f} s "
-                  f"({1000 * write_s / args.runs * args.writers:5.1f} ms per run per writer), filtered read "
-                  f"{read_s:6.3f} s, {files} files, rows {runs}/{want[0]} runs {per_epoch}/{want[1]} epochs "
-                  f"{'OK' if (runs, per_epoch) == want else 'LOST ROWS'}")  # fmt: skip
-    (sw, sr), (pw, pr) = results["sqlite"], results["parquet"]
-    print(f"ratio parquet/sqlite: append {pw / sw:.2f}x, filtered read {pr / sr:.2f}x")
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=writer, args=(uri, w * per, per, args.models, args.epochs))
+                 for w in range(args.writers)]  # fmt: skip
+        start = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+            assert p.exitcode == 0, "a writer failed"
+        write_s = time.perf_counter() - start
+        want = per * args.writers * args.models
+        readers = {
+            "mlflow client": [sys.executable, "-c", MLFLOW_LISTING, uri],
+            "dropout-lab history": [sys.executable, "-m", "dropout_lab.cli", "history", "--history", uri],
+        }
+        times: dict[str, list[float]] = {name: [] for name in readers}
+        for _ in range(args.rounds):
+            for name, cmd in readers.items():
+                seconds, out = timed(cmd)
+                times[name].append(seconds)
+                found = int(out.split()[0]) if name == "mlflow client" else int(out.splitlines()[-1].split()[0])
+                assert found == want, f"{name} listed {found} models, {want} recorded"
+        print(f"{args.writers} writers recorded {args.runs} runs x {args.models} models into one new store in "
+              f"{write_s:.1f} s; every one read back ({want} models)")  # fmt: skip
+        median = {name: statistics.median(t) for name, t in times.items()}
+        for name, seconds in median.items():
+            print(f"{name:20s} lists {want} models in {seconds:.2f} s (median of {args.rounds}, a fresh process)")
+        ratio = median["dropout-lab history"] / median["mlflow client"]
+        print(f"ratio dropout-lab history / mlflow client: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
         [--limit-test N]
 
 The same variants, devices, plan (stacked, or a process each), CUDA graphs, thread split and training
-processes (`dropout_lab.runtime.launcher`) as `flows/compare.py`, each from scratch in a temporary
+processes (`dropout_lab.runtime.processes`) as `flows/compare.py`, each from scratch in a temporary
 checkpoint folder, the groups concurrently. For machines without Prefect (e.g. a GPU box
 with only torch): the flow adds Prefect's start-up (~20 s here for its temporary server) and the
 report on top. Prints one line per variant and epoch, the final accuracies and the wall time.
@@ -27,8 +27,9 @@ sys.path.insert(0, str(REPO))
 from dropout_lab.config import GRAPH_MODES, TrainConfig, check_train_config, compared_variants  # noqa: E402
 from dropout_lab.core.data import FOLDER_NAME, describe_folder  # noqa: E402
 from dropout_lab.runtime.devices import STACK_MODES, process_layout, stack_groups, variant_configs  # noqa: E402
-from dropout_lab.runtime.launcher import run_worker, worker_job  # noqa: E402
+from dropout_lab.runtime.processes import run_training  # noqa: E402
 from dropout_lab.runtime.progress import format_epoch  # noqa: E402
+from dropout_lab.runtime.training import job_for  # noqa: E402
 
 
 def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: str, echo: bool = True) -> dict:
@@ -50,10 +51,10 @@ def time_stage(configs: list[TrainConfig], root: Path, stack: str, cuda_graphs: 
 
     def train(group: list[TrainConfig], folder: Path) -> None:
         folders = [folder / f"variant{i}" for i in range(len(group))]
-        job = worker_job(group, data, folders, threads, cuda_graphs)
+        job = job_for(group, data, folders, threads, cuda_graphs)
         try:
             with device_slots[group[0].device]:
-                for event in run_worker(job):
+                for event in run_training(job):
                     if event["event"] == "epoch":
                         name = group[event["variant"]].run_name
                         with lock:

@@ -32,7 +32,8 @@ from dropout_lab.core.evaluate import run_data  # noqa: E402
 from dropout_lab.core.model import Net  # noqa: E402
 from dropout_lab.core.verify import remeasure  # noqa: E402
 from dropout_lab.keys import TRAIN_CODE, code_hash  # noqa: E402
-from dropout_lab.runtime.launcher import run_worker, worker_job  # noqa: E402
+from dropout_lab.runtime.processes import run_training  # noqa: E402
+from dropout_lab.runtime.training import job_for  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -67,8 +68,8 @@ def main() -> int:
         for rate in args.rates:
             cfg = TrainConfig(dropout=rate, epochs=args.epochs, limit_train=args.limit_train)
             folder = Path(tmp) / f"p{rate}"
-            job = worker_job([cfg], data, [folder], 1, "off")  # one thread, as each of two trainings on 2 cores
-            done = [e for e in run_worker(job) if e["event"] == "done"][0]["results"][0]
+            job = job_for([cfg], data, [folder], 1, "off")  # one thread, as each of two trainings on 2 cores
+            done = [e for e in run_training(job) if e["event"] == "done"][0]["results"][0]
             expected = identity(cfg.to_dict(), provenance)
             t_claim, state = timed(
                 lambda c=cfg, d=done, f=folder, e=expected: checked_claim(d["checkpoint"], d["weights_sha256"], f, e,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,12 +27,10 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.schedules import Cron  # noqa: E402
 
 from deployments import reclaim  # noqa: E402
-from dropout_lab.analysis.history import HISTORY_ENV  # noqa: E402
-from dropout_lab.cli.compare import RUNNER_FLAGS, CliError, build_parser, checked_plan  # noqa: E402
+from dropout_lab.cli.compare import HISTORY_ENV, RUNNER_FLAGS, CliError, build_parser, checked_plan  # noqa: E402
 from dropout_lab.cli.oneline import one_line, say  # noqa: E402
 from dropout_lab.runtime.preflight import FLAGS, ROOT_ENV  # noqa: E402
 from flows.compare import compare  # noqa: E402
-from flows.run_names import keep_naming  # noqa: E402
 
 ROOT_FLAGS = {"data_dir": "data-root", "out": "out-root", "cache_dir": "cache-root"}
 
@@ -100,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     reclaim.switch_on(options.reclaim_after)
     deployment = f"{compare.name}/{options.name}"
     requeue(deployment)  # what the last serving process held when it stopped runs now
-    naming = threading.Event()
-    keep_naming(deployment, naming)  # runs waiting for this process carry their parameters' name
     compare.serve(
         name=options.name,
         schedules=[Cron(options.cron, timezone=options.timezone)],
@@ -113,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         tags=["dropout-lab"],
         description="Dropout vs baseline on CIFAR-10 (dropout-lab)",
     )
-    naming.set()
     requeue(deployment)  # stopped (SIGTERM): what the runner cancelled on its way out is queued at once
     return 0
 

@@ -126,10 +126,10 @@ Refresh = Annotated[
     bool, Field(description="ignore cached results and recompute every task"),
     NotInResult("recomputes the very results a cached run would use"),
 ]  # fmt: skip
-Mlflow = Annotated[
-    bool, Field(description="also log each trained model to MLflow (needs the mlflow extra): to "
-                "MLFLOW_TRACKING_URI if set, else to OUT/mlflow.db"),
-    NotInResult("logs the results to MLflow as well"),
+LogModels = Annotated[
+    bool, Field(description="also log each model the run history records as an MLflow logged model (its network, "
+                "mlflow.pytorch, with its signature; a few seconds per model)"),
+    NotInResult("what the run history keeps of each model, not its numbers"),
 ]  # fmt: skip
 Folder = Annotated[str, Field(min_length=1, max_length=4096)]
 DataDir = Annotated[
@@ -357,7 +357,7 @@ def compare_parameters(
     dataset: Dataset = "cifar10",
     refresh: Refresh = False,
     cache_dir: CacheDir = ".dropout-lab",
-    mlflow: Mlflow = False,
+    log_models: LogModels = False,
 ) -> None:
     """The parameters of the `compare` flow, declared once: their order, types, bounds, help and defaults."""
 

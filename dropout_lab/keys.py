@@ -18,7 +18,7 @@ from dropout_lab.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("dropout_lab", "tasks", "flows")
-TRAIN_CODE = "dropout_lab.runtime.worker"  # the training process: everything it imports decides the weights
+TRAIN_CODE = "dropout_lab.runtime.training"  # the training process: everything it imports decides the weights
 
 # Concurrent `ast.parse` calls from several threads can fail inside CPython ("AST constructor
 # recursion depth mismatch"); training tasks compute keys from threads, so keys are computed once

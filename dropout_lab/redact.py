@@ -20,6 +20,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 # scheme://userinfo@ — userinfo is everything up to the last '@' before the host's '/', '?' or '#'. One
 # slash too: a URL that went through a path (a folder named after it) has its '//' collapsed.
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2})[^/?#\s@]*(?:@[^/?#\s@]*)*@")
+# user:password@host with the scheme forgotten (`alice:s3cret@db:5432/x`): the same userinfo, no scheme before it.
+_BARE_USERINFO = re.compile(r"(?<![\w.%+/:@-])[\w.%+-]+:[^\s/?#@:]+@(?=[\w.-]+(?::\d+)?(?:[/?#\s]|$))")
 # name=value where the name says it holds a secret (alone, or as the last part of a longer name:
 # api_key, access_token, X-Amz-Signature), after the start, '?', '&', ';', ',' or white space: URL
 # queries, fragments and libpq's "key=value" connection strings alike. The value runs to the next
@@ -37,6 +39,7 @@ _PARAMETER = re.compile(
 def redact(text: str) -> str:
     """`text` with the userinfo of every URL, and the value of every secret-named parameter, as `***`."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+    text = _BARE_USERINFO.sub("***@", text)
     return _PARAMETER.sub(lambda m: f"{m['lead']}{m['name']}{m['eq']}***" if m["value"] else m[0], text)
 
 

@@ -45,17 +45,16 @@ from dropout_lab.config import (  # noqa: E402
     variant_of,
 )
 from dropout_lab.core.data import CIFAR10_URL  # noqa: E402
-from dropout_lab.naming import experiment_name, run_folder_name  # noqa: E402
+from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name  # noqa: E402
 from dropout_lab.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime.devices import process_layout  # noqa: E402
-from dropout_lab.runtime.preflight import check_parameters, handed_over  # noqa: E402
+from dropout_lab.runtime.preflight import check_parameters, handed_over, resolve_seeds  # noqa: E402
 from dropout_lab.runtime.signals import stop_training_on_sigterm  # noqa: E402
-from flows.run_names import keep_naming, label_of  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
 from tasks.late_runs import superseding_run  # noqa: E402
 from tasks.report import publish_look, publish_report, render_report, tag_flow_run  # noqa: E402
-from tasks.tracking import finish_mlflow, record_history, start_mlflow  # noqa: E402
+from tasks.tracking import prepare_history, record_history  # noqa: E402
 from tasks.train import train  # noqa: E402
 
 MIRROR_ENV = "DROPOUT_LAB_CIFAR10_URL"  # download from a mirror instead of the official URL
@@ -76,6 +75,17 @@ def project_logs_to_prefect() -> None:
 
 project_logs_to_prefect()
 redact_logs()  # every log record of this process, whoever made it, loses URL credentials before output
+
+
+def label_of(parameters: dict) -> str | None:
+    """A run's name from its parameters (dropout_lab/naming.py), those it does not give at their declared
+    defaults (a deployment may store only some: deployments/prefect.yaml); None while they are not valid."""
+    try:
+        params = {name: p.default for name, p in PARAMETERS.parameters.items()} | dict(parameters)
+        resolve_seeds(params)  # unset seeds: what this machine will train (auto on a GPU)
+        return flow_run_label(params)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def run_name() -> str:
@@ -102,8 +112,6 @@ def compare(**params) -> str:
     if deployment.id and (newer := superseding_run(flow_run.id)):  # after downtime, only the newest runs
         when = newer.expected_start_time.strftime("%Y-%m-%d %H:%M %Z")
         return Cancelled(message=f"superseded: the run scheduled for {when} ({newer.name}) is also due")
-    if deployment.id:
-        keep_naming(deployment.id)  # the deployment's runs waiting behind this one show their names
     try:
         plan = handed_over(params) or check_parameters(params, deployed=deployment.id is not None)
     except ValueError as e:
@@ -117,15 +125,15 @@ def compare(**params) -> str:
     data_dir, out, cache_dir = plan.folders["data_dir"], plan.folders["out"], plan.folders["cache_dir"]
     opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
 
+    prepare_history(out)
     data = fetch_cifar10.with_options(**opts)(data_dir, params["dataset"], os.environ.get(MIRROR_ENV, CIFAR10_URL))
     auto = planned.sequential
     run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, planned)
-    parent = start_mlflow(out, str(run_dir), configs, params["dataset"]) if params["mlflow"] else None
     compared = {variant_of(c) for c in configs}
     experiment = experiment_name(configs, params["dataset"], auto)
     trained, looks, training = [], [], compared
     for wave in range(len(plan.waves)):
-        trained += submit_trainings(plan.groups(wave, training), data, plan, opts, parent)
+        trained += submit_trainings(plan.groups(wave, training), data, plan, opts)
         results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
         looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
         design = dataclasses.replace(planned, looks=tuple(looks)) if auto else planned
@@ -150,9 +158,7 @@ def compare(**params) -> str:
     report = render_report.with_options(**opts)(trained, data, str(run_dir), tables, return_state=True)
     folder, markdown, _ = report.result()
     publish_report(markdown, display_rows(tables.per_epoch, PER_EPOCH_SCHEMA), experiment, report.name == "Cached")
-    record_history(tables, results, out, folder, experiment)
-    if parent:
-        finish_mlflow(out, parent, tables, results, folder)
+    record_history(tables, results, data, out, folder, experiment, params["log_models"])
     return folder
 
 
@@ -161,7 +167,7 @@ def next_wave_words(training: set[Variant], compared: set[Variant]) -> str:
     return "" if training >= compared else f" (next waves: {variants_words(training)})"
 
 
-def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict, parent: str | None) -> list:
+def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict) -> list:
     """One training task per group of variants that train together (the run plan's), submitted to run
     concurrently. On a Dask cluster of GPU machines each task gets a worker's GPU, whatever is local."""
     threads, slots = plan.threads, plan.slots
@@ -179,7 +185,7 @@ def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict, pa
             )
     with gpu_resource(gpu_workers):
         return [train.with_options(**opts).submit(g, data, plan.folders["cache_dir"], threads, p["refresh"],
-                                                  slots[g[0].device], p["cuda_graphs"], parent, plan.folders["out"])
+                                                  slots[g[0].device], p["cuda_graphs"])
                 for g in groups]  # fmt: skip
 
 

@@ -4,13 +4,13 @@ only, refused unless we wrote it that way).
 Prefect reads a cached result with the serializer named *inside the file*: a planted record saying
 "pickle" (or a JSON serializer with a chosen decoder) would run code in the flow process. So:
 - `SafeJSONSerializer` writes results as plain JSON (dropout_lab/results.py: known dataclasses only);
-- `CacheFolder` (the result storage) refuses, at read time, any record that is not exactly that
-  serializer's output. Prefect then treats the entry as missing and the task recomputes, replacing it.
+- every task's cache policy (`ResultOf`) reads the record at its key before Prefect does, and sets
+  aside any record that is not exactly that serializer's output: Prefect then finds the entry missing
+  and the task recomputes, replacing it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect.cache_policies import CachePolicy
-from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
 from dropout_lab.keys import code_hash, stable_hash
 from dropout_lab.results import from_jsonable, to_jsonable
-from tasks.server_objects import save_block
 
 log = logging.getLogger(__name__)
 
@@ -89,27 +87,6 @@ def check_record(content: bytes, path: str) -> bytes:
     return content
 
 
-class CacheFolder(LocalFileSystem):
-    """Prefect's local result storage, reading back only what SafeJSONSerializer wrote."""
-
-    _block_type_slug = "dropout-lab-cache-folder"
-
-    # Prefect calls `read_path(path, _sync=True)` from sync code and `aread_path` from async code.
-    def read_path(self, path: str, _sync: bool | None = None) -> bytes:
-        return _checked(super().read_path(path, _sync=True), path)
-
-    async def aread_path(self, path: str) -> bytes:
-        return _checked(await super().aread_path(path), path)
-
-
-def _checked(content: bytes, path: str) -> bytes:
-    try:
-        return check_record(content, path)
-    except UnsafeCacheEntry as e:
-        log.warning("ignoring cached result %s; recomputing", e)
-        raise
-
-
 def set_aside(path: Path, reason: str) -> None:
     """Move a record that cannot be read out of the way (kept as `*.unreadable` for inspection), so the
     task computes its result again and caching resumes: one logged line."""
@@ -121,13 +98,13 @@ def set_aside(path: Path, reason: str) -> None:
 
 
 def cache_options(cache_dir: str | Path) -> dict:
-    """`task.with_options(**cache_options(dir))`: results persisted as safe JSON under `dir/results`.
-
-    Prefect takes a storage block only once saved on the server: one block per folder, named by it."""
-    basepath = str(Path(cache_dir).resolve() / "results")
-    storage = CacheFolder(basepath=basepath)
-    save_block(storage, f"results-{hashlib.sha256(basepath.encode()).hexdigest()[:16]}")  # concurrent runs: safe
-    return {"result_storage": storage, "result_serializer": SafeJSONSerializer(), "persist_result": True}
+    """`task.with_options(**cache_options(dir))`: results persisted as safe JSON under `dir/results` (a
+    folder, as Prefect takes one: no storage block is saved on the server)."""
+    return {
+        "result_storage": Path(cache_dir).resolve() / "results",
+        "result_serializer": SafeJSONSerializer(),
+        "persist_result": True,
+    }
 
 
 # --- cache keys ------------------------------------------------------------------------------------
@@ -137,9 +114,10 @@ def cache_options(cache_dir: str | Path) -> dict:
 class ResultOf(CachePolicy):
     """A task's cache key: what identifies its result (`identity`, from the task's inputs) and the
     source of the project code that computes it (`code`: a module and every project module it
-    imports). A stored result is a claim, not a fact: `trust(result, inputs)` says why it cannot be
-    used (its files gone, changed or somewhere else; None when it checks out), and such a result is
-    forgotten with one logged line before Prefect reads it, so the task itself runs again."""
+    imports). A stored result is a claim, not a fact: a record we did not write is set aside, and
+    `trust(result, inputs)` says why a result cannot be used (its files gone, changed or somewhere
+    else; None when it checks out); such a result is forgotten with one logged line before Prefect
+    reads it, so the task itself runs again."""
 
     identity: Callable[[dict], Any] | None = None
     code: str = ""
@@ -147,14 +125,13 @@ class ResultOf(CachePolicy):
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
         key = stable_hash(self.identity(inputs), code_hash(self.code))
-        if self.trust is not None:
-            forget_unless_trusted(task_ctx, key, lambda result: self.trust(result, inputs))
+        forget_unless_trusted(task_ctx, key, lambda result: self.trust(result, inputs) if self.trust else None)
         return key
 
 
 def forget_unless_trusted(task_ctx, key: str, problem: Callable[[Any], str | None]) -> None:
     storage = getattr(getattr(task_ctx, "result_store", None), "result_storage", None)
-    if not isinstance(storage, CacheFolder):
+    if getattr(storage, "basepath", None) is None:
         return
     path = Path(storage.basepath) / key
     try:

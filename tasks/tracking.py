@@ -1,58 +1,30 @@
-"""After the report: the run history (every machine's runs, one row per trained model) and MLflow."""
+"""After the report: the run history, recorded in MLflow's tracking store (the one store of record)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 
 from dropout_lab.analysis import history, tracking
-from dropout_lab.analysis.history import code_version, history_target
 from dropout_lab.analysis.report import Tables
 from dropout_lab.analysis.trend import table_rows
-from dropout_lab.config import TrainConfig, Variant, variant_of
+from dropout_lab.config import Variant, variant_of
+from dropout_lab.core.data import DataInfo
+from dropout_lab.keys import train_key
 from dropout_lab.redact import redact
 from dropout_lab.results import TrainResult
 from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV
 from tasks.report import ui_base
 
 RECENT_RUNS = 20  # runs in the UI's table of the latest runs
-
-
-def record_history(
-    tables: Tables, results: list[TrainResult], out: str, folder: str, experiment: str
-) -> tuple[list[dict], list[dict]] | None:
-    """Append this run's models to the run history (DROPOUT_LAB_HISTORY, else `<out>/history.sqlite`; a
-    model trained by an earlier run, reused from the cache, is not recorded again) and, when rows were
-    added, show the latest runs there as the table artifact `dropout-lab-runs`. Returns the run's history
-    rows (per model, per epoch) when it recorded any, else None. Not a task: a rerun that reuses
-    everything stays all Cached, and this takes milliseconds."""
-    logger = get_run_logger()
-    path = history_target(out)
-    meta = {
-        "recorded_at": datetime.now(UTC),
-        "flow_run_id": str(current_flow_run.id or ""),
-        "flow_run_name": current_flow_run.name or "",
-        "code_version": code_version(),
-        "experiment": experiment,
-        "experiment_hash": history.split_report_folder(folder)[1],
-        "report_folder": folder,
-    }
-    rows = history.model_rows(tables, results, meta)
-    added = history.append(path, *rows)
-    if not added:
-        logger.info("history: these models are already recorded in %s", path)
-        return None
-    shown = history.shown(path)
-    logger.info("history: %d models recorded in %s (dropout-lab history --history %s)", added, shown, shown)
-    recent = history.read(path, last=RECENT_RUNS)[::-1]
-    create_table_artifact(table_rows(recent), key="dropout-lab-runs", description=f"Latest runs recorded in {shown}")
-    return rows
+REPORT_FILES = ("comparison.png", "samples.png", "summary.md")  # the comparison run's artifacts in MLflow
 
 
 def mlflow_error(e: Exception) -> RuntimeError:
@@ -61,41 +33,71 @@ def mlflow_error(e: Exception) -> RuntimeError:
     return RuntimeError(redact(f"MLflow: {type(e).__name__}: {first}"))
 
 
-@task(name="start_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
-def start_mlflow(out: str, run_dir: str, configs: list[TrainConfig], dataset: str) -> str | None:
-    """The flow run's parent MLflow run, before any training, so each model's child run logs its epochs
-    as they happen; None when this experiment (parameters, data, code) is already logged: once is enough."""
+def prepare_history(out: str) -> None:
+    """Open the run history's store in the background while the trainings run: importing MLflow and setting
+    up a new store take seconds, and recording waits for them (an error is raised there, not here)."""
+
+    def prepare() -> None:
+        with contextlib.suppress(Exception):
+            tracking.client(history.store_uri(out))
+
+    threading.Thread(target=prepare, name="history-store", daemon=True).start()
+
+
+def record_history(tables: Tables, results: list[TrainResult], data: DataInfo, out: str, folder: str,
+                   experiment: str, log_models: bool = False) -> int:  # fmt: skip
+    """Record this run's comparison and its models in the run history (MLflow's tracking store: `--history`
+    or MLFLOW_TRACKING_URI, else `<out>/mlflow.db`): a model already recorded in this experiment is not
+    recorded again. When models were added, the latest runs are shown as the table artifact
+    `dropout-lab-runs`, with a link to MLflow; `log_models` logs each recorded model's network too.
+    Returns the models recorded. Not a task: a rerun that reuses everything stays all Cached."""
     logger = get_run_logger()
-    experiment, digest = history.split_report_folder(run_dir)
+    uri = history.store_uri(out)
     try:
-        already = tracking.logged_parent(out, digest)
-        if already:
-            logger.info("mlflow: experiment %s is already logged (run %s): not again", experiment, already)
-            return None
-        tags = {"flow_run_id": str(current_flow_run.id or ""), "flow_run_name": current_flow_run.name or "",
-                "code_version": code_version(), "experiment": experiment, "experiment_hash": digest,
-                "report_folder": run_dir}  # fmt: skip
+        if imported := tracking.import_legacy(out, uri):
+            logger.info("history: %d models of %s recorded in %s (the file is kept as %s.imported)", imported,
+                        history.LEGACY_FILE, history.shown(uri), history.LEGACY_FILE)  # fmt: skip
+        meta = {"recorded_at": datetime.now(UTC).isoformat(), "flow_run_id": str(current_flow_run.id or ""),
+                "flow_run_name": current_flow_run.name or "", "code_version": tracking.code_version(),
+                "experiment": experiment, "experiment_hash": Path(folder).name.rpartition("-")[2],
+                "report_folder": folder}  # fmt: skip
         if page := prefect_run_page():
-            tags["prefect_flow_run_url"] = page
-        rows = [{**variant_of(c).columns(), "seed": c.seed, **c.to_dict(), "dataset": dataset} for c in configs]
-        variants = sorted({variant_of(c) for c in configs}, key=Variant.order)
-        parent = tracking.start_parent(
-            out, current_flow_run.name or experiment, tags, tracking.run_params(rows, variants)
-        )
-        mlflow_page = tracking.run_page(out, parent)
+            meta["prefect_flow_run_url"] = page
+        models = []
+        for row, r in zip(tables.summary, results, strict=True):
+            mine = [e for e in tables.per_epoch if (variant_of(e), e["seed"]) == (variant_of(row), row["seed"])]
+            identity = {
+                "weights_sha256": r.weights_sha256,
+                "model_key": train_key(r.config, data.fingerprint),
+                "started_at": row["started_at"].isoformat(),
+                "finished_at": row["finished_at"].isoformat(),
+            }
+            models.append({"row": {**row, **meta, **identity}, "epochs": mine, "checkpoint": r.checkpoint})
+        variants = sorted({variant_of(r) for r in tables.summary}, key=Variant.order)
+        comparison = {"name": meta["flow_run_name"] or experiment, "tags": meta,
+                      "params": tracking.run_params(tables.summary, variants),
+                      "metrics": tracking.headline_metrics(tables.statistics)}  # fmt: skip
+        files = [f for f in (Path(folder, name) for name in REPORT_FILES) if f.is_file()]
+        added, parent = tracking.record(uri, comparison, models, files, log_models)
+        page = tracking.run_page(uri, parent)
     except Exception as e:
         raise mlflow_error(e) from None
-    store = redact(tracking.tracking_uri(out))
-    logger.info("mlflow: run %s in %s, experiment %s", parent, store, tracking.EXPERIMENT)
+    shown = history.shown(uri)
+    if not added:
+        logger.info("history: these models are already recorded in %s", shown)
+        return 0
+    logger.info("history: %d models recorded in %s, experiment %s (dropout-lab history --history %s)", added, shown,
+                history.experiment_name(), shown)  # fmt: skip
+    recent = history.read(uri, last=RECENT_RUNS)[::-1]
+    create_table_artifact(table_rows(recent), key="dropout-lab-runs", description=f"Latest runs recorded in {shown}")
     # The Prefect run page leads to the MLflow run: a link where a server shows it, else how to see it.
-    if mlflow_page:
-        create_link_artifact(mlflow_page, link_text=f"MLflow run {current_flow_run.name or experiment}",
-                             description=f"MLflow: experiment {tracking.EXPERIMENT}, run {parent}")  # fmt: skip
+    about = f"MLflow: experiment {history.experiment_name()}, run {parent}"
+    if page:
+        create_link_artifact(page, link_text=f"MLflow run {comparison['name']}", description=about)
     else:
-        create_markdown_artifact(f"MLflow run `{parent}` (experiment `{tracking.EXPERIMENT}`) in `{store}`: "
-                                 f"`mlflow ui --backend-store-uri {store}` shows it",
-                                 description=f"MLflow: experiment {tracking.EXPERIMENT}, run {parent}")  # fmt: skip
-    return parent
+        create_markdown_artifact(f"MLflow run `{parent}` (experiment `{history.experiment_name()}`) in `{shown}`: "
+                                 f"`{tracking.ui_command(uri)}` shows it", description=about)  # fmt: skip
+    return added
 
 
 def prefect_run_page() -> str | None:
@@ -103,18 +105,3 @@ def prefect_run_page() -> str | None:
     if os.environ.get(TEMPORARY_SERVER_ENV) or not current_flow_run.id:
         return None
     return f"{ui_base()}/runs/flow-run/{current_flow_run.id}"
-
-
-@task(name="finish_mlflow", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
-def finish_mlflow(out: str, parent: str, tables: Tables, results: list[TrainResult], folder: str) -> str:
-    """Models trained by an earlier run (cached here) get their child runs from their recorded epochs; the
-    parent gets the comparison's headline metrics (the report's own statistics) and its files, and ends."""
-    runs = [{**row, "weights_sha256": r.weights_sha256} for row, r in zip(tables.summary, results, strict=True)]
-    try:
-        tracking.log_children_after(out, parent, runs, tables.per_epoch, [r.checkpoint for r in results])
-        files = [Path(folder, name) for name in ("comparison.png", "samples.png", "summary.md")]
-        tracking.finish_parent(out, parent, tracking.headline_metrics(tables.statistics),
-                               [f for f in files if f.is_file()])  # fmt: skip
-    except Exception as e:
-        raise mlflow_error(e) from None
-    return parent

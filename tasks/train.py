@@ -1,5 +1,5 @@
 """The `train` task: one variant, or several stacked on one device, trained in its own process
-(dropout_lab/runtime/worker.py), with its progress logged and published once per variant and epoch."""
+(dropout_lab/runtime/processes.py), with its progress logged and published once per variant and epoch."""
 
 from __future__ import annotations
 
@@ -9,19 +9,17 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import task_run as current_task_run
 
-from dropout_lab.analysis import tracking
-from dropout_lab.analysis.tables import summary_rows
 from dropout_lab.config import TrainConfig, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.keys import TRAIN_CODE, code_hash, train_key
 from dropout_lab.naming import group_label, slug
 from dropout_lab.results import TrainResult, results_of
 from dropout_lab.runtime.console import DETAILS, quiet
-from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
+from dropout_lab.runtime.processes import TrainingFailed, run_training
 from dropout_lab.runtime.progress import bars, format_epoch, format_startup
+from dropout_lab.runtime.training import job_for
 from tasks.cache import ResultOf, error_of
 from tasks.slots import device_slot
-from tasks.tracking import mlflow_error
 
 
 def checkpoint_dir(cache_dir: str, cfg: TrainConfig, data: DataInfo) -> Path:
@@ -61,43 +59,6 @@ def retry_unless_hopeless(task, task_run, state) -> bool:
     return not (isinstance(err, TrainingFailed) and err.kind in ("oom", "data", "disk", "stopped"))
 
 
-class LiveMlflow:
-    """Each model's child MLflow run, created when its training starts and given every epoch's metrics as
-    the epoch ends, so a crash leaves the epochs done. A tracking store that fails mid-run costs one
-    warning and no more logging; the training goes on."""
-
-    def __init__(self, out: str | None, parent: str | None, cfgs: list[TrainConfig], logger) -> None:
-        self.out, self.parent, self.cfgs, self.logger = out, parent, cfgs, logger
-        self.children: dict[int, str] = {}
-
-    def _call(self, fn, *args, **kwargs):
-        if self.parent is None:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            self.logger.warning("%s; this training logs no more to MLflow", mlflow_error(e))
-            self.parent = None
-            return None
-
-    def start(self, dataset: str) -> None:
-        for i, cfg in enumerate(self.cfgs):
-            row = {**variant_of(cfg).columns(), **cfg.to_dict(), "compiled": cfg.compile, "dataset": dataset}
-            self.children[i] = self._call(tracking.start_child, self.out, self.parent, row)
-
-    def epoch(self, i: int, record: dict) -> None:
-        if self.children.get(i):
-            self._call(tracking.log_epoch, self.out, self.children[i], record)
-
-    def end(self, results: list[TrainResult] | None, data: DataInfo, status: str = "FINISHED") -> None:
-        rows = summary_rows(results, data) if results else [None] * len(self.cfgs)
-        for i, child in self.children.items():
-            if child:
-                row = {**rows[i], "weights_sha256": results[i].weights_sha256} if results else None
-                self._call(tracking.finish_child, self.out, child, row, results[i].checkpoint if results else None,
-                           status=status)  # fmt: skip
-
-
 def train_run_name() -> str:
     return f"train[{group_label(current_task_run.parameters['cfgs'])}]"
 
@@ -125,32 +86,26 @@ def train(
     fresh: bool = False,
     slots: int = 1,
     cuda_graphs: str = "auto",
-    mlflow_parent: str | None = None,
-    out: str | None = None,
 ) -> list[TrainResult]:
     """Train one variant, or several stacked on one device, in its own process once one of the
     device's `slots` is free, with CUDA graphs per `cuda_graphs`. Resumes from each variant's
-    checkpoints unless `fresh` (a refresh), which starts over. With `mlflow_parent`, each model's
-    child run (in the store `out` names) follows the training live."""
+    checkpoints unless `fresh` (a refresh), which starts over."""
     quiet()  # in a Dask worker process: its terminal shows one line per failure too, as the command line's does
     logger = get_run_logger()
-    live = LiveMlflow(out, mlflow_parent, cfgs, logger)
     label = group_label(cfgs)
     folders = [checkpoint_dir(cache_dir, c, data) for c in cfgs]
-    job = worker_job(cfgs, data, folders, threads, cuda_graphs, fresh=fresh,
-                     attempt=current_task_run.run_count or 1)  # fmt: skip
+    job = job_for(cfgs, data, folders, threads, cuda_graphs, fresh=fresh, attempt=current_task_run.run_count or 1)
     names = [c.run_name for c in cfgs]
     progress = [create_progress_artifact(0.0, key=f"train-progress-{slug(name)}", description=f"train[{name}]")
                 for name in names]  # fmt: skip
-    events: dict[str, dict] = {}  # the worker's start and done events
+    events: dict[str, dict] = {}  # the training's start and done events
     resumed_from = [None] * len(cfgs)
     try:
         with device_slot(cfgs[0].device, slots, logger):
-            for event in run_worker(job):
+            for event in run_training(job):
                 kind = event["event"]
                 events[kind] = event
                 if kind == "start":
-                    live.start(data.dataset)
                     for cfg in cfgs:
                         bars.update(variant_of(cfg).name, cfg.seed, 0, cfg.epochs, "starting")
                     stacked = f", stacked with {len(cfgs) - 1} other variant(s)" if len(cfgs) > 1 else ""
@@ -165,7 +120,6 @@ def train(
                     if event["resumed_from"] and epoch == event["resumed_from"] + 1:
                         logger.info("train[%s] resumed after epoch %d from its checkpoint", names[i], epoch - 1)
                     logger.info(format_epoch(names[i], cfgs[i].epochs, event))
-                    live.epoch(i, event)
                     update_progress_artifact(progress[i], 100.0 * epoch / cfgs[i].epochs)
                     bars.update(variant_of(cfgs[i]).name, cfgs[i].seed, epoch, cfgs[i].epochs,
                                 f"test acc {event['test_acc']:.2%}")  # fmt: skip
@@ -177,12 +131,11 @@ def train(
                 elif kind == "log":
                     logger.log(event["level"], "train[%s]: %s", label, event["message"])
     except BaseException as e:
-        live.end(None, data, "KILLED" if getattr(e, "kind", "") == "stopped" else "FAILED")
         if not isinstance(e, TrainingFailed):
             raise
         if e.details:
             logger.error(
-                "train[%s] failed; the training process's last lines:\n%s", label, e.details, extra={DETAILS: True}
+                "train[%s] failed; in the training process:\n%s", label, e.details, extra={DETAILS: True}
             )  # the run's log in the UI; the terminal (no --verbose) skips it
         if e.kind == "oom":
             raise TrainingFailed(
@@ -194,7 +147,5 @@ def train(
     for artifact in progress:
         update_progress_artifact(artifact, 100.0)
     if "done" not in events or "start" not in events:
-        raise TrainingFailed(f"train[{label}]: worker ended without a result", "crash")
-    results = results_of(cfgs, events["done"]["results"], threads, resumed_from)
-    live.end(results, data)
-    return results
+        raise TrainingFailed(f"train[{label}]: the training process ended without a result", "crash")
+    return results_of(cfgs, events["done"]["results"], threads, resumed_from)

@@ -197,7 +197,7 @@ def test_official_constants_agree_with_torchvision():
 def test_training_code_does_not_import_torchvision():
     """torchvision costs every training process ~160 MB; only a download needs it."""
     code = (
-        "import sys, dropout_lab.runtime.worker, dropout_lab.core.data, dropout_lab.core.train, "
+        "import sys, dropout_lab.runtime.training, dropout_lab.core.data, dropout_lab.core.train, "
         "dropout_lab.core.stacked; sys.exit('torchvision' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

@@ -118,21 +118,24 @@ def test_markdown_and_table_artifacts(first_run):
     assert len(progress) == 2 and all(float(a.data) == 100.0 for a in progress)
 
 
+def store_of(ws: Path) -> str:
+    return history.store_uri(ws / "artifacts")
+
+
 def test_second_identical_run_is_fully_cached(first_run, workspace):
-    recorded = len(history.read(workspace / "artifacts" / history.HISTORY_FILE))
+    recorded = len(history.read(store_of(workspace)))
     folder, states, artifacts = run_flow(workspace)
     assert folder == first_run[0]
     assert states and all(s == {"Cached"} for s in states.values()), states
     assert not [a for a in artifacts if a.key]  # no second copy of the same report under its key ...
     (link,) = artifacts  # ... but a link to it on this run's page (Prefect stores a link as markdown)
     assert "/artifacts/key/dropout-comparison-cifar10-p0-25-s0-e2" in link.data and len(link.data) < 1000
-    assert len(history.read(workspace / "artifacts" / history.HISTORY_FILE)) == recorded  # nothing new trained
+    assert len(history.read(store_of(workspace))) == recorded  # nothing new trained
 
 
 def test_a_completed_run_is_recorded_in_the_history(first_run, workspace):
     folder, _, artifacts = first_run
-    path = workspace / "artifacts" / history.HISTORY_FILE
-    rows = [r for r in history.read(path) if r["report_folder"] == str(folder)]
+    rows = [r for r in history.read(store_of(workspace)) if r["report_folder"] == str(folder)]
     assert [(r["model"], r["seed"]) for r in rows] == [("dropout=0.25", 0), ("baseline", 0)]
     summary = pq.read_table(folder / "summary.parquet").to_pylist()
     for row, expected in zip(rows, summary, strict=True):
@@ -142,10 +145,11 @@ def test_a_completed_run_is_recorded_in_the_history(first_run, workspace):
         assert row["code_version"] and row["recorded_at"].tzinfo is not None
     shas = {r["weights_sha256"] for r in rows}
     assert len(shas) == 2 and all(len(s) == 64 for s in shas)
-    epochs = [r for r in history.read(path, "epochs") if r["report_folder"] == str(folder)]
-    assert len(epochs) == 2 * EPOCHS and {r["weights_sha256"] for r in epochs} == shas
+    assert len({r["model_key"] for r in rows}) == 2  # keyed on each model's training identity
     runs_table = next(a for a in artifacts if a.key == "dropout-lab-runs")
     assert runs_table.type == "table" and "dropout=0.25" in runs_table.data
+    (link,) = [a for a in artifacts if a.type == "markdown" and a.data.startswith("MLflow run")]
+    assert "mlflow ui --backend-store-uri sqlite:///" in link.data
 
 
 def test_flow_runs_are_named_from_their_parameters_and_tagged(first_run, workspace):
@@ -283,17 +287,16 @@ def test_project_warnings_reach_the_flow_run_logs(first_run, workspace):
     raise AssertionError("the dropout_lab.core.data warning never reached the flow run's logs")
 
 
-def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(prefect_harness, workspace, monkeypatch):
+def test_the_history_is_mlflow_s_store_and_a_cached_rerun_records_nothing(prefect_harness, workspace, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds=[3], mlflow=True)
+    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds=[3], log_models=True)
     folder, states, artifacts = run_flow(workspace, **args)
-    assert any(n.startswith("finish_mlflow") and s == {"Completed"} for n, s in states.items()), states
-    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'artifacts' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(store_of(workspace))
     experiment = client.get_experiment_by_name("dropout-lab").experiment_id
     runs = client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and len(runs) == 3
+    assert len(parents) == 1 and len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
     parent = parents[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.png", "summary.md"}
     assert "dropout_0.25.test_acc_vs_baseline" in parent.data.metrics  # the chart and compare views have numbers
@@ -301,14 +304,13 @@ def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(pr
         parent.data.tags["mlflow.source.name"] == "flows/compare.py" and "mlflow.source.git.commit" in parent.data.tags
     )
     child = next(r for r in runs if r.info.run_name == "baseline seed 3")
-    history = client.get_metric_history(child.info.run_id, "test_acc")
-    assert [m.step for m in history] == [1] and history[0].timestamp >= child.info.start_time  # logged live
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [1]
     assert [m.step for m in client.get_metric_history(child.info.run_id, "generalization_gap")] == [1]
-    # MLflow's way: a model-training experiment, each network a logged model with its signature, the
-    # comparison's numbers in the children's unit (fractions), the full commit, a link from Prefect's run.
+    # MLflow's way: a model-training experiment, each network a logged model named after its model with its
+    # signature, the comparison's numbers in the children's unit (fractions), the full commit.
     assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
     (logged,) = client.search_logged_models([experiment], filter_string=f"source_run_id = '{child.info.run_id}'")
-    assert logged.name == "model"
+    assert logged.name == "baseline-seed-3"
     model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
     assert tuple(model(__import__("torch").zeros(2, 3, 32, 32)).shape) == (2, 10)
     signature = mlflow.models.get_model_info(f"models:/{logged.model_id}").signature
@@ -317,25 +319,9 @@ def test_mlflow_gets_a_parent_run_per_flow_run_and_nothing_for_a_cached_rerun(pr
     assert all(-1 <= v <= 1 and v == float(f"{v:.12g}") for v in metrics.values()), metrics
     assert abs(metrics["baseline.test_acc"] - client.get_run(child.info.run_id).data.metrics["final_test_acc"]) < 1e-9
     assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
-    (link,) = [a for a in artifacts if a.type == "markdown" and a.data.startswith("MLflow run")]
-    assert parent.info.run_id in link.data and "mlflow ui --backend-store-uri sqlite:///" in link.data
-    _, states, _ = run_flow(workspace, **args)
-    assert not any(n.startswith("finish_mlflow") for n in states)  # already logged: once is enough
-    assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3
-
-
-def test_a_cached_experiment_asked_for_mlflow_is_logged_once(prefect_harness, workspace, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = dict(dataset="fake", epochs=1, limit_train=200, limit_test=100, seeds=[4])
-    folder, _, _ = run_flow(workspace, **args)  # trained, not logged
-    _, states, _ = run_flow(workspace, **args, mlflow=True)  # every task cached: logged from the records
-    assert all(s == {"Cached"} for n, s in states.items() if n.startswith("train")), states
-    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'artifacts' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dropout-lab").experiment_id
-    runs = client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")
-    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
-    run_flow(workspace, **args, mlflow=True)
+    _, states, artifacts = run_flow(workspace, **args)
+    assert all(s == {"Cached"} for s in states.values()), states
+    assert not [a for a in artifacts if a.type == "table"]  # nothing recorded, nothing new to show
     assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3
 
 

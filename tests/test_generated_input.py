@@ -23,7 +23,7 @@ from deployments import notify, reclaim, serve  # noqa: E402
 from dropout_lab import cli  # noqa: E402
 from dropout_lab.cli.compare import build_parser, run_from_command_line  # noqa: E402
 from dropout_lab.cli.history import build_parser as history_parser  # noqa: E402
-from dropout_lab.runtime import launcher, temporary_server  # noqa: E402
+from dropout_lab.runtime import processes, temporary_server  # noqa: E402
 
 SECRET = "s3cr3tQZ"
 HOSTS = ["127.0.0.1:9", "127.0.0.1:1", "[::1]:9"]  # loopback, nothing listens: every probe answers at once
@@ -72,7 +72,7 @@ def argvs(flags: list[str]):
     return st.lists(pair, max_size=4).map(lambda pairs: [x for flag, vals in pairs for x in (flag, *vals)])
 
 
-ENV = ["MLFLOW_TRACKING_URI", "DROPOUT_LAB_HISTORY", "DROPOUT_LAB_CIFAR10_URL"]
+ENV = ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DROPOUT_LAB_CIFAR10_URL"]
 environments = st.dictionaries(st.sampled_from(ENV), secret_urls(), max_size=3)
 
 
@@ -96,7 +96,7 @@ COMMANDS = {
 @pytest.fixture
 def stopped_before_work(monkeypatch):
     monkeypatch.setattr(temporary_server, "serving", refuse_to_start)  # compare.py: its run would begin
-    monkeypatch.setattr(launcher, "prestart", lambda processes: None)
+    monkeypatch.setattr(processes, "prestart", lambda: None)
     monkeypatch.setattr(serve.reclaim, "switch_on", refuse_to_start)  # serve.py: its serving would begin
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
 
@@ -133,9 +133,8 @@ def test_every_command_answers_hostile_input_in_one_line_with_no_secret(command,
 
     @settings(max_examples=100, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
-    @given(argv=argvs(COMMANDS[command][1]), env=environments, api=st.none() | secret_urls(), mlflow=st.booleans())
-    def check(argv: list[str], env: dict[str, str], api: str | None, mlflow: bool) -> None:
-        argv = [*argv, "--mlflow"] if mlflow and command in ("compare.py", "serve.py") else argv
+    @given(argv=argvs(COMMANDS[command][1]), env=environments, api=st.none() | secret_urls())
+    def check(argv: list[str], env: dict[str, str], api: str | None) -> None:
         code, out, err, left = drive(command, argv, env, api, capfd)
         assert code in (0, 2), (command, argv, env, api, code, err[-2000:])
         assert SECRET not in out + err, (command, argv, env, api, out[-2000:], err[-2000:])

@@ -19,7 +19,7 @@ from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.train import FAIL_AT_EPOCH_ENV, InjectedFault, fit
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.devices import graphs_wanted
-from dropout_lab.runtime.worker import graphs_for
+from dropout_lab.runtime.training import graphs_for
 
 # 320 training images at batch 24: 13 full steps and a last batch of 8 (the eager remainder).
 BASE = TrainConfig(epochs=2, batch_size=24)
@@ -49,7 +49,7 @@ def variants(pairs, **changes):
 
 def train(cfgs, splits, folder, cuda_graphs, attempt=1):
     folders = [folder / f"v{i}" for i in range(len(cfgs))]
-    events = list(fit(cfgs, *splits, folders, attempt, graphed=graphs_for(cfgs, cuda_graphs)))  # as the worker does
+    events = list(fit(cfgs, *splits, folders, attempt, graphed=graphs_for(cfgs, cuda_graphs)))  # as training does
     return events, [load_checkpoint(epoch_checkpoints(f)[0][1]) for f in folders]
 
 
@@ -108,7 +108,7 @@ def test_a_resumed_graphed_run_equals_an_uninterrupted_one(splits, tmp_path, emu
 
 
 def test_cuda_graphs_on_without_cuda_says_so_once_and_trains(splits, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="dropout_lab.runtime.worker"):
+    with caplog.at_level(logging.INFO, logger="dropout_lab.runtime.training"):
         events, _ = train(variants([(0.25, 0)], epochs=1), splits, tmp_path, "on")
     assert len(events) == 1
     assert [r.getMessage() for r in caplog.records if "cuda-graphs" in r.getMessage()] == [

@@ -26,9 +26,9 @@ from dropout_lab.core import data
 from dropout_lab.core.data import describe_folder
 from dropout_lab.locks import held, remove_dead_leftovers
 from dropout_lab.results import CachedError, TrainResult, from_jsonable
-from dropout_lab.runtime.launcher import TrainingFailed, run_worker, worker_job
 from dropout_lab.runtime.preflight import confine
-from dropout_lab.runtime.worker import classify
+from dropout_lab.runtime.processes import TrainingFailed, classify, run_training
+from dropout_lab.runtime.training import job_for
 from flows.compare import compare, main
 from tasks.cache import SafeJSONSerializer, UnsafeCacheEntry, check_record
 from tasks.train import retry_unless_hopeless
@@ -267,7 +267,7 @@ def test_out_naming_a_file_is_refused_before_data_and_cache_folders_exist(tmp_pa
 
 def test_full_or_read_only_disks_are_not_retried():
     for code in (errno.ENOSPC, errno.EROFS, errno.EACCES):
-        assert classify(OSError(code, os.strerror(code)))[0] == "disk"
+        assert classify(OSError(code, os.strerror(code))) == "disk"
 
     class State:
         data = TrainingFailed("no space", "disk")
@@ -283,15 +283,15 @@ def test_worker_warnings_reach_the_task_and_the_stderr_tail_is_kept_apart(tiny_c
     (folder / "epoch-0001.pt").write_bytes(b"not a checkpoint")
     (folder / f".epoch-0001.pt.{dead_pid()}.tmp").write_bytes(b"torn")
     cfg = TrainConfig(epochs=1, limit_train=64, limit_test=32, train_eval_images=32)
-    job = worker_job([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [folder], 1, "auto")
-    events = list(run_worker(job))
+    job = job_for([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [folder], 1, "auto")
+    events = list(run_training(job))
     logs = [e["message"] for e in events if e["event"] == "log"]
     assert any("set aside" in m for m in logs) and any("leftover" in m for m in logs), logs
     assert not list(folder.glob(".*.tmp")) and (folder / "epoch-0001.pt.corrupt").is_file()
 
     bad = {**job, "data_root": str(tmp_path / "missing")}
     with pytest.raises(TrainingFailed) as e:
-        list(run_worker(bad))
+        list(run_training(bad))
     assert "\n" not in str(e.value) and 'File "' in e.value.details  # the traceback, kept for the log
 
 

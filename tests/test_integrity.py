@@ -202,7 +202,7 @@ def test_two_rates_that_print_alike_keep_their_own_names_rows_and_history(prefec
     rows = pq.read_table(folder / "per_epoch.parquet").to_pylist()
     assert sorted((r["model"], r["dropout"]) for r in rows) == [
         ("baseline", 0.0), ("dropout=0.1", 0.1), ("dropout=0.1000001", 0.1000001)]  # fmt: skip
-    recorded = [r for r in history.read(ws / "alike-out" / history.HISTORY_FILE) if r["report_folder"] == str(folder)]
+    recorded = [r for r in history.read(history.store_uri(ws / "alike-out")) if r["report_folder"] == str(folder)]
     assert sorted(r["model"] for r in recorded) == ["baseline", "dropout=0.1", "dropout=0.1000001"]
     assert len({r["weights_sha256"] for r in recorded}) == 3
     assert "p0.1+0.1000001" in folder.name
@@ -236,7 +236,7 @@ def test_another_margin_writes_another_folder_and_leaves_the_first_one_as_it_was
     assert second != first and all(s == {"Cached"} for n, s in states.items() if n.startswith("train["))
     assert (first / "statistics.parquet").read_bytes() == before
     assert {r["margin"] for r in table(first) if r["decision"]} == {0.001}
-    recorded = history.read(ws / "auto-out" / history.HISTORY_FILE)
+    recorded = history.read(history.store_uri(ws / "auto-out"))
     assert {r["report_folder"] for r in recorded} == {str(first), str(second)}  # each run's rows: its own folder
     # The same report rebuilt from the cache elsewhere: the very same statistics.
     rebuilt, _ = run(ws, margin=0.1, **{**args, "out": "auto-rebuilt"})
@@ -262,7 +262,7 @@ ALTERNATIVES = {
     **{s.field: [0.1] for s in SETTINGS},  # a value every compared setting takes, other than its default
     "seeds": [0, 1], "max_seeds": 10, "margin": 2.0, "device": "cuda:0", "precision": "bf16", "compile": True,
     "stack": "on", "cuda_graphs": "off", "limit_train": 1000, "limit_test": 100, "train_eval_images": 5000,
-    "val_images": 1000, "dataset": "fake", "refresh": True, "cache_dir": "elsewhere", "mlflow": True,
+    "val_images": 1000, "dataset": "fake", "refresh": True, "cache_dir": "elsewhere", "log_models": True,
 }  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """A command-line run interrupted every way a user interrupts one — Ctrl-C, `kill PID` (SIGTERM),
 `kill -9` — and resumed each time with the same command, until it completes: one chain of runs on one
-cache (one epoch further each time), checked against an uninterrupted run of the same command.
-Marked e2e: whole process trees, eight command-line runs."""
+cache (one epoch further each time), checked against an uninterrupted run of the same command, and the
+run history (MLflow) as its users read it after each. Marked e2e: whole process trees, command-line runs."""
 
 import os
 import re
@@ -47,7 +47,7 @@ def start_training(ws: Path, args: list[str], epoch: int) -> tuple[subprocess.Po
     while not list((ws / "cache").glob(f"checkpoints/*/epoch-{epoch:04d}.pt")):
         assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
         time.sleep(0.1)
-    proc.reader = reader
+    proc.reader, proc.ws = reader, ws
     return proc, lines
 
 
@@ -55,7 +55,7 @@ def stop(proc: subprocess.Popen, lines: list[str], how) -> dict:
     """Interrupt the run (`how(pid)`); what happened: exit status, output, processes left, time taken."""
     children = descendants(proc.pid)
     servers = [c for c in children if b"uvicorn" in cmdline(c)]
-    workers = [c for c in children if b"dropout_lab.runtime.worker" in cmdline(c)]
+    workers = [c for c in children if b"multiprocessing.forkserver" in cmdline(c)]  # the server and its trainings
     start = time.time()
     how(proc.pid)
     proc.wait(timeout=60)
@@ -65,7 +65,19 @@ def stop(proc: subprocess.Popen, lines: list[str], how) -> dict:
     while any(alive(c) for c in children) and time.time() < deadline:
         time.sleep(0.1)
     return {"rc": proc.returncode, "out": "".join(lines), "seconds": seconds, "children": children,
-            "servers": servers, "workers": workers, "orphans": [c for c in children if alive(c)]}  # fmt: skip
+            "servers": servers, "workers": workers, "orphans": [c for c in children if alive(c)],
+            "mlflow": mlflow_runs(proc.ws)}  # fmt: skip
+
+
+def mlflow_runs(ws: Path) -> list:
+    """Every run the history's MLflow store holds (the store is created when a run first records)."""
+    store = ws / "out" / "mlflow.db"
+    if not store.exists():
+        return []
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +98,7 @@ def chain(tmp_path_factory) -> dict:
     final = cli(args)
     seen["final"], _ = final.communicate(timeout=300)
     assert final.returncode == 0, seen["final"][-3000:]
+    seen["recorded"] = mlflow_runs(ws)
     return seen
 
 
@@ -128,3 +141,21 @@ def test_the_resumed_run_equals_an_uninterrupted_one(chain):
     for variant in killed_w:
         for name, tensor in killed_w[variant].items():
             assert torch.equal(tensor, ref_w[variant][name]), (variant, name)
+
+
+def test_an_interrupted_run_leaves_nothing_open_in_mlflow_and_the_resumed_one_records_each_model_once(chain):
+    """The run history records a comparison once its report is written: an interrupted run leaves no run in
+    MLflow (none RUNNING forever), and the run that finishes records each model once, all its epochs in one
+    MLflow run, however often its training was stopped and resumed."""
+    import mlflow
+
+    for stopped in ("SIGINT", "SIGTERM", "SIGKILL"):
+        assert chain[stopped]["mlflow"] == [], stopped
+    runs = chain["recorded"]
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_name for r in children) == ["baseline seed 0", "dropout=0.25 seed 0"]
+    assert len(runs) == 3  # and one comparison
+    client = mlflow.MlflowClient(f"sqlite:///{chain['ws'] / 'out' / 'mlflow.db'}")
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [1, 2, 3, 4]

@@ -55,17 +55,23 @@ def _missing_once(monkeypatch, cls, method: str) -> None:
     monkeypatch.setattr(cls, method, first_missing)
 
 
-@pytest.mark.parametrize("method", ["read_block_type_by_slug", "read_block_schema_by_checksum"])
-def test_a_result_block_type_another_run_registers_meanwhile_is_no_error(
-    prefect_harness, tmp_path, monkeypatch, method
-):
-    from prefect.client.orchestration import SyncPrefectClient
+def test_results_are_kept_in_a_folder_with_no_storage_block_on_the_server(prefect_harness, tmp_path):
+    from prefect import flow, task
 
-    from tasks.cache import cache_options
+    from tasks.cache import ResultOf, cache_options
 
-    cache_options(tmp_path / "a")  # the type and schema now exist on the server
-    _missing_once(monkeypatch, SyncPrefectClient, "read_block_type_by_slug")  # (its schema: the server upserts)
-    assert cache_options(tmp_path / "b")["persist_result"]
+    @task(cache_policy=ResultOf(identity=lambda p: ("double", p["x"])))
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def twice() -> int:
+        return double.with_options(**cache_options(tmp_path / "cache"))(21)
+
+    with get_client(sync_client=True) as client:
+        before = len(client.read_block_documents())
+        assert twice() == 42 and len(list((tmp_path / "cache" / "results").iterdir())) == 1
+        assert len(client.read_block_documents()) == before
 
 
 def test_a_slot_limit_another_run_creates_meanwhile_is_kept(prefect_harness, monkeypatch):
@@ -132,7 +138,7 @@ def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_
         for row in pq.read_table(folder / "summary.parquet").to_pylist()
     )
     assert len(spans) == 4
-    recorded = history.read(tmp_path / "out" / history.HISTORY_FILE)  # both runs land in one history
+    recorded = history.read(history.store_uri(tmp_path / "out"))  # both runs land in one history
     assert len(recorded) == 4 and len({r["flow_run_id"] for r in recorded}) == 2
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, spans
@@ -146,7 +152,7 @@ def test_slot_names_are_per_machine_and_device(device):
 def test_a_task_s_code_is_found_from_imports_not_a_hand_kept_list(tmp_path, monkeypatch):
     from dropout_lab import keys
 
-    worker = keys.project_imports("dropout_lab.runtime.worker")
+    worker = keys.project_imports("dropout_lab.runtime.training")
     assert {"dropout_lab.core.train", "dropout_lab.core.stacked", "dropout_lab.core.checkpoint",
             "dropout_lab.core.model"} <= worker  # fmt: skip
     assert "dropout_lab.analysis.report" not in worker  # a plot edit does not retrain
@@ -187,30 +193,13 @@ def test_the_alert_lists_only_the_parameters_a_run_changed_from_its_deployment()
     assert changed() == "none (the deployment's defaults)"
 
 
-def test_a_deployment_s_waiting_runs_are_named_from_their_parameters(prefect_harness):
-    """Prefect names a deployment's runs randomly when it creates them; name_waiting_runs gives each
-    waiting run the name it will start under, and leaves runs that already started alone."""
-    from datetime import datetime, timedelta, timezone
-
-    from prefect.states import Running, Scheduled
-
+def test_a_run_is_named_from_its_parameters_and_those_a_deployment_does_not_store_at_their_defaults():
+    """Prefect applies the flow's run name when a run starts; a deployment may store only some parameters."""
     from dropout_lab.config import PARAMETERS
-    from flows.run_names import label_of, name_waiting_runs
+    from flows.compare import label_of
 
-    defaults = {name: p.default for name, p in PARAMETERS.parameters.items()}
-    later = datetime.now(timezone.utc) + timedelta(hours=1)
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("compare")
-        stored = {k: defaults[k] for k in ("epochs", "dropout", "seeds")}  # some, as deployments/prefect.yaml
-        deployment_id = client.create_deployment(flow_id=flow_id, name="names-test", parameters=stored)
-        asked = [client.create_flow_run_from_deployment(deployment_id, parameters={"dropout": [rate]},
-                                                        state=Scheduled(scheduled_time=later))
-                 for rate in (0.1, 0.5)]  # fmt: skip
-        started = client.create_flow_run_from_deployment(deployment_id, state=Running())
-        assert all(label_of(run.parameters) != run.name for run in asked)
-        # By its id as the flow's runtime gives it (a string), as serve.py by its name (below).
-        assert sorted(name_waiting_runs(str(deployment_id))) == [label_of(run.parameters) for run in asked]
-        assert [client.read_flow_run(run.id).name for run in asked] == [label_of(run.parameters) for run in asked]
-        assert client.read_flow_run(started.id).name == started.name  # a started run names itself
-        assert name_waiting_runs("compare/names-test") == []  # nothing left to name
-        assert label_of(asked[0].parameters) == f"p=0.1 seeds=0 e{defaults['epochs']}"  # the rest at defaults
+    epochs = PARAMETERS.parameters["epochs"].default
+    assert label_of({"dropout": [0.1, 0.5]}) == f"p=0.1,0.5 seeds=0 e{epochs}"
+    fake = {"dropout": [0.1], "dataset": "fake", "limit_train": 400}
+    assert label_of(fake) == f"p=0.1 seeds=0 e{epochs} fake train400"
+    assert label_of({"dropout": ["half"]}) is None  # not valid yet: Prefect's default name stays

@@ -11,11 +11,11 @@ import os
 
 import pytest
 
-from dropout_lab.analysis import history
+from dropout_lab.analysis import history, tracking
 from dropout_lab.cli.compare import one_line
 from dropout_lab.core import data
 from dropout_lab.redact import redact, redact_logs, split_credentials
-from dropout_lab.runtime.launcher import TrainingFailed
+from dropout_lab.runtime.processes import TrainingFailed
 from flows.compare import compare, main
 from tests.refusals import SECRET, one_line_refusal
 from tests.test_reliability import args_for, cli
@@ -81,7 +81,7 @@ def test_prefect_s_database_never_holds_a_tracking_uri_s_credentials(prefect_har
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://{PAIR}@127.0.0.1:9")
-    state = compare(dataset="fake", mlflow=True, data_dir=str(tmp_path / "d"), out=str(tmp_path / "o"),
+    state = compare(dataset="fake", data_dir=str(tmp_path / "d"), out=str(tmp_path / "o"),
                     cache_dir=str(tmp_path / "c"), return_state=True)  # fmt: skip
     assert state.is_failed() and "***@127.0.0.1:9" in state.message
     run_id = state.state_details.flow_run_id
@@ -118,16 +118,19 @@ def test_a_password_in_a_history_url_s_query_is_hidden_everywhere_the_url_is_sho
     url = "postgresql://lab@host/history?password=s3cret"
     assert SECRET not in history.shown(url)
     with pytest.raises(history.HistoryError) as e:
-        history.check("postgresql://lab@127.0.0.1:9/history?password=s3cret")
+        history.read("postgresql://lab@127.0.0.1:9/history?password=s3cret")
+    assert SECRET not in str(e.value)
+    with pytest.raises(ValueError) as e:
+        tracking.check_store("postgresql://lab@127.0.0.1:9/history?password=s3cret")
     assert SECRET not in str(e.value)
 
 
 def test_mlflow_prints_no_run_links_of_its_own(monkeypatch, tmp_path):
     pytest.importorskip("mlflow")
-    from dropout_lab.analysis import tracking
+    import importlib
 
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
-    tracking._client(tmp_path)  # every client of ours: MLflow's own "🏃 View run ... at: URL" stays off stdout
+    importlib.reload(tracking)  # before MLflow is imported: its own "🏃 View run ... at: URL" stays off stdout
     assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
 
 
@@ -142,7 +145,6 @@ def test_addresses_the_project_writes_into_artifacts_tags_and_messages_carry_no_
     MLflow run's page (the Prefect run's link artifact) go through the one redaction."""
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    from dropout_lab.analysis import tracking
     from tasks.report import ui_base
 
     with temporary_settings(updates={PREFECT_API_URL: f"http://{PAIR}@prefect.example/api", PREFECT_UI_URL: None}):
@@ -153,8 +155,7 @@ def test_addresses_the_project_writes_into_artifacts_tags_and_messages_carry_no_
     class Run:
         info = type("Info", (), {"experiment_id": "7"})
 
-    monkeypatch.setattr(tracking, "_client", lambda out: type("C", (), {"get_run": lambda self, run_id: Run})())
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://{PAIR}@mlflow.example/?token={SECRET}")
-    page = tracking.run_page(tmp_path, "abc")
+    monkeypatch.setattr(tracking, "client", lambda uri: type("C", (), {"get_run": lambda self, run_id: Run})())
+    page = tracking.run_page(f"https://{PAIR}@mlflow.example/?token={SECRET}", "abc")
     assert SECRET not in page and "alice" not in page, page
     assert page.endswith(f"#/experiments/7/runs/abc{tracking.TRAINING_VIEW}"), page

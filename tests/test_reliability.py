@@ -14,8 +14,7 @@ import torch
 
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.train import FAIL_AT_EPOCH_ENV
-from dropout_lab.runtime.launcher import TrainingFailed
-from dropout_lab.runtime.worker import classify
+from dropout_lab.runtime.processes import TrainingFailed, classify
 from flows.compare import compare, main
 from tests.archives import archive_folder
 
@@ -139,8 +138,8 @@ def test_out_of_memory_is_not_retried_and_names_model_and_batch():
     from tasks.train import retry_unless_hopeless
 
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    assert classify(oom)[0] == "oom"
-    assert classify(ValueError("x"))[0] == "crash"
+    assert classify(oom) == "oom"
+    assert classify(ValueError("x")) == "crash"
     assert retry_unless_hopeless(None, None, Failed(data=TrainingFailed("oom", "oom"))) is False
     assert retry_unless_hopeless(None, None, Failed(data=TrainingFailed("boom", "crash"))) is True
 

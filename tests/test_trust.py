@@ -157,7 +157,7 @@ def test_forged_cached_results_are_ignored_and_computed_again(prefect_harness, t
     assert folder == first  # the report this run writes, not the forged folder
     summary = pq.read_table(folder / "summary.parquet").to_pylist()
     assert all(r["final_test_acc"] != 0.99 for r in summary)
-    recorded = history.read(tmp_path / "out" / history.HISTORY_FILE)
+    recorded = history.read(history.store_uri(tmp_path / "out"))
     assert recorded and all(r["weights_sha256"] != "0" * 64 and r["final_test_acc"] != 0.99 for r in recorded)
     ignored = [r.getMessage() for r in caplog.records if "ignoring cached result" in r.getMessage()]
     assert any("/etc/passwd is not in" in m for m in ignored) and any("is not this run's" in m for m in ignored)
@@ -178,14 +178,14 @@ def test_the_console_hides_tracebacks_other_handlers_keep_them():
 def test_once_a_run_is_stopping_the_terminal_drops_the_tasks_end_echoes(monkeypatch):
     """A stopped sweep: each pending training ends Failed ("not started: the run is stopping"); the run's
     log keeps those records, the terminal shows only the command's last line about the stop."""
-    from dropout_lab.runtime import console, launcher
+    from dropout_lab.runtime import console, processes
 
     def shown(name: str, level: int) -> bool:
         return console._no_details(logging.LogRecord(name, level, __file__, 1, "Finished in state Failed", None, None))
 
     assert shown("prefect.task_runs", logging.ERROR)  # a task that fails on its own is shown
-    monkeypatch.setattr(launcher, "_stopping", threading.Event())
-    launcher._stopping.set()
+    monkeypatch.setattr(processes, "_stopping", threading.Event())
+    processes._stopping.set()
     assert not shown("prefect.task_runs", logging.ERROR)
     assert shown("prefect.task_runs", logging.INFO) and shown("prefect.flow_runs", logging.ERROR)
 
@@ -216,7 +216,7 @@ def test_the_temporary_server_s_own_output_stays_off_the_terminal(monkeypatch, c
 
 def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_path, monkeypatch, silent_peer):
     pytest.importorskip("mlflow")
-    base = ["--mlflow", "--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]
+    base = ["--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]
     cases = {
         f"http://{SECRET}@127.0.0.1:9": "Connection refused",  # nothing listens
         f"http://{SECRET}@127.0.0.1:{silent_peer}": "no answer within",  # accepts, never answers

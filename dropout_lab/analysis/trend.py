@@ -1,16 +1,13 @@
-"""Looking at the run history (analysis/history.py): a text table and a cross-run figure. No prefect here."""
+"""Looking at the run history (analysis/history.py): a text table and a cross-run figure. No prefect here.
+The table needs nothing heavy; statistics (scipy) and the figure (matplotlib) are imported where used, so
+a listing answers at once."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
 
-import matplotlib.dates as mdates
-import numpy as np
-
-from dropout_lab.analysis.figures import color, plt
 from dropout_lab.analysis.history import run_key
-from dropout_lab.analysis.stats import by_variant, mean_ci
 from dropout_lab.config import Variant, counted
 
 # (header, width, cell) for each column of the table; percentages as points.
@@ -50,6 +47,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
 def run_points(rows: list[dict], metric: str) -> dict[Variant, list[tuple]]:
     """Per variant, one point per run: (recorded_at, mean over its seeds, 95% t-interval low, high, n),
     in points; the interval is nan with one seed."""
+    from dropout_lab.analysis.stats import by_variant, mean_ci
+
     points: dict[Variant, list[tuple]] = {}
     for variant, items in by_variant(rows).items():
         runs: dict[str, list[dict]] = {}
@@ -66,6 +65,8 @@ def run_points(rows: list[dict], metric: str) -> dict[Variant, list[tuple]]:
 def compare_table(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
     """Two experiments' rows side by side: per variant, each side's seeds, final test accuracy and gap
     (means with 95% t-intervals over seeds, in points), and B minus A (in points)."""
+    from dropout_lab.analysis.stats import by_variant, mean_ci
+
     (name_a, rows_a), (name_b, rows_b) = a, b
     groups = [by_variant(rows_a), by_variant(rows_b)]
     variants = sorted(set(groups[0]) | set(groups[1]), key=Variant.order)
@@ -100,6 +101,8 @@ def plot_trend(rows: list[dict], path: Path, title: str = "Runs over time") -> N
     """Final test accuracy and generalization gap per run over time, one line per rate, with each
     run's 95% interval over its seeds as error bars (none with one seed). Runs on other data or
     epochs are not comparable: each such group gets its own row of panels."""
+    from dropout_lab.analysis.figures import plt
+
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in COMPARABLE), []).append(row)
@@ -122,6 +125,11 @@ def plot_trend(rows: list[dict], path: Path, title: str = "Runs over time") -> N
 
 
 def _plot_metric(ax, rows: list[dict], metric: str) -> None:
+    import matplotlib.dates as mdates
+    import numpy as np
+
+    from dropout_lab.analysis.figures import color
+
     times = {r["recorded_at"] for r in rows}
     if len(times) == 1:  # one moment: matplotlib would span years around it
         (t,) = times

@@ -45,8 +45,9 @@ def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentPars
     scale.add_argument("--dask-address", metavar="tcp://HOST:8786",
                        help="existing Dask scheduler (default with --task-runner dask: a local cluster)")  # fmt: skip
     parser.add_argument("--history", metavar="URL",
-                        help="the run history a team's machines share, a SQLAlchemy URL such as postgresql://"
-                             "user@host/db (default: $DROPOUT_LAB_HISTORY, else OUT/history.sqlite)")  # fmt: skip
+                        help="the run history, an MLflow tracking store a team's machines can share: "
+                             "postgresql://user@host/db, http://mlflow-server:5000 (default: $MLFLOW_TRACKING_URI, "
+                             "else sqlite:///OUT/mlflow.db)")  # fmt: skip
     parser.add_argument("--verbose", action="store_true",
                         help="tracebacks and Dask's log on the terminal too (the run log always has them)")  # fmt: skip
     return parser
@@ -99,13 +100,14 @@ def parse(argv: list[str] | None, prog: str = "python flows/compare.py") -> tupl
     return params, how
 
 
+HISTORY_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own setting: the run history's store
+
+
 def use_history(url: str | None) -> None:
     """--history: the store for this process and every process it starts (Dask workers, served runs)."""
     if url is not None:
         if not url.strip():
             raise CliError("--history: must not be empty", 2)
-        from dropout_lab.analysis.history import HISTORY_ENV  # here: it imports SQLAlchemy
-
         os.environ[HISTORY_ENV] = url
 
 
@@ -236,8 +238,8 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     import atexit
 
     from dropout_lab.runtime import console, temporary_server
-    from dropout_lab.runtime.launcher import discard_spares, first_processes, prestart
     from dropout_lab.runtime.preflight import hand_over
+    from dropout_lab.runtime.processes import prestart
     from dropout_lab.runtime.progress import bars
     from dropout_lab.runtime.signals import Stopped, stop_on_signals
 
@@ -265,8 +267,8 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     flow_fn = flow if runner is None else flow.with_options(task_runner=runner)
     try:
         with stop_on_signals():
-            if runner is None:  # training runs in this process's threads: its processes can start now
-                prestart(first_processes(groups, plan.threads, plan.slots))
+            if runner is None:  # trainings start from this process: their fork server can start now
+                prestart()
             timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
             with temporary_server.serving(timeout), bars.shown():  # bars: on a terminal only, one per model
                 hand_over(plan)  # the flow takes the plan checked here instead of checking again
@@ -278,7 +280,5 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     except Exception as e:  # Prefect has logged the details; end on one clear line
         last_line[:] = ["error:", one_line(e)]
         return 1
-    finally:
-        discard_spares()
     last_line[:] = ["report:", folder]
     return 0

@@ -1,9 +1,9 @@
-"""`dropout-lab history`: every recorded run as a table and a figure of the trend, or two experiments
-side by side (`--compare A B`).
+"""`dropout-lab history`: every recorded run as a table (and, asked, a figure of the trend), or two
+experiments side by side (`--compare A B`).
 
-Reads the run history every completed `flows/compare.py` run records to (analysis/history.py): the
-store `--history URL` (or $DROPOUT_LAB_HISTORY) names, else `<out>/history.sqlite`. Read-only, and
-plain Python: no Prefect server needed.
+Reads the run history every completed `flows/compare.py` run records to: MLflow's tracking store, the one
+`--history URL` (or $MLFLOW_TRACKING_URI) names, else `<out>/mlflow.db`, read without MLflow's client
+(analysis/history.py). Read-only but for `--import` and `--import-reports`; no Prefect server needed.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 from dropout_lab.cli.oneline import Parser, Refused, one_line
 from dropout_lab.config import BASELINE, SETTINGS, Variant, counted, flag, value_text
 
-# `--help` and a refused flag answer before SQLAlchemy, pyarrow and matplotlib load (they take seconds):
-# the store and the figure are imported once the flags are good.
+# `--help` and a refused flag answer before the store, pyarrow and matplotlib load: the store is read
+# once the flags are good, and the figure's libraries are imported only when a figure is asked for.
 
 
 def since_value(text: str) -> datetime:
@@ -38,11 +38,12 @@ def since_value(text: str) -> datetime:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="dropout-lab history",
-        description="The run history: one row per model per run, and a figure of the trend; or two experiments "
-        "side by side.",
+        description="The run history: one row per model per run, a figure of the trend when asked; or two "
+        "experiments side by side.",
     )
-    parser.add_argument("--history", metavar="URL", help="the store: a SQLAlchemy URL such as postgresql://user@host/"
-                        "db, or a SQLite file (default: $DROPOUT_LAB_HISTORY, else OUT/history.sqlite)")  # fmt: skip
+    parser.add_argument("--history", metavar="URL", help="the store, an MLflow tracking URI: sqlite:///FILE, "
+                        "postgresql://user@host/db, http://mlflow-server:5000 (default: $MLFLOW_TRACKING_URI, "
+                        "else sqlite:///OUT/mlflow.db)")  # fmt: skip
     parser.add_argument("--out", default="artifacts", help="the flow's --out folder (default: %(default)s)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
                         help="two experiments (names or report-folder digests) side by side: every variant's seeds, "
@@ -56,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", help="only this dataset (cifar10, fake)")
     parser.add_argument("--since", type=since_value, metavar="WHEN", help="recorded since: 2026-11-01, 7d, 12h")
     parser.add_argument("--last", type=int, metavar="N", help="only the last N runs")
-    parser.add_argument("--figure", type=Path, metavar="PNG", help="where the figure goes (default: OUT/history.png)")
-    parser.add_argument("--no-figure", action="store_true", help="print the table only")
+    parser.add_argument("--figure", type=Path, nargs="?", const=True, metavar="PNG",
+                        help="also draw the trend (default file: OUT/history.png)")  # fmt: skip
     parser.add_argument("--parquet", type=Path, metavar="FILE", help="also write the selected rows as Parquet")
+    parser.add_argument("--import", dest="import_from", metavar="FILE_OR_URL",
+                        help="first record a run history an earlier version kept (history.sqlite, or its "
+                             "database URL) into the store, once")  # fmt: skip
     parser.add_argument(
         "--import-reports", action="store_true", help="first record report folders written before the history existed"
     )
@@ -99,47 +103,55 @@ def check_outputs(args: argparse.Namespace) -> None:
         raise Refused("--last: must be >= 1")
     if args.history is not None and not args.history.strip():
         raise Refused("--history: must not be empty")
-    if args.figure is not None and not args.no_figure:
+    if args.figure is True:
+        args.figure = Path(args.out) / "history.png"
+    if args.figure is not None:
         writable_file(args.figure, "--figure")
     if args.parquet is not None:
         writable_file(args.parquet, "--parquet")
 
 
 def show(args: argparse.Namespace) -> int:
-    from dropout_lab.analysis.history import as_table, exists, history_target, import_reports, read, run_key, shown
+    from dropout_lab.analysis.history import LEGACY_FILE, exists, read, run_key, shown, store_uri
+    from dropout_lab.analysis.trend import format_table
 
     out = Path(args.out)
-    history = args.history or history_target(out)
-    if args.import_reports:
-        if not out.is_dir():
-            raise Refused(f"--out {out}: no such folder")
-        print(f"imported {import_reports(out, history)} model rows from report folders under {out}")
-    if not exists(history):
-        raise Refused(f"no run history at {shown(history)}: runs record there once they complete")
-    # The table and figure bring matplotlib and scipy (~1.5 s): imported once the store answered, so a
-    # refusal is answered in a fraction of a second, like --help.
-    from dropout_lab.analysis.trend import format_table, plot_trend
+    uri = store_uri(out, args.history)
+    if args.import_from or args.import_reports:
+        from dropout_lab.analysis.tracking import check_store, import_history, import_reports
 
+        check_store(uri)
+        if args.import_from:
+            print(f"imported {counted(import_history(args.import_from, uri), 'model')} from {shown(args.import_from)}")
+        if args.import_reports:
+            if not out.is_dir():
+                raise Refused(f"--out {out}: no such folder")
+            print(f"imported {counted(import_reports(out, uri), 'model')} from report folders under {out}")
+    if not exists(uri):
+        legacy = out / LEGACY_FILE
+        hint = f"; an earlier version's history is at {legacy}: --import {legacy} records it" * legacy.is_file()
+        raise Refused(f"no run history at {shown(uri)}: runs record there once they complete{hint}")
     if args.compare:
-        return compare(history, *args.compare)
-    rows = read(history, variants=selected(args), seeds=args.seeds, dataset=args.dataset, since=args.since,
+        return compare(uri, *args.compare)
+    rows = read(uri, variants=selected(args), seeds=args.seeds, dataset=args.dataset, since=args.since,
                 last=args.last)  # fmt: skip
     if not rows:
-        print(f"no recorded runs match in {shown(history)}")
+        print(f"no recorded runs match in {shown(uri)}")
         return 0
     print(format_table(rows))
     print(f"{counted(len(rows), 'model')} from {counted(len({run_key(r) for r in rows}), 'run')}")
     if args.parquet:
         import pyarrow.parquet as pq
 
+        from dropout_lab.analysis.history import as_table
+
         pq.write_table(as_table(rows), args.parquet)
         print(f"parquet: {args.parquet}")
-    if not args.no_figure:
-        figure = args.figure or out / "history.png"
-        if args.figure is None:
-            writable_file(figure, "--figure (default: OUT/history.png)")
-        plot_trend(rows, figure, title=f"Runs recorded in {shown(history)}")
-        print(f"figure: {figure}")
+    if args.figure:
+        from dropout_lab.analysis.trend import plot_trend
+
+        plot_trend(rows, args.figure, title=f"Runs recorded in {shown(uri)}")
+        print(f"figure: {args.figure}")
     return 0
 
 
@@ -151,18 +163,18 @@ def selected(args: argparse.Namespace) -> list[Variant] | None:
     return chosen or None
 
 
-def compare(history, a: str, b: str) -> int:
+def compare(uri: str, a: str, b: str) -> int:
     """Two experiments side by side; each must name exactly one experiment in the history."""
     from dropout_lab.analysis.history import read, shown
     from dropout_lab.analysis.trend import compare_table
 
     sides = []
     for which in (a, b):
-        rows = read(history, experiments=[which]) if which.strip() else []
+        rows = read(uri, experiments=[which]) if which.strip() else []
         names = sorted({r["experiment"] for r in rows})
         if len(names) != 1:
             found = f"{len(names)} experiments ({', '.join(names)[:200]})" if names else "nothing"
-            raise Refused(f"--compare {which!r}: matches {found} in {shown(history)}; give a name or a longer digest")
+            raise Refused(f"--compare {which!r}: matches {found} in {shown(uri)}; give a name or a longer digest")
         sides.append((names[0], rows))
     print(compare_table(*sides))
     return 0

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from dropout_lab.runtime.launcher import stopping
+from dropout_lab.runtime.processes import stopping
 
 VERBOSE_ENV = "DROPOUT_LAB_VERBOSE"  # --verbose, for the run's other processes (Dask workers) too
 CHATTY = ("distributed", "bokeh", "tornado")  # a Dask cluster's INFO lines: dozens per run

@@ -287,13 +287,11 @@ def handed_over(params: dict) -> RunPlan | None:
 
 
 def _plan(params: dict, deployed: bool) -> RunPlan:
-    from dropout_lab.analysis import history
-    from dropout_lab.analysis.tracking import check_available, check_store
+    from dropout_lab.analysis.history import store_uri
+    from dropout_lab.analysis.tracking import check_store
     from dropout_lab.core.data import ARCHIVE_NAME, FOLDER_NAME
     from dropout_lab.runtime.devices import process_layout, stack_groups, variant_configs
 
-    if params["mlflow"]:
-        check_available()
     shared = {f.name for f in dataclasses.fields(TrainConfig)} - _PER_VARIANT
     base = TrainConfig(**{k: params[k] for k in shared if k in params})
     configs = variant_configs(base, compared_variants(params), every_seed(params), params["device"])
@@ -307,10 +305,5 @@ def _plan(params: dict, deployed: bool) -> RunPlan:
     data_dir = Path(folders["data_dir"])
     present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
     planned = check_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
-    if params["mlflow"]:
-        check_store(folders["out"])  # the server answers, the database is MLflow's (or not there yet)
-    try:
-        history.check(history.history_target(folders["out"]))  # answers, and is ours (or not there yet)
-    except history.HistoryError as e:
-        raise ValueError(f"--history: {e}") from None
+    check_store(store_uri(folders["out"]))  # the run history: the server answers, the database is MLflow's
     return RunPlan(dict(params), configs, design_of(params), waves, threads, slots, folders, planned)

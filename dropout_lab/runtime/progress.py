@@ -26,18 +26,10 @@ def format_epoch(label: str, epochs: int, r: dict) -> str:
 
 
 def format_startup(startup: dict) -> str:
-    """What stood before the first step in the training process, e.g. `torch import 1.9 s (ahead of
-    its job, then 6.2 s waiting for it), data 1.5 s, CUDA context 0.4 s more`."""
-    parts = []
-    if "torch_import" in startup:
-        waited = startup.get("waited_for_job", 0)
-        ahead = (" (ahead of its job" + (f", then {waited:.1f} s waiting for it)" if waited >= 0.05 else ")")
-                 if startup.get("ahead") else "")  # fmt: skip
-        parts.append(f"torch import {startup['torch_import']:.1f} s{ahead}")
-    if "data" in startup:
-        parts.append(f"data {startup['data']:.1f} s")
-    if "cuda_wait" in startup:
-        parts.append(f"CUDA context {startup['cuda_wait']:.1f} s more")
+    """What stood before the first step in the training process, e.g. `data 1.5 s, CUDA context 0.4 s`."""
+    parts = [f"data {startup['data']:.1f} s"] if "data" in startup else []
+    if "cuda" in startup:
+        parts.append(f"CUDA context {startup['cuda']:.1f} s")
     return ", ".join(parts) or "?"
 
 

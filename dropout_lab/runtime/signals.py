@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from dropout_lab.runtime.launcher import stop_all
+from dropout_lab.runtime.processes import stop_all
 
 
 class Stopped(BaseException):
