@@ -19,6 +19,9 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("DROPOUT_LAB_FAIL_AT_EPOCH", None)
 # The checkpoints this session's runs measured (dropout_lab/core/verify.py): not the user's own list.
 os.environ["DROPOUT_LAB_MEASURED"] = str(_SESSION_DIR / "measured.txt")
+# One run history per test process: setting up a new MLflow store takes seconds, and most runs' histories
+# are not looked at (a test that looks names its store, or removes this to get the default under --out).
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR / 'mlflow.db'}"
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: torch in each takes one
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -81,7 +81,7 @@ def test_a_tracking_server_gets_a_training_experiment_logged_models_and_clean_nu
     for name, child in children.items():
         (logged,) = client.search_logged_models([experiment.experiment_id],
                                                 filter_string=f"source_run_id = '{child.info.run_id}'")  # fmt: skip
-        assert logged.name == name.replace("=", "-").replace(" ", "-")  # dropout-0.25-seed-0: one name per model
+        assert logged.name == name.replace("=", "-").replace(".", "_").replace(" ", "-")  # one name per model
         model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
         assert tuple(model(torch.zeros(3, 3, 32, 32)).shape) == (3, 10), name
         info = mlflow.models.get_model_info(f"models:/{logged.model_id}")

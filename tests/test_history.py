@@ -83,6 +83,12 @@ def uri_of(out: Path) -> str:
     return f"sqlite:///{out / history.STORE_FILE}"
 
 
+@pytest.fixture(autouse=True)
+def default_store(monkeypatch):
+    """Stores where the command puts them by default (under --out), not the test session's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     uri = uri_of(tmp_path_factory.mktemp("out"))

@@ -86,7 +86,7 @@ def chain(tmp_path_factory) -> dict:
     reference = cli(args_for(ws, *RUN, cache="cache-ref", out="out-ref"))
     ref_out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, ref_out[-3000:]
-    args = args_for(ws, *RUN)
+    args = [*args_for(ws, *RUN), "--history", f"sqlite:///{ws / 'out' / 'mlflow.db'}"]  # this chain's own
     seen = {"reference": ref_out, "ws": ws}
     proc, lines = start_training(ws, args, epoch=1)
     seen["SIGINT"] = stop(proc, lines, lambda pid: os.killpg(pid, signal.SIGINT))  # Ctrl-C: the whole group

@@ -266,7 +266,7 @@ _export_lock = threading.Lock()
 
 def log_model(uri: str, run_id: str, checkpoint: str, row: dict) -> str:
     """The checkpoint's network as MLflow's logged model of the run, named after the model and seed
-    (`dropout-0.25-seed-0`, `baseline-seed-0`): `Net` with those weights, its signature (float32 images (N, 3, 32, 32)
+    (`logged_model_name`): `Net` with those weights, its signature (float32 images (N, 3, 32, 32)
     normalised to [-1, 1] → (N, 10) logits), torch as its requirement. Returns its id."""
     import mlflow
     import numpy as np
@@ -275,6 +275,7 @@ def log_model(uri: str, run_id: str, checkpoint: str, row: dict) -> str:
 
     from dropout_lab.core.checkpoint import load_checkpoint
     from dropout_lab.core.model import Net
+
     model = Net(float(row.get("dropout") or 0.0))
     model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     model.eval()
@@ -290,11 +291,16 @@ def log_model(uri: str, run_id: str, checkpoint: str, row: dict) -> str:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment_id=experiment)
         info = mlflow.pytorch.log_model(
-            model, name=re.sub(r"[=, ]+", "-", f"{row['model']} seed {row['seed']}"), run_id=run_id,
+            model, name=logged_model_name(row), run_id=run_id,
             signature=infer_signature(example, logits), input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )  # fmt: skip
     return info.model_id
+
+
+def logged_model_name(row: dict) -> str:
+    """`dropout-0_25-seed-0`, `baseline-seed-0`: a model's logged-model name (MLflow refuses '.' and ':' there)."""
+    return re.sub(r"[^\w-]+", "-", f"{row['model']} seed {row['seed']}".replace(".", "_"))
 
 
 def headline_metrics(stats: list[dict]) -> dict[str, float]:

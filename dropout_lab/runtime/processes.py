@@ -17,20 +17,21 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from importlib.machinery import ModuleSpec
 
 from dropout_lab.redact import redact
 from dropout_lab.runtime import training
 
 # A retry cannot fix these: the disk is still full, the folder still read-only.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-# What the fork server imports once for every training process it forks (`__main__` first: multiprocessing
-# would otherwise import the launching script again in every process).
-PRELOAD = ["__main__", "prefect", "torch", training.__name__]
+# What the fork server imports once for every training process it forks.
+PRELOAD = ["torch", training.__name__]
 
 
 class TrainingFailed(RuntimeError):
@@ -65,6 +66,13 @@ def stop_all() -> int:
 
 
 def _context():
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is None and hasattr(main, "__file__"):
+        # A training needs nothing of the script that launched it; multiprocessing would run that script
+        # again in every process (Prefect and all: seconds of a 2-core machine; and a script without an
+        # `if __name__ == "__main__"` guard would start its work again there). As the module `__main__`,
+        # multiprocessing leaves it alone.
+        main.__spec__ = ModuleSpec("__main__", None)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
