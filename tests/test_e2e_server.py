@@ -43,7 +43,7 @@ TINY = ["--dataset", "fake", "--epochs", "2", "--limit-train", "400", "--limit-t
 #   {hook}      the Slack webhook → a local HTTP server that records what it receives
 #   {repo}      the GitHub URL → a bare git repository on disk (file://)
 #   RARE_CRON   "0 2 * * *" → a date that never comes mid-test (a due run would take the one slot)
-#   <host>, N   the placeholders of `prefect gcl update`
+#   <host>, N   the placeholders of `prefect gcl update` and `prefect gcl delete`
 # and flow / serve.py commands get test flags appended (`TINY`: generated images, 2 epochs; where
 # reports go), so that a run takes seconds. `$HOME` is the worker "machine"'s folder.
 AS_WRITTEN = {
@@ -53,6 +53,13 @@ AS_WRITTEN = {
     "https://github.com/you/dropout-lab.git": "{repo}",
     '"0 2 * * *"': f'"{RARE_CRON}"',
     "dropout-lab-<host>-cpu --limit N": slot_name("cpu") + " --limit 3",
+    "delete dropout-lab-<host>-cpu": "delete " + slot_name("cpu"),
+}
+# The README's "remove with" commands and what each removes; run last (the module's teardown), so
+# that no test loses an object it needs.
+REMOVE_WITH = {
+    "prefect deployment delete compare/nightly": "/deployments/name/compare/nightly",
+    "prefect gcl delete dropout-lab-<host>-cpu": f"/v2/concurrency_limits/{slot_name('cpu')}",
 }
 
 
@@ -215,6 +222,11 @@ def readme(server, request):
     """The README's commands of those sections; once every test of this module has run (in whatever
     order), each command must have been run by one of them: one added without a test fails here."""
     yield server.readme
+    for command, path in REMOVE_WITH.items():
+        if server.http.get(path).status_code == 200:
+            done = server.readme.run(command, timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert server.http.get(path).status_code == 404, f"still there after `{command}`"
     selected = {item.name for item in request.session.items if item.module is request.module}
     if selected >= {name for name in dir(request.module) if name.startswith("test_")}:
         missed = [c for c in server.readme.commands if c not in server.readme.ran]

@@ -295,6 +295,41 @@ def test_worker_warnings_reach_the_task_and_the_stderr_tail_is_kept_apart(tiny_c
     assert "\n" not in str(e.value) and 'File "' in e.value.details  # the traceback, kept for the log
 
 
+LAUNCHER = """
+import json, sys, time
+from dropout_lab.runtime.processes import run_training
+for event in run_training(json.loads(sys.argv[1])):
+    if event["event"] == "start":
+        print("training", flush=True)
+        time.sleep(600)
+"""
+
+
+def test_kill_9_of_the_launching_process_ends_its_training_and_the_fork_server(tiny_cifar, tmp_path):
+    # The trainings are the fork server's children, not the run's: the run's end must still reach them.
+    cfg = TrainConfig(epochs=50, limit_train=64, limit_test=32, train_eval_images=32)
+    job = job_for([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [tmp_path / "c"], 1, "auto")
+    run = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(job)], cwd=REPO, stdout=subprocess.PIPE,
+                           text=True, start_new_session=True)  # fmt: skip
+    assert run.stdout.readline() == "training\n"
+    below = [int(c) for c in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()]
+    below += [int(c) for p in below for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    assert len(below) >= 3  # the fork server, its resource tracker, the training
+    run.kill()
+    run.wait()
+    deadline = time.time() + 10
+    while [p for p in below if Path(f"/proc/{p}").exists() and "Z" not in state(p)] and time.time() < deadline:
+        time.sleep(0.1)
+    assert [p for p in below if Path(f"/proc/{p}").exists() and "Z" not in state(p)] == []
+
+
+def state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()

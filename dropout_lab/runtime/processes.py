@@ -114,7 +114,7 @@ def run_training(job: dict) -> Iterator[dict]:
     # A pipe the training process alone writes to: a process killed in mid-write leaves no lock held.
     events, writer = ctx.Pipe(duplex=False)
     pid = None
-    start = (writer, job["threads"], dict(os.environ))
+    start = (writer, job["threads"], dict(os.environ), os.getpid())
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=training.start, initargs=start) as pool:
         future = pool.submit(training.train, job)  # the process starts here, with its end of the pipe
         writer.close()

@@ -12,11 +12,12 @@ and a failure its exception.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
+import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -38,19 +39,16 @@ class ForwardLogs(logging.Handler):
             _emit({"event": "log", "level": record.levelno, "message": record.getMessage()})
 
 
-def start(events, threads: int, environment: dict[str, str]) -> None:
+def start(events, threads: int, environment: dict[str, str], launcher: int) -> None:
     """The process pool's initializer, before the job: the launching process's environment as it is now
-    (the fork server's is the one it had when the server started), die with the process that started this
+    (the fork server's is the one it had when the server started), die with the process that launched this
     one (a kill -9 of the run takes its trainings along), leave Ctrl-C to the run (it ends this process
     after its last checkpoint was written atomically), forward the project's log records, use `threads`
     cores."""
     global _emit
     os.environ.clear()
     os.environ.update(environment)
-    try:  # Linux: SIGKILL when the parent goes (PR_SET_PDEATHSIG = 1)
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    die_with(launcher)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _emit = events.send
     _emit({"event": "pid", "pid": os.getpid()})  # so the task can end this process before it starts training
@@ -63,6 +61,24 @@ def start(events, threads: int, environment: dict[str, str]) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def die_with(pid: int) -> None:
+    """SIGKILL this process when process `pid` ends. Not the kernel's parent-death signal: this process's
+    parent is the fork server, which outlives the run as long as any process it forked holds its
+    keep-alive pipe (every one does), so after a kill -9 of the run both would wait on each other."""
+    try:
+        watched = os.pidfd_open(pid)  # Linux 5.3+; readable once the process has ended
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # no pidfd here: a run killed with -9 leaves this training to finish alone
+
+    def watch() -> None:
+        select.select([watched], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
 
 
 def job_for(cfgs: list, data, checkpoint_dirs: list, threads: int, cuda_graphs: str, **more) -> dict:
