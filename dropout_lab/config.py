@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 # Seeds feed torch/numpy generators and int64 Parquet columns: 2^32 - 1 fits all of them.
 SEED_MAX = 2**32 - 1
@@ -35,34 +35,19 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
-def value_text(value: float) -> str:
-    """A setting's value as names show it: the shortest text that reads back as this very float
-    (0.25, 0.1000001, 1e-05), so two values never print alike; a whole number without '.0'."""
-    text = repr(float(value))
-    return text.removesuffix(".0")
+def value_text(value: float | str) -> str:
+    """A setting's value as names show it: a word as itself; a number as the shortest text that reads
+    back as this very float (0.25, 0.1000001, 1e-05), so two values never print alike; a whole number
+    without '.0'."""
+    return value if isinstance(value, str) else repr(float(value)).removesuffix(".0")
 
 
 Epochs = Annotated[int, Field(ge=1, le=1000, description="training epochs")]
 BatchSize = Annotated[int, Field(ge=1, le=65536, description="training batch size")]
 LearningRate = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False, description="Adam learning rate")]
 Rate = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
-Rates = Annotated[
-    list[Rate],
-    Field(min_length=1, max_length=32, description="dropout rate(s) to compare with the baseline "
-          "(0 <= p < 1; the baseline p=0 is always trained)"),
-]  # fmt: skip
 WeightDecay = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-WeightDecays = Annotated[
-    list[WeightDecay],
-    Field(max_length=32, description="weight decay(s) to compare with the baseline: Adam's L2 penalty as torch "
-          "applies it (0 <= w <= 1; none by default)"),
-]  # fmt: skip
 LabelSmoothing = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
-LabelSmoothings = Annotated[
-    list[LabelSmoothing],
-    Field(max_length=32, description="label smoothing(s) to compare with the baseline: cross-entropy's "
-          "label_smoothing in the training objective (0 <= s < 1; none by default)"),
-]  # fmt: skip
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 SEEDS_DOC = ("seed(s) for init, batch order and dropout masks, or auto: waves of 5 seeds (0, 1, 2, ...) until every "
              "claim is decided or --max-seeds (default: auto on a GPU, 0 on CPU)")  # fmt: skip
@@ -149,16 +134,82 @@ CacheDir = Annotated[
 ]  # fmt: skip
 
 
+def setting(off: float | str, value: Any, help: str, words: str, short: str, plural: str, unit: str, colormap: str,
+            stackable: bool = False, default: float | str | None = None) -> Any:  # fmt: skip
+    """A TrainConfig field that a run can compare, declared once: its baseline value (`off`), the type of
+    one value (`value`: a bounded number, or a `Literal` of words), its help, how it prints (`words`:
+    verdicts and legends; `short`: experiment names; `plural`: a family of its variants; `unit`: its
+    Parquet column; `colormap`: its variants in figures) and whether variants that differ in it can train
+    as one stacked computation (core/stacked.py batches per-variant dropout only). `default`: a value the
+    run compares when no setting is named (dropout's 0.25, the tutorial's). The recipe code that uses the
+    field (core/model.py) is the only other place that knows it."""
+    meta = Setting("", off, value, help, words, short, plural, unit, colormap, stackable)
+    return dataclasses.field(default=off if default is None else default, metadata={"setting": meta})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A compared setting (declared with `setting`): the flow parameter of its name lists the values a run
+    compares with the baseline, one variant per value; `--variant` combines settings."""
+
+    field: str  # the TrainConfig field and the flow parameter listing its values
+    off: float | str  # the baseline's value
+    value: Any  # the declared type of one value
+    help: str
+    words: str  # in verdicts and legends: "dropout 0.25"
+    short: str  # in experiment and flow-run names: "p0.25", "augment=flip-crop"
+    plural: str  # a family of this setting's variants alone: "Holm-adjusted over 3 rates"
+    unit: str  # of its Parquet column
+    colormap: str  # matplotlib colormap of its variants in figures (the baseline is red)
+    stackable: bool
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The words a word setting takes (its `Literal`); () for a number."""
+        inner = get_args(self.value)[0] if get_origin(self.value) is Annotated else self.value
+        return get_args(inner) if get_origin(inner) is Literal else ()
+
+    @property
+    def numeric(self) -> bool:
+        return not self.choices
+
+    def parse(self, value: Any) -> float | str:
+        """A value as this setting holds it (a history's text, a float from a form): float or word."""
+        return float(value) if self.numeric else str(value)
+
+    def rank(self, value: float | str) -> float:
+        """Report order: numbers by value, words as declared."""
+        return float(value) if self.numeric else float(self.choices.index(value))
+
+    def tag(self, values: list) -> str:
+        """`p0.1+0.5`, `augment=flip-crop`: the setting's values in experiment names."""
+        return f"{self.short}{'=' * (not self.numeric)}{'+'.join(map(value_text, values))}"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a trained model's numbers. Variants are `dataclasses.replace(cfg, ...)`."""
+    """Everything that decides a trained model's numbers. Variants are `dataclasses.replace(cfg, ...)`.
+    The compared settings are the fields declared with `setting` (SETTINGS, in this order)."""
 
-    dropout: float = 0.25  # p of both dropout layers; 0.0: no dropout layers at all
+    # p of both dropout layers; 0.0: no dropout layers at all
+    dropout: float = setting(0.0, Rate, "dropout rate(s) to compare with the baseline (0 <= p < 1)", "dropout", "p",
+                             "rates", "probability", "Blues", stackable=True, default=0.25)  # fmt: skip
     epochs: int = 8  # passes over the training set, the tutorial's 8
     batch_size: int = 32  # training mini-batch, the tutorial's 32
     lr: float = 1e-3  # Adam learning rate (Adam's default, as in the tutorial)
-    weight_decay: float = 0.0  # Adam's L2 penalty (torch.optim.Adam's weight_decay); 0.0: none
-    label_smoothing: float = 0.0  # cross-entropy's label smoothing in the training objective; 0.0: none
+    # Adam's L2 penalty (torch.optim.Adam's weight_decay); 0.0: none
+    weight_decay: float = setting(0.0, WeightDecay, "weight decay(s) to compare with the baseline: Adam's L2 penalty "
+                                  "as torch applies it (0 <= w <= 1)", "weight decay", "wd", "weight decays",
+                                  "L2 coefficient", "Greens")  # fmt: skip
+    # cross-entropy's label smoothing in the training objective; 0.0: none
+    label_smoothing: float = setting(0.0, LabelSmoothing, "label smoothing(s) to compare with the baseline: "
+                                     "cross-entropy's label_smoothing in the training objective (0 <= s < 1)",
+                                     "label smoothing", "ls", "label smoothings", "fraction", "Purples")  # fmt: skip
+    # the training batch's transform (core/model.py `augmentation`); evaluation never augments
+    augment: str = setting("none", Literal["none", "flip-crop"], "augmentation(s) to compare with the baseline's "
+                           "none: flip-crop (each training image padded by 4 pixels, cropped back to 32x32 at a "
+                           "random offset and mirrored half the time, on the device)", "augmentation", "augment",
+                           "augmentations", "training-batch transform", "Oranges")  # fmt: skip
     seed: int = 0  # weight init, batch order and dropout masks all derive from it
     device: str = "cpu"  # resolved device for this variant: "cpu", "cuda:0", ...
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (bf16/fp16 only on CUDA)
@@ -189,30 +240,11 @@ class TrainConfig:
 
 # --- what a run compares ---------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Setting:
-    """A TrainConfig field whose values a run compares with the baseline, one variant per value; the
-    flow parameter of the same name lists the values. Adding one: its TrainConfig field, its entry in
-    SETTINGS, its flow parameter in `compare_parameters`, and the code that uses the field."""
-
-    field: str  # the TrainConfig field and the flow parameter listing its values
-    words: str  # in verdicts and legends: "dropout 0.25"
-    short: str  # in experiment and flow-run names: "p0.25"
-    plural: str  # a family of this setting's variants alone: "Holm-adjusted over 3 rates"
-    unit: str  # of its Parquet column
-    colormap: str  # matplotlib colormap of its variants in figures (the baseline is red)
-    # Variants that differ in this setting can train as one stacked computation (core/stacked.py
-    # batches per-variant dropout); a setting that is not stackable splits stacks.
-    stackable: bool
-    off: float = 0.0  # the baseline's value
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("dropout", "dropout", "p", "rates", "probability", "Blues", stackable=True),
-    Setting("weight_decay", "weight decay", "wd", "weight decays", "L2 coefficient", "Greens", stackable=False),
-    Setting("label_smoothing", "label smoothing", "ls", "label smoothings", "fraction", "Purples", stackable=False),
-)  # fmt: skip
+SETTINGS: tuple[Setting, ...] = tuple(
+    dataclasses.replace(f.metadata["setting"], field=f.name)
+    for f in dataclasses.fields(TrainConfig)
+    if "setting" in f.metadata
+)
 
 
 @dataclass(frozen=True)
@@ -222,7 +254,7 @@ class Variant:
     Everything downstream (statistics, report, figures, history, MLflow, stacking) keys on variants,
     never on a setting's value: a variant with weight decay and no dropout is not the baseline."""
 
-    settings: tuple[tuple[str, float], ...] = ()  # (field, value), in SETTINGS order
+    settings: tuple[tuple[str, float | str], ...] = ()  # (field, value), in SETTINGS order
 
     @property
     def is_baseline(self) -> bool:
@@ -252,35 +284,65 @@ class Variant:
 
     def order(self) -> tuple:
         """Report order: each setting's variants by value, in SETTINGS order, the baseline last."""
-        return (self.is_baseline, [(FIELDS.index(field), value) for field, value in self.settings])
+        return (self.is_baseline, [(FIELDS.index(field), SETTING[field].rank(value)) for field, value in self.settings])
 
 
 SETTING = {s.field: s for s in SETTINGS}
 FIELDS = [s.field for s in SETTINGS]
 BASELINE = Variant()
+DEFAULT = Variant(tuple((f.name, f.default) for f in dataclasses.fields(TrainConfig)
+                        if f.name in SETTING and f.default != SETTING[f.name].off))  # fmt: skip
 
 
 def variant_of(values: TrainConfig | Mapping) -> Variant:
     """The variant of a config, or of a report/history row (a setting's column that a row lacks or holds
     empty, as in a history recorded before that setting existed, is at the baseline's value)."""
     if isinstance(values, Mapping):
-        value = {s.field: float(s.off if values.get(s.field) is None else values[s.field]) for s in SETTINGS}
+        value = {s.field: s.parse(s.off if values.get(s.field) is None else values[s.field]) for s in SETTINGS}
     else:
-        value = {s.field: float(getattr(values, s.field)) for s in SETTINGS}
+        value = {s.field: s.parse(getattr(values, s.field)) for s in SETTINGS}
     return Variant(tuple((s.field, value[s.field]) for s in SETTINGS if value[s.field] != s.off))
 
 
+def parse_variant(text: str) -> Variant:
+    """`dropout=0.25,augment=flip-crop` → the variant with those settings (the others at the baseline's).
+    ValueError (one line) for a setting that does not exist, a value it does not take, a setting twice."""
+    values: dict[str, float | str] = {}
+    for part in text.split(","):
+        name, sep, value = (s.strip() for s in part.partition("="))
+        field = name.replace("-", "_")
+        if not sep or field not in SETTING:
+            raise ValueError(f"{part.strip()!r} is not SETTING=VALUE of a compared setting ({', '.join(FIELDS)})")
+        if field in values:
+            raise ValueError(f"{name} given twice in {text!r}")
+        s = SETTING[field]
+        try:
+            values[field] = TypeAdapter(s.value).validate_python(value if s.choices else float(value))
+        except (ValueError, ValidationError) as e:
+            problem = describe_error(e.errors()[0]) if isinstance(e, ValidationError) else f"not a number ({value!r})"
+            raise ValueError(f"{name}: {problem}") from None
+    return variant_of(values)
+
+
 def compared_variants(params: Mapping) -> list[Variant]:
-    """The variants a run compares, from the flow parameters naming each setting's values (a value at
-    the setting's `off` is the baseline), in report order; the baseline is always among them."""
-    found = {Variant(((s.field, float(v)),)) for s in SETTINGS for v in params.get(s.field, ()) if v != s.off}
-    return sorted({*found, BASELINE}, key=Variant.order)
+    """The variants a run compares, in report order, the baseline always among them: one per value of each
+    setting's flow parameter (a value at the setting's `off` is the baseline) and one per `--variant`;
+    when no setting is named at all, each setting's `default` (dropout 0.25)."""
+    found = {variant_of({s.field: v}) for s in SETTINGS for v in params.get(s.field) or ()}
+    found |= {parse_variant(text) for text in params.get("variant") or ()}
+    named = any(params.get(s.field) for s in SETTINGS) or params.get("variant")
+    return sorted({*(found if named else {DEFAULT}), BASELINE}, key=Variant.order)
 
 
 def comparison_words(variants) -> str:
     """What a run compares, for titles: `dropout 0.1, 0.5 vs baseline`, `dropout 0.25 and weight decay 0.0005
-    vs baseline` (the compared settings and their values, in SETTINGS order)."""
-    values = {s.field: sorted({v for var in variants for f, v in var.settings if f == s.field}) for s in SETTINGS}
+    vs baseline` (the compared settings and their values, in SETTINGS order); with a variant that combines
+    settings, the variants one by one (`dropout 0.25, augmentation flip-crop, dropout 0.25 and augmentation
+    flip-crop vs baseline`)."""
+    if any(len(v.settings) > 1 for v in variants):
+        return f"{', '.join(v.words for v in sorted(variants, key=Variant.order) if not v.is_baseline)} vs baseline"
+    values = {s.field: sorted({v for var in variants for f, v in var.settings if f == s.field}, key=s.rank)
+              for s in SETTINGS}  # fmt: skip
     parts = [f"{s.words} {', '.join(map(value_text, values[s.field]))}" for s in SETTINGS if values[s.field]]
     return f"{' and '.join(parts) or 'nothing'} vs baseline"
 
@@ -332,6 +394,18 @@ def design_of(params: Mapping) -> Design:
 # --- the flow's parameters -------------------------------------------------------------------------
 
 
+def _variant_text(text: str) -> str:
+    parse_variant(text)  # ValueError: pydantic's one-line refusal, in the CLI, the UI's run and the flow
+    return text
+
+
+Variants = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=400), AfterValidator(_variant_text)]],
+    Field(max_length=32, description="variant(s) that combine settings, compared with the baseline like the others: "
+          "SETTING=VALUE,... (e.g. dropout=0.25,augment=flip-crop)"),
+]  # fmt: skip
+
+
 def compare_parameters(
     *,
     data_dir: DataDir = "data",
@@ -339,9 +413,7 @@ def compare_parameters(
     epochs: Epochs = TrainConfig.epochs,
     batch_size: BatchSize = TrainConfig.batch_size,
     lr: LearningRate = TrainConfig.lr,
-    dropout: Rates = [TrainConfig.dropout],  # noqa: B006
-    weight_decay: WeightDecays = [],  # noqa: B006
-    label_smoothing: LabelSmoothings = [],  # noqa: B006
+    variant: Variants = [],  # noqa: B006
     seeds: SeedsOrAuto = None,
     max_seeds: MaxSeeds = 20,
     margin: Margin = 1.0,
@@ -359,11 +431,23 @@ def compare_parameters(
     cache_dir: CacheDir = ".dropout-lab",
     log_models: LogModels = False,
 ) -> None:
-    """The parameters of the `compare` flow, declared once: their order, types, bounds, help and defaults."""
+    """The parameters of the `compare` flow, declared once: their order, types, bounds, help and defaults
+    (each compared setting's list, before `variant`, comes from its declaration: `setting_parameter`)."""
+
+
+def setting_parameter(s: Setting) -> inspect.Parameter:
+    """A compared setting's flow parameter: the values to compare with the baseline, none by default (a
+    setting with a `default` is compared at it when no setting is named)."""
+    default = dict(DEFAULT.settings).get(s.field)
+    also = f"; {value_text(default)} when no setting is named" if default is not None else ""
+    kind = Annotated[list[s.value], Field(max_length=32, description=f"{s.help}{also}")]  # type: ignore[valid-type]
+    return inspect.Parameter(s.field, inspect.Parameter.KEYWORD_ONLY, default=[], annotation=kind)
 
 
 # The declaration as Prefect and pydantic need it: annotations as objects, not this module's strings.
-PARAMETERS = inspect.signature(compare_parameters, eval_str=True)
+_DECLARED = list(inspect.signature(compare_parameters, eval_str=True).parameters.values())
+_AT = [p.name for p in _DECLARED].index("variant")
+PARAMETERS = inspect.Signature([*_DECLARED[:_AT], *map(setting_parameter, SETTINGS), *_DECLARED[_AT:]])
 
 
 def help_text(annotation: Any) -> str:
@@ -409,9 +493,10 @@ def describe_error(error: dict) -> str:
         "too_long": lambda: f"takes at most {ctx.get('max_length')} values",
         "string_too_short": lambda: "must not be empty",
         "string_too_long": lambda: f"must be at most {ctx.get('max_length')} characters",
+        "value_error": lambda: str(ctx.get("error")),
     }
     phrase = phrases.get(kind, lambda: error["msg"][0].lower() + error["msg"][1:])()
-    return f"{phrase} (got {got!r})" if not isinstance(got, (dict, list)) else phrase
+    return f"{phrase} (got {got!r})" if not isinstance(got, (dict, list)) and kind != "value_error" else phrase
 
 
 def flag(name: str) -> str:

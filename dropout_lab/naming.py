@@ -26,8 +26,9 @@ def seed_list(seeds: list[int]) -> str:
 
 
 def _compared(values_of) -> list[str]:
-    """`p0.25`, `p0.1+0.5`, `p0.25-wd0.0005`: each compared setting with its values (`p0`: none)."""
-    parts = [f"{s.short}{'+'.join(map(value_text, values))}" for s in SETTINGS if (values := values_of(s))]
+    """`p0.25`, `p0.1+0.5`, `p0.25-wd0.0005`, `augment=flip-crop`: each compared setting with its values
+    (`p0`: none)."""
+    parts = [s.tag(values) for s in SETTINGS if (values := values_of(s))]
     return parts or [f"{SETTINGS[0].short}0"]
 
 
@@ -46,8 +47,10 @@ def experiment_name(configs: list[TrainConfig], dataset: str, auto: bool = False
         f"-{split}{limit}" for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)) if limit
     )
 
-    def values_of(setting) -> list[float]:
-        return sorted({value for v in variants for field, value in v.settings if field == setting.field})
+    def values_of(setting) -> list:
+        return sorted(
+            {value for v in variants for field, value in v.settings if field == setting.field}, key=setting.rank
+        )
 
     name = f"{dataset}{size}-{'-'.join(_compared(values_of))}-s{seed_part}-e{cfg.epochs}"
     if len(name) > MAX_EXPERIMENT:  # many values: a folder name must stay short; the digest keeps it unique
@@ -72,9 +75,9 @@ def flow_run_label(params: Mapping) -> str:
     variants = compared_variants(params)
     parts = []
     for s in SETTINGS:
-        values = [value for v in variants for field, value in v.settings if field == s.field]
-        if values or s is SETTINGS[0]:
-            parts.append(f"{s.short}={','.join(map(value_text, values)) or '0'}")
+        values = sorted({value for v in variants for field, value in v.settings if field == s.field}, key=s.rank)
+        if values:  # the compared settings only (a run compares at least one)
+            parts.append(f"{s.short}={','.join(map(value_text, values))}")
     extra = [params["dataset"]] if params["dataset"] != "cifar10" else []
     extra += [f"{k.split('_')[1]}{params[k]}" for k in ("limit_train", "limit_test") if params[k]]
     seeds = params["seeds"]

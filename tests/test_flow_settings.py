@@ -1,12 +1,18 @@
 """What a run compares and where it records: the fake dataset, other settings, the run history, data gone."""
 
+import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import TypeAdapter
 
 from dropout_lab.analysis import history, tracking
+from dropout_lab.analysis.figures import panel_positions
+from dropout_lab.cli import history as history_cli
+from dropout_lab.config import BASELINE, SETTINGS, Setting, flag, value_text, variant_of
 from flows.compare import compare
 from tests.flow_runs import run_flow
 
@@ -78,15 +84,55 @@ def test_the_history_is_mlflow_s_store_and_a_cached_rerun_records_nothing(prefec
     assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3
 
 
-def test_weight_decay_is_compared_as_a_variant_of_its_own(prefect_harness, workspace):
-    folder, states, artifacts = run_flow(
-        workspace, dataset="fake", epochs=1, limit_train=200, limit_test=100, weight_decay=[5e-4]
-    )
+def example(setting: Setting) -> float | str:
+    """A value other than the baseline's that the declaration accepts: a word, or the middle of the bounds."""
+    if setting.choices:
+        return next(w for w in setting.choices if w != setting.off)
+    schema = TypeAdapter(setting.value).json_schema()
+    low = schema.get("minimum", schema.get("exclusiveMinimum", 0.0))
+    return (low + schema.get("maximum", schema.get("exclusiveMaximum", 1.0))) / 2
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[s.field for s in SETTINGS])
+def test_every_declared_setting_is_compared_end_to_end(prefect_harness, workspace, setting, capsys):
+    """A tiny run per declared setting, through every path a setting takes: its task runs, its Parquet key
+    column and type, its folder name, its verdict line, its history filter, its figure."""
+    value = example(setting)
+    variant = variant_of({setting.field: value})
+    folder, states, _ = run_flow(workspace, dataset="fake", epochs=1, limit_train=200, limit_test=100,
+                                 **{setting.field: [value]})  # fmt: skip
+    # Only the named setting is compared (dropout 0.25 only when nothing is named).
     trains = {n for n in states if n.startswith("train[")}
-    assert trains == {"train[dropout=0.25, seed=0]", "train[weight_decay=0.0005, seed=0]", "train[baseline, seed=0]"}
+    assert trains == {f"train[{variant.name}, seed=0]", "train[baseline, seed=0]"}
+    table = pq.read_table(folder / "summary.parquet")
+    assert table.schema.field(setting.field).type == (pa.float64() if setting.numeric else pa.string())
+    summary = {r["model"]: r for r in table.to_pylist()}
+    assert summary[variant.name][setting.field] == value and not summary[variant.name]["baseline"]
+    assert summary["baseline"][setting.field] == setting.off and summary["baseline"]["baseline"]
+    assert all(row[s.field] == s.off for row in summary.values() for s in SETTINGS if s is not setting)
+    assert folder.name.startswith(f"fake-train200-test100-{setting.tag([value])}-s0-e1-")
+    assert f"\n- {variant.words} vs baseline with one seed each" in (folder / "summary.md").read_text()
+    assert (folder / "comparison.png").stat().st_size > 10_000
+    assert panel_positions([variant, BASELINE])[2] == setting.numeric  # numbers on an axis, words side by side
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    rows = workspace / f"history-{setting.field}.parquet"
+    assert history_cli.main(["--history", uri, flag(setting.field), value_text(value), "--parquet", str(rows)]) == 0
+    assert set(pq.read_table(rows).column("model").to_pylist()) == {variant.name}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        history_cli.main(["--history", uri, flag(setting.field), "not-a-value"])
+    assert refused.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1  # one line
+
+
+def test_a_variant_combines_settings_beside_each_alone(prefect_harness, workspace):
+    folder, states, _ = run_flow(workspace, dataset="fake", epochs=1, limit_train=200, limit_test=100,
+                                 augment=["flip-crop"], variant=["dropout=0.25,augment=flip-crop"])  # fmt: skip
+    trains = {n for n in states if n.startswith("train[")}
+    assert trains == {"train[augment=flip-crop, seed=0]", "train[dropout=0.25, augment=flip-crop, seed=0]",
+                      "train[baseline, seed=0]"}  # fmt: skip
     summary = {r["model"]: r for r in pq.read_table(folder / "summary.parquet").to_pylist()}
-    assert (summary["weight_decay=0.0005"]["baseline"], summary["weight_decay=0.0005"]["dropout"]) == (False, 0.0)
-    assert summary["baseline"]["baseline"] and summary["baseline"]["weight_decay"] == 0.0
-    assert folder.name.startswith("fake-train200-test100-p0.25-wd0.0005-s0-e1-")
+    both = summary["dropout=0.25, augment=flip-crop"]
+    assert (both["dropout"], both["augment"], both["baseline"]) == (0.25, "flip-crop", False)
     md = (folder / "summary.md").read_text()
-    assert "\n- weight decay 0.0005 vs baseline with one seed each" in md
+    assert "- dropout 0.25 and augmentation flip-crop vs baseline with one seed each" in md
+    assert "- augmentation flip-crop vs baseline with one seed each" in md

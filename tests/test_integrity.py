@@ -259,7 +259,8 @@ def same(a: list[dict], b: list[dict]) -> bool:
 # Alternative values for every flow parameter (a new parameter fails the walk until it is added here).
 ALTERNATIVES = {
     "data_dir": "elsewhere", "out": "elsewhere", "epochs": 3, "batch_size": 64, "lr": 0.01,
-    **{s.field: [0.1] for s in SETTINGS},  # a value every compared setting takes, other than its default
+    # a value each compared setting takes, other than its default; a variant combining two
+    **{s.field: [s.choices[-1] if s.choices else 0.1] for s in SETTINGS}, "variant": ["dropout=0.1,augment=flip-crop"],
     "seeds": [0, 1], "max_seeds": 10, "margin": 2.0, "device": "cuda:0", "precision": "bf16", "compile": True,
     "stack": "on", "cuda_graphs": "off", "limit_train": 1000, "limit_test": 100, "train_eval_images": 5000,
     "val_images": 1000, "dataset": "fake", "refresh": True, "cache_dir": "elsewhere", "log_models": True,

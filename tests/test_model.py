@@ -7,7 +7,7 @@ from torch import nn
 from dropout_lab.analysis.tables import per_class_accuracy
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.evaluate import to_input
-from dropout_lab.core.model import Net, count_parameters, criterion
+from dropout_lab.core.model import PAD, Net, augmentation, count_parameters, criterion, flip_crop
 from dropout_lab.core.train import Unit, build
 
 
@@ -101,3 +101,21 @@ def test_pool_then_relu_trains_bit_identically_to_the_tutorial_order():
             opt.step()
     for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_flip_crop_shifts_each_image_within_its_padding_and_mirrors_some():
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    out = flip_crop(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (0, 0, PAD, PAD, PAD, PAD))
+    found = []
+    for image, crop in zip(padded, out, strict=True):  # each output is one window of its padded image
+        windows = [(dy, dx, flip) for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1) for flip in (0, 1)
+                   if torch.equal(image[dy:dy + 32, dx:dx + 32].flip(1) if flip else image[dy:dy + 32, dx:dx + 32],
+                                  crop)]  # fmt: skip
+        assert windows, "not a window of the padded image"
+        found.append(windows[0])
+    assert len({(dy, dx) for dy, dx, _ in found}) > 20 and 10 < sum(f for *_, f in found) < 54  # they vary
+    assert torch.equal(out, flip_crop(images, torch.Generator().manual_seed(0)))  # its stream decides it
+    assert not torch.equal(out, flip_crop(images, torch.Generator().manual_seed(1)))
+    assert augmentation(TrainConfig(augment="none")) is None

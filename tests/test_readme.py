@@ -4,7 +4,7 @@ with the declared default, and the README stays short enough to read."""
 import re
 from pathlib import Path
 
-from dropout_lab.config import PARAMETERS, SETTINGS, flag, value_text
+from dropout_lab.config import DEFAULT, PARAMETERS, SETTINGS, flag, value_text
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MOST_LINES = 300
@@ -37,8 +37,19 @@ def test_every_flow_parameter_has_a_row_with_its_declared_default():
         assert option in rows, f"README.md's options table has no row for {option}"
         if param.default is not None:
             assert shown_default(param.default) in rows[option][0], (option, rows[option][0])
-    for setting in SETTINGS:  # each compared setting is compared with the baseline
-        assert "compare" in rows[flag(setting.field)][1], setting.field
+    for setting in SETTINGS:  # each compared setting is compared with the baseline; a word setting's words shown
+        default, meaning = rows[flag(setting.field)]
+        assert "compare" in meaning, setting.field
+        assert all(word in meaning for word in setting.choices if word != setting.off), (setting.field, meaning)
+        if setting.field in dict(DEFAULT.settings):
+            assert f"{value_text(dict(DEFAULT.settings)[setting.field])} when no setting is named" in default
+
+
+def test_the_outputs_section_names_every_setting_as_folder_names_show_it():
+    outputs = README.read_text().split("## Outputs", 1)[1].split("\n## ", 1)[0]
+    for setting in SETTINGS:
+        example = setting.choices[-1] if setting.choices else 0.1
+        assert f"`{setting.tag([example]).split(value_text(example))[0]}" in outputs, setting.field
 
 
 def test_the_readme_stays_readable():

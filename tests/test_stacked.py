@@ -97,7 +97,7 @@ def assert_close_to_alone(stacked_dir, alone_dir, tol=1e-3, final_tol=1e-2):
     assert first_a["epoch"] == first_b["epoch"] == 1
     assert max((first_a["model"][k] - first_b["model"][k]).abs().max().item() for k in a["model"]) < tol
     assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) < final_tol
-    for key in ("rng_cpu", "rng_order"):  # the variant's streams end exactly where they would alone
+    for key in ("rng_cpu", "rng_order", "rng_augment"):  # the variant's streams end exactly where they would alone
         assert torch.equal(a[key], b[key]), key
     for ra, rb in zip(a["history"], b["history"], strict=True):
         assert ra["train_running_loss"] == pytest.approx(rb["train_running_loss"], abs=1e-4)
@@ -105,8 +105,10 @@ def assert_close_to_alone(stacked_dir, alone_dir, tol=1e-3, final_tol=1e-2):
         assert ra["test_loss"] == pytest.approx(rb["test_loss"], abs=1e-3)
 
 
-def test_variants_trained_together_match_each_trained_alone_and_write_the_same_checkpoints(splits, tmp_path):
-    cfgs = variants((0.25, 0), (0.0, 0), (0.5, 1))
+@pytest.mark.parametrize("augment", ["none", "flip-crop"])
+def test_variants_trained_together_match_each_trained_alone_and_write_the_same_checkpoints(splits, tmp_path, augment):
+    # Augmented, each variant's batch goes through the data step with its own stream, as it would alone.
+    cfgs = [dataclasses.replace(c, augment=augment) for c in variants((0.25, 0), (0.0, 0), (0.5, 1))]
     events = list(fit(cfgs, *splits, [tmp_path / f"stacked{i}" for i in range(3)]))
     assert [(i, r["epoch"]) for i, r in events] == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)]
     for i, cfg in enumerate(cfgs):

@@ -59,15 +59,17 @@ def test_records_are_fractions_and_epochs_count_from_one(splits, tmp_path):
     assert (records[0]["n_train"], records[0]["n_test"], records[0]["stacked_with"]) == (len(splits[1]), 160, 1)
 
 
-def test_fault_then_resume_equals_uninterrupted_run(splits, tmp_path, monkeypatch):
-    reference = run(CFG, splits, tmp_path / "ref")
+@pytest.mark.parametrize("augment", ["none", "flip-crop"])
+def test_fault_then_resume_equals_uninterrupted_run(splits, tmp_path, monkeypatch, augment):
+    cfg = dataclasses.replace(CFG, augment=augment)  # a resumed run draws the same crops too
+    reference = run(cfg, splits, tmp_path / "ref")
     monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
     folder, seen = tmp_path / "faulty", []
     with pytest.raises(InjectedFault):
-        for _, record in fit([CFG], *splits, [folder], attempt=1):
+        for _, record in fit([cfg], *splits, [folder], attempt=1):
             seen.append(record)
     assert [r["epoch"] for r in seen] == [1]
-    resumed = run(CFG, splits, folder, attempt=2)  # the retry: fault only fires on attempt 1
+    resumed = run(cfg, splits, folder, attempt=2)  # the retry: fault only fires on attempt 1
     assert [r["epoch"] for r in resumed] == [2, 3] and resumed[0]["resumed_from"] == 1
     assert strip_time(seen + resumed) == strip_time(reference)
     assert_same_weights(final_weights(folder), final_weights(tmp_path / "ref"))

@@ -63,11 +63,11 @@ def _rate_axis_limits(values: list[float], clip: tuple[float, float], include_ze
 
 
 def panel_positions(variants: list[Variant]) -> tuple[dict[Variant, float], str, bool]:
-    """(x position per variant, x label, numeric axis?): variants of one setting at their values (the
-    baseline at the setting's off value), else side by side in report order."""
+    """(x position per variant, x label, numeric axis?): variants of one number setting at their values
+    (the baseline at the setting's off value), else (words, several settings) side by side in report order."""
     noun = family_noun([v for v in variants if not v.is_baseline] or variants)
     fields = {field for v in variants for field, _ in v.settings}
-    if noun != "variants" and len(fields) == 1:
+    if noun != "variants" and len(fields) == 1 and SETTING[next(iter(fields))].numeric:
         setting = SETTING[fields.pop()]
         return {v: dict(v.settings).get(setting.field, setting.off) for v in variants}, setting.words, True
     order = sorted(variants, key=lambda v: (not v.is_baseline, v.order()))  # the baseline first, on the left

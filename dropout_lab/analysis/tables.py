@@ -31,7 +31,7 @@ GAP_DOC = "eval-mode train accuracy minus test accuracy, same weights (the gener
 KEYS = [
     field("model", pa.string(), doc="the variant: baseline, dropout=0.25, ...", role="param"),
     field("baseline", pa.bool_(), doc="the variant every other one is compared with", role="param"),
-    *(field(s.field, pa.float64(), s.unit, role="param") for s in SETTINGS),
+    *(field(s.field, pa.float64() if s.numeric else pa.string(), s.unit, role="param") for s in SETTINGS),
     field("seed", pa.int64(), role="param"),
 ]
 

@@ -33,8 +33,9 @@ def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentPars
         elif isinstance(default, list) or (words := list_or_words(param.annotation)):
             element = element_type(param.annotation)  # e.g. Rate: Annotated[float, ...]
             element = get_args(element)[0] if get_origin(element) is Annotated else element
-            kind = element if isinstance(default, list) else word_or(element, words)
-            parser.add_argument(option, type=kind, nargs="+", default=default, help=help_,
+            choices = get_args(element) if get_origin(element) is Literal else None  # a word setting's words
+            kind = (str if choices else element) if isinstance(default, list) else word_or(element, words)
+            parser.add_argument(option, type=kind, nargs="+", default=default, help=help_, choices=choices,
                                 metavar=name.upper().rstrip("S"))  # fmt: skip
         else:
             parser.add_argument(option, type=type(default), default=default, help=help_, metavar=name.upper())
@@ -72,9 +73,11 @@ def word_or(element: type, words: tuple[str, ...]):
 
 
 def words_alone(params: dict) -> None:
-    """`--seeds auto`: a word stands alone and becomes the parameter's value (not a list)."""
+    """`--seeds auto`: a word stands alone and becomes the parameter's value (not a list); only where the
+    declaration makes a word an alternative to the list (`--augment none flip-crop` is a list of words)."""
     for name, value in params.items():
-        if isinstance(value, list) and any(isinstance(v, str) for v in value):
+        alternatives = name in PARAMETERS.parameters and list_or_words(PARAMETERS.parameters[name].annotation)
+        if alternatives and isinstance(value, list) and any(isinstance(v, str) for v in value):
             if len(value) != 1:
                 raise CliError(f"{flag(name)}: {value[0] if isinstance(value[0], str) else value[-1]} stands alone", 2)
             params[name] = value[0]

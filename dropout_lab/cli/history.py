@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "test accuracy and gap with 95%% intervals, and B minus A")  # fmt: skip
     for setting in SETTINGS:  # one filter per compared setting; its `off` value is the baseline alone
         names = [flag(setting.field), *(["--rate"] if setting.field == "dropout" else [])]
-        parser.add_argument(*names, dest=setting.field, type=float, nargs="+", metavar="V",
+        parser.add_argument(*names, dest=setting.field, type=float if setting.numeric else str, nargs="+", metavar="V",
+                            choices=setting.choices or None,
                             help=f"only the variants with these {setting.plural} ({value_text(setting.off)}: the "
                                  "baseline only)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="only these seeds")
@@ -158,7 +159,7 @@ def show(args: argparse.Namespace) -> int:
 def selected(args: argparse.Namespace) -> list[Variant] | None:
     """The variants the per-setting filters name (None: no filter): a value at the setting's `off` is the
     baseline, any other that setting's variant."""
-    chosen = [BASELINE if value == s.off else Variant(((s.field, float(value)),))
+    chosen = [BASELINE if value == s.off else Variant(((s.field, value),))
               for s in SETTINGS for value in getattr(args, s.field) or ()]  # fmt: skip
     return chosen or None
 

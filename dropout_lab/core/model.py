@@ -1,10 +1,14 @@
 """The recipe as objects: the tutorial's CNN (`Net`, dropout as an argument: p=0 is the baseline), its
-training objective (`criterion`) and its optimizer (`optimizer`), each built from a TrainConfig. The one
-trainer (core/train.py) takes them built, alone or stacked, so a setting of the recipe lives here once."""
+data step (`augmentation`), training objective (`criterion`) and optimizer (`optimizer`), each built from a
+TrainConfig. The one trainer (core/train.py) takes them built, alone or stacked, so a setting of the
+recipe lives here once (and is declared in config.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dropout_lab.config import TrainConfig
@@ -46,6 +50,37 @@ class Net(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+PAD = 4  # flip-crop's padding: crops shift by up to 4 pixels each way
+
+
+def flip_crop(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 32, 32, 3) → the same: each image zero-padded by PAD pixels, cropped back to 32x32 at a
+    random offset and mirrored left-right half the time, drawn from `gen` (on the images' device). Fixed
+    shapes, device-side draws and no host sync: a CUDA graph can hold it."""
+    b, h, w, _ = images.shape
+    device = images.device
+    padded = F.pad(images, (0, 0, PAD, PAD, PAD, PAD))  # (B, 40, 40, 3)
+    shift = torch.randint(0, 2 * PAD + 1, (2, b, 1), generator=gen, device=device)
+    flip = torch.randint(0, 2, (b, 1), generator=gen, device=device).bool()
+    rows = shift[0] + torch.arange(h, device=device)  # (B, 32)
+    cols = torch.arange(w, device=device)
+    cols = shift[1] + torch.where(flip, cols.flip(0), cols)  # (B, 32)
+    return padded[torch.arange(b, device=device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def augmentation(cfg: TrainConfig) -> Augment | None:
+    """The data step: the transform of each training batch (uint8 images, a variant's own generator), or
+    None for the images as they are. Evaluation never augments."""
+    return {"none": None, "flip-crop": flip_crop}[cfg.augment]
+
+
+def augment_stream(cfg: TrainConfig) -> torch.Generator:
+    """A variant's augmentation draws, on its device: seeded from the seed alone (variants with one seed
+    see the same crops: paired), offset by 2^32 so it is never the batch-order stream of any seed."""
+    return torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2**32)
 
 
 def criterion(cfg: TrainConfig) -> nn.Module:

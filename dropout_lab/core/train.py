@@ -5,7 +5,8 @@ evaluation pass replayed as a CUDA graph on CUDA (core/graphs.py) or run eagerly
 `fit` is a generator: it yields (variant, record) per variant and finished epoch (the caller
 prints/logs it) and writes each variant's checkpoint after each epoch, so a killed run resumes where
 it stopped. With the same seed on CPU, a resumed run is bit-identical to an uninterrupted one: the
-checkpoint carries the model, Adam's state, the variant's dropout RNG and its batch-order generator.
+checkpoint carries the model, Adam's state, the variant's dropout RNG, its batch-order generator and
+its augmentation stream.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from dropout_lab.core.evaluate import (
     to_input,
     train_eval_split,
 )
-from dropout_lab.core.model import Net, criterion, optimizer
+from dropout_lab.core.model import Net, augment_stream, augmentation, criterion, optimizer
 from dropout_lab.core.records import epoch_record
 from dropout_lab.core.stacked import (
     Single,
@@ -74,7 +75,7 @@ def build(cfg: TrainConfig) -> tuple[Net, torch.optim.Adam]:
 
 
 def _restore(
-    folder: Path, cfg: TrainConfig, expected: dict, model, opt, order_gen, check
+    folder: Path, cfg: TrainConfig, expected: dict, model, opt, order_gen, aug_gen, check
 ) -> tuple[int, list[dict]] | None:
     """Load the newest good checkpoint into model/opt/RNGs and return (epoch, history).
 
@@ -94,6 +95,7 @@ def _restore(
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
                 order_gen.set_state(state["rng_order"])
+                aug_gen.set_state(state["rng_augment"])
                 torch.set_rng_state(state["rng_cpu"])
                 if state.get("rng_cuda") is not None and model_device(model).type == "cuda":
                     torch.cuda.set_rng_state(state["rng_cuda"], model_device(model))
@@ -136,9 +138,9 @@ def fault_epoch_for(attempt: int) -> int | None:
 
 def start_run(
     cfg: TrainConfig, folder: Path, expected: dict, check
-) -> tuple[Net, torch.optim.Adam, torch.Generator, int, list[dict]]:
-    """(model, optimizer, batch-order generator, epochs done, history): fresh or from the newest good
-    checkpoint of the `expected` identity (`_restore`).
+) -> tuple[Net, torch.optim.Adam, torch.Generator, torch.Generator, int, list[dict]]:
+    """(model, optimizer, batch-order generator, augmentation stream, epochs done, history): fresh or from
+    the newest good checkpoint of the `expected` identity (`_restore`).
 
     Dropout masks come from the global generator, seeded in `build` (or restored from the
     checkpoint): the caller trains right after, or copies its state into the variant's own stream.
@@ -146,17 +148,17 @@ def start_run(
     makes the comparison paired.
     """
     model, opt = build(cfg)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    restored = _restore(folder, cfg, expected, model, opt, order_gen, check)
+    order_gen, aug_gen = torch.Generator().manual_seed(cfg.seed), augment_stream(cfg)
+    restored = _restore(folder, cfg, expected, model, opt, order_gen, aug_gen, check)
     if restored is None:
         model, opt = build(cfg)
-        order_gen = torch.Generator().manual_seed(cfg.seed)
+        order_gen, aug_gen = torch.Generator().manual_seed(cfg.seed), augment_stream(cfg)
         restored = (0, [])
-    return model, opt, order_gen, *restored
+    return model, opt, order_gen, aug_gen, *restored
 
 
 def save_epoch(folder: Path, cfg: TrainConfig, expected: dict, epoch: int, model, opt, rng_cpu, rng_cuda, order_gen,
-               history) -> None:  # fmt: skip
+               aug_gen, history) -> None:  # fmt: skip
     """The epoch's checkpoint (its identity, model, Adam, the variant's RNG streams, history), recorded as
     measured here (its numbers are this process's own measurements); then prune old ones."""
     sha256 = save_checkpoint(
@@ -169,6 +171,7 @@ def save_epoch(folder: Path, cfg: TrainConfig, expected: dict, epoch: int, model
             "rng_cpu": rng_cpu,
             "rng_cuda": rng_cuda,
             "rng_order": order_gen.get_state(),
+            "rng_augment": aug_gen.get_state(),
             "history": history,
         },
     )
@@ -186,6 +189,7 @@ class _Run:
     model: Net
     opt: torch.optim.Adam
     order_gen: torch.Generator  # batch order
+    aug_gen: torch.Generator  # augmentation draws, on the device
     cpu_gen: torch.Generator  # dropout masks on CPU (on CUDA: the CPU stream, unused after init)
     cuda_gen: torch.Generator | None  # dropout masks on CUDA
     done: int  # epochs finished
@@ -211,9 +215,9 @@ class _Run:
 def _start(cfg: TrainConfig, folder: Path, provenance: dict, data: RunData) -> _Run:
     folder.mkdir(parents=True, exist_ok=True)
     expected = identity(cfg.to_dict(), provenance)
-    model, opt, order_gen, done, history = start_run(cfg, folder, expected, numbers_check(cfg, data))
+    model, opt, order_gen, aug_gen, done, history = start_run(cfg, folder, expected, numbers_check(cfg, data))
     cpu_gen, cuda_gen = streams_from_global(cfg.device)  # the stream `start_run` leaves
-    return _Run(cfg, folder, expected, model, opt, order_gen, cpu_gen, cuda_gen, done, done, history)
+    return _Run(cfg, folder, expected, model, opt, order_gen, aug_gen, cpu_gen, cuda_gen, done, done, history)
 
 
 # Warm-up steps before a capture (torch.cuda.graph's documentation uses 3); undone by `Snapshot`.
@@ -223,15 +227,19 @@ WARMUP_STEPS = 3
 class Unit:
     """Variants that take each step as one computation, with the recipe's objects built: one variant's own
     Net (`Single`) or a StackedNet of several, its optimizer, the training criterion, the loss scaler and
-    the dropout generators; with CUDA graphs, its step and its two evaluation passes captured. `fit`
+    the dropout generators, and the data step with each variant's augmentation stream (`aug_gens`; fresh
+    streams when not given); with CUDA graphs, its step and its two evaluation passes captured. `fit`
     trains through it, and so do the tests and benchmarks (`train_pass`).
 
     One step reads its batch indices from a static (K, M) copy of the epoch's batch order at a
     position counter that lives on the device, so a replay needs no host-side input at all."""
 
     def __init__(self, nets: list[Net], opts: list[torch.optim.Optimizer], gens: list[torch.Generator],
-                 cfg: TrainConfig, graphed: bool = False) -> None:  # fmt: skip
+                 cfg: TrainConfig, graphed: bool = False, aug_gens: list[torch.Generator] = ()) -> None:  # fmt: skip
         self.nets, self.opts, self.cfg = nets, opts, cfg
+        # Variants that differ in it train apart (config: augment is not stackable), so one transform.
+        self.augment = augmentation(cfg)
+        self.aug_gens = list(aug_gens) or [augment_stream(cfg) for _ in nets]
         self.device = device = torch.device(cfg.device)
         if len(nets) == 1:
             # Alone in its process, a variant trains as its own Net, whose dropout draws from the
@@ -245,6 +253,8 @@ class Unit:
             self.opt = optimizer(self.model.parameters(), cfg)
             stack_adam_state(self.opt, opts)
             self.gens = self.snapshot_gens = list(gens)
+        if self.augment is not None:  # a capture's warm-up steps draw from them too
+            self.snapshot_gens = [*self.snapshot_gens, *self.aug_gens]
         self.criterion = criterion(cfg)  # variants that differ in it train apart (config.Setting.stackable)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         # Compiled or not, `model` keeps the parameters that are checkpointed.
@@ -265,8 +275,8 @@ class Unit:
     def begin(self, orders: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Start a pass over `orders` (K, M) (device); the first graphed pass captures the step."""
         self.orders, self.images, self.labels = orders, images, labels
-        if self.shared is None:
-            self.shared = all(torch.equal(orders[0], o) for o in orders[1:])
+        if self.shared is None:  # one batch for all: one order, and no per-variant augmentation
+            self.shared = all(torch.equal(orders[0], o) for o in orders[1:]) and (self.augment is None or self.k == 1)
         self.model.train()
         if self.graphed and self.static_orders is None and orders.shape[1] >= self.cfg.batch_size:
             self.static_orders = orders.clone()
@@ -285,7 +295,11 @@ class Unit:
         to `loss_sum`/`correct` (K,) in place: no host sync, so a CUDA graph can hold it (`cache=False`
         inside a capture)."""
         k = len(idx)
-        x = to_input(self.images[idx[0]]) if self.shared else stacked_input(self.images[idx])
+        if self.augment is None:
+            x = to_input(self.images[idx[0]]) if self.shared else stacked_input(self.images[idx])
+        else:  # each variant's batch through the data step, with its own stream: as it trains alone
+            batch = torch.stack([self.augment(self.images[i], g) for i, g in zip(idx, self.aug_gens, strict=True)])
+            x = to_input(batch[0]) if self.shared else stacked_input(batch)
         y = self.labels[idx]  # (K, b)
         with autocast(self.device, self.cfg.precision, cache):
             logits = self.forward(x, self.shared, self.gens)  # (K, b, 10)
@@ -314,7 +328,7 @@ class Unit:
             if training:
                 self.opt.zero_grad(set_to_none=True)  # backward allocates .grad inside the graph's pool
             # Capturing runs no kernel: the state the warm-up changed is put back once, below.
-            return graphs.capture(fn, self.gens or [])[0]
+            return graphs.capture(fn, [*(self.gens or []), *(self.aug_gens if self.augment else [])])[0]
         except Exception as e:  # a capture that fails costs speed, never the run
             log.warning("CUDA graph capture failed, training eagerly: %s",
                         (str(e).strip().splitlines() or [type(e).__name__])[0])  # fmt: skip
@@ -444,7 +458,14 @@ def fit(
         now = [r for r in runs if r.done < epoch]  # all of them have finished epoch - 1
         if now != active:  # first epoch, or a variant that was ahead joins
             active = now
-            unit = Unit([r.model for r in now], [r.opt for r in now], [r.dropout_gen for r in now], cfg, graphed)
+            unit = Unit(
+                [r.model for r in now],
+                [r.opt for r in now],
+                [r.dropout_gen for r in now],
+                cfg,
+                graphed,
+                [r.aug_gen for r in now],
+            )
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=r.order_gen) for r in now]).to(device)
         fail_at = n // 2 if fault_epoch == epoch else None
@@ -472,6 +493,6 @@ def fit(
             run.done = epoch
             rng_cuda = run.cuda_gen.get_state() if run.cuda_gen is not None else None
             save_epoch(run.folder, run.cfg, run.identity, epoch, run.model, run.opt, run.cpu_gen.get_state(),
-                       rng_cuda, run.order_gen, run.history)  # fmt: skip
+                       rng_cuda, run.order_gen, run.aug_gen, run.history)  # fmt: skip
         for run in active:
             yield runs.index(run), {**run.history[-1], "resumed_from": run.resumed_from}

@@ -198,6 +198,7 @@ def what_cannot_be_done(params: dict) -> None:
     (one line)."""
     if len(compared_variants(params)) < 2:
         given = [f"{flag(s.field)} {' '.join(map(str, values))}" for s in SETTINGS if (values := params.get(s.field))]
+        given += [f"--variant {text}" for text in params.get("variant") or ()]
         raise ValueError(f"{', '.join(given) or 'no setting'}: nothing to compare with the baseline (it is always "
                          f"trained); give {' or '.join(flag(s.field) for s in SETTINGS)} a value other than the "
                          "baseline's")  # fmt: skip
