@@ -210,6 +210,10 @@ class TrainConfig:
                            "none: flip-crop (each training image padded by 4 pixels, cropped back to 32x32 at a "
                            "random offset and mirrored half the time, on the device)", "augmentation", "augment",
                            "augmentations", "training-batch transform", "Oranges")  # fmt: skip
+    # the optimizer (core/model.py `optimizer`); sgd: SGD with momentum 0.9 at 10 x lr
+    optimizer: str = setting("adam", Literal["adam", "sgd"], "optimizer(s) to compare with the baseline's adam (the "
+                             "tutorial's): sgd (SGD with momentum 0.9 at 10 x --lr: 0.01 by default)", "optimizer",
+                             "optimizer", "optimizers", "torch.optim algorithm", "YlOrBr")  # fmt: skip
     seed: int = 0  # weight init, batch order and dropout masks all derive from it
     device: str = "cpu"  # resolved device for this variant: "cpu", "cuda:0", ...
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (bf16/fp16 only on CUDA)
