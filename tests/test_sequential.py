@@ -114,3 +114,33 @@ def test_the_error_benchmark_decides_exactly_as_the_flow_does():
             for m, call in enumerate(calls):
                 # the benchmark codes a decision in better/worse terms: +1 better whatever the metric's direction
                 assert code[call] == fast[r, 2 * rate + m], (r, rate, m, call)
+
+
+def test_a_look_without_spread_decides_nothing_and_never_narrows_the_intersection():
+    """The audit's three reproductions (#41): differences that are all equal give a zero-width t-interval,
+    which must not decide, nor stay in the running intersection."""
+    margin = 0.001  # 0.1 points, as fractions
+    zeros = decision([0.0] * 5, [5], 7, 0.05 / 6, margin, higher_is_better=True)
+    assert zeros.decision == "undecided" and math.isinf(zeros.low) and math.isinf(zeros.high)
+    assert zeros.repeated_p == 1.0 and math.isnan(zeros.equivalence_p)
+    two = decision([0.0, 0.0], [2], 2, 0.05, margin, higher_is_better=True, sequential=False)
+    assert two.decision == "undecided" and two.repeated_p == 1.0  # not "equivalent, p < 0.0001"
+    # Five identical +1-point differences decide nothing; ten seeds averaging -1.5 points are read alone.
+    later = list(np.random.default_rng(0).normal(-0.03, 0.004, 5))
+    diffs = [0.01] * 5 + later
+    dec = decision(diffs, [5, 10], 20, 0.05 / 6, 0.01, higher_is_better=True)
+    assert dec.looks[0].low == -math.inf and (dec.low, dec.high) == (dec.looks[1].low, dec.looks[1].high)
+    assert dec.decision != "better" and np.mean(diffs) < 0
+    # Rounding is not spread: equal differences computed in floating point still decide nothing.
+    assert decision([0.1 + 0.2 - 0.3 + 1e-18 * i for i in range(5)], [5], 5, 0.05, 0.01, True).decision == "undecided"
+
+
+def test_the_verdict_says_why_a_claim_without_spread_is_undecided():
+    from dropout_lab.analysis.stats import Comparison, Difference
+    from dropout_lab.analysis.verdict import describe
+
+    dec = decision([0.0] * 5, [5], 7, 0.05 / 6, 0.001, higher_is_better=True)
+    zero = Difference(0.0, 0.0, 0.0, math.nan)
+    text = describe(Comparison("final_test_acc", "paired", 5, zero, None, zero, 1.0, 6, "claims", dec, 0.0, 0.05,
+                               (math.nan, math.nan), (math.nan, math.nan)))  # fmt: skip
+    assert "undecided after 5 seeds" in text and "no spread" in text and "+0.00 to +0.00" not in text

@@ -83,5 +83,8 @@ def test_verdict_for_seeds_without_spread_says_what_it_saw():
     data = rows(0.0, [0, 1, 2], [0.1, 0.12, 0.11], [0.70, 0.71, 0.72])
     data += rows(0.5, [0, 1, 2], [0.0, 0.02, 0.01], [0.70, 0.71, 0.72])  # accuracy equal on every seed
     lines = verdict(data)
-    assert "test accuracy equivalent within ±1.00 points: +0.00 points (+0.00 to +0.00 points, 97.50% CI" in lines[0]
+    # Equal differences on every seed decide nothing (#41): no zero-width interval, no "equivalent".
+    assert "test accuracy undecided after 3 seeds: changed by +0.00 points (no interval: the paired differences " \
+        "show no spread" in lines[0]  # fmt: skip
+    assert "equivalent" not in lines[0] and "+0.00 to +0.00" not in lines[0]
     assert lines[1] == "Power (dropout 0.5, test accuracy): not estimable, the 3 paired seeds show no spread."

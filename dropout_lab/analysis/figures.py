@@ -129,7 +129,7 @@ def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
         c, x = comparisons[v], x_of[v]
         diffs = [100 * d for d in (c.paired.diffs if c.paired else ())]
         ax.scatter([x - nudge] * len(diffs), diffs, color=color(v, variants), s=14, alpha=0.7, zorder=3)
-        if c.decision and c.decision.looks:
+        if c.decision and c.decision.looks and np.isfinite([c.decision.low, c.decision.high]).all():
             low, high, mean = 100 * c.decision.low, 100 * c.decision.high, 100 * c.primary.diff
             # the interval (the looks' intervals intersected) need not be centred on the last look's mean
             ax.vlines(x, low, high, color="#1f4e79", lw=3, zorder=4)
@@ -164,8 +164,9 @@ def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]]) -> N
     for (metric, v, c), dx in zip(claims, offsets, strict=True):
         ns = [look.n + dx for look in c.decision.looks]
         mid = [100 * look.mean for look in c.decision.looks]
-        err = [[100 * (look.mean - look.low) for look in c.decision.looks],
-               [100 * (look.high - look.mean) for look in c.decision.looks]]  # fmt: skip
+        # a look without spread has no interval (the whole line): its mean alone
+        err = np.nan_to_num([[100 * (look.mean - look.low) for look in c.decision.looks],
+                             [100 * (look.high - look.mean) for look in c.decision.looks]], posinf=0.0)  # fmt: skip
         name = "test acc" if metric == "final_test_acc" else "gap"
         ax.errorbar(ns, mid, yerr=err, fmt="o-" if metric == "final_test_acc" else "s--", ms=4, capsize=3,
                     label=f"{v.words}, {name}: {c.decision.decision}")  # fmt: skip

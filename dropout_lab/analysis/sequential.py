@@ -172,10 +172,17 @@ class Decision:
         return self.looks[-1].n if self.looks else 0
 
 
+def no_spread(sd: float, mean: float) -> bool:
+    """Paired differences without spread (all equal, up to rounding): a t-interval of width zero, which
+    says nothing about the next seed's difference."""
+    return sd <= 1e-12 + 1e-9 * abs(mean)
+
+
 def looks_of(diffs: Sequence[float], wave_ends: Sequence[int], max_seeds: int, spent: float) -> list[Look]:
     """The repeated confidence interval after each wave: `diffs` in seed order, `wave_ends` the number
     of seeds available at each look (increasing), `max_seeds` the planned maximum N, `spent` the level
-    spent over the looks (`calibrated_spending`)."""
+    spent over the looks (`calibrated_spending`). A look whose differences show no spread decides
+    nothing: its interval is the whole line, so it never narrows the running intersection."""
     ends = [n for n in wave_ends if n >= 2]
     if not ends:
         return []
@@ -186,7 +193,9 @@ def looks_of(diffs: Sequence[float], wave_ends: Sequence[int], max_seeds: int, s
         part = d[:n]
         mean, sd = float(part.mean()), float(part.std(ddof=1))
         nominal = float(2 * st.norm.sf(c))  # the look's two-sided nominal level
-        half = math.inf if nominal == 0 else float(st.t.isf(nominal / 2, n - 1)) * sd / math.sqrt(n)
+        half = (
+            math.inf if nominal == 0 or no_spread(sd, mean) else float(st.t.isf(nominal / 2, n - 1)) * sd / math.sqrt(n)
+        )
         out.append(Look(n, mean, sd, mean - half, mean + half, 1 - nominal))
     return out
 
@@ -205,14 +214,14 @@ def decide(low: float, high: float, margin: float, higher_is_better: bool) -> st
 
 def equivalence_p(diffs: Sequence[float], margin: float) -> float:
     """TOST: the larger of the two one-sided paired t-test p-values against -margin and +margin;
-    nan for fewer than two seeds."""
+    nan for fewer than two seeds or differences without spread."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
     if n < 2:
         return math.nan
     sd = float(d.std(ddof=1))
-    if sd == 0:
-        return 0.0 if abs(d.mean()) < margin else 1.0
+    if no_spread(sd, float(d.mean())):
+        return math.nan  # no spread: the t-test is not defined
     se = sd / math.sqrt(n)
     lower = st.t.sf((d.mean() + margin) / se, n - 1)  # H0: mean <= -margin
     upper = st.t.cdf((d.mean() - margin) / se, n - 1)  # H0: mean >= +margin
@@ -251,8 +260,8 @@ def _repeated_p(diffs: tuple, ends: tuple, max_seeds: int, margin: float, equiva
     if len(ends) == 1 and ratio == 1.0:  # one look: the t-interval's own p-value, in closed form
         n = ends[0]
         mean, sd = float(d[:n].mean()), float(d[:n].std(ddof=1))
-        if sd == 0:
-            return 0.0 if (abs(mean) < margin if equivalence else mean != 0) else 1.0
+        if no_spread(sd, mean):
+            return 1.0  # no level makes a call on differences without spread
         se = sd / math.sqrt(n)
         if equivalence:  # the interval at level 1 - a lies inside ±margin
             return float(min(1.0, 2 * max(st.t.sf((margin - mean) / se, n - 1), st.t.sf((margin + mean) / se, n - 1))))

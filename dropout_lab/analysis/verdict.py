@@ -75,6 +75,9 @@ def describe(c: Comparison) -> str:
     interval = f"{_range(c.metric, d.low, d.high)}, {level_text(c)}"
     margin = _amount(c.metric, d.margin)
     change = _amount(c.metric, c.primary.diff, signed=True)
+    if not (math.isfinite(d.low) and math.isfinite(d.high)):
+        return (f"{name} undecided after {counted(d.seeds_used, 'seed')}: changed by {change} (no interval: the "
+                "paired differences show no spread, and a look without spread decides nothing)")  # fmt: skip
     if d.decision == "equivalent":
         return f"{name} equivalent within ±{margin}: {change} ({interval}; {repeated_p_words(c, 'equivalence')})"
     if d.decision == "undecided":
@@ -95,7 +98,7 @@ def gap_source(train: Comparison, test: Comparison, claims: int) -> str:
 
     def part(c: Comparison) -> str:
         d = c.decision
-        if d is not None and d.looks:
+        if d is not None and d.looks and math.isfinite(d.low) and math.isfinite(d.high):
             return f"({_range(c.metric, d.low, d.high)}, {level_text(c, claims)})"
         return f"(95% CI {_range(c.metric, c.primary.ci_low, c.primary.ci_high)}, fixed-sample)"
 
