@@ -17,6 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from dropout_lab.regular import create_new, read_regular
+
 log = logging.getLogger(__name__)
 
 WAIT_LOG_EVERY_S = 30.0
@@ -24,7 +26,7 @@ WAIT_LOG_EVERY_S = 30.0
 
 def _holder(pid_file: Path) -> str:
     try:
-        return f"pid {int(pid_file.read_text().strip())}"
+        return f"pid {int(read_regular(pid_file, 64).decode().strip())}"
     except (OSError, ValueError):
         return "another process"
 
@@ -48,7 +50,7 @@ def held(path: str | Path, what: str, timeout_s: float = 3600.0) -> Iterator[Non
                         _holder(pid_file), f", {elapsed:.0f} s so far" if waited else "")  # fmt: skip
             waited = True
     try:
-        pid_file.write_text(str(os.getpid()))
+        create_new(pid_file, str(os.getpid()).encode())  # never written through a planted link
         yield
     finally:
         pid_file.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from prefect.serializers import Serializer
 from pydantic import Field
 
 from dropout_lab.keys import code_hash, stable_hash
+from dropout_lab.regular import NotRegular, read_regular
 from dropout_lab.results import from_jsonable, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,10 @@ def forget_unless_trusted(task_ctx, key: str, problem: Callable[[Any], str | Non
         return
     path = Path(storage.basepath) / key
     try:
-        content = path.read_bytes()
+        content = read_regular(path)  # a FIFO or link planted as a record would block or mislead Prefect's read
+    except NotRegular as e:
+        set_aside(path, str(e))
+        return
     except OSError:
         return  # nothing cached: nothing to forget
     try:

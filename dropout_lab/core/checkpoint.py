@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from dropout_lab.regular import NotRegular, read_regular
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"DLCKPT1\n"
@@ -58,8 +60,16 @@ def save_checkpoint(path: Path, state: dict) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def checkpoint_bytes(path: Path) -> bytes:
+    """A checkpoint file's bytes; CheckpointError for a FIFO, a link (to /dev/zero, ...), a folder."""
+    try:
+        return read_regular(path)
+    except NotRegular as e:
+        raise CheckpointError(str(e)) from None
+
+
 def load_checkpoint(path: Path) -> dict:
-    blob = Path(path).read_bytes()
+    blob = checkpoint_bytes(path)
     if not blob.startswith(MAGIC):
         raise CheckpointError(f"{path}: bad magic (not a dropout-lab checkpoint, or truncated)")
     digest, payload = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
@@ -100,7 +110,7 @@ def checked_claim(checkpoint: str, sha256: str, folder: Path, expected: dict, hi
         raise CheckpointError(f"its checkpoint {checkpoint} is not in {folder}")
     if not path.is_file():
         raise CheckpointError(f"its checkpoint {path.name} is gone")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+    if hashlib.sha256(checkpoint_bytes(path)).hexdigest() != sha256:
         raise CheckpointError(f"{path.name} does not have the recorded SHA-256")
     state = load_checkpoint(path)
     problem = identity_problem(state.get("identity"), expected)

@@ -21,6 +21,8 @@ import os
 import threading
 from pathlib import Path
 
+from dropout_lab.regular import read_regular
+
 log = logging.getLogger(__name__)
 
 STORE_ENV = "DROPOUT_LAB_MEASURED"  # the file listing the checkpoints this user's runs measured
@@ -63,7 +65,8 @@ def _read() -> tuple[set[str], set[tuple[str, str]]]:
     with _lock:
         stamp, shas, claims = _known.get(str(path), ((), set(), set()))
         if stamp != (st.st_size, st.st_mtime_ns, st.st_ino):
-            lines = [line.split() for line in path.read_text(errors="replace").splitlines()]
+            text = read_regular(path).decode(errors="replace")  # NotRegular: refused before a run (preflight)
+            lines = [line.split() for line in text.splitlines()]
             shas = {words[0] for words in lines if words}
             claims = {(words[0], words[1]) for words in lines if len(words) >= 2}
             _known[str(path)] = ((st.st_size, st.st_mtime_ns, st.st_ino), shas, claims)
@@ -84,7 +87,10 @@ def known_claim(checkpoint: str, sha256: str, folder: Path, expected: dict, hist
         return False
     planned = expected["config"]["epochs"]
     claim = (sha256, claim_key(expected, planned, history))
-    return claim in _read()[1] and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    try:
+        return claim in _read()[1] and hashlib.sha256(read_regular(path)).hexdigest() == sha256
+    except OSError:
+        return False
 
 
 @functools.cache
@@ -98,7 +104,7 @@ def record_measured(sha256: str, claim: str = "") -> None:
     path = measured_store()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
         try:
             os.write(fd, f"{sha256} {claim}".rstrip().encode() + b"\n")
         finally:

@@ -25,6 +25,7 @@ from dropout_lab.config import TrainConfig
 from dropout_lab.core import graphs
 from dropout_lab.core.checkpoint import (
     CheckpointError,
+    checkpoint_bytes,
     checkpoint_path,
     epoch_checkpoints,
     identity_problem,
@@ -117,7 +118,7 @@ def numbers_check(cfg: TrainConfig, data: RunData):
     numbers (core/verify.py); one they wrote costs nothing."""
 
     def check(path: Path, model, state: dict) -> str | None:
-        if measured_here(hashlib.sha256(Path(path).read_bytes()).hexdigest()):
+        if measured_here(hashlib.sha256(checkpoint_bytes(path)).hexdigest()):
             return None
         return numbers_problem(state["history"][-1], remeasure(model, data, cfg))
 

@@ -287,6 +287,19 @@ def handed_over(params: dict) -> RunPlan | None:
     return plan if same else None
 
 
+def check_trust_store() -> None:
+    """The list of checkpoints this user's runs measured (core/claims.py) is a regular file or absent: a
+    folder or a FIFO there would fail every training of the run. ValueError (one line)."""
+    from dropout_lab.core.claims import STORE_ENV, measured_store
+    from dropout_lab.regular import NotRegular, check_regular_or_absent
+
+    try:
+        check_regular_or_absent(measured_store())
+    except NotRegular as e:
+        raise ValueError(f"the store of measured checkpoints {e}: move it aside, or name another file in "
+                         f"${STORE_ENV}") from None  # fmt: skip
+
+
 def _plan(params: dict, deployed: bool) -> RunPlan:
     from dropout_lab.analysis.history import store_uri
     from dropout_lab.analysis.tracking import check_store
@@ -307,4 +320,5 @@ def _plan(params: dict, deployed: bool) -> RunPlan:
     present = params["dataset"] == "fake" or (data_dir / FOLDER_NAME).is_dir() or (data_dir / ARCHIVE_NAME).is_file()
     planned = check_folders(folders["data_dir"], folders["out"], folders["cache_dir"], data_present=present)
     check_store(store_uri(folders["out"]))  # the run history: the server answers, the database is MLflow's
+    check_trust_store()
     return RunPlan(dict(params), configs, design_of(params), waves, threads, slots, folders, planned)
