@@ -174,3 +174,12 @@ def test_cached_rerun_times_every_task_of_both_runs():
             if line.startswith("| train[")}  # fmt: skip
     assert rows == {"train[baseline, seed=0]": "Cached", "train[dropout=0.25, seed=0]": "Cached"}, proc.stdout
     assert "cached trainings: median" in proc.stdout and "**flow run, end to end**" in proc.stdout
+
+
+def test_training_start_times_both_preloads_side_by_side():
+    proc = subprocess.run([sys.executable, "benchmarks/training_start.py", "--runs", "2"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("without torch._dynamo") and lines[1].startswith("as shipped")
+    assert "torch._dynamo" in lines[1] and lines[2].startswith("a tiny training, submitted to done:")

@@ -30,8 +30,9 @@ from dropout_lab.runtime import training
 
 # A retry cannot fix these: the disk is still full, the folder still read-only.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-# What the fork server imports once for every training process it forks.
-PRELOAD = ["torch", training.__name__]
+# What the fork server imports once for every training process it forks. torch._dynamo too: every torch
+# optimizer's constructor imports it, 3.4 s of each training process on 2 cores (benchmarks/RESULTS.md).
+PRELOAD = ["torch", "torch._dynamo", training.__name__]
 
 
 class TrainingFailed(RuntimeError):
