@@ -41,6 +41,8 @@ def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():
     assert "Bonferroni over 4 claims: 2 rates x test accuracy and gap, so together they hold at >= 95% under the " \
            "normal model" in lines[-1] and "seeds fixed in advance: one look" in lines[-1]  # fmt: skip
     assert "fixed-sample p-values, shown apart, ignore the looks" in lines[-1]
+    # The claims' scope, where the verdict is: this recipe, these test images, seeds the only variation.
+    assert "They are about this recipe on these" in lines[-1] and "seeds the only source of variation" in lines[-1]
 
 
 def test_a_decided_change_whose_interval_crosses_the_margin_says_so():

@@ -148,7 +148,9 @@ def design_line(summary: list[dict], design: Design, comparisons: dict | None = 
     return (f"Decisions: better / worse / equivalent within ±{100 * design.margin:.2f} points / undecided, each read "
             f"off its own {100 * (1 - per_claim):.2f}% interval (Bonferroni over {family}, so together they hold at "
             f">= 95% under the normal model, however the stopping went; {how}). Repeated p-values are per claim and "
-            "valid under the stopping; fixed-sample p-values, shown apart, ignore the looks.")  # fmt: skip
+            "valid under the stopping; fixed-sample p-values, shown apart, ignore the looks. They are about this "
+            f"recipe on these {summary[0]['n_test']:,} test images, seeds the only source of variation (initial "
+            "weights, batch order, dropout masks, augmentation draws).")  # fmt: skip
 
 
 def data_scope(summary: list[dict]) -> tuple[str | None, bool]:
