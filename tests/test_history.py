@@ -97,6 +97,22 @@ def store(tmp_path_factory) -> str:
     return uri
 
 
+def test_a_model_still_being_recorded_by_another_run_is_not_read(tmp_path):
+    """CI caught it: two runs recording into one store, one read the other's model run between its params
+    and its metrics (a row without numbers) and failed formatting its table. Only finished runs are models."""
+    from mlflow import MlflowClient
+
+    uri = uri_of(tmp_path)
+    assert record(uri, [model(0, 0.25, 0, 0.7, 0.1)]) == 1
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(history.experiment_name()).experiment_id
+    half = client.create_run(experiment, tags={history.KIND: history.MODEL}).info.run_id  # left RUNNING
+    client.log_param(half, "model", "dropout=0.5")
+    rows = history.read(uri)
+    assert len(rows) == 1 and rows[0]["final_test_acc"] == pytest.approx(0.7)
+    assert table_rows(rows)[0]["test acc"] == "70.00%"
+
+
 def test_rows_read_back_with_their_types_in_run_order(store):
     rows = history.read(store)
     assert len(rows) == 19

@@ -155,7 +155,8 @@ def _row(run: tuple[dict, dict, dict]) -> dict:
 
 
 def _sql_runs(uri: str) -> list[tuple[dict, dict, dict]]:
-    """(params, metrics, tags) of every active model run of the experiment, from MLflow's tables."""
+    """(params, metrics, tags) of every active, finished model run of the experiment, from MLflow's tables: a
+    run another process is still recording (its params before its metrics) is not a model yet."""
     import sqlalchemy as sa
 
     path = sqlite_path(uri)
@@ -172,7 +173,7 @@ def _sql_runs(uri: str) -> list[tuple[dict, dict, dict]]:
         )
     runs = """SELECT r.run_uuid FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id
               JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = :kind AND t.value = :model
-              WHERE e.name = :experiment AND r.lifecycle_stage = 'active'"""
+              WHERE e.name = :experiment AND r.lifecycle_stage = 'active' AND r.status = 'FINISHED'"""
     found: dict[str, tuple[dict, dict, dict]] = {}
     try:
         with engine.connect() as conn:
@@ -217,7 +218,8 @@ def _rest_runs(uri: str) -> list[tuple[dict, dict, dict]]:
         answer.raise_for_status()
         ids, found, token = [answer.json()["experiment"]["experiment_id"]], [], None
         while True:
-            body = {"experiment_ids": ids, "filter": f"tags.`{KIND}` = '{MODEL}'", "max_results": 1000,
+            body = {"experiment_ids": ids, "filter": f"tags.`{KIND}` = '{MODEL}' and attributes.status = 'FINISHED'",
+                    "max_results": 1000,
                     **({"page_token": token} if token else {})}  # fmt: skip
             page = http.post(f"{base}/runs/search", json=body)
             page.raise_for_status()
