@@ -377,3 +377,26 @@ def test_another_program_s_database_is_refused_and_never_altered(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert path.read_bytes() == before
+
+
+def test_a_new_store_is_made_whole_or_not_at_all(tmp_path, monkeypatch):
+    """CI caught it: Ctrl-C while MLflow built a new SQLite store's tables (in the background, during the first
+    epoch) left a half-made store that the resumed run could not open ("table ... already exists")."""
+    import mlflow
+
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+
+    def stopped_midway(tracking_uri):  # the tables half built when the run stops
+        sqlite3.connect(tracking_uri.removeprefix("sqlite:///")).execute(
+            "CREATE TABLE guardrails (x)"
+        ).connection.commit()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow, "MlflowClient", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        tracking.client(uri)
+    assert not path.exists()  # nothing half-made where the store belongs
+    monkeypatch.undo()
+    assert tracking.client(uri).search_experiments() and path.is_file()
+    assert record(uri, [model(0, 0.25, 0, 0.7, 0.1)]) == 1

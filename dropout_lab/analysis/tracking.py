@@ -130,9 +130,25 @@ def client(uri: str):
     with _ready_lock:
         if uri not in _ready:
             with _setting_up(uri):
-                MlflowClient(tracking_uri=uri)
+                _set_up(uri)
             _ready.add(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _set_up(uri: str) -> None:
+    """Open the store once, MLflow creating or migrating it. A new SQLite store is made whole or not at all:
+    MLflow builds its tables (seconds, while the trainings run) in a file beside it, renamed into place when
+    done, so a run stopped meanwhile leaves no half-made store that every later run would fail to open."""
+    from mlflow import MlflowClient
+
+    path = sqlite_path(uri)
+    if path is None or path.exists():
+        MlflowClient(tracking_uri=uri)
+        return
+    new = path.with_name(f".{path.name}.tmp-{os.getpid()}-new")  # a dead writer's: removed as leftovers are
+    new.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{new}")
+    os.replace(new, path)
 
 
 @contextlib.contextmanager
