@@ -20,6 +20,9 @@ from pathlib import Path
 # Prefect's server can take tens of seconds to start on a small machine; its default patience is less.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Heartbeats as often as the reclaim automation expects them (deployments/reclaim.py: 30 s, Prefect's
+# minimum; its default, 180 s, would leave a killed command-line run Running 9 minutes on a server).
+os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 if __name__ == "__main__":  # --help and bad values answer before torch and Prefect's engine are imported
@@ -27,7 +30,7 @@ if __name__ == "__main__":  # --help and bad values answer before torch and Pref
 
     refuse_early(sys.argv[1:])
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow, get_run_logger, tags  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled, Failed  # noqa: E402
 
@@ -155,9 +158,8 @@ def compare(**params) -> str:
                       f"undecided: {still}")  # fmt: skip
                 break
             print(f"after {counted(looks[-1], 'seed')}: undecided: {still}" + next_wave_words(training, compared))
-    report = render_report.with_options(**opts)(trained, data, str(run_dir), tables, return_state=True)
-    folder, markdown, _ = report.result()
-    publish_report(markdown, display_rows(tables.per_epoch, PER_EPOCH_SCHEMA), experiment, report.name == "Cached")
+    folder, markdown, unchanged = render_report(trained, data, str(run_dir), tables)
+    publish_report(markdown, display_rows(tables.per_epoch, PER_EPOCH_SCHEMA), experiment, unchanged)
     record_history(tables, results, data, out, folder, experiment, params["log_models"])
     return folder
 
@@ -175,14 +177,7 @@ def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict) ->
     if gpu_workers:
         groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
         threads, slots = process_layout(groups)
-    p = plan.params
-    for device, size in slots.items():  # one line for the wave, not one "waiting" line per training
-        waiting = sum(g[0].device == device for g in groups) - size
-        if waiting > 0:
-            print(
-                f"{counted(waiting + size, 'training')} on {device}, {size} at a time: "
-                f"{counted(waiting, 'training')} wait{'s' if waiting == 1 else ''} for a slot"
-            )
+    p = plan.params  # a training that waits for a slot says so, once per run and device (tasks/slots.py)
     with gpu_resource(gpu_workers):
         return [train.with_options(**opts).submit(g, data, plan.folders["cache_dir"], threads, p["refresh"],
                                                   slots[g[0].device], p["cuda_graphs"])
@@ -214,8 +209,11 @@ def gpu_resource(enabled: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python flows/compare.py ...`: this flow run from the command line (dropout_lab/cli/compare.py)."""
-    return run_from_command_line(compare, argv)
+    """`python flows/compare.py ...`: this flow run from the command line (dropout_lab/cli/compare.py),
+    tagged `dropout-lab` from its creation, so its heartbeats carry the tag the reclaim automation matches
+    (a tag added once the run has started is not in them)."""
+    with tags("dropout-lab"):
+        return run_from_command_line(compare, argv)
 
 
 if __name__ == "__main__":

@@ -2,61 +2,49 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
-from dropout_lab.analysis.report import Tables, report_files, report_order, report_problem, write_report
+from dropout_lab.analysis.report import Tables, report_files, report_order, write_report
 from dropout_lab.core.data import DataInfo, read_class_names, sample_images
 from dropout_lab.naming import slug
 from dropout_lab.redact import redact
 from dropout_lab.results import TrainResult
-from tasks.cache import ResultOf
 
 
-def _report_identity(p: dict) -> tuple:
-    trained = [t for group in p["trained"] for t in group]
-    return ("report", p["run_dir"], [t.weights_sha256 for t in trained], [t.history for t in trained],
-            p["data"].fingerprint, dataclasses.astuple(p["tables"].design))  # fmt: skip
-
-
-@task(
-    name="render_report",
-    # Forgotten unless its folder is this run's, holding the very files it wrote.
-    cache_policy=ResultOf(
-        identity=_report_identity,
-        code="dropout_lab.analysis.report",
-        trust=lambda result, p: report_problem(result[0], p["run_dir"], result[2]),
-    ),
-    persist_result=True,
-)
+# Never cached: a cached report could only be checked against what its own record says, and whoever can
+# edit the report can edit that record too. Written again from the checked trainings instead (~3 s of an
+# all-cached rerun's ~16 s on 2 cores: benchmarks/RESULTS.md).
+@task(name="render_report", cache_policy=NO_CACHE, persist_result=False)
 def render_report(
     trained: list[list[TrainResult]], data: DataInfo, run_dir: str, tables: Tables
-) -> tuple[str, str, dict]:
+) -> tuple[str, str, bool]:
     """Parquet tables + PNGs into `run_dir` from each training task's results and their `tables` (decided
-    as their design says: how the seeds came, the margin); returns (run_dir, markdown for the UI, the
-    SHA-256 of each file). Models in the report's order: each setting's variants ascending, the baseline
-    last. (The tables are the trainings' results, computed once by the flow: the cache key is theirs.)"""
+    as their design says: how the seeds came, the margin); returns (run_dir, markdown for the UI, whether
+    the files are byte for byte those already there). Models in the report's order: each setting's
+    variants ascending, the baseline last."""
     trained = report_order(t for group in trained for t in group)
+    before = report_files(run_dir)
     path, markdown = write_report(Path(run_dir), trained, data, sample_images(data.root), read_class_names(data.root),
                                   tables)  # fmt: skip
-    return str(path), markdown, report_files(path)
+    return str(path), markdown, before == report_files(path)
 
 
-def publish_report(markdown: str, history: list[dict], experiment: str, cached: bool) -> None:
+def publish_report(markdown: str, history: list[dict], experiment: str, unchanged: bool) -> None:
     """The report as artifacts keyed by experiment (`dropout-comparison-cifar10-p0-25-s0-e8`), so each
-    experiment's nightly runs line up under one key and different experiments never mix. A cached
-    report is already stored under its key: no second copy of the same figure."""
+    experiment's nightly runs line up under one key and different experiments never mix. A report
+    written again byte for byte is already stored under its key: no second copy of the same figure."""
     logger = get_run_logger()
     key = slug(experiment)
-    if cached:  # this run's page links to the report the keyed artifact already holds (~100 bytes, not ~200 KB)
-        logger.info("report unchanged (cached): artifact dropout-comparison-%s already holds it", key)
+    if unchanged:  # this run's page links to the report the keyed artifact already holds (~100 bytes, not ~200 KB)
+        logger.info("report unchanged: artifact dropout-comparison-%s already holds it", key)
         create_link_artifact(f"{ui_base()}/artifacts/key/dropout-comparison-{key}",
-                             link_text=f"dropout-comparison-{key} (unchanged: every result of this run was cached)",
+                             link_text=f"dropout-comparison-{key} (unchanged: written again, the same files)",
                              description=f"{markdown_title(markdown)}: {experiment}")  # fmt: skip
         return
     create_markdown_artifact(

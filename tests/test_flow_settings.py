@@ -79,7 +79,7 @@ def test_the_history_is_mlflow_s_store_and_a_cached_rerun_records_nothing(prefec
     assert abs(metrics["baseline.test_acc"] - client.get_run(child.info.run_id).data.metrics["final_test_acc"]) < 1e-9
     assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
     _, states, artifacts = run_flow(workspace, **args)
-    assert all(s == {"Cached"} for s in states.values()), states
+    assert all(s == {"Cached"} for n, s in states.items() if not n.startswith("render_report")), states
     assert not [a for a in artifacts if a.type == "table"]  # nothing recorded, nothing new to show
     assert len(client.search_runs([experiment], filter_string=f"tags.report_folder = '{folder}'")) == 3
 

@@ -61,11 +61,12 @@ def plant(results: Path, marker: Path) -> int:
 
 
 def task_states(state) -> dict[str, str]:
+    """Each cacheable task run's state (render_report is never cached: it writes the report again)."""
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         )
-    return {r.name: r.state.name for r in runs}
+    return {r.name: r.state.name for r in runs if not r.name.startswith("render_report")}
 
 
 def test_a_planted_pickle_in_the_cache_runs_nothing_and_the_tasks_recompute(prefect_harness, tmp_path, caplog):
@@ -77,7 +78,7 @@ def test_a_planted_pickle_in_the_cache_runs_nothing_and_the_tasks_recompute(pref
     assert set(task_states(again).values()) == {"Cached"}  # our own JSON records are read back
 
     marker = tmp_path / "PWNED"
-    assert plant(tmp_path / "cache" / "results", marker) >= 4
+    assert plant(tmp_path / "cache" / "results", marker) >= 3
     planted = compare(**params, return_state=True)
     assert planted.is_completed() and not marker.exists()
     assert "Cached" not in task_states(planted).values()  # every planted entry was recomputed...

@@ -10,14 +10,11 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import time
 import typing
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from dropout_lab.analysis import history
 from dropout_lab.analysis.tracking import headline_metrics
@@ -29,7 +26,8 @@ from dropout_lab.core.evaluate import run_data
 from dropout_lab.naming import experiment_name, flow_run_label, run_folder_name
 from dropout_lab.runtime import devices
 from dropout_lab.runtime.devices import variant_configs
-from flows.compare import compare, main
+from flows.compare import main
+from tests.flow_runs import run_flow
 from tests.refusals import one_line_refusal
 
 EPOCHS = 2
@@ -44,22 +42,7 @@ def ws(tiny_cifar, tmp_path_factory):
 
 def run(ws: Path, cache: str = "cache", out: str = "out", **overrides) -> tuple[Path, dict[str, set[str]]]:
     """The flow on the tiny CIFAR-format copy: (report folder, task run name → states)."""
-    params = dict(data_dir=str(ws / "data"), out=str(ws / out), cache_dir=str(ws / cache), epochs=EPOCHS)
-    state = compare(**{**params, **overrides}, return_state=True)
-    assert state.is_completed(), state
-    with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + 30  # task states reach the server a moment after the run
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-            )
-            if all(r.state is not None for r in runs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    states: dict[str, set[str]] = {}
-    for r in runs:
-        states.setdefault(r.name, set()).add(r.state.name)
-    return Path(state.result()), states
+    return run_flow(ws, **{"cache_dir": str(ws / cache), "out": str(ws / out), "epochs": EPOCHS, **overrides})[:2]
 
 
 def records(cache: Path, holding: str) -> list[tuple[Path, dict, typing.Any]]:
@@ -183,14 +166,51 @@ def test_a_re_signed_checkpoint_with_other_numbers_is_refused_and_retrained(genu
     assert (final.parent / "epoch-0002.pt.corrupt").exists()
 
 
+def test_a_re_signed_checkpoint_claiming_other_image_counts_is_refused_and_retrained(genuine, ws, caplog):
+    """The audit's case: the project's writer, n_train 50,000 / n_test 10,000 in every epoch record."""
+    path, record, result = training_record(ws / "cache", "baseline")
+    fields = result[0]["fields"]
+    final = Path(fields["checkpoint"])
+    state = load_checkpoint(final)
+    for epoch in state["history"]:
+        epoch["n_train"], epoch["n_test"] = 50_000, 10_000
+    fields["weights_sha256"], fields["history"] = save_checkpoint(final, state), state["history"]
+    rewrite(path, record, result)
+    folder, _ = run(ws)
+    rows = summary(folder)["baseline"]
+    assert (rows["n_train"], rows["n_test"]) == (genuine[1]["baseline"]["n_train"], genuine[1]["baseline"]["n_test"])
+    assert any("claims n_train 50000, the data gives" in m for m in ignored(caplog)), ignored(caplog)
+    per_epoch = [r for r in pq.read_table(folder / "per_epoch.parquet").to_pylist() if r["model"] == "baseline"]
+    assert {r["n_test"] for r in per_epoch} == {genuine[1]["baseline"]["n_test"]}
+
+
 def test_genuine_checkpoints_measured_on_another_machine_pass_the_re_measurement(genuine, ws, tmp_path, monkeypatch):
     """A checkpoint this user's runs did not write (another machine's, a copied cache) is re-measured
     from its weights, and a genuine one passes: the check refuses lies, not results."""
     monkeypatch.setenv(STORE_ENV, str(tmp_path / "nothing-measured-here.txt"))
     _, states = run(ws)
-    assert all(s == {"Cached"} for s in states.values()), states
+    assert all(s == {"Cached"} for n, s in states.items() if n.startswith("train[")), states
     lines = (tmp_path / "nothing-measured-here.txt").read_text().splitlines()
     assert len(lines) == 2 and all(len(line.split()) == 2 for line in lines)  # both re-measured, recorded with claims
+
+
+# --- 4b: a report never vouches for itself ----------------------------------------------------------------
+
+
+def test_a_forged_report_is_written_again_from_the_checked_trainings(genuine, ws):
+    """The audit's forgery: summary.md edited (and any record beside it adjusted). The rerun writes the
+    report again from the trainings, whatever a record says, and says so only when nothing changed."""
+    folder = genuine[0]
+    true_text = (folder / "summary.md").read_text()
+    (folder / "summary.md").write_text(true_text + "\nDropout is better by 9 points.\n")
+    (folder / "statistics.parquet").write_bytes(b"forged")
+    again, states, artifacts = run_flow(ws, out=str(ws / "out"), epochs=EPOCHS)
+    assert again == folder and (folder / "summary.md").read_text() == true_text
+    assert pq.read_table(folder / "statistics.parquet").num_rows > 0
+    assert [s for n, s in states.items() if n.startswith("render_report")] == [{"Completed"}]
+    assert [a.type for a in artifacts if a.key and a.key.startswith("dropout-comparison")] == ["markdown"]
+    _, _, artifacts = run_flow(ws, out=str(ws / "out"), epochs=EPOCHS)  # the same files again: a link, no copy
+    assert [a.type for a in artifacts if not a.key] == ["markdown"] and not [a for a in artifacts if a.key]
 
 
 # --- 5: two values that print alike ------------------------------------------------------------------------

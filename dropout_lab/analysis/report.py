@@ -34,6 +34,7 @@ from dropout_lab.analysis.verdict import p_text, verdict
 from dropout_lab.config import Design, comparison_words, counted, value_text, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.locks import remove_dead_leftovers
+from dropout_lab.regular import read_regular
 from dropout_lab.results import TrainResult
 
 
@@ -224,20 +225,12 @@ def report_order(results) -> list[TrainResult]:
 
 
 def report_files(folder: str | Path) -> dict[str, str]:
-    """SHA-256 of every file in a report folder, by name: what a cached report is checked against."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir()) if p.is_file()}
-
-
-def report_problem(folder: str, run_dir: str | Path, files: dict[str, str]) -> str | None:
-    """Why a recorded report is not the one this run would write (None: it is): its folder must be
-    `run_dir`, holding exactly the recorded files, unchanged."""
-    if Path(folder).resolve() != Path(run_dir).resolve():
-        return f"its folder {folder} is not this run's {run_dir}"
-    if not Path(folder).is_dir():
-        return "its folder is gone"
-    if report_files(folder) != files:
-        return "its files are not the ones written"
-    return None
+    """SHA-256 of every regular file in a report folder, by name ({} when there is no folder)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return {}
+    return {p.name: hashlib.sha256(read_regular(p)).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file() and not p.is_symlink()}  # fmt: skip
 
 
 def write_report(

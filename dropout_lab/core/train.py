@@ -120,7 +120,7 @@ def numbers_check(cfg: TrainConfig, data: RunData):
     def check(path: Path, model, state: dict) -> str | None:
         if measured_here(hashlib.sha256(checkpoint_bytes(path)).hexdigest()):
             return None
-        return numbers_problem(state["history"][-1], remeasure(model, data, cfg))
+        return numbers_problem(state["history"], remeasure(model, data, cfg), len(data.train[1]), name=path.name)
 
     return check
 
