@@ -4,8 +4,10 @@ of its runs ends Failed, or Crashed without being cancelled (a cancelled run pas
     python deployments/notify.py --webhook URL [--deployment compare/nightly]
 
 The webhook gets JSON `{"text": "<subject>\\n<body>"}` (what Slack, Mattermost and most chat
-webhooks accept). Run it again to change the URL; `--off` deletes the automation. Needs
-PREFECT_API_URL (a `prefect server start`) and the deployment to exist.
+webhooks accept). The URL is kept in the block's secrets (a chat webhook's path is its token): the
+block API shows it masked and this command prints its host alone. Run it again to change the URL;
+`--off` deletes both automations and the block. Needs PREFECT_API_URL (a `prefect server start`) and
+the deployment to exist.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from prefect.settings import PREFECT_API_URL  # noqa: E402
 from dropout_lab.cli.compare import check_api_reachable  # noqa: E402
 from dropout_lab.cli.oneline import Parser, one_line, say  # noqa: E402
 from dropout_lab.naming import slug  # noqa: E402
-from dropout_lab.redact import redact  # noqa: E402
+from dropout_lab.redact import host_only  # noqa: E402
 from tasks.report import ui_base  # noqa: E402
 from tasks.server_objects import save_block  # noqa: E402
 
@@ -64,7 +66,8 @@ def switch_on(deployment: str, webhook: str) -> list[Automation]:
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
     failed_name, crashed_name, block_name = names(deployment)
-    block = CustomWebhookNotificationBlock(name=block_name, url=webhook, json_data={"text": "{{subject}}\n{{body}}"})
+    block = CustomWebhookNotificationBlock(name=block_name, url="{{webhook}}", secrets={"webhook": webhook},
+                                           json_data={"text": "{{subject}}\n{{body}}"})  # fmt: skip
     block_id = save_block(block, block_name)
     switch_off(deployment)
     related = {"prefect.resource.id": f"prefect.deployment.{deployment_id}"}
@@ -100,9 +103,19 @@ def switch_on(deployment: str, webhook: str) -> list[Automation]:
     return [failed, crashed]
 
 
-def switch_off(deployment: str) -> bool:
-    """Delete the deployment's failure automations; True if there was one."""
-    return any([delete_named(name) for name in names(deployment)[:2]])  # a list: both are deleted
+def switch_off(deployment: str, block_too: bool = False) -> bool:
+    """Delete the deployment's failure automations (and, `block_too`, their webhook block); True if
+    there was one."""
+    deleted = [delete_named(name) for name in names(deployment)[:2]]  # a list: both are deleted
+    if block_too:
+        with get_client(sync_client=True) as client:
+            try:
+                block = client.read_block_document_by_name(names(deployment)[2], "custom-webhook")
+                client.delete_block_document(block.id)
+                deleted.append(True)
+            except ObjectNotFound:
+                pass
+    return any(deleted)
 
 
 def delete_named(name: str) -> bool:
@@ -132,7 +145,7 @@ def webhook_url(text: str) -> str:
     """An http(s) URL with a host (argparse type): anything else is refused before anything is created."""
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"not an http(s) webhook URL: {redact(text)!r}")
+        raise argparse.ArgumentTypeError(f"not an http(s) webhook URL: {host_only(text)!r}")
     return text
 
 
@@ -147,22 +160,21 @@ def main(argv: list[str] | None = None) -> int:
         type=webhook_url,
         help="where to post a message when a run fails or crashes (http or https)",
     )
-    what.add_argument("--off", action="store_true", help="delete the automation")
+    what.add_argument("--off", action="store_true", help="delete the automations and the webhook block")
     args = parser.parse_args(argv)
     if (refused := api_refusal()) is not None:
         return refused
     try:
         if args.off:
-            print(
-                "removed" if switch_off(args.deployment) else "there were none", *names(args.deployment)[:2], sep="; "
-            )
+            print("removed" if switch_off(args.deployment, block_too=True) else "there were none",
+                  *names(args.deployment), sep="; ")  # fmt: skip
             return 0
         automations = switch_on(args.deployment, args.webhook)
     except ObjectNotFound:
         print(f"error: no deployment {args.deployment!r} on this Prefect server", file=sys.stderr)
         return 2
     made = ", ".join(f"'{a.name}' ({a.id})" for a in automations)
-    print(f"automations {made} post to {redact(args.webhook)} when a run fails or crashes")
+    print(f"automations {made} post to {host_only(args.webhook)} when a run fails or crashes")
     return 0
 
 

@@ -1,6 +1,8 @@
 """Credentials never reach output, in every form a URL or an address carries them: the userinfo
-(`https://user:secret@host/...` is shown as `https://***@host/...`) and parameters whose name says they
-hold a secret (`?password=...`, `&token=...`, `sig=`, `api_key=`, a DSN's `password=...`: `password=***`).
+(`https://user:secret@host/...` is shown as `https://***@host/...`, also when the password holds a raw
+`/`, `#`, `?` or space, as SQLAlchemy accepts, and with the scheme forgotten) and parameters whose name
+ends in a word that says they hold a secret (`?password=...`, `&token=...`, `sig=`, `api_key=`,
+`sslpassword=`, a DSN's `password='...'`: `password=***`). A webhook's secret is its path: `host_only`.
 
 The one redaction: applied where messages are made (every URL or address we put in a message, an
 artifact or a refusal) and, as the guard for everything else, to every log record this process creates
@@ -20,18 +22,21 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 # scheme://userinfo@ — userinfo is everything up to the last '@' before the host's '/', '?' or '#'. One
 # slash too: a URL that went through a path (a folder named after it) has its '//' collapsed.
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2})[^/?#\s@]*(?:@[^/?#\s@]*)*@")
+# user:password@ where the password holds what a URL's userinfo may not (SQLAlchemy takes everything up
+# to the last '@' as the password): from `scheme://user:` to the line's last '@' before a host.
+_RAW_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^:/?#\s@]*:[^@\n]*@(?=[\w\[])")
 # user:password@host with the scheme forgotten (`alice:s3cret@db:5432/x`): the same userinfo, no scheme before it.
-_BARE_USERINFO = re.compile(r"(?<![\w.%+/:@-])[\w.%+-]+:[^\s/?#@:]+@(?=[\w.-]+(?::\d+)?(?:[/?#\s]|$))")
-# name=value where the name says it holds a secret (alone, or as the last part of a longer name:
-# api_key, access_token, X-Amz-Signature), after the start, '?', '&', ';', ',' or white space: URL
+_BARE_USERINFO = re.compile(r"(?<![\w.%+/:@-])[\w.%+-]+:[^\s/?#@:]+@(?=[\w.-]+(?::\d+)?(?![\w.-]))")
+# name=value where the name ends in a word that says it holds a secret (api_key, access_token,
+# X-Amz-Signature, libpq's sslpassword), after the start, '?', '&', ';', ',' or white space: URL
 # queries, fragments and libpq's "key=value" connection strings alike. The value runs to the next
-# separator, or to the end of a quoted string.
+# separator, or is a whole quoted string.
 SECRET_NAMES = ("password", "passwd", "pwd", "pass", "passphrase", "token", "secret", "key", "apikey", "sig",
                 "signature", "auth", "authorization", "credential", "credentials", "session", "sessionid",
                 "cookie", "jwt", "bearer", "private")  # fmt: skip
 _PARAMETER = re.compile(
-    rf"(?P<lead>^|[?&;,#\s]|%3[fF]|%26)(?P<name>(?:[\w.-]*[_.-])?(?:{'|'.join(SECRET_NAMES)}))"
-    r"(?P<eq>=|%3[dD])(?P<value>[^&;,#\s'\"]*)",
+    rf"(?P<lead>^|[?&;,#\s]|%3[fF]|%26)(?P<name>[\w.-]*(?:{'|'.join(SECRET_NAMES)}))"
+    r"(?P<eq>[ \t]*(?:=|%3[dD])[ \t]*)(?P<value>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^&;,#\s'\"]*)",
     re.IGNORECASE,
 )
 
@@ -39,8 +44,20 @@ _PARAMETER = re.compile(
 def redact(text: str) -> str:
     """`text` with the userinfo of every URL, and the value of every secret-named parameter, as `***`."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+    text = _RAW_PASSWORD.sub(lambda m: f"{m.group('scheme')}***@", text)
     text = _BARE_USERINFO.sub("***@", text)
     return _PARAMETER.sub(lambda m: f"{m['lead']}{m['name']}{m['eq']}***" if m["value"] else m[0], text)
+
+
+def host_only(url: str) -> str:
+    """A URL as `scheme://host[:port]/…`: for a webhook, whose path is its secret (Slack's, Discord's)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    return f"{parts.scheme}://{host}{port}/…" if parts.scheme and host else "***"
 
 
 def credentials_in(url: str) -> list[str]:
@@ -48,7 +65,9 @@ def credentials_in(url: str) -> list[str]:
     of libraries that quote a part of it without its scheme, where `redact` cannot recognise them."""
     parts = urlsplit(url if "://" in url else f"x://{url}")
     found = [unquote(v) for v in (parts.username, parts.password) if v]
-    found += [m["value"] for m in _PARAMETER.finditer(url) if m["value"]]
+    if raw := re.match(r"[a-zA-Z][\w+.-]*://[^:/?#\s@]*:(.*)@", url):  # SQLAlchemy's: up to the last '@'
+        found.append(raw[1])
+    found += [m["value"].strip("'\"") for m in _PARAMETER.finditer(url) if m["value"]]
     return sorted({f for f in found if len(f) >= 3}, key=len, reverse=True)
 
 

@@ -12,7 +12,8 @@ from tasks.cache import ResultOf, error_of
 
 
 def retry_on_network_error(task, task_run, state) -> bool:
-    return isinstance(error_of(state), DownloadError)
+    error = error_of(state)
+    return isinstance(error, DownloadError) and error.retry
 
 
 @task(

@@ -126,6 +126,31 @@ def test_fetch_task_retries_through_a_transient_failure(prefect_harness, archive
     assert (Path(info.root) / "data_batch_5").is_file()
 
 
+def test_an_unknown_host_is_not_retried_a_timeout_is(prefect_harness, tmp_path, monkeypatch):
+    """Offline, the name does not resolve: one attempt and the clear line (no retries with backoff);
+    a timeout may pass, so it is retried."""
+    import socket
+    import urllib.error
+
+    from dropout_lab.core import data
+    from tasks.fetch import fetch_cifar10
+
+    attempts = []
+
+    def urlopen(*args, error, **kwargs):
+        attempts.append(error)
+        raise error
+
+    task = fetch_cifar10.with_options(retry_delay_seconds=0, cache_policy=None, persist_result=False)
+    for error, tries in ((urllib.error.URLError(socket.gaierror(-2, "Name or service not known")), 1),
+                         (TimeoutError("timed out"), 4)):  # fmt: skip
+        attempts.clear()
+        monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, e=error, **k: urlopen(*a, error=e, **k))
+        state = task(str(tmp_path / "d"), "cifar10", "https://no-such-host.invalid/c.tar.gz", return_state=True)
+        assert state.is_failed() and len(attempts) == tries
+        assert "Offline?" in str(state.result(raise_on_failure=False))
+
+
 def test_fetch_task_does_not_retry_bad_data(prefect_harness, tmp_path):
     from tasks.fetch import fetch_cifar10
 

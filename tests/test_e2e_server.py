@@ -456,9 +456,10 @@ def _training_runs(server: Server, flow_run_id: str) -> bool:
 
 
 def test_a_crash_of_the_serving_machine_frees_its_running_run_through_heartbeats(server):
-    """kill -9 of serve.py and its whole process tree while a run trains: the run's heartbeats stop,
-    Prefect's zombie-run automation marks it Crashed after 90 s (not Running forever), which frees the
-    deployment's one slot, and the run asked for after the restart completes."""
+    """kill -9 of serve.py and its whole process tree while a run trains, and of a command-line run against
+    the same server: their heartbeats stop, Prefect's zombie-run automation marks both Crashed after 90 s
+    (not Running forever), which frees the deployment's one slot, and the run asked for after the restart
+    completes."""
     from deployments.reclaim import SILENT_AFTER_S, SILENT_NAME
 
     serve = serve_as_written(server.readme, "serve-crash")
@@ -466,13 +467,22 @@ def test_a_crash_of_the_serving_machine_frees_its_running_run_through_heartbeats
     autos = {a["name"]: a for a in server.post("/automations/filter", {})}
     assert autos[SILENT_NAME]["trigger"]["within"] == SILENT_AFTER_S == 90
     running = server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"epochs": 60}})["id"]
+    # On the same machine, a run started from the command line against the server (the README's way to
+    # watch runs): tagged and heartbeating from its creation, so the same automation reclaims it.
+    cli = server.spawn([sys.executable, "flows/compare.py", *TINY, "--epochs", "60", "--seeds", "7",
+                        *workdir_args(server, "cli-killed")], "cli-killed")  # fmt: skip
+    by_cli = {"flow_runs": {"deployment_id": {"is_null_": True}, "state": {"type": {"any_": ["RUNNING"]}}}}
+    cli_run = server.wait_for("the command-line run", lambda: server.post("/flow_runs/filter", by_cli), timeout=180)
+    (cli_run,) = cli_run
+    assert "dropout-lab" in cli_run["tags"]
     server.wait_for("the run's training", lambda: _training_runs(server, running), timeout=180)
-    for pid in process_tree(serve.pid):  # the machine goes: nothing is left to mark the run
+    for pid in process_tree(serve.pid) + process_tree(cli.pid):  # the machine goes: nothing is left to mark them
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     serve.wait()
+    cli.wait()
     killed_at = time.time()
     assert server.get(f"/flow_runs/{running}")["state"]["type"] == "RUNNING"
     serve = serve_as_written(server.readme, "serve-after-crash")
@@ -483,6 +493,9 @@ def test_a_crash_of_the_serving_machine_frees_its_running_run_through_heartbeats
     crashed = state(running)
     assert crashed["type"] == "CRASHED" and "no heartbeat" in crashed["message"], crashed
     print(f"killed run Crashed and the next run completed {time.time() - killed_at:.0f} s after the kill")
+    server.wait_for("the command-line run reclaimed", lambda: state(cli_run["id"])["type"] == "CRASHED",
+                    timeout=max(10, killed_at + SILENT_AFTER_S + 60 - time.time()))  # fmt: skip
+    assert "no heartbeat" in state(cli_run["id"])["message"]
     stop(serve)
     assert state(asked)["type"] == "COMPLETED", state(asked)  # not re-queued to run a second time
 
@@ -542,8 +555,13 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
             timeout=120,
         )
         assert made.returncode == 0, made.stdout + made.stderr
+        port = hook.server_address[1]
+        assert f"http://127.0.0.1:{port}/…" in made.stdout and "/hook" not in made.stdout + made.stderr  # its host
         alerts = lambda: sorted(a["name"] for a in server.post("/automations/filter", {}) if "nightly" in a["name"])  # noqa: E731
         assert alerts() == ["dropout-lab: compare/nightly crashed", "dropout-lab: compare/nightly failed"]
+        blocks = lambda: [b for b in server.post("/block_documents/filter", {}) if "failures" in (b["name"] or "")]  # noqa: E731
+        (block,) = blocks()
+        assert "/hook" not in json.dumps(block) and f":{port}" not in json.dumps(block)  # the URL: a masked secret
         serve = serve_as_written(readme, "serve-notify")
         deployment = _deployment(server, "compare/nightly")
         before = set(server.manual_runs(deployment["id"]))
@@ -573,7 +591,7 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
         assert f"http://127.0.0.1:{server.port}/runs/flow-run/" in text and "None" not in text  # a link to the run
         stop(serve)
         off = readme.run(".venv/bin/python deployments/notify.py --off", timeout=120)
-        assert off.returncode == 0 and alerts() == []
+        assert off.returncode == 0 and alerts() == [] and blocks() == []  # everything notify.py made
     finally:
         hook.shutdown()
 

@@ -38,7 +38,9 @@ def secret_urls(draw) -> str:
     """A URL carrying SECRET somewhere a URL carries credentials."""
     scheme, host = draw(st.sampled_from(SCHEMES)), draw(st.sampled_from(HOSTS))
     name = draw(st.sampled_from(SECRET_PARAMETERS))
-    where = draw(st.sampled_from(["password", "user", "query", "second query", "fragment", "both", "dsn"]))
+    raw = draw(st.sampled_from(["/", "#", "?", " ", "%2F"]))  # what SQLAlchemy takes inside a password
+    where = draw(st.sampled_from(["password", "user", "query", "second query", "fragment", "both", "dsn", "raw",
+                                  "no scheme", "quoted dsn", "sslpassword"]))  # fmt: skip
     return {
         "password": f"{scheme}://alice:{SECRET}@{host}/db",
         "user": f"{scheme}://{SECRET}@{host}/db",
@@ -47,6 +49,10 @@ def secret_urls(draw) -> str:
         "fragment": f"{scheme}://{host}/db#{name}={SECRET}",
         "both": f"{scheme}://bob:{SECRET}@{host}/db?{name}={SECRET}",
         "dsn": f"{scheme}://{host}/db?sslmode=disable&{name}={SECRET}&connect_timeout=1",
+        "raw": f"{scheme}://alice:pa{raw}{SECRET}@{host}/db",
+        "no scheme": f"alice:{SECRET}@{host}/db",
+        "quoted dsn": f"host=127.0.0.1 {name}='{SECRET} x' dbname=db",
+        "sslpassword": f"{scheme}://{host}/db?sslmode=require&sslpassword={SECRET}",
     }[where]
 
 

@@ -33,12 +33,30 @@ def test_slots_are_created_once_with_the_plan_s_size_and_then_kept(prefect_harne
     assert name.startswith("dropout-lab-") and name.endswith("-cuda-3")
     set_limit(name, None)
     try:
-        assert ensure_slots("cuda:3", 2) == name
-        ensure_slots("cuda:3", 5)  # a later plan does not resize what exists (perhaps set in the UI)
+        assert ensure_slots("cuda:3", 2) == (name, 2)
+        assert ensure_slots("cuda:3", 5) == (name, 2)  # a later plan does not resize what exists (the UI may)
         with get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name(name).limit == 2
     finally:
         set_limit(name, None)
+
+
+def test_slot_waits_are_announced_once_per_run_and_device(monkeypatch):
+    """Every training of a wave may wait; the log says so once per run and device, with the limit's size
+    and how to resize it on a server."""
+    from tasks import slots
+
+    lines = []
+    logger = type("Logger", (), {"info": lambda self, *args: lines.append(args[0] % args[1:])})()
+    for run in ("run-a", "run-b"):
+        monkeypatch.setenv("PREFECT__FLOW_RUN_ID", run)
+        for _ in range(5):
+            slots.announce_wait("cpu", 2, logger)
+        slots.announce_wait("cuda:0", 1, logger, limit="dropout-lab-h-cuda-0")
+    assert lines[:2] == ["2 trainings at a time on cpu: the others wait for a slot",
+                         "1 training at a time on cuda:0, for every run on this machine (the limit "
+                         "dropout-lab-h-cuda-0: `prefect gcl update dropout-lab-h-cuda-0 --limit N` resizes it): "
+                         "the others wait for a slot"] and lines[2:] == lines[:2]  # fmt: skip
 
 
 def _missing_once(monkeypatch, cls, method: str) -> None:
@@ -81,7 +99,7 @@ def test_a_slot_limit_another_run_creates_meanwhile_is_kept(prefect_harness, mon
     set_limit(name, 3)
     try:
         _missing_once(monkeypatch, SyncPrefectClient, "read_global_concurrency_limit_by_name")
-        assert ensure_slots("cuda:4", 1) == name
+        assert ensure_slots("cuda:4", 1) == (name, 3)
         with get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name(name).limit == 3  # the other run's
     finally:
@@ -131,7 +149,8 @@ def test_two_concurrent_flow_runs_share_the_device_s_slots(prefect_harness, tmp_
         set_limit(name, None)
     for run, out in zip(runs, outputs, strict=True):
         assert run.returncode == 0, out[-3000:]
-    assert any("waiting for a slot of" in out for out in outputs), outputs[0][-2500:] + outputs[1][-2500:]
+    waits = [out.count("for every run on this machine (the limit dropout-lab-") for out in outputs]
+    assert 1 in waits and max(waits) == 1, outputs[0][-2500:] + outputs[1][-2500:]  # one line per run, if it waits
     spans = sorted(
         (row["started_at"], row["finished_at"])
         for folder in (tmp_path / "out").glob("fake-*")

@@ -14,7 +14,7 @@ import pytest
 from dropout_lab.analysis import history, tracking
 from dropout_lab.cli.compare import one_line
 from dropout_lab.core import data
-from dropout_lab.redact import redact, redact_logs, split_credentials
+from dropout_lab.redact import credentials_in, host_only, redact, redact_logs, split_credentials
 from dropout_lab.runtime.processes import TrainingFailed
 from flows.compare import compare, main
 from tests.refusals import SECRET, one_line_refusal
@@ -34,6 +34,30 @@ def test_credentials_in_urls_are_redacted():
     )
     assert redact("http://token@h/x and http://u:p@w@h2/") == "http://***@h/x and http://***@h2/"
     assert redact("no url, a@b.c") == "no url, a@b.c"
+
+
+@pytest.mark.parametrize("form", [
+    "postgresql://alice:pa/{s}@db.example:5432/x",  # raw '/', '#', '?' and space: SQLAlchemy takes them
+    "postgresql://alice:pa#{s}@db.example/x",
+    "mysql://alice:pa?{s}@db.example/x",
+    "postgresql+psycopg://alice:pa {s}@db.example/x",
+    "postgresql://db.example/x?sslmode=require&sslpassword={s}",  # libpq's key passphrase
+    "host=db.example password='{s} with spaces' user=alice",  # a quoted DSN value
+    'host=db.example password = "{s}"',
+    "alice:{s}@db.example:1",  # a Dask address without a scheme
+    "'alice:{s}@db.example:1'",  # ... quoted, as libraries print it
+])  # fmt: skip
+def test_every_form_a_library_accepts_is_redacted(form):
+    """The audit's forms that were printed in the clear (#42 case 8), in a sentence as messages put them."""
+    text = form.format(s="s3cretQZ")
+    shown = redact(f"could not open {text}: refused")
+    assert "s3cretQZ" not in shown and shown.endswith("refused") and "***" in shown
+    assert any("s3cretQZ" in c for c in credentials_in(text)) or "@" not in text or "://" not in text
+
+
+def test_a_webhook_is_shown_by_its_host_alone():
+    assert host_only("https://hooks.slack.com/services/T000/B000/XXXX") == "https://hooks.slack.com/…"
+    assert host_only("http://[::1]:9/hook?token=x") == "http://[::1]:9/…" and host_only("not a url") == "***"
 
 
 def test_a_failing_mirror_with_credentials_never_shows_the_password(tmp_path):

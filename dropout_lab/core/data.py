@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -62,7 +63,12 @@ class DataError(ValueError):
 
 
 class DownloadError(OSError):
-    """Fetching the archive failed in a way a retry may fix (network error, truncated transfer)."""
+    """Fetching the archive failed: retried when a retry may fix it (a timeout, a reset, a truncated
+    transfer), not when the host's name does not resolve (offline: `retry` False)."""
+
+    def __init__(self, message: str, retry: bool = True):
+        super().__init__(message)
+        self.retry = retry
 
 
 @dataclass(frozen=True)
@@ -291,7 +297,8 @@ def fetch_url(url: str, dest: Path) -> str:
     try:
         response = urllib.request.urlopen(urllib.request.Request(plain, headers=headers), timeout=timeout_s)
     except (urllib.error.URLError, HTTPException, OSError, ValueError) as e:
-        raise DownloadError(f"could not download CIFAR-10 from {redact(url)} ({_reason(e)})") from None
+        unresolved = isinstance(getattr(e, "reason", e), socket.gaierror)  # offline: no retry will resolve it
+        raise DownloadError(f"could not download CIFAR-10 from {redact(url)} ({_reason(e)})", not unresolved) from None
     with response, open(dest, "wb") as f:
         while True:
             if time.monotonic() - start > budget_s:
@@ -322,7 +329,8 @@ def download_archive(url: str, data_dir: Path) -> Path:
         except DownloadError as e:
             raise DownloadError(
                 f"{e}. Offline? Put {ARCHIVE_NAME} at {target.resolve()} or the extracted {FOLDER_NAME}/ "
-                f"folder at {(data_dir / FOLDER_NAME).resolve()}"
+                f"folder at {(data_dir / FOLDER_NAME).resolve()}",
+                e.retry,
             ) from None
         if digest != ARCHIVE_MD5:
             raise DownloadError(f"download from {redact(url)} failed its md5 check (got {digest}); will retry")
