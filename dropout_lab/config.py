@@ -55,7 +55,13 @@ Seeds = Annotated[list[Seed], Field(min_length=1, max_length=256)]
 SeedsOrAuto = Annotated[Seeds | Literal["auto"] | None, Field(description=SEEDS_DOC)]
 WAVE = 5  # seeds per wave of --seeds auto: the first look needs a few to have a spread at all
 MaxSeeds = Annotated[
-    int, Field(ge=WAVE, le=256, description="with --seeds auto: the most seeds per model (waves of 5 up to it)")
+    int,
+    Field(
+        ge=WAVE,
+        le=256,
+        description="with --seeds auto: the most seeds per model (waves of 5 up to it)",
+        json_schema_extra={"bounds": f"seeds come in waves of {WAVE}, each wave a look: at least one wave"},
+    ),
 ]
 Margin = Annotated[
     float,
@@ -454,9 +460,11 @@ _AT = [p.name for p in _DECLARED].index("variant")
 PARAMETERS = inspect.Signature([*_DECLARED[:_AT], *map(setting_parameter, SETTINGS), *_DECLARED[_AT:]])
 
 
-def help_text(annotation: Any) -> str:
-    """The description declared with a parameter's type."""
-    found = [m.description for m in getattr(annotation, "__metadata__", ()) if getattr(m, "description", None)]
+def help_text(annotation: Any, key: str = "description") -> str:
+    """The description declared with a parameter's type (`key="bounds"`: why its bounds are where they are)."""
+    found = [getattr(m, "description", None) if key == "description" else (m.json_schema_extra or {}).get(key)
+             for m in getattr(annotation, "__metadata__", ()) if hasattr(m, "json_schema_extra")]  # fmt: skip
+    found = [f for f in found if f]
     return found[-1] if found else ""
 
 

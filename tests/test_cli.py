@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
         (["--stack", "sometimes"], "--stack: must be one of 'auto', 'on' or 'off'"),
         (["--cuda-graphs", "always"], "--cuda-graphs: must be one of 'auto', 'on' or 'off'"),
         (["--train-eval-images", "-1"], "--train-eval-images: must be >= 0"),
+        (
+            ["--seeds", "auto", "--max-seeds", "4"],
+            "--max-seeds: must be >= 5 (got 4): seeds come in waves of 5, each wave a look: at least one wave",
+        ),
     ],
 )
 def test_bad_parameters_give_one_line_and_exit_2(argv, message, capsys, tmp_path):

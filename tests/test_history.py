@@ -151,6 +151,32 @@ def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replace
     assert cli.main(["--history", uri, "--compare", "hash0", "hash0"]) == 0  # one seed per side, never two
 
 
+def test_a_recording_stopped_midway_ends_its_runs_and_the_rerun_completes_them(tmp_path, monkeypatch):
+    """Ctrl-C while the history is being recorded: the comparison's run and the model's end KILLED (never
+    RUNNING for good); the same command again continues that comparison and replaces the cut-off model."""
+    from mlflow import MlflowClient
+
+    uri, run = uri_of(tmp_path), nights(1, seeds=(0,))[0]
+    real = MlflowClient.log_batch
+
+    def stopped_at_the_second_model(self, run_id, metrics=(), params=(), **kw):
+        if any(p.key == "model" and p.value == "baseline" for p in params):
+            raise KeyboardInterrupt
+        return real(self, run_id, metrics=metrics, params=params, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", stopped_at_the_second_model)
+    with pytest.raises(KeyboardInterrupt):
+        record(uri, run)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(history.experiment_name()).experiment_id
+    statuses = lambda: sorted((r.data.tags.get(history.KIND), r.info.status) for r in client.search_runs([experiment]))  # noqa: E731
+    assert statuses() == [(history.COMPARISON, "KILLED"), (history.MODEL, "FINISHED"), (history.MODEL, "KILLED")]
+    monkeypatch.setattr(MlflowClient, "log_batch", real)
+    assert record(uri, run) == 1  # only the cut-off model, under the same comparison
+    assert statuses() == [(history.COMPARISON, "FINISHED"), (history.MODEL, "FINISHED"), (history.MODEL, "FINISHED")]
+    assert len(history.read(uri)) == 2
+
+
 def test_filters(store, tmp_path):
     uri = uri_of(tmp_path)
     for run in nights():

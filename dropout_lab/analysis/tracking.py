@@ -242,18 +242,48 @@ def record(uri: str, comparison: dict, models: list[dict], files: list[Path] = (
     parent = parents[0].info.run_id if parents else mlflow.create_run(
         exp, start_time=start, run_name=comparison["name"],
         tags={**system_tags(comparison["name"]), **comparison["tags"], KIND: COMPARISON}).info.run_id  # fmt: skip
-    added = 0
-    for model in models:
-        row = model["row"]
-        earlier = recorded.get(row["model_key"])
-        if earlier is not None and earlier.data.tags.get("weights_sha256") == row["weights_sha256"]:
-            continue
-        if earlier is not None:  # the same training retrained (--refresh): its new weights replace the old run
-            mlflow.delete_run(earlier.info.run_id)
-        name = f"{row['model']} seed {row['seed']}"
-        tags = {**system_tags(name), "mlflow.parentRunId": parent, KIND: MODEL,
-                **{k: str(row[k]) for k in RUN_TAGS if row.get(k) is not None}}  # fmt: skip
-        run = mlflow.create_run(exp, start_time=_ms(row["started_at"]), run_name=name, tags=tags).info.run_id
+    with ended_if_stopped(mlflow, parent):
+        added = sum(_record_model(mlflow, exp, parent, model, recorded.get(model["row"]["model_key"]), uri,
+                                  log_models) for model in models)  # fmt: skip
+        params = [Param(k, str(v)) for k, v in comparison.get("params", {}).items() if v is not None]
+        metrics = [Metric(k, clean(v), _ms(comparison["tags"]["recorded_at"]), 0)
+                   for k, v in comparison.get("metrics", {}).items() if v == v]  # fmt: skip
+        if not parents or parents[0].info.status != "FINISHED":  # new, or its recording was stopped
+            mlflow.log_batch(parent, metrics=metrics, params=params)
+            for path in files:
+                mlflow.log_artifact(parent, str(path))
+    mlflow.set_terminated(parent, status="FINISHED", end_time=max((_ms(m["row"]["finished_at"]) for m in models),
+                                                                   default=None))  # fmt: skip
+    return added, parent
+
+
+@contextlib.contextmanager
+def ended_if_stopped(mlflow, run_id: str) -> Iterator[None]:
+    """An MLflow run being recorded ends KILLED when the recording is stopped (Ctrl-C, SIGTERM) and FAILED
+    when it fails, never left RUNNING."""
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            mlflow.set_terminated(run_id, status="FAILED" if isinstance(e, Exception) else "KILLED")
+        raise
+
+
+def _record_model(mlflow, exp: str, parent: str, model: dict, earlier, uri: str, log_models: bool) -> int:
+    """One model's run under the comparison's; 0 when this experiment already holds it, finished, with these
+    very weights. A retrained model (other weights) or one whose recording was stopped replaces its run."""
+    from mlflow.entities import Metric, Param
+
+    row = model["row"]
+    if earlier is not None:
+        if earlier.info.status == "FINISHED" and earlier.data.tags.get("weights_sha256") == row["weights_sha256"]:
+            return 0
+        mlflow.delete_run(earlier.info.run_id)
+    name = f"{row['model']} seed {row['seed']}"
+    tags = {**system_tags(name), "mlflow.parentRunId": parent, KIND: MODEL,
+            **{k: str(row[k]) for k in RUN_TAGS if row.get(k) is not None}}  # fmt: skip
+    run = mlflow.create_run(exp, start_time=_ms(row["started_at"]), run_name=name, tags=tags).info.run_id
+    with ended_if_stopped(mlflow, run):
         steps = [Metric(k, clean(e[k]), _ms(row["started_at"]), int(e["epoch"]))
                  for e in model["epochs"] for k in EPOCH_METRICS if e.get(k) is not None]  # fmt: skip
         finals = [Metric("final_generalization_gap" if k == "generalization_gap" else k, clean(row[k]),
@@ -263,18 +293,8 @@ def record(uri: str, comparison: dict, models: list[dict], files: list[Path] = (
             mlflow.log_batch(run, metrics=(steps + finals)[at : at + 1000], params=params if at == 0 else [])
         if log_models and model.get("checkpoint") and Path(model["checkpoint"]).is_file():
             log_model(uri, run, model["checkpoint"], row)
-        mlflow.set_terminated(run, status="FINISHED", end_time=_ms(row["finished_at"]))
-        added += 1
-    params = [Param(k, str(v)) for k, v in comparison.get("params", {}).items() if v is not None]
-    metrics = [Metric(k, clean(v), _ms(comparison["tags"]["recorded_at"]), 0)
-               for k, v in comparison.get("metrics", {}).items() if v == v]  # fmt: skip
-    if not parents:
-        mlflow.log_batch(parent, metrics=metrics, params=params)
-        for path in files:
-            mlflow.log_artifact(parent, str(path))
-    mlflow.set_terminated(parent, status="FINISHED", end_time=max((_ms(m["row"]["finished_at"]) for m in models),
-                                                                   default=None))  # fmt: skip
-    return added, parent
+    mlflow.set_terminated(run, status="FINISHED", end_time=_ms(row["finished_at"]))
+    return 1
 
 
 _export_lock = threading.Lock()

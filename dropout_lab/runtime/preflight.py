@@ -28,6 +28,7 @@ from dropout_lab.config import (
     describe_error,
     design_of,
     flag,
+    help_text,
     seed_waves,
     variant_of,
 )
@@ -178,6 +179,9 @@ def create_folders(folders: list[tuple[str, str]]) -> None:
 _PER_VARIANT = {"seed", "device", *(s.field for s in SETTINGS)}
 
 
+BOUNDS = ("greater_than_equal", "greater_than", "less_than_equal", "less_than")
+
+
 def parameter_errors(params: dict) -> None:
     """Validate the flow's parameters against their declaration, as Prefect does for a deployment run,
     so the CLI and the UI refuse the same values. Raises ValueError '--flag: must be ...' (one line)."""
@@ -188,8 +192,10 @@ def parameter_errors(params: dict) -> None:
     try:
         model.model_validate(params)
     except ValidationError as e:
-        error = e.errors()[0]
-        raise ValueError(f"{flag(str(error['loc'][0]))}: {describe_error(error)}") from None
+        error, name = e.errors()[0], str(e.errors()[0]["loc"][0])
+        # Out of bounds: the declaration says why its bounds are where they are, where that is not plain.
+        why = help_text(declared[name].annotation, "bounds") if name in declared and error["type"] in BOUNDS else ""
+        raise ValueError(f"{flag(name)}: {describe_error(error)}" + (f": {why}" if why else "")) from None
 
 
 def what_cannot_be_done(params: dict) -> None:
