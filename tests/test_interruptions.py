@@ -17,7 +17,7 @@ import torch
 from test_reliability import alive, args_for, cli, final_weights, metrics, report_of
 
 pytestmark = pytest.mark.e2e
-RUN = ("--epochs", "4", "--limit-train", "2000")
+RUN = ("--epochs", "5", "--limit-train", "2000")
 
 
 def descendants(pid: int) -> list[int]:
@@ -80,6 +80,14 @@ def mlflow_runs(ws: Path) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+def every_process_at_once(pid: int) -> None:
+    """SIGTERM to the run's process group and to its temporary server (in a session of its own) at once."""
+    servers = [c for c in descendants(pid) if b"uvicorn" in cmdline(c)]
+    os.killpg(pid, signal.SIGTERM)
+    for server in servers:
+        os.kill(server, signal.SIGTERM)
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> dict:
     ws = tmp_path_factory.mktemp("interrupted")
@@ -93,6 +101,8 @@ def chain(tmp_path_factory) -> dict:
     proc, lines = start_training(ws, args, epoch=2)
     seen["SIGTERM"] = stop(proc, lines, lambda pid: os.kill(pid, signal.SIGTERM))  # `kill PID`: the main process
     proc, lines = start_training(ws, args, epoch=3)
+    seen["ALL"] = stop(proc, lines, every_process_at_once)  # `systemctl stop`: the run and its server together
+    proc, lines = start_training(ws, args, epoch=4)
     seen["SIGKILL"] = stop(proc, lines, lambda pid: os.kill(pid, signal.SIGKILL))
     seen["SIGKILL"]["reports"] = list((ws / "out").glob("*/summary.parquet"))
     final = cli(args)
@@ -115,9 +125,18 @@ def test_ctrl_c_and_sigterm_stop_the_run_within_seconds_and_keep_checkpoints(cha
     assert not stopped["orphans"], "orphan processes left behind"
 
 
+def test_a_stop_that_reaches_every_process_at_once_ends_within_seconds_with_the_same_last_line(chain):
+    """No API is left to report the stop to: the run does not retry it for minutes, it ends."""
+    stopped = chain["ALL"]
+    assert stopped["rc"] == 143 and stopped["seconds"] < 15, (stopped["seconds"], stopped["out"][-3000:])
+    last = stopped["out"].strip().splitlines()[-1]
+    assert last.startswith("error: stopped by SIGTERM") and "rerun the same command to resume" in last
+    assert not stopped["orphans"], "orphan processes left behind"
+
+
 def test_the_same_command_resumes_after_each_interruption(chain):
     # Each run after an interruption starts from the checkpoints the interrupted one left ...
-    for after in ("SIGTERM", "SIGKILL"):  # the runs after Ctrl-C and after SIGTERM (themselves interrupted)
+    for after in ("SIGTERM", "ALL", "SIGKILL"):  # the runs after Ctrl-C and after SIGTERM (themselves interrupted)
         assert re.search(r"resuming \S+ from epoch-\d{4}\.pt", chain[after]["out"]), chain[after]["out"][-3000:]
     assert "resumed after epoch" in chain["final"]  # ... and the one after kill -9 trains on from there
 
@@ -149,7 +168,7 @@ def test_an_interrupted_run_leaves_nothing_open_in_mlflow_and_the_resumed_one_re
     MLflow run, however often its training was stopped and resumed."""
     import mlflow
 
-    for stopped in ("SIGINT", "SIGTERM", "SIGKILL"):
+    for stopped in ("SIGINT", "SIGTERM", "ALL", "SIGKILL"):
         assert chain[stopped]["mlflow"] == [], stopped
     runs = chain["recorded"]
     assert runs and all(r.info.status == "FINISHED" for r in runs)
@@ -158,4 +177,4 @@ def test_an_interrupted_run_leaves_nothing_open_in_mlflow_and_the_resumed_one_re
     assert len(runs) == 3  # and one comparison
     client = mlflow.MlflowClient(f"sqlite:///{chain['ws'] / 'out' / 'mlflow.db'}")
     for child in children:
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [1, 2, 3, 4]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [1, 2, 3, 4, 5]

@@ -239,6 +239,9 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     first training processes started while Prefect's temporary server starts, one progress bar per model
     on a terminal, and one last line: `report: FOLDER`, or `error: ...` (exit 1, or 128 + signal)."""
     import atexit
+    import contextlib
+    import signal
+    import threading
 
     from dropout_lab.runtime import console, temporary_server
     from dropout_lab.runtime.preflight import hand_over
@@ -258,18 +261,36 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     # At exit: the flow has reported its end, the server stops (it may hold the run's last states),
     # then this line, the terminal's last.
     last_line: list[str] = []
+    ending = threading.Lock()  # the last line once: at exit, or when a stopped run's API is gone
 
     def say_last_line() -> None:
+        if not ending.acquire(blocking=False):
+            return
         temporary_server.stop()
         if last_line:
             print(*last_line, file=sys.stderr if last_line[0] == "error:" else None)
 
     atexit.register(say_last_line)
+
+    def stopped(signum: int) -> list[str]:
+        return ["error:", f"stopped by {signal.Signals(signum).name}: training processes ended, finished epochs "
+                "kept in checkpoints; rerun the same command to resume"]  # fmt: skip
+
+    def api_gone(signum: int) -> None:  # stopped, and no API left to report to: end now, the same last line
+        if ending.locked():
+            return  # the run is ending on its own
+        last_line[:] = stopped(signum)
+        with contextlib.suppress(Exception):
+            say_last_line()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(128 + signum)
+
     groups = plan.waves[0]
     runner = task_runner_for(how["task_runner"], how["dask_address"], min(len(groups), sum(plan.slots.values())))
     flow_fn = flow if runner is None else flow.with_options(task_runner=runner)
     try:
-        with stop_on_signals():
+        with stop_on_signals(gone=api_gone):
             if runner is None:  # trainings start from this process: their fork server can start now
                 prestart()
             timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
@@ -277,8 +298,7 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
                 hand_over(plan)  # the flow takes the plan checked here instead of checking again
                 folder = flow_fn(**plan.params)
     except Stopped as e:
-        last_line[:] = ["error:", f"{e}: training processes ended, finished epochs kept in checkpoints; "
-                        "rerun the same command to resume"]  # fmt: skip
+        last_line[:] = stopped(e.signum)
         return 128 + e.signum
     except Exception as e:  # Prefect has logged the details; end on one clear line
         last_line[:] = ["error:", one_line(e)]
