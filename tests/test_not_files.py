@@ -1,6 +1,7 @@
 """Only regular files are opened, never through a link (#42): a FIFO, a link to /dev/zero or to a file
 elsewhere, a folder, planted where the project reads or writes its cache, checkpoints, records, locks and
-the trust store, is set aside or refused in one line; nothing blocks, nothing is written through."""
+the trust store, is set aside or refused in one line; nothing blocks, nothing is written through. The
+data folder may hold links (a shared copy), but what they lead to must be a file."""
 
 import faulthandler
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dropout_lab.core.checkpoint import CheckpointError, load_checkpoint
+from dropout_lab.core.data import DataError, ensure_cifar10, md5_file, read_batch
 from dropout_lab.locks import held
 from dropout_lab.regular import NotRegular, create_new, read_regular
 from flows.compare import compare, main
@@ -70,8 +72,8 @@ def test_fifos_and_links_planted_in_the_cache_are_set_aside_and_the_run_complete
     checkpoints[1].symlink_to("/dev/zero")  # read until memory runs out, were the link followed
     again = compare(**params, return_state=True)
     assert again.is_completed()
-    # Every record the rerun looked up was set aside (the report's key moved on: its trainings were redone).
-    assert len(list(results.glob("*.unreadable"))) == len(records) - 1
+    # Every record was looked up again and set aside (the data's and the trainings': the report has none).
+    assert len(list(results.glob("*.unreadable"))) == len(records) == 3
     for checkpoint in checkpoints:  # set aside, and the epoch trained again into a regular file
         assert read_regular(checkpoint)[:4] == load_checkpoint.__globals__["MAGIC"][:4]
         assert list(checkpoint.parent.glob("epoch-0001.pt.*")), "not set aside"
@@ -85,3 +87,24 @@ def test_a_trust_store_that_is_not_a_file_is_refused_in_one_line_before_anything
     line = one_line_refusal(capsys, 2, main, "--dataset", "fake", *where)
     assert "store of measured checkpoints" in line and "a folder" in line and "DROPOUT_LAB_MEASURED" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["measured.txt"]
+
+
+def test_the_data_folder_follows_links_to_files_and_refuses_fifos_and_devices_in_one_line(tiny_cifar, tmp_path):
+    shared = tiny_cifar / "cifar-10-batches-py"
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for f in shared.iterdir():  # a shared copy, linked file by file
+        (folder / f.name).symlink_to(f)
+    assert ensure_cifar10(tmp_path / "data").root == str(folder)
+    for planted in ("fifo", "/dev/zero"):
+        (folder / "data_batch_1").unlink()
+        if planted == "fifo":
+            os.mkfifo(folder / "data_batch_1")
+        else:
+            (folder / "data_batch_1").symlink_to(planted)
+        with pytest.raises(DataError, match="data_batch_1: not a regular file") as refused:
+            ensure_cifar10(tmp_path / "data")
+        assert "\n" not in str(refused.value)
+        for read in (read_batch, md5_file):  # planted after the folder was checked: the read itself refuses
+            with pytest.raises(DataError, match="data_batch_1: not a regular file"):
+                read(folder / "data_batch_1")

@@ -28,6 +28,7 @@ import numpy as np
 from dropout_lab.config import DATASET_IMAGES
 from dropout_lab.locks import held, remove_dead_leftovers
 from dropout_lab.redact import redact, split_credentials
+from dropout_lab.regular import NotRegular, regular_file
 
 if TYPE_CHECKING:
     import torch
@@ -104,8 +105,10 @@ class SafeUnpickler(pickle.Unpickler):
 
 def safe_unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
+        with regular_file(path, follow=True) as f:  # a FIFO would block, a device never end
             obj = SafeUnpickler(f, encoding="latin1").load()
+    except NotRegular as e:
+        raise DataError(str(e)) from None
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
@@ -191,9 +194,12 @@ def sample_images(root: str | Path, n: int = 25) -> tuple[np.ndarray, np.ndarray
 
 def md5_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    try:
+        with regular_file(path, follow=True) as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except NotRegular as e:
+        raise DataError(str(e)) from None
     return h.hexdigest()
 
 
@@ -249,7 +255,7 @@ def _is_within(base: Path, target: Path) -> bool:
 def safe_extract(archive: Path, dest: Path) -> None:
     """Extract a tar.gz refusing absolute paths, `..` members, links and device files."""
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with regular_file(archive, most=1 << 30, follow=True) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
             for member in tar.getmembers():
                 if member.issym() or member.islnk():
                     raise DataError(f"{archive}: refusing link member {member.name!r}")
@@ -262,6 +268,8 @@ def safe_extract(archive: Path, dest: Path) -> None:
     except (tarfile.TarError, EOFError, OSError) as e:
         if isinstance(e, DataError):
             raise
+        if isinstance(e, NotRegular):
+            raise DataError(str(e)) from None
         raise DataError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from None
 
 
@@ -359,6 +367,9 @@ def ensure_cifar10(data_dir: str | Path, url: str = CIFAR10_URL) -> DataInfo:
         if folder.is_dir() and not _missing_files(folder):
             return describe_folder(folder)
         if folder.is_dir():
+            if odd := [n for n in _missing_files(folder) if (folder / n).exists() or (folder / n).is_symlink()]:
+                raise DataError(f"{folder / odd[0]}: not a regular file (a link, a FIFO or a device: CIFAR-10's "
+                                "batches are files; move it aside)")  # fmt: skip
             raise DataError(
                 f"{folder} is incomplete (missing {', '.join(_missing_files(folder))}); delete it to re-extract"
             )
