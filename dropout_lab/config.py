@@ -383,6 +383,7 @@ class Design:
     looks: tuple[int, ...] = ()
     max_seeds: int = 0
     margin: float = 0.01
+    plan: str = ""  # what the first look forecast (analysis/plan.py), shown beside the outcome
 
     @property
     def sequential(self) -> bool:

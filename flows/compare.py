@@ -34,6 +34,7 @@ from prefect import flow, get_run_logger, tags  # noqa: E402
 from prefect.runtime import deployment, flow_run  # noqa: E402
 from prefect.states import Cancelled, Failed  # noqa: E402
 
+from dropout_lab.analysis.plan import plan as cost_forecast  # noqa: E402
 from dropout_lab.analysis.report import report_order, report_tables  # noqa: E402
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, display_rows  # noqa: E402
 from dropout_lab.analysis.verdict import look_markdown, open_claims, variants_words  # noqa: E402
@@ -144,6 +145,12 @@ def compare(**params) -> str:
         if auto:
             undecided = open_claims(tables.summary, design, tables.comparisons)
             last = not undecided or wave == len(plan.waves) - 1
+            if wave == 0 and not last:  # the first look is the pilot: what the rest will likely cost
+                # Its pace from the trainings' own times (a cached first wave took no time here).
+                pace = sum(r.get("epochs_seconds") or r["train_seconds"] for r in tables.summary) / max(1, sum(plan.slots.values()))
+                forecast = cost_forecast(tables.summary, planned.max_seeds, planned.margin, pace)
+                planned = dataclasses.replace(planned, plan=forecast.words())
+                print(f"plan {forecast.words()}")
             # A variant whose claims are all decided trains no more seeds: its repeated intervals would
             # only narrow, so no later look could change its decision (sequential.py).
             training = None if last else {BASELINE, *undecided}

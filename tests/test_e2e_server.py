@@ -563,6 +563,7 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
         (block,) = blocks()
         data = json.dumps(block["data"])  # the URL is a secret: the block API shows it masked
         assert block["data"]["url"] == "{{webhook}}" and "/hook" not in data and f":{port}" not in data, data
+        objects_named_in_the_readme(server)
         serve = serve_as_written(readme, "serve-notify")
         deployment = _deployment(server, "compare/nightly")
         before = set(server.manual_runs(deployment["id"]))
@@ -595,6 +596,18 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
         assert off.returncode == 0 and alerts() == [] and blocks() == []  # everything notify.py made
     finally:
         hook.shutdown()
+
+
+def objects_named_in_the_readme(server: Server) -> None:
+    """The UI's Automations and Blocks pages (screenshots under artifacts/e2e) after a served run with
+    notifications on: every automation and every named block there is one the README's table names."""
+    for page in ("automations", "blocks"):
+        screenshot(f"http://127.0.0.1:{server.port}/{page}", SHOTS / f"prefect-{page}.png", server.root / "chromium")
+    table = (REPO / "README.md").read_text().split("What else the project keeps on a Prefect server")[1][:3000]
+    automations = [a["name"] for a in server.post("/automations/filter", {})]
+    assert automations and all(" ".join(n.split()[-3:]) in table for n in automations), automations
+    blocks = [b["name"] for b in server.post("/block_documents/filter", {}) if not b["is_anonymous"]]
+    assert blocks and all(b.startswith("dropout-lab-failures-") for b in blocks) and "dropout-lab-failures-" in table
 
 
 def test_work_pool_deployment_runs_on_workers_in_other_folders(server, readme, postgres):

@@ -124,6 +124,12 @@ def test_seeds_auto_stops_training_a_variant_once_its_claims_are_decided(prefect
     assert (stats["dropout=0.5", "final_test_acc"]["seeds_used"], stats["dropout=0.5", "final_test_acc"]["looks"]) \
         == (6, 2)  # fmt: skip
     assert stats["dropout=0.25", "final_test_acc"]["design"] == "paired"
+    # The first look was the pilot: the run printed what the rest would likely cost, and the report shows
+    # that plan beside what the run did.
+    assert sum(m.startswith("plan from the first look (5 seeds): about ") for m in messages) == 1, messages
+    md = (folder / "summary.md").read_text()
+    assert "Plan and outcome: planned from the first look (5 seeds): about " in md
+    assert "(at most 18), every claim decided within --max-seeds in " in md and "the run took 17 trainings" in md
 
 
 def test_the_wave_line_names_what_trains_next_once_a_variant_stopped():

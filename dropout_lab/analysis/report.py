@@ -176,6 +176,10 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
     elif not data.verified:
         lines += ["> **data unverified**: the local CIFAR-10 copy does not match the official md5s", ""]
     lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, design, tables.comparisons)), ""]
+    if design.plan:  # what the first look forecast, beside what the run did
+        undecided = sum(r.get("decision") == "undecided" for r in tables.statistics)
+        outcome = f"{undecided} claims undecided at the budget" if undecided else "every claim decided"
+        lines += [f"Plan and outcome: planned {design.plan}; the run took {len(summary)} trainings, {outcome}.", ""]
     first = summary[0]
     lines += [
         f"Data: {data.provenance}; {first['n_train']:,} training images"
