@@ -54,9 +54,11 @@ from dropout_lab.redact import redact_logs  # noqa: E402
 from dropout_lab.runtime.devices import process_layout  # noqa: E402
 from dropout_lab.runtime.preflight import check_parameters, handed_over, resolve_seeds  # noqa: E402
 from dropout_lab.runtime.signals import stop_training_on_sigterm  # noqa: E402
+from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV  # noqa: E402
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
 from tasks.late_runs import superseding_run  # noqa: E402
+from tasks.reclaimed import end_orphaned_task_runs  # noqa: E402
 from tasks.report import publish_look, publish_report, render_report, tag_flow_run  # noqa: E402
 from tasks.tracking import prepare_history, record_history  # noqa: E402
 from tasks.train import train  # noqa: E402
@@ -126,6 +128,8 @@ def compare(**params) -> str:
         return Failed(message=f"refused: {e}")
     configs, planned = plan.configs, plan.design
     tag_flow_run("dropout-lab", params["dataset"], configs[0].device.split(":")[0])
+    if not os.environ.get(TEMPORARY_SERVER_ENV):  # on a real server: a reclaimed run's tasks end too
+        end_orphaned_task_runs()
     data_dir, out, cache_dir = plan.folders["data_dir"], plan.folders["out"], plan.folders["cache_dir"]
     opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
 
@@ -147,7 +151,9 @@ def compare(**params) -> str:
             last = not undecided or wave == len(plan.waves) - 1
             if wave == 0 and not last:  # the first look is the pilot: what the rest will likely cost
                 # Its pace from the trainings' own times (a cached first wave took no time here).
-                pace = sum(r.get("epochs_seconds") or r["train_seconds"] for r in tables.summary) / max(1, sum(plan.slots.values()))
+                pace = sum(r.get("epochs_seconds") or r["train_seconds"] for r in tables.summary) / max(
+                    1, sum(plan.slots.values())
+                )
                 forecast = cost_forecast(tables.summary, planned.max_seeds, planned.margin, pace)
                 planned = dataclasses.replace(planned, plan=forecast.words())
                 print(f"plan {forecast.words()}")

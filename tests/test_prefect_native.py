@@ -223,3 +223,32 @@ def test_a_run_is_named_from_its_parameters_and_those_a_deployment_does_not_stor
     fake = {"dropout": [0.1], "dataset": "fake", "limit_train": 400}
     assert label_of(fake) == f"p=0.1 seeds=0 e{epochs} fake train400"
     assert label_of({"dropout": ["half"]}) is None  # not valid yet: Prefect's default name stays
+
+
+def test_a_reclaimed_run_s_unfinished_task_runs_end_crashed_at_the_next_run(prefect_harness):
+    """The reclaim automation crashes a flow run whose process died; its task runs stay Running until the
+    project's next run on that server ends them (tasks/reclaimed.py)."""
+    from prefect import flow, task
+    from prefect.states import Completed, Crashed, Running
+
+    from tasks.reclaimed import ENDED, end_orphaned_task_runs
+
+    @flow(name="reclaimed-here")
+    def stand_in():
+        pass
+
+    @task(name="a-training")
+    def training():
+        pass
+
+    with get_client(sync_client=True) as client:
+        dead = client.create_flow_run(stand_in, tags=["dropout-lab"], state=Running())
+        alive = client.create_flow_run(stand_in, tags=["dropout-lab"], state=Running())
+        stuck, done, other = (client.create_task_run(training, run.id, key, state=state)
+                              for run, key, state in ((dead, "0", Running()), (dead, "1", Completed()),
+                                                      (alive, "0", Running())))  # fmt: skip
+        client.set_flow_run_state(dead.id, Crashed(message="no heartbeat for 90 s"), force=True)
+        assert end_orphaned_task_runs() >= 1
+        ended, kept, untouched = (client.read_task_run(t.id).state for t in (stuck, done, other))
+    assert ended.type.value == "CRASHED" and ended.message == ENDED
+    assert kept.type.value == "COMPLETED" and untouched.type.value == "RUNNING"  # finished, or its run alive
