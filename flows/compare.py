@@ -150,10 +150,10 @@ def compare(**params) -> str:
             undecided = open_claims(tables.summary, design, tables.comparisons)
             last = not undecided or wave == len(plan.waves) - 1
             if wave == 0 and not last:  # the first look is the pilot: what the rest will likely cost
-                # Its pace from the trainings' own times (a cached first wave took no time here).
-                pace = sum(r.get("epochs_seconds") or r["train_seconds"] for r in tables.summary) / max(
-                    1, sum(plan.slots.values())
-                )
+                # Its pace from the trainings' own times (a cached first wave took no time here; a resumed
+                # training's process time covers only its last epochs, its epochs' times all of them).
+                pace = sum(max(r["train_seconds"], r.get("epochs_seconds") or 0) for r in tables.summary)
+                pace /= max(1, sum(plan.slots.values()))
                 forecast = cost_forecast(tables.summary, planned.max_seeds, planned.margin, pace)
                 planned = dataclasses.replace(planned, plan=forecast.words())
                 print(f"plan {forecast.words()}")

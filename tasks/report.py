@@ -18,8 +18,8 @@ from dropout_lab.results import TrainResult
 
 
 # Never cached: a cached report could only be checked against what its own record says, and whoever can
-# edit the report can edit that record too. Written again from the checked trainings instead (~3 s of an
-# all-cached rerun's ~16 s on 2 cores: benchmarks/RESULTS.md).
+# edit the report can edit that record too. Written again from the checked trainings instead (the
+# measured cost: benchmarks/RESULTS.md, *A cached rerun*).
 @task(name="render_report", cache_policy=NO_CACHE, persist_result=False)
 def render_report(
     trained: list[list[TrainResult]], data: DataInfo, run_dir: str, tables: Tables

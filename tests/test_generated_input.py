@@ -78,8 +78,10 @@ def argvs(flags: list[str]):
     return st.lists(pair, max_size=4).map(lambda pairs: [x for flag, vals in pairs for x in (flag, *vals)])
 
 
-ENV = ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DROPOUT_LAB_CIFAR10_URL"]
-environments = st.dictionaries(st.sampled_from(ENV), secret_urls(), max_size=3)
+ENV = ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DROPOUT_LAB_CIFAR10_URL", "DROPOUT_LAB_MEASURED"]
+# Things that are not files where a file is named (the trust store): a folder, a device, a link's target.
+NOT_FILES = ["/", "/dev/zero", "/dev/null", "/proc/self/fd/0", "."]
+environments = st.dictionaries(st.sampled_from(ENV), secret_urls() | st.sampled_from(NOT_FILES), max_size=3)
 
 
 class Accepted(BaseException):

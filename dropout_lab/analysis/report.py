@@ -178,7 +178,7 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
     lines += ["**Verdict**", "", *(f"- {line}" for line in verdict(summary, design, tables.comparisons)), ""]
     if design.plan:  # what the first look forecast, beside what the run did
         undecided = sum(r.get("decision") == "undecided" for r in tables.statistics)
-        outcome = f"{undecided} claims undecided at the budget" if undecided else "every claim decided"
+        outcome = f"{counted(undecided, 'claim')} undecided at the budget" if undecided else "every claim decided"
         lines += [f"Plan and outcome: planned {design.plan}; the run took {len(summary)} trainings, {outcome}.", ""]
     first = summary[0]
     lines += [
