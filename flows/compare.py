@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 
 # Prefect's server can take tens of seconds to start on a small machine; its default patience is less.
@@ -95,8 +96,11 @@ def label_of(parameters: dict) -> str | None:
 
 
 def run_name() -> str:
-    """The flow run's name from its parameters; Prefect's default before they are valid."""
-    return label_of(flow_run.parameters) or "compare"
+    """The flow run's name from its parameters (Prefect's default before they are valid); a deployment's run
+    also carries the time it was scheduled for, so a schedule's nightly runs do not share one name."""
+    label = label_of(flow_run.parameters) or "compare"
+    when = flow_run.scheduled_start_time if deployment.id else None
+    return f"{label} {when.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if when else label
 
 
 def declared_parameters(fn):

@@ -252,3 +252,22 @@ def test_a_reclaimed_run_s_unfinished_task_runs_end_crashed_at_the_next_run(pref
         ended, kept, untouched = (client.read_task_run(t.id).state for t in (stuck, done, other))
     assert ended.type.value == "CRASHED" and ended.message == ENDED
     assert kept.type.value == "COMPLETED" and untouched.type.value == "RUNNING"  # finished, or its run alive
+
+
+def test_a_deployment_run_s_name_carries_the_time_it_was_scheduled_for(monkeypatch):
+    """Nightly runs of one deployment differ by their date (they shared one name); a command-line run's name
+    is what it compares alone."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    import flows.compare
+
+    night = datetime(2026, 12, 7, 3, 0, tzinfo=timezone(timedelta(hours=1)))
+    monkeypatch.setattr(
+        flows.compare, "flow_run", SimpleNamespace(parameters={"epochs": 8}, scheduled_start_time=night)
+    )
+    monkeypatch.setattr(flows.compare, "deployment", SimpleNamespace(id=None))
+    plain = flows.compare.run_name()
+    assert plain.endswith(" e8") and "2026" not in plain
+    monkeypatch.setattr(flows.compare, "deployment", SimpleNamespace(id="a-deployment"))
+    assert flows.compare.run_name() == f"{plain} 2026-12-07 02:00 UTC"
