@@ -88,7 +88,9 @@ def test_concurrent_runs_with_different_parameters_share_folders_safely(tmp_path
     third = cli(args_for(tmp_path, "--epochs", "2"))
     out3, _ = third.communicate(timeout=300)
     assert third.returncode == 0 and report_of(out3) == r1
-    assert out3.count("Cached(type=COMPLETED)") >= 4, out3[-3000:]  # fetch, both trainings, the report
+    # Fetch and both trainings; the report is written again from them (never cached). Which run's record of the
+    # baseline both runs trained is the cached one depends on who finished last: its times may differ from r1's.
+    assert out3.count("Cached(type=COMPLETED)") >= 3, out3[-3000:]
 
 
 def test_dead_api_url_fails_fast_with_a_clear_message(tmp_path):
