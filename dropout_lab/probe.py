@@ -9,6 +9,7 @@ handshake). Messages pass through the one redaction (redact.py).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,8 +17,31 @@ from typing import TypeVar
 from dropout_lab.redact import credentials_in, hide, redact
 
 PROBE_DEADLINE_S = 10.0  # every remote's probe, whatever its kind: one answer within this, or a refusal
+# After the probe, for the rest of the run: a remote's first failing call ends the run within this, its
+# library's own retries included (Prefect's client retries 5 times over ~62 s by default, MLflow's 7 times
+# over ~4 minutes: a server that passed the probe and then answers 503 held a run silent that long).
+REMOTE_DEADLINE_S = 60.0
+REMOTE_RETRIES = 2  # one passing hiccup is still retried
 
 T = TypeVar("T")
+
+
+def remote_deadlines() -> None:
+    """Bound every remote library's retries by REMOTE_DEADLINE_S, through its own settings: 3 attempts, each
+    within (deadline - backoffs) / 3 s (MLflow's backoffs 1 + 2 s; Prefect's 2 + 4 s, up to 20 % jitter);
+    a PostgreSQL store connects within 10 s (libpq's PGCONNECT_TIMEOUT). Call before MLflow or Prefect is
+    imported (Prefect reads its settings once); a variable the user has set is kept."""
+    attempts = REMOTE_RETRIES + 1
+    for name, value in {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": REMOTE_RETRIES,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0,
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": int((REMOTE_DEADLINE_S - 3) // attempts),
+        "PREFECT_CLIENT_MAX_RETRIES": REMOTE_RETRIES,
+        "PREFECT_API_REQUEST_TIMEOUT": int((REMOTE_DEADLINE_S - 6 * 1.2) // attempts),
+        "PGCONNECT_TIMEOUT": 10,
+    }.items():
+        os.environ.setdefault(name, str(value))
 
 
 class ProbeFailed(ValueError):

@@ -26,6 +26,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
+from dropout_lab.probe import remote_deadlines  # noqa: E402
+
+remote_deadlines()  # before Prefect and MLflow are imported: a remote that fails after its probe ends the run
+
 if __name__ == "__main__":  # --help and bad values answer before torch and Prefect's engine are imported
     from dropout_lab.cli.compare import refuse_early
 
@@ -192,7 +196,8 @@ def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict) ->
     threads, slots = plan.threads, plan.slots
     gpu_workers = dask_gpu_workers()
     if gpu_workers:
-        groups = [[dataclasses.replace(c, device="cuda:0") for c in g] for g in groups]
+        device = os.environ.get(GPU_WORKER_DEVICE_ENV, "cuda:0")
+        groups = [[dataclasses.replace(c, device=device) for c in g] for g in groups]
         threads, slots = process_layout(groups)
     p = plan.params  # a training that waits for a slot says so, once per run and device (tasks/slots.py)
     with gpu_resource(gpu_workers):
@@ -202,6 +207,11 @@ def submit_trainings(groups: list[list[TrainConfig]], data, plan, opts: dict) ->
 
 
 # --- scale-out ----------------------------------------------------------------------------------------
+
+
+# A test seam: the device a Dask GPU worker trains on (its one GPU, cuda:0). The placement test names `cpu`, so
+# that workers advertising GPU=1 on a machine without one show where each training lands (tests/test_scaleout.py).
+GPU_WORKER_DEVICE_ENV = "DROPOUT_LAB_GPU_WORKER_DEVICE"
 
 
 def dask_gpu_workers() -> int:

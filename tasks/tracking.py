@@ -27,10 +27,12 @@ RECENT_RUNS = 20  # runs in the UI's table of the latest runs
 REPORT_FILES = ("comparison.png", "samples.png", "summary.md")  # the comparison run's artifacts in MLflow
 
 
-def mlflow_error(e: Exception) -> RuntimeError:
-    """MLflow's messages carry the tracking URI, credentials and all: one redacted line."""
+def mlflow_error(e: Exception, folder: str) -> RuntimeError:
+    """MLflow's messages carry the tracking URI, credentials and all: one redacted line, which says that the
+    report is whole and what records it (the models are cached: the same command again only records)."""
     first = (str(e).strip().splitlines() or [""])[0]
-    return RuntimeError(redact(f"MLflow: {type(e).__name__}: {first}"))
+    return RuntimeError(redact(f"MLflow: {type(e).__name__}: {first} (the report is written, {folder}; the same "
+                               "command again records it)"))  # fmt: skip
 
 
 def prepare_history(out: str) -> None:
@@ -81,7 +83,7 @@ def record_history(tables: Tables, results: list[TrainResult], data: DataInfo, o
         added, parent = tracking.record(uri, comparison, models, files, log_models)
         page = tracking.run_page(uri, parent)
     except Exception as e:
-        raise mlflow_error(e) from None
+        raise mlflow_error(e, folder) from None
     shown = history.shown(uri)
     if not added:
         logger.info("history: these models are already recorded in %s", shown)

@@ -5,6 +5,7 @@ import time
 
 import pytest
 from browser import SHOTS, rendered_dom, screenshot
+from test_history import stop_and_resume_recording
 from test_reliability import args_for, cli, report_of
 
 pytestmark = pytest.mark.e2e
@@ -112,3 +113,10 @@ def test_a_tracking_server_gets_a_training_experiment_logged_models_and_clean_nu
     experiment_page = url
     screenshot(page, SHOTS / "mlflow-run.png", tmp_path / "chromium")
     screenshot(experiment_page, SHOTS / "mlflow-experiment.png", tmp_path / "chromium")
+
+
+def test_on_a_server_a_recording_stopped_midway_ends_its_runs_and_the_rerun_completes_them(mlflow_server,
+                                                                                            monkeypatch):  # fmt: skip
+    """The same stop and rerun as against a SQLite store (tests/test_history.py), through a real server's REST API:
+    nothing left RUNNING, one comparison run, one run per model."""
+    stop_and_resume_recording(mlflow_server, monkeypatch)

@@ -152,11 +152,15 @@ def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replace
 
 
 def test_a_recording_stopped_midway_ends_its_runs_and_the_rerun_completes_them(tmp_path, monkeypatch):
+    stop_and_resume_recording(uri_of(tmp_path), monkeypatch)  # a real MLflow server: tests/test_e2e_mlflow.py
+
+
+def stop_and_resume_recording(uri: str, monkeypatch) -> None:
     """Ctrl-C while the history is being recorded: the comparison's run and the model's end KILLED (never
     RUNNING for good); the same command again continues that comparison and replaces the cut-off model."""
     from mlflow import MlflowClient
 
-    uri, run = uri_of(tmp_path), nights(1, seeds=(0,))[0]
+    run = nights(1, seeds=(0,))[0]
     real = MlflowClient.log_batch
 
     def stopped_at_the_second_model(self, run_id, metrics=(), params=(), **kw):

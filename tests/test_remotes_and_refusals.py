@@ -12,12 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from dropout_lab import cli
 from dropout_lab.analysis import history
+from dropout_lab.probe import REMOTE_DEADLINE_S
 from flows.compare import compare, main
 from tests.refusals import SECRET, one_line_refusal
 
@@ -33,25 +35,41 @@ def environment_restored():
     os.environ.update(saved)
 
 
+class HalfWorking(http.server.ThreadingHTTPServer):
+    """An HTTP server that answers the paths ending in one of `answers` (suffix: body) and everything else 503,
+    noting when it first refused."""
+
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        self.answers, self.first_refusal = answers, None
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0].rstrip("/")
+                body = next((b for suffix, b in server.answers.items() if path.endswith(suffix)), None)
+                if body is None and server.first_refusal is None:
+                    server.first_refusal = time.monotonic()
+                self.send_response(503 if body is None else 200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"unavailable" if body is None else body)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
 @pytest.fixture
 def half_working():
     """An HTTP server that answers /health (200) and everything else 503: its URL."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _answer(self):
-            ok = self.path.rstrip("/").endswith("/health")
-            self.send_response(200 if ok else 503)
-            self.end_headers()
-            self.wfile.write(b"true" if ok else b"unavailable")
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server = HalfWorking({"/health": b"true"})
+    yield server.url
     server.shutdown()
 
 
@@ -84,6 +102,59 @@ def test_a_prefect_api_answering_only_its_health_check_is_refused_by_every_comma
             err = one_line_refusal(capfd, 2, run, *argv)
             assert "(PREFECT_API_URL)" in err and "503" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- remotes that pass their probe, then fail: one line within the deadline, nothing half-made ---------------
+
+
+def test_a_prefect_api_failing_after_its_probe_ends_the_command_within_the_deadline_leaving_no_folder(tmp_path):
+    """The audit's server: the flow listing (the probe's read) answers, the rest 503 (151 s of silence, then
+    'Failed to reach API', folders created)."""
+    server = HalfWorking({"/health": b"true", "/flows/filter": b"[]"})
+    env = {**os.environ, "PREFECT_API_URL": f"{server.url}/api"}
+    for name in ("PREFECT_CLIENT_MAX_RETRIES", "PREFECT_API_REQUEST_TIMEOUT"):
+        env.pop(name, None)  # the command's own bounds, not this process's
+    done = subprocess.run([sys.executable, str(REPO / "flows/compare.py"), "--dataset", "fake", "--data-dir", "d",
+                           "--out", "o", "--cache-dir", "c"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    took = time.monotonic() - server.first_refusal
+    server.shutdown()
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr
+    assert took < REMOTE_DEADLINE_S and list(tmp_path.iterdir()) == [], (took, list(tmp_path.iterdir()))
+
+
+def test_an_mlflow_server_failing_after_its_probe_ends_the_run_within_the_deadline_the_report_kept(tmp_path):
+    """The audit's server: the experiments search (the probe's read) answers, the rest 503 (250 s without a line,
+    MLflow's own retries). Now the run ends within the deadline, its report written, the last line saying so."""
+    pytest.importorskip("mlflow")
+    server = HalfWorking({"/experiments/search": b'{"experiments": []}'})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_")}  # the command's own bounds
+    done = subprocess.run([sys.executable, str(REPO / "flows/compare.py"), "--dataset", "fake", "--epochs", "1",
+                           "--limit-train", "200", "--limit-test", "100", "--data-dir", "d", "--out", "o",
+                           "--cache-dir", "c", "--history", server.url], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    took = time.monotonic() - server.first_refusal
+    server.shutdown()
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith("error: ") and "503" in last, done.stderr[-3000:]
+    assert "the report is written" in last and "the same command again records it" in last
+    assert took < REMOTE_DEADLINE_S and list((tmp_path / "o").glob("*/summary.md")), took
+
+
+def test_an_existing_dask_scheduler_without_a_prefect_server_is_refused_in_one_line(capfd, tmp_path):
+    """Its workers could not reach a temporary server on this machine (and a training's slot lease hung)."""
+    from tests.test_scaleout import free_port
+
+    port = free_port()
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        err = one_line_refusal(capfd, 2, main, "--dataset", "fake", "--data-dir", str(tmp_path / "d"), "--task-runner",
+                               "dask", "--dask-address", f"tcp://127.0.0.1:{port}", within=60)  # fmt: skip
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+    assert "report to a Prefect server they can reach" in err and list(tmp_path.iterdir()) == []
 
 
 def test_a_dask_scheduler_that_refuses_leaves_no_folder(capfd, tmp_path):

@@ -27,13 +27,14 @@ from dropout_lab.analysis.history import COMPARISON, KIND, MODEL, experiment_nam
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, SUMMARY_SCHEMA, named
 from dropout_lab.config import SETTINGS, value_text
 from dropout_lab.locks import held
-from dropout_lab.probe import ProbeFailed, database_url, first_line, within_deadline
+from dropout_lab.probe import ProbeFailed, database_url, first_line, remote_deadlines, within_deadline
 from dropout_lab.redact import redact, split_credentials
 
 # Before MLflow is imported: it would print its own "🏃 View run ... at: URL" lines to stdout (credentials and
 # all) and configure its own log handlers; its records reach the project's handlers (the run's log, redacted).
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+remote_deadlines()  # MLflow's retries within the run's deadline for a remote (it reads them at each request)
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, latency, tokens).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 ARTIFACTS_FOLDER = "mlartifacts"

@@ -146,6 +146,14 @@ def check_dask(address: str) -> None:
         within_deadline(f"--dask-address {address}", handshake, address=address)
     except ProbeFailed as e:
         raise CliError(f"{e} (no Dask scheduler answers there)", 2) from None
+    from prefect.settings import PREFECT_API_URL
+
+    # The workers of a scheduler started elsewhere inherit nothing from this process: a temporary server here
+    # is one they cannot reach (nor Prefect's threads in them: a training's slot lease then hung).
+    if not PREFECT_API_URL.value():
+        raise CliError("--dask-address: its workers report to a Prefect server they can reach: start one "
+                       "(`prefect server start --host 0.0.0.0`) and export PREFECT_API_URL=http://HEAD:4200/api "
+                       "here and where the workers run", 2)  # fmt: skip
 
 
 def fail(error: CliError) -> int:
@@ -244,7 +252,7 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     import threading
 
     from dropout_lab.runtime import console, temporary_server
-    from dropout_lab.runtime.preflight import hand_over
+    from dropout_lab.runtime.preflight import hand_over, remove_created
     from dropout_lab.runtime.processes import prestart
     from dropout_lab.runtime.progress import bars
     from dropout_lab.runtime.signals import Stopped, stop_on_signals
@@ -302,6 +310,7 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
         return 128 + e.signum
     except Exception as e:  # Prefect has logged the details; end on one clear line
         last_line[:] = ["error:", one_line(e)]
+        remove_created(plan.created)  # a run that failed before any work (a remote) leaves no empty folder
         return 1
     last_line[:] = ["report:", folder]
     return 0

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dropout_lab.config import (
@@ -161,8 +161,9 @@ def check_folders(data_dir: str, out: str, cache_dir: str, data_present: bool) -
     return [(path, what) for path, what, _ in folders]
 
 
-def create_folders(folders: list[tuple[str, str]]) -> None:
-    """Create the planned folders and prove them writable; a refusal leaves no folder behind."""
+def create_folders(folders: list[tuple[str, str]]) -> list[Path]:
+    """Create the planned folders and prove them writable; a refusal leaves no folder behind. Returns the
+    folders it created."""
     created: list[Path] = []
     try:
         for path, what in folders:
@@ -170,6 +171,7 @@ def create_folders(folders: list[tuple[str, str]]) -> None:
     except ValueError:
         remove_created(created)
         raise
+    return created
 
 
 # --- the whole run's checks ------------------------------------------------------------------------
@@ -249,11 +251,12 @@ class RunPlan:
     slots: dict[str, int]  # training processes at once, per device
     folders: dict[str, str]  # data_dir, out, cache_dir (confined to their roots in a deployment run)
     planned: list[tuple[str, str]]  # the folders to create, (path, flag), once every check has passed
+    created: list[Path] = field(default_factory=list)  # those create() made: a run failing at once removes them
 
     def create(self) -> RunPlan:
         """Create the run's folders: last, after every check (and every remote's probe) has passed, so a
         refusal leaves nothing behind."""
-        create_folders(self.planned)
+        self.created[:] = create_folders(self.planned)
         return self
 
     def groups(self, wave: int, training: set[Variant]) -> list[list[TrainConfig]]:
