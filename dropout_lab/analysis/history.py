@@ -184,10 +184,15 @@ def _sql_runs(uri: str) -> list[tuple[dict, dict, dict]]:
                 raise HistoryError(f"{shown(uri)}: not an MLflow store (no {', '.join(sorted(missing))} table); "
                                    "nothing was changed")  # fmt: skip
             bind = {"kind": KIND, "model": MODEL, "experiment": experiment_name()}
-            for table, at in (("params", 0), ("latest_metrics", 1), ("tags", 2)):
-                query = sa.text(f"SELECT x.run_uuid, x.key, x.value FROM {table} x WHERE x.run_uuid IN ({runs})")
-                for run_uuid, key, value in conn.execute(query, bind):
-                    found.setdefault(run_uuid, ({}, {}, {}))[at][key] = value
+            # The finished runs once: each query below is its own snapshot, and a run another process finishes
+            # or replaces between them would otherwise come back with its parameters but not its metrics.
+            ids = [row[0] for row in conn.execute(sa.text(runs), bind)]
+            for at_once in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+                for table, at in (("params", 0), ("latest_metrics", 1), ("tags", 2)):
+                    query = sa.text(f"SELECT x.run_uuid, x.key, x.value FROM {table} x WHERE x.run_uuid IN :ids"
+                                    ).bindparams(sa.bindparam("ids", expanding=True))  # fmt: skip
+                    for run_uuid, key, value in conn.execute(query, {"ids": at_once}):
+                        found.setdefault(run_uuid, ({}, {}, {}))[at][key] = value
     except sa.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise HistoryError(f"{shown(uri)}: not a readable MLflow store ({redact(reason)})") from None
