@@ -29,7 +29,6 @@ from prefect.schedules import Cron  # noqa: E402
 from deployments import reclaim  # noqa: E402
 from dropout_lab.cli.compare import HISTORY_ENV, RUNNER_FLAGS, CliError, build_parser, checked_plan  # noqa: E402
 from dropout_lab.cli.oneline import one_line, say  # noqa: E402
-from dropout_lab.probe import remote_deadlines  # noqa: E402
 from dropout_lab.runtime.preflight import FLAGS, ROOT_ENV  # noqa: E402
 from flows.compare import compare  # noqa: E402
 
@@ -95,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     # The runs it starts send Prefect's heartbeats as often as the reclaim automation expects them.
     os.environ.setdefault(reclaim.HEARTBEAT_ENV, str(reclaim.HEARTBEAT_S))
-    remote_deadlines()  # and a remote that fails mid-run ends them within its deadline
     reclaim.switch_on(options.reclaim_after)
     deployment = f"{compare.name}/{options.name}"
     requeue(deployment)  # what the last serving process held when it stopped runs now
