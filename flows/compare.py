@@ -100,11 +100,16 @@ def label_of(parameters: dict) -> str | None:
 
 
 def run_name() -> str:
-    """The flow run's name from its parameters (Prefect's default before they are valid); a deployment's run
-    also carries the time it was scheduled for, so a schedule's nightly runs do not share one name."""
+    """The flow run's name from its parameters (Prefect's default before they are valid). A deployment's run
+    also carries the time it was scheduled for (a schedule's nightly runs shared one name) and, in brackets,
+    the name it was created with: the one `prefect deployment run` printed, so it finds the run in the UI."""
     label = label_of(flow_run.parameters) or "compare"
     when = flow_run.scheduled_start_time if deployment.id else None
-    return f"{label} {when.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if when else label
+    if not when:
+        return label
+    name = f"{label} {when.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    created = flow_run.name or ""
+    return created if created.startswith(name) else f"{name} ({created})" if created else name  # a rerun: as is
 
 
 def declared_parameters(fn):

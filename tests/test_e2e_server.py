@@ -349,13 +349,18 @@ def test_served_deployment_has_its_schedule_rejects_bad_parameters_and_runs(serv
     assert [m for m in logs if m.startswith("refused")] == [expected], logs
 
     # Asked for together: the second waits for the deployment's one slot (ENQUEUE), then runs; none is dropped.
+    printed = []  # the names `prefect deployment run` printed: each run keeps its own in brackets
     for command in (
         ".venv/bin/prefect deployment run compare/nightly",
         ".venv/bin/prefect deployment run compare/nightly -p 'dropout=[0.5]'",
     ):
         started = readme.run(command, timeout=60)
         assert started.returncode == 0, started.stderr
+        printed += re.findall(r"Created flow run '([^']+)'", started.stdout)
     server.wait_for_runs(deployment["id"], timeout=420)
+    names = [r["name"] for r in server.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {
+        "any_": [deployment["id"]]}, "state": {"type": {"any_": ["COMPLETED"]}}}})]  # fmt: skip
+    assert len(printed) == 2 and sorted(n.rpartition(" (")[2].rstrip(")") for n in names) == sorted(printed), names
     assert sorted(server.flow_run_states(deployment["id"])) == ["COMPLETED", "COMPLETED", "FAILED"], server.log("serve")
     waited = [r for r in server.manual_runs(deployment["id"]) if "AwaitingConcurrencySlot" in server.state_names(r)]
     assert len(waited) == 1, server.log("serve")  # one ran at once, the other queued behind it

@@ -254,9 +254,12 @@ def test_a_reclaimed_run_s_unfinished_task_runs_end_crashed_at_the_next_run(pref
     assert kept.type.value == "COMPLETED" and untouched.type.value == "RUNNING"  # finished, or its run alive
 
 
-def test_a_deployment_run_s_name_carries_the_time_it_was_scheduled_for(monkeypatch):
-    """Nightly runs of one deployment differ by their date (they shared one name); a command-line run's name
-    is what it compares alone."""
+def test_a_deployment_run_s_name_carries_the_time_it_was_scheduled_for_and_the_name_it_was_created_with(
+    monkeypatch,
+):
+    """Nightly runs of one deployment differ by their date (they shared one name), and keep the name
+    `prefect deployment run` printed (Prefect's random one); a command-line run's name is what it compares
+    alone; a run started again (re-queued) keeps its name."""
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
@@ -264,10 +267,14 @@ def test_a_deployment_run_s_name_carries_the_time_it_was_scheduled_for(monkeypat
 
     night = datetime(2026, 12, 7, 3, 0, tzinfo=timezone(timedelta(hours=1)))
     monkeypatch.setattr(
-        flows.compare, "flow_run", SimpleNamespace(parameters={"epochs": 8}, scheduled_start_time=night)
-    )
+        flows.compare, "flow_run",
+        SimpleNamespace(parameters={"epochs": 8}, scheduled_start_time=night, name="crafty-lion"),
+    )  # fmt: skip
     monkeypatch.setattr(flows.compare, "deployment", SimpleNamespace(id=None))
     plain = flows.compare.run_name()
     assert plain.endswith(" e8") and "2026" not in plain
     monkeypatch.setattr(flows.compare, "deployment", SimpleNamespace(id="a-deployment"))
-    assert flows.compare.run_name() == f"{plain} 2026-12-07 02:00 UTC"
+    named = flows.compare.run_name()
+    assert named == f"{plain} 2026-12-07 02:00 UTC (crafty-lion)"
+    flows.compare.flow_run.name = named
+    assert flows.compare.run_name() == named
