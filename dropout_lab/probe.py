@@ -9,8 +9,10 @@ handshake). Messages pass through the one redaction (redact.py).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,6 +24,7 @@ PROBE_DEADLINE_S = 10.0  # every remote's probe, whatever its kind: one answer w
 # over ~4 minutes: a server that passed the probe and then answers 503 held a run silent that long).
 REMOTE_DEADLINE_S = 60.0
 REMOTE_RETRIES = 2  # one passing hiccup is still retried
+STOP_GRACE_S = 5.0  # a stopped operation's time to end what it began
 
 T = TypeVar("T")
 
@@ -63,26 +66,51 @@ def within_deadline(what: str, operation: Callable[[], T], deadline_s: float = P
     timeouts do not cover a peer that accepts and never answers, nor its retries). ProbeFailed naming
     `what` when it raises or runs out of time; the credentials of `address` (the remote's URL) are hidden
     from the library's message even where it quotes them without the URL around them."""
+    try:
+        return until_silent(what, lambda answered: operation(), deadline_s)
+    except ProbeFailed:
+        raise
+    except Exception as e:
+        if isinstance(e, TimeoutError) or "timed out" in str(e).lower():  # ours, or a library's own timeout
+            raise ProbeFailed(f"{what}: no answer within {deadline_s:.0f} s") from None
+        raise ProbeFailed(f"{what}: {hide(first_line(e), credentials_in(address))}") from None
+
+
+def until_silent(what: str, operation: Callable[[Callable[[], None]], T], silence_s: float = REMOTE_DEADLINE_S) -> T:
+    """`operation(answered)`'s result, run in a daemon thread, `answered()` noting each answer of its remote;
+    TimeoutError once `silence_s` passed without one. A remote that accepts and never answers (a stopped
+    database server: the kernel still acknowledges) holds a call past every library's timeout, while a long
+    recording that keeps answering is not cut. A stop of the waiting thread (Ctrl-C, SIGTERM) is raised in
+    the operation's too, within STOP_GRACE_S, so that it ends what it began (an MLflow run KILLED)."""
     outcome: list = []
+    last = [time.monotonic()]
+    done = threading.Event()  # waited on, not join(): an interrupted join marks the thread finished (3.11)
+
+    def answered() -> None:
+        last[0] = time.monotonic()
 
     def attempt() -> None:
         try:
-            outcome.append((True, operation()))
-        except BaseException as e:  # noqa: BLE001 - reported as one line below
+            outcome.append((True, operation(answered)))
+        except BaseException as e:  # noqa: BLE001 - raised in the waiting thread
             outcome.append((False, e))
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=attempt, daemon=True, name=f"probe {what}"[:60])
+    thread = threading.Thread(target=attempt, daemon=True, name=what[:60])
     thread.start()
-    thread.join(deadline_s)
+    try:
+        while not done.is_set() and (left := silence_s - (time.monotonic() - last[0])) > 0:
+            done.wait(min(left, 1.0))  # short waits: a signal's handler runs between them
+    except BaseException as stop:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(type(stop)))
+        done.wait(STOP_GRACE_S)
+        raise
     if not outcome:
-        raise ProbeFailed(f"{what}: no answer within {deadline_s:.0f} s")
+        raise TimeoutError(f"no answer for {silence_s:.0f} s")
     ok, value = outcome[0]
     if not ok:
-        if isinstance(value, ProbeFailed):
-            raise value
-        if isinstance(value, TimeoutError) or "timed out" in str(value).lower():  # a library's own timeout
-            raise ProbeFailed(f"{what}: no answer within {deadline_s:.0f} s")
-        raise ProbeFailed(f"{what}: {hide(first_line(value), credentials_in(address))}")
+        raise value
     return value
 
 

@@ -18,6 +18,7 @@ from dropout_lab.analysis.trend import table_rows
 from dropout_lab.config import Variant, variant_of
 from dropout_lab.core.data import DataInfo
 from dropout_lab.keys import train_key
+from dropout_lab.probe import until_silent
 from dropout_lab.redact import redact
 from dropout_lab.results import TrainResult
 from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV
@@ -55,43 +56,49 @@ def record_history(tables: Tables, results: list[TrainResult], data: DataInfo, o
     Returns the models recorded. Not a task: a rerun that reuses everything stays all Cached."""
     logger = get_run_logger()
     uri = history.store_uri(out)
-    try:
-        if imported := tracking.import_legacy(out, uri):
-            logger.info("history: %d models of %s recorded in %s (the file is kept as %s.imported)", imported,
-                        history.LEGACY_FILE, history.shown(uri), history.LEGACY_FILE)  # fmt: skip
-        meta = {"recorded_at": datetime.now(UTC).isoformat(), "flow_run_id": str(current_flow_run.id or ""),
-                "flow_run_name": current_flow_run.name or "", "code_version": tracking.code_version(),
-                "experiment": experiment, "experiment_hash": Path(folder).name.rpartition("-")[2],
-                "report_folder": folder}  # fmt: skip
-        if page := prefect_run_page():
-            meta["prefect_flow_run_url"] = page
-        models = []
-        for row, r in zip(tables.summary, results, strict=True):
-            mine = [e for e in tables.per_epoch if (variant_of(e), e["seed"]) == (variant_of(row), row["seed"])]
-            identity = {
-                "weights_sha256": r.weights_sha256,
-                "model_key": train_key(r.config, data.fingerprint),
-                "started_at": row["started_at"].isoformat(),
-                "finished_at": row["finished_at"].isoformat(),
-            }
-            models.append({"row": {**row, **meta, **identity}, "epochs": mine, "checkpoint": r.checkpoint})
-        variants = sorted({variant_of(r) for r in tables.summary}, key=Variant.order)
-        comparison = {"name": meta["flow_run_name"] or experiment, "tags": meta,
-                      "params": tracking.run_params(tables.summary, variants),
-                      "metrics": tracking.headline_metrics(tables.statistics)}  # fmt: skip
-        files = [f for f in (Path(folder, name) for name in REPORT_FILES) if f.is_file()]
-        added, parent = tracking.record(uri, comparison, models, files, log_models)
-        page = tracking.run_page(uri, parent)
+    meta = {"recorded_at": datetime.now(UTC).isoformat(), "flow_run_id": str(current_flow_run.id or ""),
+            "flow_run_name": current_flow_run.name or "", "code_version": tracking.code_version(),
+            "experiment": experiment, "experiment_hash": Path(folder).name.rpartition("-")[2],
+            "report_folder": folder}  # fmt: skip
+    if page := prefect_run_page():
+        meta["prefect_flow_run_url"] = page
+    models = []
+    for row, r in zip(tables.summary, results, strict=True):
+        mine = [e for e in tables.per_epoch if (variant_of(e), e["seed"]) == (variant_of(row), row["seed"])]
+        identity = {
+            "weights_sha256": r.weights_sha256,
+            "model_key": train_key(r.config, data.fingerprint),
+            "started_at": row["started_at"].isoformat(),
+            "finished_at": row["finished_at"].isoformat(),
+        }
+        models.append({"row": {**row, **meta, **identity}, "epochs": mine, "checkpoint": r.checkpoint})
+    variants = sorted({variant_of(r) for r in tables.summary}, key=Variant.order)
+    comparison = {"name": meta["flow_run_name"] or experiment, "tags": meta,
+                  "params": tracking.run_params(tables.summary, variants),
+                  "metrics": tracking.headline_metrics(tables.statistics)}  # fmt: skip
+    files = [f for f in (Path(folder, name) for name in REPORT_FILES) if f.is_file()]
+
+    def recording(answered) -> tuple[int, str, str | None, list[dict], int]:
+        imported = tracking.import_legacy(out, uri)
+        added, parent = tracking.record(uri, comparison, models, files, log_models, answered)
+        recent = history.read(uri, last=RECENT_RUNS) if added else []
+        return added, parent, tracking.run_page(uri, parent), recent, imported
+
+    try:  # a store that stops answering ends the run within the deadline, whatever its kind (probe.py)
+        added, parent, page, recent, imported = until_silent("recording the history", recording)
     except Exception as e:
         raise mlflow_error(e, folder) from None
+    if imported:
+        logger.info("history: %d models of %s recorded in %s (the file is kept as %s.imported)", imported,
+                    history.LEGACY_FILE, history.shown(uri), history.LEGACY_FILE)  # fmt: skip
     shown = history.shown(uri)
     if not added:
         logger.info("history: these models are already recorded in %s", shown)
         return 0
     logger.info("history: %d models recorded in %s, experiment %s (dropout-lab history --history %s)", added, shown,
                 history.experiment_name(), shown)  # fmt: skip
-    recent = history.read(uri, last=RECENT_RUNS)[::-1]
-    create_table_artifact(table_rows(recent), key="dropout-lab-runs", description=f"Latest runs recorded in {shown}")
+    create_table_artifact(table_rows(recent[::-1]), key="dropout-lab-runs",
+                          description=f"Latest runs recorded in {shown}")  # fmt: skip
     # The Prefect run page leads to the MLflow run: a link where a server shows it, else how to see it.
     about = f"MLflow: experiment {history.experiment_name()}, run {parent}"
     if page:

@@ -5,9 +5,11 @@ same mechanisms with everything else: tests/test_generated_input.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -139,6 +141,116 @@ def test_an_mlflow_server_failing_after_its_probe_ends_the_run_within_the_deadli
     assert done.returncode == 1 and last.startswith("error: ") and "503" in last, done.stderr[-3000:]
     assert "the report is written" in last and "the same command again records it" in last
     assert took < REMOTE_DEADLINE_S and list((tmp_path / "o").glob("*/summary.md")), took
+
+
+def test_an_mlflow_answering_every_request_with_an_empty_object_ends_the_run_in_one_line(tmp_path):
+    """The audit's "MLflow" answering 200 `{}` to everything (it passes the probe's read): one last line, within
+    the deadline of the report's writing (it failed after 73 s with 10 lines)."""
+    pytest.importorskip("mlflow")
+    server = HalfWorking({"": b"{}"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_")}  # the command's own bounds
+    done = subprocess.run([sys.executable, str(REPO / "flows/compare.py"), "--dataset", "fake", "--epochs", "1",
+                           "--limit-train", "200", "--limit-test", "100", "--data-dir", "d", "--out", "o",
+                           "--cache-dir", "c", "--history", server.url], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    ended = time.time()
+    server.shutdown()
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and lines[-1].startswith("error: ") and "the report is written" in lines[-1]
+    assert [line for line in lines if line.startswith("error")] == lines[-1:] and "Traceback" not in done.stderr
+    assert not [line for line in lines if "WARNING" in line], lines  # the run's log: Prefect's end of run alone
+    (summary,) = (tmp_path / "o").glob("*/summary.md")
+    assert ended - summary.stat().st_mtime < REMOTE_DEADLINE_S
+
+
+class Freezable:
+    """A TCP proxy to a local port that, once `frozen` is set, passes nothing more either way and takes new
+    connections without answering: a database server that stopped (SIGSTOP; its kernel still acknowledges,
+    so no connection fails and no library's timeout fires on a connection already open)."""
+
+    def __init__(self, port: int) -> None:
+        self.frozen, self.held = threading.Event(), []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+
+        def pump(source, sink) -> None:
+            with contextlib.suppress(OSError):
+                while data := source.recv(65536):
+                    while self.frozen.is_set():
+                        time.sleep(0.1)
+                    sink.sendall(data)
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = self.listener.accept()
+                    self.held.append(conn)
+                    if not self.frozen.is_set():
+                        upstream = socket.create_connection(("127.0.0.1", port))
+                        self.held.append(upstream)
+                        for a, b in ((conn, upstream), (upstream, conn)):
+                            threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.frozen.clear()
+        for s in (self.listener, *self.held):
+            s.close()
+
+
+@pytest.mark.e2e  # a real PostgreSQL server, a whole run and the deadline's minute
+def test_a_postgresql_store_that_stops_answering_mid_run_ends_it_within_the_deadline(tmp_path, postgres):
+    """The store passes its probe and is opened while the trainings run, then stops answering (frozen behind a
+    proxy after the first epoch): the run ends within the deadline after its report, one last line saying the
+    report is written (libpq's timeouts cover only connecting; MLflow waited on its open connection for ever)."""
+    from sqlalchemy import make_url
+
+    from dropout_lab.analysis import tracking
+
+    tracking.client(postgres)  # its tables made here: the run's store is ready, as a team's is
+    url = make_url(postgres)
+    proxy = Freezable(url.port)
+    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": f"frozen-{tmp_path.name}"}
+    history_url = url.set(port=proxy.port).render_as_string(hide_password=False)
+    with (tmp_path / "run.log").open("w") as log:
+        run = subprocess.Popen([sys.executable, str(REPO / "flows/compare.py"), "--dataset", "fake", "--epochs", "2",
+                                "--limit-train", "400", "--limit-test", "100", "--data-dir", "d", "--out", "o",
+                                "--cache-dir", "c", "--history", history_url], cwd=tmp_path, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        started = time.monotonic()
+        while not list(tmp_path.glob("c/**/epoch-0001.pt")):
+            assert run.poll() is None and time.monotonic() - started < 300, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        proxy.frozen.set()
+        run.wait(300)
+        ended = time.time()
+    finally:
+        run.kill()
+        proxy.close()
+    lines = (tmp_path / "run.log").read_text().strip().splitlines()
+    assert run.returncode == 1 and lines[-1].startswith("error: "), "\n".join(lines[-20:])
+    assert "MLflow: " in lines[-1] and "the report is written" in lines[-1]
+    assert sum("WARNING" in line for line in lines) <= 2, "\n".join(lines[-30:])  # MLflow's retries: bounded
+    (summary,) = (tmp_path / "o").glob("*/summary.md")
+    assert ended - summary.stat().st_mtime < REMOTE_DEADLINE_S + 10  # the history is recorded after the report
+
+
+def test_a_pool_run_s_prefect_client_has_the_command_line_s_bounds(monkeypatch):
+    """A work-pool run's process imports Prefect before the flow's module (which sets the bounds on the command
+    line and in serve.py's runs), so deployments/prefect.yaml gives them in its environment: the same values."""
+    import yaml
+
+    from dropout_lab.probe import remote_deadlines
+
+    names = ("PREFECT_CLIENT_MAX_RETRIES", "PREFECT_API_REQUEST_TIMEOUT")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    remote_deadlines()
+    (pool,) = yaml.safe_load((REPO / "deployments/prefect.yaml").read_text())["deployments"]
+    env = pool["work_pool"]["job_variables"]["env"]
+    assert {n: env.get(n) for n in names} == {n: os.environ[n] for n in names}
 
 
 def test_an_existing_dask_scheduler_without_a_prefect_server_is_refused_in_one_line(capfd, tmp_path):
@@ -298,3 +410,40 @@ def test_a_record_nested_a_hundred_thousand_deep_is_set_aside_and_caching_resume
     assert "set aside" in caplog.text and (victim.parent / (victim.name + ".unreadable")).exists()
     assert "Error encountered when computing cache key" not in caplog.text
     assert json.loads(victim.read_text())["result"] != record["result"]  # the task wrote its record again
+
+
+# --- the deadline's watch: silence ends a use of a remote, answers keep it going, a stop reaches it -------------
+
+
+def test_a_remote_use_ends_after_its_silence_not_its_length_and_a_stop_reaches_the_operation():
+    import _thread
+
+    from dropout_lab.probe import until_silent
+
+    def answering(answered, times: int, pause: float) -> int:
+        for _ in range(times):
+            time.sleep(pause)
+            answered()
+        return times
+
+    # Longer in all than the silence allowed, but never silent that long: it finishes.
+    assert until_silent("talking", lambda answered: answering(answered, 6, 0.1), silence_s=0.3) == 6
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="no answer for 0 s"):
+        until_silent("silent", lambda answered: time.sleep(30), silence_s=0.4)
+    assert time.monotonic() - started < 2
+    # Ctrl-C while waiting: raised in the operation too, which ends what it began.
+    seen = []
+
+    def recording(answered) -> None:
+        try:
+            while True:
+                time.sleep(0.01)
+        except BaseException as e:
+            seen.append(type(e))
+            raise
+
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        until_silent("recording", recording, silence_s=10)
+    assert seen == [KeyboardInterrupt]

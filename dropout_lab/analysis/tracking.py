@@ -18,7 +18,7 @@ import importlib.util
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,7 +27,7 @@ from dropout_lab.analysis.history import COMPARISON, KIND, MODEL, experiment_nam
 from dropout_lab.analysis.tables import PER_EPOCH_SCHEMA, SUMMARY_SCHEMA, named
 from dropout_lab.config import SETTINGS, value_text
 from dropout_lab.locks import held
-from dropout_lab.probe import ProbeFailed, database_url, first_line, remote_deadlines, within_deadline
+from dropout_lab.probe import REMOTE_RETRIES, ProbeFailed, database_url, first_line, remote_deadlines, within_deadline
 from dropout_lab.redact import redact, split_credentials
 
 # Before MLflow is imported: it would print its own "🏃 View run ... at: URL" lines to stdout (credentials and
@@ -126,8 +126,12 @@ def client(uri: str):
     """MLflow's client of the store, the store set up first, one process at a time: MLflow creates and
     migrates a new database when its client first opens it, and two processes doing that at once break
     its migrations (a file lock beside a SQLite file, an advisory lock in a PostgreSQL database)."""
+    import mlflow.store.db.utils as db_utils
     from mlflow import MlflowClient
 
+    # MLflow opens a database store up to 10 times, 1.0 s of pauses growing to 51 s: 100 s and more of
+    # its 4-line warnings when the server went away after the probe. Bounded as the HTTP retries are.
+    db_utils.MAX_RETRY_COUNT = min(db_utils.MAX_RETRY_COUNT, REMOTE_RETRIES + 1)
     with _ready_lock:
         if uri not in _ready:
             with _setting_up(uri):
@@ -222,18 +226,20 @@ def _ms(when: datetime | str) -> int:
     return int((datetime.fromisoformat(when) if isinstance(when, str) else when).timestamp() * 1000)
 
 
-def record(uri: str, comparison: dict, models: list[dict], files: list[Path] = (), log_models: bool = True
-           ) -> tuple[int, str]:  # fmt: skip
+def record(uri: str, comparison: dict, models: list[dict], files: list[Path] = (), log_models: bool = True,
+           answered: Callable[[], None] = lambda: None) -> tuple[int, str]:  # fmt: skip
     """Record one comparison and its models; returns (models recorded, the comparison's run id).
 
     `comparison`: tags (experiment, experiment_hash, flow run, code version, report folder), `name`,
     `params` and `metrics`. `models`: each {"row": its summary row with the RUN_TAGS, "epochs": its
     per-epoch rows, "checkpoint": its final checkpoint or None}. A model already recorded in this
-    experiment with these very weights is skipped; with other weights (retrained) its old run is replaced."""
+    experiment with these very weights is skipped; with other weights (retrained) its old run is replaced.
+    `answered()` is called as the store answers (probe.until_silent's watch)."""
     from mlflow.entities import Metric, Param
 
     mlflow = client(uri)
     exp = experiment_id(mlflow, uri)
+    answered()
     digest = comparison["tags"]["experiment_hash"]
     same = f"tags.experiment_hash = '{digest}'"
     found = mlflow.search_runs([exp], filter_string=f"{same} and tags.`{KIND}` = '{MODEL}'", max_results=50_000)
@@ -244,8 +250,10 @@ def record(uri: str, comparison: dict, models: list[dict], files: list[Path] = (
         exp, start_time=start, run_name=comparison["name"],
         tags={**system_tags(comparison["name"]), **comparison["tags"], KIND: COMPARISON}).info.run_id  # fmt: skip
     with ended_if_stopped(mlflow, parent):
-        added = sum(_record_model(mlflow, exp, parent, model, recorded.get(model["row"]["model_key"]), uri,
-                                  log_models) for model in models)  # fmt: skip
+        added = 0
+        for model in models:
+            added += _record_model(mlflow, exp, parent, model, recorded.get(model["row"]["model_key"]), uri, log_models)
+            answered()
         params = [Param(k, str(v)) for k, v in comparison.get("params", {}).items() if v is not None]
         metrics = [Metric(k, clean(v), _ms(comparison["tags"]["recorded_at"]), 0)
                    for k, v in comparison.get("metrics", {}).items() if v == v]  # fmt: skip
