@@ -73,17 +73,24 @@ def test_seed_waves_are_fives_up_to_the_maximum():
     assert seed_waves(12) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
 
 
-def test_the_spent_level_keeps_the_t_intervals_error_at_its_nominal_level():
+@pytest.mark.parametrize("max_seeds", [10, 15, 20, 30])
+def test_every_design_s_spent_level_keeps_its_error_within_the_nominal_level(max_seeds):
     """At the boundaries' nominal levels Student's t misses more often than stated; the calibrated level
-    spent brings the simulated worst-case error (a true difference of zero) back to at most the nominal."""
-    from dropout_lab.analysis.sequential import _miss_rate, _null_t, calibrated_spending, planned_ends
+    spent brings the worst-case error (a true difference of zero) back within the nominal level for every
+    design a user can ask for (--max-seeds, 2 to 6 claims), measured on a million runs the calibration did
+    not see: never more than two standard errors above (before: 15 seeds erred 0.00862 for 0.00833 and
+    0.01291 for 0.0125, three to four standard errors)."""
+    from dropout_lab.analysis.sequential import calibrated_spending, miss_rate, null_t, planned_ends
 
-    ends, alpha = planned_ends(20), 0.05 / 6
-    spent = calibrated_spending(20, alpha)
-    assert ends == (5, 10, 15, 20) and 0.0075 < spent < alpha
-    stats = _null_t(ends)
-    assert _miss_rate(ends, 20, alpha, stats) > alpha >= _miss_rate(ends, 20, spent, stats)
-    assert calibrated_spending(5, alpha) == alpha  # one planned look: the t-interval is exact
+    ends, runs = planned_ends(max_seeds), 1_000_000
+    t_at = null_t(ends, runs, seed=7)
+    for claims in (2, 4, 6):
+        alpha = 0.05 / claims
+        spent = calibrated_spending(max_seeds, alpha)
+        error = miss_rate(ends, max_seeds, spent, t_at)
+        assert spent < alpha and error <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), (claims, spent, error)
+        assert miss_rate(ends, max_seeds, alpha, t_at) > error  # the uncalibrated level errs more
+    assert calibrated_spending(5, 0.05 / 6) == 0.05 / 6  # one planned look: the t-interval is exact
 
 
 def test_the_error_benchmark_decides_exactly_as_the_flow_does():
