@@ -7,8 +7,9 @@ seed). Every decision, interval, p-value and sentence of the report derives from
 design, which the README's command names (`--seeds auto`, `--max-seeds`, `--margin`; the looks are the
 waves' ends up to the seeds the run reached). This writes docs/answer/statistics.parquet and summary.md
 again and prints the block the README quotes between its answer markers (tests/test_readme_answer.py
-checks the README against it). The figure (comparison.png) needs the per-epoch rows, which docs/answer
-does not keep: it stays the run's. `--check`: write nothing, exit 1 if anything would change.
+checks the README against it), and draws decisions.png (what the verdict rests on) from those rows. The
+curves (comparison.png) need the per-epoch rows, which docs/answer does not keep: they stay the run's.
+`--check`: write nothing, exit 1 if the markdown or the README's quote would change.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dropout_lab.analysis.report import Tables, markdown_summary, statistics_tables  # noqa: E402
+from dropout_lab.analysis.figures import plot_decisions, plt  # noqa: E402
+from dropout_lab.analysis.report import Tables, markdown_summary, report_title, statistics_tables  # noqa: E402
 from dropout_lab.analysis.stats import compare_all, statistics_rows  # noqa: E402
 from dropout_lab.analysis.tables import STATISTICS_SCHEMA, write_table  # noqa: E402
 from dropout_lab.analysis.verdict import verdict  # noqa: E402
@@ -75,7 +77,7 @@ def report_of(summary: list[dict], design: Design, run_dir: Path) -> tuple[Table
     data = DataInfo("", first["dataset"], first["data_verified"], first["data_provenance"], "")
     comparisons = compare_all(summary, design)
     tables = Tables(design, summary, [], comparisons, statistics_rows(summary, design, comparisons), [], [])
-    return tables, markdown_summary(tables, data, None, run_dir) + "\n![comparison](comparison.png)\n"
+    return tables, markdown_summary(tables, data, run_dir)
 
 
 def main() -> int:
@@ -94,7 +96,11 @@ def main() -> int:
         return 1 if changed else 0
     write_table(tables.statistics, STATISTICS_SCHEMA, folder / "statistics.parquet")
     (folder / "summary.md").write_text(markdown)
-    print(f"wrote {folder / 'statistics.parquet'} and {folder / 'summary.md'}; the README's quote:\n")
+    with plt.rc_context({"text.parse_math": False}):
+        plot_decisions(summary, report_title(summary, summary[0]["data_provenance"]), folder / "decisions.png", design,
+                       tables.comparisons)  # fmt: skip
+    print(f"wrote {folder / 'statistics.parquet'}, {folder / 'summary.md'} and {folder / 'decisions.png'}; the "
+          "README's quote:\n")  # fmt: skip
     print(expected)
     return 0
 

@@ -25,7 +25,12 @@ from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV
 from tasks.report import ui_base
 
 RECENT_RUNS = 20  # runs in the UI's table of the latest runs
-REPORT_FILES = ("comparison.png", "samples.png", "summary.md")  # the comparison run's artifacts in MLflow
+REPORT_FILES = (
+    "decisions.png",
+    "comparison.png",
+    "samples.png",
+    "summary.md",
+)  # the comparison run's artifacts in MLflow
 
 
 def mlflow_error(e: Exception, folder: str) -> RuntimeError:

@@ -34,10 +34,10 @@ def test_first_run_writes_a_complete_report(first_run):
     assert not any(n.startswith("evaluate") for n in states)  # final = the last epoch's evaluation
     assert all(s == {"Completed"} for s in states.values()), states
     assert sorted(p.name for p in folder.iterdir()) == [
-        "comparison.png", "confusion.parquet", "per_class.parquet", "per_epoch.parquet", "samples.png",
-        "statistics.parquet", "summary.md", "summary.parquet",
+        "comparison.png", "confusion.parquet", "decisions.png", "per_class.parquet", "per_epoch.parquet",
+        "samples.png", "statistics.parquet", "summary.md", "summary.parquet",
     ]  # fmt: skip
-    for name in ("comparison.png", "samples.png"):
+    for name in ("comparison.png", "decisions.png", "samples.png"):
         with Image.open(folder / name) as img:
             img.load()
             assert img.size[0] > 400

@@ -228,7 +228,7 @@ def test_a_report_with_a_hostile_folder_name_and_class_names_renders(tmp_path):
     line = next(x for x in markdown.splitlines() if "Report folder" in x)
     assert "``" in line and "\\n<img" in line  # the newline shown escaped, inside the code span
     assert (folder / "summary.md").read_text().count("Report folder") == 1
-    assert markdown_summary(report_tables(results, info, Design()), info, None, run_dir).count("\n# ") == 0
+    assert markdown_summary(report_tables(results, info, Design()), info, run_dir).count("\n# ") == 0
 
 
 # --- credentials -------------------------------------------------------------------------------------

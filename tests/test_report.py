@@ -1,5 +1,7 @@
 """Report writing from synthetic results: schemas, figures, markdown."""
 
+import pathlib
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -47,10 +49,12 @@ def test_write_report_produces_every_file_with_its_schema(tmp_path):
     assert summary["baseline"]["best_epoch"] == 3 and summary["baseline"]["final_test_acc"] == 0.45 + 0.24
     assert summary["baseline"]["generalization_gap"] == pytest.approx(0.45 + 0.45 - (0.45 + 0.24))
     assert summary["dropout=0.25"]["started_at"].tzinfo is not None
-    for png in ("comparison.png", "samples.png"):
+    for png in ("decisions.png", "comparison.png", "samples.png"):
         with Image.open(run_dir / png) as img:
             img.verify()
-    assert "data:image/png;base64," in markdown and "unverified" in markdown
+    assert markdown.count("](data:image/png;base64,") == 2 and "unverified" in markdown  # both figures, in the UI
+    linked = (run_dir / "summary.md").read_text()
+    assert "![decisions](decisions.png)" in linked and "![comparison](comparison.png)" in linked
     assert "\n- dropout 0.25 vs baseline with one seed each" in markdown
     assert "no interval, no decision" in markdown
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]  # no temp folder left behind
@@ -73,11 +77,14 @@ def test_a_training_restored_from_its_checkpoints_reports_its_epochs_time_not_th
 def test_the_figure_title_counts_seeds_per_model_when_a_decided_variant_stopped():
     from dropout_lab.analysis.report import report_title
 
+    def title(results, info) -> str:
+        return report_title(report_tables(results, info, Design()).summary, info.provenance)
+
     trained, info, *_ = fake_results(seeds=(0, 1, 2))
-    assert ", 3 seeds (mean, 95% bands)," in report_title(trained, info)
+    assert ", 3 seeds (mean, 95% bands)," in title(trained, info)
     stopped = [t for t in trained if not (t.config.dropout and t.config.seed == 2)]  # --seeds auto: 0.25 decided
-    assert ", 2–3 seeds per model (n in the legends) (mean, 95% bands)," in report_title(stopped, info)
-    assert ", seed 0," in report_title(fake_results()[0], info)
+    assert ", 2–3 seeds per model (n in the legends) (mean, 95% bands)," in title(stopped, info)
+    assert ", seed 0," in title(fake_results()[0], info)
 
 
 def test_rewriting_a_report_replaces_it_whole(tmp_path):
@@ -98,7 +105,7 @@ def test_markdown_labels_synthetic_data():
     from dataclasses import replace
 
     info = replace(info, provenance="synthetic data — accuracies meaningless")
-    md = markdown_summary(report_tables(trained, info, Design()), info, None, "/x")
+    md = markdown_summary(report_tables(trained, info, Design()), info, "/x")
     assert "synthetic data — accuracies meaningless" in md
 
 
@@ -205,3 +212,39 @@ def test_gap_axis_includes_zero():
     assert low < 0 < 10 < 12 < high
     low, high = _rate_axis_limits([99.0, 99.5], (0, 100), include_zero=False)
     assert high == 100 and high - low >= 10
+
+
+def test_the_difference_panel_says_what_the_verdict_says_at_the_level_of_its_interval():
+    """A change clear of zero but not of the margin: the figure's words are the verdict's ('better, not shown
+    to exceed ±1.00 points'), and its title names the interval's level (the figure once said 'better' alone)."""
+    import matplotlib.pyplot as plt
+
+    from dropout_lab.analysis.figures import plot_difference_panel
+    from dropout_lab.analysis.stats import compare_all
+    from dropout_lab.analysis.verdict import describe, level_text
+    from dropout_lab.config import Design
+
+    lift = [0.005, 0.025, 0.01, 0.02, 0.008, 0.022, 0.012, 0.018, 0.006, 0.024]  # +1.5 points, clear of zero only
+    data = summary_for((0.0, 0.25), range(10), lambda p, s: 0.7 + (lift[s] if p else 0.001 * (s % 3)))
+    for row in data:
+        row["final_train_eval_acc"] = row["final_test_acc"] + row["generalization_gap"]
+        row["final_test_loss"] = 1.0 - row["final_test_acc"]
+    ((variant, c),) = compare_all(data, Design((), 0, 0.01))["final_test_acc"].items()
+    assert ", not shown to exceed ±1.00 points" in describe(c)
+    fig, ax = plt.subplots()
+    plot_difference_panel(ax, {variant: c}, "Test accuracy")
+    (words,) = [t.get_text() for t in ax.texts]
+    assert words == f"{c.decision.decision},\nnot shown to exceed ±1.00 points" and level_text(c) in ax.get_title()
+    plt.close(fig)
+
+
+def test_the_decisions_figure_is_drawn_from_the_per_seed_rows_alone(tmp_path):
+    """docs/answer keeps the run's per-seed rows, not its epochs: its decisions figure is redrawn from them."""
+    from dropout_lab.analysis.figures import plot_decisions
+    from dropout_lab.config import Design
+
+    answer = pathlib.Path(__file__).resolve().parent.parent / "docs" / "answer"
+    summary = pq.read_table(answer / "summary.parquet").to_pylist()
+    plot_decisions(summary, "title", tmp_path / "decisions.png", Design((5, 10, 15, 20), 20, 0.01))
+    with Image.open(tmp_path / "decisions.png") as img:
+        assert img.size[0] > 1000

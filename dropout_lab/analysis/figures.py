@@ -1,8 +1,10 @@
-"""The report's figures: the comparison (curves, gap, per-class accuracy, each variant vs the baseline)
-and a grid of sample images. Plain text only (no mathtext): class names and titles come from files."""
+"""The report's figures: the comparison (curves, gap and per-class accuracy), the decisions (each variant
+vs the baseline, at the level of each claim) and a grid of sample images. Plain text only (no mathtext):
+class names and titles come from files."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +16,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from dropout_lab.analysis.stats import Comparison, by_variant, compare_all, mean_ci  # noqa: E402
 from dropout_lab.analysis.tables import per_class_accuracy  # noqa: E402
+from dropout_lab.analysis.verdict import decision_words, design_line, level_text  # noqa: E402
 from dropout_lab.config import SETTING, Design, Variant, family_noun, variant_of  # noqa: E402
 from dropout_lab.core.data import CLASSES  # noqa: E402
 from dropout_lab.results import TrainResult  # noqa: E402
@@ -111,8 +114,8 @@ def plot_rate_panel(ax, summary: list[dict], metric: str, what: str, clip=(0.0, 
 def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
                           sources: dict[Variant, str] | None = None) -> None:  # fmt: skip
     """What the verdict tests: per variant, each seed's paired difference to the baseline (dots), the
-    interval the decision rests on (bar) with the decision's word (and, for the gap, `sources`: its train
-    and test sides), the ±margin band and zero."""
+    interval the decision rests on (bar, its level in the title) with the verdict's words for it (and, for
+    the gap, `sources`: its train and test sides), the ±margin band and zero."""
     variants = list(comparisons)
     if not variants:
         ax.text(0.5, 0.5, "no variant to compare", transform=ax.transAxes, ha="center")
@@ -134,13 +137,17 @@ def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
             # the interval (the looks' intervals intersected) need not be centred on the last look's mean
             ax.vlines(x, low, high, color="#1f4e79", lw=3, zorder=4)
             ax.plot([x], [mean], "D", ms=5, color="#1f4e79", zorder=5)
-            word = c.decision.decision + (f"\n{sources[v]}" if sources and v in sources else "")
-            ax.annotate(word, (x, high), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9,
-                        color="#1f4e79")  # fmt: skip
+            word = decision_words(c).replace(", ", ",\n") + (f"\n{sources[v]}" if sources and v in sources else "")
+            ax.annotate(word, (x, max([high, *diffs])), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=9, color="#1f4e79")  # fmt: skip
     if not any(c.decision and c.decision.looks for c in comparisons.values()):
         ax.text(0.5, 0.03, "one seed per variant: no interval, no decision", transform=ax.transAxes, ha="center",
                 fontsize=9)  # fmt: skip
-    ax.set(title=f"{what}: variant − baseline per seed, decision interval", xlabel=xlabel, ylabel="points")
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top + 0.25 * (top - bottom))  # room for the words above the highest dot
+    levels = sorted({level_text(c) for c in comparisons.values() if c.decision and c.decision.looks})
+    ax.set(title=f"{what}: variant − baseline per seed; bars: {', '.join(levels) or 'no interval'}", xlabel=xlabel,
+           ylabel="points")  # fmt: skip
     if numeric:
         ax.set_xticks([x_of[v] for v in order])
         ax.set_xlim(min(x_of.values()) - 0.1 * max(span, 0.5), max(x_of.values()) + 0.1 * max(span, 0.5))
@@ -169,26 +176,29 @@ def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]]) -> N
                              [100 * (look.high - look.mean) for look in c.decision.looks]], posinf=0.0)  # fmt: skip
         name = "test acc" if metric == "final_test_acc" else "gap"
         ax.errorbar(ns, mid, yerr=err, fmt="o-" if metric == "final_test_acc" else "s--", ms=4, capsize=3,
-                    label=f"{v.words}, {name}: {c.decision.decision}")  # fmt: skip
+                    label=f"{v.words}, {name}: {decision_words(c)}")  # fmt: skip
     margin = 100 * claims[0][2].decision.margin
+    ends = [100 * e for _, _, c in claims for look in c.decision.looks for e in (look.low, look.high)]
+    reach = max([abs(e) for e in ends if np.isfinite(e)] + [2 * margin])
+    ax.set_ylim(-1.3 * reach, 1.3 * reach)  # the widest look's interval inside the axes
     ax.axhspan(-margin, margin, color="#9ecae1", alpha=0.35, lw=0)
     ax.axhline(0, color="grey", lw=0.8)
     # The first look of a long plan spends almost none of the error (intervals of ±50 points beside later
     # ones of ±1): linear inside the margin, logarithmic beyond, so every look stays readable.
     ax.set_yscale("symlog", linthresh=margin)
+    ticks = [t for t in (1, 3, 10, 30, 100, 300) if t * margin <= 1.3 * reach]
+    ax.set_yticks(sorted({0.0, *(sign * t * margin for t in ticks for sign in (-1, 1))}))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))  # 10, not 10¹
-    ax.set(title="Each claim's interval after each wave of seeds", xlabel="seeds",
+    ax.set(title=f"Each claim's {level_text(claims[0][2])} after each wave of seeds", xlabel="seeds",
            ylabel="difference, points (linear within ±margin, log beyond)")  # fmt: skip
     ax.legend(fontsize=7)
 
 
-def plot_comparison(results: list[TrainResult], summary: list[dict], title: str, path: Path,
-                    design: Design = Design(), comparisons: dict | None = None) -> None:  # fmt: skip
-    """Curves (mean over seeds, 95% bands), gap per epoch; what the verdict tests (paired differences
-    with their decision intervals, and their narrowing wave by wave); each arm's own values; per-class
-    accuracy."""
-    fig, axes = plt.subplots(3, 3, figsize=(20, 15.5))
-    ax_acc, ax_loss, ax_gap, ax_diff_acc, ax_diff_gap, ax_waves, ax_rate_acc, ax_rate_gap, ax_cls = axes.flat
+def plot_comparison(results: list[TrainResult], title: str, path: Path) -> None:
+    """Per epoch, mean over seeds with 95% bands: accuracy, loss and the gap; per-class test accuracy of the
+    final models."""
+    fig, axes = plt.subplots(2, 2, figsize=(15, 10.5))
+    ax_acc, ax_loss, ax_gap, ax_cls = axes.flat
     groups: dict[Variant, list[TrainResult]] = {}
     for r in results:  # in report order already
         groups.setdefault(variant_of(r.config), []).append(r)
@@ -225,7 +235,21 @@ def plot_comparison(results: list[TrainResult], summary: list[dict], title: str,
                    color=color(variant, variants), label=f"{variant.name} ({acc:.1%})")  # fmt: skip
     ax_cls.set_xticks(x, CLASSES, rotation=35, ha="right")
     ax_cls.set(title="Per-class test accuracy (final models, mean over seeds)", ylabel="accuracy (%)", ylim=(0, 100))
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in (ax_acc, ax_loss, ax_gap):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _save(fig, title, path)
 
+
+def plot_decisions(summary: list[dict], title: str, path: Path, design: Design = Design(),
+                   comparisons: dict | None = None) -> None:  # fmt: skip
+    """What the verdict rests on, drawn from the per-seed rows alone (docs/answer is redrawn from them): the
+    paired differences with each decision's interval at its level, the gap's train and test sides, the
+    intervals look by look, each variant's own final test accuracy and gap."""
+    fig, axes = plt.subplots(2, 3, figsize=(20, 10.5))
+    ax_diff_acc, ax_diff_gap, ax_waves, ax_rate_acc, ax_rate_gap, ax_words = axes.flat
     comparisons = comparisons or compare_all(summary, design)
     plot_difference_panel(ax_diff_acc, comparisons["final_test_acc"], "Test accuracy")
     sides = {
@@ -236,12 +260,16 @@ def plot_comparison(results: list[TrainResult], summary: list[dict], title: str,
     plot_waves_panel(ax_waves, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})
     plot_rate_panel(ax_rate_acc, summary, "final_test_acc", "final test accuracy (%)")
     plot_rate_panel(ax_rate_gap, summary, "generalization_gap", "final gap (points)", (-100, 100), True)
-    for ax in axes.flat:
+    ax_words.axis("off")
+    basis = design_line(summary, design, comparisons)  # the verdict's own sentence: what the bars are
+    ax_words.text(0, 1, textwrap.fill(basis, 60), va="top", fontsize=10, transform=ax_words.transAxes)
+    for ax in axes.flat[:5]:
         ax.grid(alpha=0.3)
-    for ax in (ax_acc, ax_loss, ax_gap, ax_cls, ax_rate_acc):
-        ax.legend(fontsize=8)
-    for ax in (ax_acc, ax_loss, ax_gap):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_rate_acc.legend(fontsize=8)
+    _save(fig, title, path)
+
+
+def _save(fig, title: str, path: Path) -> None:
     fig.suptitle(title, fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=80)

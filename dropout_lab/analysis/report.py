@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from dropout_lab.analysis.figures import plot_comparison, plot_samples, plt
+from dropout_lab.analysis.figures import plot_comparison, plot_decisions, plot_samples, plt
 from dropout_lab.analysis.stats import by_variant, compare_all, statistics_rows
 from dropout_lab.analysis.tables import (
     CONFUSION_SCHEMA,
@@ -61,21 +61,22 @@ def report_tables(results: list[TrainResult], data: DataInfo, design: Design) ->
                   confusion_rows(results, data))  # fmt: skip
 
 
-def report_title(results: list[TrainResult], data: DataInfo) -> str:
-    """Figure title: the data's provenance and the data actually used, the recipe, seeds, device."""
-    cfg, r = results[0].config, results[0]
-    devices = ", ".join(sorted({r.config.device for r in results}))
-    seeds = sorted({r.config.seed for r in results})
-    per_model = Counter(variant_of(r.config) for r in results).values()  # --seeds auto: decided variants stop
+def report_title(summary: list[dict], provenance: str) -> str:
+    """Figure title from the per-seed rows: the data's provenance and the data actually used, the recipe,
+    seeds, device."""
+    r = summary[0]
+    devices = ", ".join(sorted({row["device"] for row in summary}))
+    seeds = sorted({row["seed"] for row in summary})
+    per_model = Counter(variant_of(row) for row in summary).values()  # --seeds auto: decided variants stop
     fewest, most = min(per_model), max(per_model)
     how_many = counted(most, "seed") if fewest == most else f"{fewest}–{most} seeds per model (n in the legends)"
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{how_many} (mean, 95% bands)"
-    compared = comparison_words({variant_of(r.config) for r in results})
+    compared = comparison_words({variant_of(row) for row in summary})
     return (
-        f"{compared[0].upper()}{compared[1:]} — {data.provenance}\n"
-        f"{r.n_train:,} train images ({r.n_train_eval:,} re-evaluated for the gap) / {r.n_test:,} test images, "
-        f"{counted(cfg.epochs, 'epoch')}, batch {cfg.batch_size}, Adam lr {value_text(cfg.lr)}, {seed_text}, "
-        f"device {devices}, {cfg.precision}{', compiled' if cfg.compile else ''}"
+        f"{compared[0].upper()}{compared[1:]} — {provenance}\n"
+        f"{r['n_train']:,} train images ({r['n_train_eval']:,} re-evaluated for the gap) / {r['n_test']:,} test "
+        f"images, {counted(r['epochs'], 'epoch')}, batch {r['batch_size']}, Adam lr {value_text(r['lr'])}, "
+        f"{seed_text}, device {devices}, {r['precision']}{', compiled' if r['compiled'] else ''}"
     )
 
 
@@ -166,8 +167,12 @@ def code_span(text: str) -> str:
     return f"{fence}{pad}{shown}{pad}{fence}"
 
 
-def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None, run_dir: Path) -> str:
-    """Markdown for the Prefect UI: the verdict first, then per-variant statistics, runs and the figure."""
+FIGURES = ("decisions.png", "comparison.png")  # in the report's order: what the verdict rests on, then the curves
+
+
+def markdown_summary(tables: Tables, data: DataInfo, run_dir: Path, embed_from: Path | None = None) -> str:
+    """Markdown of the report: the verdict first, then per-variant statistics, runs and the FIGURES, linked by
+    name (summary.md beside them) or, for the Prefect UI, embedded from the folder `embed_from`."""
     summary, design = tables.summary, tables.design
     compared = comparison_words(by_variant(summary))
     lines = [f"# {compared[0].upper()}{compared[1:]}", ""]
@@ -217,10 +222,14 @@ def markdown_summary(tables: Tables, data: DataInfo, comparison_png: Path | None
             f"{100 * s['generalization_gap']:.2f} | {s['final_test_loss']:.4f} | {seconds:.0f} s | "
             f"{s['device']}{_stack_note(s)} |"
         )
-    if comparison_png is not None and comparison_png.is_file():
-        encoded = base64.b64encode(comparison_png.read_bytes()).decode()
-        lines += ["", f"![comparison](data:image/png;base64,{encoded})"]
+    for name in FIGURES:
+        source = name if embed_from is None else f"data:image/png;base64,{_base64(embed_from / name)}"
+        lines += ["", f"![{name.removesuffix('.png')}]({source})"]
     return "\n".join(lines) + "\n"
+
+
+def _base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 def report_order(results) -> list[TrainResult]:
@@ -261,11 +270,12 @@ def write_report(
         write_table(tables.statistics, STATISTICS_SCHEMA, tmp / "statistics.parquet")
         # Class names come from the data's batches.meta: plain text, never mathtext ('$...$').
         with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
-            plot_comparison(results, tables.summary, report_title(results, data), tmp / "comparison.png", tables.design,
-                            tables.comparisons)  # fmt: skip
+            title = report_title(tables.summary, data.provenance)
+            plot_decisions(tables.summary, title, tmp / "decisions.png", tables.design, tables.comparisons)
+            plot_comparison(results, title, tmp / "comparison.png")
             plot_samples(*samples, class_names, f"Training images — {data.provenance}", tmp / "samples.png")
-        markdown = markdown_summary(tables, data, tmp / "comparison.png", run_dir)
-        (tmp / "summary.md").write_text(markdown.split("![comparison]")[0] + "![comparison](comparison.png)\n")
+        markdown = markdown_summary(tables, data, run_dir, embed_from=tmp)
+        (tmp / "summary.md").write_text(markdown_summary(tables, data, run_dir))
         os.chmod(tmp, 0o755)
         # Swap under a lock: two identical runs finishing together must not interleave the swap.
         with FileLock(str(run_dir.parent / f".{run_dir.name}.lock")):

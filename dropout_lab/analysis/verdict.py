@@ -87,9 +87,24 @@ def describe(c: Comparison) -> str:
     verb = lower if c.primary.diff < 0 else higher
     text = f"{name} {d.decision} — {verb} by {_amount(c.metric, c.primary.diff)} ({interval}; "
     text += f"{repeated_p_words(c, 'a difference')})"
-    if d.low < d.margin and d.high > -d.margin:  # clear of zero, not of the margin
+    if margin_not_cleared(c):
         text += f", not shown to exceed ±{margin}"
     return text
+
+
+def margin_not_cleared(c: Comparison) -> bool:
+    """A better/worse claim whose interval is clear of zero but not of the ±margin."""
+    d = c.decision
+    return d.decision in ("better", "worse") and d.low < d.margin and d.high > -d.margin
+
+
+def decision_words(c: Comparison) -> str:
+    """A decided claim as the figure labels it, in the verdict's words: 'better', 'worse, not shown to exceed
+    ±1.00 points', 'equivalent within ±1.00 points', 'undecided'."""
+    d, margin = c.decision, _amount(c.metric, c.decision.margin)
+    if d.decision == "equivalent":
+        return f"equivalent within ±{margin}"
+    return d.decision + (f", not shown to exceed ±{margin}" if margin_not_cleared(c) else "")
 
 
 def gap_source(train: Comparison, test: Comparison, claims: int) -> str:
