@@ -25,8 +25,10 @@ _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2})[^/?#\s@]*(?:
 # user:password@ where the password holds what a URL's userinfo may not (SQLAlchemy takes everything up
 # to the last '@' as the password): from `scheme://user:` to the line's last '@' before a host.
 _RAW_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^:/?#\s@]*:[^@\n]*@(?=[\w\[])")
-# user:password@host with the scheme forgotten (`alice:s3cret@db:5432/x`): the same userinfo, no scheme before it.
-_BARE_USERINFO = re.compile(r"(?<![\w.%+/:@-])[\w.%+-]+:[^\s/?#@:]+@(?=[\w.-]+(?::\d+)?(?![\w.-]))")
+# user:password@host with the scheme forgotten (`alice:s3cret@db:5432/x`, `...@[::1]:9`): the same userinfo, no
+# scheme before it.
+_HOST = r"(?:[\w.-]+|\[[\dA-Fa-f:.]+\])"  # a name, an IPv4 address or a bracketed IPv6 one
+_BARE_USERINFO = re.compile(rf"(?<![\w.%+/:@-])[\w.%+-]+:[^\s/?#@:]+@(?={_HOST}(?::\d+)?(?![\w.-]))")
 # name=value where the name ends in a word that says it holds a secret (api_key, access_token,
 # X-Amz-Signature, libpq's sslpassword), after the start, '?', '&', ';', ',' or white space: URL
 # queries, fragments and libpq's "key=value" connection strings alike. The value runs to the next

@@ -63,7 +63,7 @@ ODD = ["nan", "inf", "-inf", "-1", "0", "1e309", "1.5", "0x10", "１２", "", " 
 free_text = st.text(max_size=40).filter(lambda t: SECRET not in t)
 huge_text = st.text(min_size=3000, max_size=3500).filter(lambda t: SECRET not in t)
 values = st.one_of(
-    st.sampled_from(ODD), secret_urls(), free_text, huge_text,
+    st.sampled_from(ODD), secret_urls(), free_text, huge_text, huge_text.map(lambda t: f"sqlite:///{t}"),
     st.integers(-(10**30), 10**30).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
 )  # fmt: skip
 

@@ -139,7 +139,7 @@ def test_the_store_is_mlflow_s_own_with_a_comparison_and_a_child_per_model(store
     assert child.info.end_time - child.info.start_time == 5 * 60 * 1000  # the training's span, not logging's
 
 
-def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replaces_it(tmp_path):
+def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replaces_it(tmp_path, capsys):
     uri = uri_of(tmp_path)
     run = nights(1, seeds=(0,))[0]
     assert record(uri, run) == 2
@@ -148,7 +148,11 @@ def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replace
     assert record(uri, [retrained]) == 1
     rows = history.read(uri)
     assert len(rows) == 2 and {r["weights_sha256"] for r in rows} == {"new", run[1]["weights_sha256"]}
+    capsys.readouterr()
     assert cli.main(["--history", uri, "--compare", "hash0", "hash0"]) == 0  # one seed per side, never two
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("dropout", "baseline"))]
+    assert [(r[0], r[1]) for r in rows] == [("dropout=0.25", "1/1"), ("baseline", "1/1")]  # the audit saw 2/2
+    assert rows[0][2] == "50.00"  # the retrained model's numbers, not the replaced one's
 
 
 def test_a_recording_stopped_midway_ends_its_runs_and_the_rerun_completes_them(tmp_path, monkeypatch):

@@ -46,6 +46,7 @@ def test_credentials_in_urls_are_redacted():
     'host=db.example password = "{s}"',
     "alice:{s}@db.example:1",  # a Dask address without a scheme
     "'alice:{s}@db.example:1'",  # ... quoted, as libraries print it
+    "'alice:{s}@[::1]:9/db'",  # ... at an IPv6 address, echoed by argparse (found by the generated-input test)
 ])  # fmt: skip
 def test_every_form_a_library_accepts_is_redacted(form):
     """The audit's forms that were printed in the clear (#42 case 8), in a sentence as messages put them."""

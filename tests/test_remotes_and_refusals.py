@@ -309,6 +309,7 @@ def test_a_dask_scheduler_that_refuses_leaves_no_folder(capfd, tmp_path):
         (["--history", f"postgresql+asyncpg://u:{SECRET}@h/db"], "the async driver asyncpg cannot be used"),
         (["--history", f"mysql://u:{SECRET}@h/db"], "needs the MySQLdb package"),
         (["--history", "postgresql://u@h:notaport/db"], "not a database URL"),
+        (["--history", "sqlite:///" + "x" * 5000], "File name too long"),
     ],
 )
 def test_compare_answers_bad_values_in_one_line(capfd, tmp_path, argv, says):
@@ -357,6 +358,7 @@ def store(tmp_path, monkeypatch) -> Path:
         (["--figure", "/proc/x.png"], "not writable"),
         (["--parquet", "/nonexistent/x.parquet"], "no folder /nonexistent"),
         (["--since", "last tuesday"], "argument --since"),
+        (["--history", "sqlite:///" + "x" * 5000], "File name too long"),  # a 25-line traceback, exit 1
     ],
 )
 def test_the_history_command_answers_in_one_line(capfd, store, argv, says):

@@ -79,7 +79,10 @@ def sqlite_path(uri: str) -> Path | None:
 def exists(uri: str) -> bool:
     """Whether the store may hold a history (a SQLite file that is there; any server or database)."""
     path = sqlite_path(uri)
-    return path is None or path.is_file()
+    try:
+        return path is None or path.is_file()
+    except OSError as e:  # a name the file system cannot hold (too long)
+        raise HistoryError(f"{shown(uri)}: {e.strerror}") from None
 
 
 def read(
