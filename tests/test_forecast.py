@@ -64,3 +64,50 @@ def test_the_plan_in_words():
     words = plan(pilot({"dropout=0.5": (-0.05, -0.1)}, spread=0.002), 20, 0.01, wave_seconds=600).words()
     assert words.startswith("from the first look (5 seeds): about 10 trainings in all (at most 40), every claim ")
     assert "decided within --max-seeds in 100% of simulated runs; under a minute more at its pace" in words
+
+
+def test_a_plan_before_the_run_from_seeds_of_its_recipe_already_in_the_history():
+    """`--plan`: the answer's recorded seeds as the history, latest record of each model; rows of another recipe
+    (other epochs, other data size) or another setting are not its seeds; a model with fewer than two paired
+    seeds gives no plan."""
+    from dropout_lab.analysis.plan import before_run, recipe_seeds
+    from dropout_lab.config import Variant, variant_of
+
+    rows = pq.read_table(ANSWER).to_pylist()
+    variants = {variant_of(r) for r in rows}
+    recipe = {"dataset": "cifar10", "epochs": 8, "batch_size": 32, "lr": 0.001}
+    stale = [{**r, "final_test_acc": 0.0} for r in rows]  # an older record of the same models: replaced
+    other = [{**r, "epochs": 2} for r in rows] + [{**r, "n_train": 10_000} for r in rows]
+    other += [{**r, "dropout": 0.0, "weight_decay": 0.0005, "model": "weight_decay=0.0005", "baseline": False}
+              for r in rows if r["baseline"]]  # fmt: skip
+    mine = recipe_seeds(stale + other + rows, variants, recipe)
+    assert sorted(map(id, mine)) == sorted(map(id, rows))  # the latest record of each, nothing else
+    words = before_run(mine, 3, max_seeds=20, margin=0.01, slots=2)
+    assert words.startswith("from 10 seeds of this recipe already trained: about ") and "at most 80" in words
+    trainings = float(words.split("about ")[1].split(" trainings")[0])
+    assert 40 <= trainings <= 80, words  # 10 to 20 seeds already in: the rest forecast
+    assert "on 2 device slots" in words and " h " in words  # 8-epoch CPU trainings: hours
+    fewer = [r for r in mine if not (variant_of(r) == Variant((("dropout", 0.5),)) and r["seed"] > 0)]
+    assert before_run(fewer, 3, max_seeds=20, margin=0.01, slots=2) is None
+
+
+def test_plan_prints_the_forecast_and_stops_creating_nothing(tmp_path, capsys, monkeypatch):
+    """`python flows/compare.py --seeds auto --plan`: the plan from the seeds the run history holds, one line,
+    exit 0, no folder made and nothing trained; without --seeds auto it is refused in one line."""
+    from flows.compare import main
+    from tests.test_history import model, record
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'o' / 'mlflow.db'}"
+    argv = ["--dataset", "fake", "--seeds", "auto", "--plan", "--out", "o", "--data-dir", "d", "--cache-dir", "c"]
+    assert main(argv) == 0
+    assert "holds no two seeds of this recipe" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
+    record(store, [model(0, rate, seed, 0.7 + rate / 10 + seed / 100, 0.1 - rate / 5, dataset="fake")
+                   for rate in (0.0, 0.25) for seed in range(3)])  # fmt: skip
+    before = sorted(tmp_path.rglob("*"))
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("plan from 3 seeds of this recipe already trained: about ")
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made
+    assert main(argv[:2] + argv[4:] + ["--seeds", "0"]) == 2
+    assert "--plan forecasts a --seeds auto run" in capsys.readouterr().err

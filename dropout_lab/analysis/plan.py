@@ -14,7 +14,7 @@ import scipy.stats as st
 
 from dropout_lab.analysis.sequential import boundaries, calibrated_spending, no_spread, planned_ends
 from dropout_lab.analysis.stats import claim_alpha
-from dropout_lab.config import counted
+from dropout_lab.config import counted, variant_of
 
 RUNS = 4000  # simulated runs: the probability's standard error is at most 0.008
 SEED = 20261207  # fixed: the same first look always gives the same plan
@@ -94,3 +94,34 @@ def plan(summary: list[dict], max_seeds: int, margin: float, wave_seconds: float
     left = None if wave_seconds is None else max(0.0, float(trainings.mean()) - first) * wave_seconds / first
     return Plan(ends[0], float(trainings.mean()), (len(observed) + 1) * max_seeds,
                 float(decided.all(axis=(1, 2)).mean()), left)  # fmt: skip
+
+
+RECIPE = ("dataset", "epochs", "batch_size", "lr")  # beside the compared settings: what makes trainings alike
+
+
+def recipe_seeds(rows: list[dict], variants: set, recipe: dict, n_train: int = 0, n_test: int = 0) -> list[dict]:
+    """The history's latest record of each (variant, seed) trained to this recipe: the same RECIPE fields,
+    one of `variants`, on `n_train`/`n_test` images (0: the most any such record used, the whole data)."""
+    alike = [r for r in rows if variant_of(r) in variants and all(r.get(f) == recipe[f] for f in RECIPE)]
+    for field, wanted in (("n_train", n_train), ("n_test", n_test)):
+        wanted = wanted or max((r[field] for r in alike), default=0)
+        alike = [r for r in alike if r[field] == wanted]
+    latest = {(variant_of(r), r["seed"]): r for r in alike}  # rows come oldest first: the latest stays
+    return sorted(latest.values(), key=lambda r: r["seed"])
+
+
+def before_run(rows: list[dict], variants: int, max_seeds: int, margin: float, slots: int) -> str | None:
+    """The plan from seeds already trained to this recipe (`recipe_seeds`), before any training, in words;
+    None unless every one of the `variants` has two seeds paired with the baseline. Its time is the whole
+    run's at the pace of those trainings (their median) on `slots` devices (seeds still cached take none)."""
+    paired = paired_differences(rows)
+    if len(paired) < variants or min((len(d) for d in paired.values()), default=0) < 2:
+        return None
+    per_training = float(np.median([max(r["train_seconds"] or 0, r.get("epochs_seconds") or 0) for r in rows]))
+    forecast = plan(rows, max_seeds, margin)
+    seen = min(len(d) for d in paired.values())
+    return (f"from {counted(seen, 'seed')} of this recipe already trained: about {forecast.trainings:.0f} trainings "
+            f"in all (at most {forecast.most}), every claim decided within --max-seeds in "
+            f"{100 * forecast.decided:.0f}% of simulated runs; "
+            f"{duration(forecast.trainings * per_training / max(1, slots))} at their pace on "
+            f"{counted(max(1, slots), 'device slot')} (trainings still cached take none)")  # fmt: skip

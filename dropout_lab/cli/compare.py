@@ -16,7 +16,7 @@ from dropout_lab.config import PARAMETERS, element_type, flag, help_text
 from dropout_lab.probe import ProbeFailed, within_deadline
 from dropout_lab.redact import redact
 
-RUNNER_FLAGS = ("task_runner", "dask_address", "verbose", "history")  # how a run runs, not what it computes
+RUNNER_FLAGS = ("task_runner", "dask_address", "verbose", "history", "plan")  # how a run runs, not what it computes
 
 
 def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentParser:
@@ -51,6 +51,9 @@ def build_parser(prog: str = "python flows/compare.py") -> argparse.ArgumentPars
                              "else sqlite:///OUT/mlflow.db)")  # fmt: skip
     parser.add_argument("--verbose", action="store_true",
                         help="tracebacks and Dask's log on the terminal too (the run log always has them)")  # fmt: skip
+    parser.add_argument("--plan", action="store_true",
+                        help="with --seeds auto: print what the run will cost, forecast from seeds of its recipe "
+                             "already in the run history, and stop (nothing is trained or created)")  # fmt: skip
     return parser
 
 
@@ -124,6 +127,8 @@ def refuse_early(argv: list[str]) -> None:
     global _early
     try:
         params, how = parse(argv)
+        if how["plan"]:
+            sys.exit(show_plan(params))
         plan = checked_plan(params, dask_address=how["dask_address"])
     except CliError as e:
         sys.exit(fail(e))
@@ -204,6 +209,34 @@ def checked_plan(params: dict, deployed: bool = False, dask_address: str | None 
         raise CliError(str(e), 2) from None
 
 
+def show_plan(params: dict) -> int:
+    """--plan: what a --seeds auto run of these flags will cost, forecast from the seeds of its recipe the
+    run history already holds (analysis/plan.py); its checks as the run's, nothing trained or created."""
+    from dropout_lab.analysis import history
+    from dropout_lab.analysis.plan import RECIPE, before_run, recipe_seeds
+    from dropout_lab.config import variant_of
+    from dropout_lab.runtime.preflight import check_parameters
+
+    try:
+        plan = check_parameters(params, create=False)
+    except ValueError as e:
+        raise CliError(str(e), 2) from None
+    if not plan.design.sequential:
+        raise CliError("--plan forecasts a --seeds auto run: add --seeds auto", 2)
+    uri, first = history.store_uri(plan.folders["out"]), plan.configs[0]
+    variants = {variant_of(c) for c in plan.configs}
+    recipe = {name: params[name] if name in params else getattr(first, name) for name in RECIPE}
+    try:
+        rows = history.read(uri) if history.exists(uri) else []
+    except history.HistoryError as e:
+        raise CliError(str(e), 2) from None
+    rows = recipe_seeds(rows, variants, recipe, first.limit_train, first.limit_test)
+    words = before_run(rows, len(variants) - 1, plan.design.max_seeds, plan.design.margin, sum(plan.slots.values()))
+    print(f"plan {words}" if words else f"plan: {history.shown(uri)} holds no two seeds of this recipe for every "
+          "model yet; the run forecasts from its first look (its first wave of seeds)")  # fmt: skip
+    return 0
+
+
 def check_environment() -> None:
     """Prefect's settings as the environment gives them (PREFECT_*), read before Prefect's engine is
     imported: a value Prefect cannot use is one line, not its validation error's fifty."""
@@ -262,6 +295,8 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
     else:
         try:
             params, how = parse(argv)
+            if how["plan"]:
+                return show_plan(params)
             plan = checked_plan(params, dask_address=how["dask_address"])
         except CliError as e:
             return fail(e)
