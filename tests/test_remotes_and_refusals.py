@@ -125,16 +125,22 @@ def test_a_prefect_api_failing_after_its_probe_ends_the_command_within_the_deadl
     assert took < REMOTE_DEADLINE_S and list(tmp_path.iterdir()) == [], (took, list(tmp_path.iterdir()))
 
 
+def recorded_to(server: HalfWorking, folder: Path) -> subprocess.CompletedProcess:
+    """A tiny run whose history is recorded on `server`, as a subprocess in `folder`, with the command's own
+    bounds on MLflow's retries (not this process's)."""
+    pytest.importorskip("mlflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_")}
+    return subprocess.run([sys.executable, str(REPO / "flows/compare.py"), "--dataset", "fake", "--epochs", "1",
+                           "--limit-train", "200", "--limit-test", "100", "--data-dir", "d", "--out", "o",
+                           "--cache-dir", "c", "--history", server.url], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
 def test_an_mlflow_server_failing_after_its_probe_ends_the_run_within_the_deadline_the_report_kept(tmp_path):
     """The audit's server: the experiments search (the probe's read) answers, the rest 503 (250 s without a line,
     MLflow's own retries). Now the run ends within the deadline, its report written, the last line saying so."""
-    pytest.importorskip("mlflow")
     server = HalfWorking({"/experiments/search": b'{"experiments": []}'})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_")}  # the command's own bounds
-    done = subprocess.run([sys.executable, str(REPO / "flows/compare.py"), "--dataset", "fake", "--epochs", "1",
-                           "--limit-train", "200", "--limit-test", "100", "--data-dir", "d", "--out", "o",
-                           "--cache-dir", "c", "--history", server.url], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = recorded_to(server, tmp_path)
     took = time.monotonic() - server.first_refusal
     server.shutdown()
     last = done.stderr.strip().splitlines()[-1]
@@ -146,13 +152,8 @@ def test_an_mlflow_server_failing_after_its_probe_ends_the_run_within_the_deadli
 def test_an_mlflow_answering_every_request_with_an_empty_object_ends_the_run_in_one_line(tmp_path):
     """The audit's "MLflow" answering 200 `{}` to everything (it passes the probe's read): one last line, within
     the deadline of the report's writing (it failed after 73 s with 10 lines)."""
-    pytest.importorskip("mlflow")
     server = HalfWorking({"": b"{}"})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_")}  # the command's own bounds
-    done = subprocess.run([sys.executable, str(REPO / "flows/compare.py"), "--dataset", "fake", "--epochs", "1",
-                           "--limit-train", "200", "--limit-test", "100", "--data-dir", "d", "--out", "o",
-                           "--cache-dir", "c", "--history", server.url], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = recorded_to(server, tmp_path)
     ended = time.time()
     server.shutdown()
     lines = done.stderr.strip().splitlines()
