@@ -293,6 +293,14 @@ def test_listing_imports_neither_mlflow_nor_matplotlib_nor_scipy(store):
     assert "19 models" in done.stdout and done.stdout.splitlines()[-1] == "[]", done.stderr
 
 
+def test_a_refused_store_answers_before_pyarrow_is_imported(tmp_path):
+    """A refusal is as quick as --help: the rows' Arrow types are imported only when rows are read."""
+    code = ("import sys; from dropout_lab.cli import history as h; print(h.main(['--out', sys.argv[1]])); "
+            "print('pyarrow' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"] and "no run history at" in done.stderr, done.stderr
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["--out", str(tmp_path)]) == 2  # refused
     err = capsys.readouterr().err.strip()
