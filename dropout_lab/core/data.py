@@ -7,6 +7,7 @@ constructors a genuine batch needs and rejects anything else.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -103,16 +105,25 @@ class SafeUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to unpickle {module}.{name}: not part of a CIFAR-10 batch file")
 
 
-def safe_unpickle(path: Path) -> dict:
+@contextlib.contextmanager
+def data_file(path: Path, **limits) -> Iterator:
+    """A regular file of the data folder, opened through links (a FIFO would block, a device never end);
+    anything else is a DataError, one line."""
     try:
-        with regular_file(path, follow=True) as f:  # a FIFO would block, a device never end
-            obj = SafeUnpickler(f, encoding="latin1").load()
+        with regular_file(path, follow=True, **limits) as f:
+            yield f
     except NotRegular as e:
         raise DataError(str(e)) from None
-    except DataError as e:
-        raise DataError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+
+
+def safe_unpickle(path: Path) -> dict:
+    with data_file(path) as f:
+        try:
+            obj = SafeUnpickler(f, encoding="latin1").load()
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
     # Python 2 pickles may carry byte-string keys.
@@ -194,12 +205,9 @@ def sample_images(root: str | Path, n: int = 25) -> tuple[np.ndarray, np.ndarray
 
 def md5_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
-    try:
-        with regular_file(path, follow=True) as f:
-            while block := f.read(chunk):
-                h.update(block)
-    except NotRegular as e:
-        raise DataError(str(e)) from None
+    with data_file(path) as f:
+        while block := f.read(chunk):
+            h.update(block)
     return h.hexdigest()
 
 
@@ -255,7 +263,7 @@ def _is_within(base: Path, target: Path) -> bool:
 def safe_extract(archive: Path, dest: Path) -> None:
     """Extract a tar.gz refusing absolute paths, `..` members, links and device files."""
     try:
-        with regular_file(archive, most=1 << 30, follow=True) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+        with data_file(archive, most=1 << 30) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
             for member in tar.getmembers():
                 if member.issym() or member.islnk():
                     raise DataError(f"{archive}: refusing link member {member.name!r}")
@@ -266,10 +274,6 @@ def safe_extract(archive: Path, dest: Path) -> None:
             # The 'data' filter re-checks all of the above inside tarfile itself.
             tar.extractall(dest, filter="data")
     except (tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, DataError):
-            raise
-        if isinstance(e, NotRegular):
-            raise DataError(str(e)) from None
         raise DataError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from None
 
 

@@ -33,9 +33,9 @@ class Stopped(BaseException):
 GRACE_S = 2.0  # how long a stopped run reports its end before the API's answer is checked
 
 
-def api_answers(url: str | None = None) -> bool:
+def api_answers() -> bool:
     """Whether the Prefect API this process reports to answers at all (any HTTP status), within 1 s."""
-    url = url if url is not None else os.environ.get("PREFECT_API_URL", "")
+    url = os.environ.get("PREFECT_API_URL", "")
     if not url:
         return True  # no API of ours: nothing to wait for here
     from dropout_lab.redact import split_credentials
