@@ -94,24 +94,13 @@ def dask_cluster(env: dict[str, str], workers) -> Iterator[tuple[str, object]]:
             p.wait(30)
 
 
-def release_dead_slots() -> None:
-    """The killed worker's training held a slot of this machine's limit on the tests' server. A real server's
-    repossessor frees an expired lease within a minute; an ephemeral one (the tests') runs no such service, so the
-    lease would be held for good and the next test's trainings would wait for it forever. The limit is recreated
-    on its next use."""
-    from prefect.client.orchestration import get_client
-
-    from tasks.slots import slot_name
-
-    with get_client(sync_client=True) as client:
-        client.delete_global_concurrency_limit_by_name(slot_name("cpu"))
-
-
 @pytest.mark.e2e  # a real Dask scheduler and worker processes, as the README's scale-out starts them
 def test_a_scheduler_killed_mid_run_ends_the_run_in_one_line_within_the_deadline(prefect_harness, tmp_path):
     """kill -9 of the scheduler and its worker while a training runs: one last `error:` line within the deadline
     for a remote after its probe (probe.REMOTE_DEADLINE_S), not a hang."""
     from dropout_lab.probe import REMOTE_DEADLINE_S
+    from tasks.slots import slot_name
+    from tests.test_prefect_native import set_limit
 
     env = cluster_environment(prefect_harness)
     with dask_cluster(env, [("w", [])]) as (address, client):
@@ -123,18 +112,21 @@ def test_a_scheduler_killed_mid_run_ends_the_run_in_one_line_within_the_deadline
         with log.open("w") as out:
             run = subprocess.Popen([sys.executable, "flows/compare.py", *args], cwd=REPO, env=env, text=True,
                                    stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        started = time.monotonic()
-        while not list(tmp_path.glob("cache/**/epoch-0001.pt")):  # the first epoch finished on the worker
-            assert run.poll() is None and time.monotonic() - started < 300, log.read_text()[-4000:]
-            time.sleep(0.2)
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
         try:
+            started = time.monotonic()
+            while not list(tmp_path.glob("cache/**/epoch-0001.pt")):  # the first epoch finished on the worker
+                assert run.poll() is None and time.monotonic() - started < 300, log.read_text()[-4000:]
+                time.sleep(0.2)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
             run.wait(REMOTE_DEADLINE_S)
         finally:
             run.kill()
-            release_dead_slots()
+            # The killed training's slot lease: a real server's repossessor frees it within a minute, the tests'
+            # ephemeral server runs no such service, and the next test's trainings would wait for it for ever.
+            # The limit is recreated on its next use.
+            set_limit(slot_name("cpu"), None)
         took = time.monotonic() - killed
     lines = log.read_text().strip().splitlines()
     assert run.returncode == 1 and lines[-1].startswith("error: "), "\n".join(lines[-30:])
