@@ -63,7 +63,7 @@ from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV  # noqa: E
 from tasks.cache import cache_options  # noqa: E402
 from tasks.fetch import fetch_cifar10  # noqa: E402
 from tasks.late_runs import superseding_run  # noqa: E402
-from tasks.reclaimed import end_orphaned_task_runs  # noqa: E402
+from tasks.reclaimed import end_orphaned_task_runs, watched  # noqa: E402
 from tasks.report import publish_look, publish_report, render_report, tag_flow_run  # noqa: E402
 from tasks.tracking import prepare_history, record_history  # noqa: E402
 from tasks.train import train  # noqa: E402
@@ -141,53 +141,57 @@ def compare(**params) -> str:
         return Failed(message=f"refused: {e}")
     configs, planned = plan.configs, plan.design
     tag_flow_run("dropout-lab", params["dataset"], configs[0].device.split(":")[0])
-    if not os.environ.get(TEMPORARY_SERVER_ENV):  # on a real server: a reclaimed run's tasks end too
+    on_server = not os.environ.get(TEMPORARY_SERVER_ENV)
+    if on_server:  # a crashed run's task runs end too: those left before, and this one's if it dies
         end_orphaned_task_runs()
-    data_dir, out, cache_dir = plan.folders["data_dir"], plan.folders["out"], plan.folders["cache_dir"]
-    opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
+    with watched(flow_run.id) if on_server else contextlib.nullcontext():
+        data_dir, out, cache_dir = plan.folders["data_dir"], plan.folders["out"], plan.folders["cache_dir"]
+        opts = {**cache_options(cache_dir), "refresh_cache": True if params["refresh"] else None}
 
-    prepare_history(out)
-    data = fetch_cifar10.with_options(**opts)(data_dir, params["dataset"], os.environ.get(MIRROR_ENV, CIFAR10_URL))
-    auto = planned.sequential
-    run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, planned)
-    compared = {variant_of(c) for c in configs}
-    experiment = experiment_name(configs, params["dataset"], auto)
-    trained, looks, training = [], [], compared
-    for wave in range(len(plan.waves)):
-        trained += submit_trainings(plan.groups(wave, training), data, plan, opts)
-        results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
-        looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
-        design = dataclasses.replace(planned, looks=tuple(looks)) if auto else planned
-        tables = report_tables(results, data, design)  # every table of the report, once per look
-        if auto:
-            undecided = open_claims(tables.summary, design, tables.comparisons)
-            last = not undecided or wave == len(plan.waves) - 1
-            if wave == 0 and not last:  # the first look is the pilot: what the rest will likely cost
-                # Its pace from the trainings' own times (a cached first wave took no time here; a resumed
-                # training's process time covers only its last epochs, its epochs' times all of them).
-                pace = sum(max(r["train_seconds"], r.get("epochs_seconds") or 0) for r in tables.summary)
-                pace /= max(1, sum(plan.slots.values()))
-                forecast = cost_forecast(tables.summary, planned.max_seeds, planned.margin, pace)
-                planned = dataclasses.replace(planned, plan=forecast.words())
-                print(f"plan {forecast.words()}")
-            # A variant whose claims are all decided trains no more seeds: its repeated intervals would
-            # only narrow, so no later look could change its decision (sequential.py).
-            training = None if last else {BASELINE, *undecided}
-            next_seeds = [] if last else sorted({c.seed for g in plan.groups(wave + 1, training) for c in g})
-            publish_look(look_markdown(design, tables.comparisons, training, next_seeds, bool(undecided)), experiment)
-            if not undecided:
-                print(f"after {counted(looks[-1], 'seed')}: every claim decided")
-                break
-            still = "; ".join(c for cs in undecided.values() for c in cs)
-            if last:
-                print(f"after {counted(looks[-1], 'seed')}: budget reached (--max-seeds {params['max_seeds']}); "
-                      f"undecided: {still}")  # fmt: skip
-                break
-            print(f"after {counted(looks[-1], 'seed')}: undecided: {still}" + next_wave_words(training, compared))
-    folder, markdown, unchanged = render_report(trained, data, str(run_dir), tables)
-    publish_report(markdown, display_rows(tables.per_epoch, PER_EPOCH_SCHEMA), experiment, unchanged)
-    record_history(tables, results, data, out, folder, experiment, params["log_models"])
-    return folder
+        prepare_history(out)
+        data = fetch_cifar10.with_options(**opts)(data_dir, params["dataset"], os.environ.get(MIRROR_ENV, CIFAR10_URL))
+        auto = planned.sequential
+        run_dir = Path(out).resolve() / run_folder_name(configs, params["dataset"], data.fingerprint, planned)
+        compared = {variant_of(c) for c in configs}
+        experiment = experiment_name(configs, params["dataset"], auto)
+        trained, looks, training = [], [], compared
+        for wave in range(len(plan.waves)):
+            trained += submit_trainings(plan.groups(wave, training), data, plan, opts)
+            results = report_order(t for f in trained for t in f.result())  # a failed training raises here, as is
+            looks.append(len({r.config.seed for r in results}))  # seeds with results at this look
+            design = dataclasses.replace(planned, looks=tuple(looks)) if auto else planned
+            tables = report_tables(results, data, design)  # every table of the report, once per look
+            if auto:
+                undecided = open_claims(tables.summary, design, tables.comparisons)
+                last = not undecided or wave == len(plan.waves) - 1
+                if wave == 0 and not last:  # the first look is the pilot: what the rest will likely cost
+                    # Its pace from the trainings' own times (a cached first wave took no time here; a resumed
+                    # training's process time covers only its last epochs, its epochs' times all of them).
+                    pace = sum(max(r["train_seconds"], r.get("epochs_seconds") or 0) for r in tables.summary)
+                    pace /= max(1, sum(plan.slots.values()))
+                    forecast = cost_forecast(tables.summary, planned.max_seeds, planned.margin, pace)
+                    planned = dataclasses.replace(planned, plan=forecast.words())
+                    print(f"plan {forecast.words()}")
+                # A variant whose claims are all decided trains no more seeds: its repeated intervals would
+                # only narrow, so no later look could change its decision (sequential.py).
+                training = None if last else {BASELINE, *undecided}
+                next_seeds = [] if last else sorted({c.seed for g in plan.groups(wave + 1, training) for c in g})
+                publish_look(
+                    look_markdown(design, tables.comparisons, training, next_seeds, bool(undecided)), experiment
+                )
+                if not undecided:
+                    print(f"after {counted(looks[-1], 'seed')}: every claim decided")
+                    break
+                still = "; ".join(c for cs in undecided.values() for c in cs)
+                if last:
+                    print(f"after {counted(looks[-1], 'seed')}: budget reached (--max-seeds {params['max_seeds']}); "
+                          f"undecided: {still}")  # fmt: skip
+                    break
+                print(f"after {counted(looks[-1], 'seed')}: undecided: {still}" + next_wave_words(training, compared))
+        folder, markdown, unchanged = render_report(trained, data, str(run_dir), tables)
+        publish_report(markdown, display_rows(tables.per_epoch, PER_EPOCH_SCHEMA), experiment, unchanged)
+        record_history(tables, results, data, out, folder, experiment, params["log_models"])
+        return folder
 
 
 def next_wave_words(training: set[Variant], compared: set[Variant]) -> str:

@@ -1,30 +1,44 @@
-"""A run the reclaim automation marked Crashed (its process died: deployments/reclaim.py) leaves its task
-runs Running, their bars growing in the UI: Prefect's automations change flow run states only. The next
-run of the project on that server ends them Crashed too, saying why (two reads when there is nothing to
-end)."""
+"""Task runs of a run whose process died stay Running, their bars growing in the UI: Prefect's automations
+change flow run states only (deployments/reclaim.py marks the flow run Crashed), and nothing in Prefect
+ends a dead run's task runs. Two things end them:
+- a watcher beside each run on a server: a small process in a session of its own, waiting on a pipe that
+  the run closes when its body ends. End of file without the run's word means the run's process died (kill
+  -9, the kernel's out-of-memory killer, its process group killed), and the watcher marks the run and its
+  unfinished task runs Crashed at once, saying why. A machine that dies takes its watcher with it, so
+- the project's next run on that server ends the task runs of runs crashed since (two reads when there is
+  nothing to end).
+
+    python -m tasks.reclaimed FLOW_RUN_ID   (the watcher; `watched` starts it)
+"""
 
 from __future__ import annotations
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    FlowRunFilterTags,
-    TaskRunFilter,
-    TaskRunFilterState,
-    TaskRunFilterStateType,
-)
-from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import Crashed
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from uuid import UUID
 
 ENDED = "its flow run crashed: the process running it is gone"
+DIED = "its process died before ending the run (killed, or out of memory): reclaimed by the run's watcher"
+DONE = b"done"  # what the run writes when its body ends, any way it ends
+WATCH_S = 120  # a watcher whose server does not answer gives up (the automation is still there)
 
 
 def end_orphaned_task_runs(tag: str = "dropout-lab") -> int:
     """Mark Crashed the unfinished task runs of the latest crashed runs tagged `tag`; returns how many."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
     with get_client(sync_client=True) as client:
         crashed = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -34,16 +48,76 @@ def end_orphaned_task_runs(tag: str = "dropout-lab") -> int:
             sort=FlowRunSort.END_TIME_DESC,
             limit=50,
         )
-        if not crashed:
-            return 0
-        unfinished = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in crashed])),
-            task_run_filter=TaskRunFilter(
-                state=TaskRunFilterState(
-                    type=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])
-                )
-            ),
-        )
-        for task_run in unfinished:
-            client.set_task_run_state(task_run.id, Crashed(message=ENDED), force=True)
+        return _end_task_runs(client, [r.id for r in crashed]) if crashed else 0
+
+
+def _end_task_runs(client, flow_run_ids: list[UUID]) -> int:
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    unfinished = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
+        task_run_filter=TaskRunFilter(
+            state=TaskRunFilterState(
+                type=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])
+            )
+        ),
+    )
+    for task_run in unfinished:
+        client.set_task_run_state(task_run.id, Crashed(message=ENDED), force=True)
     return len(unfinished)
+
+
+def reclaim(flow_run_id: UUID) -> int:
+    """The run's process is gone: its run Crashed unless it already ended, and its unfinished task runs
+    Crashed too; returns how many task runs it ended."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        if not client.read_flow_run(flow_run_id).state.is_final():
+            client.set_flow_run_state(flow_run_id, Crashed(message=DIED), force=True)
+        return _end_task_runs(client, [flow_run_id])
+
+
+@contextmanager
+def watched(flow_run_id: UUID) -> Iterator[None]:
+    """Run the body with a watcher that reclaims the run if this process dies before the body ends. Its own
+    session keeps it out of the terminal's Ctrl-C and of a kill of this process group; it imports nothing
+    until it has to act, so it costs a Python start."""
+    watcher = subprocess.Popen([sys.executable, "-m", "tasks.reclaimed", str(flow_run_id)], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent,
+                               start_new_session=True)  # fmt: skip
+    try:
+        yield
+    finally:
+        try:
+            watcher.stdin.write(DONE)
+            watcher.stdin.close()
+        except OSError:  # it was killed: nothing to tell
+            pass
+        watcher.wait()
+
+
+def main(flow_run_id: str) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's stop, not the watcher's: it waits for the word
+    if sys.stdin.buffer.read() == DONE:
+        return 0
+    signal.alarm(WATCH_S)
+    try:
+        reclaim(UUID(flow_run_id))
+    except Exception as e:  # one line where the run's output went; the automation still reclaims it
+        print(f"dropout-lab: could not reclaim run {flow_run_id}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -464,9 +464,10 @@ def test_a_crash_of_the_serving_machine_frees_its_running_run_through_heartbeats
     """kill -9 of serve.py and its whole process tree while a run trains, and of a command-line run against
     the same server: their heartbeats stop, Prefect's zombie-run automation marks both Crashed after 90 s
     (not Running forever), which frees the deployment's one slot, and the run asked for after the restart
-    completes."""
+    completes. kill -9 of a third run's process alone (the out-of-memory killer's way) leaves its watcher,
+    which marks that run and its task runs Crashed within seconds."""
     from deployments.reclaim import SILENT_AFTER_S, SILENT_NAME
-    from tasks.reclaimed import ENDED
+    from tasks.reclaimed import DIED, ENDED
 
     serve = serve_as_written(server.readme, "serve-crash")
     deployment = server.wait_for("the deployment", lambda: _deployment(server, "compare/nightly"))
@@ -478,22 +479,34 @@ def test_a_crash_of_the_serving_machine_frees_its_running_run_through_heartbeats
     cli = server.spawn([sys.executable, "flows/compare.py", *TINY, "--epochs", "60", "--seeds", "7",
                         *workdir_args(server, "cli-killed")], "cli-killed")  # fmt: skip
     by_cli = {"flow_runs": {"deployment_id": {"is_null_": True}, "state": {"type": {"any_": ["RUNNING"]}}}}
-    cli_run = server.wait_for("the command-line run", lambda: server.post("/flow_runs/filter", by_cli), timeout=180)
-    (cli_run,) = cli_run
+    (cli_run,) = server.wait_for("the command-line run", lambda: server.post("/flow_runs/filter", by_cli), timeout=180)
     assert "dropout-lab" in cli_run["tags"]
-    server.wait_for("the run's training", lambda: _training_runs(server, running), timeout=180)
+    oom = server.spawn([sys.executable, "flows/compare.py", *TINY, "--epochs", "60", "--seeds", "8",
+                        *workdir_args(server, "cli-oom")], "cli-oom")  # fmt: skip
+    runs = lambda: [r for r in server.post("/flow_runs/filter", by_cli) if r["id"] != cli_run["id"]]  # noqa: E731
+    (oom_run,) = server.wait_for("the second command-line run", runs, timeout=180)
+    for run in (running, cli_run["id"], oom_run["id"]):
+        server.wait_for("the run's training", lambda: _training_runs(server, run), timeout=180)  # noqa: B023
     for pid in process_tree(serve.pid) + process_tree(cli.pid):  # the machine goes: nothing is left to mark them
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    os.kill(oom.pid, signal.SIGKILL)  # the flow's process alone: its trainings follow it, its watcher acts
     serve.wait()
     cli.wait()
+    oom.wait()
     killed_at = time.time()
+    state = lambda run: server.get(f"/flow_runs/{run}")["state"]  # noqa: E731
+    tasks_of = lambda run: server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [run]}}})  # noqa: E731
+    server.wait_for("the watched run's task runs", lambda: {t["state"]["type"] for t in tasks_of(oom_run["id"])}
+                    <= FINAL, timeout=30)  # fmt: skip
+    assert state(oom_run["id"])["type"] == "CRASHED" and state(oom_run["id"])["message"] == DIED, state(oom_run["id"])
+    assert any(t["state"]["message"] == ENDED for t in tasks_of(oom_run["id"]))
+    print(f"the watched run and its task runs Crashed {time.time() - killed_at:.1f} s after the kill")
     assert server.get(f"/flow_runs/{running}")["state"]["type"] == "RUNNING"
     serve = serve_as_written(server.readme, "serve-after-crash")
     asked = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
-    state = lambda run: server.get(f"/flow_runs/{run}")["state"]  # noqa: E731
     server.wait_for("the asked-for run", lambda: state(asked)["type"] in FINAL, timeout=SILENT_AFTER_S + 210)
     assert state(asked)["type"] == "COMPLETED", server.log("serve-after-crash")
     crashed = state(running)

@@ -225,13 +225,9 @@ def test_a_run_is_named_from_its_parameters_and_those_a_deployment_does_not_stor
     assert label_of({"dropout": ["half"]}) is None  # not valid yet: Prefect's default name stays
 
 
-def test_a_reclaimed_run_s_unfinished_task_runs_end_crashed_at_the_next_run(prefect_harness):
-    """The reclaim automation crashes a flow run whose process died; its task runs stay Running until the
-    project's next run on that server ends them (tasks/reclaimed.py)."""
+def stand_ins():
+    """A flow and a task to create runs of on the test server (their bodies never run)."""
     from prefect import flow, task
-    from prefect.states import Completed, Crashed, Running
-
-    from tasks.reclaimed import ENDED, end_orphaned_task_runs
 
     @flow(name="reclaimed-here")
     def stand_in():
@@ -241,6 +237,17 @@ def test_a_reclaimed_run_s_unfinished_task_runs_end_crashed_at_the_next_run(pref
     def training():
         pass
 
+    return stand_in, training
+
+
+def test_a_reclaimed_run_s_unfinished_task_runs_end_crashed_at_the_next_run(prefect_harness):
+    """The reclaim automation crashes a flow run whose process died; its task runs stay Running until the
+    project's next run on that server ends them (tasks/reclaimed.py)."""
+    from prefect.states import Completed, Crashed, Running
+
+    from tasks.reclaimed import ENDED, end_orphaned_task_runs
+
+    stand_in, training = stand_ins()
     with get_client(sync_client=True) as client:
         dead = client.create_flow_run(stand_in, tags=["dropout-lab"], state=Running())
         alive = client.create_flow_run(stand_in, tags=["dropout-lab"], state=Running())
@@ -252,6 +259,50 @@ def test_a_reclaimed_run_s_unfinished_task_runs_end_crashed_at_the_next_run(pref
         ended, kept, untouched = (client.read_task_run(t.id).state for t in (stuck, done, other))
     assert ended.type.value == "CRASHED" and ended.message == ENDED
     assert kept.type.value == "COMPLETED" and untouched.type.value == "RUNNING"  # finished, or its run alive
+
+
+def test_kill_9_of_a_run_s_process_crashes_the_run_and_its_task_runs_at_once_and_a_run_that_ends_is_left_alone(
+    prefect_harness,
+):
+    """A run on a server is watched from a session of its own (tasks/reclaimed.py): when its process is
+    killed (kill -9 of it or of its process group, the out-of-memory killer) the run and its unfinished task
+    runs end Crashed within seconds, saying why; a run whose body ended, normally or by an exception, is
+    not touched."""
+    import signal
+    import time
+
+    from prefect.states import Completed, Running
+
+    from tasks.reclaimed import DIED, ENDED, watched
+
+    stand_in, training = stand_ins()
+    with get_client(sync_client=True) as client:
+        killed, ended = (client.create_flow_run(stand_in, tags=["dropout-lab"], state=Running()) for _ in "ab")
+        stuck, done, left = (client.create_task_run(training, run.id, key, state=state)
+                             for run, key, state in ((killed, "0", Running()), (killed, "1", Completed()),
+                                                     (ended, "0", Running())))  # fmt: skip
+        with pytest.raises(ZeroDivisionError), watched(ended.id):
+            raise ZeroDivisionError
+        body = (
+            f"from tasks.reclaimed import watched; import time, uuid; w = watched(uuid.UUID('{killed.id}')); "
+            "w.__enter__(); "
+        )
+        run = subprocess.Popen([sys.executable, "-c", body + "print('watched', flush=True); time.sleep(120)"],
+                               cwd=REPO, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        assert run.stdout.readline() == "watched\n"
+        os.killpg(run.pid, signal.SIGKILL)  # the run's whole process group: its watcher is in its own session
+        run.wait()
+        deadline = time.monotonic() + 60
+        while client.read_task_run(stuck.id).state.type.value != "CRASHED":  # the run first, then its task runs
+            assert time.monotonic() < deadline, client.read_flow_run(killed.id).state
+            time.sleep(0.2)
+        crashed, alive = (client.read_flow_run(r.id).state for r in (killed, ended))
+        ended_now, kept, untouched = (client.read_task_run(t.id).state for t in (stuck, done, left))
+    assert crashed.type.value == "CRASHED" and crashed.message == DIED
+    assert ended_now.type.value == "CRASHED" and ended_now.message == ENDED
+    assert alive.type.value == "RUNNING"  # its body ended (an exception): Prefect's engine ends such a run
+    assert kept.type.value == "COMPLETED" and untouched.type.value == "RUNNING"
 
 
 def test_a_deployment_run_s_name_carries_the_time_it_was_scheduled_for_and_the_name_it_was_created_with(
