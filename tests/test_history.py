@@ -421,6 +421,30 @@ def test_another_program_s_database_is_refused_and_never_altered(tmp_path, capsy
     assert path.read_bytes() == before
 
 
+def test_a_postgres_store_another_run_is_setting_up_is_mlflow_s_and_gets_set_up_whole(postgres):
+    """CI caught it under load: two runs starting on a new PostgreSQL store, one checked it between MLflow's
+    initial tables and its migrations (which add `alembic_version`) and refused it as another program's."""
+    import psycopg
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.initial_models import Base
+
+    admin = postgres.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute("CREATE DATABASE half_set_up")
+    uri = "postgresql+psycopg://" + admin.removeprefix("postgresql://").rsplit("/", 1)[0] + "/half_set_up"
+    engine = sa.create_engine(uri)
+    Base.metadata.create_all(engine)  # what the other run's MLflow has done so far
+    with engine.connect() as conn:
+        assert "alembic_version" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
+    tracking.check_store(uri)  # not refused
+    tracking.client(uri).search_experiments()  # MLflow migrates it to the end under the set-up lock
+    engine = sa.create_engine(uri)
+    with engine.connect() as conn:
+        assert "alembic_version" in sa.inspect(conn).get_table_names()
+    engine.dispose()
+
+
 def test_a_new_store_is_made_whole_or_not_at_all(tmp_path, monkeypatch):
     """CI caught it: Ctrl-C while MLflow built a new SQLite store's tables (in the background, during the first
     epoch) left a half-made store that the resumed run could not open ("table ... already exists")."""

@@ -53,7 +53,9 @@ def check_available() -> None:
         raise ValueError("--history: MLflow is not installed here; pip install -e .")
 
 
-MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}  # present in every MLflow database store
+# MLflow creates these two first, in one transaction (its initial tables), and `alembic_version` only when
+# it migrates them afterwards: a store another run is setting up has them without it, and is MLflow's.
+MLFLOW_TABLES = {"experiments", "runs"}
 DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
