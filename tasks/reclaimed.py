@@ -4,7 +4,9 @@ ends a dead run's task runs. Two things end them:
 - a watcher beside each run on a server: a small process in a session of its own, waiting on a pipe that
   the run closes when its body ends. End of file without the run's word means the run's process died (kill
   -9, the kernel's out-of-memory killer, its process group killed), and the watcher marks the run and its
-  unfinished task runs Crashed at once, saying why. A machine that dies takes its watcher with it, so
+  unfinished task runs Crashed at once, saying why, and lets go of the device slots the run held (their
+  leases would hold the next run a minute: the run tells it each lease it takes and frees). A machine
+  that dies takes its watcher with it, so
 - the project's next run on that server ends the task runs of runs crashed since (two reads when there is
   nothing to end).
 
@@ -13,9 +15,11 @@ ends a dead run's task runs. Two things end them:
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +27,10 @@ from uuid import UUID
 
 ENDED = "its flow run crashed: the process running it is gone"
 DIED = "its process died before ending the run (killed, or out of memory): reclaimed by the run's watcher"
-DONE = b"done"  # what the run writes when its body ends, any way it ends
+DONE = "done"  # the run's last line when its body ends, any way it ends
 WATCH_S = 120  # a watcher whose server does not answer gives up (the automation is still there)
+_to_watcher: int | None = None  # the write end of this process's watcher's pipe while its run's body runs
+_writing = threading.Lock()
 
 
 def end_orphaned_task_runs(tag: str = "dropout-lab") -> int:
@@ -75,16 +81,27 @@ def _end_task_runs(client, flow_run_ids: list[UUID]) -> int:
     return len(unfinished)
 
 
-def reclaim(flow_run_id: UUID) -> int:
-    """The run's process is gone: its run Crashed unless it already ended, and its unfinished task runs
-    Crashed too; returns how many task runs it ended."""
+def reclaim(flow_run_id: UUID, leases: list[UUID] = ()) -> int:
+    """The run's process is gone: its run Crashed unless it already ended, its unfinished task runs Crashed
+    too, and the slot leases it held let go; returns how many task runs it ended."""
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
 
     with get_client(sync_client=True) as client:
         if not client.read_flow_run(flow_run_id).state.is_final():
             client.set_flow_run_state(flow_run_id, Crashed(message=DIED), force=True)
-        return _end_task_runs(client, [flow_run_id])
+        ended = _end_task_runs(client, [flow_run_id])
+        for lease in leases:  # one that lapsed meanwhile is answered 204 all the same
+            client.release_concurrency_slots_with_lease(lease)
+        return ended
+
+
+def tell_watcher(line: str) -> None:
+    """One line to this process's watcher, when it has one (`lease ID`, `free ID`: a slot's lease taken
+    and let go)."""
+    with _writing:
+        if _to_watcher is not None:
+            os.write(_to_watcher, f"{line}\n".encode())
 
 
 @contextmanager
@@ -92,27 +109,34 @@ def watched(flow_run_id: UUID) -> Iterator[None]:
     """Run the body with a watcher that reclaims the run if this process dies before the body ends. Its own
     session keeps it out of the terminal's Ctrl-C and of a kill of this process group; it imports nothing
     until it has to act, so it costs a Python start."""
+    global _to_watcher
     watcher = subprocess.Popen([sys.executable, "-m", "tasks.reclaimed", str(flow_run_id)], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent,
                                start_new_session=True)  # fmt: skip
+    _to_watcher = watcher.stdin.fileno()
     try:
         yield
     finally:
         try:
-            watcher.stdin.write(DONE)
-            watcher.stdin.close()
+            tell_watcher(DONE)
         except OSError:  # it was killed: nothing to tell
             pass
+        with _writing:
+            _to_watcher = None
+            watcher.stdin.close()
         watcher.wait()
 
 
 def main(flow_run_id: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's stop, not the watcher's: it waits for the word
-    if sys.stdin.buffer.read() == DONE:
+    said = sys.stdin.buffer.read().decode(errors="replace").splitlines()
+    if said[-1:] == [DONE]:
         return 0
+    taken = [line.split()[1] for line in said if line.startswith("lease ")]
+    freed = {line.split()[1] for line in said if line.startswith("free ")}
     signal.alarm(WATCH_S)
     try:
-        reclaim(UUID(flow_run_id))
+        reclaim(UUID(flow_run_id), [UUID(lease) for lease in taken if lease not in freed])
     except Exception as e:  # one line where the run's output went; the automation still reclaims it
         print(f"dropout-lab: could not reclaim run {flow_run_id}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from dropout_lab.config import counted
 from dropout_lab.naming import slug
 from dropout_lab.runtime.temporary_server import TEMPORARY_SERVER_ENV
+from tasks.reclaimed import tell_watcher
 from tasks.server_objects import read_or_create
 
 _creating = threading.Lock()
@@ -85,7 +87,17 @@ def _prefect_slot(device: str, size: int, logger) -> Iterator[None]:
     try:
         with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False, lease_duration=60):
             notice.cancel()
-            yield
+            # The lease Prefect just recorded for its task run's clean-up (the only place it shows it): the
+            # run's watcher lets it go if this process dies holding it (tasks/reclaimed.py).
+            held = ConcurrencyContext.get()
+            lease = held.cleanup_lease_ids[-1] if held and held.cleanup_lease_ids else None
+            if lease:
+                tell_watcher(f"lease {lease}")
+            try:
+                yield
+            finally:
+                if lease:
+                    tell_watcher(f"free {lease}")
     finally:
         notice.cancel()
 

@@ -266,8 +266,9 @@ def test_kill_9_of_a_run_s_process_crashes_the_run_and_its_task_runs_at_once_and
 ):
     """A run on a server is watched from a session of its own (tasks/reclaimed.py): when its process is
     killed (kill -9 of it or of its process group, the out-of-memory killer) the run and its unfinished task
-    runs end Crashed within seconds, saying why; a run whose body ended, normally or by an exception, is
-    not touched."""
+    runs end Crashed within seconds, saying why, and the device slot it held is free at once (its lease would
+    hold the next run for a minute, and for ever on a server without Prefect's lease reclaimer); a run whose
+    body ended, normally or by an exception, is not touched."""
     import signal
     import time
 
@@ -283,22 +284,32 @@ def test_kill_9_of_a_run_s_process_crashes_the_run_and_its_task_runs_at_once_and
                                                      (ended, "0", Running())))  # fmt: skip
         with pytest.raises(ZeroDivisionError), watched(ended.id):
             raise ZeroDivisionError
+        # The run's process: watched, training in a task run's concurrency context on the device's slot.
         body = (
-            f"from tasks.reclaimed import watched; import time, uuid; w = watched(uuid.UUID('{killed.id}')); "
-            "w.__enter__(); "
+            "import logging, time, uuid; from prefect.concurrency.context import ConcurrencyContext; "
+            "from tasks.reclaimed import watched; from tasks.slots import device_slot; "
+            f"w = watched(uuid.UUID('{killed.id}')); w.__enter__(); ConcurrencyContext().__enter__(); "
+            "s = device_slot('cpu', 1, logging.getLogger()); s.__enter__(); "
         )
+        slot = slot_name("cpu")
+        set_limit(slot, None)
         run = subprocess.Popen([sys.executable, "-c", body + "print('watched', flush=True); time.sleep(120)"],
                                cwd=REPO, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
                                stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-        assert run.stdout.readline() == "watched\n"
-        os.killpg(run.pid, signal.SIGKILL)  # the run's whole process group: its watcher is in its own session
-        run.wait()
-        deadline = time.monotonic() + 60
-        while client.read_task_run(stuck.id).state.type.value != "CRASHED":  # the run first, then its task runs
-            assert time.monotonic() < deadline, client.read_flow_run(killed.id).state
-            time.sleep(0.2)
-        crashed, alive = (client.read_flow_run(r.id).state for r in (killed, ended))
-        ended_now, kept, untouched = (client.read_task_run(t.id).state for t in (stuck, done, left))
+        try:
+            assert run.stdout.readline() == "watched\n"
+            assert client.read_global_concurrency_limit_by_name(slot).active_slots == 1
+            os.killpg(run.pid, signal.SIGKILL)  # the run's whole process group: its watcher has its own session
+            run.wait()
+            deadline = time.monotonic() + 60
+            while client.read_global_concurrency_limit_by_name(slot).active_slots:  # the run, its tasks, its slot
+                assert time.monotonic() < deadline, (client.read_flow_run(killed.id).state, slot)
+                time.sleep(0.2)
+            crashed, alive = (client.read_flow_run(r.id).state for r in (killed, ended))
+            ended_now, kept, untouched = (client.read_task_run(t.id).state for t in (stuck, done, left))
+        finally:
+            run.kill()
+            set_limit(slot, None)
     assert crashed.type.value == "CRASHED" and crashed.message == DIED
     assert ended_now.type.value == "CRASHED" and ended_now.message == ENDED
     assert alive.type.value == "RUNNING"  # its body ended (an exception): Prefect's engine ends such a run
