@@ -5,7 +5,7 @@ ends a dead run's task runs. Two things end them:
   the run closes when its body ends. End of file without the run's word means the run's process died (kill
   -9, the kernel's out-of-memory killer, its process group killed), and the watcher marks the run and its
   unfinished task runs Crashed at once, saying why, and lets go of the device slots the run held (their
-  leases would hold the next run a minute: the run tells it each lease it takes and frees). A machine
+  leases would hold the next run a minute: the run tells it each lease it takes). A machine
   that dies takes its watcher with it, so
 - the project's next run on that server ends the task runs of runs crashed since (two reads when there is
   nothing to end).
@@ -91,17 +91,21 @@ def reclaim(flow_run_id: UUID, leases: list[UUID] = ()) -> int:
         if not client.read_flow_run(flow_run_id).state.is_final():
             client.set_flow_run_state(flow_run_id, Crashed(message=DIED), force=True)
         ended = _end_task_runs(client, [flow_run_id])
-        for lease in leases:  # one that lapsed meanwhile is answered 204 all the same
+        for lease in leases:  # one let go or lapsed meanwhile is answered 204 all the same
             client.release_concurrency_slots_with_lease(lease)
         return ended
 
 
 def tell_watcher(line: str) -> None:
-    """One line to this process's watcher, when it has one (`lease ID`, `free ID`: a slot's lease taken
-    and let go)."""
+    """One line to this process's watcher, when it has one (`lease ID`: a slot's lease taken). A watcher
+    that is gone (killed by someone) is told nothing more: its loss must not fail the run's trainings."""
+    global _to_watcher
     with _writing:
         if _to_watcher is not None:
-            os.write(_to_watcher, f"{line}\n".encode())
+            try:
+                os.write(_to_watcher, f"{line}\n".encode())
+            except OSError:
+                _to_watcher = None
 
 
 @contextmanager
@@ -117,10 +121,7 @@ def watched(flow_run_id: UUID) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
-            tell_watcher(DONE)
-        except OSError:  # it was killed: nothing to tell
-            pass
+        tell_watcher(DONE)
         with _writing:
             _to_watcher = None
             watcher.stdin.close()
@@ -132,11 +133,12 @@ def main(flow_run_id: str) -> int:
     said = sys.stdin.buffer.read().decode(errors="replace").splitlines()
     if said[-1:] == [DONE]:
         return 0
-    taken = [line.split()[1] for line in said if line.startswith("lease ")]
-    freed = {line.split()[1] for line in said if line.startswith("free ")}
+    # Every lease the run took: one it let go already is answered like one still held (Prefect releases
+    # a lease it no longer has as a no-op), so the run need not say which it freed.
+    leases = [UUID(line.split()[1]) for line in said if line.startswith("lease ")]
     signal.alarm(WATCH_S)
     try:
-        reclaim(UUID(flow_run_id), [UUID(lease) for lease in taken if lease not in freed])
+        reclaim(UUID(flow_run_id), leases)
     except Exception as e:  # one line where the run's output went; the automation still reclaims it
         print(f"dropout-lab: could not reclaim run {flow_run_id}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

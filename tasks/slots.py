@@ -93,11 +93,7 @@ def _prefect_slot(device: str, size: int, logger) -> Iterator[None]:
             lease = held.cleanup_lease_ids[-1] if held and held.cleanup_lease_ids else None
             if lease:
                 tell_watcher(f"lease {lease}")
-            try:
-                yield
-            finally:
-                if lease:
-                    tell_watcher(f"free {lease}")
+            yield
     finally:
         notice.cancel()
 

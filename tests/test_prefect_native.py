@@ -274,7 +274,8 @@ def test_kill_9_of_a_run_s_process_crashes_the_run_and_its_task_runs_at_once_and
 
     from prefect.states import Completed, Running
 
-    from tasks.reclaimed import DIED, ENDED, watched
+    from tasks.reclaimed import DIED, ENDED, tell_watcher, watched
+    from tests.test_e2e_server import commands_in
 
     stand_in, training = stand_ins()
     with get_client(sync_client=True) as client:
@@ -284,6 +285,12 @@ def test_kill_9_of_a_run_s_process_crashes_the_run_and_its_task_runs_at_once_and
                                                      (ended, "0", Running())))  # fmt: skip
         with pytest.raises(ZeroDivisionError), watched(ended.id):
             raise ZeroDivisionError
+        with watched(ended.id):  # a watcher someone killed: the run goes on, telling it nothing more
+            (pid,) = commands_in(os.getpid(), f"tasks.reclaimed {ended.id}")
+            os.kill(pid, signal.SIGKILL)
+            while "State:\tZ" not in Path(f"/proc/{pid}/status").read_text():  # dead: its pipe's end closed
+                time.sleep(0.01)
+            tell_watcher("lease 00000000-0000-0000-0000-000000000000")
         # The run's process: watched, training in a task run's concurrency context on the device's slot.
         body = (
             "import logging, time, uuid; from prefect.concurrency.context import ConcurrencyContext; "
