@@ -64,6 +64,31 @@ def splits(tiny_cifar):
     return (*load_split(root, train=True), *load_split(root, train=False))
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables and nothing in them, made once per test process."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-empty") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def new_store(empty_mlflow_store):
+    """`new_store(path)`: a new, empty MLflow store at `path` (a copy of `empty_mlflow_store`); its URI. For
+    tests about what a store holds, not how one is made: MLflow makes a store's tables in about 2 s."""
+    import shutil
+
+    def make(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty_mlflow_store, path)
+        return f"sqlite:///{path}"
+
+    return make
+
+
 def _postgres_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return found[-1].parent if found else None

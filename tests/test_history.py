@@ -4,6 +4,7 @@ by analysis/history.py, shown by analysis/trend.py and `dropout-lab history`."""
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -90,19 +91,21 @@ def default_store(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    uri = uri_of(tmp_path_factory.mktemp("out"))
+def store(tmp_path_factory, empty_mlflow_store) -> str:
+    path = tmp_path_factory.mktemp("out") / history.STORE_FILE
+    shutil.copyfile(empty_mlflow_store, path)  # conftest's new_store, once for the module
+    uri = f"sqlite:///{path}"
     for run in [*nights(), [model(9, 0.5, 0, 0.1, 0.0, dataset="fake")]]:
         assert record(uri, run) == len(run)
     return uri
 
 
-def test_a_model_still_being_recorded_by_another_run_is_not_read(tmp_path):
+def test_a_model_still_being_recorded_by_another_run_is_not_read(tmp_path, new_store):
     """CI caught it: two runs recording into one store, one read the other's model run between its params
     and its metrics (a row without numbers) and failed formatting its table. Only finished runs are models."""
     from mlflow import MlflowClient
 
-    uri = uri_of(tmp_path)
+    uri = new_store(tmp_path / history.STORE_FILE)
     assert record(uri, [model(0, 0.25, 0, 0.7, 0.1)]) == 1
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(history.experiment_name()).experiment_id
@@ -139,8 +142,8 @@ def test_the_store_is_mlflow_s_own_with_a_comparison_and_a_child_per_model(store
     assert child.info.end_time - child.info.start_time == 5 * 60 * 1000  # the training's span, not logging's
 
 
-def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replaces_it(tmp_path, capsys):
-    uri = uri_of(tmp_path)
+def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replaces_it(tmp_path, capsys, new_store):
+    uri = new_store(tmp_path / history.STORE_FILE)
     run = nights(1, seeds=(0,))[0]
     assert record(uri, run) == 2
     assert record(uri, [{**run[0], "final_test_acc": 0.99}]) == 0  # same identity and weights: a cached rerun
@@ -155,8 +158,9 @@ def test_a_model_already_recorded_is_not_added_again_and_a_retrained_one_replace
     assert rows[0][2] == "50.00"  # the retrained model's numbers, not the replaced one's
 
 
-def test_a_recording_stopped_midway_ends_its_runs_and_the_rerun_completes_them(tmp_path, monkeypatch):
-    stop_and_resume_recording(uri_of(tmp_path), monkeypatch)  # a real MLflow server: tests/test_e2e_mlflow.py
+def test_a_recording_stopped_midway_ends_its_runs_and_the_rerun_completes_them(tmp_path, monkeypatch, new_store):
+    # a real MLflow server: tests/test_e2e_mlflow.py
+    stop_and_resume_recording(new_store(tmp_path / history.STORE_FILE), monkeypatch)
 
 
 def stop_and_resume_recording(uri: str, monkeypatch) -> None:
@@ -185,8 +189,8 @@ def stop_and_resume_recording(uri: str, monkeypatch) -> None:
     assert len(history.read(uri)) == 2
 
 
-def test_filters(store, tmp_path):
-    uri = uri_of(tmp_path)
+def test_filters(store, tmp_path, new_store):
+    uri = new_store(tmp_path / history.STORE_FILE)
     for run in nights():
         record(uri, run)
     decayed = {**model(2, 0.0, 0, 0.7, 0.05), "model": "weight_decay=0.0005", "baseline": False,

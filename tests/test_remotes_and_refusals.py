@@ -337,12 +337,12 @@ def history_cli(argv):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> Path:
+def store(tmp_path, monkeypatch, new_store) -> Path:
     from tests.test_history import model, record
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the store under --out, as the command finds it by default
     path = tmp_path / "out" / history.STORE_FILE
-    record(f"sqlite:///{path}", [model(0, 0.25, 0, 0.7, 0.1), model(0, 0.0, 0, 0.69, 0.2)])
+    record(new_store(path), [model(0, 0.25, 0, 0.7, 0.1), model(0, 0.0, 0, 0.69, 0.2)])
     return path
 
 
