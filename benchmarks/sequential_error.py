@@ -1,7 +1,6 @@
 """What `--seeds auto` costs and how often it is wrong, simulated exactly as the flow decides, beside retesting.
 
-    python benchmarks/sequential_error.py [--runs 20000] [--seed 0] [--signflip RHO]
-    python benchmarks/sequential_error.py --designs [--runs 1000000] [--seed 7]
+    python benchmarks/sequential_error.py [--runs 20000] [--seed 0]
 
 Each simulated run compares three rates with the baseline on test accuracy and on the gap (six claims),
 in waves of 5 seeds up to 20, as the flow does: after each wave every claim of a rate still training is
@@ -23,30 +22,21 @@ and the scenario's true means:
   the observed differences themselves, centred and drawn with replacement (not symmetric), and a skewed
   shape (a centred exponential).
 
-`--signflip RHO` adds a candidate for an error that holds without the normal model (about 2 minutes per scenario
-at 20,000 runs): a group-sequential sign-flip procedure, exact whenever the differences are symmetric
-about the tested value, whatever their shape. Each claim's decisions come from four one-sided sequential
-tests (upper and lower at 0, upper at minus the margin, lower at plus the margin), each spending
-a*(n/20)^RHO of a = 0.0083/2. At each look the boundary is computed from the sign-flip law of the
-magnitudes seen so far (a recursion over the running sum on a grid, the magnitudes rounded to 1/200 of
-the largest; earlier looks' boundaries absorb), so the chance of a false rejection by that look, given
-those magnitudes, is at most what has been spent; the earlier looks' share of it does not change with
-later magnitudes, so the total holds unconditionally. A claim keeps the first decision it reaches.
-
-`--designs`: the worst case's per-claim error (normal differences, a true difference of zero), with its
-standard error, for every design a user can ask for (--max-seeds 10 to 30; 2, 4 or 6 claims) at the level
-spent (calibrated on other draws) and at the nominal level: tests/test_sequential.py holds it.
+The flow's procedure (since 2026-12-07) is a group-sequential sign-flip procedure, exact whenever the
+differences are symmetric about the tested value, whatever their shape (dropout_lab/analysis/signflip.py):
+each side of each claim spends a*(n/20)^2 of a = 0.0083/2, its boundaries computed from the sign-flip
+law of the magnitudes seen so far. Before it, the flow used Student's t on the repeated intervals of an
+O'Brien-Fleming-type design, the level spent calibrated by simulation for normal differences; this file
+keeps that procedure (its boundaries by numerical integration, its calibration) to print it beside.
 
 A claim is false when the truth contradicts it: better/worse with a true difference of zero or of the
 other sign, equivalent when the true difference is at least the margin. Printed per scenario, on the same
-draws: the procedure as the flow runs it (repeated intervals, the level spent calibrated by simulation),
-the same without the calibration (Student's t at the boundaries' nominal levels: before 2026-12-03), and
+draws: the procedure as the flow runs it (sign-flip), the one it ran before (Student's t, calibrated), and
 naive retesting done the flow's way (a plain 95 % t-interval per claim after every wave, rates stopping
 when decided). Per procedure: the expected trainings, the chance that every claim is decided, the
 per-claim error (the mean over the six claims of how often each is false) against its nominal
-0.05/6 = 0.0083, and the family-wise error (a run with any false claim) against 0.05. The first look
-(5 of 20 seeds) spends about 1e-5 of each claim's 0.0083: the column `decided at 5` shows how rarely
-it can decide at this problem's spreads.
+0.05/6 = 0.0083, and the family-wise error (a run with any false claim) against 0.05, each with its
+simulation's standard error. The sign-flip procedure takes about 2 minutes per scenario at 20,000 runs.
 """
 
 from __future__ import annotations
@@ -54,16 +44,20 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from scipy import optimize
 from scipy import stats as st
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dropout_lab.analysis.sequential import boundaries, calibrated_spending, miss_rate, null_t, planned_ends  # noqa: E402
+from dropout_lab.analysis.plan import first_rejection  # noqa: E402
+from dropout_lab.analysis.sequential import planned_ends  # noqa: E402
+from dropout_lab.analysis.signflip import spending  # noqa: E402
 from dropout_lab.analysis.stats import ALPHA  # noqa: E402
 
 ANSWER = REPO / "docs" / "answer" / "summary.parquet"
@@ -73,6 +67,112 @@ HIGHER_IS_BETTER = (True, False)
 MARGIN = 1.0  # points
 MAX_SEEDS = 20
 CLAIMS = len(RATES) * len(METRICS)
+
+
+# --- the procedure before 2026-12-07: Student's t on O'Brien-Fleming-type repeated intervals ---------------
+
+T_GRID = 401  # points of the numerical integration across the continuation region (boundaries to ~5e-6)
+
+
+def spent(tau: float, alpha: float) -> float:
+    """Alpha spent by information fraction tau (O'Brien–Fleming-type Lan–DeMets function)."""
+    if tau <= 0:
+        return 0.0
+    if tau >= 1:
+        return alpha
+    return float(2 * st.norm.sf(st.norm.isf(alpha / 2) / math.sqrt(tau)))  # sf: no underflow to 0 for tiny alpha
+
+
+def boundaries(fractions: Sequence[float], alpha: float) -> list[float]:
+    """Two-sided boundaries c_k on |Z_k| at increasing information fractions (0, 1], such that under
+    no difference the probability of first crossing at look k is spent(tau_k) - spent(tau_{k-1})."""
+    return list(_boundaries(tuple(min(1.0, float(t)) for t in fractions), float(alpha)))
+
+
+def _boundaries(taus: tuple[float, ...], alpha: float) -> tuple[float, ...]:
+    if any(b <= a for a, b in zip(taus, taus[1:], strict=False)) or not taus or taus[0] <= 0:
+        raise ValueError(f"information fractions must increase within (0, 1]: {list(taus)}")
+    # Work on the score scale S = Z·√tau (Brownian motion): b_k = c_k·√tau_k.
+    first = spent(taus[0], alpha)
+    b = st.norm.isf(first / 2) * math.sqrt(taus[0])
+    bounds = [b / math.sqrt(taus[0])]
+    x = np.linspace(-b, b, T_GRID)
+    density = st.norm.pdf(x, scale=math.sqrt(taus[0]))  # sub-density of S_1 on the continuation region
+    used = first
+    for prev, tau in zip(taus, taus[1:], strict=False):
+        target = spent(tau, alpha) - used
+        sd = math.sqrt(tau - prev)
+        weights = density * _trapezoid_weights(x)
+
+        def exit_mass(bound: float, x=x, weights=weights, sd=sd) -> float:
+            return float(weights @ (st.norm.sf((bound - x) / sd) + st.norm.cdf((-bound - x) / sd)))
+
+        if target <= 0:
+            bk = math.inf
+        else:
+            high = float(np.abs(x).max()) + 40 * sd
+            bk = optimize.brentq(lambda v, target=target: exit_mass(v) - target, 0.0, high, xtol=1e-10)
+        bounds.append(bk / math.sqrt(tau))
+        used += target
+        if math.isinf(bk):
+            continue
+        y = np.linspace(-bk, bk, T_GRID)
+        z = (y[:, None] - x[None, :]) / sd  # the normal kernel in numpy: scipy's pdf costs 10x on 801 x 801
+        density = (np.exp(-0.5 * z * z) / (sd * math.sqrt(2 * math.pi))) @ weights
+        x = y
+    return tuple(bounds)
+
+
+def _trapezoid_weights(x: np.ndarray) -> np.ndarray:
+    w = np.full(len(x), x[1] - x[0])
+    w[0] = w[-1] = (x[1] - x[0]) / 2
+    return w
+
+
+CALIBRATION_RUNS = 1_000_000  # normal runs per calibration: the simulated error's SE is ~0.00009 at 0.0083
+CALIBRATION_SEED = 20261203  # fixed: the same design always gets the same boundaries
+CALIBRATION_SE = 2  # the simulated error plus this many of its standard errors must stay within the level
+_CHUNK = 100_000  # runs simulated at once (memory: chunk x max_seeds doubles)
+
+
+def miss_rate(ends: tuple[int, ...], max_seeds: int, spent: float, t_at: np.ndarray) -> float:
+    """Fraction of the simulated runs whose t-interval at some look misses the true difference (0)."""
+    cs = boundaries([n / max_seeds for n in ends], spent)
+    crit = np.array([st.t.isf(float(st.norm.sf(c)), n - 1) for n, c in zip(ends, cs, strict=True)])
+    return float(np.mean((t_at > crit).any(axis=1)))
+
+
+def null_t(ends: tuple[int, ...], runs: int, seed: int) -> np.ndarray:
+    """|mean| / (sd / sqrt(n)) at each look (runs, looks) of `runs` normal runs with a true difference of 0."""
+    rng, n, at = np.random.default_rng(seed), np.array(ends, dtype=float), np.array(ends) - 1
+    out = []
+    for size in [_CHUNK] * (runs // _CHUNK) + [runs % _CHUNK] * bool(runs % _CHUNK):
+        x = rng.standard_normal((size, ends[-1]))
+        mean = np.cumsum(x, axis=1)[:, at] / n
+        sd = np.sqrt(np.maximum(np.cumsum(x * x, axis=1)[:, at] - n * mean * mean, 0) / (n - 1))
+        out.append(np.abs(mean) / (sd / np.sqrt(n)))
+    return np.concatenate(out)
+
+
+def calibrated_spending(max_seeds: int, alpha: float) -> float:
+    """The level α' to spend (O'Brien–Fleming type over the planned looks of `max_seeds`) so that the
+    repeated t-intervals miss a true difference at some look in at most `alpha` of normal runs (the
+    worst case of a claim's error: a true difference of zero), the simulation's own error included: its
+    miss rate plus CALIBRATION_SE standard errors. One look (seeds fixed in advance): the t-interval is
+    exact, α' = α. Simulated once per design (seeds, claims) and process, with a fixed seed (~1 s)."""
+    ends = planned_ends(max_seeds)
+    if len(ends) < 2:
+        return alpha
+    t_at = null_t(ends, CALIBRATION_RUNS, CALIBRATION_SEED)
+    allowed = alpha - CALIBRATION_SE * math.sqrt(alpha * (1 - alpha) / CALIBRATION_RUNS)
+    low, high = alpha / 4, alpha  # miss rate grows with the level spent: bisect on the log scale
+    while high / low > 1.001:
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if miss_rate(ends, max_seeds, mid, t_at) <= allowed else (low, mid)
+    return low
+
+
+# --- the scenarios ------------------------------------------------------------------------------------
 
 
 def measured() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -160,56 +260,27 @@ def run_flow(diffs: np.ndarray, crit: np.ndarray, ends: tuple[int, ...], margin:
     return {"decided": decided, "trainings": trainings, "at_first": at_first}
 
 
-GRID = 200  # the sign-flip recursion's grid: magnitudes in 1/200ths of the largest
-
-
-def signflip_look(x: np.ndarray, ends: tuple[int, ...], spend: list[float]) -> int:
-    """The look (0-based) at which the one-sided sequential sign-flip test of 'x is centred at or below 0'
-    rejects, or -1; spend[k] is the level spent by look k."""
-    top = np.abs(x).max()
-    if top == 0:
-        return -1
-    m = np.rint(np.abs(x) / top * GRID).astype(np.int64)  # (n,) rounded magnitudes, grid units
-    observed = np.cumsum(np.sign(x) * m)
-    size = int(m[: ends[-1]].sum())
-    law = np.zeros(2 * size + 1)  # the running sum's law under random signs, not yet rejected; index = sum + size
-    law[size] = 1.0
-    spent, done = 0.0, 0
-    for k, n in enumerate(ends):
-        for step in m[done:n]:
-            if step:  # half the chance moves up by the magnitude, half down
-                pad = np.zeros(step)
-                law = 0.5 * (np.concatenate([pad, law[:-step]]) + np.concatenate([law[step:], pad]))
-        done = n
-        tail = np.cumsum(law[::-1])[::-1]  # tail[i]: the chance of a sum >= i - size
-        within = np.nonzero(tail <= spend[k] - spent + 1e-15)[0]  # boundaries that spend no more than is left
-        bound = int(within[0]) if len(within) else len(law)
-        if bound < len(law):
-            spent += tail[bound]
-            if observed[n - 1] + size >= bound:
-                return k
-            law[bound:] = 0.0
-    return -1
-
-
-def run_signflip(diffs: np.ndarray, ends: tuple[int, ...], margin: float, rho: float) -> dict:
-    """run_flow's decisions and trainings with the sign-flip tests (runs one at a time: slow)."""
+def run_signflip(diffs: np.ndarray, ends: tuple[int, ...], margin: float) -> dict:
+    """run_flow's decisions and trainings with the flow's sign-flip tests (runs one at a time: slow)."""
     runs = diffs.shape[0]
-    spend = [ALPHA / CLAIMS / 2 * (n / ends[-1]) ** rho for n in ends]
+    spend = spending(ends, ends[-1], ALPHA / CLAIMS)
     sign = np.tile(np.where(HIGHER_IS_BETTER, 1, -1), len(RATES))
     decided = np.zeros((runs, CLAIMS), dtype=int)
     trainings, at_first = np.zeros(runs), np.zeros(runs, dtype=bool)
+    never = len(ends)
     for r in range(runs):
         first = []  # per claim: (look, decision), look len(ends) when never decided
         for c in range(CLAIMS):
             d = diffs[r, c]
-            looks = {sign[c]: signflip_look(d, ends, spend), -sign[c]: signflip_look(-d, ends, spend)}
-            above, below = signflip_look(d + margin, ends, spend), signflip_look(margin - d, ends, spend)
-            looks[2] = max(above, below) if min(above, below) >= 0 else -1
-            reached = [(k, v) for v, k in looks.items() if k >= 0]
-            first.append(min(reached, key=lambda kv: (kv[0], kv[1] != 2)) if reached else (len(ends), 0))
+            looks = {
+                sign[c]: first_rejection(d, ends, spend),
+                -sign[c]: first_rejection(-d, ends, spend),
+                2: max(first_rejection(d + margin, ends, spend), first_rejection(margin - d, ends, spend)),
+            }
+            reached = [(k, v) for v, k in looks.items() if k < never]
+            first.append(min(reached, key=lambda kv: (kv[0], kv[1] != 2)) if reached else (never, 0))
         stops = [max(first[2 * rate][0], first[2 * rate + 1][0]) for rate in range(len(RATES))]
-        seeds = [ends[min(k, len(ends) - 1)] for k in stops]
+        seeds = [ends[min(k, never - 1)] for k in stops]
         trainings[r] = sum(seeds) + max(seeds)  # each rate's models, and the baseline's while any rate trains
         decided[r] = [v for _, v in first]
         at_first[r] = all(k == 0 for k, _ in first)
@@ -226,47 +297,18 @@ def false_claims(decided: np.ndarray, truth: np.ndarray, margin: float) -> np.nd
     return wrong_sign | wrong_equivalence
 
 
-def designs(runs: int, seed: int) -> None:
-    print(f"{runs} normal runs per design, a true difference of 0 (the worst case of one claim)\n")
-    print("| max seeds | claims | nominal | spent | error at the spent level | at the nominal level |")
-    print("|---|---|---|---|---|---|")
-    for max_seeds in (10, 15, 20, 30):
-        ends = planned_ends(max_seeds)
-        t_at = null_t(ends, runs, seed)
-        for claims in (2, 4, 6):
-            alpha = ALPHA / claims
-            spent = calibrated_spending(max_seeds, alpha)
-            rates = [miss_rate(ends, max_seeds, level, t_at) for level in (spent, alpha)]
-            shown = [f"{r:.5f} ± {math.sqrt(r * (1 - r) / runs):.5f}" for r in rates]
-            print(f"| {max_seeds} | {claims} | {alpha:.5f} | {spent:.5f} | {shown[0]} | {shown[1]} |", flush=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=None, help="20,000 (scenarios); 1,000,000 (--designs)")
-    ap.add_argument("--seed", type=int, default=None, help="0 (scenarios); 7 (--designs)")
-    ap.add_argument("--designs", action="store_true", help="the worst case's error for every design")
-    ap.add_argument(
-        "--signflip",
-        type=float,
-        default=None,
-        metavar="RHO",
-        help="add the sign-flip procedure, spending a*t^RHO (slow)",
-    )
+    ap.add_argument("--runs", type=int, default=20_000, help="simulated runs per scenario")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.designs:
-        designs(args.runs or 1_000_000, 7 if args.seed is None else args.seed)
-        return 0
-    args.runs, args.seed = args.runs or 20_000, args.seed or 0
     means, sds, corr, centred = measured()
     ends = planned_ends(MAX_SEEDS)
     per_claim = ALPHA / CLAIMS
     spent = calibrated_spending(MAX_SEEDS, per_claim)
-    procedures = {"ours (calibrated)": (critical(ends, spent), True),
-                  "ours, uncalibrated (before)": (critical(ends, per_claim), True),
+    procedures = {"ours: sign-flip": (None, None),
+                  "before: Student's t, calibrated": (critical(ends, spent), True),
                   "naive: 95% CI after each wave": (critical(ends, None), False)}  # fmt: skip
-    if args.signflip is not None:
-        procedures[f"sign-flip, spending a*t^{args.signflip:g}"] = (args.signflip, None)
     at_margin = np.array([MARGIN * (1 if m > 0 else -1) if i % 2 == 0 else m for i, m in enumerate(means)])
     scenarios = {
         "no difference": ("normal", np.zeros(CLAIMS), corr, MARGIN),
@@ -280,21 +322,23 @@ def main() -> int:
     }
     print(f"measured in docs/answer (points): means {np.round(means, 2).tolist()}, SDs {np.round(sds, 2).tolist()}")
     print(f"{args.runs} runs per scenario, waves of 5 to {MAX_SEEDS} seeds, 6 claims; per-claim level "
-          f"{per_claim:.5f}, spent {spent:.5f} (calibrated)\n")  # fmt: skip
+          f"{per_claim:.5f} (before: {spent:.5f} spent, calibrated)\n")  # fmt: skip
     print("| scenario | procedure | trainings | all decided | decided at 5 | per-claim error | family-wise error |")
     print("|---|---|---|---|---|---|---|")
     for name, (kind, truth, correlation, margin) in scenarios.items():
         diffs = draw(kind, truth, sds, correlation, centred, args.runs, np.random.default_rng(args.seed))
         for label, (crit, running) in procedures.items():
             if running is None:
-                out = run_signflip(diffs, ends, margin, crit)
+                out = run_signflip(diffs, ends, margin)
             else:
                 out = run_flow(diffs, crit, ends, margin, running)
             wrong = false_claims(out["decided"], truth, margin)
             error = f"{wrong.mean():.5f} ± {math.sqrt(wrong.mean() * (1 - wrong.mean()) / wrong.size):.5f}"
-            print(f"| {name} | {label} | {out['trainings'].mean():.1f} | {(out['decided'] != 0).all(axis=1).mean():.3f}"
-                  f" | {out['at_first'].mean():.3f} | {error} | {wrong.any(axis=1).mean():.4f} |",
-                  flush=True)  # fmt: skip
+            family, n = wrong.any(axis=1).mean(), len(wrong)
+            trainings = f"{out['trainings'].mean():.1f} ± {out['trainings'].std() / math.sqrt(n):.1f}"
+            family_text = f"{family:.4f} ± {math.sqrt(family * (1 - family) / n):.4f}"
+            print(f"| {name} | {label} | {trainings} | {(out['decided'] != 0).all(axis=1).mean():.3f}"
+                  f" | {out['at_first'].mean():.3f} | {error} | {family_text} |", flush=True)  # fmt: skip
     return 0
 
 

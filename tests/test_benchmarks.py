@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.benchmark  # the training and GPU ones: test_benchmarks_gpu.py
@@ -73,38 +72,16 @@ def test_cli_latency_times_help_and_refusals_side_by_side():
 
 
 def test_sequential_error_simulation_prints_every_procedure_on_every_scenario():
-    proc = subprocess.run([sys.executable, "benchmarks/sequential_error.py", "--runs", "400"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "benchmarks/sequential_error.py", "--runs", "40"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 9 * 3, proc.stdout + proc.stderr  # header, then three procedures per scenario
-    assert {r[1] for r in rows[1:]} == {"ours (calibrated)", "ours, uncalibrated (before)",
+    assert {r[1] for r in rows[1:]} == {"ours: sign-flip", "before: Student's t, calibrated",
                                         "naive: 95% CI after each wave"}  # fmt: skip
     shapes = ("t3", "uniform", "symmetrized", "resampled", "exponential")
     assert {r[0].lstrip("| ") for r in rows[1:]} == {"no difference", "at the margin", "observed", "worst case",
                                                      *(f"worst case, {shape}" for shape in shapes)}  # fmt: skip
-    assert all(float(r[2]) <= 80 for r in rows[1:])  # never more trainings than 4 models x 20 seeds
-
-
-def test_sequential_error_simulation_adds_the_sign_flip_procedure_when_asked():
-    proc = subprocess.run([sys.executable, "benchmarks/sequential_error.py", "--runs", "30", "--signflip", "2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
-    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 9 * 4 and sum(r[1] == "sign-flip, spending a*t^2" for r in rows) == 9, proc.stderr
-
-
-def test_the_sign_flip_test_spends_at_most_its_level_over_every_sign_of_the_same_magnitudes():
-    """Exact under symmetry: over all 2^n sign vectors of one set of magnitudes (each equally likely when
-    the differences are symmetric about 0), the sequential test rejects by each look at most as often as
-    it has spent by then, and close to it (what the discreteness leaves)."""
-    import itertools
-    import runpy
-
-    signflip_look = runpy.run_path(str(REPO / "benchmarks" / "sequential_error.py"))["signflip_look"]
-    magnitudes = np.random.default_rng(3).gamma(2.0, 1.0, 10)
-    ends, spend = (5, 10), [0.04, 0.08]  # the first look can spend 1/32 of it
-    looks = [signflip_look(np.array(s) * magnitudes, ends, spend) for s in itertools.product((-1.0, 1.0), repeat=10)]
-    by_first, by_last = np.mean([k == 0 for k in looks]), np.mean([k >= 0 for k in looks])
-    assert 0 < by_first <= spend[0] and 0.07 <= by_last <= spend[1], (by_first, by_last)
+    assert all(float(r[2].split(" ± ")[0]) <= 80 for r in rows[1:])  # never more than 4 models x 20 seeds
 
 
 def test_cached_rerun_times_every_task_of_both_runs():

@@ -1,5 +1,6 @@
 """Report writing from synthetic results: schemas, figures, markdown."""
 
+import math
 import pathlib
 
 import numpy as np
@@ -164,8 +165,9 @@ def test_rate_panel_three_rates_are_joined_and_show_every_seed():
     plt.close(fig)
 
 
-def test_waves_panel_keeps_the_last_look_readable_beside_the_wide_first_one():
-    """A first look of a 20-seed plan is tens of points wide, the last about one: both must be readable."""
+def test_waves_panel_keeps_the_last_look_readable_beside_a_first_one_without_an_interval():
+    """A first look of a 20-seed plan (5 seeds) has no interval at its level, the last is about a point wide:
+    the first is drawn as its mean alone and the axis stays finite, the last readable."""
     import matplotlib.pyplot as plt
 
     from dropout_lab.analysis.figures import plot_waves_panel
@@ -183,11 +185,11 @@ def test_waves_panel_keeps_the_last_look_readable_beside_the_wide_first_one():
     plot_waves_panel(ax, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})
     fig.canvas.draw()
     looks = next(iter(comparisons["final_test_acc"].values())).decision.looks
-    assert looks[0].high - looks[0].low > 10 * (looks[-1].high - looks[-1].low)  # the situation this is about
+    assert (looks[0].low, looks[0].high) == (-math.inf, math.inf)  # the situation this is about
     to_px = lambda y: ax.transData.transform((0, 100 * y))[1]  # noqa: E731
     height = ax.bbox.height
     assert (to_px(looks[-1].high) - to_px(looks[-1].low)) / height > 0.1  # last look: >10% of the panel
-    assert ax.get_ylim()[0] <= 100 * looks[0].low and ax.get_ylim()[1] >= 100 * looks[0].high  # first: all shown
+    assert all(math.isfinite(y) for y in ax.get_ylim())
     plt.close(fig)
 
 

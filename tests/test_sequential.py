@@ -1,53 +1,34 @@
-"""The group-sequential decisions: boundaries against simulation and closed forms, the repeated
-intervals, and the decision rules."""
+"""The group-sequential decisions: the repeated intervals are the inverted sign-flip tests at each look,
+exact for every design; the decision rules; a look without spread."""
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as st
 
-from dropout_lab.analysis.sequential import boundaries, decide, decision, equivalence_p, looks_of, spent
+from dropout_lab.analysis import signflip
+from dropout_lab.analysis.sequential import decide, decision, equivalence_p, looks_of, planned_ends
 from dropout_lab.config import seed_waves
 
 
-def test_spending_is_o_brien_fleming_type_and_spends_all_alpha_at_the_end():
-    assert spent(1.0, 0.05) == 0.05 and spent(0.0, 0.05) == 0.0
-    assert spent(0.25, 0.05) == pytest.approx(2 - 2 * st.norm.cdf(1.959964 / 0.5), rel=1e-6)  # 8.9e-5
-    assert spent(0.25, 0.05) < spent(0.5, 0.05) < spent(0.75, 0.05) < 0.05
-
-
-def test_one_look_at_the_end_is_the_fixed_sample_quantile():
-    assert boundaries([1.0], 0.05) == [pytest.approx(st.norm.ppf(0.975))]
-    assert boundaries([1.0], 0.05 / 6) == [pytest.approx(st.norm.ppf(1 - 0.05 / 12))]
-
-
-def test_boundaries_spend_exactly_the_planned_alpha_under_no_difference():
-    """Brownian motion at four equally spaced looks: the first crossings happen as often as planned."""
-    taus = [0.25, 0.5, 0.75, 1.0]
-    c = np.array(boundaries(taus, 0.05))
-    assert c[0] == pytest.approx(st.norm.isf(spent(0.25, 0.05) / 2))  # the first look is closed-form
-    assert list(c) == sorted(c, reverse=True)  # strict early, lenient late
-    rng = np.random.default_rng(7)
-    z = rng.standard_normal((400_000, 4)).cumsum(axis=1) * np.sqrt(0.25) / np.sqrt(taus)
-    crossed = np.abs(z) >= c
-    first = np.where(crossed.any(axis=1), crossed.argmax(axis=1), -1)
-    planned = np.diff([0.0, *(spent(t, 0.05) for t in taus)])
-    for k in range(1, 4):  # (the first look's 9e-5 is too rare to count here; it is exact above)
-        assert np.mean(first == k) == pytest.approx(planned[k], abs=4 * math.sqrt(planned[k] / 400_000))
-    assert np.mean(first >= 0) == pytest.approx(0.05, abs=0.0015)
-
-
-def test_repeated_intervals_use_each_look_s_nominal_level_with_student_t():
+def test_repeated_intervals_are_each_look_s_inverted_sign_flip_tests_spending_a_t_squared():
     d = np.random.default_rng(1).normal(0.3, 1.0, 20)
     looks = looks_of(d, [5, 10, 20], 20, 0.05)
-    cs = boundaries([0.25, 0.5, 1.0], 0.05)
-    for look, c in zip(looks, cs, strict=True):
-        part = d[: look.n]
-        half = st.t.isf(st.norm.sf(c), look.n - 1) * part.std(ddof=1) / math.sqrt(look.n)
-        assert (look.low, look.high) == (pytest.approx(part.mean() - half), pytest.approx(part.mean() + half))
-        assert look.level == pytest.approx(1 - 2 * st.norm.sf(c))
-    assert looks[0].high - looks[0].low > looks[-1].high - looks[-1].low  # it narrows
+    spend = [0.025 * (n / 20) ** 2 for n in (5, 10, 20)]
+    assert signflip.spending([5, 10, 20], 20, 0.05) == pytest.approx(spend)
+    for k, look in enumerate(looks):
+        assert (look.low, look.high) == signflip.interval(d, [5, 10, 20], spend, k)
+        assert look.level == pytest.approx(1 - 2 * spend[k]) and look.mean == pytest.approx(d[: look.n].mean())
+    assert (looks[0].low, looks[0].high) == (-math.inf, math.inf)  # 5 seeds: no sign vector is rare enough
+    assert looks[1].high - looks[1].low > looks[-1].high - looks[-1].low  # it narrows
+
+
+def test_seeds_fixed_in_advance_get_the_plain_sign_flip_interval_at_the_whole_level():
+    d = np.random.default_rng(2).normal(1.0, 1.0, 8)
+    dec = decision(d, [8], 8, 0.05, 0.5, higher_is_better=True, sequential=False)
+    assert (dec.low, dec.high) == signflip.interval(d, [8], [0.025], 0) and dec.spent == 0.05
 
 
 def test_decide_reads_the_interval_against_zero_and_the_margin():
@@ -73,29 +54,26 @@ def test_seed_waves_are_fives_up_to_the_maximum():
     assert seed_waves(12) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
 
 
-@pytest.mark.parametrize("max_seeds", [10, 15, 20, 30])
-def test_every_design_s_spent_level_keeps_its_error_within_the_nominal_level(max_seeds):
-    """At the boundaries' nominal levels Student's t misses more often than stated; the calibrated level
-    spent brings the worst-case error (a true difference of zero) back within the nominal level for every
-    design a user can ask for (--max-seeds, 2 to 6 claims), measured on a million runs the calibration did
-    not see: never more than two standard errors above (before: 15 seeds erred 0.00862 for 0.00833 and
-    0.01291 for 0.0125, three to four standard errors)."""
-    from dropout_lab.analysis.sequential import calibrated_spending, miss_rate, null_t, planned_ends
-
-    ends, runs = planned_ends(max_seeds), 1_000_000
-    t_at = null_t(ends, runs, seed=7)
-    for claims in (2, 4, 6):
-        alpha = 0.05 / claims
-        spent = calibrated_spending(max_seeds, alpha)
-        error = miss_rate(ends, max_seeds, spent, t_at)
-        assert spent < alpha and error <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), (claims, spent, error)
-        assert miss_rate(ends, max_seeds, alpha, t_at) > error  # the uncalibrated level errs more
-    assert calibrated_spending(5, 0.05 / 6) == 0.05 / 6  # one planned look: the t-interval is exact
+@pytest.mark.parametrize("max_seeds", [10, 12])
+@pytest.mark.parametrize("claims", [2, 4, 6])
+def test_every_design_errs_at_most_its_level_over_every_sign_of_the_differences(max_seeds, claims):
+    """The worst case of a claim (a true difference of zero, symmetric differences) computed, not simulated:
+    given the differences' magnitudes every sign vector is equally likely, and over all 2^N of them the
+    repeated intervals of some look miss zero at most the per-claim level's share of the time, for each
+    planned design (--max-seeds, the number of claims); the sign-flip needs no calibration."""
+    ends, alpha = planned_ends(max_seeds), 0.05 / claims
+    magnitudes = np.random.default_rng(max_seeds + claims).exponential(1.0, max_seeds)
+    spend = signflip.spending(ends, max_seeds, alpha)
+    signs = itertools.product((-1.0, 1.0), repeat=max_seeds)
+    missed = [any(signflip.crossings(x, ends, spend)) or any(signflip.crossings(-x, ends, spend))
+              for x in (np.array(s) * magnitudes for s in signs)]  # fmt: skip
+    assert 0.5 * alpha < np.mean(missed) <= alpha + 1e-12, (np.mean(missed), alpha)
 
 
 def test_the_error_benchmark_decides_exactly_as_the_flow_does():
-    """benchmarks/sequential_error.py decides all its runs at once; on the same draws the flow's own
-    `decision`, look by look, with a rate stopping once both its claims are decided, says the same."""
+    """benchmarks/sequential_error.py decides each claim from the first look at which its one-sided tests
+    reject; on the same draws the flow's own `decision`, look by look (the intervals the tests invert),
+    with a rate stopping once both its claims are decided, says the same."""
     import sys
     from pathlib import Path
 
@@ -103,11 +81,10 @@ def test_the_error_benchmark_decides_exactly_as_the_flow_does():
     import sequential_error as bench
 
     rng = np.random.default_rng(3)
-    diffs = rng.normal([0.7, -3.3, 0.3, -7.6, -2.2, -11.3], [0.7, 1.3, 0.8, 1.2, 0.7, 1.6], (40, 20, 6))
+    diffs = rng.normal([0.7, -3.3, 0.3, -7.6, -2.2, -11.3], [0.7, 1.3, 0.8, 1.2, 0.7, 1.6], (20, 20, 6))
     diffs = diffs.transpose(0, 2, 1)  # (runs, claims, seeds)
     ends, per_claim = bench.planned_ends(20), 0.05 / 6
-    spent = bench.calibrated_spending(20, per_claim)
-    fast = bench.run_flow(diffs, bench.critical(ends, spent), ends, 1.0, running=True)["decided"]
+    fast = bench.run_signflip(diffs, ends, 1.0)["decided"]
     code = {"undecided": 0, "better": 1, "worse": -1, "equivalent": 2}
     for r in range(len(diffs)):
         for rate in range(3):

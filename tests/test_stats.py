@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
+from dropout_lab.analysis import signflip
 from dropout_lab.analysis.stats import (
     SIGN_FLIP_SAMPLES,
     claim_alpha,
@@ -126,12 +127,12 @@ def test_statistics_rows_pair_by_seed_and_holm_adjust_over_every_claim():
     for rate in (0.25, 0.5):
         r = acc[rate]
         runs = [x["final_test_acc"] for x in sweep() if x["dropout"] == rate]
-        assert r["design"] == "paired" and r["paired_n"] == 5 and r["unit"] == "fraction"
+        assert r["design"] == "paired" and r["paired_n"] == 10 and r["unit"] == "fraction"
         assert r["paired_t_p_value"] == pytest.approx(st.ttest_rel(runs, BASE_ACC).pvalue)
         assert r["welch_p_value"] == pytest.approx(st.ttest_ind(runs, BASE_ACC, equal_var=False).pvalue)
         assert r["sign_flip_p_value"] == pytest.approx(brute_force_sign_flip(np.subtract(runs, BASE_ACC).tolist()))
         assert r["holm_family_size"] == 4  # 2 rates x (test accuracy, gap): every claim the verdict makes
-        assert r["margin"] == 0.01 and r["seeds_used"] == 5 and r["looks"] == 1
+        assert r["margin"] == 0.01 and r["seeds_used"] == 10 and r["looks"] == 1
     family = [acc[0.25], acc[0.5], gap[0.25], gap[0.5]]
     assert [r["holm_p_value"] for r in family] == pytest.approx(holm([r["paired_t_p_value"] for r in family]))
     assert {r["decision"] for r in stats if r["metric"] not in ("final_test_acc", "generalization_gap")} == {None}
@@ -140,16 +141,16 @@ def test_statistics_rows_pair_by_seed_and_holm_adjust_over_every_claim():
     assert loss["unit"] == "nats per image"
 
 
-def test_a_decision_is_a_bonferroni_t_interval_when_seeds_were_fixed():
-    """One look: the interval is the paired t-interval at 1 - 0.05/claims (boundary z at tau = 1 is the
-    plain quantile), and the decision reads it against zero and the margin."""
+def test_a_decision_is_a_bonferroni_sign_flip_interval_when_seeds_were_fixed():
+    """One look: the interval is the inverted sign-flip test at 1 - 0.05/claims, and the decision reads it
+    against zero and the margin."""
     stats = statistics_rows(sweep())
     r = next(x for x in stats if x["metric"] == "final_test_acc" and x["dropout"] == 0.5)
     runs = [x["final_test_acc"] for x in sweep() if x["dropout"] == 0.5]
     d = np.subtract(runs, BASE_ACC)
     per_claim, claims = claim_alpha(sweep())
     assert claims == 4 and per_claim == pytest.approx(0.0125)
-    low, high = st.t.interval(1 - per_claim, 4, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(5))
+    low, high = signflip.interval(d, [10], [per_claim / 2], 0)
     assert (r["decision_ci_low"], r["decision_ci_high"]) == (pytest.approx(low), pytest.approx(high))
     assert r["decision"] == "worse" and high < 0  # lower test accuracy: worse
     g = next(x for x in stats if x["metric"] == "generalization_gap" and x["dropout"] == 0.5)
@@ -176,8 +177,8 @@ def test_power_is_a_range_over_the_spread_s_interval_and_contains_the_point_valu
     low, high = c.min_detectable
     point = min_detectable(c.sd, c.n, alpha=claim_alpha(sweep())[0])
     assert low < point < high
-    chi = st.chi2.ppf([0.975, 0.025], 4)
-    assert low == pytest.approx(min_detectable(c.sd * math.sqrt(4 / chi[0]), 5, alpha=0.0125))
+    chi = st.chi2.ppf([0.975, 0.025], 9)
+    assert low == pytest.approx(min_detectable(c.sd * math.sqrt(9 / chi[0]), 10, alpha=0.0125))
 
 
 def test_a_variant_that_stopped_early_is_paired_on_its_own_seeds_at_the_looks_it_took_part_in():
@@ -185,26 +186,26 @@ def test_a_variant_that_stopped_early_is_paired_on_its_own_seeds_at_the_looks_it
     the undecided variants go on: its comparison pairs the seeds it has, and its decision is the one it
     had when it stopped."""
     rng = np.random.default_rng(7)
-    acc = 0.71 + 0.006 * rng.standard_normal(10)
-    gap = 0.12 + 0.005 * rng.standard_normal(10)
-    data = rows(0.0, range(10), gap, acc)
-    data += rows(0.25, range(10), gap - 0.03 + 0.005 * rng.standard_normal(10), acc + 0.004 * rng.standard_normal(10))
-    # dropout 0.5: differences large and steady enough to be decided at the first look's wide boundary
-    data += rows(
-        0.5, range(5), gap[:5] - 0.1 + 0.0002 * rng.standard_normal(5), acc[:5] - 0.05 + 0.0002 * rng.standard_normal(5)
-    )
+    acc = 0.71 + 0.006 * rng.standard_normal(15)
+    gap = 0.12 + 0.005 * rng.standard_normal(15)
+    data = rows(0.0, range(15), gap, acc)
+    data += rows(0.25, range(15), gap - 0.03 + 0.005 * rng.standard_normal(15), acc + 0.004 * rng.standard_normal(15))
+    # dropout 0.5: differences large and steady enough to be decided at the second look (the first, five
+    # seeds, cannot decide: 2^-5 is more than it spends)
+    data += rows(0.5, range(10), gap[:10] - 0.1 + 0.0002 * rng.standard_normal(10),
+                 acc[:10] - 0.05 + 0.0002 * rng.standard_normal(10))  # fmt: skip
     half = Variant((("dropout", 0.5),))
-    later = compare_all(data, Design((5, 10), 20))
-    at_stop = compare_all([r for r in data if r["seed"] < 5], Design((5,), 20))
+    later = compare_all(data, Design((5, 10, 15), 20))
+    at_stop = compare_all([r for r in data if r["seed"] < 10], Design((5, 10), 20))
     for metric in ("final_test_acc", "generalization_gap"):
         c = later[metric][half]
-        assert c.design == "paired" and c.n == 5 and [look.n for look in c.decision.looks] == [5]
+        assert c.design == "paired" and c.n == 10 and [look.n for look in c.decision.looks] == [5, 10]
         assert c.decision == at_stop[metric][half].decision and c.decision.decision in ("better", "worse")
         going = later[metric][Variant((("dropout", 0.25),))]
-        assert going.n == 10 and [look.n for look in going.decision.looks] == [5, 10]
-    rows_ = {(r["dropout"], r["metric"]): r for r in statistics_rows(data, Design((5, 10), 20))}
-    assert (rows_[0.5, "final_test_acc"]["seeds_used"], rows_[0.5, "final_test_acc"]["looks"]) == (5, 1)
-    assert (rows_[0.25, "final_test_acc"]["seeds_used"], rows_[0.25, "final_test_acc"]["looks"]) == (10, 2)
+        assert going.n == 15 and [look.n for look in going.decision.looks] == [5, 10, 15]
+    rows_ = {(r["dropout"], r["metric"]): r for r in statistics_rows(data, Design((5, 10, 15), 20))}
+    assert (rows_[0.5, "final_test_acc"]["seeds_used"], rows_[0.5, "final_test_acc"]["looks"]) == (10, 2)
+    assert (rows_[0.25, "final_test_acc"]["seeds_used"], rows_[0.25, "final_test_acc"]["looks"]) == (15, 3)
 
 
 def test_unpaired_seeds_fall_back_to_welch():

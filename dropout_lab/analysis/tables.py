@@ -162,12 +162,12 @@ STATISTICS_SCHEMA = pa.schema(
               "1: compare it with 0.05"),
         field("claims", pa.int64(), doc="claims in the family (variants x test accuracy and gap)"),
         field("decision_ci_low", pa.float64(), doc="the interval the decision rests on: the looks' repeated "
-              "confidence intervals intersected, each at decision_level; all claims' hold together at 95% under the "
-              "normal model (train accuracy: the same interval, describing a gap change, not a claim)"),
+              "confidence intervals intersected (the inverted sign-flip tests); all claims' hold together at 95% when "
+              "each claim's differences are symmetric (train accuracy: the same interval, describing a gap change, "
+              "not a claim)"),
         field("decision_ci_high", pa.float64()),
-        field("decision_level", pa.float64(), doc="the last look's interval's nominal two-sided level"),
-        field("spent_alpha", pa.float64(), doc="the per-claim level spent over the looks, calibrated by simulation so "
-              "that the t-intervals miss at most 0.05/claims of the time under the normal model"),
+        field("decision_level", pa.float64(), doc="1 minus the two-sided level the tests had spent by the last look"),
+        field("spent_alpha", pa.float64(), doc="the per-claim two-sided level spent over all the looks (0.05/claims)"),
         field("equivalence_p_value", pa.float64(),
               doc=f"{P_DOC}, two one-sided t-tests against ±margin at the last look, {FIXED}"),
         field("margin", pa.float64(), doc="the equivalence margin, in the metric's unit"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from dropout_lab.analysis.sequential import no_spread
 from dropout_lab.analysis.stats import (
     ALPHA,
     DECIDED,
@@ -76,8 +77,13 @@ def describe(c: Comparison) -> str:
     margin = _amount(c.metric, d.margin)
     change = _amount(c.metric, c.primary.diff, signed=True)
     if not (math.isfinite(d.low) and math.isfinite(d.high)):
+        last = d.looks[-1] if d.looks else None
+        if last is None or no_spread(last.sd, last.mean):
+            return (f"{name} undecided after {counted(d.seeds_used, 'seed')}: changed by {change} (no interval: the "
+                    "paired differences show no spread, and a look without spread decides nothing)")  # fmt: skip
         return (f"{name} undecided after {counted(d.seeds_used, 'seed')}: changed by {change} (no interval: the "
-                "paired differences show no spread, and a look without spread decides nothing)")  # fmt: skip
+                f"most extreme of {last.n} seeds' 2^{last.n} sign patterns has a chance of 1 in {2**last.n:,}, more "
+                f"than the {p_text((1 - last.level) / 2)} per side spent by then; more seeds can decide)")  # fmt: skip
     if d.decision == "equivalent":
         return f"{name} equivalent within ±{margin}: {change} ({interval}; {repeated_p_words(c, 'equivalence')})"
     if d.decision == "undecided":
@@ -151,18 +157,16 @@ def design_line(summary: list[dict], design: Design, comparisons: dict | None = 
     noun = family_noun([v for v in by_variant(summary) if not v.is_baseline])
     family = f"{claims} claims: {variants} {noun.removesuffix('s') if variants == 1 else noun} x "
     family += "test accuracy and gap"
-    spent = next((c.decision.spent for m in DECIDED for c in (comparisons or {}).get(m, {}).values()
-                  if c.decision), per_claim)  # fmt: skip
     if design.looks and len(design.looks) > 1 or design.max_seeds:
         looks = ", ".join(map(str, design.looks))
         how = (f"seeds added in waves until decided (looks at {looks} of at most {design.max_seeds} seeds): repeated "
-               f"intervals of a group-sequential design with O'Brien-Fleming-type alpha spending, {spent:.4f} spent "
-               "per claim, calibrated by simulation for Student's t")  # fmt: skip
+               "intervals of group-sequential sign-flip tests, each side spending (n/N)^2 of its half")  # fmt: skip
     else:
-        how = "seeds fixed in advance: one look, Student's t"
+        how = "seeds fixed in advance: one look, sign-flip tests"
     return (f"Decisions: better / worse / equivalent within ±{100 * design.margin:.2f} points / undecided, each read "
             f"off its own {100 * (1 - per_claim):.2f}% interval (Bonferroni over {family}, so together they hold at "
-            f">= 95% under the normal model, however the stopping went; {how}). Repeated p-values are per claim and "
+            f">= 95% however the stopping went, if each claim's seed differences are symmetric about their mean, as "
+            f"when a setting shifts the result of a pair of seeds alike; {how}). Repeated p-values are per claim and "
             "valid under the stopping; fixed-sample p-values, shown apart, ignore the looks. They are about this "
             f"recipe on these {summary[0]['n_test']:,} test images, seeds the only source of variation (initial "
             "weights, batch order, dropout masks, augmentation draws).")  # fmt: skip
