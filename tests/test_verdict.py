@@ -14,6 +14,15 @@ def test_open_claims_name_the_undecided_claims_by_variant_and_leave_decided_vari
     assert found[Variant((("dropout", 0.25),))] == ["dropout 0.25 test accuracy (-0.70 to +1.05 points)"]
 
 
+def test_a_first_look_too_small_for_its_level_says_so_not_minus_infinity():
+    """Five of 20 seeds: no sign pattern is rare enough for the level the first look spends."""
+    five = [r for r in sweep() if r["seed"] < 5]
+    found = open_claims(five, Design((5,), 20))
+    assert found[Variant((("dropout", 0.25),))] == ["dropout 0.25 test accuracy (no interval yet)",
+                                                   "dropout 0.25 generalization gap (no interval yet)"]  # fmt: skip
+    assert "inf" not in " ".join(" ".join(v) for v in found.values())
+
+
 def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():
     lines = verdict(sweep())
     line25 = next(x for x in lines if x.startswith("dropout 0.25 vs baseline"))

@@ -36,7 +36,9 @@ def _amount(metric: str, value: float, signed: bool = False) -> str:
 
 
 def _range(metric: str, low: float, high: float, signed: bool = True) -> str:
-    """'-1.20 to +0.40 points'."""
+    """'-1.20 to +0.40 points'; 'no interval yet' where a look has none (too few seeds for its level)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no interval yet"
     _, _, scale, unit = METRICS[metric]
     digits = 2 if scale == 100.0 else 3
     sign = "+" if signed else ""
