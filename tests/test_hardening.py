@@ -324,6 +324,27 @@ def test_kill_9_of_the_launching_process_ends_its_training_and_the_fork_server(t
     assert [p for p in below if Path(f"/proc/{p}").exists() and "Z" not in state(p)] == []
 
 
+STOPPED = """
+import json, os, sys
+from dropout_lab.runtime.processes import before_exit, run_training, stop_all
+for event in run_training(json.loads(sys.argv[1])):
+    if event["event"] == "start":
+        stop_all()  # as a stop whose API is gone: the training ends, the process exits at once
+        before_exit()
+        print("error: stopped", flush=True)
+        os._exit(143)
+"""
+
+
+def test_a_run_that_exits_at_once_mid_training_keeps_its_last_line_last(tiny_cifar, tmp_path):
+    # Without before_exit, multiprocessing's resource tracker warns of leaked semaphores after the run ends.
+    cfg = TrainConfig(epochs=50, limit_train=64, limit_test=32, train_eval_images=32)
+    job = job_for([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [tmp_path / "c"], 1, "auto")
+    run = subprocess.run([sys.executable, "-c", STOPPED, json.dumps(job)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 143 and (run.stdout + run.stderr).strip() == "error: stopped", run.stderr[-2000:]
+
+
 def state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -286,7 +286,7 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
 
     from dropout_lab.runtime import console, temporary_server
     from dropout_lab.runtime.preflight import hand_over, remove_created
-    from dropout_lab.runtime.processes import prestart
+    from dropout_lab.runtime.processes import before_exit, prestart
     from dropout_lab.runtime.progress import bars
     from dropout_lab.runtime.signals import Stopped, stop_on_signals
 
@@ -324,6 +324,7 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
             return  # the run is ending on its own
         last_line[:] = stopped(signum)
         with contextlib.suppress(Exception):
+            before_exit()
             say_last_line()
             sys.stdout.flush()
             sys.stderr.flush()

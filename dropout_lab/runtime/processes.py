@@ -66,6 +66,15 @@ def stop_all() -> int:
     return len(running)
 
 
+def before_exit() -> None:
+    """Call before `os._exit`: run multiprocessing's exit finalizers, which unlink the process pools'
+    semaphores. Skipped, multiprocessing's resource tracker unlinks them after this process has ended
+    and prints a warning below the run's last line."""
+    from multiprocessing import util
+
+    util._run_finalizers(0)  # what multiprocessing's own atexit hook runs first (no public name)
+
+
 def _context():
     main = sys.modules["__main__"]
     if getattr(main, "__spec__", None) is None and hasattr(main, "__file__"):
