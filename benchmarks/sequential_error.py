@@ -55,9 +55,8 @@ from scipy import stats as st
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dropout_lab.analysis.plan import first_rejection  # noqa: E402
 from dropout_lab.analysis.sequential import planned_ends  # noqa: E402
-from dropout_lab.analysis.signflip import spending  # noqa: E402
+from dropout_lab.analysis.signflip import first_rejection, spending  # noqa: E402
 from dropout_lab.analysis.stats import ALPHA  # noqa: E402
 
 ANSWER = REPO / "docs" / "answer" / "summary.parquet"

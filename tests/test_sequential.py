@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as st
 
 from dropout_lab.analysis import signflip
-from dropout_lab.analysis.sequential import decide, decision, equivalence_p, looks_of, planned_ends
+from dropout_lab.analysis.sequential import decide, decision, equivalence_p, looks_of, planned_ends, repeated_p_value
 from dropout_lab.config import seed_waves
 
 
@@ -128,3 +128,12 @@ def test_the_verdict_says_why_a_claim_without_spread_is_undecided():
     text = describe(Comparison("final_test_acc", "paired", 5, zero, None, zero, 1.0, 6, "claims", dec, 0.0, 0.05,
                                (math.nan, math.nan), (math.nan, math.nan)))  # fmt: skip
     assert "undecided after 5 seeds" in text and "no spread" in text and "+0.00 to +0.00" not in text
+
+
+def test_the_repeated_p_value_like_the_decision_skips_a_look_without_spread():
+    # Five equal differences reject at the first look for any level above 2^-5 / (1/4 of a half); the flow's
+    # rule gives that look no interval, so the p-value must not count it either.
+    diffs = [0.01] * 5 + [-0.03, -0.02, 0.005, -0.025, 0.004]
+    dec = decision(diffs, [5, 10], 10, 0.5, 0.001, higher_is_better=True)
+    assert dec.looks[0].low == -math.inf and dec.decision == "undecided"  # undecided at level 0.5 ...
+    assert repeated_p_value(diffs, [5, 10], 10, 0.001, equivalence=False) > 0.5  # ... so its p-value is above it

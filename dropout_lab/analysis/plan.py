@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dropout_lab.analysis.sequential import no_spread, planned_ends
-from dropout_lab.analysis.signflip import crossings, spending
+from dropout_lab.analysis.sequential import planned_ends
+from dropout_lab.analysis.signflip import decided_at, spending
 from dropout_lab.analysis.stats import claim_alpha
 from dropout_lab.config import counted, variant_of
 
@@ -78,21 +78,6 @@ def plan(summary: list[dict], max_seeds: int, margin: float, wave_seconds: float
     first = (len(observed) + 1) * ends[0]
     left = None if wave_seconds is None else max(0.0, float(trainings.mean()) - first) * wave_seconds / first
     return Plan(ends[0], float(trainings.mean()), (len(observed) + 1) * max_seeds, float(decided.mean()), left)
-
-
-def decided_at(x: np.ndarray, ends: tuple[int, ...], spend: list[float], margin: float) -> int:
-    """The look (0-based) at which the flow first makes a call on the differences `x`, len(ends) if none:
-    a difference (a one-sided test of 0 rejects) or equivalence (the tests of ±margin both have)."""
-    return min(first_rejection(x, ends, spend), first_rejection(-x, ends, spend),
-               max(first_rejection(x + margin, ends, spend), first_rejection(margin - x, ends, spend)))  # fmt: skip
-
-
-def first_rejection(x: np.ndarray, ends: tuple[int, ...], spend: list[float]) -> int:
-    """The first look at which the one-sided test of "x is centred at or below 0" rejects, len(ends) if
-    none; a look whose differences show no spread rejects nothing (the flow's rule)."""
-    hits = crossings(x, ends, spend)
-    spread = [not no_spread(float(x[:n].std(ddof=1)), float(x[:n].mean())) for n in ends]
-    return next((k for k in range(len(ends)) if hits[k] and spread[k]), len(ends))
 
 
 RECIPE = ("dataset", "epochs", "batch_size", "lr")  # beside the compared settings: what makes trainings alike

@@ -66,17 +66,12 @@ class Decision:
         return self.looks[-1].n if self.looks else 0
 
 
-def no_spread(sd: float, mean: float) -> bool:
-    """Paired differences without spread (all equal, up to rounding): a zero-width interval, which says
-    nothing about the next seed's difference."""
-    return sd <= 1e-12 + 1e-9 * abs(mean)
-
-
 def looks_of(diffs: Sequence[float], wave_ends: Sequence[int], max_seeds: int, alpha: float) -> list[Look]:
     """The repeated confidence interval after each wave: `diffs` in seed order, `wave_ends` the number
     of seeds available at each look (increasing), `max_seeds` the planned maximum N, `alpha` the
     per-claim two-sided level spent over the looks. A look whose differences show no spread decides
-    nothing: its interval is the whole line, so it never narrows the running intersection."""
+    nothing (signflip.crossings): its interval is the whole line, so it never narrows the running
+    intersection."""
     ends = [n for n in wave_ends if n >= 2]
     if not ends:
         return []
@@ -86,7 +81,7 @@ def looks_of(diffs: Sequence[float], wave_ends: Sequence[int], max_seeds: int, a
     for k, n in enumerate(ends):
         part = d[:n]
         mean, sd = float(part.mean()), float(part.std(ddof=1))
-        low, high = (-math.inf, math.inf) if no_spread(sd, mean) else signflip.interval(d, ends, spend, k)
+        low, high = signflip.interval(d, ends, spend, k)  # the whole line where the look has no spread
         out.append(Look(n, mean, sd, low, high, 1 - 2 * spend[k]))
     return out
 
@@ -111,7 +106,7 @@ def equivalence_p(diffs: Sequence[float], margin: float) -> float:
     if n < 2:
         return math.nan
     sd = float(d.std(ddof=1))
-    if no_spread(sd, float(d.mean())):
+    if signflip.no_spread(sd, float(d.mean())):
         return math.nan  # no spread: the t-test is not defined
     se = sd / math.sqrt(n)
     lower = st.t.sf((d.mean() + margin) / se, n - 1)  # H0: mean <= -margin
@@ -131,12 +126,12 @@ def _intersection(looks: list[Look]) -> tuple[float, float]:
 def repeated_p_value(diffs: Sequence[float], ends: Sequence[int], max_seeds: int, margin: float,
                      equivalence: bool) -> float:  # fmt: skip
     """The smallest per-claim level at which the tests make the call: equivalence (inside ±margin) or a
-    difference (clear of zero). 1 when no level does, or the differences show no spread; three
+    difference (clear of zero). 1 when no level does (as where no look's differences show spread); three
     significant digits."""
     ends = [n for n in ends if n >= 2]
-    d = np.asarray(diffs, dtype=float)[: ends[-1] if ends else 0]
-    if not ends or no_spread(float(d.std(ddof=1)), float(d.mean())):
+    if not ends:
         return 1.0
+    d = np.asarray(diffs, dtype=float)[: ends[-1]]
     return signflip.repeated_p(d, ends, max(max_seeds, ends[-1]), margin, equivalence)
 
 

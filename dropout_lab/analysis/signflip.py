@@ -34,9 +34,16 @@ def spending(ends: Sequence[int], planned: int, alpha: float, rho: float = 2.0) 
     return [alpha / 2 * min(1.0, n / planned) ** rho for n in ends]
 
 
+def no_spread(sd: float, mean: float) -> bool:
+    """Paired differences without spread (all equal, up to rounding): a zero-width interval, which says
+    nothing about the next seed's difference."""
+    return sd <= 1e-12 + 1e-9 * abs(mean)
+
+
 def crossings(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> list[bool]:
     """Per look, whether the one-sided sequential sign-flip test of "x is centred at or below 0" rejects
-    there (its running sum at or past that look's boundary)."""
+    there: its running sum is at or past that look's boundary, and the look's differences show spread (a
+    look without any decides nothing)."""
     x = np.asarray(x, dtype=float)
     unit = 0.0
     law = np.ones(1)  # the running sum's chance of each value, paths past an earlier boundary removed
@@ -63,7 +70,8 @@ def crossings(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> lis
             continue
         bound = int(within[0])
         spent += float(tail[bound])
-        out.append(observed + size >= bound)
+        seen = x[:n]
+        out.append(observed + size >= bound and not no_spread(float(seen.std(ddof=1)), float(seen.mean())))
         law[bound:] = 0.0  # paths that crossed here are not there at the next look
     return out
 
@@ -91,6 +99,19 @@ def interval(x: Sequence[float], ends: Sequence[int], spend: Sequence[float], k:
     """The repeated interval at look k (0-based): every shift neither one-sided test rejects there."""
     d = np.asarray(x, dtype=float)
     return _lower_end(d, ends, spend, k), -_lower_end(-d, ends, spend, k)
+
+
+def first_rejection(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> int:
+    """The first look (0-based) at which the one-sided test of "x is centred at or below 0" rejects,
+    len(ends) if none."""
+    return next((k for k, hit in enumerate(crossings(x, ends, spend)) if hit), len(ends))
+
+
+def decided_at(x: np.ndarray, ends: Sequence[int], spend: Sequence[float], margin: float) -> int:
+    """The look (0-based) at which the flow first makes a call on the differences `x`, len(ends) if none:
+    a difference (a one-sided test of 0 rejects) or equivalence (the tests of ±margin both have)."""
+    return min(first_rejection(x, ends, spend), first_rejection(-x, ends, spend),
+               max(first_rejection(x + margin, ends, spend), first_rejection(margin - x, ends, spend)))  # fmt: skip
 
 
 def rejected_at(x: Sequence[float], ends: Sequence[int], spend: Sequence[float], shift: float) -> tuple[bool, bool]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from dropout_lab.analysis.sequential import no_spread
+from dropout_lab.analysis.signflip import no_spread
 from dropout_lab.analysis.stats import (
     ALPHA,
     DECIDED,
