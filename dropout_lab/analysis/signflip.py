@@ -18,7 +18,7 @@ Pure functions, numpy only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -40,16 +40,17 @@ def no_spread(sd: float, mean: float) -> bool:
     return sd <= 1e-12 + 1e-9 * abs(mean)
 
 
-def crossings(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> list[bool]:
-    """Per look, whether the one-sided sequential sign-flip test of "x is centred at or below 0" rejects
-    there: its running sum is at or past that look's boundary, and the look's differences show spread (a
-    look without any decides nothing)."""
+def sides(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> Iterator[tuple[bool, bool]]:
+    """Per look, as the looks come: whether the one-sided sequential sign-flip test of "x is centred at or
+    below 0" rejects there (its running sum at or past that look's boundary), and whether the test of "at
+    or above 0" does (the sum at or past its negative). A look whose differences show no spread rejects
+    nothing. The law of the sum depends on the magnitudes alone, so the two tests share it: the lower test
+    on x is the upper one on -x."""
     x = np.asarray(x, dtype=float)
     unit = 0.0
     law = np.ones(1)  # the running sum's chance of each value, paths past an earlier boundary removed
     size = observed = done = 0  # law[i] is the chance of a sum i - size (grid units)
     spent = 0.0
-    out = []
     for n, level in zip(ends, spend, strict=True):
         part = x[done:n]
         if unit == 0.0 and np.abs(x[:n]).max(initial=0.0) > 0:
@@ -57,23 +58,33 @@ def crossings(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> lis
         steps = np.minimum(np.rint(np.abs(part) / unit), CAP) if unit else np.zeros(len(part))
         steps = steps.astype(np.int64)
         observed += int((np.sign(part) * steps).sum())
-        for m in steps[steps > 0]:  # half the chance moves down by m, half up by m
-            grown = np.zeros(len(law) + 2 * m)
-            grown[: len(law)] += 0.5 * law
-            grown[2 * m :] += 0.5 * law
-            law, size = grown, size + int(m)
+        grown = steps[steps > 0]
+        if len(grown):  # half the chance moves down by m, half up by m, for each new magnitude m
+            wide = np.zeros(len(law) + 2 * int(grown.sum()))
+            wide[: len(law)] = law
+            width = len(law)
+            for m in grown:
+                wide[2 * m : width + 2 * m] += wide[:width].copy()
+                wide[: width + 2 * m] *= 0.5
+                width += 2 * m
+            law, size = wide, size + int(grown.sum())
         done = n
         tail = np.cumsum(law[::-1])[::-1]  # tail[i]: the chance of a sum at or above i - size
         within = np.flatnonzero(tail <= level - spent + 1e-15)
         if len(within) == 0:
-            out.append(False)
+            yield False, False
             continue
         bound = int(within[0])
         spent += float(tail[bound])
         seen = x[:n]
-        out.append(observed + size >= bound and not no_spread(float(seen.std(ddof=1)), float(seen.mean())))
+        spread = not no_spread(float(seen.std(ddof=1)), float(seen.mean()))
+        yield spread and observed + size >= bound, spread and size - observed >= bound
         law[bound:] = 0.0  # paths that crossed here are not there at the next look
-    return out
+
+
+def crossings(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> list[bool]:
+    """Per look, whether the one-sided test of "x is centred at or below 0" rejects there (`sides`)."""
+    return [upper for upper, _ in sides(x, ends, spend)]
 
 
 def _lower_end(x: np.ndarray, ends: Sequence[int], spend: Sequence[float], k: int) -> float:
@@ -101,24 +112,25 @@ def interval(x: Sequence[float], ends: Sequence[int], spend: Sequence[float], k:
     return _lower_end(d, ends, spend, k), -_lower_end(-d, ends, spend, k)
 
 
-def first_rejection(x: np.ndarray, ends: Sequence[int], spend: Sequence[float]) -> int:
-    """The first look (0-based) at which the one-sided test of "x is centred at or below 0" rejects,
-    len(ends) if none."""
-    return next((k for k, hit in enumerate(crossings(x, ends, spend)) if hit), len(ends))
+def first_rejection(x: np.ndarray, ends: Sequence[int], spend: Sequence[float], side: int = 0) -> int:
+    """The first look (0-based) at which a one-sided test rejects, len(ends) if none: of "x is centred at
+    or below 0" (side 0), "at or above 0" (side 1), or either (side -1). Stops at that look."""
+    hits = (any(pair) if side < 0 else pair[side] for pair in sides(x, ends, spend))
+    return next((k for k, hit in enumerate(hits) if hit), len(ends))
 
 
 def decided_at(x: np.ndarray, ends: Sequence[int], spend: Sequence[float], margin: float) -> int:
     """The look (0-based) at which the flow first makes a call on the differences `x`, len(ends) if none:
     a difference (a one-sided test of 0 rejects) or equivalence (the tests of ±margin both have)."""
-    return min(first_rejection(x, ends, spend), first_rejection(-x, ends, spend),
-               max(first_rejection(x + margin, ends, spend), first_rejection(margin - x, ends, spend)))  # fmt: skip
+    equivalent = max(first_rejection(x + margin, ends, spend), first_rejection(x - margin, ends, spend, side=1))
+    return min(first_rejection(x, ends, spend, side=-1), equivalent)
 
 
 def rejected_at(x: Sequence[float], ends: Sequence[int], spend: Sequence[float], shift: float) -> tuple[bool, bool]:
     """(the upper test rejects "centred at or below shift" at some look, the lower test rejects "centred at or
     above shift" at some look)."""
-    d = np.asarray(x, dtype=float) - shift
-    return any(crossings(d, ends, spend)), any(crossings(-d, ends, spend))
+    hits = list(sides(np.asarray(x, dtype=float) - shift, ends, spend))
+    return any(upper for upper, _ in hits), any(lower for _, lower in hits)
 
 
 def repeated_p(x: Sequence[float], ends: Sequence[int], planned: int, margin: float, equivalence: bool,
