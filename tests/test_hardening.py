@@ -164,14 +164,20 @@ def test_a_mirror_that_never_answers_fails_fast_as_a_retryable_error(tmp_path, m
 
 def test_a_mirror_that_trickles_is_cut_off_by_the_overall_budget(tmp_path, monkeypatch):
     class Trickle(http.server.BaseHTTPRequestHandler):
+        finished = False  # the mirror sent its last byte
+
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Length", "1000000")
             self.end_headers()
-            for _ in range(50):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.1)
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                return  # the client gave up
+            Trickle.finished = True
 
         def log_message(self, *args):
             pass
@@ -182,6 +188,7 @@ def test_a_mirror_that_trickles_is_cut_off_by_the_overall_budget(tmp_path, monke
     try:
         with pytest.raises(data.DownloadError, match="took over"):
             data.ensure_cifar10(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/c.tar.gz")
+        assert not Trickle.finished  # cut off by the budget while bytes still came, not at the mirror's end
     finally:
         server.shutdown()
 

@@ -316,7 +316,7 @@ def fetch_url(url: str, dest: Path) -> str:
             if time.monotonic() - start > budget_s:
                 raise DownloadError(f"download from {redact(url)} took over {budget_s:.0f} s; gave up this attempt")
             try:
-                block = response.read(CHUNK)
+                block = response.read1(CHUNK)  # what has arrived: read() waits for a whole CHUNK, past the budget
             except (HTTPException, OSError) as e:  # socket timeouts and resets
                 raise DownloadError(f"download from {redact(url)} broke off ({_reason(e)})") from None
             if not block:
