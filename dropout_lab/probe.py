@@ -60,12 +60,14 @@ def first_line(error: BaseException) -> str:
     return redact(text[0][:300] if text else type(error).__name__)
 
 
-def within_deadline(what: str, operation: Callable[[], T], deadline_s: float = PROBE_DEADLINE_S,
+def within_deadline(what: str, operation: Callable[[], T], deadline_s: float | None = None,
                     address: str = "") -> T:  # fmt: skip
     """`operation()`'s result, run in a daemon thread that may take at most `deadline_s` (a library's own
     timeouts do not cover a peer that accepts and never answers, nor its retries). ProbeFailed naming
     `what` when it raises or runs out of time; the credentials of `address` (the remote's URL) are hidden
-    from the library's message even where it quotes them without the URL around them."""
+    from the library's message even where it quotes them without the URL around them. Default deadline:
+    PROBE_DEADLINE_S, read at the call."""
+    deadline_s = PROBE_DEADLINE_S if deadline_s is None else deadline_s
     try:
         return until_silent(what, lambda answered: operation(), deadline_s)
     except ProbeFailed:

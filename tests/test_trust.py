@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dropout_lab import probe
 from dropout_lab.analysis import history
 from dropout_lab.config import TrainConfig
 from dropout_lab.core.checkpoint import CheckpointError, checked_claim, save_checkpoint
@@ -223,9 +224,10 @@ def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_
         f"mysql://{SECRET}@127.0.0.1/db": "needs the MySQLdb package",
         "bogus://store": "unknown scheme",
     }
+    monkeypatch.setattr(probe, "PROBE_DEADLINE_S", 3.0)  # the silent peer's wait; its length is not tested
     for uri, message in cases.items():
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        assert message in one_line_refusal(capsys, 2, main, *base, "--out", str(tmp_path / "o"), within=12)
+        assert message in one_line_refusal(capsys, 2, main, *base, "--out", str(tmp_path / "o"), within=6)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     (tmp_path / "folder-store" / "mlflow.db").mkdir(parents=True)  # the embedded store is a folder
     folder_store = ["--out", str(tmp_path / "folder-store")]
@@ -242,11 +244,13 @@ def test_mlflow_stores_that_cannot_work_are_refused_before_any_work(capsys, tmp_
     assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()
 
 
-def test_a_dask_scheduler_that_does_not_answer_is_refused_within_seconds(capsys, tmp_path, silent_peer):
+def test_a_dask_scheduler_that_does_not_answer_is_refused_within_seconds(capsys, tmp_path, silent_peer, monkeypatch):
     base = ["--dataset", "fake", "--task-runner", "dask", "--data-dir", str(tmp_path / "d")]
-    for port in (9, silent_peer):  # refused, and accepted but never answered
-        err = one_line_refusal(capsys, 2, main, *base, "--dask-address", f"tcp://127.0.0.1:{port}", within=20)
-        assert "no Dask scheduler answers there" in err
+    refused = one_line_refusal(capsys, 2, main, *base, "--dask-address", "tcp://127.0.0.1:9", within=2)
+    assert "Connection refused (no Dask scheduler answers there)" in refused  # at once: nothing listens
+    monkeypatch.setattr(probe, "PROBE_DEADLINE_S", 3.0)  # the deadline's length is not what is tested
+    silent = one_line_refusal(capsys, 2, main, *base, "--dask-address", f"tcp://127.0.0.1:{silent_peer}", within=6)
+    assert "no Dask scheduler answers there" in silent  # accepted, never answered: the deadline
 
 
 def test_notify_refuses_bad_webhooks_and_a_silent_api_with_one_line(tmp_path):

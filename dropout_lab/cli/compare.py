@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from types import UnionType
 from typing import Annotated, Literal, Union, get_args, get_origin
 
+from dropout_lab import probe
 from dropout_lab.cli.oneline import Parser, say
 from dropout_lab.config import PARAMETERS, element_type, flag, help_text
 from dropout_lab.probe import ProbeFailed, within_deadline
@@ -144,8 +146,13 @@ def check_dask(address: str) -> None:
 
     def handshake() -> None:
         from distributed import Client
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import parse_host_port
 
-        Client(address, timeout="8s").close()
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):  # a refused connection is an answer (Dask's connect retries it for seconds)
+            socket.create_connection(parse_host_port(location), timeout=probe.PROBE_DEADLINE_S).close()
+        Client(address, timeout=f"{max(1.0, probe.PROBE_DEADLINE_S - 2):.0f}s").close()
 
     try:
         within_deadline(f"--dask-address {address}", handshake, address=address)
