@@ -19,6 +19,7 @@
 #      summary, report and figures land in $OUT/answer/. Alone, as a second call: gpu_check.sh --answer
 # Smoke run elsewhere: DEVICE=cpu EPOCHS=1 LIMIT_TRAIN=2000 KS=2 EAGER_KS=2 PLAN_LIMIT=1000
 #     SWEEP_SEEDS=0 PYTHON=.venv/bin/python DATA=<folder holding cifar-10-batches-py/> bash benchmarks/gpu_check.sh
+# (TESTS= names step 1's test files; ANSWER_ARGS= adds to step 7's command, e.g. --max-seeds 5 for one look.)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 # This checkout's virtual environment where there is one (here), else the machine's python3 (there).
@@ -52,8 +53,9 @@ trap finish EXIT
 
 checks() {  # steps 1-6
     echo "== 1. CUDA-only tests and the plan tests"
-    timeout 120 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_plan.py 2>&1 | tee "$out/tests.log"
-    row "tests/test_graphs.py + test_plan.py" "$(tail -1 "$out/tests.log")" "$(tail -1 "$out/tests.log" | grep -qE 'failed|error' && echo NO || echo yes)"
+    # shellcheck disable=SC2086
+    timeout 120 "$python" -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_graphs.py tests/test_plan.py} 2>&1 | tee "$out/tests.log"
+    row "the CUDA-only and plan tests" "$(tail -1 "$out/tests.log")" "$(tail -1 "$out/tests.log" | grep -qE 'failed|error' && echo NO || echo yes)"
 
     echo "== 2. the default comparison's training stage (2 models x $epochs epochs + evaluation each epoch)"
     timeout 100 "$python" benchmarks/time_training.py "${common[@]}" | tee "$out/stage-cold.log"
