@@ -190,6 +190,10 @@ def test_waves_panel_keeps_the_last_look_readable_beside_a_first_one_without_an_
     height = ax.bbox.height
     assert (to_px(looks[-1].high) - to_px(looks[-1].low)) / height > 0.1  # last look: >10% of the panel
     assert all(math.isfinite(y) for y in ax.get_ylim())
+    hollow = [line for line in ax.lines if line.get_markerfacecolor() == "white"]
+    xs = [x for line in hollow for x in line.get_xdata()]
+    assert len(xs) == 2 and all(abs(x - 5) < 1 for x in xs)  # the first look (5 seeds), once per claim
+    assert any("hollow: no interval" in t.get_text() for t in ax.get_legend().get_texts())
     plt.close(fig)
 
 

@@ -168,15 +168,27 @@ def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]]) -> N
         return
     claims = [(m, v, c) for m, per in comparisons.items() for v, c in per.items() if c.decision]
     offsets = np.linspace(-0.8, 0.8, len(claims)) if len(claims) > 1 else [0.0]
+    unbounded = False
     for (metric, v, c), dx in zip(claims, offsets, strict=True):
         ns = [look.n + dx for look in c.decision.looks]
         mid = [100 * look.mean for look in c.decision.looks]
-        # a look without spread has no interval (the whole line): its mean alone
-        err = np.nan_to_num([[100 * (look.mean - look.low) for look in c.decision.looks],
-                             [100 * (look.high - look.mean) for look in c.decision.looks]], posinf=0.0)  # fmt: skip
-        name = "test acc" if metric == "final_test_acc" else "gap"
-        ax.errorbar(ns, mid, yerr=err, fmt="o-" if metric == "final_test_acc" else "s--", ms=4, capsize=3,
-                    label=f"{v.words}, {name}: {decision_words(c)}")  # fmt: skip
+        # A look without an interval (the whole line: too few seeds for its level, or no spread): its mean
+        # alone, hollow, so that it does not read as a precise estimate.
+        err = np.array([[100 * (look.mean - look.low) for look in c.decision.looks],
+                        [100 * (look.high - look.mean) for look in c.decision.looks]])  # fmt: skip
+        err[~np.isfinite(err)] = np.nan  # no bar, no cap
+        alone = [k for k, look in enumerate(c.decision.looks) if not np.isfinite(look.high - look.low)]
+        name, marker = ("test acc", "o") if metric == "final_test_acc" else ("gap", "s")
+        bars = ax.errorbar(ns, mid, yerr=err, fmt=marker + ("-" if name == "test acc" else "--"), ms=4, capsize=3,
+                           markevery=[k for k in range(len(ns)) if k not in alone],
+                           label=f"{v.words}, {name}: {decision_words(c)}")  # fmt: skip
+        if alone:
+            unbounded = True
+            ax.plot([ns[k] for k in alone], [mid[k] for k in alone], marker, ms=5, mfc="white", zorder=3,
+                    color=bars.lines[0].get_color())  # fmt: skip
+    if unbounded:
+        ax.plot([], [], "o", mfc="white", color="grey", label="hollow: no interval at that look (too few seeds for "
+                "its level, or no spread)")  # fmt: skip
     margin = 100 * claims[0][2].decision.margin
     ends = [100 * e for _, _, c in claims for look in c.decision.looks for e in (look.low, look.high)]
     reach = max([abs(e) for e in ends if np.isfinite(e)] + [2 * margin])
