@@ -15,7 +15,7 @@ from dropout_lab.analysis.signflip import decided_at, spending
 from dropout_lab.analysis.stats import claim_alpha
 from dropout_lab.config import counted, variant_of
 
-RUNS = 500  # simulated runs (about 5 s on 2 cores): the probability's standard error is at most 0.022
+RUNS = 500  # simulated runs: the probability's standard error is at most 0.022 (the time: benchmarks/RESULTS.md)
 SEED = 20261207  # fixed: the same first look always gives the same plan
 
 
