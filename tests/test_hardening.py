@@ -313,12 +313,19 @@ for event in run_training(json.loads(sys.argv[1])):
 """
 
 
+def long_training(tiny_cifar: Path, folder: Path) -> str:
+    """A training job of 50 epochs on the tiny data, as JSON for the scripts above and below."""
+    cfg = TrainConfig(epochs=50, limit_train=64, limit_test=32, train_eval_images=32)
+    return json.dumps(
+        job_for([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [folder], 1, "auto")
+    )
+
+
 def test_kill_9_of_the_launching_process_ends_its_training_and_the_fork_server(tiny_cifar, tmp_path):
     # The trainings are the fork server's children, not the run's: the run's end must still reach them.
-    cfg = TrainConfig(epochs=50, limit_train=64, limit_test=32, train_eval_images=32)
-    job = job_for([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [tmp_path / "c"], 1, "auto")
-    run = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(job)], cwd=REPO, stdout=subprocess.PIPE,
-                           text=True, start_new_session=True)  # fmt: skip
+    job = long_training(tiny_cifar, tmp_path / "c")
+    run = subprocess.Popen([sys.executable, "-c", LAUNCHER, job], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
     assert run.stdout.readline() == "training\n"
     below = [int(c) for c in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()]
     below += [int(c) for p in below for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
@@ -345,10 +352,8 @@ for event in run_training(json.loads(sys.argv[1])):
 
 def test_a_run_that_exits_at_once_mid_training_keeps_its_last_line_last(tiny_cifar, tmp_path):
     # Without before_exit, multiprocessing's resource tracker warns of leaked semaphores after the run ends.
-    cfg = TrainConfig(epochs=50, limit_train=64, limit_test=32, train_eval_images=32)
-    job = job_for([cfg], describe_folder(tiny_cifar / "cifar-10-batches-py", warn=False), [tmp_path / "c"], 1, "auto")
-    run = subprocess.run([sys.executable, "-c", STOPPED, json.dumps(job)], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    job = long_training(tiny_cifar, tmp_path / "c")
+    run = subprocess.run([sys.executable, "-c", STOPPED, job], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 143 and (run.stdout + run.stderr).strip() == "error: stopped", run.stderr[-2000:]
 
 
