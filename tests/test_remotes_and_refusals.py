@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dropout_lab import cli
+from dropout_lab import cli, probe
 from dropout_lab.analysis import history
 from dropout_lab.probe import REMOTE_DEADLINE_S
 from flows.compare import compare, main
@@ -270,7 +270,8 @@ def test_an_existing_dask_scheduler_without_a_prefect_server_is_refused_in_one_l
     assert "report to a Prefect server they can reach" in err and list(tmp_path.iterdir()) == []
 
 
-def test_a_dask_scheduler_that_refuses_leaves_no_folder(capfd, tmp_path):
+def test_a_dask_scheduler_that_refuses_leaves_no_folder(capfd, tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "PROBE_DEADLINE_S", 3.0)  # Dask retries a refused connection until the deadline
     one_line_refusal(
         capfd,
         2,
