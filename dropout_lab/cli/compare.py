@@ -327,6 +327,7 @@ def run_from_command_line(flow, argv: list[str] | None = None) -> int:
         last_line[:] = stopped(signum)
         with contextlib.suppress(Exception):
             before_exit()
+        with contextlib.suppress(Exception):
             say_last_line()
             sys.stdout.flush()
             sys.stderr.flush()
