@@ -119,18 +119,15 @@ def first_rejection(x: np.ndarray, ends: Sequence[int], spend: Sequence[float], 
     return next((k for k, hit in enumerate(hits) if hit), len(ends))
 
 
+def equivalence_look(x: np.ndarray, ends: Sequence[int], spend: Sequence[float], margin: float) -> int:
+    """The first look (0-based) by which the tests of ±margin have both rejected, len(ends) if none."""
+    return max(first_rejection(x + margin, ends, spend), first_rejection(x - margin, ends, spend, side=1))
+
+
 def decided_at(x: np.ndarray, ends: Sequence[int], spend: Sequence[float], margin: float) -> int:
     """The look (0-based) at which the flow first makes a call on the differences `x`, len(ends) if none:
-    a difference (a one-sided test of 0 rejects) or equivalence (the tests of ±margin both have)."""
-    equivalent = max(first_rejection(x + margin, ends, spend), first_rejection(x - margin, ends, spend, side=1))
-    return min(first_rejection(x, ends, spend, side=-1), equivalent)
-
-
-def rejected_at(x: Sequence[float], ends: Sequence[int], spend: Sequence[float], shift: float) -> tuple[bool, bool]:
-    """(the upper test rejects "centred at or below shift" at some look, the lower test rejects "centred at or
-    above shift" at some look)."""
-    hits = list(sides(np.asarray(x, dtype=float) - shift, ends, spend))
-    return any(upper for upper, _ in hits), any(lower for _, lower in hits)
+    a difference (a one-sided test of 0 rejects) or equivalence."""
+    return min(first_rejection(x, ends, spend, side=-1), equivalence_look(x, ends, spend, margin))
 
 
 def repeated_p(x: Sequence[float], ends: Sequence[int], planned: int, margin: float, equivalence: bool,
@@ -138,12 +135,12 @@ def repeated_p(x: Sequence[float], ends: Sequence[int], planned: int, margin: fl
     """The smallest two-sided per-claim level at which the tests make the call: a difference (one side
     rejects 0) or equivalence (the lower test rejects +margin and the upper −margin). 1 when no level
     does; three significant digits."""
+    d = np.asarray(x, dtype=float)
 
     def makes_call(a: float) -> bool:
         spend = spending(ends, planned, a, rho)
-        if equivalence:
-            return rejected_at(x, ends, spend, -margin)[0] and rejected_at(x, ends, spend, margin)[1]
-        return any(rejected_at(x, ends, spend, 0.0))
+        look = equivalence_look(d, ends, spend, margin) if equivalence else first_rejection(d, ends, spend, side=-1)
+        return look < len(ends)
 
     if not makes_call(1.0):
         return 1.0
