@@ -51,6 +51,20 @@ def test_clear_effects_cost_little_and_no_effect_costs_the_budget():
     assert plan(pilot({"dropout=0.1": (0.004, 0.0)}, spread=0.03), 20, 0.01) == murky  # the same pilot, the same plan
 
 
+def test_a_claim_without_spread_in_the_pilot_is_forecast_undecided_as_the_run_would_leave_it():
+    """Seeds whose differences are all equal (a collapsed model: every seed the same accuracy) decide nothing
+    while they stay so. The plan said "every claim decided in 100% of simulated runs" for such a pilot: it
+    drew the later seeds with a 1e-6 spread, which the decisions count as spread."""
+    for effects in ({"dropout=0.1": (0.0, 0.0)}, {"dropout=0.1": (0.01, 0.01)}):
+        flat = plan(pilot(effects, spread=0.0), max_seeds=20, margin=0.01)
+        assert flat.decided == 0.0 and flat.trainings == flat.most == 40, flat
+    rows = pilot({"dropout=0.5": (-0.05, -0.1)}, spread=0.002)
+    for r in rows:  # the gap as measured, test accuracy the baseline's at every seed
+        r["final_test_acc"] = 0.7
+    one_flat = plan(rows, max_seeds=20, margin=0.01)  # the gap decides; test accuracy never does
+    assert one_flat.decided == 0.0 and one_flat.trainings == 40, one_flat
+
+
 def test_paired_differences_pair_each_variant_with_the_baseline_on_its_seeds():
     rows = pilot({"dropout=0.25": (0.01, -0.02)}, spread=0.0, seeds=3)
     rows = [r for r in rows if not (r["model"] == "baseline" and r["seed"] == 2)]  # seed 2 has no baseline

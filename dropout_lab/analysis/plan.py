@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dropout_lab.analysis.sequential import planned_ends
-from dropout_lab.analysis.signflip import decided_at, spending
+from dropout_lab.analysis.signflip import decided_at, no_spread, spending
 from dropout_lab.analysis.stats import claim_alpha
 from dropout_lab.config import counted, variant_of
 
@@ -63,12 +63,13 @@ def plan(summary: list[dict], max_seeds: int, margin: float, wave_seconds: float
     seen = min(len(d) for d in observed.values())
     diffs = np.empty((RUNS, len(observed), 2, max_seeds))
     for v, d in enumerate(observed.values()):
-        d = d[:seen]
-        cov = np.cov(d.T) + 1e-12 * np.eye(2)  # a claim without spread stays without it
+        d, mean = d[:seen], d[:seen].mean(axis=0)
+        cov = np.cov(d.T) + 1e-12 * np.eye(2)  # positive definite where a claim shows no spread
         diffs[:, v, :, :seen] = d.T
-        diffs[:, v, :, seen:] = rng.multivariate_normal(d.mean(axis=0), cov, size=(RUNS, max_seeds - seen)).transpose(
-            0, 2, 1
-        )
+        diffs[:, v, :, seen:] = rng.multivariate_normal(mean, cov, size=(RUNS, max_seeds - seen)).transpose(0, 2, 1)
+        for claim, sd in enumerate(d.std(axis=0, ddof=1)):
+            if no_spread(float(sd), float(mean[claim])):  # a normal without spread: every later seed the same
+                diffs[:, v, claim, seen:] = mean[claim]
     stops = np.array(
         [[max(decided_at(claim, ends, spend, margin) for claim in variant) for variant in run] for run in diffs]
     )  # (runs, variants): the look after which each variant stops training
