@@ -10,12 +10,18 @@ from pathlib import Path
 import pytest
 
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "e2e"  # where e2e runs leave screenshots
+MISSING = "headless Chromium not installed (apt-get install chromium); .ci/run installs it"
+
+
+def installed() -> str | None:
+    """Chromium's path, where it is installed."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _chromium(profile: Path, url: str, *what: str) -> subprocess.CompletedProcess:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = installed()
     if not chromium:
-        pytest.skip("headless Chromium not installed (apt-get install chromium); .ci/run installs it")
+        pytest.skip(MISSING)
     return subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from browser import SHOTS, screenshot
+from browser import MISSING, SHOTS, installed, screenshot
 
 from dropout_lab.analysis import history
 from tests import test_e2e_server as e2e
@@ -167,12 +167,15 @@ def test_failure_notification_automation_fires_for_a_failed_run(server, readme):
         assert off.returncode == 0 and alerts() == [] and blocks() == []  # everything notify.py made
     finally:
         hook.shutdown()
+    if not installed():  # skipped at the end, not at the screenshots: the README's commands all ran
+        pytest.skip(f"{MISSING}: the Automations and Blocks pages were not photographed")
 
 
 def objects_named_in_the_readme(server: Server) -> None:
-    """The UI's Automations and Blocks pages (screenshots under artifacts/e2e) after a served run with
-    notifications on: every automation and every named block there is one the README's table names."""
-    for page in ("automations", "blocks"):
+    """The UI's Automations and Blocks pages (screenshots under artifacts/e2e, where Chromium is installed)
+    after a served run with notifications on: every automation and every named block there is one the
+    README's table names."""
+    for page in ("automations", "blocks") if installed() else ():
         screenshot(f"http://127.0.0.1:{server.port}/{page}", SHOTS / f"prefect-{page}.png", server.root / "chromium")
     table = (REPO / "README.md").read_text().split("What else the project keeps on a Prefect server")[1][:3000]
     automations = [a["name"] for a in server.post("/automations/filter", {})]
