@@ -83,8 +83,8 @@ def test_the_plan_in_words():
 
 def test_a_plan_before_the_run_from_seeds_of_its_recipe_already_in_the_history():
     """`--plan`: the answer's recorded seeds as the history, latest record of each model; rows of another recipe
-    (other epochs, other data size) or another setting are not its seeds; a model with fewer than two paired
-    seeds gives no plan."""
+    (other epochs, other data size) or another setting are not its seeds; seeds past --max-seeds are not the
+    run's (it raised a ValueError); a model with fewer than two paired seeds gives no plan."""
     from dropout_lab.analysis.plan import before_run, recipe_seeds
     from dropout_lab.config import Variant, variant_of
 
@@ -102,6 +102,8 @@ def test_a_plan_before_the_run_from_seeds_of_its_recipe_already_in_the_history()
     trainings = float(words.split("about ")[1].split(" trainings")[0])
     assert 40 <= trainings <= 80, words  # 10 to 20 seeds already in: the rest forecast
     assert "on 2 device slots" in words and " h " in words  # 8-epoch CPU trainings: hours
+    budget = before_run(mine, 3, max_seeds=5, margin=0.01, slots=2)  # more seeds recorded than the run would have
+    assert budget.startswith("from 5 seeds of this recipe already trained: about 20 trainings in all (at most 20)")
     fewer = [r for r in mine if not (variant_of(r) == Variant((("dropout", 0.5),)) and r["seed"] > 0)]
     assert before_run(fewer, 3, max_seeds=20, margin=0.01, slots=2) is None
 

@@ -60,7 +60,7 @@ def plan(summary: list[dict], max_seeds: int, margin: float, wave_seconds: float
     ends = planned_ends(max_seeds)
     spend = spending(ends, max_seeds, alpha)
     rng = np.random.default_rng(SEED)
-    seen = min(len(d) for d in observed.values())
+    seen = min(min(len(d) for d in observed.values()), max_seeds)  # seeds past the budget: the run has none
     diffs = np.empty((RUNS, len(observed), 2, max_seeds))
     for v, d in enumerate(observed.values()):
         d, mean = d[:seen], d[:seen].mean(axis=0)
@@ -104,7 +104,7 @@ def before_run(rows: list[dict], variants: int, max_seeds: int, margin: float, s
         return None
     per_training = float(np.median([max(r["train_seconds"] or 0, r.get("epochs_seconds") or 0) for r in rows]))
     forecast = plan(rows, max_seeds, margin)
-    seen = min(len(d) for d in paired.values())
+    seen = min(min(len(d) for d in paired.values()), max_seeds)
     return (f"from {counted(seen, 'seed')} of this recipe already trained: about {forecast.trainings:.0f} trainings "
             f"in all (at most {forecast.most}), every claim decided within --max-seeds in "
             f"{100 * forecast.decided:.0f}% of simulated runs; "
