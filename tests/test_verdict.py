@@ -3,7 +3,8 @@ with one seed or reduced data can and cannot say, and the open claims that drive
 
 import re
 
-from dropout_lab.analysis.verdict import data_scope, open_claims, verdict
+from dropout_lab.analysis.stats import compare_all
+from dropout_lab.analysis.verdict import data_scope, look_markdown, open_claims, verdict
 from dropout_lab.config import Design, Variant
 from tests.summaries import rows, sweep
 
@@ -21,6 +22,19 @@ def test_a_first_look_too_small_for_its_level_says_so_not_minus_infinity():
     assert found[Variant((("dropout", 0.25),))] == ["dropout 0.25 test accuracy (no interval yet)",
                                                    "dropout 0.25 generalization gap (no interval yet)"]  # fmt: skip
     assert "inf" not in " ".join(" ".join(v) for v in found.values())
+
+
+def test_a_look_without_spread_says_so_not_that_its_interval_is_yet_to_come():
+    """Ten seeds whose differences are all 0 (a collapsed model): more such seeds decide nothing, so the look
+    says "no spread", where it said "no interval yet" (the run's log line, its run page's look table)."""
+    flat = [{**r, "final_test_acc": 0.5, "final_train_eval_acc": 0.6, "generalization_gap": 0.1} for r in sweep()]
+    design = Design((5, 10), 10)
+    found = open_claims(flat, design)[Variant((("dropout", 0.25),))]
+    assert found == [
+        f"dropout 0.25 {claim} (no interval: no spread)" for claim in ("test accuracy", "generalization gap")
+    ]
+    table = look_markdown(design, compare_all(flat, design), None, [], budget_reached=True)
+    assert "| dropout 0.25 | test accuracy | undecided | no interval: no spread | 10 |" in table, table
 
 
 def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():
