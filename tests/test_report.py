@@ -2,6 +2,7 @@
 
 import math
 import pathlib
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -125,6 +126,11 @@ def test_multi_seed_report_has_statistics_and_a_verdict(tmp_path):
     assert (
         "| model | seeds | final test acc (95% CI) |" in markdown and "| vs baseline | metric | decision |" in markdown
     )
+    # Test accuracy alike at every seed (no spread), three seeds for six claims: no interval, no power. The
+    # differences table said "+0.00 (-inf to +inf)" and "nan–nan" there.
+    assert "| dropout=0.1 | test acc | undecided | +0.00 (no interval) | — | 3 | 1.00 (1.00) | n/a |" in markdown
+    text = re.sub(r"\(data:image/png;base64,[^)]*\)", "", markdown)  # the figures embedded for the run page
+    assert not re.search(r"\binf\b|\bnan\b", text), re.findall(r".*\b(?:inf|nan)\b.*", text)
     with Image.open(run_dir / "comparison.png") as img:
         img.verify()
 

@@ -140,13 +140,17 @@ def statistics_tables(stats: list[dict], checks: bool = True) -> list[str]:
             low, high = (r["paired_diff_ci95_low"], r["paired_diff_ci95_high"]) if paired \
                 else (r["welch_diff_ci95_low"], r["welch_diff_ci95_high"])  # fmt: skip
             name = SHORT_METRIC[metric]
-            decided = f"{100 * r['diff_vs_baseline']:+.2f} ({100 * r['decision_ci_low']:+.2f} to " \
-                      f"{100 * r['decision_ci_high']:+.2f})"  # fmt: skip
+            bounds = (r["decision_ci_low"], r["decision_ci_high"])
+            decided = f"{100 * r['diff_vs_baseline']:+.2f} " + (  # the verdict above says why there is none
+                f"({100 * bounds[0]:+.2f} to {100 * bounds[1]:+.2f})" if all(map(math.isfinite, bounds))
+                else "(no interval)")  # fmt: skip
             train, test = rows[model, "final_train_eval_acc"], rows[model, "final_test_acc"]
             source = f"{100 * train['diff_vs_baseline']:+.2f}, {100 * test['diff_vs_baseline']:+.2f}" \
                 if metric == "generalization_gap" else "—"  # fmt: skip
             p = f"{_p(r['repeated_p_value'])} ({_p(r['repeated_p_value_family'])})"
-            power = f"{100 * r['min_detectable_diff_80_low']:.2f}–{100 * r['min_detectable_diff_80_high']:.2f}"
+            detectable = (r["min_detectable_diff_80_low"], r["min_detectable_diff_80_high"])
+            power = f"{100 * detectable[0]:.2f}–{100 * detectable[1]:.2f}" if all(map(math.isfinite, detectable)) \
+                else "n/a"  # fmt: skip
             differences.append(f"| {r['model']} | {name} | {r['decision'] or 'none (seeds not paired)'} | {decided} | "
                                f"{source} | {r['seeds_used']} | {p} | {power} |")  # fmt: skip
             equivalence = f"{_p(r['equivalence_p_value'])} (±{100 * r['margin']:.2f})"
