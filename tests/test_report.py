@@ -260,3 +260,22 @@ def test_the_decisions_figure_is_drawn_from_the_per_seed_rows_alone(tmp_path):
     plot_decisions(summary, "title", tmp_path / "decisions.png", Design((5, 10, 15, 20), 20, 0.01))
     with Image.open(tmp_path / "decisions.png") as img:
         assert img.size[0] > 1000
+
+
+def test_difference_panel_names_a_claim_without_an_interval():
+    """Seeds whose test accuracy differences are all 0: the panel drew a bare dot inside the margin band,
+    which reads as equivalent; it now says the claim is undecided and why."""
+    import matplotlib.pyplot as plt
+
+    from dropout_lab.analysis.figures import plot_difference_panel
+    from dropout_lab.analysis.stats import compare_all
+    from dropout_lab.config import Design
+
+    data = summary_for((0.0, 0.25), range(5), lambda p, s: 0.7)
+    for row in data:
+        row["final_train_eval_acc"] = row["final_test_acc"] + row["generalization_gap"]
+        row["final_test_loss"] = 0.3
+    fig, ax = plt.subplots()
+    plot_difference_panel(ax, compare_all(data, Design((5,), 5, 0.01))["final_test_acc"], "Test accuracy")
+    assert [t.get_text() for t in ax.texts] == ["undecided\nno interval: no spread"]
+    plt.close(fig)

@@ -16,7 +16,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from dropout_lab.analysis.stats import Comparison, by_variant, compare_all, mean_ci  # noqa: E402
 from dropout_lab.analysis.tables import per_class_accuracy  # noqa: E402
-from dropout_lab.analysis.verdict import decision_words, design_line, level_text  # noqa: E402
+from dropout_lab.analysis.verdict import decision_words, design_line, level_text, look_range  # noqa: E402
 from dropout_lab.config import SETTING, Design, Variant, family_noun, variant_of  # noqa: E402
 from dropout_lab.core.data import CLASSES  # noqa: E402
 from dropout_lab.results import TrainResult  # noqa: E402
@@ -140,6 +140,10 @@ def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
             word = decision_words(c).replace(", ", ",\n") + (f"\n{sources[v]}" if sources and v in sources else "")
             ax.annotate(word, (x, max([high, *diffs])), textcoords="offset points", xytext=(0, 6), ha="center",
                         fontsize=9, color="#1f4e79")  # fmt: skip
+        elif c.decision and c.decision.looks:  # said, not a bare dot that the margin band seems to hold
+            ax.annotate(f"undecided\n{look_range(c.metric, c.decision)}", (x, max(diffs, default=0.0)),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9,
+                        color="#1f4e79")  # fmt: skip
     if not any(c.decision and c.decision.looks for c in comparisons.values()):
         ax.text(0.5, 0.03, "one seed per variant: no interval, no decision", transform=ax.transAxes, ha="center",
                 fontsize=9)  # fmt: skip

@@ -45,7 +45,7 @@ def _range(metric: str, low: float, high: float, signed: bool = True) -> str:
     return f"{low * scale:{sign}.{digits}f} to {high * scale:{sign}.{digits}f} {unit}".rstrip()
 
 
-def _look_range(metric: str, d) -> str:
+def look_range(metric: str, d) -> str:
     """A look's interval in words; where it has none, why: its differences show no spread (more seeds alike
     decide nothing either), or it has too few seeds for its level ('no interval yet')."""
     if math.isfinite(d.low) and math.isfinite(d.high):
@@ -259,7 +259,7 @@ def open_claims(summary: list[dict], design: Design, comparisons: dict | None = 
     for m in DECIDED:
         for v, c in comparisons[m].items():
             if c.decision is None or c.decision.decision == "undecided":
-                interval = f" ({_look_range(m, c.decision)})" if c.decision else ""
+                interval = f" ({look_range(m, c.decision)})" if c.decision else ""
                 found.setdefault(v, []).append(f"{v.words} {METRICS[m][0]}{interval}")
     return found
 
@@ -283,7 +283,7 @@ def look_markdown(design: Design, comparisons: dict, training: set[Variant] | No
     for m in DECIDED:
         for v, c in sorted(comparisons[m].items(), key=lambda item: Variant.order(item[0])):
             d = c.decision
-            interval = _look_range(m, d) if d else "no paired seeds"
+            interval = look_range(m, d) if d else "no paired seeds"
             lines.append(f"| {v.words} | {METRICS[m][0]} | {d.decision if d else 'undecided'} | {interval} | {c.n} |")
     lines.append("")
     if training is not None:
