@@ -45,13 +45,18 @@ def _range(metric: str, low: float, high: float, signed: bool = True) -> str:
     return f"{low * scale:{sign}.{digits}f} to {high * scale:{sign}.{digits}f} {unit}".rstrip()
 
 
+def _without_spread(d) -> bool:
+    """The decision's last look shows no spread (or it has no look)."""
+    last = d.looks[-1] if d.looks else None
+    return last is None or no_spread(last.sd, last.mean)
+
+
 def look_range(metric: str, d) -> str:
     """A look's interval in words; where it has none, why: its differences show no spread (more seeds alike
     decide nothing either), or it has too few seeds for its level ('no interval yet')."""
     if math.isfinite(d.low) and math.isfinite(d.high):
         return _range(metric, d.low, d.high)
-    last = d.looks[-1] if d.looks else None
-    return "no interval: no spread" if last is None or no_spread(last.sd, last.mean) else "no interval yet"
+    return "no interval: no spread" if _without_spread(d) else "no interval yet"
 
 
 def p_text(p: float) -> str:
@@ -88,10 +93,10 @@ def describe(c: Comparison) -> str:
     margin = _amount(c.metric, d.margin)
     change = _amount(c.metric, c.primary.diff, signed=True)
     if not (math.isfinite(d.low) and math.isfinite(d.high)):
-        last = d.looks[-1] if d.looks else None
-        if last is None or no_spread(last.sd, last.mean):
+        if _without_spread(d):
             return (f"{name} undecided after {counted(d.seeds_used, 'seed')}: changed by {change} (no interval: the "
                     "paired differences show no spread, and a look without spread decides nothing)")  # fmt: skip
+        last = d.looks[-1]
         return (f"{name} undecided after {counted(d.seeds_used, 'seed')}: changed by {change} (no interval: the "
                 f"most extreme of {last.n} seeds' 2^{last.n} sign patterns has a chance of 1 in {2**last.n:,}, more "
                 f"than the {p_text((1 - last.level) / 2)} per side spent by then; more seeds can decide)")  # fmt: skip
