@@ -1,9 +1,10 @@
 """The verdict's words: each claim in its decision's own word, where a gap change came from, what a run
 with one seed or reduced data can and cannot say, and the open claims that drive --seeds auto."""
 
+import math
 import re
 
-from dropout_lab.analysis.stats import compare_all
+from dropout_lab.analysis.stats import DECIDED, compare_all, statistics_rows
 from dropout_lab.analysis.verdict import data_scope, look_markdown, open_claims, verdict
 from dropout_lab.config import Design, Variant
 from tests.summaries import rows, sweep
@@ -35,6 +36,22 @@ def test_a_look_without_spread_says_so_not_that_its_interval_is_yet_to_come():
     ]
     table = look_markdown(design, compare_all(flat, design), None, [], budget_reached=True)
     assert "| dropout 0.25 | test accuracy | undecided | no interval: no spread | 10 |" in table, table
+
+
+def test_no_power_where_the_sign_flip_test_cannot_reach_the_claim_s_level():
+    """Seven seeds, four claims: 2^7 sign patterns cannot reach the two-sided 0.0125 a claim is tested at, so
+    the decision detects no difference, however large. The power line gave a detectable difference (the t
+    test's) beside "the sign-flip check cannot go below p = 0.250"; the table a range instead of "none"."""
+    seven = [r for r in sweep() if r["seed"] < 7]
+    power = next(x for x in verdict(seven) if x.startswith("Power (dropout 0.25, test accuracy)"))
+    assert power == ("Power (dropout 0.25, test accuracy): none at the last look's level (two-sided 0.012): the 7 "
+                     "paired seeds' 2^7 sign patterns cannot reach it, whatever the difference.")  # fmt: skip
+    rows = statistics_rows(seven)
+    assert {r["min_detectable_diff_80_low"] for r in rows if r["metric"] in DECIDED and r["model"] != "baseline"} == {
+        math.inf
+    }
+    eight = [r for r in sweep() if r["seed"] < 8]  # 1/2^8 per side is within 0.00625: a difference is detectable
+    assert "a true difference detected 80% of the time" in " ".join(verdict(eight))
 
 
 def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():

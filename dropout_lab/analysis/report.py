@@ -150,7 +150,7 @@ def statistics_tables(stats: list[dict], checks: bool = True) -> list[str]:
             p = f"{_p(r['repeated_p_value'])} ({_p(r['repeated_p_value_family'])})"
             detectable = (r["min_detectable_diff_80_low"], r["min_detectable_diff_80_high"])
             power = f"{100 * detectable[0]:.2f}–{100 * detectable[1]:.2f}" if all(map(math.isfinite, detectable)) \
-                else "n/a"  # fmt: skip
+                else "none" if math.isinf(detectable[0]) else "n/a"  # fmt: skip
             differences.append(f"| {r['model']} | {name} | {r['decision'] or 'none (seeds not paired)'} | {decided} | "
                                f"{source} | {r['seeds_used']} | {p} | {power} |")  # fmt: skip
             equivalence = f"{_p(r['equivalence_p_value'])} (±{100 * r['margin']:.2f})"

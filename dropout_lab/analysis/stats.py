@@ -27,6 +27,7 @@ from scipy import optimize
 from scipy import stats as st
 
 from dropout_lab.analysis.sequential import Decision, decision
+from dropout_lab.analysis.signflip import no_spread
 from dropout_lab.config import BASELINE, Design, Variant, family_noun, variant_of
 
 # summary column → (readable name, unit in the tables, scale to the unit shown in text, its name)
@@ -287,10 +288,13 @@ def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dic
         low_sd, high_sd = sd_interval(sd, n)
         # Power at the level the claim is tested at: its last look's boundary (ALPHA for the others).
         alpha = (1 - dec.looks[-1].level if dec and dec.looks else per_claim) if metric in DECIDED else ALPHA
+        detectable = (min_detectable(low_sd, n, is_paired, alpha), min_detectable(high_sd, n, is_paired, alpha))
+        last = dec.looks[-1] if dec and dec.looks else None
+        if metric in DECIDED and last and not math.isfinite(last.low) and not no_spread(last.sd, last.mean):
+            detectable = (math.inf, math.inf)  # its 2^n sign patterns cannot reach its level: it detects nothing
         out[metric][v] = Comparison(
             metric, pairing, n, primary, pr, w, adjusted[metric, v], family_of[metric, v],
-            "claims" if metric in DECIDED else noun, dec, sd, alpha,
-            (min_detectable(low_sd, n, is_paired, alpha), min_detectable(high_sd, n, is_paired, alpha)),
+            "claims" if metric in DECIDED else noun, dec, sd, alpha, detectable,
             (seeds_needed(primary.diff, low_sd, is_paired, alpha=alpha),
              seeds_needed(primary.diff, high_sd, is_paired, alpha=alpha)),
         )  # fmt: skip

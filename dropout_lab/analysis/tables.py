@@ -176,7 +176,8 @@ STATISTICS_SCHEMA = pa.schema(
         field("power_alpha", pa.float64(), doc="the two-sided level the power columns use: the claim's last look's "
               "boundary (0.05 for the metrics that are not claims)"),
         field("min_detectable_diff_80_low", pa.float64(), doc="smallest true difference detected with 80% power at "
-              "power_alpha with these seeds, for the low end of the spread's 95% interval"),
+              "power_alpha with these seeds, for the low end of the spread's 95% interval (inf where the claim's "
+              "sign-flip test cannot reach power_alpha with so few seeds)"),
         field("min_detectable_diff_80_high", pa.float64(), doc="the same for the high end"),
         field("seeds_needed_80_low", pa.float64(), doc="seeds to detect the observed difference with 80% power at "
               "power_alpha, for the low end of the spread's 95% interval"),

@@ -157,13 +157,14 @@ def power_line(c: Comparison, variant: Variant) -> str:
     name = METRICS[c.metric][0]
     if math.isnan(c.min_detectable[0]):
         return f"Power ({variant.words}, {name}): not estimable, the {seeds} show no spread."
-    text = (f"Power ({variant.words}, {name}): with {seeds}, a true difference detected 80% of the time at the "
-            f"last look's level (two-sided {p_text(c.power_alpha)}) is "
-            f"{_range(c.metric, *c.min_detectable, signed=False)} (over the 95% range of the seeds' "
-            "spread)")  # fmt: skip
-    if c.paired is not None and 2 / 2**c.n > ALPHA:
-        text += f"; the sign-flip check cannot go below p = {2 / 2**c.n:.3f} with {c.n} seeds"
-    return text + "."
+    if math.isinf(c.min_detectable[0]):
+        return (f"Power ({variant.words}, {name}): none at the last look's level (two-sided "
+                f"{p_text(c.power_alpha)}): the {seeds}' 2^{c.n} sign patterns cannot reach it, whatever the "
+                "difference.")  # fmt: skip
+    detectable = _range(c.metric, *c.min_detectable, signed=False)
+    return (f"Power ({variant.words}, {name}): with {seeds}, a true difference detected 80% of the time at the "
+            f"last look's level (two-sided {p_text(c.power_alpha)}) is {detectable} (over the 95% range of the "
+            "seeds' spread).")  # fmt: skip
 
 
 def design_line(summary: list[dict], design: Design, comparisons: dict | None = None) -> str:
