@@ -52,6 +52,9 @@ def test_no_power_where_the_sign_flip_test_cannot_reach_the_claim_s_level():
     }
     eight = [r for r in sweep() if r["seed"] < 8]  # 1/2^8 per side is within 0.00625: a difference is detectable
     assert "a true difference detected 80% of the time" in " ".join(verdict(eight))
+    # Nor do fewer than 8 seeds detect the observed differences: the t test's power said 3 for the clear ones.
+    needed = [r["seeds_needed_80_low"] for r in statistics_rows(sweep()) if r["metric"] in DECIDED]
+    assert min(k for k in needed if k == k) == 8, needed
 
 
 def test_verdict_speaks_in_decisions_and_says_where_the_gap_change_came_from():

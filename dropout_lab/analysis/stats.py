@@ -290,13 +290,16 @@ def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dic
         alpha = (1 - dec.looks[-1].level if dec and dec.looks else per_claim) if metric in DECIDED else ALPHA
         detectable = (min_detectable(low_sd, n, is_paired, alpha), min_detectable(high_sd, n, is_paired, alpha))
         last = dec.looks[-1] if dec and dec.looks else None
-        if metric in DECIDED and last and not math.isfinite(last.low) and not no_spread(last.sd, last.mean):
-            detectable = (math.inf, math.inf)  # its 2^n sign patterns cannot reach its level: it detects nothing
+        needed = (seeds_needed(primary.diff, low_sd, is_paired, alpha=alpha),
+                  seeds_needed(primary.diff, high_sd, is_paired, alpha=alpha))  # fmt: skip
+        if metric in DECIDED and dec:  # a sign-flip test: n seeds' 2^n sign patterns must reach its level
+            if last and not math.isfinite(last.low) and not no_spread(last.sd, last.mean):
+                detectable = (math.inf, math.inf)  # they cannot at this look: it detects nothing
+            fewest = math.ceil(math.log2(2 / alpha) - 1e-9)
+            needed = tuple(max(k, fewest) if k == k else k for k in needed)
         out[metric][v] = Comparison(
             metric, pairing, n, primary, pr, w, adjusted[metric, v], family_of[metric, v],
-            "claims" if metric in DECIDED else noun, dec, sd, alpha, detectable,
-            (seeds_needed(primary.diff, low_sd, is_paired, alpha=alpha),
-             seeds_needed(primary.diff, high_sd, is_paired, alpha=alpha)),
+            "claims" if metric in DECIDED else noun, dec, sd, alpha, detectable, needed,
         )  # fmt: skip
     return out
 

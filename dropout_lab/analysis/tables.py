@@ -180,7 +180,8 @@ STATISTICS_SCHEMA = pa.schema(
               "sign-flip test cannot reach power_alpha with so few seeds)"),
         field("min_detectable_diff_80_high", pa.float64(), doc="the same for the high end"),
         field("seeds_needed_80_low", pa.float64(), doc="seeds to detect the observed difference with 80% power at "
-              "power_alpha, for the low end of the spread's 95% interval"),
+              "power_alpha, for the low end of the spread's 95% interval (for a claim, at least the seeds whose 2^n "
+              "sign patterns can reach power_alpha)"),
         field("seeds_needed_80_high", pa.float64(), doc="the same for the high end"),
     ]
 )  # fmt: skip
