@@ -46,6 +46,11 @@ class Look:
     high: float
     level: float  # 1 - the two-sided level spent by this look
 
+    @property
+    def spread(self) -> bool:
+        """Its differences show spread: a look without any decides nothing, and more seeds alike would not."""
+        return not signflip.no_spread(self.sd, self.mean)
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -27,7 +27,6 @@ from scipy import optimize
 from scipy import stats as st
 
 from dropout_lab.analysis.sequential import Decision, decision
-from dropout_lab.analysis.signflip import no_spread
 from dropout_lab.config import BASELINE, Design, Variant, family_noun, variant_of
 
 # summary column → (readable name, unit in the tables, scale to the unit shown in text, its name)
@@ -293,7 +292,7 @@ def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dic
         needed = (seeds_needed(primary.diff, low_sd, is_paired, alpha=alpha),
                   seeds_needed(primary.diff, high_sd, is_paired, alpha=alpha))  # fmt: skip
         if metric in DECIDED and dec:  # a sign-flip test: n seeds' 2^n sign patterns must reach its level
-            if last and not math.isfinite(last.low) and not no_spread(last.sd, last.mean):
+            if last and not math.isfinite(last.low) and last.spread:
                 detectable = (math.inf, math.inf)  # they cannot at this look: it detects nothing
             fewest = math.ceil(math.log2(2 / alpha) - 1e-9)
             needed = tuple(max(k, fewest) if k == k else k for k in needed)

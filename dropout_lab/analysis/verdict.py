@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-from dropout_lab.analysis.signflip import no_spread
 from dropout_lab.analysis.stats import (
     ALPHA,
     DECIDED,
@@ -47,8 +46,7 @@ def _range(metric: str, low: float, high: float, signed: bool = True) -> str:
 
 def _without_spread(d) -> bool:
     """The decision's last look shows no spread (or it has no look)."""
-    last = d.looks[-1] if d.looks else None
-    return last is None or no_spread(last.sd, last.mean)
+    return not (d.looks and d.looks[-1].spread)
 
 
 def look_range(metric: str, d) -> str:
