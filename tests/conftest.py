@@ -40,6 +40,26 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _slots_in_process():
+    """In-process trainings take their device slot in their own process, as the command line's do on its
+    temporary server (tasks/slots.py). On a SQLite Prefect server, a slot asked for as its task starts meets
+    the task-run recorder's write of that start: the server answers 503 and Prefect's client retries after a
+    fixed 2 s, about 200 s of this suite's waits (benchmarks/RESULTS.md). Tests of Prefect's own limit take
+    the `prefect_slots` fixture; command-line runs against a server (e2e) always take it."""
+    from tasks import slots
+
+    real, slots._prefect_slot = slots._prefect_slot, slots._local_slot
+    yield real
+    slots._prefect_slot = real
+
+
+@pytest.fixture
+def prefect_slots(_slots_in_process, monkeypatch):
+    """This test's in-process trainings take Prefect's global concurrency limit, as served runs do."""
+    monkeypatch.setattr("tasks.slots._prefect_slot", _slots_in_process)
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory) -> Path:
     """A tiny CIFAR-10-format dataset (python layout): 320 train / 160 test images. Read-only by convention."""

@@ -75,7 +75,7 @@ def test_parquet_schemas_and_contents(first_run):
         assert right / 160 == rows[model]["final_test_acc"]
 
 
-def test_the_two_trainings_overlap_in_time(prefect_harness, workspace):
+def test_the_two_trainings_overlap_in_time(prefect_harness, prefect_slots, workspace):
     # Trainings of a few seconds: on this test server (SQLite) one slot acquisition in a flow may meet a 503
     # that Prefect's client retries after a fixed 2 s (benchmarks/RESULTS.md), longer than two epochs here.
     folder, _, _ = run_flow(workspace, epochs=10, out=str(workspace / "overlap"), cache_dir=str(workspace / "c10"))
