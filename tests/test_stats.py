@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -213,3 +214,32 @@ def test_unpaired_seeds_fall_back_to_welch():
     data += rows(0.5, [3, 4, 5], [0.0, 0.01, 0.02], [0.69, 0.70, 0.71])
     c = compare_all(data)["final_test_acc"][Variant((("dropout", 0.5),))]
     assert c.design == "unpaired" and c.paired is None and c.primary == welch([0.69, 0.70, 0.71], [0.70, 0.71, 0.72])
+
+
+def test_a_run_whose_baseline_seeds_all_score_alike_is_analysed_without_a_warning():
+    """The fake dataset's collapsed models: the baseline's three seeds all at 9.00 % test accuracy, the variant's
+    not. scipy's Welch test warned of "catastrophic cancellation" onto the run's terminal; the same test from
+    the same standard error and degrees of freedom says nothing and gives scipy's p-value."""
+    data = rows(0.0, [0, 1, 2], [0.0467, 0.0467, 0.0411], [0.09, 0.09, 0.09])
+    data += rows(0.25, [0, 1, 2], [0.0467, 0.0467, 0.0133], [0.09, 0.09, 0.10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare_all(data)
+        statistics_rows(data)
+        w = welch([0.09, 0.09, 0.10], [0.09, 0.09, 0.09])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert w.p_value == pytest.approx(st.ttest_ind([0.09, 0.09, 0.10], [0.09] * 3, equal_var=False).pvalue)
+
+
+def test_differences_equal_up_to_rounding_have_no_spread_in_the_fixed_sample_check_either():
+    """Gaps are differences of accuracies, so a setting that shifts every seed alike gives paired differences
+    equal only up to float rounding: the paired t-test read that rounding as a spread (a p-value of rounding
+    noise, a t-interval of width 1e-16) where the decisions see none (signflip.no_spread)."""
+    base = [0.7, 0.3, 0.9, 0.1]
+    shifted = [b + 1 / 3 for b in base]
+    d = np.subtract(shifted, base)
+    assert d.std(ddof=1) > 0  # rounding
+    p = paired(shifted, base)
+    assert p.sd == 0 and p.t.ci_low == p.t.ci_high == p.t.diff and p.t.p_value == 0.0
+    assert paired(base, base).t.p_value == 1.0

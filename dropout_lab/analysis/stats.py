@@ -27,6 +27,7 @@ from scipy import optimize
 from scipy import stats as st
 
 from dropout_lab.analysis.sequential import Decision, decision
+from dropout_lab.analysis.signflip import no_spread
 from dropout_lab.config import BASELINE, Design, Variant, family_noun, variant_of
 
 # summary column → (readable name, unit in the tables, scale to the unit shown in text, its name)
@@ -98,8 +99,9 @@ def welch(a: list[float], b: list[float], level: float = 1 - ALPHA) -> Differenc
         return Difference(diff, diff, diff, 1.0 if diff == 0 else 0.0)
     dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     half = float(st.t.ppf(0.5 + level / 2, dof)) * se
-    p = float(st.ttest_ind(x, y, equal_var=False).pvalue)
-    return Difference(diff, diff - half, diff + half, p)
+    # The test from the same se and dof: scipy's ttest_ind recomputes them, and warns of "catastrophic
+    # cancellation" onto the user's terminal where one side's seeds are all equal (its variance 0).
+    return Difference(diff, diff - half, diff + half, float(2 * st.t.sf(abs(diff) / se, dof)))
 
 
 def sign_flip_p(diffs: list[float], seed: int = 0) -> tuple[float, bool]:
@@ -137,10 +139,10 @@ def paired(a: list[float], b: list[float], level: float = 1 - ALPHA) -> Paired:
         diff = float(d.mean()) if n else math.nan
         return Paired(n, tuple(d.tolist()), math.nan, Difference(diff, math.nan, math.nan, math.nan), flip, exact)
     est = mean_ci(d.tolist(), level)
-    if est.std == 0:  # every seed moved by the same amount: no spread to test against
+    if no_spread(est.std, est.mean):  # every seed moved by the same amount, up to rounding: no spread to test against
         p = 1.0 if est.mean == 0 else 0.0
         return Paired(n, tuple(d.tolist()), 0.0, Difference(est.mean, est.mean, est.mean, p), flip, exact)
-    p = float(st.ttest_rel(a, b).pvalue)
+    p = float(2 * st.t.sf(abs(est.mean) / (est.std / math.sqrt(n)), n - 1))  # the paired t-test
     return Paired(n, tuple(d.tolist()), est.std, Difference(est.mean, est.ci_low, est.ci_high, p), flip, exact)
 
 
