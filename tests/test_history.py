@@ -205,6 +205,13 @@ def test_filters(store, tmp_path, new_store):
     assert {r["model"] for r in rows("--rate", "0")} == {"baseline"}
     assert {r["model"] for r in rows("--weight-decay", "0.0005", "0")} == {"weight_decay=0.0005", "baseline"}
     assert {r["model"] for r in rows("--dropout", "0.25")} == {"dropout=0.25"}
+    # A variant that combines settings (--variant) has each of them: every filter naming one of them lists it.
+    both = {**model(2, 0.25, 0, 0.7, 0.05), "model": "dropout=0.25, augment=flip-crop", "baseline": False,
+            "augment": "flip-crop", "model_key": "both"}  # fmt: skip
+    assert record(uri, [both]) == 1
+    assert {r["model"] for r in rows("--augment", "flip-crop")} == {"dropout=0.25, augment=flip-crop"}
+    assert {r["model"] for r in rows("--dropout", "0.25")} == {"dropout=0.25", "dropout=0.25, augment=flip-crop"}
+    assert {r["model"] for r in rows("--augment", "none")} == {"baseline"}
     assert {r["seed"] for r in history.read(store, seeds=[1, 2])} == {1, 2}
     assert {r["dataset"] for r in history.read(store, dataset="fake")} == {"fake"}
     since = history.read(store, since=DAY0 + timedelta(days=1))

@@ -96,7 +96,8 @@ def read(
     experiments: list[str] | None = None,
 ) -> list[dict]:
     """Every recorded model of the store's experiment, oldest first (then report order and seed), one row each
-    (the newest run of a model identity), filtered: exactly these variants, seeds, dataset, recorded at or
+    (the newest run of a model identity), filtered: these variants (each alone or combined with other settings;
+    the baseline alone), seeds, dataset, recorded at or
     after `since`, experiments (exact names, or digests by their first characters); `last` keeps the rows
     of the last N flow runs. Read-only; HistoryError (one line) when the store cannot be read."""
     try:
@@ -120,10 +121,16 @@ def read(
 
 
 def _wanted(row: dict, variants, seeds, dataset, since, experiments) -> bool:
-    return ((not variants or variant_of(row) in variants) and (not seeds or row["seed"] in seeds)
+    return ((not variants or any(_within(v, variant_of(row)) for v in variants)) and (not seeds or row["seed"] in seeds)
             and (not dataset or row["dataset"] == dataset) and (not since or row["recorded_at"] >= since)
             and (not experiments or any(row["experiment"] == e or (e and row["experiment_hash"].startswith(e))
                                         for e in experiments)))  # fmt: skip
+
+
+def _within(wanted: Variant, model: Variant) -> bool:
+    """`dropout=0.25` names the model of that rate and every combination with it (`--variant dropout=0.25,...`);
+    the baseline names the baseline alone."""
+    return set(wanted.settings) <= set(model.settings) if wanted.settings else model.is_baseline
 
 
 def run_key(row: dict) -> str:

@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         names = [flag(setting.field), *(["--rate"] if setting.field == "dropout" else [])]
         parser.add_argument(*names, dest=setting.field, type=float if setting.numeric else str, nargs="+", metavar="V",
                             choices=setting.choices or None,
-                            help=f"only the variants with these {setting.plural} ({value_text(setting.off)}: the "
-                                 "baseline only)")  # fmt: skip
+                            help=f"only the variants with these {setting.plural}, alone or with other settings "
+                                 f"({value_text(setting.off)}: the baseline only)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="only these seeds")
     parser.add_argument("--dataset", help="only this dataset (cifar10, fake)")
     parser.add_argument("--since", type=since_value, metavar="WHEN", help="recorded since: 2026-11-01, 7d, 12h")
