@@ -270,6 +270,9 @@ def test_table_has_one_line_per_model_with_accuracy_and_gap(store):
     assert lines[0].split()[:3] == ["recorded", "(UTC)", "run"]
     assert len(lines) == 2 and "10.00%" in lines[1] and "+0.00" in lines[1] and "fake" in lines[1]
     assert table_rows(rows)[0]["test acc"] == "10.00%"
+    # Two weight decays: each model's name whole, not both cut to `weight_decay=0.…`.
+    decays = [{**rows[0], "model": f"weight_decay={wd}"} for wd in (0.0005, 0.001)]
+    assert [line.split()[5] for line in format_table(decays).splitlines()[1:]] == [r["model"] for r in decays]
 
 
 def test_run_points_are_seed_means_with_t_intervals(store):

@@ -10,11 +10,12 @@ from pathlib import Path
 from dropout_lab.analysis.history import run_key
 from dropout_lab.config import Variant, counted
 
-# (header, width, cell) for each column of the table; percentages as points.
+# (header, width, cell) for each column of the table; percentages as points. The model's width is its longest
+# name's: a cut name hides the value that tells two models apart (`weight_decay=0.…`).
 COLUMNS = [
     ("recorded (UTC)", 16, lambda r: r["recorded_at"].strftime("%Y-%m-%d %H:%M")),
     ("run", 34, lambda r: r["flow_run_name"] or f"(imported) {r['experiment']}"),
-    ("model", 16, lambda r: r["model"]),
+    ("model", None, lambda r: r["model"]),
     ("seed", 4, lambda r: str(r["seed"])),
     ("dataset", 7, lambda r: r["dataset"]),
     ("train", 5, lambda r: str(r["n_train"])),
@@ -31,8 +32,9 @@ def format_table(rows: list[dict]) -> str:
     def cell(text: str, width: int) -> str:
         return text if len(text) <= width else text[: width - 1] + "…"
 
-    lines = ["  ".join(h.ljust(w) for h, w, _ in COLUMNS).rstrip()]
-    lines += ["  ".join(cell(get(r), w).ljust(w) for _, w, get in COLUMNS).rstrip() for r in rows]
+    columns = [(h, w or max([len(h), *(len(get(r)) for r in rows)]), get) for h, w, get in COLUMNS]
+    lines = ["  ".join(h.ljust(w) for h, w, _ in columns).rstrip()]
+    lines += ["  ".join(cell(get(r), w).ljust(w) for _, w, get in columns).rstrip() for r in rows]
     return "\n".join(lines)
 
 
