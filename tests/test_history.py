@@ -4,6 +4,7 @@ by analysis/history.py, shown by analysis/trend.py and `dropout-lab history`."""
 from __future__ import annotations
 
 import multiprocessing
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ from PIL import Image
 
 from dropout_lab.analysis import history, tracking
 from dropout_lab.analysis.stats import mean_ci
-from dropout_lab.analysis.trend import format_table, plot_trend, run_points, table_rows
+from dropout_lab.analysis.trend import compare_table, format_table, plot_trend, run_points, table_rows
 from dropout_lab.cli import history as cli
 from dropout_lab.config import Variant
 
@@ -261,6 +262,11 @@ def test_compare_shows_two_experiments_side_by_side(store, capsys):
     lines = {line.split()[0]: line for line in out.splitlines()[3:] if line.split()}
     assert {"dropout=0.25", "baseline"} <= set(lines) and "3/3" in lines["baseline"]
     assert cli.main(["--history", store, "--compare", "hash", "hash2"]) == 2  # ambiguous: refused
+    # A combined variant's longer name: every row's columns still start where the header's do.
+    combined = [{**r, "model": "dropout=0.25, augment=flip-crop", "augment": "flip-crop"} for r in history.read(store)
+                if r["model"] == "dropout=0.25"]  # fmt: skip
+    table = compare_table(("A", combined), ("B", history.read(store))).splitlines()[3:-1]
+    assert len({re.search(r"seeds A/B|(?<= )\d+/\d+ ", line).start() for line in table}) == 1, table
     assert "matches" in capsys.readouterr().err
 
 

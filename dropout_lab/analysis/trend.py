@@ -81,8 +81,9 @@ def compare_table(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
             return "—"
         return f"{e.mean:6.2f}" + (f" ({e.ci_low:.2f}–{e.ci_high:.2f})" if e.n > 1 else " (one seed)")
 
+    wide = max(len(v.name) for v in [Variant(), *variants])  # `variant` or the longest name, whole
     lines = [f"A: {name_a}", f"B: {name_b}", "",
-             f"{'variant':<22} {'seeds A/B':<10} {'test acc A':<24} {'test acc B':<24} {'B-A':>6}  "
+             f"{'variant':<{wide}} {'seeds A/B':<10} {'test acc A':<24} {'test acc B':<24} {'B-A':>6}  "
              f"{'gap A':<24} {'gap B':<24} {'B-A':>6}"]  # fmt: skip
     for v in variants:
         acc = [est(g, v, "final_test_acc") for g in groups]
@@ -90,7 +91,7 @@ def compare_table(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
         seeds = f"{acc[0].n}/{acc[1].n}"
         d_acc = f"{acc[1].mean - acc[0].mean:+6.2f}" if acc[0].n and acc[1].n else "     —"
         d_gap = f"{gap[1].mean - gap[0].mean:+6.2f}" if gap[0].n and gap[1].n else "     —"
-        lines.append(f"{v.name:<22} {seeds:<10} {cell(acc[0]):<24} {cell(acc[1]):<24} {d_acc}  "
+        lines.append(f"{v.name:<{wide}} {seeds:<10} {cell(acc[0]):<24} {cell(acc[1]):<24} {d_acc}  "
                      f"{cell(gap[0]):<24} {cell(gap[1]):<24} {d_gap}")  # fmt: skip
     lines.append("points; 95% t-intervals over each side's seeds")
     return "\n".join(lines)
