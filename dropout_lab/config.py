@@ -281,11 +281,6 @@ class Variant:
         words = [f"{SETTING[field].words} {value_text(value)}" for field, value in self.settings]
         return " and ".join(words) or "baseline"
 
-    @property
-    def short(self) -> str:
-        """`p0.25`: experiment and flow-run names."""
-        return "-".join(f"{SETTING[field].short}{value_text(value)}" for field, value in self.settings) or "baseline"
-
     def columns(self) -> dict:
         """The variant's columns in every table: its name, whether it is the baseline, each setting's value."""
         values = dict(self.settings)
@@ -345,16 +340,16 @@ def compared_variants(params: Mapping) -> list[Variant]:
 
 
 def comparison_words(variants) -> str:
-    """What a run compares, for titles: `dropout 0.1, 0.5 vs baseline`, `dropout 0.25 and weight decay 0.0005
-    vs baseline` (the compared settings and their values, in SETTINGS order); with a variant that combines
-    settings, the variants one by one (`dropout 0.25, augmentation flip-crop, dropout 0.25 and augmentation
-    flip-crop vs baseline`)."""
+    """What a run compares, for titles: `dropout 0.1, 0.5 vs baseline`, `dropout 0.25; weight decay 0.0005 vs
+    baseline` (the compared settings and their values, in SETTINGS order); with a variant that combines
+    settings, the variants one by one (`dropout 0.25; augmentation flip-crop; dropout 0.25 and augmentation
+    flip-crop vs baseline`): `and` joins the settings of one model only."""
     if any(len(v.settings) > 1 for v in variants):
-        return f"{', '.join(v.words for v in sorted(variants, key=Variant.order) if not v.is_baseline)} vs baseline"
+        return f"{'; '.join(v.words for v in sorted(variants, key=Variant.order) if not v.is_baseline)} vs baseline"
     values = {s.field: sorted({v for var in variants for f, v in var.settings if f == s.field}, key=s.rank)
               for s in SETTINGS}  # fmt: skip
     parts = [f"{s.words} {', '.join(map(value_text, values[s.field]))}" for s in SETTINGS if values[s.field]]
-    return f"{' and '.join(parts) or 'nothing'} vs baseline"
+    return f"{'; '.join(parts) or 'nothing'} vs baseline"
 
 
 def family_noun(variants: list[Variant]) -> str:

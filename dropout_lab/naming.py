@@ -6,7 +6,16 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-from dropout_lab.config import SETTINGS, Design, TrainConfig, compared_variants, value_text, variant_of
+from dropout_lab.config import (
+    SETTING,
+    SETTINGS,
+    Design,
+    TrainConfig,
+    Variant,
+    compared_variants,
+    value_text,
+    variant_of,
+)
 from dropout_lab.keys import train_key
 
 MAX_EXPERIMENT = 120  # characters: a report folder's name adds 11 and must stay under 255 bytes
@@ -25,10 +34,24 @@ def seed_list(seeds: list[int]) -> str:
     return ",".join(map(str, seeds))
 
 
-def _compared(values_of) -> list[str]:
+def _alone(variants, setting) -> list:
+    """The setting's values among the variants that change it alone, in its order."""
+    return sorted({v for var in variants if len(var.settings) == 1 for f, v in var.settings if f == setting.field},
+                  key=setting.rank)  # fmt: skip
+
+
+def _combined(variants, join: str, tag) -> list[str]:
+    """Each variant that combines settings, its settings joined: two variants and one that combines them
+    never share a name."""
+    return [join.join(tag(SETTING[f], v) for f, v in var.settings)
+            for var in sorted(variants, key=Variant.order) if len(var.settings) > 1]  # fmt: skip
+
+
+def _compared(variants) -> list[str]:
     """`p0.25`, `p0.1+0.5`, `p0.25-wd0.0005`, `augment=flip-crop`: each compared setting with its values
-    (`p0`: none)."""
-    parts = [s.tag(values) for s in SETTINGS if (values := values_of(s))]
+    (`p0`: none); a variant that combines settings as `p0.25_augment=flip-crop`."""
+    parts = [s.tag(values) for s in SETTINGS if (values := _alone(variants, s))]
+    parts += _combined(variants, "_", lambda s, v: s.tag([v]))
     return parts or [f"{SETTINGS[0].short}0"]
 
 
@@ -46,13 +69,7 @@ def experiment_name(configs: list[TrainConfig], dataset: str, auto: bool = False
     size = "".join(
         f"-{split}{limit}" for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)) if limit
     )
-
-    def values_of(setting) -> list:
-        return sorted(
-            {value for v in variants for field, value in v.settings if field == setting.field}, key=setting.rank
-        )
-
-    name = f"{dataset}{size}-{'-'.join(_compared(values_of))}-s{seed_part}-e{cfg.epochs}"
+    name = f"{dataset}{size}-{'-'.join(_compared(variants))}-s{seed_part}-e{cfg.epochs}"
     if len(name) > MAX_EXPERIMENT:  # many values: a folder name must stay short; the digest keeps it unique
         name = f"{name[: MAX_EXPERIMENT - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return name
@@ -73,11 +90,9 @@ def flow_run_label(params: Mapping) -> str:
     """Flow-run names say what runs: `p=0.25 seeds=0-4 e8`, `p=0.1,0.5 seeds=0 e2 fake train400`.
     KeyError/TypeError/ValueError for parameters that are not valid yet."""
     variants = compared_variants(params)
-    parts = []
-    for s in SETTINGS:
-        values = sorted({value for v in variants for field, value in v.settings if field == s.field}, key=s.rank)
-        if values:  # the compared settings only (a run compares at least one)
-            parts.append(f"{s.short}={','.join(map(value_text, values))}")
+    parts = [f"{s.short}={','.join(map(value_text, values))}" for s in SETTINGS
+             if (values := _alone(variants, s))]  # fmt: skip
+    parts += _combined(variants, "+", lambda s, v: f"{s.short}={value_text(v)}")
     extra = [params["dataset"]] if params["dataset"] != "cifar10" else []
     extra += [f"{k.split('_')[1]}{params[k]}" for k in ("limit_train", "limit_test") if params[k]]
     seeds = params["seeds"]

@@ -268,6 +268,10 @@ def test_compare_shows_two_experiments_side_by_side(store, capsys):
     table = compare_table(("A", combined), ("B", history.read(store))).splitlines()[3:-1]
     assert len({re.search(r"seeds A/B|(?<= )\d+/\d+ ", line).start() for line in table}) == 1, table
     assert "matches" in capsys.readouterr().err
+    # A name several digests share (code changes between them): refused, not their seeds pooled.
+    assert cli.main(["--history", store, "--compare", "cifar10-p0.25-s0-e8", "hash2"]) == 2
+    err = capsys.readouterr().err
+    assert "matches 3 experiments" in err and "hash1" in err and len(err.strip().splitlines()) == 1
 
 
 def test_table_has_one_line_per_model_with_accuracy_and_gap(store):

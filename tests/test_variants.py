@@ -10,7 +10,16 @@ import torch
 from dropout_lab.analysis.figures import BASELINE_COLOR, color, panel_positions
 from dropout_lab.analysis.stats import by_variant, compare_all, statistics_rows
 from dropout_lab.analysis.verdict import verdict
-from dropout_lab.config import BASELINE, SETTINGS, TrainConfig, Variant, compared_variants, configure, variant_of
+from dropout_lab.config import (
+    BASELINE,
+    SETTINGS,
+    TrainConfig,
+    Variant,
+    compared_variants,
+    comparison_words,
+    configure,
+    variant_of,
+)
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.data import load_split
 from dropout_lab.core.train import fit
@@ -85,6 +94,13 @@ def test_names_say_which_settings_were_compared():
               "limit_train": 0, "limit_test": 0}  # fmt: skip
     assert flow_run_label(params) == "p=0.25 wd=0.0005 seeds=0 e8"
     assert flow_run_label({**params, "weight_decay": []}) == "p=0.25 seeds=0 e8"
+    # One model with both settings is not the two models with one each: its name joins them.
+    both = {**params, "weight_decay": [], "variant": ["dropout=0.25,weight_decay=0.0005"]}
+    cfgs = variant_configs(TrainConfig(epochs=8), compared_variants(both), [0], "cpu")
+    assert experiment_name(cfgs, "cifar10") == "cifar10-p0.25-p0.25_wd0.0005-s0-e8"
+    assert flow_run_label(both) == "p=0.25 p=0.25+wd=0.0005 seeds=0 e8"
+    assert comparison_words(compared_variants(both)) == "dropout 0.25; dropout 0.25 and weight decay 0.0005 vs baseline"
+    assert comparison_words(compared_variants(params)) == "dropout 0.25; weight decay 0.0005 vs baseline"
 
 
 def test_stacks_keep_variants_of_different_weight_decay_apart():

@@ -172,10 +172,14 @@ def compare(uri: str, a: str, b: str) -> int:
     sides = []
     for which in (a, b):
         rows = read(uri, experiments=[which]) if which.strip() else []
-        names = sorted({r["experiment"] for r in rows})
-        if len(names) != 1:
-            found = f"{len(names)} experiments ({', '.join(names)[:200]})" if names else "nothing"
-            raise Refused(f"--compare {which!r}: matches {found} in {shown(uri)}; give a name or a longer digest")
-        sides.append((names[0], rows))
+        # One experiment is one digest: a name that two (a code change, a recipe named alike) share would
+        # pool their seeds, a model both used counted twice.
+        found = sorted({(r["experiment"], r["experiment_hash"][:10]) for r in rows})
+        if len(found) != 1:
+            listed = ", ".join(" ".join(pair) for pair in found)[:200]
+            which_text = f"{len(found)} experiments ({listed})" if found else "nothing"
+            raise Refused(f"--compare {which!r}: matches {which_text} in {shown(uri)}; give one experiment's digest "
+                          "(its report folder's last part)")  # fmt: skip
+        sides.append((found[0][0], rows))
     print(compare_table(*sides))
     return 0
