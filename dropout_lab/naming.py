@@ -49,9 +49,10 @@ def _combined(variants, join: str, tag) -> list[str]:
 
 def _compared(variants) -> list[str]:
     """`p0.25`, `p0.1+0.5`, `p0.25-wd0.0005`, `augment=flip-crop`: each compared setting with its values
-    (`p0`: none); a variant that combines settings as `p0.25_augment=flip-crop`."""
+    (`p0`: none); a variant that combines settings as `p0.25-with-augment=flip-crop`, which its artifact key
+    keeps apart from the two variants' (`slug` makes `_` and `-` alike)."""
     parts = [s.tag(values) for s in SETTINGS if (values := _alone(variants, s))]
-    parts += _combined(variants, "_", lambda s, v: s.tag([v]))
+    parts += _combined(variants, "-with-", lambda s, v: s.tag([v]))
     return parts or [f"{SETTINGS[0].short}0"]
 
 

@@ -23,7 +23,7 @@ from dropout_lab.config import (
 from dropout_lab.core.checkpoint import epoch_checkpoints, load_checkpoint
 from dropout_lab.core.data import load_split
 from dropout_lab.core.train import fit
-from dropout_lab.naming import experiment_name, flow_run_label
+from dropout_lab.naming import experiment_name, flow_run_label, slug
 from dropout_lab.runtime.devices import check_stackable, stack_groups, variant_configs
 
 WD = Variant((("weight_decay", 0.0005),))
@@ -97,7 +97,11 @@ def test_names_say_which_settings_were_compared():
     # One model with both settings is not the two models with one each: its name joins them.
     both = {**params, "weight_decay": [], "variant": ["dropout=0.25,weight_decay=0.0005"]}
     cfgs = variant_configs(TrainConfig(epochs=8), compared_variants(both), [0], "cpu")
-    assert experiment_name(cfgs, "cifar10") == "cifar10-p0.25-p0.25_wd0.0005-s0-e8"
+    assert experiment_name(cfgs, "cifar10") == "cifar10-p0.25-p0.25-with-wd0.0005-s0-e8"
+    alone = variant_configs(TrainConfig(epochs=8), compared_variants({**both, "dropout": []}), [0], "cpu")
+    assert experiment_name(alone, "cifar10") == "cifar10-p0.25-with-wd0.0005-s0-e8"  # the artifact key: not the two's
+    assert slug(experiment_name(alone, "cifar10")) != slug(experiment_name(variant_configs(TrainConfig(epochs=8),
+        compared_variants(params), [0], "cpu"), "cifar10"))  # fmt: skip
     assert flow_run_label(both) == "p=0.25 p=0.25+wd=0.0005 seeds=0 e8"
     assert comparison_words(compared_variants(both)) == "dropout 0.25; dropout 0.25 and weight decay 0.0005 vs baseline"
     assert comparison_words(compared_variants(params)) == "dropout 0.25; weight decay 0.0005 vs baseline"
