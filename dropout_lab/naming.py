@@ -88,7 +88,8 @@ def run_folder_name(configs: list[TrainConfig], dataset: str, data_fingerprint: 
 
 
 def flow_run_label(params: Mapping) -> str:
-    """Flow-run names say what runs: `p=0.25 seeds=0-4 e8`, `p=0.1,0.5 seeds=0 e2 fake train400`.
+    """Flow-run names say what runs: `p=0.25 seeds=0-4 e8`, `p=0.1,0.5 seeds=0 e2 fake train400`; one model
+    with two settings `p=0.25+augment=flip-crop`.
     KeyError/TypeError/ValueError for parameters that are not valid yet."""
     variants = compared_variants(params)
     parts = [f"{s.short}={','.join(map(value_text, values))}" for s in SETTINGS
