@@ -243,3 +243,8 @@ def test_differences_equal_up_to_rounding_have_no_spread_in_the_fixed_sample_che
     p = paired(shifted, base)
     assert p.sd == 0 and p.t.ci_low == p.t.ci_high == p.t.diff and p.t.p_value == 0.0
     assert paired(base, base).t.p_value == 1.0
+    # No difference at all, up to rounding (some seeds 0, some one unit in the last place): no difference found.
+    same = [b + 0.1 - 0.1 for b in [0.7, 0.3, 0.9, 0.1, 0.45, 0.65]]
+    assert 0 < np.subtract(same, [0.7, 0.3, 0.9, 0.1, 0.45, 0.65]).std(ddof=1) < 1e-15
+    assert paired(same, [0.7, 0.3, 0.9, 0.1, 0.45, 0.65]).t.p_value == 1.0
+    assert welch([0.2, 0.2], [0.5 - 0.3, 0.6 - 0.4]).p_value == 1.0  # 0.2 and 0.19999999999999998

@@ -95,13 +95,19 @@ def welch(a: list[float], b: list[float], level: float = 1 - ALPHA) -> Differenc
         return Difference(diff, math.nan, math.nan, math.nan)
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(vx + vy)
-    if se == 0:  # identical values on both sides: no spread to test against
-        return Difference(diff, diff, diff, 1.0 if diff == 0 else 0.0)
+    if no_spread(se, diff):  # identical values on both sides, up to rounding: no spread to test against
+        return Difference(diff, diff, diff, _without_spread_p(diff))
     dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     half = float(st.t.ppf(0.5 + level / 2, dof)) * se
     # The test from the same se and dof: scipy's ttest_ind recomputes them, and warns of "catastrophic
     # cancellation" onto the user's terminal where one side's seeds are all equal (its variance 0).
     return Difference(diff, diff - half, diff + half, float(2 * st.t.sf(abs(diff) / se, dof)))
+
+
+def _without_spread_p(mean: float) -> float:
+    """A t-test's limit where the differences show no spread: 1 for a mean of 0 (up to rounding: 1 - 0.9 - 0.1
+    is not 0), else 0."""
+    return 1.0 if no_spread(abs(mean), 0.0) else 0.0
 
 
 def sign_flip_p(diffs: list[float], seed: int = 0) -> tuple[float, bool]:
@@ -140,7 +146,7 @@ def paired(a: list[float], b: list[float], level: float = 1 - ALPHA) -> Paired:
         return Paired(n, tuple(d.tolist()), math.nan, Difference(diff, math.nan, math.nan, math.nan), flip, exact)
     est = mean_ci(d.tolist(), level)
     if no_spread(est.std, est.mean):  # every seed moved by the same amount, up to rounding: no spread to test against
-        p = 1.0 if est.mean == 0 else 0.0
+        p = _without_spread_p(est.mean)
         return Paired(n, tuple(d.tolist()), 0.0, Difference(est.mean, est.mean, est.mean, p), flip, exact)
     p = float(2 * st.t.sf(abs(est.mean) / (est.std / math.sqrt(n)), n - 1))  # the paired t-test
     return Paired(n, tuple(d.tolist()), est.std, Difference(est.mean, est.ci_low, est.ci_high, p), flip, exact)
