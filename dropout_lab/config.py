@@ -346,10 +346,17 @@ def comparison_words(variants) -> str:
     flip-crop vs baseline`): `and` joins the settings of one model only."""
     if any(len(v.settings) > 1 for v in variants):
         return f"{'; '.join(v.words for v in sorted(variants, key=Variant.order) if not v.is_baseline)} vs baseline"
-    values = {s.field: sorted({v for var in variants for f, v in var.settings if f == s.field}, key=s.rank)
-              for s in SETTINGS}  # fmt: skip
-    parts = [f"{s.words} {', '.join(map(value_text, values[s.field]))}" for s in SETTINGS if values[s.field]]
+    parts = [
+        f"{s.words} {', '.join(map(value_text, values))}" for s in SETTINGS if (values := values_alone(variants, s))
+    ]
     return f"{'; '.join(parts) or 'nothing'} vs baseline"
+
+
+def values_alone(variants, setting: Setting) -> list:
+    """The setting's values among the variants that change it alone, in its order (names and titles list
+    these per setting; a variant that combines settings is named whole)."""
+    return sorted({v for var in variants if len(var.settings) == 1 for f, v in var.settings if f == setting.field},
+                  key=setting.rank)  # fmt: skip
 
 
 def family_noun(variants: list[Variant]) -> str:

@@ -14,6 +14,7 @@ from dropout_lab.config import (
     Variant,
     compared_variants,
     value_text,
+    values_alone,
     variant_of,
 )
 from dropout_lab.keys import train_key
@@ -34,12 +35,6 @@ def seed_list(seeds: list[int]) -> str:
     return ",".join(map(str, seeds))
 
 
-def _alone(variants, setting) -> list:
-    """The setting's values among the variants that change it alone, in its order."""
-    return sorted({v for var in variants if len(var.settings) == 1 for f, v in var.settings if f == setting.field},
-                  key=setting.rank)  # fmt: skip
-
-
 def _combined(variants, join: str, tag) -> list[str]:
     """Each variant that combines settings, its settings joined: two variants and one that combines them
     never share a name."""
@@ -51,7 +46,7 @@ def _compared(variants) -> list[str]:
     """`p0.25`, `p0.1+0.5`, `p0.25-wd0.0005`, `augment=flip-crop`: each compared setting with its values
     (`p0`: none); a variant that combines settings as `p0.25-with-augment=flip-crop`, which its artifact key
     keeps apart from the two variants' (`slug` makes `_` and `-` alike)."""
-    parts = [s.tag(values) for s in SETTINGS if (values := _alone(variants, s))]
+    parts = [s.tag(values) for s in SETTINGS if (values := values_alone(variants, s))]
     parts += _combined(variants, "-with-", lambda s, v: s.tag([v]))
     return parts or [f"{SETTINGS[0].short}0"]
 
@@ -93,7 +88,7 @@ def flow_run_label(params: Mapping) -> str:
     KeyError/TypeError/ValueError for parameters that are not valid yet."""
     variants = compared_variants(params)
     parts = [f"{s.short}={','.join(map(value_text, values))}" for s in SETTINGS
-             if (values := _alone(variants, s))]  # fmt: skip
+             if (values := values_alone(variants, s))]  # fmt: skip
     parts += _combined(variants, "+", lambda s, v: f"{s.short}={value_text(v)}")
     extra = [params["dataset"]] if params["dataset"] != "cifar10" else []
     extra += [f"{k.split('_')[1]}{params[k]}" for k in ("limit_train", "limit_test") if params[k]]
