@@ -155,3 +155,15 @@ def decision(diffs: Sequence[float], wave_ends: Sequence[int], max_seeds: int, a
     call = decide(low, high, margin, higher_is_better)
     repeated = repeated_p_value(diffs, wave_ends, planned, margin, call == "equivalent") if claim else math.nan
     return Decision(call, low, high, margin, tuple(looks), equivalence_p(used, margin), repeated, alpha, sequential)
+
+
+def summed(a: Decision, b: Decision) -> Decision:
+    """The interval of a + b from the claims' intervals on a and b, look by look: wherever both cover, their
+    sum covers, so it holds together with the claims at no error of its own (the gap's train side: a seed
+    pair's train accuracy difference is its gap difference plus its test accuracy difference). Describes,
+    claims nothing; its level alone is at least 1 minus both levels spent."""
+    looks = tuple(Look(x.n, x.mean + y.mean, math.nan, x.low + y.low, x.high + y.high, x.level + y.level - 1)
+                  for x, y in zip(a.looks, b.looks, strict=True))  # fmt: skip
+    low, high = a.low + b.low, a.high + b.high
+    return Decision(decide(low, high, a.margin, True), low, high, a.margin, looks, math.nan, math.nan,
+                    a.spent + b.spent, a.sequential)  # fmt: skip

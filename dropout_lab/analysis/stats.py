@@ -19,6 +19,7 @@ Values are fractions (accuracy, gap) or mean cross-entropy (loss); text shows po
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as st
 
-from dropout_lab.analysis.sequential import Decision, decision
+from dropout_lab.analysis.sequential import Decision, decision, summed
 from dropout_lab.analysis.signflip import no_spread
 from dropout_lab.config import BASELINE, Design, Variant, family_noun, variant_of
 
@@ -235,7 +236,7 @@ class Comparison:
     family_size: int  # comparisons in that adjustment
     family: str  # what they are: "rates", "variants", or "claims" (variants x decided metrics)
     decision: Decision | None  # the claim's, on the decided metrics with a paired design; on train accuracy
-    #   (the gap's train side) the same repeated interval, to describe where a gap change came from
+    #   (the gap's train side) the sum of the gap's and test accuracy's (sequential.summed), describing it
     sd: float  # spread the power figures use (paired differences, or the pooled spread)
     power_alpha: float  # the two-sided level power is computed at: the last look's boundary (the claim's)
     min_detectable: tuple[float, float]  # at POWER with n seeds at `power_alpha`, over the SD's 95% interval
@@ -288,10 +289,10 @@ def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dic
     for (metric, v), (pairing, n, primary, pr, w, sd) in partial.items():
         is_paired = pairing == "paired"
         dec = None
-        if metric in (*DECIDED, "final_train_eval_acc") and is_paired and pr is not None:
+        if metric in DECIDED and is_paired and pr is not None:
             looks = tuple(k for k in design.looks if k <= n) or (n,)  # the looks this variant took part in
             dec = decision(list(pr.diffs), looks, design.max_seeds or looks[-1], per_claim, design.margin,
-                           DECIDED.get(metric, True), design.sequential, metric in DECIDED)  # fmt: skip
+                           DECIDED[metric], design.sequential)  # fmt: skip
         low_sd, high_sd = sd_interval(sd, n)
         # Power at the level the claim is tested at: its last look's boundary (ALPHA for the others).
         alpha = (1 - dec.looks[-1].level if dec and dec.looks else per_claim) if metric in DECIDED else ALPHA
@@ -308,6 +309,10 @@ def compare_all(summary: list[dict], design: Design = Design()) -> dict[str, dic
             metric, pairing, n, primary, pr, w, adjusted[metric, v], family_of[metric, v],
             "claims" if metric in DECIDED else noun, dec, sd, alpha, detectable, needed,
         )  # fmt: skip
+    for v, train in out["final_train_eval_acc"].items():  # the gap's train side: gap + test, per seed pair
+        gap, test = out["generalization_gap"][v].decision, out["final_test_acc"][v].decision
+        if gap and test:
+            out["final_train_eval_acc"][v] = dataclasses.replace(train, decision=summed(gap, test))
     return out
 
 

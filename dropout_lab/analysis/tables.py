@@ -163,8 +163,8 @@ STATISTICS_SCHEMA = pa.schema(
         field("claims", pa.int64(), doc="claims in the family (variants x test accuracy and gap)"),
         field("decision_ci_low", pa.float64(), doc="the interval the decision rests on: the looks' repeated "
               "confidence intervals intersected (the inverted sign-flip tests); all claims' hold together at 95% when "
-              "each claim's differences are symmetric (train accuracy: the same interval, describing a gap change, "
-              "not a claim)"),
+              "each claim's differences are symmetric (train accuracy: the gap's and test accuracy's intervals added, "
+              "which holds whenever they do; it describes a gap change, it is not a claim)"),
         field("decision_ci_high", pa.float64()),
         field("decision_level", pa.float64(), doc="1 minus the two-sided level the tests had spent by the last look"),
         field("spent_alpha", pa.float64(), doc="the per-claim two-sided level spent over all the looks (0.05/claims)"),

@@ -128,23 +128,29 @@ def decision_words(c: Comparison) -> str:
 
 
 def gap_source(train: Comparison, test: Comparison, claims: int) -> str:
-    """Where a change of the gap came from: Δgap = Δtrain − Δtest, each at the claims' level; the test
-    side 'rose'/'fell' only where its own claim is decided so, else 'changed by'."""
+    """Where a change of the gap came from: Δgap = Δtrain − Δtest. The test side at its claim's level, 'rose'
+    or 'fell' only where that claim is decided so; the train side on the sum of the gap's and test accuracy's
+    intervals (it holds whenever they do), 'more' or 'less' only where that sum excludes zero."""
 
-    def part(c: Comparison) -> str:
+    def interval(c: Comparison, label: str) -> tuple[float, float, str]:
         d = c.decision
         if d is not None and d.looks and math.isfinite(d.low) and math.isfinite(d.high):
-            return f"({_range(c.metric, d.low, d.high)}, {level_text(c, claims)})"
-        return f"(95% CI {_range(c.metric, c.primary.ci_low, c.primary.ci_high)}, fixed-sample)"
+            return d.low, d.high, f"({_range(c.metric, d.low, d.high)}, {label})"
+        low, high = c.primary.ci_low, c.primary.ci_high
+        return low, high, f"(95% CI {_range(c.metric, low, high)}, fixed-sample)"
 
-    train_text = (f"{_amount(train.metric, train.primary.diff)} {'more' if train.primary.diff > 0 else 'less'} "
-                  f"{part(train)}")  # fmt: skip
+    low, high, shown = interval(train, "the sum of the two claims' intervals")
+    if low > 0 or high < 0:
+        train_text = f"the model fit the training images {_amount(train.metric, train.primary.diff)} " \
+                     f"{'more' if train.primary.diff > 0 else 'less'} {shown}"  # fmt: skip
+    else:
+        train_text = f"training accuracy changed by {_amount(train.metric, train.primary.diff, signed=True)} {shown}"
     decided = test.decision.decision if test.decision else "undecided"
     if decided in ("better", "worse"):
         test_text = f"{'rose' if test.primary.diff > 0 else 'fell'} {_amount(test.metric, test.primary.diff)}"
     else:
         test_text = f"changed by {_amount(test.metric, test.primary.diff, signed=True)}"
-    return f"the model fit the training images {train_text} while test accuracy {test_text} {part(test)}"
+    return f"{train_text} while test accuracy {test_text} {interval(test, level_text(test, claims))[2]}"
 
 
 def power_line(c: Comparison, variant: Variant) -> str:
