@@ -99,3 +99,25 @@ def test_every_table_of_the_report_fits_the_run_page(measured):
         widths = table_widths(report_of(rows, design, folder)[1])
         assert len(widths) >= 4  # means, differences, fixed-sample checks, per seed
         assert [(w, head) for w, head in widths if w > PAGE_PX] == []
+
+
+def test_the_decisions_figure_s_waves_legend_covers_no_interval_and_no_words(measured, monkeypatch, tmp_path):
+    """The measured run's decisions figure: the waves panel's legend (seven entries) sits in the words panel,
+    below its sentence, not over the intervals it names (inside the panel it covered 0.1's and 0.25's)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dropout_lab.analysis import figures
+
+    _, _, _, summary, design = measured
+    drawn, save = [], figures._save  # the figure as saved: laid out, then closed
+    monkeypatch.setattr(figures, "_save", lambda fig, title, path: (save(fig, title, path), drawn.append(fig)))
+    figures.plot_decisions(summary, "t", tmp_path / "d.png", design)
+    (fig,) = drawn
+    ax_waves, ax_words = fig.axes[2], fig.axes[5]
+    fig.set_dpi(80)  # as saved (figures._save): text is laid out on whole pixels, so the dpi matters
+    renderer = FigureCanvasAgg(fig).get_renderer()  # closed figures keep no canvas of their own
+    legend, (words,) = ax_words.get_legend(), ax_words.texts
+    assert ax_waves.get_legend() is None and len(legend.get_texts()) == 7
+    box = legend.get_window_extent(renderer)
+    assert not box.overlaps(words.get_window_extent(renderer))
+    assert ax_words.bbox.contains(box.x0, box.y0) and ax_words.bbox.contains(box.x1, box.y1)

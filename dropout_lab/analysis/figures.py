@@ -162,8 +162,9 @@ def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
         ax.legend(fontsize=8, loc="lower left")
 
 
-def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]]) -> None:
-    """--seeds auto: each claim's repeated interval after each wave of seeds, narrowing until decided."""
+def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]], legend_ax=None) -> None:
+    """--seeds auto: each claim's repeated interval after each wave of seeds, narrowing until decided. The
+    legend goes on `legend_ax` where given: inside the panel it covers the intervals it names."""
     looks = max((len(c.decision.looks) for m in comparisons.values() for c in m.values() if c.decision), default=0)
     if looks < 2:
         ax.axis("off")
@@ -207,7 +208,11 @@ def plot_waves_panel(ax, comparisons: dict[str, dict[Variant, Comparison]]) -> N
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))  # 10, not 10¹
     ax.set(title=f"Each claim's {level_text(claims[0][2])} after each wave of seeds", xlabel="seeds",
            ylabel="difference, points (linear within ±margin, log beyond)")  # fmt: skip
-    ax.legend(fontsize=7)
+    if legend_ax is None:
+        ax.legend(fontsize=7)
+    else:
+        legend_ax.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="lower left",
+                         title="Each claim after each wave (above)", title_fontsize=8)  # fmt: skip
 
 
 def plot_comparison(results: list[TrainResult], title: str, path: Path) -> None:
@@ -273,12 +278,12 @@ def plot_decisions(summary: list[dict], title: str, path: Path, design: Design =
         for v, t in comparisons["final_train_eval_acc"].items()
     }  # where each gap change came from
     plot_difference_panel(ax_diff_gap, comparisons["generalization_gap"], "Generalization gap", sides)
-    plot_waves_panel(ax_waves, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")})
+    plot_waves_panel(ax_waves, {m: comparisons[m] for m in ("final_test_acc", "generalization_gap")}, ax_words)
     plot_rate_panel(ax_rate_acc, summary, "final_test_acc", "final test accuracy (%)")
     plot_rate_panel(ax_rate_gap, summary, "generalization_gap", "final gap (points)", (-100, 100), True)
     ax_words.axis("off")
     basis = design_line(summary, design, comparisons)  # the verdict's own sentence: what the bars are
-    ax_words.text(0, 1, textwrap.fill(basis, 60), va="top", fontsize=10, transform=ax_words.transAxes)
+    ax_words.text(0, 1, textwrap.fill(basis, 72), va="top", fontsize=9, transform=ax_words.transAxes)
     for ax in axes.flat[:5]:
         ax.grid(alpha=0.3)
     ax_rate_acc.legend(fontsize=8)
