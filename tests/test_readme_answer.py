@@ -101,9 +101,10 @@ def test_every_table_of_the_report_fits_the_run_page(measured):
         assert [(w, head) for w, head in widths if w > PAGE_PX] == []
 
 
-def test_the_decisions_figure_s_waves_legend_covers_no_interval_and_no_words(measured, monkeypatch, tmp_path):
+def test_the_decisions_figure_s_words_stay_in_their_panels_and_cover_no_interval(measured, monkeypatch, tmp_path):
     """The measured run's decisions figure: the waves panel's legend (seven entries) sits in the words panel,
-    below its sentence, not over the intervals it names (inside the panel it covered 0.1's and 0.25's)."""
+    below its sentence, not over the intervals it names (inside the panel it covered 0.1's and 0.25's); the
+    words above the difference panels' bars stay inside their frames (0.5's gap sides ran past the right one)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from dropout_lab.analysis import figures
@@ -121,3 +122,7 @@ def test_the_decisions_figure_s_waves_legend_covers_no_interval_and_no_words(mea
     box = legend.get_window_extent(renderer)
     assert not box.overlaps(words.get_window_extent(renderer))
     assert ax_words.bbox.contains(box.x0, box.y0) and ax_words.bbox.contains(box.x1, box.y1)
+    for ax in fig.axes[:2]:  # the test accuracy and gap differences
+        for words in ax.texts:
+            box = words.get_window_extent(renderer)
+            assert ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1, (words.get_text(), box, ax.bbox)

@@ -137,7 +137,8 @@ def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
             # the interval (the looks' intervals intersected) need not be centred on the last look's mean
             ax.vlines(x, low, high, color="#1f4e79", lw=3, zorder=4)
             ax.plot([x], [mean], "D", ms=5, color="#1f4e79", zorder=5)
-            word = decision_words(c).replace(", ", ",\n") + (f"\n{sources[v]}" if sources and v in sources else "")
+            # Narrow lines (the outer bars' words, centred, ran past the frame): 20 characters at most
+            word = "\n".join(textwrap.wrap(decision_words(c), 20) + ([sources[v]] if sources and v in sources else []))
             ax.annotate(word, (x, max([high, *diffs])), textcoords="offset points", xytext=(0, 6), ha="center",
                         fontsize=9, color="#1f4e79")  # fmt: skip
         elif c.decision and c.decision.looks:  # said, not a bare dot that the margin band seems to hold
@@ -154,7 +155,7 @@ def plot_difference_panel(ax, comparisons: dict[Variant, Comparison], what: str,
            ylabel="points")  # fmt: skip
     if numeric:
         ax.set_xticks([x_of[v] for v in order])
-        ax.set_xlim(min(x_of.values()) - 0.1 * max(span, 0.5), max(x_of.values()) + 0.1 * max(span, 0.5))
+        ax.set_xlim(min(x_of.values()) - 0.15 * max(span, 0.5), max(x_of.values()) + 0.15 * max(span, 0.5))
     else:
         ax.set_xticks([x_of[v] for v in order], [v.words for v in order], rotation=20, ha="right")
         ax.set_xlim(min(x_of.values()) - 0.5, max(x_of.values()) + 0.5)
@@ -274,7 +275,7 @@ def plot_decisions(summary: list[dict], title: str, path: Path, design: Design =
     comparisons = comparisons or compare_all(summary, design)
     plot_difference_panel(ax_diff_acc, comparisons["final_test_acc"], "Test accuracy")
     sides = {
-        v: f"train {100 * t.primary.diff:+.2f}, test {100 * comparisons['final_test_acc'][v].primary.diff:+.2f}"
+        v: f"train {100 * t.primary.diff:+.2f}\ntest {100 * comparisons['final_test_acc'][v].primary.diff:+.2f}"
         for v, t in comparisons["final_train_eval_acc"].items()
     }  # where each gap change came from
     plot_difference_panel(ax_diff_gap, comparisons["generalization_gap"], "Generalization gap", sides)
