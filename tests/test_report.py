@@ -280,3 +280,19 @@ def test_difference_panel_names_a_claim_without_an_interval():
     plot_difference_panel(ax, compare_all(data, Design((5,), 5, 0.01))["final_test_acc"], "Test accuracy")
     assert [t.get_text() for t in ax.texts] == ["undecided\nno interval: no spread"]
     plt.close(fig)
+
+
+def test_the_curves_legends_name_each_model_once(tmp_path, monkeypatch):
+    """Three models: the accuracy and loss panels' legends hold one entry per model (their titles say which line
+    is train, test, running); three per model (eleven in docs/answer) covered the curves they name."""
+    from dropout_lab.analysis import figures
+
+    drawn, save = [], figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, title, path: (save(fig, title, path), drawn.append(fig)))
+    trained, *_ = fake_results(rates=(0.1, 0.5, 0.0), seeds=(0, 1))
+    figures.plot_comparison(trained, "t", tmp_path / "c.png")
+    (fig,) = drawn
+    names = ["dropout=0.1 (n=2)", "dropout=0.5 (n=2)", "baseline (n=2)"]
+    for ax in fig.axes[:3]:  # accuracy, loss, gap (the per-class bars name each model with its accuracy)
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == names
+    assert "dashed" in fig.axes[0].get_title() and "dotted" in fig.axes[0].get_title()

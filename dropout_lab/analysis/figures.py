@@ -234,15 +234,17 @@ def plot_comparison(results: list[TrainResult], title: str, path: Path) -> None:
         def metric(key: str, scale: float = 1.0, runs=runs, epochs=epochs) -> np.ndarray:
             return np.array([[h[key] * scale for h in r.history[:epochs]] for r in runs])
 
-        _band(ax_acc, x, metric("train_eval_acc", 100), shade, "--", f"{label} train{n}")
-        _band(ax_acc, x, metric("test_acc", 100), shade, "-o", f"{label} test{n}")
+        # The titles say which line is which (dashed, solid, dotted); the legends name the colours alone: one
+        # entry per model, not three, so that they fit beside the curves instead of over them.
+        _band(ax_acc, x, metric("train_eval_acc", 100), shade, "--", "_train")
+        _band(ax_acc, x, metric("test_acc", 100), shade, "-o", label + n)
         if runs[0].config.dropout > 0:  # with dropout on, the running number sits below the eval-mode one
-            _band(ax_acc, x, metric("train_running_acc", 100), shade, ":", f"{label} running (dropout on)", lw=1)
-        _band(ax_loss, x, metric("train_eval_loss"), shade, "--", f"{label} train", clip=(0, np.inf))
-        _band(ax_loss, x, metric("test_loss"), shade, "-o", f"{label} test", clip=(0, np.inf))
+            _band(ax_acc, x, metric("train_running_acc", 100), shade, ":", "_running", lw=1)
+        _band(ax_loss, x, metric("train_eval_loss"), shade, "--", "_train", clip=(0, np.inf))
+        _band(ax_loss, x, metric("test_loss"), shade, "-o", label + n, clip=(0, np.inf))
         gap = metric("train_eval_acc", 100) - metric("test_acc", 100)
         _band(ax_gap, x, gap, shade, "-o", label + n, clip=(-100, 100))
-    ax_acc.set(title="Accuracy: train (eval mode) dashed, test solid, running dotted", xlabel="epoch",
+    ax_acc.set(title="Accuracy: train (eval mode) dashed, test solid, running (dropout on) dotted", xlabel="epoch",
                ylabel="accuracy (%)")  # fmt: skip
     ax_loss.set(title="Cross-entropy: train (eval mode) dashed, test solid", xlabel="epoch", ylabel="mean loss")
     ax_gap.set(title="Generalization gap: train (eval mode) − test accuracy", xlabel="epoch", ylabel="points")
