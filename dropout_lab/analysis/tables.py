@@ -166,8 +166,10 @@ STATISTICS_SCHEMA = pa.schema(
               "each claim's differences are symmetric (train accuracy: the gap's and test accuracy's intervals added, "
               "which holds whenever they do; it describes a gap change, it is not a claim)"),
         field("decision_ci_high", pa.float64()),
-        field("decision_level", pa.float64(), doc="1 minus the two-sided level the tests had spent by the last look"),
-        field("spent_alpha", pa.float64(), doc="the per-claim two-sided level spent over all the looks (0.05/claims)"),
+        field("decision_level", pa.float64(), doc="1 minus the two-sided level the tests had spent by the last look "
+              "(train accuracy: by both claims' tests)"),
+        field("spent_alpha", pa.float64(), doc="the per-claim two-sided level spent over all the looks (0.05/claims; "
+              "train accuracy: both claims')"),
         field("equivalence_p_value", pa.float64(),
               doc=f"{P_DOC}, two one-sided t-tests against ±margin at the last look, {FIXED}"),
         field("margin", pa.float64(), doc="the equivalence margin, in the metric's unit"),
