@@ -9,7 +9,8 @@ waves' ends up to the seeds the run reached). This writes docs/answer/statistics
 again and prints the block the README quotes between its answer markers (tests/test_readme_answer.py
 checks the README against it), and draws decisions.png (what the verdict rests on) from those rows. The
 curves (comparison.png) need the per-epoch rows, which docs/answer does not keep: they stay the run's.
-`--check`: write nothing, exit 1 if the markdown or the README's quote would change.
+`--check`: write nothing, exit 1 if the markdown, the statistics (values and field metadata) or the README's quote
+would change.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +82,17 @@ def report_of(summary: list[dict], design: Design, run_dir: Path) -> tuple[Table
     return tables, markdown_summary(tables, data, run_dir)
 
 
+def statistics_current(folder: Path, tables: Tables) -> bool:
+    """Whether the folder's statistics.parquet is what the current code derives, field metadata included: one
+    left behind by older code is stale. Values are compared as their reprs (exact, and NaN, which no Arrow
+    comparison takes as equal to itself, alike)."""
+    kept, stats = (
+        pq.read_table(folder / "statistics.parquet"),
+        pa.Table.from_pylist(tables.statistics, schema=STATISTICS_SCHEMA),
+    )
+    return kept.schema.equals(stats.schema, check_metadata=True) and repr(kept.to_pylist()) == repr(stats.to_pylist())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if docs/answer would change")
@@ -90,7 +103,7 @@ def main() -> int:
     old_md = (folder / "summary.md").read_text()
     tables, markdown = report_of(summary, design, Path(re.search(r"Report folder: `([^`]*)`", old_md).group(1)))
     expected = answer_block(summary, design)
-    changed = markdown != old_md or block.strip() + "\n" != expected
+    changed = markdown != old_md or block.strip() + "\n" != expected or not statistics_current(folder, tables)
     if args.check:
         print("docs/answer and the README's quote " + ("would change" if changed else "are current"))
         return 1 if changed else 0

@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -25,7 +26,7 @@ from dropout_lab.cli.compare import build_parser
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from rebuild_answer import answer_block, design_of_command, quoted, report_of  # noqa: E402
+from rebuild_answer import answer_block, design_of_command, quoted, report_of, statistics_current  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,20 @@ def test_the_readme_quotes_the_measured_run_in_the_report_s_current_words(measur
         f"README.md's answer no longer says what the report says for {folder.relative_to(REPO)}; "
         f"paste this between its markers:\n{expected}"
     )
+
+
+def test_docs_answer_s_statistics_are_what_the_current_code_derives(measured, tmp_path):
+    """docs/answer/statistics.parquet, values and field metadata, as the current code derives it from the run's
+    rows; one whose train-side intervals are another code's is stale."""
+    _, folder, _, summary, design = measured
+    tables = report_of(summary, design, folder)[0]
+    assert statistics_current(folder, tables)
+    table = pq.read_table(folder / "statistics.parquet")
+    train = [r["metric"] == "final_train_eval_acc" for r in table.to_pylist()]
+    low = [v - 0.001 if t else v for v, t in zip(table["decision_ci_low"].to_pylist(), train, strict=True)]
+    column = table.schema.get_field_index("decision_ci_low")
+    pq.write_table(table.set_column(column, table.schema.field(column), pa.array(low)), tmp_path / "statistics.parquet")
+    assert not statistics_current(tmp_path, tables)
 
 
 def test_the_quoted_run_is_the_full_recipe_its_command_names(measured):
