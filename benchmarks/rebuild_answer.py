@@ -103,8 +103,8 @@ def main() -> int:
     old_md = (folder / "summary.md").read_text()
     tables, markdown = report_of(summary, design, Path(re.search(r"Report folder: `([^`]*)`", old_md).group(1)))
     expected = answer_block(summary, design)
-    changed = markdown != old_md or block.strip() + "\n" != expected or not statistics_current(folder, tables)
     if args.check:
+        changed = markdown != old_md or block.strip() + "\n" != expected or not statistics_current(folder, tables)
         print("docs/answer and the README's quote " + ("would change" if changed else "are current"))
         return 1 if changed else 0
     write_table(tables.statistics, STATISTICS_SCHEMA, folder / "statistics.parquet")
